@@ -1,0 +1,33 @@
+"""jreg: regularized neural networks as pure JAX functions.
+
+``init``, ``apply``, ``loss`` and ``penalty`` are pure functions composed into
+one objective; ``jax.grad`` differentiates it under ``jit``; optax updates.
+"""
+
+from __future__ import annotations
+
+from . import initializers, losses, penalties
+from ._errors import JregError, JregTypeError
+from .nn import Model, mlp
+from .objective import Objective, objective
+from .train import History, accuracy, fit, make_epoch, make_step, total_cost
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "History",
+    "JregError",
+    "JregTypeError",
+    "Model",
+    "Objective",
+    "accuracy",
+    "fit",
+    "initializers",
+    "losses",
+    "make_epoch",
+    "make_step",
+    "mlp",
+    "objective",
+    "penalties",
+    "total_cost",
+]

@@ -1,0 +1,88 @@
+"""Small validation helpers shared by the public entry points.
+
+Checks on *values* only run on concrete inputs: under ``jit`` or ``vmap`` the
+value is a tracer and only its shape and dtype are known, so those checks are
+skipped there (shape checks always run, since shapes are static).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import JregError, JregTypeError
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds a known value (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_nonnegative_scalar(value: Any, name: str) -> None:
+    """Raise unless a concrete ``value`` is a finite, non-negative real scalar.
+
+    Traced values pass unchecked, so the coefficient can be swept with ``vmap``.
+    """
+    if not is_concrete(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, jax.Array, np.generic)):
+        raise JregTypeError(f"{name} must be a real number, got {type(value).__name__}: {value!r}")
+    arr = np.asarray(value)
+    if arr.shape != ():
+        raise JregError(f"{name} must be a scalar, got an array of shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise JregTypeError(f"{name} must be a real number, got dtype {arr.dtype}")
+    if not np.isfinite(arr):
+        raise JregError(f"{name} must be finite, got {arr.item()}")
+    if arr < 0:
+        raise JregError(f"{name} must be >= 0, got {arr.item()}")
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int, raising unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise JregTypeError(f"{name} must be a positive integer, got {type(value).__name__}: {value!r}")
+    if value <= 0:
+        raise JregError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def check_float_array(x: Any, name: str, *, ndim: int | None = None) -> jax.Array:
+    """Return ``x`` as a JAX array, raising unless it is floating point (and of rank ``ndim``)."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - numpy's own message is kept
+            raise JregTypeError(f"{name} must be an array, got {type(x).__name__}") from exc
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise JregTypeError(
+            f"{name} must be a floating-point array (e.g. float32 pixels in [0, 1]), got dtype {x.dtype}; "
+            f"convert it first, e.g. {name}.astype('float32') / 255"
+        )
+    if ndim is not None and x.ndim != ndim:
+        raise JregError(f"{name} must have rank {ndim}, got shape {tuple(x.shape)}")
+    return jnp.asarray(x) if is_concrete(x) else x
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Raise if a concrete array holds NaN or infinity."""
+    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
+        raise JregError(f"{name} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """Raise unless ``key`` is a JAX PRNG key (typed ``jax.random.key`` or raw ``PRNGKey``)."""
+    if isinstance(key, (jax.Array, np.ndarray)) or not is_concrete(key):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return key
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return key
+    raise JregTypeError(
+        f"{name} must be a single JAX PRNG key such as jax.random.key(0), got "
+        f"{type(key).__name__} {getattr(key, 'dtype', '')}{tuple(getattr(key, 'shape', ()))}"
+    )

@@ -1,0 +1,140 @@
+"""Models as ``(init, apply)`` pairs of pure functions.
+
+A :class:`Model` holds ``init(key) -> params`` and ``apply(params, x) -> outputs``.
+jreg's own MLP uses params of the form ``[{"w": (n_in, n_out), "b": (n_out,)}, ...]``,
+one dict per layer, but nothing else in jreg depends on that layout: penalties,
+objectives and training work on any params pytree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import initializers as inits
+from ._checks import check_positive_int
+from ._errors import JregError, JregTypeError
+
+Params = Any
+Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
+
+
+class Model(NamedTuple):
+    """A model as two pure functions.
+
+    Attributes:
+        init: ``init(key) -> params``, a pytree of arrays.
+        apply: ``apply(params, x) -> outputs``; ``x`` has shape ``(batch, n_in)``
+            (or ``(n_in,)`` for one example) and ``outputs`` ``(batch, n_out)``.
+    """
+
+    init: Callable[[jax.Array], Params]
+    apply: Callable[[Params, jax.Array], jax.Array]
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: Callable[[jax.Array], jax.Array] = jax.nn.sigmoid,
+    output_activation: Callable[[jax.Array], jax.Array] | None = None,
+    *,
+    w_init: Initializer | None = None,
+    b_init: Initializer | None = None,
+    init: str = "default",
+    dtype: Any = jnp.float32,
+) -> Model:
+    """A fully connected network ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
+
+    Layer ``l`` computes ``z = a @ w + b`` with ``w`` of shape ``(n_in, n_out)``;
+    hidden layers apply ``activation``. ``apply`` returns the last layer's
+    pre-activations ``z`` (logits), which is what the stable losses in
+    :mod:`jreg.losses` expect, unless ``output_activation`` is given, in which
+    case it returns ``output_activation(z)`` (e.g. ``jax.nn.sigmoid`` for
+    Nielsen's quadratic cost on activations).
+
+    Args:
+        sizes: layer widths, input first, e.g. ``[784, 30, 10]``; at least two.
+        activation: hidden-layer nonlinearity (default sigmoid, as in the book).
+        output_activation: applied to the output layer, or ``None`` for logits.
+        w_init, b_init: initializers with the ``jax.nn.initializers`` signature;
+            they override the scheme chosen by ``init``.
+        init: a named scheme from :data:`jreg.initializers.SCHEMES`:
+            ``"default"`` (Nielsen: ``w ~ N(0, 1/n_in)``, ``b ~ N(0, 1)``),
+            ``"large"`` (Nielsen: ``w, b ~ N(0, 1)``), ``"glorot"`` or ``"he"``
+            (biases zero).
+        dtype: dtype of the parameters (float32 by default).
+
+    Returns:
+        A :class:`Model` whose params are ``[{"w": (n_in, n_out), "b": (n_out,)}, ...]``.
+    """
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise JregTypeError(f"sizes must be a sequence of layer widths such as [784, 30, 10], got {sizes!r}")
+    sizes = tuple(check_positive_int(n, f"sizes[{i}]") for i, n in enumerate(sizes))
+    if len(sizes) < 2:
+        raise JregError(f"sizes must list at least an input and an output width, got {list(sizes)}")
+    if init not in inits.SCHEMES:
+        raise JregError(f"init must be one of {sorted(inits.SCHEMES)}, got {init!r}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise JregTypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    for name, fn in (("activation", activation), ("output_activation", output_activation)):
+        if fn is not None and not callable(fn):
+            raise JregTypeError(f"{name} must be callable, got {fn!r}")
+    scheme_w, scheme_b = inits.SCHEMES[init]
+    w_init = scheme_w if w_init is None else w_init
+    b_init = scheme_b if b_init is None else b_init
+    for name, fn in (("w_init", w_init), ("b_init", b_init)):
+        if not callable(fn):
+            raise JregTypeError(f"{name} must be an initializer init(key, shape, dtype), got {fn!r}")
+
+    def init_fn(key: jax.Array) -> list[dict[str, jax.Array]]:
+        keys = jax.random.split(key, 2 * (len(sizes) - 1))
+        params = []
+        for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            w = w_init(keys[2 * layer], (n_in, n_out), dtype)
+            b = b_init(keys[2 * layer + 1], (n_out,), dtype)
+            params.append({"w": jnp.asarray(w, dtype), "b": jnp.asarray(b, dtype)})
+        return params
+
+    def apply_fn(params: Params, x: jax.Array) -> jax.Array:
+        _check_mlp_input(params, x, sizes)
+        a = x
+        last = len(params) - 1
+        for layer, p in enumerate(params):
+            z = a @ p["w"] + p["b"]
+            if layer < last:
+                a = activation(z)
+            else:
+                a = z if output_activation is None else output_activation(z)
+        return a
+
+    return Model(init_fn, apply_fn)
+
+
+def _check_mlp_input(params: Params, x: Any, sizes: tuple[int, ...]) -> None:
+    """Shape/dtype checks at the boundary; all static, so they also run under jit."""
+    if not isinstance(params, (list, tuple)) or len(params) != len(sizes) - 1:
+        raise JregError(
+            f"params must be a list of {len(sizes) - 1} layers of {{'w', 'b'}} for sizes {list(sizes)}, "
+            f"got {type(params).__name__} of length {len(params) if hasattr(params, '__len__') else '?'}"
+        )
+    for layer, p in enumerate(params):
+        w, b = p["w"], p["b"]
+        expected = (sizes[layer], sizes[layer + 1])
+        if tuple(w.shape) != expected or tuple(b.shape) != expected[1:]:
+            raise JregError(
+                f"params[{layer}] must hold w of shape {expected} and b of shape {expected[1:]}, "
+                f"got w {tuple(w.shape)} and b {tuple(b.shape)}"
+            )
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise JregTypeError(f"x must be an array of shape (batch, {sizes[0]}), got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise JregTypeError(
+            f"x must be floating point, got dtype {x.dtype}; convert it first, e.g. x.astype('float32') / 255"
+        )
+    if x.ndim not in (1, 2) or x.shape[-1] != sizes[0]:
+        raise JregError(
+            f"x must have shape (batch, {sizes[0]}) to match the first layer of sizes {list(sizes)}, "
+            f"got {tuple(x.shape)}"
+        )

@@ -1,0 +1,350 @@
+r"""Penalties: pure functions of the params that return a scalar.
+
+A :class:`Penalty` is a sum of *terms*. Each term applies one formula to the
+leaves of a params pytree that its ``mask`` selects, with a coefficient that
+may differ per leaf::
+
+    R(params) = sum_terms  scale * sum_{selected leaves w}  f(w, c_w)
+
+Conventions (stated once, used everywhere):
+
+* ``l2(c)``          ``R = c/2 * sum w^2``      so Nielsen's ``lambda/(2n) * sum w^2`` is ``l2(lambda / n)``
+                     and the gradient it adds is ``c * w``.
+* ``l1(c)``          ``R = c * sum |w|``
+* ``elastic_net(c1, c2)``  ``R = c1 * sum |w| + c2/2 * sum w^2``
+
+**Masks** choose the leaves (the same rules for every term):
+
+* ``None`` (default): weight matrices and kernels only, i.e. floating-point
+  leaves with ``ndim >= 2``; biases (1-D) and scalars are left alone.
+* a glob pattern ``str`` over the leaf's path, e.g. ``"*/w"`` or ``"1/*"``.
+  A path joins the keys from the root with ``/``: jreg's MLP has ``"0/w"``,
+  ``"0/b"``, ``"1/w"``...; a Flax dict ``"params/Dense_0/kernel"``; a NamedTuple
+  field by its name. :func:`paths` lists them for any params.
+* a predicate ``mask(path, leaf) -> bool``.
+* a pytree of bools with the structure of params (or a prefix of it, e.g.
+  ``[True, False]`` for a two-layer MLP).
+
+**Coefficients** are a scalar (Python number or 0-d array, possibly traced,
+so ``jax.vmap`` over the strength works), a pytree with the structure of
+params or a prefix of it (``[1e-4, 1e-3]`` gives each MLP layer its own), a
+:func:`by_path` mapping from glob patterns to values, or arrays that broadcast
+against a leaf. Concrete coefficients must be finite and ``>= 0``.
+
+Penalties add (``l1(a) + l2(b)`` or :func:`sum`) and scale (``0.5 * l2(c)``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import fnmatch
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import check_nonnegative_scalar, is_concrete
+from ._errors import JregError, JregTypeError
+
+Params = Any
+Mask = Any  # None | str | Callable[[str, Array], bool] | pytree of bools
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def path_str(keypath: tuple[Any, ...]) -> str:
+    """Render a JAX key path as ``"0/w"``-style text (keys joined by ``/``)."""
+    parts = []
+    for k in keypath:
+        if isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(k.key))
+        else:  # pragma: no cover - future key types
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def paths(params: Params) -> list[str]:
+    """The path of every leaf of ``params``, in flattening order."""
+    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def is_weight(path: str, leaf: Any) -> bool:
+    """The default mask: floating-point leaves of rank >= 2 (weight matrices, kernels)."""
+    del path
+    return bool(jnp.ndim(leaf) >= 2 and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
+
+
+@dataclasses.dataclass(frozen=True)
+class ByPath:
+    """A coefficient given per leaf by glob patterns over paths; see :func:`by_path`."""
+
+    mapping: Mapping[str, Any]
+    default: Any = 0.0
+
+    def resolve(self, path: str) -> Any:
+        for pattern, value in self.mapping.items():
+            if fnmatch.fnmatchcase(path, pattern):
+                return value
+        return self.default
+
+
+def by_path(mapping: Mapping[str, Any], default: Any = 0.0) -> ByPath:
+    """A per-leaf coefficient from glob patterns: the first pattern matching a leaf's path wins.
+
+    ``l2(by_path({"0/w": 1e-4, "1/*": 1e-3}))`` gives each layer its own
+    strength; leaves that match no pattern get ``default``.
+    """
+    if not isinstance(mapping, Mapping) or not all(isinstance(k, str) for k in mapping):
+        raise JregTypeError(f"by_path needs a mapping from path patterns (str) to coefficients, got {mapping!r}")
+    return ByPath(dict(mapping), default)
+
+
+def _flatten(params: Params) -> tuple[list[str], list[Any], Any]:
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    return [path_str(p) for p, _ in leaves_with_paths], [leaf for _, leaf in leaves_with_paths], treedef
+
+
+def _broadcast(prefix: Any, params: Params, what: str) -> list[Any]:
+    """Leaves of ``prefix`` broadcast to every leaf of ``params``."""
+    try:
+        return jax.tree_util.tree_leaves(jax.tree.broadcast(prefix, params))
+    except (ValueError, TypeError) as exc:
+        raise JregError(
+            f"{what} must be a scalar or a pytree with the structure of params (or a prefix of it); "
+            f"params has structure {jax.tree_util.tree_structure(params)}, got {prefix!r}"
+        ) from exc
+
+
+def _selection(mask: Mask, params: Params, what: str) -> list[bool]:
+    names, leaves, _ = _flatten(params)
+    if mask is None:
+        return [is_weight(n, leaf) for n, leaf in zip(names, leaves)]
+    if isinstance(mask, str):
+        return [fnmatch.fnmatchcase(n, mask) for n in names]
+    if callable(mask):
+        chosen = []
+        for n, leaf in zip(names, leaves):
+            c = mask(n, leaf)
+            if not isinstance(c, (bool, np.bool_)):
+                raise JregTypeError(
+                    f"{what}: a mask predicate must return a Python bool for each (path, leaf), "
+                    f"got {type(c).__name__} for path {n!r}"
+                )
+            chosen.append(bool(c))
+        return chosen
+    flags = _broadcast(mask, params, f"{what}: mask")
+    out = []
+    for n, f in zip(names, flags):
+        if not isinstance(f, (bool, np.bool_)) and not (is_concrete(f) and np.asarray(f).dtype == bool):
+            raise JregTypeError(f"{what}: a mask pytree must hold booleans, got {f!r} at path {n!r}")
+        out.append(bool(f))
+    return out
+
+
+def mask_tree(params: Params, mask: Mask = None) -> Any:
+    """The mask as a pytree of bools shaped like ``params``.
+
+    Useful to give optax the same leaves as a penalty, e.g.
+    ``optax.add_decayed_weights(c, mask=lambda p: mask_tree(p))``.
+    """
+    flags = _selection(mask, params, "mask_tree")
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), flags)
+
+
+def _check_coefficient(value: Any, label: str) -> None:
+    """Concrete coefficient entries must be finite and >= 0 (traced ones pass)."""
+    if isinstance(value, ByPath):
+        for pattern, v in value.mapping.items():
+            _check_coefficient(v, f"{label}[{pattern!r}]")
+        _check_coefficient(value.default, f"{label} (by_path default)")
+        return
+    for leaf in jax.tree_util.tree_leaves(value):
+        if not is_concrete(leaf):
+            continue
+        if hasattr(leaf, "shape") and np.ndim(leaf) > 0:
+            arr = np.asarray(leaf)
+            if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+                raise JregTypeError(f"{label} must be real, got dtype {arr.dtype}")
+            if not np.all(np.isfinite(arr)):
+                raise JregError(f"{label} must be finite, got an array holding NaN or inf")
+            if np.any(arr < 0):
+                raise JregError(f"{label} must be >= 0, got an array with minimum {arr.min()}")
+        else:
+            check_nonnegative_scalar(leaf, label)
+
+
+# --------------------------------------------------------------------------- terms
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Term:
+    """One penalty formula ``f(leaf, *coefficients) -> scalar`` over the masked leaves.
+
+    Attributes:
+        name: the key this term's value gets in the objective's ``parts``.
+        fn: ``fn(leaf, *coefs) -> scalar``, each coefficient already resolved for that leaf.
+        coefs: the coefficient specs (scalar, params-prefix pytree or :class:`ByPath`).
+        mask: which leaves the term touches (see the module docstring).
+        scale: a multiplier from scaling the penalty (``2 * l2(c)``).
+    """
+
+    name: str
+    fn: Callable[..., jax.Array]
+    coefs: tuple[Any, ...]
+    mask: Mask = None
+    scale: Any = 1.0
+
+    def resolve(self, params: Params) -> list[tuple[str, Any, tuple[Any, ...]]]:
+        """``(path, leaf, coefficients)`` for every leaf this term touches."""
+        names, leaves, _ = _flatten(params)
+        chosen = _selection(self.mask, params, self.name)
+        per_coef = []
+        for c in self.coefs:
+            if isinstance(c, ByPath):
+                per_coef.append([c.resolve(n) for n in names])
+            else:
+                per_coef.append(_broadcast(c, params, f"{self.name}: coefficient"))
+        picked = []
+        for i, (n, leaf, on) in enumerate(zip(names, leaves, chosen)):
+            if not on:
+                continue
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                raise JregTypeError(
+                    f"{self.name}: the mask selects leaf {n!r} of dtype {jnp.result_type(leaf)}, "
+                    "but only floating-point leaves can be penalized"
+                )
+            picked.append((n, leaf, tuple(pc[i] for pc in per_coef)))
+        if not picked:
+            raise JregError(
+                f"penalty {self.name!r} selects no leaf of params (paths: {names}); "
+                "pass a mask (glob pattern, predicate or pytree of bools) that selects the leaves to penalize"
+            )
+        return picked
+
+    def __call__(self, params: Params) -> jax.Array:
+        total = builtins.sum(self.fn(leaf, *cs) for _, leaf, cs in self.resolve(params))
+        return self.scale * total
+
+
+class Penalty:
+    """A sum of :class:`Term` objects; call it on params to get the scalar penalty.
+
+    ``penalty(params)`` is the total; ``penalty.parts(params)`` the value of
+    each term by name. Penalties add with ``+`` (and ``sum``) and scale with
+    ``*`` or ``/`` by a non-negative scalar.
+    """
+
+    __slots__ = ("terms", "__weakref__")
+
+    def __init__(self, terms: tuple[Term, ...]):
+        self.terms = tuple(terms)
+
+    def names(self) -> list[str]:
+        """Unique term names, in order: repeated names get ``_2``, ``_3``... suffixes."""
+        seen: dict[str, int] = {}
+        out = []
+        for t in self.terms:
+            seen[t.name] = seen.get(t.name, 0) + 1
+            out.append(t.name if seen[t.name] == 1 else f"{t.name}_{seen[t.name]}")
+        return out
+
+    def parts(self, params: Params) -> dict[str, jax.Array]:
+        """The value of each term, keyed by :meth:`names`."""
+        return {n: t(params) for n, t in zip(self.names(), self.terms)}
+
+    def __call__(self, params: Params) -> jax.Array:
+        return builtins.sum(self.parts(params).values())
+
+    def __add__(self, other: Any) -> Penalty:
+        if isinstance(other, Penalty):
+            return Penalty(self.terms + other.terms)
+        if isinstance(other, (int, float)) and other == 0:  # builtin sum() starts from 0
+            return self
+        return NotImplemented
+
+    __radd__ = __add__
+
+    def __mul__(self, factor: Any) -> Penalty:
+        if isinstance(factor, Penalty):
+            return NotImplemented
+        _check_coefficient(factor, "penalty scale factor")
+        return Penalty(tuple(dataclasses.replace(t, scale=t.scale * factor) for t in self.terms))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor: Any) -> Penalty:
+        _check_coefficient(divisor, "penalty divisor")
+        if is_concrete(divisor) and np.all(np.asarray(divisor) == 0):
+            raise JregError("penalty divisor must be > 0, got 0")
+        return self * (1.0 / divisor)
+
+    def __repr__(self) -> str:
+        inner = " + ".join(f"{n}(mask={t.mask!r}, scale={t.scale!r})" for n, t in zip(self.names(), self.terms))
+        return f"Penalty({inner})"
+
+
+def term(fn: Callable[..., jax.Array], *coefs: Any, mask: Mask = None, name: str = "penalty") -> Penalty:
+    """A penalty from your own per-leaf formula ``fn(leaf, *coefs) -> scalar``.
+
+    Example: ``term(lambda w, c: c * jnp.sum(w ** 4), 1e-3, name="l4")``.
+    Coefficients follow the same rules (and checks) as :func:`l2`'s.
+    """
+    if not callable(fn):
+        raise JregTypeError(f"fn must be callable fn(leaf, *coefs) -> scalar, got {fn!r}")
+    if not isinstance(name, str) or not name or name in ("data", "penalty", "loss"):
+        raise JregError(f"name must be a non-empty str other than 'data', 'penalty' or 'loss', got {name!r}")
+    for i, c in enumerate(coefs):
+        _check_coefficient(c, f"{name}: coefficient {i}" if len(coefs) > 1 else f"{name}: coefficient")
+    return Penalty((Term(name, fn, tuple(coefs), mask),))
+
+
+def _l2(w: jax.Array, c: Any) -> jax.Array:
+    return 0.5 * jnp.sum(c * jnp.square(w))
+
+
+def _l1(w: jax.Array, c: Any) -> jax.Array:
+    return jnp.sum(c * jnp.abs(w))
+
+
+def _elastic(w: jax.Array, c1: Any, c2: Any) -> jax.Array:
+    return _l1(w, c1) + _l2(w, c2)
+
+
+def l2(c: Any, *, mask: Mask = None, name: str = "l2") -> Penalty:
+    """``R = c/2 * sum w^2`` over the masked leaves; adds ``c * w`` to their gradient.
+
+    Nielsen's ``lambda/(2n) * sum_w w^2`` is ``l2(lambda / n)`` with ``n`` the
+    size of the training set. With plain SGD at learning rate ``eta`` the step
+    becomes ``w <- (1 - eta*c) w - eta * grad C0`` (weight decay).
+    """
+    return term(_l2, c, mask=mask, name=name)
+
+
+def l1(c: Any, *, mask: Mask = None, name: str = "l1") -> Penalty:
+    """``R = c * sum |w|`` over the masked leaves; adds ``c * sign(w)`` to their gradient."""
+    return term(_l1, c, mask=mask, name=name)
+
+
+def elastic_net(c1: Any, c2: Any, *, mask: Mask = None, name: str = "elastic_net") -> Penalty:
+    """``R = c1 * sum |w| + c2/2 * sum w^2`` over the masked leaves (``l1(c1) + l2(c2)`` as one term)."""
+    return term(_elastic, c1, c2, mask=mask, name=name)
+
+
+def sum(*penalties: Penalty) -> Penalty:  # noqa: A001 - public name asked for: jreg.penalties.sum
+    """The sum of several penalties (same as ``p1 + p2 + ...``)."""
+    if len(penalties) == 1 and not isinstance(penalties[0], Penalty):
+        penalties = tuple(penalties[0])  # sum([p1, p2]) too
+    for i, p in enumerate(penalties):
+        if not isinstance(p, Penalty):
+            raise JregTypeError(f"penalties[{i}] must be a jreg Penalty, got {type(p).__name__}")
+    return Penalty(tuple(t for p in penalties for t in p.terms))

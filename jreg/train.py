@@ -1,0 +1,385 @@
+"""Training: one jitted step, one compiled epoch (``lax.scan``), and ``fit``.
+
+Regularization lives in the objective, never here: any optax
+``GradientTransformation`` updates the params from ``jax.grad`` of the
+regularized objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ._checks import check_finite, check_key, check_positive_int
+from ._errors import JregError, JregTypeError
+from .losses import labels_of
+from .objective import Objective, _check_batch
+
+Params = Any
+Metrics = dict[str, jax.Array]
+StepFn = Callable[[Params, Any, tuple[Any, Any]], tuple[Params, Any, Metrics]]
+
+PARTIAL_BATCH = ("include", "drop")
+MONITORS = ("training_cost", "training_accuracy", "evaluation_cost", "evaluation_accuracy")
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise JregTypeError(
+            f"optimizer must be an optax GradientTransformation (with init and update), got {optimizer!r}"
+        )
+
+
+def _check_objective(objective: Any) -> None:
+    if not callable(objective):
+        raise JregTypeError(f"objective must be callable f(params, batch) -> (total, parts), got {objective!r}")
+
+
+def _raw_step(objective: Callable[..., Any], optimizer: optax.GradientTransformation) -> StepFn:
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+    def step(params: Params, opt_state: Any, batch: tuple[Any, Any]) -> tuple[Params, Any, Metrics]:
+        (total, parts), grads = grad_fn(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": total, **parts}
+
+    return step
+
+
+def make_step(
+    objective: Callable[..., Any], optimizer: optax.GradientTransformation, *, donate: bool = False
+) -> StepFn:
+    """A jitted pure training step ``step(params, opt_state, batch) -> (params, opt_state, metrics)``.
+
+    It takes ``jax.grad`` of the objective's total at ``params`` on ``batch = (x, y)``,
+    lets ``optimizer`` turn the gradient into updates and applies them.
+    ``metrics`` holds ``"loss"`` (the total before the step) and every entry
+    of the objective's ``parts``.
+
+    Args:
+        objective: ``f(params, batch) -> (total, parts)``, e.g. from :func:`jreg.objective`.
+        optimizer: any optax ``GradientTransformation``.
+        donate: donate ``params`` and ``opt_state`` to the step (saves memory;
+            the arrays passed in may not be used again afterwards).
+    """
+    _check_objective(objective)
+    _check_optimizer(optimizer)
+    return jax.jit(_raw_step(objective, optimizer), donate_argnums=(0, 1) if donate else ())
+
+
+def _mean_metrics(stacked: Metrics, weights: jax.Array) -> Metrics:
+    return {k: jnp.sum(v * weights) / jnp.sum(weights) for k, v in stacked.items()}
+
+
+def _raw_epoch(
+    objective: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    partial_batch: str,
+) -> Callable[..., tuple[Params, Any, Metrics]]:
+    step = _raw_step(objective, optimizer)
+
+    def epoch(params: Params, opt_state: Any, train: tuple[Any, Any], key: jax.Array):
+        x, y = _check_batch(train, "train")
+        n = x.shape[0]
+        if batch_size > n:
+            raise JregError(f"batch_size must be at most the number of training examples ({n}), got {batch_size}")
+        full, rest = divmod(n, batch_size)
+        perm = jax.random.permutation(key, n)
+        xs, ys = x[perm], y[perm]  # one gather per epoch
+        head = full * batch_size
+        xb = xs[:head].reshape((full, batch_size) + xs.shape[1:])
+        yb = ys[:head].reshape((full, batch_size) + ys.shape[1:])
+
+        def body(carry, batch):
+            p, s = carry
+            p, s, m = step(p, s, batch)
+            return (p, s), m
+
+        (params, opt_state), stacked = jax.lax.scan(body, (params, opt_state), (xb, yb))
+        weights = jnp.full((full,), batch_size, jnp.float32)
+        if rest and partial_batch == "include":
+            params, opt_state, last = step(params, opt_state, (xs[head:], ys[head:]))
+            stacked = {k: jnp.append(v, last[k][None]) for k, v in stacked.items()}
+            weights = jnp.append(weights, jnp.float32(rest))
+        return params, opt_state, _mean_metrics(stacked, weights)
+
+    return epoch
+
+
+def _check_partial_batch(partial_batch: str) -> None:
+    if partial_batch not in PARTIAL_BATCH:
+        raise JregError(f"partial_batch must be one of {PARTIAL_BATCH}, got {partial_batch!r}")
+
+
+def make_epoch(
+    objective: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    *,
+    partial_batch: str = "include",
+    donate: bool = False,
+) -> Callable[..., tuple[Params, Any, Metrics]]:
+    """One epoch of mini-batch training as one compiled call.
+
+    Returns jitted ``epoch(params, opt_state, train, key) -> (params, opt_state, metrics)``
+    with ``train = (x, y)``. It shuffles the examples with ``jax.random.permutation(key, n)``,
+    gathers them once, cuts them into ``n // batch_size`` mini-batches and runs
+    the steps with ``jax.lax.scan`` (no Python loop, no host round trip).
+
+    The last partial batch: when ``batch_size`` does not divide ``n``, the
+    ``n % batch_size`` examples left over after shuffling form one smaller
+    final step with ``partial_batch="include"`` (the default; as network2.py
+    does, and its gradient is the mean over those examples), or are skipped
+    for this epoch with ``partial_batch="drop"`` (every example is still seen
+    over many epochs, since each epoch shuffles anew).
+
+    ``metrics`` are the step metrics averaged over the epoch's examples (the
+    running training objective, measured before each step).
+    """
+    _check_objective(objective)
+    _check_optimizer(optimizer)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    _check_partial_batch(partial_batch)
+    epoch = _raw_epoch(objective, optimizer, batch_size, partial_batch)
+    return jax.jit(epoch, donate_argnums=(0, 1) if donate else ())
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def accuracy(apply: Callable[[Params, jax.Array], jax.Array], params: Params, data: tuple[Any, Any]) -> jax.Array:
+    """Fraction of examples whose largest output is the true class.
+
+    ``data = (x, y)`` with integer labels ``y (N,)`` or one-hot targets ``(N, classes)``.
+    """
+    x, y = _check_batch(data, "data")
+    outputs = apply(params, x)
+    return jnp.mean(jnp.argmax(outputs, axis=-1) == labels_of(y))
+
+
+def total_cost(objective: Callable[..., Any], params: Params, data: tuple[Any, Any]) -> jax.Array:
+    """The objective's total on ``data``: mean cost over all of it plus the penalty."""
+    return objective(params, data)[0]
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch series from :func:`fit`, each a list with one float per epoch.
+
+    Keys (present when monitored): ``training_cost``, ``training_accuracy``,
+    ``evaluation_cost``, ``evaluation_accuracy`` (costs include the penalty,
+    measured after the epoch on the whole set, as network2.py does),
+    ``epoch_loss`` (mean mini-batch objective during the epoch), and the
+    training cost's parts as ``training_data`` / ``training_penalty`` and one
+    ``training_<term>`` per penalty term.
+    """
+
+    series: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    def append(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.series.setdefault(k, []).append(float(v))
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.series[key]
+
+    def __getattr__(self, key: str) -> list[float]:
+        series = self.__dict__.get("series", {})
+        if key in series:
+            return series[key]
+        raise AttributeError(f"History has no series {key!r}; it has {sorted(series)}")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.series
+
+    def keys(self) -> Iterable[str]:
+        return self.series.keys()
+
+    def __len__(self) -> int:
+        return max((len(v) for v in self.series.values()), default=0)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """A JSON-ready copy: ``{series name: [one float per epoch]}``."""
+        return {k: list(v) for k, v in self.series.items()}
+
+
+def _check_data(data: Any, name: str) -> tuple[jax.Array, jax.Array]:
+    x, y = _check_batch(data, name)
+    if x.shape[0] == 0:
+        raise JregError(f"{name} is empty: it must hold at least one example")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise JregTypeError(f"{name}: x must be floating point, got dtype {x.dtype}; e.g. x.astype('float32') / 255")
+    if not (jnp.issubdtype(y.dtype, jnp.integer) or jnp.issubdtype(y.dtype, jnp.floating)):
+        raise JregTypeError(f"{name}: y must be integer labels or float targets, got dtype {y.dtype}")
+    check_finite(x, f"{name}: x")
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        check_finite(y, f"{name}: y")
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+def _check_against_model(objective: Callable[..., Any], params: Params, data: tuple[Any, Any], name: str) -> None:
+    """Trace the objective on one example (shape errors surface here) and check label range."""
+    x, y = data
+    jax.eval_shape(objective, params, (x[:1], y[:1]))
+    if isinstance(objective, Objective) and jnp.issubdtype(y.dtype, jnp.integer):
+        classes = jax.eval_shape(objective.apply, params, x[:1]).shape[-1]
+        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+        if lo < 0 or hi >= classes:
+            raise JregError(
+                f"{name}: labels must lie in [0, {classes}) for a model with {classes} outputs, "
+                f"got values in [{lo}, {hi}]"
+            )
+
+
+def _evaluate(
+    objective: Callable[..., Any],
+    params: Params,
+    data: tuple[Any, Any],
+    prefix: str,
+    want_cost: bool,
+    want_accuracy: bool,
+) -> Metrics:
+    out: Metrics = {}
+    if want_cost:
+        total, parts = objective(params, data)
+        out[f"{prefix}_cost"] = total
+        if prefix == "training":
+            out.update({f"training_{k}": v for k, v in parts.items()})
+    if want_accuracy:
+        out[f"{prefix}_accuracy"] = accuracy(objective.apply, params, data)
+    return out
+
+
+def _format_epoch(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    shown = [f"{k.replace('_', ' ')} {metrics[k]:.4f}" for k in MONITORS if k in metrics]
+    return f"Epoch {epoch + 1}/{epochs}: " + ", ".join(shown or [f"epoch loss {metrics['epoch_loss']:.4f}"])
+
+
+def fit(
+    objective: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    params: Params,
+    train: tuple[Any, Any],
+    *,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    evaluation: tuple[Any, Any] | None = None,
+    opt_state: Any = None,
+    monitor: Iterable[str] | None = None,
+    partial_batch: str = "include",
+    verbose: bool = False,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[Params, History]:
+    """Train for ``epochs`` epochs of shuffled mini-batches; return ``(params, history)``.
+
+    Each epoch, and the monitoring after it, is one compiled call (see
+    :func:`make_epoch`); epoch ``e`` shuffles with ``jax.random.fold_in(key, e)``,
+    so the same key, data and config give the same result.
+
+    Args:
+        objective: from :func:`jreg.objective` (needed for the accuracy series;
+            any ``f(params, batch) -> (total, parts)`` works for the costs).
+        optimizer: any optax ``GradientTransformation``.
+        params: initial params (not modified; fit works on a copy).
+        train: ``(x, y)``, ``x`` float ``(N, ...)``, ``y`` integer labels ``(N,)``
+            or float targets ``(N, classes)``.
+        epochs, batch_size: positive ints, ``batch_size <= N``.
+        key: a ``jax.random.key`` for the shuffles.
+        evaluation: optional ``(x, y)`` held-out data (validation or test).
+        opt_state: optimizer state to continue from (default ``optimizer.init(params)``).
+        monitor: which of ``training_cost``, ``training_accuracy``,
+            ``evaluation_cost``, ``evaluation_accuracy`` to measure after each
+            epoch (default: all that apply, as network2.py's four flags).
+        partial_batch: ``"include"`` or ``"drop"`` the last partial mini-batch.
+        verbose: print one line per epoch.
+        callback: ``callback(epoch, metrics)`` after each epoch with the
+            epoch's floats (e.g. to drive a progress bar).
+
+    Returns:
+        The trained params and a :class:`History`.
+    """
+    _check_objective(objective)
+    _check_optimizer(optimizer)
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    _check_partial_batch(partial_batch)
+    key = check_key(key)
+    train = _check_data(train, "train")
+    if batch_size > train[0].shape[0]:
+        raise JregError(
+            f"batch_size must be at most the number of training examples ({train[0].shape[0]}), got {batch_size}"
+        )
+    if evaluation is not None:
+        evaluation = _check_data(evaluation, "evaluation")
+    has_apply = isinstance(objective, Objective)
+    available = {"training_cost", "evaluation_cost"} | (
+        {"training_accuracy", "evaluation_accuracy"} if has_apply else set()
+    )
+    if evaluation is None:
+        available -= {"evaluation_cost", "evaluation_accuracy"}
+    if monitor is None:
+        wanted = available
+    else:
+        wanted = set(monitor)
+        unknown = wanted - set(MONITORS)
+        if unknown:
+            raise JregError(f"monitor must name some of {MONITORS}, got unknown {sorted(unknown)}")
+        missing = wanted - available
+        if missing:
+            why = (
+                "evaluation data is needed" if evaluation is None else "accuracy needs an objective from jreg.objective"
+            )
+            raise JregError(f"monitor asks for {sorted(missing)}, but {why}")
+    if callback is not None and not callable(callback):
+        raise JregTypeError(f"callback must be callable callback(epoch, metrics), got {callback!r}")
+
+    _check_against_model(objective, params, train, "train")
+    if evaluation is not None:
+        _check_against_model(objective, params, evaluation, "evaluation")
+
+    # fit donates its buffers to the compiled epoch, so it works on copies of the caller's.
+    params = jax.tree.map(jnp.array, params)
+    opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
+    epoch_fn = _raw_epoch(objective, optimizer, batch_size, partial_batch)
+
+    def run(params, opt_state, train, evaluation, key):
+        params, opt_state, m = epoch_fn(params, opt_state, train, key)
+        out = {"epoch_loss": m["loss"]}
+        out.update(
+            _evaluate(objective, params, train, "training", "training_cost" in wanted, "training_accuracy" in wanted)
+        )
+        if evaluation is not None:
+            out.update(
+                _evaluate(
+                    objective,
+                    params,
+                    evaluation,
+                    "evaluation",
+                    "evaluation_cost" in wanted,
+                    "evaluation_accuracy" in wanted,
+                )
+            )
+        return params, opt_state, out
+
+    run = jax.jit(run, donate_argnums=(0, 1))
+    history = History()
+    for e in range(epochs):
+        params, opt_state, metrics = run(params, opt_state, train, evaluation, jax.random.fold_in(key, e))
+        floats = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        history.append(floats)
+        if verbose:
+            print(_format_epoch(e, epochs, floats), flush=True)
+        if callback is not None:
+            callback(e, floats)
+    return params, history
+
+
+__all__ = ["History", "accuracy", "fit", "make_epoch", "make_step", "total_cost"]

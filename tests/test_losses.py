@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import jreg
+from jreg import losses
+
+from .conftest import VARIANTS
+
+logits_strategy = hnp.arrays(np.float64, (4, 3), elements=st.floats(-30, 30))
+
+
+def naive_cross_entropy(z, y):
+    a = 1 / (1 + np.exp(-z))
+    return np.sum(-y * np.log(a) - (1 - y) * np.log(1 - a), axis=-1)
+
+
+def logaddexp_cross_entropy(z, y):
+    # -ln sigma(z) = ln(1 + e^-z), -ln(1 - sigma(z)) = ln(1 + e^z), by NumPy's logaddexp
+    return np.sum(y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z), axis=-1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@given(z=logits_strategy, labels=hnp.arrays(np.int32, (4,), elements=st.integers(0, 2)))
+def test_cross_entropy_matches_the_formula(variant, z, labels):
+    with jax.enable_x64(True):
+        y = np.eye(3)[labels]
+        got = variant(losses.cross_entropy)(jnp.asarray(z), jnp.asarray(y))
+        np.testing.assert_allclose(got, logaddexp_cross_entropy(z, y), rtol=1e-12, atol=1e-12)
+        # where the naive form is well conditioned, it agrees too
+        zc = np.clip(z, -8, 8)
+        np.testing.assert_allclose(
+            variant(losses.cross_entropy)(jnp.asarray(zc), jnp.asarray(y)), naive_cross_entropy(zc, y), rtol=1e-10
+        )
+        # integer labels and one-hot targets give the same cost
+        np.testing.assert_allclose(
+            variant(losses.cross_entropy)(jnp.asarray(z), jnp.asarray(labels)),
+            variant(losses.cross_entropy)(jnp.asarray(z), jnp.asarray(y)),
+            rtol=1e-12,
+        )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cross_entropy_is_finite_where_the_naive_form_is_nan(variant):
+    z = jnp.array([[100.0, -100.0]])  # a = (1, 0) exactly in float32
+    y = jnp.array([[1.0, 0.0]])
+    with np.errstate(all="ignore"):
+        a = 1 / (1 + np.exp(-np.asarray(z, np.float32)))
+        assert np.isnan(np.sum(-y * np.log(a) - (1 - y) * np.log(1 - a)))  # the naive form
+    c = variant(losses.cross_entropy)(z, y)
+    assert np.all(np.isfinite(c)) and float(c[0]) < 1e-30
+    g = jax.grad(lambda z: losses.cross_entropy(z, y).sum())(z)
+    assert np.all(np.isfinite(g))
+
+
+@given(z=logits_strategy, labels=hnp.arrays(np.int32, (4,), elements=st.integers(0, 2)))
+def test_cross_entropy_gradient_is_a_minus_y(z, labels):
+    with jax.enable_x64(True):
+        y = np.eye(3)[labels]
+        g = jax.grad(lambda z: losses.cross_entropy(z, jnp.asarray(y)).sum())(jnp.asarray(z))
+        np.testing.assert_allclose(g, 1 / (1 + np.exp(-z)) - y, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_quadratic(variant):
+    a = jnp.array([[0.2, 0.9], [0.5, 0.5]])
+    y = jnp.array([1, 0])
+    expected = 0.5 * np.array([0.2**2 + 0.1**2, 0.5**2 + 0.5**2])
+    np.testing.assert_allclose(variant(losses.quadratic)(a, y), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@given(z=logits_strategy, labels=hnp.arrays(np.int32, (4,), elements=st.integers(0, 2)))
+def test_log_likelihood_matches_numpy(variant, z, labels):
+    with jax.enable_x64(True):
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        expected = -np.log(p[np.arange(4), labels])
+        np.testing.assert_allclose(
+            variant(losses.log_likelihood)(jnp.asarray(z), jnp.asarray(labels)), expected, rtol=1e-9, atol=1e-9
+        )
+        np.testing.assert_allclose(
+            variant(losses.log_likelihood)(jnp.asarray(z), jnp.asarray(np.eye(3)[labels])),
+            expected,
+            rtol=1e-9,
+            atol=1e-9,
+        )
+
+
+@pytest.mark.parametrize("loss", [losses.cross_entropy, losses.quadratic, losses.log_likelihood])
+def test_target_errors(loss):
+    z = jnp.zeros((4, 10))
+    with pytest.raises(jreg.JregError, match=r"float \(one-hot\) targets must have shape \(4, 10\).*got \(4, 9\)"):
+        loss(z, jnp.zeros((4, 9)))
+    with pytest.raises(jreg.JregError, match=r"integer labels must have shape \(4,\).*got \(3,\)"):
+        loss(z, jnp.zeros((3,), jnp.int32))
+    with pytest.raises(jreg.JregError, match=r"must lie in \[0, 10\).*\[0, 10\]"):
+        loss(z, jnp.array([0, 1, 2, 10]))
+    with pytest.raises(jreg.JregError, match=r"must lie in \[0, 10\)"):
+        loss(z, jnp.array([0, -1, 2, 3]))
+    with pytest.raises(jreg.JregTypeError, match="got dtype bool"):
+        loss(z, jnp.zeros((4,), bool))
+
+
+def test_out_of_range_label_under_jit_gives_nan_not_a_silent_zero():
+    c = jax.jit(losses.cross_entropy)(jnp.zeros((2, 3)), jnp.array([1, 7]))
+    assert np.isfinite(c[0]) and np.isnan(c[1])
+
+
+def test_one_hot_and_labels_of():
+    y = jnp.array([2, 0, 1])
+    oh = losses.one_hot(y, 3)
+    np.testing.assert_array_equal(oh, np.eye(3)[[2, 0, 1]])
+    np.testing.assert_array_equal(losses.labels_of(oh), y)
+    np.testing.assert_array_equal(losses.labels_of(y), y)
+    with pytest.raises(jreg.JregError, match=r"labels must lie in \[0, 3\)"):
+        losses.one_hot(jnp.array([3]), 3)
