@@ -6,7 +6,7 @@ one objective; ``jax.grad`` differentiates it under ``jit``; optax updates.
 
 from __future__ import annotations
 
-from . import initializers, losses, penalties
+from . import data, initializers, losses, penalties
 from ._errors import JregError, JregTypeError
 from .nn import Model, mlp
 from .objective import Objective, objective
@@ -21,6 +21,7 @@ __all__ = [
     "Model",
     "Objective",
     "accuracy",
+    "data",
     "fit",
     "initializers",
     "losses",

@@ -17,6 +17,7 @@ import optax
 
 from ._checks import check_finite, check_key, check_positive_int
 from ._errors import JregError, JregTypeError
+from .data import batches
 from .losses import labels_of
 from .objective import Objective, _check_batch
 
@@ -87,25 +88,18 @@ def _raw_epoch(
 
     def epoch(params: Params, opt_state: Any, train: tuple[Any, Any], key: jax.Array):
         x, y = _check_batch(train, "train")
-        n = x.shape[0]
-        if batch_size > n:
-            raise JregError(f"batch_size must be at most the number of training examples ({n}), got {batch_size}")
-        full, rest = divmod(n, batch_size)
-        perm = jax.random.permutation(key, n)
-        xs, ys = x[perm], y[perm]  # one gather per epoch
-        head = full * batch_size
-        xb = xs[:head].reshape((full, batch_size) + xs.shape[1:])
-        yb = ys[:head].reshape((full, batch_size) + ys.shape[1:])
+        b = batches((x, y), batch_size, key)
 
         def body(carry, batch):
             p, s = carry
             p, s, m = step(p, s, batch)
             return (p, s), m
 
-        (params, opt_state), stacked = jax.lax.scan(body, (params, opt_state), (xb, yb))
-        weights = jnp.full((full,), batch_size, jnp.float32)
+        (params, opt_state), stacked = jax.lax.scan(body, (params, opt_state), (b.x, b.y))
+        weights = jnp.full((b.x.shape[0],), batch_size, jnp.float32)
+        rest = b.rest_x.shape[0]
         if rest and partial_batch == "include":
-            params, opt_state, last = step(params, opt_state, (xs[head:], ys[head:]))
+            params, opt_state, last = step(params, opt_state, (b.rest_x, b.rest_y))
             stacked = {k: jnp.append(v, last[k][None]) for k, v in stacked.items()}
             weights = jnp.append(weights, jnp.float32(rest))
         return params, opt_state, _mean_metrics(stacked, weights)
