@@ -10,7 +10,7 @@ from . import data, initializers, losses, penalties
 from ._errors import JregError, JregTypeError
 from .nn import Model, mlp
 from .objective import Objective, objective
-from .train import History, accuracy, fit, make_epoch, make_step, total_cost
+from .train import History, SweepHistory, accuracy, fit, make_epoch, make_step, sweep, total_cost
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "JregTypeError",
     "Model",
     "Objective",
+    "SweepHistory",
     "accuracy",
     "data",
     "fit",
@@ -30,5 +31,6 @@ __all__ = [
     "mlp",
     "objective",
     "penalties",
+    "sweep",
     "total_cost",
 ]

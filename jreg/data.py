@@ -45,6 +45,7 @@ import numpy as np
 
 from ._checks import check_key, check_positive_int
 from ._errors import JregError
+from .io import _file_mode
 
 #: The four standard MNIST files and the SHA-256 of their decompressed bytes.
 SHA256 = {
@@ -280,6 +281,7 @@ def download(
             fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
             os.close(fd)
             tmp = Path(tmp_name)
+            os.chmod(tmp, _file_mode(target))
             try:
                 _fetch(url, tmp, timeout, progress)
                 read_idx(tmp, sha256)  # verify before anything is cached

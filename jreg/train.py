@@ -8,11 +8,12 @@ regularized objective.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ._checks import check_finite, check_key, check_positive_int
@@ -26,6 +27,7 @@ Metrics = dict[str, jax.Array]
 StepFn = Callable[[Params, Any, tuple[Any, Any]], tuple[Params, Any, Metrics]]
 
 PARTIAL_BATCH = ("include", "drop")
+VECTORIZE = ("auto", "vmap", "map")
 MONITORS = ("training_cost", "training_accuracy", "evaluation_cost", "evaluation_accuracy")
 
 
@@ -177,18 +179,18 @@ class History:
 
     series: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
-    def append(self, metrics: dict[str, float]) -> None:
+    def append(self, metrics: dict[str, Any]) -> None:
         for k, v in metrics.items():
-            self.series.setdefault(k, []).append(float(v))
+            self.series.setdefault(k, []).append(v)
 
-    def __getitem__(self, key: str) -> list[float]:
+    def __getitem__(self, key: str) -> Any:
         return self.series[key]
 
-    def __getattr__(self, key: str) -> list[float]:
+    def __getattr__(self, key: str) -> Any:
         series = self.__dict__.get("series", {})
         if key in series:
-            return series[key]
-        raise AttributeError(f"History has no series {key!r}; it has {sorted(series)}")
+            return self[key]
+        raise AttributeError(f"{type(self).__name__} has no series {key!r}; it has {sorted(series)}")
 
     def __contains__(self, key: str) -> bool:
         return key in self.series
@@ -197,11 +199,31 @@ class History:
         return self.series.keys()
 
     def __len__(self) -> int:
+        """The number of epochs recorded."""
         return max((len(v) for v in self.series.values()), default=0)
 
-    def to_dict(self) -> dict[str, list[float]]:
-        """A JSON-ready copy: ``{series name: [one float per epoch]}``."""
-        return {k: list(v) for k, v in self.series.items()}
+    def to_dict(self) -> dict[str, list[Any]]:
+        """A JSON-ready copy: ``{series name: [one value per epoch]}``."""
+        return {k: np.asarray(self[k]).tolist() for k in self.series}
+
+
+@dataclasses.dataclass
+class SweepHistory(History):
+    """Per-epoch series from :func:`sweep`: ``history[name]`` is an array ``(models, epochs)``.
+
+    ``history.run(i)`` is model ``i``'s own :class:`History`.
+    """
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return np.stack(self.series[key], axis=-1)
+
+    @property
+    def models(self) -> int:
+        first = next(iter(self.series.values()), [])
+        return int(np.shape(first[0])[0]) if first else 0
+
+    def run(self, i: int) -> History:
+        return History({k: [float(v[i]) for v in vs] for k, vs in self.series.items()})
 
 
 def _check_data(data: Any, name: str) -> tuple[jax.Array, jax.Array]:
@@ -224,7 +246,8 @@ def _check_against_model(objective: Callable[..., Any], params: Params, data: tu
     jax.eval_shape(objective, params, (x[:1], y[:1]))
     if isinstance(objective, Objective) and jnp.issubdtype(y.dtype, jnp.integer):
         classes = jax.eval_shape(objective.apply, params, x[:1]).shape[-1]
-        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+        labels = np.asarray(y)
+        lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= classes:
             raise JregError(
                 f"{name}: labels must lie in [0, {classes}) for a model with {classes} outputs, "
@@ -251,9 +274,107 @@ def _evaluate(
     return out
 
 
-def _format_epoch(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
-    shown = [f"{k.replace('_', ' ')} {metrics[k]:.4f}" for k in MONITORS if k in metrics]
-    return f"Epoch {epoch + 1}/{epochs}: " + ", ".join(shown or [f"epoch loss {metrics['epoch_loss']:.4f}"])
+def _monitor(objective: Callable[..., Any], wanted: set[str]) -> Callable[..., Metrics]:
+    """The monitored evaluations after an epoch: ``monitor(params, train, evaluation) -> metrics``."""
+
+    def monitor(params, train, evaluation):
+        out = _evaluate(objective, params, train, "training", "training_cost" in wanted, "training_accuracy" in wanted)
+        if evaluation is not None:
+            out.update(
+                _evaluate(
+                    objective,
+                    params,
+                    evaluation,
+                    "evaluation",
+                    "evaluation_cost" in wanted,
+                    "evaluation_accuracy" in wanted,
+                )
+            )
+        return out
+
+    return monitor
+
+
+def _epoch_and_monitor(
+    objective: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    partial_batch: str,
+    wanted: set[str],
+) -> Callable[..., tuple[Params, Any, Metrics]]:
+    """One epoch of training followed by the monitored evaluations, as one traceable function."""
+    epoch_fn = _raw_epoch(objective, optimizer, batch_size, partial_batch)
+    monitor = _monitor(objective, wanted)
+
+    def run(params, opt_state, train, evaluation, key):
+        params, opt_state, m = epoch_fn(params, opt_state, train, key)
+        return params, opt_state, {"epoch_loss": m["loss"], **monitor(params, train, evaluation)}
+
+    return run
+
+
+def _monitors(monitor: Iterable[str] | None, has_apply: bool, has_evaluation: bool) -> set[str]:
+    available = {"training_cost", "evaluation_cost"}
+    if has_apply:
+        available |= {"training_accuracy", "evaluation_accuracy"}
+    if not has_evaluation:
+        available -= {"evaluation_cost", "evaluation_accuracy"}
+    if monitor is None:
+        return available
+    if isinstance(monitor, str):
+        monitor = (monitor,)
+    wanted = set(monitor)
+    unknown = wanted - set(MONITORS)
+    if unknown:
+        raise JregError(f"monitor must name some of {MONITORS}, got unknown {sorted(unknown)}")
+    missing = wanted - available
+    if missing:
+        why = "evaluation data is needed" if not has_evaluation else "accuracy needs an objective from jreg.objective"
+        raise JregError(f"monitor asks for {sorted(missing)}, but {why}")
+    return wanted
+
+
+def _check_loop_args(epochs: Any, batch_size: Any, partial_batch: str, key: Any, callback: Any) -> tuple[int, int]:
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    _check_partial_batch(partial_batch)
+    check_key(key)
+    if callback is not None and not callable(callback):
+        raise JregTypeError(f"callback must be callable callback(epoch, metrics), got {callback!r}")
+    return epochs, batch_size
+
+
+def _check_train_eval(train: Any, evaluation: Any, batch_size: int) -> tuple[Any, Any]:
+    train = _check_data(train, "train")
+    if batch_size > train[0].shape[0]:
+        raise JregError(
+            f"batch_size must be at most the number of training examples ({train[0].shape[0]}), got {batch_size}"
+        )
+    if evaluation is not None:
+        evaluation = _check_data(evaluation, "evaluation")
+    return train, evaluation
+
+
+def _format(value: Any) -> str:
+    arr = np.asarray(value)
+    return f"{float(arr):.4f}" if arr.ndim == 0 else "[" + ", ".join(f"{v:.4f}" for v in arr.ravel()) + "]"
+
+
+def _format_epoch(epoch: int, epochs: int, metrics: dict[str, Any]) -> str:
+    shown = [f"{k.replace('_', ' ')} {_format(metrics[k])}" for k in MONITORS if k in metrics]
+    return f"Epoch {epoch + 1}/{epochs}: " + ", ".join(shown or [f"epoch loss {_format(metrics['epoch_loss'])}"])
+
+
+def _loop(run, params, opt_state, train, evaluation, key, epochs, history, verbose, callback, convert):
+    for e in range(epochs):
+        params, opt_state, metrics = run(params, opt_state, train, evaluation, jax.random.fold_in(key, e))
+        values = {k: convert(v) for k, v in jax.device_get(metrics).items()}
+        history.append(values)
+        if verbose:
+            print(_format_epoch(e, epochs, values), flush=True)
+        if callback is not None:
+            callback(e, values)
+    return params, opt_state
 
 
 def fit(
@@ -302,39 +423,9 @@ def fit(
     """
     _check_objective(objective)
     _check_optimizer(optimizer)
-    epochs = check_positive_int(epochs, "epochs")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    _check_partial_batch(partial_batch)
-    key = check_key(key)
-    train = _check_data(train, "train")
-    if batch_size > train[0].shape[0]:
-        raise JregError(
-            f"batch_size must be at most the number of training examples ({train[0].shape[0]}), got {batch_size}"
-        )
-    if evaluation is not None:
-        evaluation = _check_data(evaluation, "evaluation")
-    has_apply = isinstance(objective, Objective)
-    available = {"training_cost", "evaluation_cost"} | (
-        {"training_accuracy", "evaluation_accuracy"} if has_apply else set()
-    )
-    if evaluation is None:
-        available -= {"evaluation_cost", "evaluation_accuracy"}
-    if monitor is None:
-        wanted = available
-    else:
-        wanted = set(monitor)
-        unknown = wanted - set(MONITORS)
-        if unknown:
-            raise JregError(f"monitor must name some of {MONITORS}, got unknown {sorted(unknown)}")
-        missing = wanted - available
-        if missing:
-            why = (
-                "evaluation data is needed" if evaluation is None else "accuracy needs an objective from jreg.objective"
-            )
-            raise JregError(f"monitor asks for {sorted(missing)}, but {why}")
-    if callback is not None and not callable(callback):
-        raise JregTypeError(f"callback must be callable callback(epoch, metrics), got {callback!r}")
-
+    epochs, batch_size = _check_loop_args(epochs, batch_size, partial_batch, key, callback)
+    train, evaluation = _check_train_eval(train, evaluation, batch_size)
+    wanted = _monitors(monitor, isinstance(objective, Objective), evaluation is not None)
     _check_against_model(objective, params, train, "train")
     if evaluation is not None:
         _check_against_model(objective, params, evaluation, "evaluation")
@@ -342,38 +433,141 @@ def fit(
     # fit donates its buffers to the compiled epoch, so it works on copies of the caller's.
     params = jax.tree.map(jnp.array, params)
     opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
-    epoch_fn = _raw_epoch(objective, optimizer, batch_size, partial_batch)
-
-    def run(params, opt_state, train, evaluation, key):
-        params, opt_state, m = epoch_fn(params, opt_state, train, key)
-        out = {"epoch_loss": m["loss"]}
-        out.update(
-            _evaluate(objective, params, train, "training", "training_cost" in wanted, "training_accuracy" in wanted)
-        )
-        if evaluation is not None:
-            out.update(
-                _evaluate(
-                    objective,
-                    params,
-                    evaluation,
-                    "evaluation",
-                    "evaluation_cost" in wanted,
-                    "evaluation_accuracy" in wanted,
-                )
-            )
-        return params, opt_state, out
-
-    run = jax.jit(run, donate_argnums=(0, 1))
+    run = jax.jit(_epoch_and_monitor(objective, optimizer, batch_size, partial_batch, wanted), donate_argnums=(0, 1))
     history = History()
-    for e in range(epochs):
-        params, opt_state, metrics = run(params, opt_state, train, evaluation, jax.random.fold_in(key, e))
-        floats = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        history.append(floats)
-        if verbose:
-            print(_format_epoch(e, epochs, floats), flush=True)
-        if callback is not None:
-            callback(e, floats)
+    params, _ = _loop(run, params, opt_state, train, evaluation, key, epochs, history, verbose, callback, float)
     return params, history
 
 
-__all__ = ["History", "accuracy", "fit", "make_epoch", "make_step", "total_cost"]
+def _check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:
+    if not isinstance(hparams, Mapping) or not hparams:
+        raise JregTypeError(
+            "hparams must be a non-empty mapping from names to 1-D arrays of values, one per model, "
+            f"e.g. {{'lmbda': [0.0, 0.1]}}; got {hparams!r}"
+        )
+    out, sizes = {}, set()
+    for name, values in hparams.items():
+        arr = np.asarray(values)
+        if arr.ndim != 1 or arr.size == 0:
+            raise JregError(f"hparams[{name!r}] must be a non-empty 1-D array (one value per model), got {arr.shape}")
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise JregTypeError(f"hparams[{name!r}] must hold real numbers, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise JregError(f"hparams[{name!r}] must be finite, got {arr.tolist()}")
+        sizes.add(arr.size)
+        out[name] = jnp.asarray(arr, jnp.float32 if np.issubdtype(arr.dtype, np.floating) else jnp.int32)
+    if len(sizes) != 1:
+        lengths = {k: int(v.shape[0]) for k, v in out.items()}
+        raise JregError(f"every hparams entry must hold one value per model (same length), got lengths {lengths}")
+    return out, sizes.pop()
+
+
+def sweep(
+    build: Callable[[dict[str, jax.Array]], tuple[Callable[..., Any], optax.GradientTransformation]],
+    params: Params,
+    train: tuple[Any, Any],
+    *,
+    hparams: Mapping[str, Any],
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    evaluation: tuple[Any, Any] | None = None,
+    stacked_params: bool = False,
+    vectorize: str = "auto",
+    monitor: Iterable[str] | None = None,
+    partial_batch: str = "include",
+    verbose: bool = False,
+    callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> tuple[Params, SweepHistory]:
+    """Train K models that differ in hyperparameters in one compiled program (``jax.vmap``).
+
+    ``build(hp) -> (objective, optimizer)`` receives one model's hyperparameters
+    as scalars (``hp["lmbda"]``, ``hp["eta"]``...) and returns its objective and
+    optimizer. Under the sweep those scalars are traced, so one program serves
+    every value: penalty coefficients and optax learning rates accept traced
+    values, nothing is recompiled per value. ``build`` is also called once per
+    model with concrete values first, so bad values (a negative ``lmbda``)
+    raise the usual clear error.
+
+    Every model sees the same data order (the shuffles come from ``key``, as
+    in :func:`fit`), so model ``i`` of a sweep equals :func:`fit` run with
+    ``build({k: v[i]})`` alone (up to float reassociation).
+
+    Args:
+        build: ``build(hp) -> (objective, optimizer)``.
+        params: initial params shared by every model, or, with
+            ``stacked_params=True``, params with a leading axis of size K
+            (e.g. ``jax.vmap(model.init)(jax.random.split(key, K))`` for seeds).
+        hparams: ``{name: K values}``; every entry has the same length K.
+        vectorize: how the K models' training steps share the program:
+            ``"vmap"`` batches them (best on GPU/TPU and for large K),
+            ``"map"`` runs them one after another inside the same compiled
+            program (``lax.map``; faster on CPU, where XLA's small batched
+            matmuls are slow). The per-epoch evaluations are batched either way.
+            ``"auto"`` (default): ``"map"`` on CPU, ``"vmap"`` elsewhere.
+        The rest as in :func:`fit`.
+
+    Returns:
+        Params stacked along a leading axis of size K, and a
+        :class:`SweepHistory` whose series have shape ``(K, epochs)``.
+    """
+    if not callable(build):
+        raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
+    if vectorize not in VECTORIZE:
+        raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
+    if vectorize == "auto":
+        vectorize = "map" if jax.default_backend() == "cpu" else "vmap"
+    hp, models = _check_hparams(hparams)
+    epochs, batch_size = _check_loop_args(epochs, batch_size, partial_batch, key, callback)
+    train, evaluation = _check_train_eval(train, evaluation, batch_size)
+    if stacked_params:
+        sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
+        if sizes != {models}:
+            raise JregError(f"stacked_params=True needs a leading axis of size {models} on every leaf of params")
+        first = jax.tree.map(lambda a: a[0], params)
+    else:
+        first = params
+    # Build each model once with concrete values: validation runs, and the types are checked.
+    built = [build({k: v[i] for k, v in hp.items()}) for i in range(models)]
+    for i, pair in enumerate(built):
+        if not (isinstance(pair, tuple) and len(pair) == 2) or isinstance(pair, optax.GradientTransformation):
+            raise JregTypeError(f"build must return (objective, optimizer), got {type(pair).__name__} for model {i}")
+        _check_objective(pair[0])
+        _check_optimizer(pair[1])
+    objective0 = built[0][0]
+    wanted = _monitors(monitor, isinstance(objective0, Objective), evaluation is not None)
+    _check_against_model(objective0, first, train, "train")
+    if evaluation is not None:
+        _check_against_model(objective0, first, evaluation, "evaluation")
+
+    @jax.jit
+    def prepare(params, hp):
+        if not stacked_params:
+            params = jax.tree.map(lambda a: jnp.broadcast_to(a, (models,) + jnp.shape(a)), params)
+        return params, jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
+
+    params, opt_state = prepare(params, hp)  # fresh buffers, safe to donate
+
+    def train_one(h, p, s, tr, k):
+        objective, optimizer = build(h)
+        p, s, m = _raw_epoch(objective, optimizer, batch_size, partial_batch)(p, s, tr, k)
+        return p, s, m["loss"]
+
+    def monitor_one(h, p, tr, ev):
+        return _monitor(build(h)[0], wanted)(p, tr, ev)
+
+    def run(p, s, tr, ev, k):
+        if vectorize == "vmap":
+            p, s, loss = jax.vmap(train_one, in_axes=(0, 0, 0, None, None))(hp, p, s, tr, k)
+        else:
+            p, s, loss = jax.lax.map(lambda a: train_one(*a, tr, k), (hp, p, s))
+        metrics = jax.vmap(monitor_one, in_axes=(0, 0, None, None))(hp, p, tr, ev)
+        return p, s, {"epoch_loss": loss, **metrics}
+
+    run = jax.jit(run, donate_argnums=(0, 1))
+    history = SweepHistory()
+    params, _ = _loop(run, params, opt_state, train, evaluation, key, epochs, history, verbose, callback, np.asarray)
+    return params, history
+
+
+__all__ = ["History", "SweepHistory", "accuracy", "fit", "make_epoch", "make_step", "sweep", "total_cost"]

@@ -14,6 +14,7 @@ must catch it: the tests can fail.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +40,14 @@ def data(seed, n=8, sizes=SIZES, dtype=jnp.float32):
     return x, y
 
 
-def model_params(seed, sizes=SIZES, dtype=jnp.float32):
-    model = jreg.mlp(sizes, dtype=dtype)
+@functools.cache
+def mlp(dtype=jnp.float32, output_activation=None):
+    """One model per configuration for the whole module (each new mlp compiles its init once)."""
+    return jreg.mlp(SIZES, output_activation=output_activation, dtype=dtype)
+
+
+def model_params(seed, dtype=jnp.float32):
+    model = mlp(dtype)
     return model, model.init(jax.random.key(seed + 100))
 
 
@@ -151,10 +158,10 @@ def identity3_gap(penalty_fn, cost, eta, lam, n, m, seed, variant):
     """max |jreg step - network2 update| in float64, over all weights and biases."""
     with jax.enable_x64(True):
         if cost == "cross_entropy":
-            model = jreg.mlp(SIZES, dtype=jnp.float64)
+            model = mlp(jnp.float64)
             loss = jreg.losses.cross_entropy
         else:
-            model = jreg.mlp(SIZES, output_activation=jax.nn.sigmoid, dtype=jnp.float64)
+            model = mlp(jnp.float64, jax.nn.sigmoid)
             loss = jreg.losses.quadratic
         params = model.init(jax.random.key(seed))
         x, y = data(seed, n=m, dtype=jnp.float64)

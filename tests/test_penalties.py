@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
@@ -16,9 +16,12 @@ from jreg import penalties as P
 
 from .conftest import VARIANTS
 
+MODEL = jreg.mlp([4, 3, 2])
+PARAMS = MODEL.init(jax.random.key(0))
+
 
 def mlp_params(seed=0):
-    return jreg.mlp([4, 3, 2]).init(jax.random.key(seed))
+    return MODEL.init(jax.random.key(seed))
 
 
 def sq(*arrays):
@@ -130,9 +133,10 @@ def test_custom_term():
     assert l4.names() == ["l4"]
 
 
+@settings(max_examples=10)
 @given(lams=st.lists(st.floats(0, 10), min_size=1, max_size=5))
 def test_vmap_over_the_coefficient(lams):
-    p = mlp_params()
+    p = PARAMS
     lams = jnp.asarray(lams, jnp.float32)
     got = jax.vmap(lambda lam: P.l2(lam)(p))(lams)
     np.testing.assert_allclose(got, lams * P.l2(1.0)(p), rtol=1e-5, atol=1e-7)

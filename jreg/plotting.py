@@ -1,0 +1,61 @@
+"""Plots of training histories (matplotlib, headless), written atomically as PNG."""
+
+from __future__ import annotations
+
+import io as _io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import io
+
+TITLES = {
+    "training_cost": "Cost on the training data",
+    "evaluation_cost": "Cost on the test data",
+    "training_accuracy": "Accuracy on the training data",
+    "evaluation_accuracy": "Accuracy on the test data",
+    "epoch_loss": "Mean mini-batch objective",
+}
+
+
+def plot_histories(
+    runs: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | os.PathLike[str],
+    *,
+    series: Sequence[str] = ("evaluation_accuracy", "training_cost"),
+    title: str | None = None,
+    percent: bool = True,
+) -> Path:
+    """One panel per series, one line per run; saved as a PNG at ``path``.
+
+    Args:
+        runs: ``{label: history}``, a history being any mapping from series
+            name to per-epoch values (a :class:`jreg.History`, or its ``to_dict()``).
+        path: the PNG to write (atomically).
+        series: which series to draw, one panel each.
+        title: a title over the figure.
+        percent: draw accuracies in percent.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.0), squeeze=False)
+    for ax, name in zip(axes[0], series):
+        for label, history in runs.items():
+            values = list(history[name])
+            scale = 100.0 if percent and name.endswith("accuracy") else 1.0
+            ax.plot(range(1, len(values) + 1), [scale * v for v in values], label=label, linewidth=1.2)
+        ax.set_title(TITLES.get(name, name.replace("_", " ")))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%" if percent and name.endswith("accuracy") else "")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return io.write_bytes(path, buffer.getvalue())

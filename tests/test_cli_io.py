@@ -1,0 +1,113 @@
+"""The main job (`jreg demo`), safe file output and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jreg import cli, io, plotting
+
+
+def test_demo_tiny_configuration_writes_results_and_figure(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--epochs", "3", "--hidden", "10", "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["lmbda"] for r in results["runs"]] == [0.0, 0.1]
+    for r in results["runs"]:
+        assert 0.0 <= r["final_test_accuracy"] <= r["best_test_accuracy"] <= 1.0
+        assert len(r["history"]["evaluation_accuracy"]) == 3
+        for series in ("training_cost", "training_accuracy", "evaluation_cost", "evaluation_accuracy"):
+            assert series in r["history"]
+        assert r["weight_norm"] > 0
+    assert results["config"]["sizes"] == [784, 10, 10] and results["config"]["n"] == 1000
+    assert (out / "overfitting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "final test acc" in table and "weight norm" in table
+
+
+def test_python_dash_m_jreg_demo(tmp_path):
+    out = tmp_path / "m"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jreg",
+            "demo",
+            "--epochs",
+            "1",
+            "--hidden",
+            "5",
+            "--lmbda",
+            "0.5",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "results.json").read_text())["runs"][0]["lmbda"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["demo", "--epochs", "0"], "must be a positive integer"),
+        (["demo", "--lmbda", "-1"], "must be a finite number >= 0"),
+        (["demo", "--eta", "nan"], "must be a finite number > 0"),
+        (["demo", "--init", "huge"], "invalid choice"),
+    ],
+)
+def test_demo_bad_options(argv, match, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "results.json"
+    io.write_json(path, {"a": 1})
+
+    def broken(f):
+        f.write(b'{"half": ')
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        io.atomic_write(path, broken)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["results.json"]  # no temporary left behind
+
+
+def test_write_json_handles_numpy_and_jax_values(tmp_path):
+    import jax.numpy as jnp
+    import numpy as np
+
+    io.write_json(tmp_path / "x.json", {"np": np.float32(0.5), "arr": np.arange(3), "jax": jnp.ones(2)})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"np": 0.5, "arr": [0, 1, 2], "jax": [1.0, 1.0]}
+
+
+def test_plot_histories(tmp_path):
+    runs = {
+        "a": {"evaluation_accuracy": [0.1, 0.5], "training_cost": [2.0, 1.0]},
+        "b": {"evaluation_accuracy": [0.2, 0.6], "training_cost": [2.5, 1.5]},
+    }
+    path = plotting.plot_histories(runs, tmp_path / "p.png", title="t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = io.write_bytes(tmp_path / "new.bin", b"x")
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o600)
+        io.write_bytes(path, b"y")  # an existing file keeps its mode
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
