@@ -6,7 +6,7 @@ one objective; ``jax.grad`` differentiates it under ``jit``; optax updates.
 
 from __future__ import annotations
 
-from . import data, initializers, losses, penalties
+from . import data, initializers, io, losses, penalties, plotting
 from ._errors import JregError, JregTypeError
 from .nn import Model, mlp
 from .objective import Objective, objective
@@ -25,12 +25,14 @@ __all__ = [
     "data",
     "fit",
     "initializers",
+    "io",
     "losses",
     "make_epoch",
     "make_step",
     "mlp",
     "objective",
     "penalties",
+    "plotting",
     "sweep",
     "total_cost",
 ]

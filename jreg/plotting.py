@@ -26,7 +26,7 @@ def plot_histories(
     title: str | None = None,
     percent: bool = True,
 ) -> Path:
-    """One panel per series, one line per run; saved as a PNG at ``path``.
+    """One panel per series (up to three in a row, else two columns), one line per run; saved as a PNG.
 
     Args:
         runs: ``{label: history}``, a history being any mapping from series
@@ -41,8 +41,12 @@ def plot_histories(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(series), figsize=(5.2 * len(series), 4.0), squeeze=False)
-    for ax, name in zip(axes[0], series):
+    cols = len(series) if len(series) <= 3 else 2
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.ravel()[len(series) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.ravel(), series):
         for label, history in runs.items():
             values = list(history[name])
             scale = 100.0 if percent and name.endswith("accuracy") else 1.0

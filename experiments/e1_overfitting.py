@@ -1,0 +1,70 @@
+"""Experiment 1: overfitting on 1,000 images, and L2 against it (Nielsen ch. 3).
+
+[784, 30, 10] sigmoid, cross-entropy, η = 0.5, mini-batch 10, 400 epochs on the
+first 1,000 MNIST training images (the embedded subset: runs offline), large
+weight initialization, λ = 0 and λ = 0.1 (penalty λ/(2n)·Σw², n = 1,000).
+Every curve the book shows: training cost, test cost, test accuracy, training
+accuracy. Book: about 82-83 % without and about 87 % with regularization.
+
+    python experiments/e1_overfitting.py [--seeds 3] [--out results/e1]
+"""
+
+from __future__ import annotations
+
+import optax
+from _common import mean_std, parser, pct, save, sweep_seeds
+
+import jreg
+
+LMBDAS = [0.0, 0.1]
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0], "e1").parse_args()
+    train, test = jreg.data.load_mnist_small()
+    if args.quick:
+        test = jreg.data.Split(test.x[:1000], test.y[:1000])
+    epochs = args.epochs or (3 if args.quick else 400)
+    n = train.x.shape[0]
+    model = jreg.mlp([784, 30, 10], init="large")
+
+    def build(hp):
+        obj = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"] / n))
+        return obj, optax.sgd(0.5)
+
+    histories = sweep_seeds(
+        model, build, {"lmbda": LMBDAS}, train, test, seeds=args.seeds, epochs=epochs, batch_size=10
+    )
+    summary, runs = {}, {}
+    for i, lmbda in enumerate(LMBDAS):
+        per_seed = [h.run(i) for _, h in histories]
+        summary[f"lmbda={lmbda:g}"] = {
+            "final_test_accuracy": mean_std([h["evaluation_accuracy"][-1] for h in per_seed]),
+            "best_test_accuracy": mean_std([max(h["evaluation_accuracy"]) for h in per_seed]),
+            "final_training_accuracy": mean_std([h["training_accuracy"][-1] for h in per_seed]),
+            "final_training_cost": mean_std([h["training_cost"][-1] for h in per_seed]),
+        }
+        runs[f"λ = {lmbda:g}"] = per_seed[0].to_dict()
+        print(f"λ = {lmbda:g}: final test accuracy {pct(summary[f'lmbda={lmbda:g}']['final_test_accuracy'])}")
+    jreg.plotting.plot_histories(
+        runs,
+        args.out / "curves.png",
+        series=("training_cost", "evaluation_cost", "evaluation_accuracy", "training_accuracy"),
+        title=f"[784, 30, 10] on {n} MNIST images, seed 0",
+    )
+    save(
+        args.out,
+        {
+            "experiment": "e1_overfitting",
+            "epochs": epochs,
+            "seeds": args.seeds,
+            "n": n,
+            "book": {"lmbda=0": "about 82-83 %", "lmbda=0.1": "about 87 %"},
+            "summary": summary,
+            "histories_seed0": runs,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Each experiment script runs end to end in a tiny configuration (embedded data, 1 epoch, 1 seed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("e[0-9]_*.py"))
+
+
+def test_all_six_experiments_are_here():
+    assert [s[:2] for s in SCRIPTS] == ["e1", "e2", "e3", "e4", "e5", "e6"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_experiment_runs_in_a_tiny_configuration(script, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / script), "--quick", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["summary"]
+    if script.startswith("e5"):
+        # the report's identities hold even after a tiny training run
+        s = results["summary"]
+        assert s["max |dJ/d output (logits z): with - without penalty|"] == 0.0
+        assert s["max |SGD step on J - weight-decay update (1 - ηλ/n) w - η dC0/dw|"] < 1e-12
+    else:
+        assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
