@@ -437,32 +437,37 @@ class Batches(NamedTuple):
     rest_y: jax.Array
 
 
+def batch_indices(n: int, batch_size: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A shuffled order of ``range(n)`` cut into mini-batches: ``(full (n // batch_size, batch_size), rest)``.
+
+    ``rest`` holds the ``n % batch_size`` indices a full batch cannot take.
+    Scanning over ``full`` and gathering each batch inside the step is how
+    :func:`jreg.make_epoch` runs an epoch (no copy of the whole data set).
+    """
+    n = check_positive_int(n, "n")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size > n:
+        raise JregError(f"batch_size must be at most the number of examples ({n}), got {batch_size}")
+    key = check_key(key)
+    perm = jax.random.permutation(key, n)
+    head = (n // batch_size) * batch_size
+    return perm[:head].reshape(n // batch_size, batch_size), perm[head:]
+
+
 def batches(data: tuple[Any, Any], batch_size: int, key: jax.Array) -> Batches:
     """Shuffle ``data = (x, y)`` with ``key`` and cut it into full mini-batches, stacked.
 
     The stacked ``x``/``y`` have a leading ``num_batches`` axis, so
     ``jax.lax.scan(step, carry, (b.x, b.y))`` runs an epoch with no Python
     loop; jit-able (``batch_size`` must be static). The examples a full batch
-    cannot hold come back as ``rest_x``/``rest_y``.
+    cannot hold come back as ``rest_x``/``rest_y``. The order is the one
+    :func:`batch_indices` gives for the same key.
     """
     x, y = data
-    n = x.shape[0]
-    if y.shape[0] != n:
+    if y.shape[0] != x.shape[0]:
         raise JregError(f"data: x and y must hold the same number of examples, got {x.shape[0]} and {y.shape[0]}")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    if batch_size > n:
-        raise JregError(f"batch_size must be at most the number of examples ({n}), got {batch_size}")
-    key = check_key(key)
-    full = n // batch_size
-    perm = jax.random.permutation(key, n)
-    xs, ys = x[perm], y[perm]  # one gather
-    head = full * batch_size
-    return Batches(
-        xs[:head].reshape((full, batch_size) + xs.shape[1:]),
-        ys[:head].reshape((full, batch_size) + ys.shape[1:]),
-        xs[head:],
-        ys[head:],
-    )
+    full, rest = batch_indices(x.shape[0], batch_size, key)
+    return Batches(x[full], y[full], x[rest], y[rest])
 
 
 def _shift(images: jax.Array, offset: int, axis: int) -> jax.Array:

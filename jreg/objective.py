@@ -9,6 +9,8 @@ untouched: the penalty depends on the weights, not on the activations.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +71,7 @@ class Objective:
             return {"penalty": jnp.zeros((), jnp.result_type(*jax.tree_util.tree_leaves(params)))}
         if isinstance(self.penalty, Penalty):
             terms = self.penalty.parts(params)
-            return {"penalty": sum(terms.values()), **terms}
+            return {"penalty": functools.reduce(operator.add, terms.values()), **terms}
         value = self.penalty(params)
         if jnp.ndim(value) != 0:
             raise JregError(f"penalty must return a scalar, got shape {jnp.shape(value)}")

@@ -18,7 +18,7 @@ import optax
 
 from ._checks import check_finite, check_key, check_positive_int
 from ._errors import JregError, JregTypeError
-from .data import batches
+from .data import batch_indices
 from .losses import labels_of
 from .objective import Objective, _check_batch
 
@@ -28,7 +28,7 @@ StepFn = Callable[[Params, Any, tuple[Any, Any]], tuple[Params, Any, Metrics]]
 
 PARTIAL_BATCH = ("include", "drop")
 VECTORIZE = ("auto", "vmap", "map")
-MONITORS = ("training_cost", "training_accuracy", "evaluation_cost", "evaluation_accuracy")
+MONITORS = ("training_cost", "training_accuracy", "evaluation_cost", "evaluation_accuracy", "epoch_loss")
 
 
 def _check_optimizer(optimizer: Any) -> None:
@@ -43,14 +43,21 @@ def _check_objective(objective: Any) -> None:
         raise JregTypeError(f"objective must be callable f(params, batch) -> (total, parts), got {objective!r}")
 
 
-def _raw_step(objective: Callable[..., Any], optimizer: optax.GradientTransformation) -> StepFn:
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
+def _raw_step(objective: Callable[..., Any], optimizer: optax.GradientTransformation, metrics: bool = True) -> StepFn:
+    if metrics:
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+    else:  # gradient only: XLA drops the forward computations only the loss value needs
+        only_grad = jax.grad(lambda p, b: objective(p, b)[0])
 
     def step(params: Params, opt_state: Any, batch: tuple[Any, Any]) -> tuple[Params, Any, Metrics]:
-        (total, parts), grads = grad_fn(params, batch)
+        if metrics:
+            (total, parts), grads = grad_fn(params, batch)
+            out = {"loss": total, **parts}
+        else:
+            grads, out = only_grad(params, batch), {}
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": total, **parts}
+        return params, opt_state, out
 
     return step
 
@@ -76,7 +83,9 @@ def make_step(
     return jax.jit(_raw_step(objective, optimizer), donate_argnums=(0, 1) if donate else ())
 
 
-def _mean_metrics(stacked: Metrics, weights: jax.Array) -> Metrics:
+def _mean_metrics(stacked: Metrics | None, weights: jax.Array) -> Metrics:
+    if not stacked:
+        return {}
     return {k: jnp.sum(v * weights) / jnp.sum(weights) for k, v in stacked.items()}
 
 
@@ -85,24 +94,37 @@ def _raw_epoch(
     optimizer: optax.GradientTransformation,
     batch_size: int,
     partial_batch: str,
+    metrics: bool = True,
+    batch_sharding: Any = None,
 ) -> Callable[..., tuple[Params, Any, Metrics]]:
-    step = _raw_step(objective, optimizer)
+    step = _raw_step(objective, optimizer, metrics)
+
+    def gather(x, y, idx):
+        xb, yb = x[idx], y[idx]
+        if batch_sharding is not None:  # split the mini-batch across the mesh's data axis
+            xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
+            yb = jax.lax.with_sharding_constraint(yb, batch_sharding)
+        return xb, yb
 
     def epoch(params: Params, opt_state: Any, train: tuple[Any, Any], key: jax.Array):
         x, y = _check_batch(train, "train")
-        b = batches((x, y), batch_size, key)
+        if batch_size > x.shape[0]:
+            raise JregError(
+                f"batch_size must be at most the number of training examples ({x.shape[0]}), got {batch_size}"
+            )
+        full, rest_idx = batch_indices(x.shape[0], batch_size, key)
 
-        def body(carry, batch):
+        def body(carry, idx):
             p, s = carry
-            p, s, m = step(p, s, batch)
-            return (p, s), m
+            p, s, m = step(p, s, gather(x, y, idx))  # gather one mini-batch: no copy of the whole set
+            return (p, s), (m or None)
 
-        (params, opt_state), stacked = jax.lax.scan(body, (params, opt_state), (b.x, b.y))
-        weights = jnp.full((b.x.shape[0],), batch_size, jnp.float32)
-        rest = b.rest_x.shape[0]
+        (params, opt_state), stacked = jax.lax.scan(body, (params, opt_state), full)
+        weights = jnp.full((full.shape[0],), batch_size, jnp.float32)
+        rest = rest_idx.shape[0]
         if rest and partial_batch == "include":
-            params, opt_state, last = step(params, opt_state, (b.rest_x, b.rest_y))
-            stacked = {k: jnp.append(v, last[k][None]) for k, v in stacked.items()}
+            params, opt_state, last = step(params, opt_state, (x[rest_idx], y[rest_idx]))
+            stacked = {k: jnp.append(v, last[k][None]) for k, v in (stacked or {}).items()}
             weights = jnp.append(weights, jnp.float32(rest))
         return params, opt_state, _mean_metrics(stacked, weights)
 
@@ -121,13 +143,16 @@ def make_epoch(
     *,
     partial_batch: str = "include",
     donate: bool = False,
+    metrics: bool = True,
 ) -> Callable[..., tuple[Params, Any, Metrics]]:
     """One epoch of mini-batch training as one compiled call.
 
     Returns jitted ``epoch(params, opt_state, train, key) -> (params, opt_state, metrics)``
-    with ``train = (x, y)``. It shuffles the examples with ``jax.random.permutation(key, n)``,
-    gathers them once, cuts them into ``n // batch_size`` mini-batches and runs
-    the steps with ``jax.lax.scan`` (no Python loop, no host round trip).
+    with ``train = (x, y)``. It shuffles the example indices with
+    ``jax.random.permutation(key, n)``, cuts them into ``n // batch_size``
+    mini-batches (:func:`jreg.data.batch_indices`) and runs the steps with
+    ``jax.lax.scan``, each step gathering its own mini-batch (no Python loop,
+    no host round trip, no per-epoch copy of the data set).
 
     The last partial batch: when ``batch_size`` does not divide ``n``, the
     ``n % batch_size`` examples left over after shuffling form one smaller
@@ -137,13 +162,16 @@ def make_epoch(
     over many epochs, since each epoch shuffles anew).
 
     ``metrics`` are the step metrics averaged over the epoch's examples (the
-    running training objective, measured before each step).
+    running training objective, measured before each step). With
+    ``metrics=False`` the steps take the gradient only and the epoch returns
+    ``{}``: on small networks computing the loss value every step costs a few
+    percent of the epoch (see docs/benchmarks.md).
     """
     _check_objective(objective)
     _check_optimizer(optimizer)
     batch_size = check_positive_int(batch_size, "batch_size")
     _check_partial_batch(partial_batch)
-    epoch = _raw_epoch(objective, optimizer, batch_size, partial_batch)
+    epoch = _raw_epoch(objective, optimizer, batch_size, partial_batch, metrics)
     return jax.jit(epoch, donate_argnums=(0, 1) if donate else ())
 
 
@@ -172,7 +200,7 @@ class History:
     Keys (present when monitored): ``training_cost``, ``training_accuracy``,
     ``evaluation_cost``, ``evaluation_accuracy`` (costs include the penalty,
     measured after the epoch on the whole set, as network2.py does),
-    ``epoch_loss`` (mean mini-batch objective during the epoch), and the
+    ``epoch_loss`` (mean mini-batch objective during the epoch, when asked for), and the
     training cost's parts as ``training_data`` / ``training_penalty`` and one
     ``training_<term>`` per penalty term.
     """
@@ -301,14 +329,16 @@ def _epoch_and_monitor(
     batch_size: int,
     partial_batch: str,
     wanted: set[str],
+    batch_sharding: Any = None,
 ) -> Callable[..., tuple[Params, Any, Metrics]]:
     """One epoch of training followed by the monitored evaluations, as one traceable function."""
-    epoch_fn = _raw_epoch(objective, optimizer, batch_size, partial_batch)
+    epoch_fn = _raw_epoch(objective, optimizer, batch_size, partial_batch, "epoch_loss" in wanted, batch_sharding)
     monitor = _monitor(objective, wanted)
 
     def run(params, opt_state, train, evaluation, key):
         params, opt_state, m = epoch_fn(params, opt_state, train, key)
-        return params, opt_state, {"epoch_loss": m["loss"], **monitor(params, train, evaluation)}
+        loss = {"epoch_loss": m["loss"]} if m else {}
+        return params, opt_state, {**loss, **monitor(params, train, evaluation)}
 
     return run
 
@@ -321,6 +351,7 @@ def _monitors(monitor: Iterable[str] | None, has_apply: bool, has_evaluation: bo
         available -= {"evaluation_cost", "evaluation_accuracy"}
     if monitor is None:
         return available
+    available.add("epoch_loss")
     if isinstance(monitor, str):
         monitor = (monitor,)
     wanted = set(monitor)
@@ -362,7 +393,7 @@ def _format(value: Any) -> str:
 
 def _format_epoch(epoch: int, epochs: int, metrics: dict[str, Any]) -> str:
     shown = [f"{k.replace('_', ' ')} {_format(metrics[k])}" for k in MONITORS if k in metrics]
-    return f"Epoch {epoch + 1}/{epochs}: " + ", ".join(shown or [f"epoch loss {_format(metrics['epoch_loss'])}"])
+    return f"Epoch {epoch + 1}/{epochs}: " + (", ".join(shown) or "done")
 
 
 def _loop(run, params, opt_state, train, evaluation, key, epochs, history, verbose, callback, convert):
@@ -392,6 +423,9 @@ def fit(
     partial_batch: str = "include",
     verbose: bool = False,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str = "data",
+    param_specs: Any = None,
 ) -> tuple[Params, History]:
     """Train for ``epochs`` epochs of shuffled mini-batches; return ``(params, history)``.
 
@@ -412,11 +446,26 @@ def fit(
         opt_state: optimizer state to continue from (default ``optimizer.init(params)``).
         monitor: which of ``training_cost``, ``training_accuracy``,
             ``evaluation_cost``, ``evaluation_accuracy`` to measure after each
-            epoch (default: all that apply, as network2.py's four flags).
+            epoch (default: all that apply, as network2.py's four flags), and
+            ``epoch_loss``, the mean mini-batch objective during the epoch
+            (opt-in: it needs the loss value at every step, a few percent of an
+            epoch on small networks). ``monitor=()`` trains fastest.
         partial_batch: ``"include"`` or ``"drop"`` the last partial mini-batch.
         verbose: print one line per epoch.
         callback: ``callback(epoch, metrics)`` after each epoch with the
             epoch's floats (e.g. to drive a progress bar).
+        mesh: a ``jax.sharding.Mesh`` for data-parallel training: every
+            mini-batch is split along the mesh axis ``data_axis`` (``batch_size``
+            must be a multiple of its size), params and optimizer state are
+            replicated (or laid out by ``param_specs``), and XLA inserts the
+            gradient all-reduce. The data set is replicated on every device.
+            Results equal single-device training up to float reassociation.
+            Works unchanged across hosts after ``jax.distributed.initialize()``
+            (see docs/scaling.md).
+        data_axis: the mesh axis the mini-batch is split along.
+        param_specs: ``PartitionSpec`` for the params, a pytree matching params
+            or a prefix of it (e.g. shard large weight matrices along a
+            ``"model"`` axis); default: replicated.
 
     Returns:
         The trained params and a :class:`History`.
@@ -431,12 +480,60 @@ def fit(
         _check_against_model(objective, params, evaluation, "evaluation")
 
     # fit donates its buffers to the compiled epoch, so it works on copies of the caller's.
-    params = jax.tree.map(jnp.array, params)
-    opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
-    run = jax.jit(_epoch_and_monitor(objective, optimizer, batch_size, partial_batch, wanted), donate_argnums=(0, 1))
+    batch_sharding = None
+    if mesh is None:
+        params = jax.tree.map(jnp.array, params)
+        opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.array, opt_state)
+    else:
+        params, opt_state, train, evaluation, batch_sharding = _place_on_mesh(
+            mesh, data_axis, param_specs, batch_size, optimizer, params, opt_state, train, evaluation
+        )
+    run = _epoch_and_monitor(objective, optimizer, batch_size, partial_batch, wanted, batch_sharding)
+    run = jax.jit(run, donate_argnums=(0, 1))
     history = History()
     params, _ = _loop(run, params, opt_state, train, evaluation, key, epochs, history, verbose, callback, float)
     return params, history
+
+
+def _put(value: Any, sharding: Any) -> jax.Array:
+    """A global array with ``sharding`` from a host value: safe in multi-process runs too."""
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _place_on_mesh(mesh, data_axis, param_specs, batch_size, optimizer, params, opt_state, train, evaluation):
+    """Put params, optimizer state and data on ``mesh``; return them and the mini-batch sharding."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if not isinstance(mesh, jax.sharding.Mesh):
+        raise JregTypeError(f"mesh must be a jax.sharding.Mesh, e.g. jax.make_mesh((8,), ('data',)), got {mesh!r}")
+    if data_axis not in mesh.axis_names:
+        raise JregError(f"data_axis {data_axis!r} is not an axis of the mesh, which has {mesh.axis_names}")
+    # The same devices and axis names with Auto axes: XLA's partitioner places the gradient all-reduce
+    # (jax.make_mesh gives Explicit axes by default, which would need an out_sharding on every contraction).
+    auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+    mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+    ways = mesh.shape[data_axis]
+    if batch_size % ways:
+        raise JregError(
+            f"batch_size must be a multiple of the mesh's {data_axis!r} axis ({ways} devices) to split every "
+            f"mini-batch evenly, got {batch_size}"
+        )
+    replicated = NamedSharding(mesh, PartitionSpec())
+    if param_specs is None:
+        shardings = jax.tree.map(lambda _: replicated, params)
+    else:
+        specs = jax.tree.broadcast(param_specs, params, is_leaf=lambda s: isinstance(s, PartitionSpec))
+        shardings = jax.tree.map(lambda _, spec: NamedSharding(mesh, spec), params, specs)
+    params = jax.tree.map(_put, params, shardings)
+    if opt_state is None:
+        opt_state = jax.jit(optimizer.init)(params)  # follows the params' layout
+    else:
+        opt_state = jax.tree.map(lambda a: _put(a, replicated), opt_state)
+    train = tuple(_put(a, replicated) for a in train)
+    if evaluation is not None:
+        evaluation = tuple(_put(a, replicated) for a in evaluation)
+    return params, opt_state, train, evaluation, NamedSharding(mesh, PartitionSpec(data_axis))
 
 
 def _check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:
@@ -503,8 +600,9 @@ def sweep(
             ``"vmap"`` batches them (best on GPU/TPU and for large K),
             ``"map"`` runs them one after another inside the same compiled
             program (``lax.map``; faster on CPU, where XLA's small batched
-            matmuls are slow). The per-epoch evaluations are batched either way.
-            ``"auto"`` (default): ``"map"`` on CPU, ``"vmap"`` elsewhere.
+            matmuls are slow at small K). The per-epoch evaluations are batched
+            either way. ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3,
+            ``"vmap"`` otherwise (measured crossover: docs/benchmarks.md).
         The rest as in :func:`fit`.
 
     Returns:
@@ -515,9 +613,9 @@ def sweep(
         raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
     if vectorize not in VECTORIZE:
         raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
-    if vectorize == "auto":
-        vectorize = "map" if jax.default_backend() == "cpu" else "vmap"
     hp, models = _check_hparams(hparams)
+    if vectorize == "auto":
+        vectorize = "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
     epochs, batch_size = _check_loop_args(epochs, batch_size, partial_batch, key, callback)
     train, evaluation = _check_train_eval(train, evaluation, batch_size)
     if stacked_params:
@@ -548,21 +646,23 @@ def sweep(
 
     params, opt_state = prepare(params, hp)  # fresh buffers, safe to donate
 
+    with_loss = "epoch_loss" in wanted
+
     def train_one(h, p, s, tr, k):
         objective, optimizer = build(h)
-        p, s, m = _raw_epoch(objective, optimizer, batch_size, partial_batch)(p, s, tr, k)
-        return p, s, m["loss"]
+        p, s, m = _raw_epoch(objective, optimizer, batch_size, partial_batch, with_loss)(p, s, tr, k)
+        return p, s, m
 
     def monitor_one(h, p, tr, ev):
         return _monitor(build(h)[0], wanted)(p, tr, ev)
 
     def run(p, s, tr, ev, k):
         if vectorize == "vmap":
-            p, s, loss = jax.vmap(train_one, in_axes=(0, 0, 0, None, None))(hp, p, s, tr, k)
+            p, s, m = jax.vmap(train_one, in_axes=(0, 0, 0, None, None))(hp, p, s, tr, k)
         else:
-            p, s, loss = jax.lax.map(lambda a: train_one(*a, tr, k), (hp, p, s))
-        metrics = jax.vmap(monitor_one, in_axes=(0, 0, None, None))(hp, p, tr, ev)
-        return p, s, {"epoch_loss": loss, **metrics}
+            p, s, m = jax.lax.map(lambda a: train_one(*a, tr, k), (hp, p, s))
+        loss = {"epoch_loss": m["loss"]} if m else {}
+        return p, s, {**loss, **jax.vmap(monitor_one, in_axes=(0, 0, None, None))(hp, p, tr, ev)}
 
     run = jax.jit(run, donate_argnums=(0, 1))
     history = SweepHistory()

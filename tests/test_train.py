@@ -100,12 +100,12 @@ def test_fit_history_and_learning():
         callback=lambda e, m: seen.append(e),
     )
     assert seen == list(range(15))
+    assert "epoch_loss" not in hist  # opt-in
     for k in (
         "training_cost",
         "training_accuracy",
         "evaluation_cost",
         "evaluation_accuracy",
-        "epoch_loss",
         "training_data",
         "training_penalty",
         "training_l2",
@@ -118,6 +118,27 @@ def test_fit_history_and_learning():
     np.testing.assert_allclose(hist.evaluation_cost[-1], jreg.total_cost(obj, trained, test), rtol=1e-5)
     np.testing.assert_allclose(hist.training_cost[-1], hist.training_data[-1] + hist.training_penalty[-1], rtol=1e-5)
     assert set(hist.to_dict()) == set(hist.keys())
+
+
+def test_epoch_without_metrics_takes_the_same_steps():
+    model, params, obj = setup(n=25)
+    opt = optax.adam(1e-2)
+    args = (params, opt.init(params), toy(25), jax.random.key(2))
+    with_m = jreg.make_epoch(obj, opt, 10)(*args)
+    without = jreg.make_epoch(obj, opt, 10, metrics=False)(*args)
+    assert without[2] == {} and set(with_m[2]) == {"loss", "data", "penalty", "l2"}
+    for u, v in zip(jax.tree.leaves(with_m[0]), jax.tree.leaves(without[0])):
+        np.testing.assert_allclose(v, u, rtol=1e-6, atol=1e-7)
+
+
+def test_fit_epoch_loss_on_request():
+    model, params, obj = setup()
+    opt = optax.sgd(0.5)
+    key = jax.random.key(4)
+    _, hist = jreg.fit(obj, opt, params, toy(), epochs=2, batch_size=10, key=key, monitor=("epoch_loss",))
+    assert list(hist.keys()) == ["epoch_loss"]
+    _, _, m = jreg.make_epoch(obj, opt, 10)(params, opt.init(params), toy(), jax.random.fold_in(key, 0))
+    np.testing.assert_allclose(hist.epoch_loss[0], m["loss"], rtol=1e-6)
 
 
 def test_fit_is_deterministic_and_leaves_the_input_params_alone():
