@@ -6,15 +6,24 @@ one objective; ``jax.grad`` differentiates it under ``jit``; optax updates.
 
 from __future__ import annotations
 
-from . import data, initializers, io, losses, penalties, plotting
+from . import checkpoint, data, initializers, io, losses, penalties, plotting
 from ._errors import JregError, JregTypeError
+from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
 from .nn import Model, mlp
 from .objective import Objective, objective
-from .train import History, SweepHistory, accuracy, fit, make_epoch, make_step, sweep, total_cost
+from .train import DivergenceError, History, SweepHistory, accuracy, fit, make_epoch, make_step, sweep, total_cost
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "DivergenceError",
+    "checkpoint",
+    "load",
+    "load_network2",
+    "save",
+    "save_network2",
     "History",
     "JregError",
     "JregTypeError",

@@ -437,6 +437,19 @@ class Batches(NamedTuple):
     rest_y: jax.Array
 
 
+def _pair(data: Any) -> tuple[Any, Any]:
+    """``data`` as ``(x, y)`` arrays with a common leading (example) axis, or a clear error."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise JregError(f"data must be a pair (x, y), got {type(data).__name__}")
+    x, y = data
+    for name, a in (("x", x), ("y", y)):
+        if not hasattr(a, "shape") or len(a.shape) == 0:
+            raise JregError(f"data: {name} must be an array with a leading axis of examples, got {np.shape(a)}")
+    if y.shape[0] != x.shape[0]:
+        raise JregError(f"data: x and y must hold the same number of examples, got {x.shape[0]} and {y.shape[0]}")
+    return x, y
+
+
 def batch_indices(n: int, batch_size: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A shuffled order of ``range(n)`` cut into mini-batches: ``(full (n // batch_size, batch_size), rest)``.
 
@@ -463,9 +476,7 @@ def batches(data: tuple[Any, Any], batch_size: int, key: jax.Array) -> Batches:
     cannot hold come back as ``rest_x``/``rest_y``. The order is the one
     :func:`batch_indices` gives for the same key.
     """
-    x, y = data
-    if y.shape[0] != x.shape[0]:
-        raise JregError(f"data: x and y must hold the same number of examples, got {x.shape[0]} and {y.shape[0]}")
+    x, y = _pair(data)
     full, rest = batch_indices(x.shape[0], batch_size, key)
     return Batches(x[full], y[full], x[rest], y[rest])
 
@@ -486,7 +497,7 @@ def expand(data: tuple[Any, Any], side: int = 28) -> tuple[jax.Array, jax.Array]
     down, up, right and left (the pixels shifted in are 0), each block with
     the original labels. Jit-able; 50,000 images become 250,000.
     """
-    x, y = data
+    x, y = _pair(data)
     if x.ndim != 2 or x.shape[1] != side * side:
         raise JregError(f"data: x must have shape (N, {side * side}) for {side}x{side} images, got {tuple(x.shape)}")
     images = x.reshape(-1, side, side)

@@ -229,7 +229,16 @@ class Term:
                     f"{self.name}: the mask selects leaf {n!r} of dtype {jnp.result_type(leaf)}, "
                     "but only floating-point leaves can be penalized"
                 )
-            picked.append((n, leaf, tuple(pc[i] for pc in per_coef)))
+            coefs = tuple(pc[i] for pc in per_coef)
+            for c in coefs:
+                try:
+                    np.broadcast_shapes(np.shape(c), np.shape(leaf))
+                except ValueError:
+                    raise JregError(
+                        f"{self.name}: the coefficient for leaf {n!r} has shape {np.shape(c)}, which does not "
+                        f"broadcast against the leaf's shape {np.shape(leaf)}"
+                    ) from None
+            picked.append((n, leaf, coefs))
         if not picked:
             raise JregError(
                 f"penalty {self.name!r} selects no leaf of params (paths: {names}); "

@@ -8,7 +8,9 @@ regularized objective.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,6 +23,7 @@ from ._errors import JregError, JregTypeError
 from .data import batch_indices
 from .losses import labels_of
 from .objective import Objective, _check_batch
+from .penalties import path_str
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -396,16 +399,116 @@ def _format_epoch(epoch: int, epochs: int, metrics: dict[str, Any]) -> str:
     return f"Epoch {epoch + 1}/{epochs}: " + (", ".join(shown) or "done")
 
 
-def _loop(run, params, opt_state, train, evaluation, key, epochs, history, verbose, callback, convert):
-    for e in range(epochs):
+def _loop(
+    run,
+    params,
+    opt_state,
+    train,
+    evaluation,
+    key,
+    epochs,
+    history,
+    verbose,
+    callback,
+    convert,
+    start=0,
+    after_epoch=None,
+):
+    for e in range(start, epochs):
         params, opt_state, metrics = run(params, opt_state, train, evaluation, jax.random.fold_in(key, e))
         values = {k: convert(v) for k, v in jax.device_get(metrics).items()}
+        if after_epoch is not None:  # may raise (divergence) before anything is recorded
+            after_epoch(e, params, opt_state, values)
         history.append(values)
         if verbose:
             print(_format_epoch(e, epochs, values), flush=True)
         if callback is not None:
             callback(e, values)
     return params, opt_state
+
+
+class DivergenceError(JregError):
+    """Training produced NaN or infinity. ``params``/``opt_state`` are the last finite ones.
+
+    Attributes: ``epoch`` (0-based), ``step`` (0-based within the epoch, or None
+    when only a monitored metric went bad), ``quantity`` (what went bad first),
+    ``params``, ``opt_state``, ``history`` (the epochs completed before).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        epoch: int,
+        step: int | None,
+        quantity: str,
+        params: Params,
+        opt_state: Any,
+        history: History,
+    ):
+        super().__init__(message)
+        self.epoch, self.step, self.quantity = epoch, step, quantity
+        self.params, self.opt_state, self.history = params, opt_state, history
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _guarded(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an epoch; if params or metrics come out non-finite, return the epoch's input params and state instead.
+
+    One reduction over the params per epoch, inside the compiled program: no per-step cost.
+    """
+
+    def guarded(params, opt_state, train, evaluation, key):
+        new_params, new_state, metrics = run(params, opt_state, train, evaluation, key)
+        ok = _all_finite(new_params) & _all_finite(metrics)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        params = jax.tree.map(keep, new_params, params)
+        opt_state = jax.tree.map(keep, new_state, opt_state)
+        return params, opt_state, {**metrics, "__finite__": ok}
+
+    return guarded
+
+
+def _first_bad_step(objective, optimizer, params, opt_state, train, batch_size, partial_batch, key):
+    """Replay one epoch step by step from ``params``: (step, quantity, params before it, state before it) or None."""
+    x, y = train
+    full, rest = batch_indices(x.shape[0], batch_size, key)
+    order = list(full) + ([rest] if rest.shape[0] and partial_batch == "include" else [])
+    grad_fn = jax.jit(jax.value_and_grad(objective, has_aux=True))
+
+    @jax.jit
+    def update(params, opt_state, grads):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    for i, idx in enumerate(order):
+        (loss, _), grads = grad_fn(params, (x[idx], y[idx]))
+        if not np.isfinite(float(loss)):
+            return i, f"the loss became {float(loss)}", params, opt_state
+        flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+        bad = [path_str(p) for p, g in flat if not bool(jnp.all(jnp.isfinite(g)))]
+        if bad:
+            return i, f"the gradient of {bad[0]!r} became non-finite", params, opt_state
+        new_params, new_state = update(params, opt_state, grads)
+        flat = jax.tree_util.tree_flatten_with_path(new_params)[0]
+        bad = [path_str(p) for p, w in flat if not bool(jnp.all(jnp.isfinite(w)))]
+        if bad:
+            return i, f"the update made {bad[0]!r} non-finite", params, opt_state
+        params, opt_state = new_params, new_state
+    return None
+
+
+def _latest_checkpoint(path: Path) -> Path:
+    if path.is_dir():
+        found = sorted(path.glob("ckpt-*.npz"))
+        if not found:
+            raise JregError(f"resume: no checkpoint (ckpt-*.npz) in {path}")
+        return found[-1]
+    return path
 
 
 def fit(
@@ -426,6 +529,10 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     data_axis: str = "data",
     param_specs: Any = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1,
+    keep: int = 3,
+    resume: str | os.PathLike[str] | None = None,
 ) -> tuple[Params, History]:
     """Train for ``epochs`` epochs of shuffled mini-batches; return ``(params, history)``.
 
@@ -466,9 +573,25 @@ def fit(
         param_specs: ``PartitionSpec`` for the params, a pytree matching params
             or a prefix of it (e.g. shard large weight matrices along a
             ``"model"`` axis); default: replicated.
+        checkpoint_dir: save a checkpoint (:func:`jreg.save`: params,
+            optimizer state, epoch, key, history) as ``ckpt-<epoch>.npz`` in
+            this folder every ``checkpoint_every`` epochs and after the last,
+            keeping the newest ``keep``. Each save is atomic.
+        resume: a checkpoint file, or a folder of them (the newest is taken),
+            to continue from: ``epochs`` stays the run's total, the shuffles go
+            on from the saved epoch, and the result is bit-identical on CPU to
+            the uninterrupted run. ``params`` serves as the structure template
+            and ``key`` must be the run's key.
 
     Returns:
-        The trained params and a :class:`History`.
+        The trained params and a :class:`History` (the whole run's, when resumed).
+
+    Raises:
+        DivergenceError: when the params, a gradient, the loss or a monitored
+            cost becomes NaN or infinite. It names the epoch, the step and the
+            quantity, and carries the last finite params (``error.params``);
+            no checkpoint with non-finite values is ever written. The check
+            runs inside the compiled epoch, once per epoch.
     """
     _check_objective(objective)
     _check_optimizer(optimizer)
@@ -478,6 +601,13 @@ def fit(
     _check_against_model(objective, params, train, "train")
     if evaluation is not None:
         _check_against_model(objective, params, evaluation, "evaluation")
+
+    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    keep = check_positive_int(keep, "keep")
+    history = History()
+    start = 0
+    if resume is not None:
+        params, opt_state, start, history = _resume(resume, params, optimizer, key, batch_size, epochs)
 
     # fit donates its buffers to the compiled epoch, so it works on copies of the caller's.
     batch_sharding = None
@@ -489,10 +619,107 @@ def fit(
             mesh, data_axis, param_specs, batch_size, optimizer, params, opt_state, train, evaluation
         )
     run = _epoch_and_monitor(objective, optimizer, batch_size, partial_batch, wanted, batch_sharding)
-    run = jax.jit(run, donate_argnums=(0, 1))
-    history = History()
-    params, _ = _loop(run, params, opt_state, train, evaluation, key, epochs, history, verbose, callback, float)
+    run = jax.jit(_guarded(run), donate_argnums=(0, 1))
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+
+    def after_epoch(e, params, opt_state, values):
+        if not values.pop("__finite__"):
+            _raise_divergence(
+                objective,
+                optimizer,
+                params,
+                opt_state,
+                train,
+                batch_size,
+                partial_batch,
+                jax.random.fold_in(key, e),
+                e,
+                epochs,
+                values,
+                history,
+            )
+        if folder is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == epochs):
+            _save_checkpoint(folder, keep, params, opt_state, e + 1, key, history, values, batch_size)
+
+    params, _ = _loop(
+        run,
+        params,
+        opt_state,
+        train,
+        evaluation,
+        key,
+        epochs,
+        history,
+        verbose,
+        callback,
+        float,
+        start=start,
+        after_epoch=after_epoch,
+    )
     return params, history
+
+
+def _raise_divergence(
+    objective, optimizer, params, opt_state, train, batch_size, partial_batch, key, epoch, epochs, values, history
+):
+    found = _first_bad_step(objective, optimizer, params, opt_state, train, batch_size, partial_batch, key)
+    if found is not None:
+        step, quantity, params, opt_state = found
+        where = f"epoch {epoch + 1} of {epochs}, step {step + 1}"
+    else:
+        step = None
+        bad = sorted(k for k, v in values.items() if not np.isfinite(v))
+        quantity = f"the monitored {', '.join(bad)} became non-finite" if bad else "a value became non-finite"
+        where = f"after epoch {epoch + 1} of {epochs}"
+    raise DivergenceError(
+        f"training diverged ({where}): {quantity}. The last finite params are in error.params. A smaller "
+        "learning rate usually helps (with an L2 coefficient c, plain SGD is unstable once learning rate * c > 2).",
+        epoch=epoch,
+        step=step,
+        quantity=quantity,
+        params=params,
+        opt_state=opt_state,
+        history=history,
+    )
+
+
+def _save_checkpoint(folder, keep, params, opt_state, epoch, key, history, values, batch_size):
+    from .checkpoint import save
+
+    record = History({k: list(v) for k, v in history.series.items()})
+    record.append(values)
+    save(
+        folder / f"ckpt-{epoch:06d}.npz",
+        params,
+        opt_state=opt_state,
+        step=epoch,
+        key=key,
+        meta={"history": record.to_dict(), "batch_size": batch_size},
+    )
+    for old in sorted(folder.glob("ckpt-*.npz"))[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def _key_bits(key: Any) -> np.ndarray:
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return np.asarray(jax.random.key_data(key) if typed else key)
+
+
+def _resume(resume, params, optimizer, key, batch_size, epochs):
+    from .checkpoint import load
+
+    path = _latest_checkpoint(Path(resume))
+    ckpt = load(path, params=params, opt_state=optimizer.init(params))
+    if ckpt.key is None or not np.array_equal(_key_bits(ckpt.key), _key_bits(key)):
+        raise JregError(f"resume: key differs from the one {path} was trained with; pass the run's key to continue it")
+    meta = ckpt.meta if isinstance(ckpt.meta, dict) else {}
+    if meta.get("batch_size", batch_size) != batch_size:
+        raise JregError(f"resume: batch_size {batch_size} differs from the run's {meta['batch_size']} ({path})")
+    step = int(ckpt.step or 0)
+    if step > epochs:
+        raise JregError(f"resume: {path} is at epoch {step}, beyond epochs={epochs}")
+    history = History({k: list(v) for k, v in (meta.get("history") or {}).items()})
+    return ckpt.params, ckpt.opt_state, step, history
 
 
 def _put(value: Any, sharding: Any) -> jax.Array:
@@ -670,4 +897,14 @@ def sweep(
     return params, history
 
 
-__all__ = ["History", "SweepHistory", "accuracy", "fit", "make_epoch", "make_step", "sweep", "total_cost"]
+__all__ = [
+    "DivergenceError",
+    "History",
+    "SweepHistory",
+    "accuracy",
+    "fit",
+    "make_epoch",
+    "make_step",
+    "sweep",
+    "total_cost",
+]

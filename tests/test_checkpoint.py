@@ -1,0 +1,233 @@
+"""jreg.save / jreg.load and network2's JSON format."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import optax
+import pytest
+
+import jreg
+from jreg.checkpoint import CheckpointError
+
+
+def same(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        np.asarray(u).dtype == np.asarray(v).dtype and np.array_equal(u, v) for u, v in zip(la, lb)
+    )
+
+
+@pytest.fixture
+def trained():
+    model = jreg.mlp([6, 4, 3])
+    params = model.init(jax.random.key(0))
+    opt = optax.adam(1e-2)
+    return params, opt, opt.init(params)
+
+
+def test_round_trip_with_templates_restores_everything(tmp_path, trained):
+    params, opt, state = trained
+    key = jax.random.key(42)
+    jreg.save(tmp_path / "c.npz", params, opt_state=state, step=7, key=key, meta={"note": "hi", "lr": 0.01})
+    ck = jreg.load(tmp_path / "c.npz", params=params, opt_state=opt.init(params))
+    assert same(ck.params, params) and same(ck.opt_state, state)
+    assert type(ck.opt_state[0]).__name__ == "ScaleByAdamState"  # the optax types, from the template
+    assert ck.step == 7 and ck.meta == {"note": "hi", "lr": 0.01}
+    assert np.array_equal(jax.random.key_data(ck.key), jax.random.key_data(key))
+    assert jax.random.uniform(ck.key) == jax.random.uniform(key)
+
+
+def test_round_trip_without_templates_gives_plain_containers(tmp_path, trained):
+    params, _, state = trained
+    jreg.save(tmp_path / "c.npz", params, opt_state=state)
+    ck = jreg.load(tmp_path / "c.npz")
+    assert isinstance(ck.params, list) and set(ck.params[0]) == {"w", "b"}
+    assert same(ck.params, params)
+    assert set(ck.opt_state[0]) == {"count", "mu", "nu"}  # a named tuple comes back as a dict of its fields
+    assert ck.step is None and ck.key is None
+
+
+def test_dtypes_including_bfloat16_and_ints(tmp_path):
+    tree = {
+        "bf16": jnp.ones((2, 3), jnp.bfloat16) * 1.5,
+        "i": jnp.arange(4, dtype=jnp.int32),
+        "u8": np.arange(3, dtype=np.uint8),
+        "nested": ({"a": jnp.zeros(())}, [jnp.ones(2, jnp.float16)]),
+    }
+    jreg.save(tmp_path / "d.npz", tree, key=jnp.array([1, 2], jnp.uint32))
+    ck = jreg.load(tmp_path / "d.npz")
+    assert ck.params["bf16"].dtype == ml_dtypes.bfloat16 and float(ck.params["bf16"][0, 0]) == 1.5
+    assert same(ck.params, tree)
+    assert ck.key.dtype == np.uint32 and ck.key.tolist() == [1, 2]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Layer:
+    kernel: jax.Array
+    bias: jax.Array
+
+
+def test_custom_pytree_nodes_need_a_template(tmp_path):
+    tree = [Layer(jnp.ones((2, 2)), jnp.zeros(2))]
+    jreg.save(tmp_path / "e.npz", tree)
+    with pytest.raises(CheckpointError, match="custom pytree nodes; pass a template"):
+        jreg.load(tmp_path / "e.npz")
+    assert same(jreg.load(tmp_path / "e.npz", params=tree).params, tree)
+
+
+@pytest.mark.parametrize(
+    "template, match",
+    [
+        (
+            lambda p: [{"w": jnp.zeros((6, 5)), "b": p[0]["b"]}, p[1]],
+            r"leaf '0/w' is float32\[6, 4\] in the checkpoint but float32\[6, 5\]",
+        ),
+        (
+            lambda p: [{"w": p[0]["w"].astype(jnp.float16), "b": p[0]["b"]}, p[1]],
+            r"leaf '0/w' is float32\[6, 4\] .* float16",
+        ),
+        (lambda p: p[:1], r"params has 4 leaves, the target 2; only in the checkpoint: \['1/b', '1/w'\]"),
+        (lambda p: [{"kernel": p[0]["w"], "b": p[0]["b"]}, p[1]], r"leaf '0/w' in the checkpoint is '0/kernel'|'0/b'"),
+    ],
+)
+def test_mismatched_structure_names_the_leaf(tmp_path, trained, template, match):
+    params, _, _ = trained
+    jreg.save(tmp_path / "c.npz", params)
+    with pytest.raises(CheckpointError, match=match):
+        jreg.load(tmp_path / "c.npz", params=template(params))
+
+
+def test_not_a_checkpoint_truncated_or_corrupted(tmp_path, trained):
+    params, _, _ = trained
+    good = jreg.save(tmp_path / "good.npz", params).read_bytes()
+    cases = {
+        "text.npz": b"hello, I am not a checkpoint",
+        "empty.npz": b"",
+        "half.npz": good[: len(good) // 2],
+        "flipped.npz": good[:100] + bytes(b ^ 0xFF for b in good[100:200]) + good[200:],
+    }
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(CheckpointError, match=name):
+            jreg.load(tmp_path / name)
+    plain = io.BytesIO()
+    np.savez(plain, a=np.ones(3))
+    (tmp_path / "plain.npz").write_bytes(plain.getvalue())
+    with pytest.raises(CheckpointError, match="not a jreg checkpoint"):
+        jreg.load(tmp_path / "plain.npz")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        jreg.load(tmp_path / "missing.npz")
+
+
+def test_a_pickled_payload_is_refused_not_executed(tmp_path):
+    """An .npz whose member is a pickled object array: np.load(allow_pickle=False) refuses it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        obj = io.BytesIO()
+        np.save(obj, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+        z.writestr("params0.npy", obj.getvalue())
+        header = io.BytesIO()
+        np.save(header, np.frombuffer(json.dumps({"format": "jreg-checkpoint"}).encode(), np.uint8))
+        z.writestr("__header__.npy", header.getvalue())
+    (tmp_path / "evil.npz").write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="evil.npz"):
+        jreg.load(tmp_path / "evil.npz")
+
+
+def test_save_refuses_what_it_cannot_store(tmp_path):
+    with pytest.raises(jreg.JregTypeError, match="PRNG key array; pass keys as key="):
+        jreg.save(tmp_path / "k.npz", {"k": jax.random.key(0)})
+    with pytest.raises(jreg.JregTypeError, match="meta must be JSON-serializable"):
+        jreg.save(tmp_path / "m.npz", {"a": jnp.ones(1)}, meta={"f": object()})
+    with pytest.raises(jreg.JregError, match="step must be a non-negative int"):
+        jreg.save(tmp_path / "s.npz", {"a": jnp.ones(1)}, step=-1)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+# --------------------------------------------------------------------------- network2 JSON
+
+
+def network2_feedforward_accuracy(data, x, y):
+    """network2.py's feedforward on its own JSON, in NumPy."""
+    a = np.asarray(x, np.float64).T  # (784, N) column vectors
+    for w, b in zip(data["weights"], data["biases"]):
+        a = 1 / (1 + np.exp(-(np.asarray(w) @ a + np.asarray(b))))
+    return float(np.mean(np.argmax(a, axis=0) == np.asarray(y)))
+
+
+def test_network2_json_round_trip_and_classification(tmp_path):
+    (x, y), test = jreg.data.load_mnist_small()
+    model = jreg.mlp([784, 30, 10])
+    obj = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(1e-4))
+    trained, _ = jreg.fit(
+        obj,
+        optax.sgd(0.5),
+        model.init(jax.random.key(0)),
+        (x, y),
+        epochs=3,
+        batch_size=10,
+        key=jax.random.key(1),
+        monitor=(),
+    )
+    path = jreg.save_network2(tmp_path / "net.json", trained)
+    data = json.loads(path.read_text())
+    assert data["sizes"] == [784, 30, 10] and data["cost"] == "CrossEntropyCost"
+    assert np.shape(data["weights"][0]) == (30, 784) and np.shape(data["biases"][0]) == (30, 1)
+    loaded, cost = jreg.load_network2(path)
+    assert cost == "CrossEntropyCost"
+    for u, v in zip(jax.tree.leaves(loaded), jax.tree.leaves(trained)):
+        np.testing.assert_allclose(u, v, rtol=1e-6)
+    # a network2 model file classifies the test images with the accuracy its weights imply
+    expected = network2_feedforward_accuracy(data, test.x, test.y)
+    assert abs(float(jreg.accuracy(model.apply, loaded, test)) - expected) < 1e-3
+    assert expected > 0.8
+
+
+def test_network2_json_written_by_hand_in_the_books_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    sizes = [4, 3, 2]
+    weights = [rng.normal(size=(3, 4)), rng.normal(size=(2, 3))]  # (n_out, n_in)
+    biases = [rng.normal(size=(3, 1)), rng.normal(size=(2, 1))]
+    (tmp_path / "m.json").write_text(
+        json.dumps(
+            {
+                "sizes": sizes,
+                "weights": [w.tolist() for w in weights],
+                "biases": [b.tolist() for b in biases],
+                "cost": "QuadraticCost",
+            }
+        )
+    )
+    params, cost = jreg.load_network2(tmp_path / "m.json")
+    assert cost == "QuadraticCost" and params[0]["w"].shape == (4, 3)
+    x = rng.normal(size=(5, 4))
+    a = x.T
+    for w, b in zip(weights, biases):
+        a = 1 / (1 + np.exp(-(w @ a + b)))
+    model = jreg.mlp(sizes, output_activation=jax.nn.sigmoid)
+    np.testing.assert_allclose(model.apply(params, jnp.asarray(x, jnp.float32)), a.T, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("not json", "not a network2 JSON model"),
+        (json.dumps({"sizes": [2, 1]}), "needs 'sizes', 'weights' and 'biases'"),
+        (json.dumps({"sizes": [2, 1], "weights": [[[1.0, 2.0]]], "biases": [[[1.0], [2.0]]]}), r"layer 0 must have"),
+        (json.dumps({"sizes": [2, 1], "weights": [[["a", 2.0]]], "biases": [[[1.0]]]}), "not numeric"),
+        (json.dumps({"sizes": [2, 3, 1], "weights": [[[1.0, 2.0]]], "biases": [[[1.0]]]}), "does not match"),
+    ],
+)
+def test_bad_network2_files(tmp_path, content, match):
+    (tmp_path / "bad.json").write_text(content)
+    with pytest.raises(CheckpointError, match=match):
+        jreg.load_network2(tmp_path / "bad.json")

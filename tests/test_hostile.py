@@ -1,0 +1,176 @@
+"""Hostile input: random shapes, dtypes and values thrown at the public API.
+
+The only outcomes allowed are a correct result or a jreg.JregError with a message:
+never a raw traceback from deep inside JAX or NumPy, never a hang.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import jreg
+
+DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.uint8, np.bool_, np.complex64])
+MODEL = jreg.mlp([4, 3, 3])
+PARAMS = MODEL.init(jax.random.key(0))
+OBJ = jreg.objective(MODEL.apply, jreg.losses.cross_entropy, jreg.penalties.l2(0.1))
+
+
+def arrays(max_dims=3):
+    """Any of those dtypes, rank 0 to max_dims, sides 0 to 6, values across the dtype's range (NaN, inf included)."""
+    shapes = hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=6)
+    small_ints = st.integers(-3, 12)
+    return DTYPES.flatmap(
+        lambda dt: hnp.arrays(dt, shapes, elements=small_ints if dt == np.int32 else None) | hnp.arrays(dt, shapes)
+    )
+
+
+def only_jreg_errors(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except jreg.JregError as e:
+        assert str(e), "a jreg error must say what is wrong"
+        return None
+
+
+relaxed = settings(
+    max_examples=int(__import__("os").environ.get("JREG_HOSTILE_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+@relaxed
+@given(x=arrays(), y=arrays(), batch_size=st.integers(-2, 9), epochs=st.integers(-1, 2))
+def test_fit_with_random_data(x, y, batch_size, epochs):
+    out = only_jreg_errors(
+        jreg.fit, OBJ, optax.sgd(0.1), PARAMS, (x, y), epochs=epochs, batch_size=batch_size, key=jax.random.key(0)
+    )
+    if out is not None:  # it trained: then the input was valid and the result is finite or diverged cleanly
+        params, history = out
+        assert len(history) == epochs
+
+
+@relaxed
+@given(z=arrays(), t=arrays())
+@pytest.mark.parametrize("loss", [jreg.losses.cross_entropy, jreg.losses.quadratic, jreg.losses.log_likelihood])
+def test_losses_with_random_inputs(loss, z, t):
+    out = only_jreg_errors(loss, z, t)
+    if out is not None:
+        assert out.shape == z.shape[:-1]
+
+
+@relaxed
+@given(x=arrays())
+def test_apply_with_random_inputs(x):
+    out = only_jreg_errors(MODEL.apply, PARAMS, x)
+    if out is not None:
+        assert out.shape[-1] == 3
+
+
+@relaxed
+@given(
+    c=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-5, 5),
+        st.text(max_size=3),
+        st.none(),
+        arrays(max_dims=2),
+        st.lists(st.floats(allow_nan=True), max_size=3),
+    )
+)
+@pytest.mark.parametrize("make", [jreg.penalties.l2, jreg.penalties.l1, lambda c: jreg.penalties.elastic_net(c, c)])
+def test_penalties_with_random_coefficients(make, c):
+    penalty = only_jreg_errors(make, c)
+    if penalty is not None:
+        value = only_jreg_errors(penalty, PARAMS)
+        if value is not None:
+            # huge finite coefficients may overflow float32 to inf: that is the correct float result
+            assert np.ndim(value) == 0 and not bool(jnp.isnan(value)) and float(value) >= 0
+
+
+@relaxed
+@given(sizes=st.lists(st.one_of(st.integers(-2, 5), st.floats(0, 3), st.text(max_size=2)), max_size=4))
+def test_mlp_with_random_sizes(sizes):
+    model = only_jreg_errors(jreg.mlp, sizes)
+    if model is not None:
+        assert len(model.init(jax.random.key(0))) == len(sizes) - 1
+
+
+@relaxed
+@given(x=arrays(), y=arrays(), batch_size=st.integers(-2, 9))
+def test_batches_and_expand_with_random_data(x, y, batch_size):
+    only_jreg_errors(jreg.data.batches, (x, y), batch_size, jax.random.key(0))
+    only_jreg_errors(jreg.data.expand, (x, y))
+
+
+@relaxed
+@given(blob=st.binary(max_size=300))
+def test_load_random_bytes(tmp_path_factory, blob):
+    path = tmp_path_factory.mktemp("blobs") / "x.npz"
+    path.write_bytes(blob)
+    only_jreg_errors(jreg.load, path)
+    json_path = path.with_suffix(".json")
+    json_path.write_bytes(blob)
+    only_jreg_errors(jreg.load_network2, json_path)
+
+
+@relaxed
+@given(
+    hp=st.dictionaries(
+        st.sampled_from(["lmbda", "eta"]),
+        st.one_of(arrays(max_dims=2), st.lists(st.floats(allow_nan=True), max_size=3)),
+        max_size=2,
+    )
+)
+def test_sweep_with_random_hyperparameters(hp):
+    def build(h):
+        return (
+            jreg.objective(MODEL.apply, jreg.losses.cross_entropy, jreg.penalties.l2(h.get("lmbda", 0.0))),
+            optax.sgd(0.1),
+        )
+
+    x = jnp.ones((6, 4))
+    y = jnp.arange(6) % 3
+    only_jreg_errors(jreg.sweep, build, PARAMS, (x, y), hparams=hp, epochs=1, batch_size=3, key=jax.random.key(0))
+
+
+@relaxed
+@given(
+    n=st.integers(0, 12),
+    x_dtype=DTYPES,
+    y_kind=st.sampled_from(["labels", "onehot", "float-labels"]),
+    data=st.data(),
+    batch_size=st.integers(1, 13),
+    lam=st.floats(allow_nan=True, allow_infinity=True),
+    eta=st.one_of(st.floats(-10, 1e6), st.just(float("nan"))),
+)
+def test_fit_with_plausible_shapes_and_hostile_values(n, x_dtype, y_kind, data, batch_size, lam, eta):
+    x = data.draw(hnp.arrays(x_dtype, (n, 4)))
+    if y_kind == "labels":
+        y = data.draw(hnp.arrays(np.int32, (n,), elements=st.integers(-1, 3)))
+    elif y_kind == "onehot":
+        y = data.draw(hnp.arrays(np.float32, (n, 3)))
+    else:
+        y = data.draw(hnp.arrays(np.float32, (n,)))
+    penalty = only_jreg_errors(jreg.penalties.l2, lam)
+    if penalty is None:
+        return
+    obj = jreg.objective(MODEL.apply, jreg.losses.cross_entropy, penalty)
+    try:
+        out = jreg.fit(obj, optax.sgd(eta), PARAMS, (x, y), epochs=1, batch_size=batch_size, key=jax.random.key(0))
+    except jreg.DivergenceError as e:  # a clean stop with finite params
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(e.params))
+        return
+    except jreg.JregError as e:
+        assert str(e)
+        return
+    params, history = out
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params))
