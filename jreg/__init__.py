@@ -6,11 +6,12 @@ one objective; ``jax.grad`` differentiates it under ``jit``; optax updates.
 
 from __future__ import annotations
 
-from . import checkpoint, data, initializers, io, losses, penalties, plotting
+from . import checkpoint, conventions, data, initializers, io, losses, optim, penalties, plotting
 from ._errors import JregError, JregTypeError
 from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
 from .nn import Model, mlp
 from .objective import Objective, objective
+from .optim import decoupled_weight_decay, lambda_max, proximal
 from .train import DivergenceError, History, SweepHistory, accuracy, fit, make_epoch, make_step, sweep, total_cost
 
 __version__ = "0.1.0"
@@ -20,6 +21,11 @@ __all__ = [
     "CheckpointError",
     "DivergenceError",
     "checkpoint",
+    "conventions",
+    "decoupled_weight_decay",
+    "lambda_max",
+    "optim",
+    "proximal",
     "load",
     "load_network2",
     "save",

@@ -202,6 +202,8 @@ class Term:
         coefs: the coefficient specs (scalar, params-prefix pytree or :class:`ByPath`).
         mask: which leaves the term touches (see the module docstring).
         scale: a multiplier from scaling the penalty (``2 * l2(c)``).
+        prox: optional proximal map ``prox(leaf, t, *coefs) -> leaf`` of ``t * fn(., *coefs)``:
+            ``argmin_v  fn(v, *coefs) * t + 1/2 ||v - leaf||^2``.
     """
 
     name: str
@@ -209,6 +211,7 @@ class Term:
     coefs: tuple[Any, ...]
     mask: Mask = None
     scale: Any = 1.0
+    prox: Callable[..., jax.Array] | None = None
 
     def resolve(self, params: Params) -> list[tuple[str, Any, tuple[Any, ...]]]:
         """``(path, leaf, coefficients)`` for every leaf this term touches."""
@@ -281,6 +284,31 @@ class Penalty:
     def __call__(self, params: Params) -> jax.Array:
         return _add(self.parts(params).values())
 
+    def prox(self, params: Params, t: Any) -> Params:
+        """The proximal map of ``t * R``: ``argmin_v  t R(v) + 1/2 ||v - params||^2``, leaf by leaf.
+
+        Each term maps the leaves it selects (soft-thresholding for ``l1``,
+        shrinking for ``l2``, both for ``elastic_net``); other leaves pass
+        through. Two terms on the same leaf are refused: the prox of a sum is
+        not the composition of the proxes (use ``elastic_net`` for L1 + L2).
+        """
+        names, leaves, treedef = _flatten(params)
+        index = {n: i for i, n in enumerate(names)}
+        out = list(leaves)
+        owner: dict[str, str] = {}
+        for name, t_ in zip(self.names(), self.terms):
+            if t_.prox is None:
+                raise JregError(f"penalty term {name!r} has no proximal map; give term(..., prox=...) one")
+            for path, leaf, coefs in t_.resolve(params):
+                if path in owner:
+                    raise JregError(
+                        f"terms {owner[path]!r} and {name!r} both touch leaf {path!r}: the proximal map of a sum "
+                        "is not the composition of the maps; use one term per leaf (elastic_net for L1 + L2)"
+                    )
+                owner[path] = name
+                out[index[path]] = t_.prox(leaf, t * t_.scale, *coefs)
+        return jax.tree_util.tree_unflatten(treedef, out)
+
     def __add__(self, other: Any) -> Penalty:
         if isinstance(other, Penalty):
             return Penalty(self.terms + other.terms)
@@ -309,19 +337,29 @@ class Penalty:
         return f"Penalty({inner})"
 
 
-def term(fn: Callable[..., jax.Array], *coefs: Any, mask: Mask = None, name: str = "penalty") -> Penalty:
+def term(
+    fn: Callable[..., jax.Array],
+    *coefs: Any,
+    mask: Mask = None,
+    name: str = "penalty",
+    prox: Callable[..., jax.Array] | None = None,
+) -> Penalty:
     """A penalty from your own per-leaf formula ``fn(leaf, *coefs) -> scalar``.
 
     Example: ``term(lambda w, c: c * jnp.sum(w ** 4), 1e-3, name="l4")``.
-    Coefficients follow the same rules (and checks) as :func:`l2`'s.
+    Coefficients follow the same rules (and checks) as :func:`l2`'s. ``prox``,
+    if given, is the proximal map ``prox(leaf, t, *coefs)`` of ``t * fn``
+    (used by :meth:`Penalty.prox` and :func:`jreg.proximal`).
     """
     if not callable(fn):
         raise JregTypeError(f"fn must be callable fn(leaf, *coefs) -> scalar, got {fn!r}")
+    if prox is not None and not callable(prox):
+        raise JregTypeError(f"prox must be callable prox(leaf, t, *coefs) -> leaf, got {prox!r}")
     if not isinstance(name, str) or not name or name in ("data", "penalty", "loss"):
         raise JregError(f"name must be a non-empty str other than 'data', 'penalty' or 'loss', got {name!r}")
     for i, c in enumerate(coefs):
         _check_coefficient(c, f"{name}: coefficient {i}" if len(coefs) > 1 else f"{name}: coefficient")
-    return Penalty((Term(name, fn, tuple(coefs), mask),))
+    return Penalty((Term(name, fn, tuple(coefs), mask, prox=prox),))
 
 
 def _weighted_sum(c: Any, values: jax.Array) -> jax.Array:
@@ -341,24 +379,49 @@ def _elastic(w: jax.Array, c1: Any, c2: Any) -> jax.Array:
     return _l1(w, c1) + _l2(w, c2)
 
 
+def soft_threshold(w: jax.Array, threshold: Any) -> jax.Array:
+    """``sign(w) * max(|w| - threshold, 0)``: the proximal map of ``threshold * ||w||_1``; exact zeros."""
+    return jnp.sign(w) * jnp.maximum(jnp.abs(w) - threshold, 0.0)
+
+
+def _prox_l2(w: jax.Array, t: Any, c: Any) -> jax.Array:
+    return w / (1.0 + t * c)
+
+
+def _prox_l1(w: jax.Array, t: Any, c: Any) -> jax.Array:
+    return soft_threshold(w, t * c)
+
+
+def _prox_elastic(w: jax.Array, t: Any, c1: Any, c2: Any) -> jax.Array:
+    return soft_threshold(w, t * c1) / (1.0 + t * c2)
+
+
 def l2(c: Any, *, mask: Mask = None, name: str = "l2") -> Penalty:
     """``R = c/2 * sum w^2`` over the masked leaves; adds ``c * w`` to their gradient.
+
+    Proximal map of ``t R``: ``w / (1 + t c)``.
 
     Nielsen's ``lambda/(2n) * sum_w w^2`` is ``l2(lambda / n)`` with ``n`` the
     size of the training set. With plain SGD at learning rate ``eta`` the step
     becomes ``w <- (1 - eta*c) w - eta * grad C0`` (weight decay).
     """
-    return term(_l2, c, mask=mask, name=name)
+    return term(_l2, c, mask=mask, name=name, prox=_prox_l2)
 
 
 def l1(c: Any, *, mask: Mask = None, name: str = "l1") -> Penalty:
-    """``R = c * sum |w|`` over the masked leaves; adds ``c * sign(w)`` to their gradient."""
-    return term(_l1, c, mask=mask, name=name)
+    """``R = c * sum |w|`` over the masked leaves; adds ``c * sign(w)`` to their gradient.
+
+    Proximal map of ``t R``: soft-thresholding at ``t c``, which sets small weights exactly to zero.
+    """
+    return term(_l1, c, mask=mask, name=name, prox=_prox_l1)
 
 
 def elastic_net(c1: Any, c2: Any, *, mask: Mask = None, name: str = "elastic_net") -> Penalty:
-    """``R = c1 * sum |w| + c2/2 * sum w^2`` over the masked leaves (``l1(c1) + l2(c2)`` as one term)."""
-    return term(_elastic, c1, c2, mask=mask, name=name)
+    """``R = c1 * sum |w| + c2/2 * sum w^2`` over the masked leaves (``l1(c1) + l2(c2)`` as one term).
+
+    Proximal map of ``t R``: ``soft_threshold(w, t c1) / (1 + t c2)``.
+    """
+    return term(_elastic, c1, c2, mask=mask, name=name, prox=_prox_elastic)
 
 
 def sum(*penalties: Penalty) -> Penalty:  # noqa: A001 - public name asked for: jreg.penalties.sum
