@@ -6,12 +6,13 @@ one objective; ``jax.grad`` differentiates it under ``jit``; optax updates.
 
 from __future__ import annotations
 
-from . import checkpoint, conventions, data, initializers, io, losses, optim, penalties, plotting
+from . import checkpoint, conventions, data, initializers, io, losses, optim, penalties, plotting, selectors
 from ._errors import JregError, JregTypeError
 from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
 from .nn import Model, mlp
 from .objective import Objective, objective
 from .optim import decoupled_weight_decay, lambda_max, proximal
+from .penalties import describe
 from .train import DivergenceError, History, SweepHistory, accuracy, fit, make_epoch, make_step, sweep, total_cost
 
 __version__ = "0.1.0"
@@ -23,6 +24,8 @@ __all__ = [
     "checkpoint",
     "conventions",
     "decoupled_weight_decay",
+    "describe",
+    "selectors",
     "lambda_max",
     "optim",
     "proximal",

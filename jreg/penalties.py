@@ -15,8 +15,11 @@ Conventions (stated once, used everywhere):
 
 **Masks** choose the leaves (the same rules for every term):
 
-* ``None`` (default): weight matrices and kernels only, i.e. floating-point
-  leaves with ``ndim >= 2``; biases (1-D) and scalars are left alone.
+* ``None`` (default): weight matrices and kernels only
+  (:func:`jreg.selectors.weights`: floating-point leaves with ``ndim >= 2`` not
+  named like biases or normalization parameters); biases, scales and scalars
+  are left alone.
+* a selector from :mod:`jreg.selectors` (``S.name("kernel") & S.path("layers/[12]/*")``).
 * a glob pattern ``str`` over the leaf's path, e.g. ``"*/w"`` or ``"1/*"``.
   A path joins the keys from the root with ``/``: jreg's MLP has ``"0/w"``,
   ``"0/b"``, ``"1/w"``...; a Flax dict ``"params/Dense_0/kernel"``; a NamedTuple
@@ -49,6 +52,9 @@ import numpy as np
 
 from ._checks import check_nonnegative_scalar, is_concrete
 from ._errors import JregError, JregTypeError
+from .selectors import is_array, weights
+
+_DEFAULT = weights()
 
 Params = Any
 Mask = Any  # None | str | Callable[[str, Array], bool] | pytree of bools
@@ -80,9 +86,9 @@ def paths(params: Params) -> list[str]:
 
 
 def is_weight(path: str, leaf: Any) -> bool:
-    """The default mask: floating-point leaves of rank >= 2 (weight matrices, kernels)."""
-    del path
-    return bool(jnp.ndim(leaf) >= 2 and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
+    """The default mask, :func:`jreg.selectors.weights`: floating-point leaves of rank >= 2, not named
+    like biases or normalization parameters."""
+    return _DEFAULT(path, leaf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +137,13 @@ def _selection(mask: Mask, params: Params, what: str) -> list[bool]:
     if mask is None:
         return [is_weight(n, leaf) for n, leaf in zip(names, leaves)]
     if isinstance(mask, str):
-        return [fnmatch.fnmatchcase(n, mask) for n in names]
+        return [is_array(leaf) and fnmatch.fnmatchcase(n, mask) for n, leaf in zip(names, leaves)]
     if callable(mask):
         chosen = []
         for n, leaf in zip(names, leaves):
+            if not is_array(leaf):  # an Equinox activation function, say: never a penalty's target
+                chosen.append(False)
+                continue
             c = mask(n, leaf)
             if not isinstance(c, (bool, np.bool_)):
                 raise JregTypeError(
@@ -227,9 +236,9 @@ class Term:
         for i, (n, leaf, on) in enumerate(zip(names, leaves, chosen)):
             if not on:
                 continue
-            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            if not is_array(leaf) or not jnp.issubdtype(leaf.dtype, jnp.inexact):
                 raise JregTypeError(
-                    f"{self.name}: the mask selects leaf {n!r} of dtype {jnp.result_type(leaf)}, "
+                    f"{self.name}: the mask selects leaf {n!r} of dtype {getattr(leaf, 'dtype', type(leaf).__name__)}, "
                     "but only floating-point leaves can be penalized"
                 )
             coefs = tuple(pc[i] for pc in per_coef)
@@ -432,3 +441,182 @@ def sum(*penalties: Penalty) -> Penalty:  # noqa: A001 - public name asked for: 
         if not isinstance(p, Penalty):
             raise JregTypeError(f"penalties[{i}] must be a jreg Penalty, got {type(p).__name__}")
     return Penalty(tuple(t for p in penalties for t in p.terms))
+
+
+# --------------------------------------------------------------------------- the catalog: structured penalties
+
+
+def _unit_norms(w: jax.Array, groups: str) -> jax.Array:
+    """L2 norm of each unit's weights: ``"columns"`` (one per output unit, last axis) or ``"rows"`` (one per
+    input unit, the second-to-last axis); every other axis (a kernel's spatial ones) is part of the group."""
+    axis = w.ndim - 1 if groups == "columns" else w.ndim - 2
+    others = tuple(a for a in range(w.ndim) if a != axis)
+    # sqrt with a safe gradient at 0: d/dw ||w|| is undefined there; use the subgradient 0
+    sq = jnp.sum(jnp.square(w), axis=others, keepdims=True)
+    safe = jnp.where(sq > 0, sq, 1.0)
+    return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
+
+
+def _check_groups(groups: str) -> str:
+    if groups not in ("columns", "rows"):
+        raise JregError(
+            f"groups must be 'columns' (one group per output unit) or 'rows' (per input unit), got {groups!r}"
+        )
+    return groups
+
+
+def group_lasso(c: Any, *, groups: str = "columns", mask: Mask = None, name: str = "group_lasso") -> Penalty:
+    """``R = c * sum_units ||w_unit||_2``: drives whole units to zero (group sparsity).
+
+    For a weight matrix ``(n_in, n_out)``, ``groups="columns"`` makes one group of
+    each output unit's incoming weights (removing hidden units of this layer);
+    ``groups="rows"`` one of each input unit's outgoing weights (removing inputs).
+    Proximal map of ``t R``: ``w_unit * max(0, 1 - t c / ||w_unit||)`` (block soft-thresholding).
+    """
+    _check_groups(groups)
+
+    def fn(w, c):
+        return c * jnp.sum(_unit_norms(w, groups))
+
+    def prox(w, t, c):
+        norms = _unit_norms(w, groups)
+        factor = jnp.maximum(0.0, 1.0 - t * c / jnp.where(norms > 0, norms, 1.0))
+        return w * jnp.where(norms > 0, factor, 0.0)
+
+    return term(fn, c, mask=mask, name=name, prox=prox)
+
+
+def max_norm(c: Any, *, groups: str = "columns", mask: Mask = None, name: str = "max_norm") -> Penalty:
+    """The constraint ``||w_unit||_2 <= c`` for every unit (Srebro & Shraibman; dropout papers' max-norm).
+
+    A constraint, not a cost: its value in the objective is 0 and it adds no
+    gradient. Enforce it with :func:`jreg.proximal`, whose map here is the
+    projection ``w_unit * min(1, c / ||w_unit||)``.
+    """
+    _check_groups(groups)
+
+    def fn(w, c):
+        return jnp.zeros((), w.dtype)
+
+    def prox(w, t, c):
+        del t  # a projection does not depend on the step size
+        norms = _unit_norms(w, groups)
+        return w * jnp.minimum(1.0, c / jnp.where(norms > 0, norms, 1.0))
+
+    return term(fn, c, mask=mask, name=name, prox=prox)
+
+
+def nuclear_norm(c: Any, *, mask: Mask = None, name: str = "nuclear_norm") -> Penalty:
+    """``R = c * sum_i sigma_i(W)`` (sum of singular values) for each 2-D weight: favours low rank.
+
+    Proximal map of ``t R``: soft-threshold the singular values at ``t c``.
+    The gradient ``U V^T`` needs distinct nonzero singular values (as any
+    SVD derivative).
+    """
+
+    def fn(w, c):
+        return c * jnp.sum(jnp.linalg.svd(_matrix(w), compute_uv=False))
+
+    def prox(w, t, c):
+        u, s, vt = jnp.linalg.svd(_matrix(w), full_matrices=False)
+        return ((u * jnp.maximum(s - t * c, 0.0)) @ vt).reshape(w.shape)
+
+    return term(fn, c, mask=mask, name=name, prox=prox)
+
+
+def _matrix(w: jax.Array) -> jax.Array:
+    """A kernel as a matrix ``(everything else, output units)``."""
+    return w.reshape(-1, w.shape[-1])
+
+
+def spectral_norm(c: Any, *, iterations: int = 20, mask: Mask = None, name: str = "spectral_norm") -> Penalty:
+    """``R = c/2 * sigma_max(W)^2`` for each weight (Yoshida & Miyato 2017), ``sigma_max`` by power iteration.
+
+    ``iterations`` power-iteration steps from a fixed start vector (so the value
+    is deterministic and differentiable through the iterations); ``W`` is a
+    kernel flattened to ``(everything else, output units)``.
+    """
+    from ._checks import check_positive_int
+
+    iterations = check_positive_int(iterations, "iterations")
+
+    def fn(w, c):
+        m = _matrix(w)
+        v = jnp.ones((m.shape[1],), m.dtype) / jnp.sqrt(m.shape[1])
+        for _ in range(iterations):
+            u = m @ v
+            u = u / (jnp.linalg.norm(u) + 1e-12)
+            v = m.T @ u
+            v = v / (jnp.linalg.norm(v) + 1e-12)
+        sigma = u @ m @ v
+        return 0.5 * c * sigma**2
+
+    return term(fn, c, mask=mask, name=name)
+
+
+def orthogonality(c: Any, *, mask: Mask = None, name: str = "orthogonality") -> Penalty:
+    """``R = c * ||W^T W - I||_F^2`` for each weight ``W`` (kernels flattened to ``(.., n_out)``):
+    pushes the output units' weight vectors toward an orthonormal set."""
+
+    def fn(w, c):
+        m = _matrix(w)
+        gram = m.T @ m
+        return c * jnp.sum(jnp.square(gram - jnp.eye(gram.shape[0], dtype=m.dtype)))
+
+    return term(fn, c, mask=mask, name=name)
+
+
+# --------------------------------------------------------------------------- describe
+
+
+class Description(list):
+    """What :func:`describe` returns: one dict per (term, leaf) it touches, plus the untouched leaves;
+    ``str()`` of it is a table."""
+
+    untouched: list[tuple[str, tuple[int, ...]]]
+
+    def __str__(self) -> str:
+        head = f"{'term':<16} {'leaf':<34} {'shape':<16} {'dtype':<9} coefficients"
+        lines = [head, "-" * len(head)]
+        for r in self:
+            lines.append(f"{r['term']:<16} {r['path']:<34} {str(r['shape']):<16} {r['dtype']:<9} {r['coefficients']}")
+        if self.untouched:
+            lines.append("not penalized: " + ", ".join(f"{p} {s}" for p, s in self.untouched))
+        return "\n".join(lines)
+
+
+def _show(c: Any) -> str:
+    if not is_concrete(c):
+        return "traced"
+    arr = np.asarray(c)
+    return f"{arr.item():g}" if arr.ndim == 0 else f"array{arr.shape}"
+
+
+def describe(penalty: Penalty, params: Params) -> Description:
+    """Which leaves each term of ``penalty`` touches, with shapes, dtypes and coefficients.
+
+    ``print(jreg.describe(penalty, params))`` shows a table, ending with the
+    leaves no term touches, so a penalty that silently misses a layer is visible.
+    """
+    if not isinstance(penalty, Penalty):
+        raise JregTypeError(f"penalty must be a jreg Penalty, got {type(penalty).__name__}")
+    out = Description()
+    touched = set()
+    for term_name, t in zip(penalty.names(), penalty.terms):
+        for p, leaf, coefs in t.resolve(params):
+            touched.add(p)
+            scale = "" if isinstance(t.scale, (int, float)) and t.scale == 1 else f" x {_show(t.scale)}"
+            out.append(
+                {
+                    "term": term_name,
+                    "path": p,
+                    "shape": tuple(np.shape(leaf)),
+                    "dtype": str(leaf.dtype),
+                    "coefficients": ", ".join(_show(c) for c in coefs) + scale,
+                }
+            )
+    names, leaves, _ = _flatten(params)
+    out.untouched = [
+        (n, tuple(np.shape(leaf))) for n, leaf in zip(names, leaves) if is_array(leaf) and n not in touched
+    ]
+    return out
