@@ -86,3 +86,9 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
         f"{name} must be a single JAX PRNG key such as jax.random.key(0), got "
         f"{type(key).__name__} {getattr(key, 'dtype', '')}{tuple(getattr(key, 'shape', ()))}"
     )
+
+
+def check_optimizer(optimizer: Any, name: str = "optimizer") -> None:
+    """Raise unless ``optimizer`` looks like an optax ``GradientTransformation`` (has init and update)."""
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise JregTypeError(f"{name} must be an optax GradientTransformation (with init and update), got {optimizer!r}")

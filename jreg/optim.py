@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._checks import check_nonnegative_scalar
+from ._checks import check_nonnegative_scalar, check_optimizer
 from ._errors import JregError, JregTypeError
 from .penalties import Mask, Penalty, mask_tree
 
@@ -42,6 +42,11 @@ class ScheduleState(NamedTuple):
     """The step count, for learning-rate schedules."""
 
     count: jax.Array
+
+
+def _count_init(params: Any) -> ScheduleState:
+    del params
+    return ScheduleState(jnp.zeros((), jnp.int32))
 
 
 def _rate(learning_rate: LearningRate, count: jax.Array) -> jax.Array:
@@ -70,10 +75,6 @@ def proximal(penalty: Penalty, learning_rate: LearningRate) -> optax.GradientTra
             raise JregError(f"penalty term {name!r} has no proximal map; give term(..., prox=...) one")
     _check_rate(learning_rate)
 
-    def init(params: Any) -> ScheduleState:
-        del params
-        return ScheduleState(jnp.zeros((), jnp.int32))
-
     def update(updates: Any, state: ScheduleState, params: Any = None) -> tuple[Any, ScheduleState]:
         if params is None:
             raise JregError("jreg.proximal needs params: call update(updates, state, params)")
@@ -82,7 +83,7 @@ def proximal(penalty: Penalty, learning_rate: LearningRate) -> optax.GradientTra
         new_updates = jax.tree.map(lambda new, old: (new - old).astype(old.dtype), proxed, params)
         return new_updates, ScheduleState(optax.safe_increment(state.count))
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformation(_count_init, update)
 
 
 def decoupled_weight_decay(
@@ -98,14 +99,9 @@ def decoupled_weight_decay(
     convention (decay scaled by the schedule multiplier only) see
     :func:`jreg.conventions.convert_l2`.
     """
-    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-        raise JregTypeError(f"optimizer must be an optax GradientTransformation, got {optimizer!r}")
+    check_optimizer(optimizer)
     check_nonnegative_scalar(c, "c")
     _check_rate(learning_rate)
-
-    def init(params: Any) -> ScheduleState:
-        del params
-        return ScheduleState(jnp.zeros((), jnp.int32))
 
     def update(updates: Any, state: ScheduleState, params: Any = None) -> tuple[Any, ScheduleState]:
         if params is None:
@@ -115,7 +111,7 @@ def decoupled_weight_decay(
         updates = jax.tree.map(lambda u, w, on: (u - rate * c * w).astype(u.dtype) if on else u, updates, params, flags)
         return updates, ScheduleState(optax.safe_increment(state.count))
 
-    return optax.chain(optimizer, optax.GradientTransformation(init, update))
+    return optax.chain(optimizer, optax.GradientTransformation(_count_init, update))
 
 
 def lambda_max(objective: Callable[..., Any], params: Any, batch: tuple[Any, Any], *, mask: Mask = None) -> jax.Array:

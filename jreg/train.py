@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checks import check_finite, check_key, check_positive_int
+from ._checks import check_finite, check_key, check_optimizer, check_positive_int
 from ._errors import JregError, JregTypeError
 from .data import batch_indices
 from .losses import labels_of
@@ -32,13 +32,6 @@ StepFn = Callable[[Params, Any, tuple[Any, Any]], tuple[Params, Any, Metrics]]
 PARTIAL_BATCH = ("include", "drop")
 VECTORIZE = ("auto", "vmap", "map")
 MONITORS = ("training_cost", "training_accuracy", "evaluation_cost", "evaluation_accuracy", "epoch_loss")
-
-
-def _check_optimizer(optimizer: Any) -> None:
-    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-        raise JregTypeError(
-            f"optimizer must be an optax GradientTransformation (with init and update), got {optimizer!r}"
-        )
 
 
 def _check_objective(objective: Any) -> None:
@@ -82,7 +75,7 @@ def make_step(
             the arrays passed in may not be used again afterwards).
     """
     _check_objective(objective)
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     return jax.jit(_raw_step(objective, optimizer), donate_argnums=(0, 1) if donate else ())
 
 
@@ -171,7 +164,7 @@ def make_epoch(
     percent of the epoch (see docs/benchmarks.md).
     """
     _check_objective(objective)
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     batch_size = check_positive_int(batch_size, "batch_size")
     _check_partial_batch(partial_batch)
     epoch = _raw_epoch(objective, optimizer, batch_size, partial_batch, metrics)
@@ -594,7 +587,7 @@ def fit(
             runs inside the compiled epoch, once per epoch.
     """
     _check_objective(objective)
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     epochs, batch_size = _check_loop_args(epochs, batch_size, partial_batch, key, callback)
     train, evaluation = _check_train_eval(train, evaluation, batch_size)
     wanted = _monitors(monitor, isinstance(objective, Objective), evaluation is not None)
@@ -858,7 +851,7 @@ def sweep(
         if not (isinstance(pair, tuple) and len(pair) == 2) or isinstance(pair, optax.GradientTransformation):
             raise JregTypeError(f"build must return (objective, optimizer), got {type(pair).__name__} for model {i}")
         _check_objective(pair[0])
-        _check_optimizer(pair[1])
+        check_optimizer(pair[1])
     objective0 = built[0][0]
     wanted = _monitors(monitor, isinstance(objective0, Objective), evaluation is not None)
     _check_against_model(objective0, first, train, "train")
