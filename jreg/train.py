@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -258,10 +259,14 @@ def _check_data(data: Any, name: str) -> tuple[jax.Array, jax.Array]:
         raise JregTypeError(f"{name}: x must be floating point, got dtype {x.dtype}; e.g. x.astype('float32') / 255")
     if not (jnp.issubdtype(y.dtype, jnp.integer) or jnp.issubdtype(y.dtype, jnp.floating)):
         raise JregTypeError(f"{name}: y must be integer labels or float targets, got dtype {y.dtype}")
+    # check what training will see: a float64 value beyond float32's range becomes inf in the cast
+    with np.errstate(over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        x, y = jnp.asarray(x), jnp.asarray(y)
     check_finite(x, f"{name}: x")
     if jnp.issubdtype(y.dtype, jnp.floating):
         check_finite(y, f"{name}: y")
-    return jnp.asarray(x), jnp.asarray(y)
+    return x, y
 
 
 def _check_against_model(objective: Callable[..., Any], params: Params, data: tuple[Any, Any], name: str) -> None:
@@ -771,8 +776,13 @@ def _check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:
             raise JregTypeError(f"hparams[{name!r}] must hold real numbers, got dtype {arr.dtype}")
         if not np.all(np.isfinite(arr)):
             raise JregError(f"hparams[{name!r}] must be finite, got {arr.tolist()}")
+        dtype = np.float32 if np.issubdtype(arr.dtype, np.floating) else np.int32
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = arr.astype(dtype)
+        if not np.all(np.isfinite(cast)) or (dtype == np.int32 and not np.array_equal(cast, arr)):
+            raise JregError(f"hparams[{name!r}] holds values beyond the range of {np.dtype(dtype).name}")
         sizes.add(arr.size)
-        out[name] = jnp.asarray(arr, jnp.float32 if np.issubdtype(arr.dtype, np.floating) else jnp.int32)
+        out[name] = jnp.asarray(cast)
     if len(sizes) != 1:
         lengths = {k: int(v.shape[0]) for k, v in out.items()}
         raise JregError(f"every hparams entry must hold one value per model (same length), got lengths {lengths}")
