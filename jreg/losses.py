@@ -144,3 +144,42 @@ def labels_of(targets: Any) -> jax.Array:
     if targets.ndim < 1:
         raise JregError("targets must be labels (N,) or one-hot targets (N, classes), got a scalar")
     return jnp.argmax(targets, axis=-1)
+
+
+def smooth_labels(outputs: jax.Array, targets: Any, alpha: Any) -> jax.Array:
+    """Label smoothing: ``(1 - alpha) * one_hot(targets) + alpha / classes`` for outputs ``(batch, classes)``.
+
+    ``targets`` are integer labels or float targets (smoothed the same way);
+    ``alpha`` in ``[0, 1)``, possibly traced.
+    """
+    from ._checks import check_nonnegative_scalar
+
+    check_nonnegative_scalar(alpha, "alpha")
+    if is_concrete(alpha) and float(np.asarray(alpha)) >= 1:
+        raise JregError(f"alpha must be in [0, 1), got {float(np.asarray(alpha))}")
+    y, valid = targets_like(outputs, targets)
+    classes = outputs.shape[-1]
+    smoothed = (1 - alpha) * y + alpha / classes
+    return jnp.where(valid[..., None], smoothed, jnp.nan)
+
+
+def label_smoothing(loss: Any, alpha: Any) -> Any:
+    """``loss`` trained against smoothed targets (Szegedy et al. 2016): ``loss(outputs, smooth_labels(...))``.
+
+    Example: ``jreg.objective(model.apply, jreg.losses.label_smoothing(jreg.losses.log_likelihood, 0.1))``.
+    With ``log_likelihood`` this is the usual softmax label smoothing; with
+    Nielsen's sigmoid ``cross_entropy`` every output's target becomes
+    ``alpha / classes`` or ``1 - alpha + alpha / classes``.
+    """
+    if not callable(loss):
+        raise JregTypeError(f"loss must be a per-example loss function, got {loss!r}")
+    from ._checks import check_nonnegative_scalar
+
+    check_nonnegative_scalar(alpha, "alpha")
+    if is_concrete(alpha) and float(np.asarray(alpha)) >= 1:
+        raise JregError(f"alpha must be in [0, 1), got {float(np.asarray(alpha))}")
+
+    def smoothed_loss(outputs: jax.Array, targets: Any) -> jax.Array:
+        return loss(outputs, smooth_labels(outputs, targets, alpha))
+
+    return smoothed_loss
