@@ -5,7 +5,7 @@ epochs on 50,000 images; proximal group lasso on the first layer's columns (one
 group per hidden unit: its 784 incoming weights), strength c, one sweep over c.
 A unit is gone when its incoming weights are all exactly zero.
 
-    python experiments/e8_group_lasso_units.py [--out results/e8]
+    python experiments/e8_group_lasso_units.py [--strengths C ...] [--out results/e8]
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ ETA = 0.5
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], "e8").parse_args()
+    p = parser(__doc__.splitlines()[0], "e8")
+    p.add_argument("--strengths", type=float, nargs="+", default=STRENGTHS, help=f"values of c (default {STRENGTHS})")
+    args = p.parse_args()
+    strengths = args.strengths
     train, _, test = full_data(args)
     n_epochs = epochs(args, 10)
     model = jreg.mlp([784, 100, 10])
@@ -36,7 +39,7 @@ def main() -> None:
         build,
         model.init(jax.random.key(0)),
         train,
-        hparams={"c": STRENGTHS},
+        hparams={"c": strengths},
         epochs=n_epochs,
         batch_size=10,
         key=jax.random.key(1),
@@ -44,7 +47,7 @@ def main() -> None:
         monitor=("evaluation_accuracy",),
     )
     summary = {}
-    for i, c in enumerate(STRENGTHS):
+    for i, c in enumerate(strengths):
         w = model_params(trained, i)[0]["w"]
         left = int(jnp.sum(jnp.any(w != 0, axis=0)))
         summary[f"c={c:g}"] = {

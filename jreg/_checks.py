@@ -51,23 +51,6 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def check_float_array(x: Any, name: str, *, ndim: int | None = None) -> jax.Array:
-    """Return ``x`` as a JAX array, raising unless it is floating point (and of rank ``ndim``)."""
-    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # pragma: no cover - numpy's own message is kept
-            raise JregTypeError(f"{name} must be an array, got {type(x).__name__}") from exc
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise JregTypeError(
-            f"{name} must be a floating-point array (e.g. float32 pixels in [0, 1]), got dtype {x.dtype}; "
-            f"convert it first, e.g. {name}.astype('float32') / 255"
-        )
-    if ndim is not None and x.ndim != ndim:
-        raise JregError(f"{name} must have rank {ndim}, got shape {tuple(x.shape)}")
-    return jnp.asarray(x) if is_concrete(x) else x
-
-
 def check_finite(x: Any, name: str) -> None:
     """Raise if a concrete array holds NaN or infinity."""
     if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):

@@ -205,7 +205,7 @@ def test_lambda_max_is_where_zero_stops_being_stationary():
 # --------------------------------------------------------------------------- conventions
 
 
-def one_sgd_step_in_convention(convention, value, w, g, eta, n=None, batch_size=None, lr=None):
+def one_sgd_step_in_convention(convention, value, w, g, eta, n=None, batch_size=None):
     """Each convention's own documented update for one plain-SGD step (data gradient g)."""
     if convention == "coupled":
         return w - eta * (g + value * w)
@@ -227,7 +227,7 @@ def one_sgd_step_in_convention(convention, value, w, g, eta, n=None, batch_size=
 def test_every_convention_gives_the_same_sgd_step_as_jreg_l2(convention, value, w, g):
     eta, n, bs = 0.1, 1000, 20
     c = convert_l2(value, source=convention, n=n, learning_rate=eta, batch_size=bs)
-    theirs = one_sgd_step_in_convention(convention, value, w, g, eta, n=n, batch_size=bs, lr=eta)
+    theirs = one_sgd_step_in_convention(convention, value, w, g, eta, n=n, batch_size=bs)
     ours = w - eta * (g + c * w)  # jreg: l2(c) adds c*w to the gradient; one plain SGD step
     assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12)
     back = convert_l2(c, source="coupled", target=convention, n=n, learning_rate=eta, batch_size=bs)
