@@ -6,13 +6,27 @@ one objective; ``jax.grad`` differentiates it under ``jit``; optax updates.
 
 from __future__ import annotations
 
-from . import checkpoint, conventions, data, initializers, io, losses, optim, penalties, plotting, selectors
+from . import (
+    checkpoint,
+    conventions,
+    data,
+    initializers,
+    io,
+    losses,
+    optim,
+    penalties,
+    plotting,
+    selectors,
+    stochastic,
+    stopping,
+)
 from ._errors import JregError, JregTypeError
 from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
 from .nn import Model, mlp
 from .objective import Objective, objective
 from .optim import decoupled_weight_decay, lambda_max, proximal
 from .penalties import describe
+from .stopping import EarlyStopping
 from .train import DivergenceError, History, SweepHistory, accuracy, fit, make_epoch, make_step, sweep, total_cost
 
 __version__ = "0.1.0"
@@ -21,6 +35,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "DivergenceError",
+    "EarlyStopping",
     "checkpoint",
     "conventions",
     "decoupled_weight_decay",
@@ -51,6 +66,8 @@ __all__ = [
     "objective",
     "penalties",
     "plotting",
+    "stochastic",
+    "stopping",
     "sweep",
     "total_cost",
 ]

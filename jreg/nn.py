@@ -29,10 +29,15 @@ class Model(NamedTuple):
         init: ``init(key) -> params``, a pytree of arrays.
         apply: ``apply(params, x) -> outputs``; ``x`` has shape ``(batch, n_in)``
             (or ``(n_in,)`` for one example) and ``outputs`` ``(batch, n_out)``.
+            jreg's models also take two keywords: ``key`` (a ``jax.random`` key:
+            training mode, with dropout or noise; without it, evaluation mode)
+            and ``intermediates=True`` (return ``(outputs, intermediates)``, the
+            pytree of hidden activations an activity penalty acts on). Any
+            function with that protocol works with :func:`jreg.objective`.
     """
 
     init: Callable[[jax.Array], Params]
-    apply: Callable[[Params, jax.Array], jax.Array]
+    apply: Callable[..., Any]
 
 
 def mlp(
@@ -44,6 +49,8 @@ def mlp(
     b_init: Initializer | None = None,
     init: str = "default",
     dtype: Any = jnp.float32,
+    drop_rate: Any = 0.0,
+    input_drop_rate: Any = 0.0,
 ) -> Model:
     """A fully connected network ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
@@ -65,9 +72,18 @@ def mlp(
             ``"large"`` (Nielsen: ``w, b ~ N(0, 1)``), ``"glorot"`` or ``"he"``
             (biases zero).
         dtype: dtype of the parameters (float32 by default).
+        drop_rate: probability of dropping each hidden unit in training mode
+            (inverted dropout after each hidden activation; see
+            :mod:`jreg.stochastic`). May be traced, for sweeps.
+        input_drop_rate: probability of dropping each input in training mode.
 
     Returns:
-        A :class:`Model` whose params are ``[{"w": (n_in, n_out), "b": (n_out,)}, ...]``.
+        A :class:`Model` whose params are ``[{"w": (n_in, n_out), "b": (n_out,)}, ...]``
+        and whose ``apply(params, x, *, key=None, intermediates=False)`` is in
+        training mode (dropout active) when given a key and deterministic
+        without one. With ``intermediates=True`` it returns ``(outputs, hidden)``,
+        ``hidden`` being the list of hidden-layer activations (after the
+        nonlinearity, before dropout), one ``(batch, width)`` array per hidden layer.
     """
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
         raise JregTypeError(f"sizes must be a sequence of layer widths such as [784, 30, 10], got {sizes!r}")
@@ -81,6 +97,10 @@ def mlp(
     for name, fn in (("activation", activation), ("output_activation", output_activation)):
         if fn is not None and not callable(fn):
             raise JregTypeError(f"{name} must be callable, got {fn!r}")
+    from .stochastic import check_drop_rate, dropout
+
+    check_drop_rate(drop_rate, "drop_rate")
+    check_drop_rate(input_drop_rate, "input_drop_rate")
     scheme_w, scheme_b = inits.SCHEMES[init]
     w_init = scheme_w if w_init is None else w_init
     b_init = scheme_b if b_init is None else b_init
@@ -97,17 +117,22 @@ def mlp(
             params.append({"w": jnp.asarray(w, dtype), "b": jnp.asarray(b, dtype)})
         return params
 
-    def apply_fn(params: Params, x: jax.Array) -> jax.Array:
+    def apply_fn(params: Params, x: jax.Array, *, key: jax.Array | None = None, intermediates: bool = False) -> Any:
         _check_mlp_input(params, x, sizes)
-        a = x
+        train = key is not None
+        keys = jax.random.split(key, len(sizes) - 1) if train else [None] * (len(sizes) - 1)
+        a = dropout(keys[0], x, input_drop_rate, train=train)
+        hidden = []
         last = len(params) - 1
         for layer, p in enumerate(params):
             z = a @ p["w"] + p["b"]
             if layer < last:
                 a = activation(z)
+                hidden.append(a)
+                a = dropout(keys[layer + 1], a, drop_rate, train=train)
             else:
                 a = z if output_activation is None else output_activation(z)
-        return a
+        return (a, hidden) if intermediates else a
 
     # One compiled program instead of one compile per eager op (about 1 s saved on first use).
     return Model(jax.jit(init_fn), apply_fn)

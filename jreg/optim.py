@@ -66,6 +66,7 @@ def proximal(penalty: Penalty, learning_rate: LearningRate) -> optax.GradientTra
     ``η = learning_rate`` (a number, possibly traced, or an optax schedule of
     the step count); the transformation returns the update that lands there.
     Needs ``params`` in ``update`` (optax passes them through ``chain``).
+    Coefficient schedules in ``penalty`` are evaluated at the same step count.
     Leave the penalty *out* of the objective when you use this.
     """
     if not isinstance(penalty, Penalty):
@@ -79,7 +80,7 @@ def proximal(penalty: Penalty, learning_rate: LearningRate) -> optax.GradientTra
         if params is None:
             raise JregError("jreg.proximal needs params: call update(updates, state, params)")
         stepped = optax.apply_updates(params, updates)
-        proxed = penalty.prox(stepped, _rate(learning_rate, state.count))
+        proxed = penalty.prox(stepped, _rate(learning_rate, state.count), step=state.count)
         new_updates = jax.tree.map(lambda new, old: (new - old).astype(old.dtype), proxed, params)
         return new_updates, ScheduleState(optax.safe_increment(state.count))
 

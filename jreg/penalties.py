@@ -34,6 +34,14 @@ params or a prefix of it (``[1e-4, 1e-3]`` gives each MLP layer its own), a
 :func:`by_path` mapping from glob patterns to values, or arrays that broadcast
 against a leaf. Concrete coefficients must be finite and ``>= 0``.
 
+**Schedules.** A coefficient may also be a function of the training step,
+``c(step) -> scalar`` (any optax schedule, e.g.
+``optax.linear_schedule(0.0, 1e-3, 5000)`` to warm a penalty up). The step is
+the global mini-batch count from 0, the same count optax's learning-rate
+schedules see; :func:`jreg.fit` and :func:`jreg.make_epoch` pass it, and a
+penalty with a schedule called without ``step=`` raises an error rather than
+guess. ``step`` may be traced, so a schedule never recompiles anything.
+
 Penalties add (``l1(a) + l2(b)`` or :func:`sum`) and scale (``0.5 * l2(c)``).
 """
 
@@ -171,8 +179,15 @@ def mask_tree(params: Params, mask: Mask = None) -> Any:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), flags)
 
 
+def is_schedule(value: Any) -> bool:
+    """A coefficient given as a function of the step (an optax schedule, say)."""
+    return callable(value) and not isinstance(value, ByPath) and not hasattr(value, "shape")
+
+
 def _check_coefficient(value: Any, label: str) -> None:
     """Concrete coefficient entries must be finite and >= 0 (traced ones pass)."""
+    if is_schedule(value):
+        return  # checked on each value it returns
     if isinstance(value, ByPath):
         for pattern, v in value.mapping.items():
             _check_coefficient(v, f"{label}[{pattern!r}]")
@@ -222,13 +237,38 @@ class Term:
     scale: Any = 1.0
     prox: Callable[..., jax.Array] | None = None
 
-    def resolve(self, params: Params) -> list[tuple[str, Any, tuple[Any, ...]]]:
-        """``(path, leaf, coefficients)`` for every leaf this term touches."""
+    @property
+    def scheduled(self) -> bool:
+        """True when a coefficient is a function of the step."""
+        return any(is_schedule(c) for c in self.coefs)
+
+    def coefficients_at(self, step: Any) -> tuple[Any, ...]:
+        """The coefficients with every schedule evaluated at ``step``."""
+        out = []
+        for i, c in enumerate(self.coefs):
+            if is_schedule(c):
+                if step is None:
+                    raise JregError(
+                        f"penalty {self.name!r}: coefficient {i} is a schedule of the training step; call the "
+                        "penalty (or objective) with step=<global step>, as jreg.fit and jreg.make_epoch do"
+                    )
+                c = c(step)
+                if jnp.ndim(c) != 0:
+                    raise JregError(f"penalty {self.name!r}: schedule {i} must return a scalar, got {jnp.shape(c)}")
+                _check_coefficient(c, f"{self.name}: schedule {i}")
+            out.append(c)
+        return tuple(out)
+
+    def resolve(self, params: Params, step: Any = None, *, unresolved: bool = False) -> list[tuple[str, Any, tuple]]:
+        """``(path, leaf, coefficients)`` for every leaf this term touches, schedules evaluated at ``step``
+        (or, with ``unresolved=True``, left as they are)."""
         names, leaves, _ = _flatten(params)
         chosen = _selection(self.mask, params, self.name)
         per_coef = []
-        for c in self.coefs:
-            if isinstance(c, ByPath):
+        for c in self.coefs if unresolved else self.coefficients_at(step):
+            if is_schedule(c):
+                per_coef.append([c] * len(names))
+            elif isinstance(c, ByPath):
                 per_coef.append([c.resolve(n) for n in names])
             else:
                 per_coef.append(_broadcast(c, params, f"{self.name}: coefficient"))
@@ -243,6 +283,8 @@ class Term:
                 )
             coefs = tuple(pc[i] for pc in per_coef)
             for c in coefs:
+                if is_schedule(c):
+                    continue
                 try:
                     np.broadcast_shapes(np.shape(c), np.shape(leaf))
                 except ValueError:
@@ -258,8 +300,8 @@ class Term:
             )
         return picked
 
-    def __call__(self, params: Params) -> jax.Array:
-        total = _add(self.fn(leaf, *cs) for _, leaf, cs in self.resolve(params))
+    def __call__(self, params: Params, step: Any = None) -> jax.Array:
+        total = _add(self.fn(leaf, *cs) for _, leaf, cs in self.resolve(params, step))
         unit = isinstance(self.scale, (int, float)) and self.scale == 1
         return total if unit else self.scale * total
 
@@ -286,14 +328,19 @@ class Penalty:
             out.append(t.name if seen[t.name] == 1 else f"{t.name}_{seen[t.name]}")
         return out
 
-    def parts(self, params: Params) -> dict[str, jax.Array]:
-        """The value of each term, keyed by :meth:`names`."""
-        return {n: t(params) for n, t in zip(self.names(), self.terms)}
+    @property
+    def scheduled(self) -> bool:
+        """True when some coefficient is a schedule (a function of the step)."""
+        return any(t.scheduled for t in self.terms)
 
-    def __call__(self, params: Params) -> jax.Array:
-        return _add(self.parts(params).values())
+    def parts(self, params: Params, *, step: Any = None) -> dict[str, jax.Array]:
+        """The value of each term, keyed by :meth:`names`; ``step`` evaluates coefficient schedules."""
+        return {n: t(params, step) for n, t in zip(self.names(), self.terms)}
 
-    def prox(self, params: Params, t: Any) -> Params:
+    def __call__(self, params: Params, *, step: Any = None) -> jax.Array:
+        return _add(self.parts(params, step=step).values())
+
+    def prox(self, params: Params, t: Any, *, step: Any = None) -> Params:
         """The proximal map of ``t * R``: ``argmin_v  t R(v) + 1/2 ||v - params||^2``, leaf by leaf.
 
         Each term maps the leaves it selects (soft-thresholding for ``l1``,
@@ -308,7 +355,7 @@ class Penalty:
         for name, t_ in zip(self.names(), self.terms):
             if t_.prox is None:
                 raise JregError(f"penalty term {name!r} has no proximal map; give term(..., prox=...) one")
-            for path, leaf, coefs in t_.resolve(params):
+            for path, leaf, coefs in t_.resolve(params, step):
                 if path in owner:
                     raise JregError(
                         f"terms {owner[path]!r} and {name!r} both touch leaf {path!r}: the proximal map of a sum "
@@ -566,6 +613,88 @@ def orthogonality(c: Any, *, mask: Mask = None, name: str = "orthogonality") -> 
     return term(fn, c, mask=mask, name=name)
 
 
+# --------------------------------------------------------------------------- input penalties (function space)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class InputPenalty:
+    """A penalty on derivatives with respect to the inputs; goes into :func:`jreg.objective`'s ``input_penalty``.
+
+    ``fn(forward, loss, x, y, key, c) -> scalar`` where ``forward(x) -> outputs``
+    is the model with its params bound (in training mode when the objective has
+    a key: the same dropout mask as the data term). Its gradient with respect
+    to the params needs the derivative of a derivative: ``jax.grad`` of the
+    objective differentiates through it (double backprop).
+    """
+
+    name: str
+    fn: Callable[..., jax.Array]
+    c: Any
+
+    def __call__(self, forward: Callable[..., Any], loss: Callable[..., Any], x: Any, y: Any, *, key=None, step=None):
+        (c,) = Term(self.name, self.fn, (self.c,)).coefficients_at(step)
+        return self.fn(forward, loss, x, y, key, c)
+
+
+def _input_penalty(c: Any, name: str, fn: Callable[..., jax.Array]) -> InputPenalty:
+    if not isinstance(name, str) or not name or name in ("data", "penalty", "loss"):
+        raise JregError(f"name must be a non-empty str other than 'data', 'penalty' or 'loss', got {name!r}")
+    if not is_schedule(c):
+        check_nonnegative_scalar(c, f"{name}: coefficient")
+    return InputPenalty(name, fn, c)
+
+
+def input_gradient(c: Any, *, name: str = "input_gradient") -> InputPenalty:
+    """Double backpropagation (Drucker & LeCun 1992): ``R = c/2 * mean_i ||dC_i/dx_i||^2``.
+
+    ``C_i`` is example ``i``'s cost and ``x_i`` its input; the gradient is that
+    of ``sum_i C_i`` with respect to the batch of inputs, which gives each
+    example its own gradient as long as the model treats examples independently
+    (no batch normalization in training mode). ``c`` is a non-negative scalar
+    (possibly traced) or a schedule of the step.
+    """
+
+    def fn(forward, loss, x, y, key, c):
+        del key
+        g = jax.grad(lambda xx: jnp.sum(loss(forward(xx), y)))(x)
+        return 0.5 * c * jnp.sum(jnp.square(g)) / x.shape[0]
+
+    return _input_penalty(c, name, fn)
+
+
+def jacobian_norm(c: Any, *, projections: int | None = None, name: str = "jacobian_norm") -> InputPenalty:
+    """``R = c/2 * mean_i ||J_i||_F^2`` with ``J_i = d apply(params, x)_i / d x_i`` (Hoffman et al. 2019).
+
+    The Jacobian of the model's outputs (logits for jreg's MLP) with respect to
+    each example's input. With ``projections=None`` it is exact: one
+    vector-Jacobian product per output. With ``projections=m`` it is the
+    unbiased estimate ``mean_{v ~ N(0, I)} ||v^T J_i||^2`` from ``m`` random
+    projections drawn from the step's key (cheaper for many outputs); without
+    a key (evaluation) the exact value is used.
+    """
+    if projections is not None:
+        from ._checks import check_positive_int
+
+        projections = check_positive_int(projections, "projections")
+
+    def fn(forward, loss, x, y, key, c):
+        del loss, y
+        out, vjp = jax.vjp(forward, x)
+        per_example = out.shape[1:]
+        if projections is None or key is None:
+            n = int(np.prod(per_example))
+            basis = jnp.eye(n, dtype=out.dtype).reshape((n, 1) + per_example)
+            vs = jnp.broadcast_to(basis, (n,) + out.shape)
+            count = 1
+        else:
+            vs = jax.random.normal(key, (projections,) + out.shape, out.dtype)
+            count = projections
+        rows = jax.vmap(lambda v: vjp(v)[0])(vs)
+        return 0.5 * c * jnp.sum(jnp.square(rows)) / (count * x.shape[0])
+
+    return _input_penalty(c, name, fn)
+
+
 # --------------------------------------------------------------------------- describe
 
 
@@ -586,6 +715,8 @@ class Description(list):
 
 
 def _show(c: Any) -> str:
+    if is_schedule(c):
+        return "schedule(step)"
     if not is_concrete(c):
         return "traced"
     arr = np.asarray(c)
@@ -603,7 +734,7 @@ def describe(penalty: Penalty, params: Params) -> Description:
     out = Description()
     touched = set()
     for term_name, t in zip(penalty.names(), penalty.terms):
-        for p, leaf, coefs in t.resolve(params):
+        for p, leaf, coefs in t.resolve(params, unresolved=True):
             touched.add(p)
             scale = "" if isinstance(t.scale, (int, float)) and t.scale == 1 else f" x {_show(t.scale)}"
             out.append(

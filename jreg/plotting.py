@@ -32,10 +32,18 @@ def plot_histories(
         runs: ``{label: history}``, a history being any mapping from series
             name to per-epoch values (a :class:`jreg.History`, or its ``to_dict()``).
         path: the PNG to write (atomically).
-        series: which series to draw, one panel each.
+        series: which series to draw, one panel each; a run without a series
+            is left out of that panel (at least one run must have it).
         title: a title over the figure.
         percent: draw accuracies in percent.
     """
+    from ._errors import JregError
+
+    for name in series:
+        if not any(name in history for history in runs.values()):
+            raise JregError(
+                f"series {name!r} is in none of the runs; they have {sorted({k for h in runs.values() for k in h})}"
+            )
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -48,6 +56,8 @@ def plot_histories(
         ax.set_visible(False)
     for ax, name in zip(axes.ravel(), series):
         for label, history in runs.items():
+            if name not in history:  # e.g. a learning-rate scale only some runs have
+                continue
             values = list(history[name])
             scale = 100.0 if percent and name.endswith("accuracy") else 1.0
             ax.plot(range(1, len(values) + 1), [scale * v for v in values], label=label, linewidth=1.2)

@@ -19,12 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import _signature
 from ._checks import check_finite, check_key, check_optimizer, check_positive_int
 from ._errors import JregError, JregTypeError
 from .data import batch_indices
 from .losses import labels_of
 from .objective import Objective, _check_batch
 from .penalties import path_str
+from .stopping import EarlyStopping
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -40,19 +42,35 @@ def _check_objective(objective: Any) -> None:
         raise JregTypeError(f"objective must be callable f(params, batch) -> (total, parts), got {objective!r}")
 
 
-def _raw_step(objective: Callable[..., Any], optimizer: optax.GradientTransformation, metrics: bool = True) -> StepFn:
-    if metrics:
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
-    else:  # gradient only: XLA drops the forward computations only the loss value needs
-        only_grad = jax.grad(lambda p, b: objective(p, b)[0])
+def _call(objective: Callable[..., Any], params: Params, batch: Any, key: Any = None, step: Any = None) -> Any:
+    """``objective(params, batch)`` plus ``key``/``step`` when given and when the objective takes them."""
+    return _signature.call(objective, params, batch, key=key, step=step)
 
-    def step(params: Params, opt_state: Any, batch: tuple[Any, Any]) -> tuple[Params, Any, Metrics]:
+
+def _raw_step(objective: Callable[..., Any], optimizer: optax.GradientTransformation, metrics: bool = True) -> StepFn:
+    def total(p, b, k, t):
+        return _call(objective, p, b, k, t)
+
+    grad_fn = jax.value_and_grad(total, has_aux=True)
+    # gradient only: XLA drops the forward computations only the loss value needs
+    only_grad = jax.grad(lambda p, b, k, t: total(p, b, k, t)[0])
+
+    def step(
+        params: Params,
+        opt_state: Any,
+        batch: tuple[Any, Any],
+        key: jax.Array | None = None,
+        step: Any = None,
+        lr_scale: Any = None,
+    ) -> tuple[Params, Any, Metrics]:
         if metrics:
-            (total, parts), grads = grad_fn(params, batch)
-            out = {"loss": total, **parts}
+            (value, parts), grads = grad_fn(params, batch, key, step)
+            out = {"loss": value, **parts}
         else:
-            grads, out = only_grad(params, batch), {}
+            grads, out = only_grad(params, batch, key, step), {}
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        if lr_scale is not None:  # learning-rate halving by early stopping: every update scales with eta
+            updates = jax.tree.map(lambda u: (u * lr_scale).astype(u.dtype), updates)
         params = optax.apply_updates(params, updates)
         return params, opt_state, out
 
@@ -62,12 +80,17 @@ def _raw_step(objective: Callable[..., Any], optimizer: optax.GradientTransforma
 def make_step(
     objective: Callable[..., Any], optimizer: optax.GradientTransformation, *, donate: bool = False
 ) -> StepFn:
-    """A jitted pure training step ``step(params, opt_state, batch) -> (params, opt_state, metrics)``.
+    """A jitted pure step ``step(params, opt_state, batch, key=None, step=None) -> (params, opt_state, metrics)``.
 
     It takes ``jax.grad`` of the objective's total at ``params`` on ``batch = (x, y)``,
     lets ``optimizer`` turn the gradient into updates and applies them.
     ``metrics`` holds ``"loss"`` (the total before the step) and every entry
     of the objective's ``parts``.
+
+    ``key`` (a ``jax.random`` key, a fresh one per step) puts a stochastic
+    model (dropout, noise) in training mode; ``step`` (the global step count
+    from 0) evaluates penalty-coefficient schedules. Both are passed on to the
+    objective only if given and only if it takes them.
 
     Args:
         objective: ``f(params, batch) -> (total, parts)``, e.g. from :func:`jreg.objective`.
@@ -77,13 +100,37 @@ def make_step(
     """
     _check_objective(objective)
     check_optimizer(optimizer)
-    return jax.jit(_raw_step(objective, optimizer), donate_argnums=(0, 1) if donate else ())
+    raw = _raw_step(objective, optimizer)
+
+    def step(params, opt_state, batch, key=None, step=None):
+        return raw(params, opt_state, batch, key, step)
+
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
 def _mean_metrics(stacked: Metrics | None, weights: jax.Array) -> Metrics:
     if not stacked:
         return {}
     return {k: jnp.sum(v * weights) / jnp.sum(weights) for k, v in stacked.items()}
+
+
+# Salt for the per-step keys: the shuffle uses the epoch key itself, so adding dropout changes no data order.
+_NOISE_SALT = 0x6E6F6973
+
+
+def _plan(objective, n, batch_size, partial_batch, key, step):
+    """One epoch's schedule: full-batch indices, the rest, and per-step keys and global steps (or None)."""
+    full, rest_idx = batch_indices(n, batch_size, key)
+    count = full.shape[0] + (1 if rest_idx.shape[0] and partial_batch == "include" else 0)
+    keys = None
+    if _signature.accepts(objective, "key"):
+        keys = jax.random.split(jax.random.fold_in(key, _NOISE_SALT), count)
+    steps = None if step is None else jnp.asarray(step, jnp.int32) + jnp.arange(count, dtype=jnp.int32)
+    return full, rest_idx, keys, steps
+
+
+def _steps_per_epoch(n: int, batch_size: int, partial_batch: str) -> int:
+    return n // batch_size + (1 if n % batch_size and partial_batch == "include" else 0)
 
 
 def _raw_epoch(
@@ -94,7 +141,7 @@ def _raw_epoch(
     metrics: bool = True,
     batch_sharding: Any = None,
 ) -> Callable[..., tuple[Params, Any, Metrics]]:
-    step = _raw_step(objective, optimizer, metrics)
+    step_fn = _raw_step(objective, optimizer, metrics)
 
     def gather(x, y, idx):
         xb, yb = x[idx], y[idx]
@@ -103,24 +150,31 @@ def _raw_epoch(
             yb = jax.lax.with_sharding_constraint(yb, batch_sharding)
         return xb, yb
 
-    def epoch(params: Params, opt_state: Any, train: tuple[Any, Any], key: jax.Array):
+    def epoch(params: Params, opt_state: Any, train: tuple[Any, Any], key: jax.Array, step=None, lr_scale=None):
         x, y = _check_batch(train, "train")
         if batch_size > x.shape[0]:
             raise JregError(
                 f"batch_size must be at most the number of training examples ({x.shape[0]}), got {batch_size}"
             )
-        full, rest_idx = batch_indices(x.shape[0], batch_size, key)
+        full, rest_idx, keys, steps = _plan(objective, x.shape[0], batch_size, partial_batch, key, step)
+        nfull = full.shape[0]
+        head = lambda a: None if a is None else a[:nfull]  # noqa: E731
 
-        def body(carry, idx):
+        def body(carry, xs):
             p, s = carry
-            p, s, m = step(p, s, gather(x, y, idx))  # gather one mini-batch: no copy of the whole set
+            idx, k, t = xs
+            p, s, m = step_fn(p, s, gather(x, y, idx), k, t, lr_scale)  # gather one mini-batch: no data copy
             return (p, s), (m or None)
 
-        (params, opt_state), stacked = jax.lax.scan(body, (params, opt_state), full)
-        weights = jnp.full((full.shape[0],), batch_size, jnp.float32)
+        (params, opt_state), stacked = jax.lax.scan(body, (params, opt_state), (full, head(keys), head(steps)))
+        weights = jnp.full((nfull,), batch_size, jnp.float32)
         rest = rest_idx.shape[0]
         if rest and partial_batch == "include":
-            params, opt_state, last = step(params, opt_state, (x[rest_idx], y[rest_idx]))
+            last_key = None if keys is None else keys[nfull]
+            last_step = None if steps is None else steps[nfull]
+            params, opt_state, last = step_fn(
+                params, opt_state, (x[rest_idx], y[rest_idx]), last_key, last_step, lr_scale
+            )
             stacked = {k: jnp.append(v, last[k][None]) for k, v in (stacked or {}).items()}
             weights = jnp.append(weights, jnp.float32(rest))
         return params, opt_state, _mean_metrics(stacked, weights)
@@ -144,7 +198,7 @@ def make_epoch(
 ) -> Callable[..., tuple[Params, Any, Metrics]]:
     """One epoch of mini-batch training as one compiled call.
 
-    Returns jitted ``epoch(params, opt_state, train, key) -> (params, opt_state, metrics)``
+    Returns jitted ``epoch(params, opt_state, train, key, step=None) -> (params, opt_state, metrics)``
     with ``train = (x, y)``. It shuffles the example indices with
     ``jax.random.permutation(key, n)``, cuts them into ``n // batch_size``
     mini-batches (:func:`jreg.data.batch_indices`) and runs the steps with
@@ -158,6 +212,15 @@ def make_epoch(
     for this epoch with ``partial_batch="drop"`` (every example is still seen
     over many epochs, since each epoch shuffles anew).
 
+    Randomness and steps: the shuffle uses ``key`` itself; a stochastic
+    objective (one that takes ``key``, as every :func:`jreg.objective` does)
+    gets a fresh key per mini-batch, split from ``fold_in(key, salt)``, so
+    dropout masks and noise differ per step and are reproducible. ``step`` is
+    the global step count of the epoch's first mini-batch (``epoch_index *
+    steps_per_epoch`` when every epoch has the same number of steps); the
+    objective gets ``step + i`` at mini-batch ``i``, for coefficient
+    schedules. Leave it ``None`` when no penalty has a schedule.
+
     ``metrics`` are the step metrics averaged over the epoch's examples (the
     running training objective, measured before each step). With
     ``metrics=False`` the steps take the gradient only and the epoch returns
@@ -168,7 +231,11 @@ def make_epoch(
     check_optimizer(optimizer)
     batch_size = check_positive_int(batch_size, "batch_size")
     _check_partial_batch(partial_batch)
-    epoch = _raw_epoch(objective, optimizer, batch_size, partial_batch, metrics)
+    raw = _raw_epoch(objective, optimizer, batch_size, partial_batch, metrics)
+
+    def epoch(params, opt_state, train, key, step=None):
+        return raw(params, opt_state, train, key, step)
+
     return jax.jit(epoch, donate_argnums=(0, 1) if donate else ())
 
 
@@ -185,9 +252,12 @@ def accuracy(apply: Callable[[Params, jax.Array], jax.Array], params: Params, da
     return jnp.mean(jnp.argmax(outputs, axis=-1) == labels_of(y))
 
 
-def total_cost(objective: Callable[..., Any], params: Params, data: tuple[Any, Any]) -> jax.Array:
-    """The objective's total on ``data``: mean cost over all of it plus the penalty."""
-    return objective(params, data)[0]
+def total_cost(objective: Callable[..., Any], params: Params, data: tuple[Any, Any], *, step: Any = None) -> jax.Array:
+    """The objective's total on ``data`` in evaluation mode: mean cost over all of it plus the penalty.
+
+    ``step`` evaluates coefficient schedules (needed only when a penalty has one).
+    """
+    return _call(objective, params, data, step=step)[0]
 
 
 @dataclasses.dataclass
@@ -203,6 +273,8 @@ class History:
     """
 
     series: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    #: set by early stopping: ``{"epochs": run, "reason": ..., "best_epoch": ..., "best": ...}``
+    stopped: dict[str, Any] | None = None
 
     def append(self, metrics: dict[str, Any]) -> None:
         for k, v in metrics.items():
@@ -272,7 +344,7 @@ def _check_data(data: Any, name: str) -> tuple[jax.Array, jax.Array]:
 def _check_against_model(objective: Callable[..., Any], params: Params, data: tuple[Any, Any], name: str) -> None:
     """Trace the objective on one example (shape errors surface here) and check label range."""
     x, y = data
-    jax.eval_shape(objective, params, (x[:1], y[:1]))
+    jax.eval_shape(lambda p, b: _call(objective, p, b, step=0), params, (x[:1], y[:1]))
     if isinstance(objective, Objective) and jnp.issubdtype(y.dtype, jnp.integer):
         classes = jax.eval_shape(objective.apply, params, x[:1]).shape[-1]
         labels = np.asarray(y)
@@ -291,10 +363,11 @@ def _evaluate(
     prefix: str,
     want_cost: bool,
     want_accuracy: bool,
+    step: Any = None,
 ) -> Metrics:
     out: Metrics = {}
     if want_cost:
-        total, parts = objective(params, data)
+        total, parts = _call(objective, params, data, step=step)
         out[f"{prefix}_cost"] = total
         if prefix == "training":
             out.update({f"training_{k}": v for k, v in parts.items()})
@@ -306,8 +379,10 @@ def _evaluate(
 def _monitor(objective: Callable[..., Any], wanted: set[str]) -> Callable[..., Metrics]:
     """The monitored evaluations after an epoch: ``monitor(params, train, evaluation) -> metrics``."""
 
-    def monitor(params, train, evaluation):
-        out = _evaluate(objective, params, train, "training", "training_cost" in wanted, "training_accuracy" in wanted)
+    def monitor(params, train, evaluation, step=None):
+        out = _evaluate(
+            objective, params, train, "training", "training_cost" in wanted, "training_accuracy" in wanted, step
+        )
         if evaluation is not None:
             out.update(
                 _evaluate(
@@ -317,6 +392,7 @@ def _monitor(objective: Callable[..., Any], wanted: set[str]) -> Callable[..., M
                     "evaluation",
                     "evaluation_cost" in wanted,
                     "evaluation_accuracy" in wanted,
+                    step,
                 )
             )
         return out
@@ -336,10 +412,12 @@ def _epoch_and_monitor(
     epoch_fn = _raw_epoch(objective, optimizer, batch_size, partial_batch, "epoch_loss" in wanted, batch_sharding)
     monitor = _monitor(objective, wanted)
 
-    def run(params, opt_state, train, evaluation, key):
-        params, opt_state, m = epoch_fn(params, opt_state, train, key)
+    def run(params, opt_state, train, evaluation, key, step, lr_scale=None):
+        params, opt_state, m = epoch_fn(params, opt_state, train, key, step, lr_scale)
         loss = {"epoch_loss": m["loss"]} if m else {}
-        return params, opt_state, {**loss, **monitor(params, train, evaluation)}
+        # monitored after the epoch, at the step count reached (for coefficient schedules)
+        after = step + _steps_per_epoch(train[0].shape[0], batch_size, partial_batch)
+        return params, opt_state, {**loss, **monitor(params, train, evaluation, after)}
 
     return run
 
@@ -403,25 +481,34 @@ def _loop(
     opt_state,
     train,
     evaluation,
-    key,
     epochs,
     history,
     verbose,
     callback,
     convert,
+    *,
+    inputs,
     start=0,
-    after_epoch=None,
+    before_record=None,
+    after_record=None,
 ):
+    """Run epochs ``start..epochs-1``; ``inputs(e)`` gives the epoch's extra arguments (key, step...).
+
+    ``before_record(e, params, opt_state, values)`` may raise (divergence) before anything is
+    recorded; ``after_record(e, params, opt_state, values)`` returns True to stop early.
+    """
     for e in range(start, epochs):
-        params, opt_state, metrics = run(params, opt_state, train, evaluation, jax.random.fold_in(key, e))
+        params, opt_state, metrics = run(params, opt_state, train, evaluation, *inputs(e))
         values = {k: convert(v) for k, v in jax.device_get(metrics).items()}
-        if after_epoch is not None:  # may raise (divergence) before anything is recorded
-            after_epoch(e, params, opt_state, values)
+        if before_record is not None:
+            before_record(e, params, opt_state, values)
         history.append(values)
         if verbose:
             print(_format_epoch(e, epochs, values), flush=True)
         if callback is not None:
             callback(e, values)
+        if after_record is not None and after_record(e, params, opt_state, values):
+            break
     return params, opt_state
 
 
@@ -460,8 +547,8 @@ def _guarded(run: Callable[..., Any]) -> Callable[..., Any]:
     One reduction over the params per epoch, inside the compiled program: no per-step cost.
     """
 
-    def guarded(params, opt_state, train, evaluation, key):
-        new_params, new_state, metrics = run(params, opt_state, train, evaluation, key)
+    def guarded(params, opt_state, train, evaluation, *inputs):
+        new_params, new_state, metrics = run(params, opt_state, train, evaluation, *inputs)
         ok = _all_finite(new_params) & _all_finite(metrics)
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
         params = jax.tree.map(keep, new_params, params)
@@ -471,20 +558,26 @@ def _guarded(run: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-def _first_bad_step(objective, optimizer, params, opt_state, train, batch_size, partial_batch, key):
+def _first_bad_step(
+    objective, optimizer, params, opt_state, train, batch_size, partial_batch, key, step, lr_scale=None
+):
     """Replay one epoch step by step from ``params``: (step, quantity, params before it, state before it) or None."""
     x, y = train
-    full, rest = batch_indices(x.shape[0], batch_size, key)
+    full, rest, keys, steps = _plan(objective, x.shape[0], batch_size, partial_batch, key, step)
     order = list(full) + ([rest] if rest.shape[0] and partial_batch == "include" else [])
-    grad_fn = jax.jit(jax.value_and_grad(objective, has_aux=True))
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b, k, t: _call(objective, p, b, k, t), has_aux=True))
 
     @jax.jit
     def update(params, opt_state, grads):
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        if lr_scale is not None:
+            updates = jax.tree.map(lambda u: (u * lr_scale).astype(u.dtype), updates)
         return optax.apply_updates(params, updates), opt_state
 
     for i, idx in enumerate(order):
-        (loss, _), grads = grad_fn(params, (x[idx], y[idx]))
+        k = None if keys is None else keys[i]
+        t = None if steps is None else steps[i]
+        (loss, _), grads = grad_fn(params, (x[idx], y[idx]), k, t)
         if not np.isfinite(float(loss)):
             return i, f"the loss became {float(loss)}", params, opt_state
         flat = jax.tree_util.tree_flatten_with_path(grads)[0]
@@ -531,6 +624,7 @@ def fit(
     checkpoint_every: int = 1,
     keep: int = 3,
     resume: str | os.PathLike[str] | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> tuple[Params, History]:
     """Train for ``epochs`` epochs of shuffled mini-batches; return ``(params, history)``.
 
@@ -580,6 +674,19 @@ def fit(
             on from the saved epoch, and the result is bit-identical on CPU to
             the uninterrupted run. ``params`` serves as the structure template
             and ``key`` must be the run's key.
+        early_stopping: an :class:`jreg.EarlyStopping`: stop when its
+            monitored series has not improved for ``patience`` epochs, or, with
+            ``lr_factor``, cut the learning rate each time and stop once it has
+            fallen to ``min_lr_scale`` of its start (Nielsen's schedule:
+            ``EarlyStopping.nielsen(10)``). The history then has a
+            ``learning_rate_scale`` series and ``history.stopped`` says when and
+            why training stopped. Its state is checkpointed and resumed.
+
+    Randomness and steps: epoch ``e`` shuffles with ``fold_in(key, e)``; a
+    stochastic model (dropout, noise) gets one key per mini-batch derived from
+    it (see :func:`make_epoch`), and penalty schedules see the global step
+    ``e * steps_per_epoch + i``. Monitoring runs in evaluation mode (no dropout)
+    at the step count reached after the epoch.
 
     Returns:
         The trained params and a :class:`History` (the whole run's, when resumed).
@@ -602,10 +709,19 @@ def fit(
 
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     keep = check_positive_int(keep, "keep")
+    stopping = _check_early_stopping(early_stopping, wanted)
     history = History()
     start = 0
+    state = None if stopping is None else stopping.initial_state()
     if resume is not None:
-        params, opt_state, start, history = _resume(resume, params, optimizer, key, batch_size, epochs)
+        params, opt_state, start, history, saved = _resume(resume, params, optimizer, key, batch_size, epochs)
+        if stopping is not None:
+            state = _resumed_stopping_state(saved, history, resume)
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+    best = _restore_best_params(stopping, state, folder, resume, params) if stopping is not None else None
+    if state is not None and state["stopped"] is not None:  # the run had already stopped: nothing to do
+        history.stopped = _stop_record(stopping, state, start)
+        return (params if best is None else best), history
 
     # fit donates its buffers to the compiled epoch, so it works on copies of the caller's.
     batch_sharding = None
@@ -618,9 +734,16 @@ def fit(
         )
     run = _epoch_and_monitor(objective, optimizer, batch_size, partial_batch, wanted, batch_sharding)
     run = jax.jit(_guarded(run), donate_argnums=(0, 1))
-    folder = None if checkpoint_dir is None else Path(checkpoint_dir)
+    per_epoch = _steps_per_epoch(train[0].shape[0], batch_size, partial_batch)
+    scaled = stopping is not None and stopping.lr_factor is not None
 
-    def after_epoch(e, params, opt_state, values):
+    def inputs(e):
+        step = jnp.asarray(e * per_epoch, jnp.int32)
+        if not scaled:
+            return jax.random.fold_in(key, e), step
+        return jax.random.fold_in(key, e), step, jnp.asarray(state["lr_scale"], jnp.float32)
+
+    def before_record(e, params, opt_state, values):
         if not values.pop("__finite__"):
             _raise_divergence(
                 objective,
@@ -630,14 +753,39 @@ def fit(
                 train,
                 batch_size,
                 partial_batch,
-                jax.random.fold_in(key, e),
+                inputs(e),
                 e,
                 epochs,
                 values,
                 history,
             )
-        if folder is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == epochs):
-            _save_checkpoint(folder, keep, params, opt_state, e + 1, key, history, values, batch_size)
+        if scaled:
+            values["learning_rate_scale"] = float(state["lr_scale"])
+
+    def after_record(e, params, opt_state, values):
+        nonlocal state, best
+        stop = False
+        if stopping is not None:
+            state, event = stopping.update(state, e, values[stopping.monitor])
+            if event == "improved" and stopping.restore_best:
+                best = jax.device_get(params)
+                if folder is not None:
+                    _save_best(folder, best, e + 1, key)
+            elif event in ("lr_cut", "stop") and verbose:
+                print(
+                    f"Epoch {e + 1}: "
+                    + (
+                        state["stopped"]
+                        if event == "stop"
+                        else f"no improvement in {stopping.monitor} for {stopping.patience} epochs; learning rate "
+                        f"scale now {state['lr_scale']:g}"
+                    ),
+                    flush=True,
+                )
+            stop = event == "stop"
+        if folder is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == epochs or stop):
+            _save_checkpoint(folder, keep, params, opt_state, e + 1, key, history, batch_size, state)
+        return stop
 
     params, _ = _loop(
         run,
@@ -645,22 +793,88 @@ def fit(
         opt_state,
         train,
         evaluation,
-        key,
         epochs,
         history,
         verbose,
         callback,
         float,
+        inputs=inputs,
         start=start,
-        after_epoch=after_epoch,
+        before_record=before_record,
+        after_record=after_record,
     )
+    if stopping is not None and state["stopped"] is not None:
+        history.stopped = _stop_record(stopping, state, len(history))
+    if best is not None:
+        params = jax.tree.map(jnp.asarray, best)
     return params, history
 
 
+def _check_early_stopping(early_stopping: Any, wanted: set[str]) -> EarlyStopping | None:
+    if early_stopping is None:
+        return None
+    if not isinstance(early_stopping, EarlyStopping):
+        raise JregTypeError(
+            f"early_stopping must be a jreg.EarlyStopping, e.g. EarlyStopping(patience=10), got {early_stopping!r}"
+        )
+    if early_stopping.monitor not in wanted:
+        raise JregError(
+            f"early_stopping watches {early_stopping.monitor!r}, which this fit does not monitor (it monitors "
+            f"{sorted(wanted)}); pass evaluation data or add it to monitor"
+        )
+    return early_stopping
+
+
+def _stop_record(stopping: EarlyStopping, state: dict[str, Any], epochs_run: int) -> dict[str, Any]:
+    return {
+        "epochs": epochs_run,
+        "reason": state["stopped"],
+        "best_epoch": None if state["best_epoch"] is None else state["best_epoch"] + 1,
+        "best": state["best"],
+        "monitor": stopping.monitor,
+    }
+
+
+def _resumed_stopping_state(saved: Any, history: History, resume: Any) -> dict[str, Any]:
+    if not isinstance(saved, dict) or not {"best", "best_epoch", "wait", "lr_scale", "stopped"} <= set(saved):
+        if len(history):
+            raise JregError(
+                f"resume: {resume} was saved without early stopping, so its early-stopping state is unknown; "
+                "resume it without early_stopping, or start the run again"
+            )
+        return EarlyStopping().initial_state()
+    return dict(saved)
+
+
+def _best_path(folder: Path) -> Path:
+    return folder / "best.npz"
+
+
+def _save_best(folder: Path, params: Params, epoch: int, key: Any) -> None:
+    from .checkpoint import save
+
+    save(_best_path(folder), params, step=epoch, key=key, meta={"best": True})
+
+
+def _restore_best_params(stopping, state, folder, resume, params):
+    """The best params so far when resuming a run with ``restore_best`` (else None)."""
+    if not stopping.restore_best or state is None or state["best_epoch"] is None:
+        return None
+    from .checkpoint import load
+
+    where = _latest_checkpoint(Path(resume)).parent if resume is not None else folder
+    path = None if where is None else _best_path(where)
+    if path is None or not path.exists():
+        raise JregError(
+            f"resume: restore_best needs the best params, saved as best.npz beside the checkpoints; none in {where}"
+        )
+    return load(path, params=params).params
+
+
 def _raise_divergence(
-    objective, optimizer, params, opt_state, train, batch_size, partial_batch, key, epoch, epochs, values, history
+    objective, optimizer, params, opt_state, train, batch_size, partial_batch, inputs, epoch, epochs, values, history
 ):
-    found = _first_bad_step(objective, optimizer, params, opt_state, train, batch_size, partial_batch, key)
+    found = _first_bad_step(objective, optimizer, params, opt_state, train, batch_size, partial_batch, *inputs)
     if found is not None:
         step, quantity, params, opt_state = found
         where = f"epoch {epoch + 1} of {epochs}, step {step + 1}"
@@ -681,19 +895,13 @@ def _raise_divergence(
     )
 
 
-def _save_checkpoint(folder, keep, params, opt_state, epoch, key, history, values, batch_size):
+def _save_checkpoint(folder, keep, params, opt_state, epoch, key, history, batch_size, stopping_state):
     from .checkpoint import save
 
-    record = History({k: list(v) for k, v in history.series.items()})
-    record.append(values)
-    save(
-        folder / f"ckpt-{epoch:06d}.npz",
-        params,
-        opt_state=opt_state,
-        step=epoch,
-        key=key,
-        meta={"history": record.to_dict(), "batch_size": batch_size},
-    )
+    meta = {"history": history.to_dict(), "batch_size": batch_size}
+    if stopping_state is not None:
+        meta["early_stopping"] = stopping_state
+    save(folder / f"ckpt-{epoch:06d}.npz", params, opt_state=opt_state, step=epoch, key=key, meta=meta)
     for old in sorted(folder.glob("ckpt-*.npz"))[:-keep]:
         old.unlink(missing_ok=True)
 
@@ -717,7 +925,7 @@ def _resume(resume, params, optimizer, key, batch_size, epochs):
     if step > epochs:
         raise JregError(f"resume: {path} is at epoch {step}, beyond epochs={epochs}")
     history = History({k: list(v) for k, v in (meta.get("history") or {}).items()})
-    return ckpt.params, ckpt.opt_state, step, history
+    return ckpt.params, ckpt.opt_state, step, history, meta.get("early_stopping")
 
 
 def _put(value: Any, sharding: Any) -> jax.Array:
@@ -878,25 +1086,40 @@ def sweep(
 
     with_loss = "epoch_loss" in wanted
 
-    def train_one(h, p, s, tr, k):
+    def train_one(h, p, s, tr, k, t):
         objective, optimizer = build(h)
-        p, s, m = _raw_epoch(objective, optimizer, batch_size, partial_batch, with_loss)(p, s, tr, k)
+        p, s, m = _raw_epoch(objective, optimizer, batch_size, partial_batch, with_loss)(p, s, tr, k, t)
         return p, s, m
 
-    def monitor_one(h, p, tr, ev):
-        return _monitor(build(h)[0], wanted)(p, tr, ev)
+    def monitor_one(h, p, tr, ev, t):
+        return _monitor(build(h)[0], wanted)(p, tr, ev, t)
 
-    def run(p, s, tr, ev, k):
+    per_epoch = _steps_per_epoch(train[0].shape[0], batch_size, partial_batch)
+
+    def run(p, s, tr, ev, k, t):
         if vectorize == "vmap":
-            p, s, m = jax.vmap(train_one, in_axes=(0, 0, 0, None, None))(hp, p, s, tr, k)
+            p, s, m = jax.vmap(train_one, in_axes=(0, 0, 0, None, None, None))(hp, p, s, tr, k, t)
         else:
-            p, s, m = jax.lax.map(lambda a: train_one(*a, tr, k), (hp, p, s))
+            p, s, m = jax.lax.map(lambda a: train_one(*a, tr, k, t), (hp, p, s))
         loss = {"epoch_loss": m["loss"]} if m else {}
-        return p, s, {**loss, **jax.vmap(monitor_one, in_axes=(0, 0, None, None))(hp, p, tr, ev)}
+        evaluations = jax.vmap(monitor_one, in_axes=(0, 0, None, None, None))(hp, p, tr, ev, t + per_epoch)
+        return p, s, {**loss, **evaluations}
 
     run = jax.jit(run, donate_argnums=(0, 1))
     history = SweepHistory()
-    params, _ = _loop(run, params, opt_state, train, evaluation, key, epochs, history, verbose, callback, np.asarray)
+    params, _ = _loop(
+        run,
+        params,
+        opt_state,
+        train,
+        evaluation,
+        epochs,
+        history,
+        verbose,
+        callback,
+        np.asarray,
+        inputs=lambda e: (jax.random.fold_in(key, e), jnp.asarray(e * per_epoch, jnp.int32)),
+    )
     return params, history
 
 

@@ -14,7 +14,7 @@ SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("e[0-9]_*.py"))
 
 
 def test_all_experiments_are_here():
-    assert [s[:2] for s in SCRIPTS] == ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8"]
+    assert [s[:2] for s in SCRIPTS] == ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
