@@ -1,4 +1,9 @@
-"""Which optional keyword arguments a user's function takes (``key``, ``step``, ``intermediates``)."""
+"""Which optional keyword arguments a user's function takes (``key``, ``step``, ``intermediates``).
+
+Only a parameter with that exact name counts: a ``**kwargs`` catch-all does not
+(Flax's ``Module.apply(variables, *args, **kwargs)`` forwards everything to the
+module, which would then receive a ``key`` it never asked for).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,20 @@ from typing import Any
 
 
 @functools.lru_cache(maxsize=512)
-def _kwargs_of(fn: Callable[..., Any]) -> tuple[frozenset[str], bool]:
+def _kwargs_of(fn: Callable[..., Any]) -> frozenset[str]:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin or C callable without a signature: positional use only
-        return frozenset(), False
-    names = frozenset(n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    return names, var_kw
+        return frozenset()
+    return frozenset(n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def accepts(fn: Callable[..., Any], name: str) -> bool:
-    """True when ``fn`` can be called with the keyword argument ``name``."""
+    """True when ``fn`` has a parameter ``name`` that can be passed by keyword."""
     try:
-        names, var_kw = _kwargs_of(fn)
+        return name in _kwargs_of(fn)
     except TypeError:  # an unhashable callable
-        names, var_kw = _kwargs_of.__wrapped__(fn)
-    return name in names or var_kw
+        return name in _kwargs_of.__wrapped__(fn)
 
 
 def call(fn: Callable[..., Any], *args: Any, **optional: Any) -> Any:

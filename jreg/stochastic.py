@@ -54,6 +54,13 @@ def _check_key(key: Any, name: str = "key") -> None:
         raise JregTypeError(f"{name} must be a jax.random key, e.g. jax.random.key(0), got {type(key).__name__}")
 
 
+def _check_x(x: Any) -> None:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise JregTypeError(f"x must be an array, got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise JregTypeError(f"x must be floating point, got dtype {x.dtype}")
+
+
 def dropout(key: jax.Array | None, x: jax.Array, drop_rate: Any, *, train: bool = True) -> jax.Array:
     """Inverted dropout: zero each entry with probability ``drop_rate``, scale the rest by ``1/(1 - drop_rate)``.
 
@@ -61,6 +68,7 @@ def dropout(key: jax.Array | None, x: jax.Array, drop_rate: Any, *, train: bool 
     ``key`` may be ``None``. ``E[dropout(key, x, r)] = x`` for every ``r``.
     """
     check_drop_rate(drop_rate)
+    _check_x(x)
     if not train or (is_concrete(drop_rate) and float(np.asarray(drop_rate)) == 0.0):
         return x
     _check_key(key)
@@ -72,6 +80,7 @@ def dropout(key: jax.Array | None, x: jax.Array, drop_rate: Any, *, train: bool 
 def gaussian_noise(key: jax.Array | None, x: jax.Array, stddev: Any, *, train: bool = True) -> jax.Array:
     """``x + stddev * N(0, 1)`` entrywise in training mode; ``x`` with ``train=False``."""
     check_nonnegative_scalar(stddev, "stddev")
+    _check_x(x)
     if not train:
         return x
     _check_key(key)

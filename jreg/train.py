@@ -101,8 +101,14 @@ def make_step(
     _check_objective(objective)
     check_optimizer(optimizer)
     raw = _raw_step(objective, optimizer)
+    takes_key = _signature.accepts(objective, "key")
 
     def step(params, opt_state, batch, key=None, step=None):
+        if key is not None and not takes_key:
+            raise JregError(
+                "make_step got a key, but the objective has no key parameter, so it would train without dropout "
+                "or noise; use jreg.objective, or give your objective a key=None keyword"
+            )
         return raw(params, opt_state, batch, key, step)
 
     return jax.jit(step, donate_argnums=(0, 1) if donate else ())

@@ -210,3 +210,63 @@ def test_describe_shows_coefficients_scale_and_misses():
     assert text.splitlines()[-1] == "not penalized: 1/b (2,)"
     with pytest.raises(jreg.JregError, match="groups must be 'columns'"):
         P.group_lasso(0.1, groups="diagonal")
+
+
+# --------------------------------------------------------------------------- the keyed and data-dependent terms
+
+
+def _library_model(name):
+    """(params, apply(params, x)) from each library, for a 4 -> 8 -> 2 network."""
+    x0 = jnp.ones((1, 4))
+    if name == "linen":
+        nn = pytest.importorskip("flax.linen")
+
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(2)(nn.tanh(nn.Dense(8)(x)))
+
+        net = Net()
+        return net.init(jax.random.key(0), x0), net.apply
+    if name == "nnx":
+        nnx = pytest.importorskip("flax.nnx")
+
+        class Net2(nnx.Module):
+            def __init__(self, rngs):
+                self.l1, self.l2 = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 2, rngs=rngs)
+
+            def __call__(self, x):
+                return self.l2(jnp.tanh(self.l1(x)))
+
+        graph, state = nnx.split(Net2(nnx.Rngs(0)))
+        return state, lambda s, x: nnx.merge(graph, s)(x)
+    if name == "equinox":
+        eqx = pytest.importorskip("equinox")
+        params, static = eqx.partition(eqx.nn.MLP(4, 2, 8, 1, key=jax.random.key(0)), eqx.is_array)
+        return params, lambda p, x: jax.vmap(eqx.combine(p, static))(x)
+    hk = pytest.importorskip("haiku")
+    f = hk.without_apply_rng(hk.transform(lambda x: hk.Linear(2)(jnp.tanh(hk.Linear(8)(x)))))
+    return f.init(jax.random.key(0), x0), f.apply
+
+
+@pytest.mark.parametrize("library", ["linen", "nnx", "equinox", "haiku"])
+def test_schedules_noise_and_input_penalties_on_every_library(library):
+    import jreg.stochastic as St
+
+    params, apply = _library_model(library)
+    x, y = jax.random.normal(jax.random.key(1), (6, 4)), jnp.array([0, 1, 0, 1, 1, 0])
+    # a scheduled coefficient is the constant one at that step
+    np.testing.assert_allclose(P.l2(lambda s: 0.1 * s)(params, step=3), P.l2(0.3)(params), rtol=1e-6)
+    # weight noise touches the default mask's leaves (kernels), in training mode only
+    noisy = St.with_weight_noise(lambda p, x: p, 0.1)
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), noisy(params, x, key=jax.random.key(2)), params)
+    assert jax.tree.leaves(moved) == jax.tree.leaves(P.mask_tree(params))
+    # a training step with dropout on the inputs, weight noise, a scheduled L2 and double backprop
+    model = St.with_weight_noise(St.with_input_dropout(apply, 0.2), 0.01)
+    obj = jreg.objective(
+        model, jreg.losses.cross_entropy, P.l2(lambda s: 1e-3 * s), input_penalty=P.input_gradient(0.1)
+    )
+    opt = optax.sgd(0.1)
+    new, _, m = jreg.make_step(obj, opt)(params, opt.init(params), (x, y), jax.random.key(3), 5)
+    assert np.isfinite(float(m["input_gradient"])) and float(m["l2"]) > 0
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(new))

@@ -86,20 +86,25 @@ def _data(n, seed):
 
 TRAIN, VALID = _data(64, 1), _data(32, 2)
 OBJ = jreg.objective(MODEL.apply, L.cross_entropy)
+KEY = jax.random.key(0)
+
+
+def fit(stopper, *, eta=0.5, epochs=60, key=KEY, evaluation=VALID):
+    return jreg.fit(
+        OBJ,
+        optax.sgd(eta),
+        PARAMS,
+        TRAIN,
+        evaluation=evaluation,
+        epochs=epochs,
+        batch_size=8,
+        key=key,
+        early_stopping=stopper,
+    )
 
 
 def test_fit_stops_and_records_why():
-    params, hist = jreg.fit(
-        OBJ,
-        optax.sgd(0.5),
-        PARAMS,
-        TRAIN,
-        evaluation=VALID,
-        epochs=200,
-        batch_size=8,
-        key=jax.random.key(0),
-        early_stopping=EarlyStopping(patience=3),
-    )
+    params, hist = fit(EarlyStopping(patience=3), epochs=200)
     acc = hist.evaluation_accuracy
     assert len(hist) < 200 and hist.stopped["epochs"] == len(hist)
     best = int(np.argmax(acc))  # the first best: later ties are not improvements
@@ -111,17 +116,7 @@ def test_fit_stops_and_records_why():
 def test_the_halving_schedule_is_exactly_a_smaller_learning_rate():
     """Replay the recorded scales as plain SGD with eta * scale: the same params, bit for bit."""
     key = jax.random.key(0)
-    params, hist = jreg.fit(
-        OBJ,
-        optax.sgd(0.5),
-        PARAMS,
-        TRAIN,
-        evaluation=VALID,
-        epochs=60,
-        batch_size=8,
-        key=key,
-        early_stopping=EarlyStopping.nielsen(2),
-    )
+    params, hist = fit(EarlyStopping.nielsen(2), key=key)
     scales = hist.learning_rate_scale
     assert scales[0] == 1.0 and min(scales) < 1.0  # it did cut the learning rate
     assert all(b in (a, a / 2) for a, b in zip(scales, scales[1:]))
@@ -133,35 +128,19 @@ def test_the_halving_schedule_is_exactly_a_smaller_learning_rate():
 
 
 def test_restore_best_returns_the_best_epochs_params():
-    params, hist = jreg.fit(
-        OBJ,
-        optax.sgd(2.0),
-        PARAMS,
-        TRAIN,
-        evaluation=VALID,
-        epochs=40,
-        batch_size=8,
-        key=jax.random.key(0),
-        early_stopping=EarlyStopping(patience=4, monitor="evaluation_cost", restore_best=True),
-    )
-    best = hist.stopped["best_epoch"] - 1 if hist.stopped else int(np.argmin(hist.evaluation_cost))
+    stopper = EarlyStopping(patience=4, monitor="evaluation_cost", restore_best=True)
+    params, hist = fit(stopper, eta=2.0, epochs=100)
+    best = hist.stopped["best_epoch"] - 1
+    assert best == len(hist) - 5  # it stopped, four epochs after the best: the last params are not the best
     np.testing.assert_allclose(float(jreg.total_cost(OBJ, params, VALID)), hist.evaluation_cost[best], rtol=1e-6)
+    assert min(hist.evaluation_cost) == hist.evaluation_cost[best]
 
 
 def test_early_stopping_needs_its_series_monitored():
     with pytest.raises(jreg.JregError, match="does not monitor"):
-        jreg.fit(
-            OBJ,
-            optax.sgd(0.5),
-            PARAMS,
-            TRAIN,
-            epochs=2,
-            batch_size=8,
-            key=jax.random.key(0),
-            early_stopping=EarlyStopping(),
-        )
+        fit(EarlyStopping(), epochs=2, evaluation=None)
     with pytest.raises(jreg.JregTypeError, match="early_stopping"):
-        jreg.fit(OBJ, optax.sgd(0.5), PARAMS, TRAIN, epochs=2, batch_size=8, key=jax.random.key(0), early_stopping=10)
+        fit(10, epochs=2)
 
 
 class Interrupt(Exception):

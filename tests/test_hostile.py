@@ -174,3 +174,39 @@ def test_fit_with_plausible_shapes_and_hostile_values(n, x_dtype, y_kind, data, 
         return
     params, history = out
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params))
+
+
+HOSTILE_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=2),
+    arrays(max_dims=1),
+)
+
+
+@relaxed
+@given(rate=HOSTILE_SCALARS, stddev=HOSTILE_SCALARS, x=arrays())
+def test_stochastic_functions_with_random_arguments(rate, stddev, x):
+    key = jax.random.key(0)
+    for fn in (
+        lambda: jreg.stochastic.dropout(key, x, rate),
+        lambda: jreg.stochastic.gaussian_noise(key, x, stddev),
+        lambda: jreg.mlp([4, 3], drop_rate=rate, input_drop_rate=rate).apply(PARAMS[:1], x, key=key),
+        lambda: jreg.stochastic.with_input_noise(MODEL.apply, stddev)(PARAMS, x, key=key),
+    ):
+        only_jreg_errors(fn)
+
+
+@relaxed
+@given(
+    patience=HOSTILE_SCALARS,
+    factor=HOSTILE_SCALARS,
+    c=HOSTILE_SCALARS,
+    projections=st.one_of(st.none(), st.integers(-2, 3), st.floats(allow_nan=True)),
+)
+def test_early_stopping_and_input_penalties_with_random_arguments(patience, factor, c, projections):
+    only_jreg_errors(jreg.EarlyStopping, patience=patience, lr_factor=factor)
+    only_jreg_errors(jreg.penalties.input_gradient, c)
+    only_jreg_errors(jreg.penalties.jacobian_norm, 1.0, projections=projections)

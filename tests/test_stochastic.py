@@ -212,3 +212,17 @@ def test_sweep_over_traced_drop_rates_equals_one_fit_per_rate():
         alone, h = jreg.fit(obj, opt, params, train, epochs=2, batch_size=8, key=KEY)
         jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), swept, alone)
         np.testing.assert_allclose(hist["training_cost"][i], h.training_cost, rtol=1e-5)
+
+
+def test_make_step_refuses_a_key_its_objective_cannot_take():
+    model = jreg.mlp([5, 4, 2], drop_rate=0.5)
+    obj = jreg.objective(model.apply, L.cross_entropy)
+    plain = lambda p, b: obj(p, b)  # noqa: E731 - no key parameter
+    params = model.init(KEY)
+    opt = optax.sgd(0.1)
+    batch = _data(4)
+    with pytest.raises(jreg.JregError, match="no key parameter"):
+        jreg.make_step(plain, opt)(params, opt.init(params), batch, KEY)
+    _, _, m1 = jreg.make_step(obj, opt)(params, opt.init(params), batch, KEY)
+    _, _, m2 = jreg.make_step(obj, opt)(params, opt.init(params), batch)
+    assert float(m1["loss"]) != float(m2["loss"])  # the key reached the dropout
