@@ -269,6 +269,7 @@ def ablations(x, y, epochs: int, source: str) -> None:
         onehot = jax.nn.one_hot(t, z.shape[-1], dtype=z.dtype)
         return jnp.sum(jax.nn.softplus(z) - onehot * z, axis=-1)
 
+    keyless = objective()  # called through a function without a key parameter: no per-step keys are made
     elementwise_l2 = jreg.penalties.term(lambda w, c: 0.5 * jnp.sum(c * jnp.square(w)), LMBDA / N, name="l2")
     variants = {
         "jreg (metrics=False)": jreg.make_epoch(objective(), opt, BATCH, donate=True, metrics=False),
@@ -279,6 +280,9 @@ def ablations(x, y, epochs: int, source: str) -> None:
         ),
         "no NaN guard on labels": jreg.make_epoch(objective(loss=no_guard), opt, BATCH, donate=True, metrics=False),
         "no donation": jreg.make_epoch(objective(), opt, BATCH, donate=False, metrics=False),
+        "no per-step keys (objective without key)": jreg.make_epoch(
+            lambda p, b: keyless(p, b), opt, BATCH, donate=True, metrics=False
+        ),
     }
     states = {}
     for name in variants:

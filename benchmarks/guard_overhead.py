@@ -37,8 +37,8 @@ def main() -> None:
     guarded = train_module._guarded
 
     def unguarded(run):
-        def run_and_report_finite(p, s, tr, ev, k):
-            p, s, m = run(p, s, tr, ev, k)
+        def run_and_report_finite(p, s, tr, ev, *inputs):  # inputs: the epoch's key and first step
+            p, s, m = run(p, s, tr, ev, *inputs)
             return p, s, {**m, "__finite__": jnp.asarray(True)}
 
         return run_and_report_finite

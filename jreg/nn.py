@@ -13,9 +13,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import initializers as inits
-from ._checks import check_positive_int
+from ._checks import check_positive_int, is_concrete
 from ._errors import JregError, JregTypeError
 
 Params = Any
@@ -117,9 +118,12 @@ def mlp(
             params.append({"w": jnp.asarray(w, dtype), "b": jnp.asarray(b, dtype)})
         return params
 
+    # with both rates concretely 0 a key changes nothing: skip the key split (and the dropout calls' work)
+    stochastic = not all(is_concrete(r) and float(np.asarray(r)) == 0.0 for r in (drop_rate, input_drop_rate))
+
     def apply_fn(params: Params, x: jax.Array, *, key: jax.Array | None = None, intermediates: bool = False) -> Any:
         _check_mlp_input(params, x, sizes)
-        train = key is not None
+        train = key is not None and stochastic
         keys = jax.random.split(key, len(sizes) - 1) if train else [None] * (len(sizes) - 1)
         a = dropout(keys[0], x, input_drop_rate, train=train)
         hidden = []

@@ -92,8 +92,7 @@ class Objective:
     def data_cost(self, params: Params, batch: Batch, *, key: jax.Array | None = None) -> jax.Array:
         """The mean per-example cost over the batch, without any penalty."""
         x, y = _check_batch(batch)
-        outputs = _signature.call(self.apply, params, x, key=key)
-        return self._mean_loss(outputs, y, x.shape[0])
+        return self._mean_loss(_forward_outputs(self.apply, params, key, x), y, x.shape[0])
 
     def penalty_parts(self, params: Params, *, step: Any = None) -> dict[str, jax.Array]:
         """``{"penalty": R(params), <term name>: <term value>, ...}``: the penalty on the params only."""

@@ -216,6 +216,24 @@ def _add(values: Any) -> jax.Array:
     return functools.reduce(operator.add, values)
 
 
+def _at_step(name: str, coefs: tuple[Any, ...], step: Any) -> tuple[Any, ...]:
+    """``coefs`` with every schedule evaluated at ``step`` (checked like a constant when concrete)."""
+    out = []
+    for i, c in enumerate(coefs):
+        if is_schedule(c):
+            if step is None:
+                raise JregError(
+                    f"penalty {name!r}: coefficient {i} is a schedule of the training step; call the "
+                    "penalty (or objective) with step=<global step>, as jreg.fit and jreg.make_epoch do"
+                )
+            c = c(step)
+            if jnp.ndim(c) != 0:
+                raise JregError(f"penalty {name!r}: schedule {i} must return a scalar, got {jnp.shape(c)}")
+            _check_coefficient(c, f"{name}: schedule {i}")
+        out.append(c)
+    return tuple(out)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Term:
     """One penalty formula ``f(leaf, *coefficients) -> scalar`` over the masked leaves.
@@ -244,20 +262,7 @@ class Term:
 
     def coefficients_at(self, step: Any) -> tuple[Any, ...]:
         """The coefficients with every schedule evaluated at ``step``."""
-        out = []
-        for i, c in enumerate(self.coefs):
-            if is_schedule(c):
-                if step is None:
-                    raise JregError(
-                        f"penalty {self.name!r}: coefficient {i} is a schedule of the training step; call the "
-                        "penalty (or objective) with step=<global step>, as jreg.fit and jreg.make_epoch do"
-                    )
-                c = c(step)
-                if jnp.ndim(c) != 0:
-                    raise JregError(f"penalty {self.name!r}: schedule {i} must return a scalar, got {jnp.shape(c)}")
-                _check_coefficient(c, f"{self.name}: schedule {i}")
-            out.append(c)
-        return tuple(out)
+        return _at_step(self.name, self.coefs, step)
 
     def resolve(self, params: Params, step: Any = None, *, unresolved: bool = False) -> list[tuple[str, Any, tuple]]:
         """``(path, leaf, coefficients)`` for every leaf this term touches, schedules evaluated at ``step``
@@ -632,7 +637,7 @@ class InputPenalty:
     c: Any
 
     def __call__(self, forward: Callable[..., Any], loss: Callable[..., Any], x: Any, y: Any, *, key=None, step=None):
-        (c,) = Term(self.name, self.fn, (self.c,)).coefficients_at(step)
+        (c,) = _at_step(self.name, (self.c,), step)
         return self.fn(forward, loss, x, y, key, c)
 
 

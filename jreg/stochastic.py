@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _signature
-from ._checks import check_nonnegative_scalar, is_concrete
+from ._checks import check_key, check_nonnegative_scalar, is_concrete
 from ._errors import JregError, JregTypeError
 from .penalties import Mask, mask_tree
 
@@ -45,13 +45,6 @@ def check_drop_rate(drop_rate: Any, name: str = "drop_rate") -> None:
         raise JregError(
             f"{name} is the probability of dropping a unit and must lie in [0, 1), got {float(np.asarray(drop_rate))}"
         )
-
-
-def _check_key(key: Any, name: str = "key") -> None:
-    if not isinstance(key, jax.Array) or not (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,))
-    ):
-        raise JregTypeError(f"{name} must be a jax.random key, e.g. jax.random.key(0), got {type(key).__name__}")
 
 
 def _check_x(x: Any) -> None:
@@ -71,7 +64,7 @@ def dropout(key: jax.Array | None, x: jax.Array, drop_rate: Any, *, train: bool 
     _check_x(x)
     if not train or (is_concrete(drop_rate) and float(np.asarray(drop_rate)) == 0.0):
         return x
-    _check_key(key)
+    check_key(key)
     keep = 1.0 - jnp.asarray(drop_rate, x.dtype)
     mask = jax.random.bernoulli(key, keep, jnp.shape(x))
     return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
@@ -83,7 +76,7 @@ def gaussian_noise(key: jax.Array | None, x: jax.Array, stddev: Any, *, train: b
     _check_x(x)
     if not train:
         return x
-    _check_key(key)
+    check_key(key)
     return x + jnp.asarray(stddev, x.dtype) * jax.random.normal(key, jnp.shape(x), x.dtype)
 
 
@@ -98,7 +91,7 @@ def _wrap(apply: Apply, perturb: Callable[[jax.Array, Any, Any], tuple[Any, Any]
     def wrapped(params: Any, x: jax.Array, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
         if key is None:  # evaluation mode
             return apply(params, x, **kwargs)
-        _check_key(key)
+        check_key(key)
         mine, inner = jax.random.split(key)
         params, x = perturb(mine, params, x)
         if _signature.accepts(apply, "key"):  # a stochastic model inside: it gets its own key

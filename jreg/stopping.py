@@ -99,13 +99,13 @@ class EarlyStopping:
         """
         state = dict(state)
         best = state["best"]
-        finite = not math.isnan(value)
+        comparable = not math.isnan(value)
         if best is None:
-            improved = finite
+            improved = comparable
         elif self.maximize:
-            improved = finite and value > best + self.min_delta
+            improved = comparable and value > best + self.min_delta
         else:
-            improved = finite and value < best - self.min_delta
+            improved = comparable and value < best - self.min_delta
         if improved:
             state.update(best=float(value), best_epoch=int(epoch), wait=0)
             return state, "improved"

@@ -722,7 +722,7 @@ def fit(
     if resume is not None:
         params, opt_state, start, history, saved = _resume(resume, params, optimizer, key, batch_size, epochs)
         if stopping is not None:
-            state = _resumed_stopping_state(saved, history, resume)
+            state = _resumed_stopping_state(stopping, saved, history, resume)
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     best = _restore_best_params(stopping, state, folder, resume, params) if stopping is not None else None
     if state is not None and state["stopped"] is not None:  # the run had already stopped: nothing to do
@@ -777,18 +777,12 @@ def fit(
                 best = jax.device_get(params)
                 if folder is not None:
                     _save_best(folder, best, e + 1, key)
-            elif event in ("lr_cut", "stop") and verbose:
-                print(
-                    f"Epoch {e + 1}: "
-                    + (
-                        state["stopped"]
-                        if event == "stop"
-                        else f"no improvement in {stopping.monitor} for {stopping.patience} epochs; learning rate "
-                        f"scale now {state['lr_scale']:g}"
-                    ),
-                    flush=True,
-                )
             stop = event == "stop"
+            if verbose and event in ("lr_cut", "stop"):
+                cut = f"no improvement in {stopping.monitor} for {stopping.patience} epochs; learning-rate scale"
+                print(
+                    f"Epoch {e + 1}: " + (state["stopped"] if stop else f"{cut} now {state['lr_scale']:g}"), flush=True
+                )
         if folder is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == epochs or stop):
             _save_checkpoint(folder, keep, params, opt_state, e + 1, key, history, batch_size, state)
         return stop
@@ -841,14 +835,14 @@ def _stop_record(stopping: EarlyStopping, state: dict[str, Any], epochs_run: int
     }
 
 
-def _resumed_stopping_state(saved: Any, history: History, resume: Any) -> dict[str, Any]:
+def _resumed_stopping_state(stopping: EarlyStopping, saved: Any, history: History, resume: Any) -> dict[str, Any]:
     if not isinstance(saved, dict) or not {"best", "best_epoch", "wait", "lr_scale", "stopped"} <= set(saved):
         if len(history):
             raise JregError(
                 f"resume: {resume} was saved without early stopping, so its early-stopping state is unknown; "
                 "resume it without early_stopping, or start the run again"
             )
-        return EarlyStopping().initial_state()
+        return stopping.initial_state()
     return dict(saved)
 
 

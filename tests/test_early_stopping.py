@@ -162,8 +162,8 @@ def test_resume_continues_the_schedule_bit_for_bit(tmp_path, restore_best):
     resumed, h2 = jreg.fit(OBJ, optax.sgd(0.5), PARAMS, TRAIN, checkpoint_dir=tmp_path, resume=tmp_path, **run)
     jax.tree.map(np.testing.assert_array_equal, straight, resumed)
     assert h1.to_dict() == h2.to_dict()
-    assert h1.stopped == h2.stopped
+    assert h1.stopped is not None and h1.stopped == h2.stopped
     # a finished run resumed again does nothing more and returns the same
     again, h3 = jreg.fit(OBJ, optax.sgd(0.5), PARAMS, TRAIN, resume=tmp_path, **run)
     jax.tree.map(np.testing.assert_array_equal, straight, again)
-    assert h3.stopped == h1.stopped or h1.stopped is None
+    assert h3.stopped == h1.stopped
