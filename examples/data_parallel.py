@@ -59,7 +59,7 @@ def main() -> None:
         key=jax.random.key(1),
         evaluation=test,
         monitor=("evaluation_accuracy",),
-        mesh=mesh,
+        parallel=jreg.DataParallel(mesh),
         verbose=jax.process_index() == 0,
     )
     if jax.process_index() == 0:

@@ -13,6 +13,7 @@ from . import (
     initializers,
     io,
     losses,
+    metrics,
     optim,
     penalties,
     plotting,
@@ -21,18 +22,38 @@ from . import (
     stopping,
 )
 from ._errors import JregError, JregTypeError
+from ._version import __version__
 from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
 from .nn import Model, mlp
 from .objective import Objective, objective
 from .optim import decoupled_weight_decay, lambda_max, proximal
 from .penalties import describe
 from .stopping import EarlyStopping
-from .train import DivergenceError, History, SweepHistory, accuracy, fit, make_epoch, make_step, sweep, total_cost
-
-__version__ = "0.1.0"
+from .train import (
+    Checkpointing,
+    DataParallel,
+    DivergenceError,
+    Evaluation,
+    History,
+    SweepHistory,
+    TrainState,
+    accuracy,
+    fit,
+    make_epoch,
+    make_step,
+    sweep,
+    total_cost,
+)
 
 __all__ = [
+    "__version__",
     "Checkpoint",
+    "Checkpointing",
+    "DataParallel",
+    "Evaluation",
+    "TrainState",
+    "metrics",
+    "train",
     "CheckpointError",
     "DivergenceError",
     "EarlyStopping",

@@ -36,7 +36,8 @@ import numpy as np
 
 from . import io
 from ._errors import JregError, JregTypeError
-from .penalties import path_str
+from ._tree import path_str
+from ._version import __version__
 
 FORMAT = "jreg-checkpoint"
 FORMAT_VERSION = 1
@@ -54,6 +55,7 @@ class Checkpoint(NamedTuple):
     step: int | None
     key: jax.Array | None
     meta: Any
+    model_state: Any = None
 
 
 # --------------------------------------------------------------------------- tree <-> JSON
@@ -158,13 +160,12 @@ def save(
     step: int | None = None,
     key: jax.Array | None = None,
     meta: Any = None,
+    model_state: Any = None,
 ) -> Path:
-    """Save params (and optionally optimizer state, step, PRNG key and JSON-able ``meta``) to ``path``.
+    """Save params (and optionally optimizer state, model state, step, PRNG key and JSON-able ``meta``) to ``path``.
 
     The write is atomic: until it completes, ``path`` keeps its previous content.
     """
-    from . import __version__
-
     path = Path(path)
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0):
         raise JregError(f"step must be a non-negative int or None, got {step!r}")
@@ -175,6 +176,7 @@ def save(
         "jreg_version": __version__,
         "params": _flatten_section(params, "params", store),
         "opt_state": None if opt_state is None else _flatten_section(opt_state, "opt_state", store),
+        "model_state": None if model_state is None else _flatten_section(model_state, "model_state", store),
         "step": None if step is None else int(step),
         "key": None,
         "meta": meta,
@@ -262,12 +264,15 @@ def _into_target(leaves: list, entries: list, target: Any, name: str, path: Path
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(leaf) for leaf in leaves])
 
 
-def load(path: str | os.PathLike[str], *, params: Any = None, opt_state: Any = None) -> Checkpoint:
+def load(
+    path: str | os.PathLike[str], *, params: Any = None, opt_state: Any = None, model_state: Any = None
+) -> Checkpoint:
     """Load a checkpoint written by :func:`save`; never executes code from the file.
 
     Without templates the trees come back as plain dicts, lists and tuples
     (named tuples as dicts of their fields). Pass ``params=`` and/or
     ``opt_state=`` templates (e.g. ``model.init(key)`` and ``optimizer.init(...)``)
+    (and ``model_state=``, for a stateful model's state: BatchNorm statistics)
     to get the original structure back (optax states, Flax or Equinox trees):
     every leaf's path, shape and dtype is then checked, and the first
     difference is named in the error.
@@ -277,6 +282,10 @@ def load(path: str | os.PathLike[str], *, params: Any = None, opt_state: Any = N
     try:
         loaded_params = _section(header, arrays, "params", path, params)
         loaded_state = None if header["opt_state"] is None else _section(header, arrays, "opt_state", path, opt_state)
+        saved_model_state = header.get("model_state")  # absent in files written before model state existed
+        loaded_model_state = (
+            None if saved_model_state is None else _section(header, arrays, "model_state", path, model_state)
+        )
         key = None
         if header["key"] is not None:
             data = arrays["key"]
@@ -285,7 +294,9 @@ def load(path: str | os.PathLike[str], *, params: Any = None, opt_state: Any = N
         raise CheckpointError(f"{path}: incomplete checkpoint (missing {exc})") from exc
     if opt_state is not None and header["opt_state"] is None:
         raise CheckpointError(f"{path}: the checkpoint holds no optimizer state")
-    return Checkpoint(loaded_params, loaded_state, header["step"], key, header["meta"])
+    if model_state is not None and loaded_model_state is None:
+        raise CheckpointError(f"{path}: the checkpoint holds no model state")
+    return Checkpoint(loaded_params, loaded_state, header["step"], key, header["meta"], loaded_model_state)
 
 
 # --------------------------------------------------------------------------- network2.py's JSON

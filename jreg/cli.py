@@ -106,22 +106,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     bar.close()
     elapsed = time.perf_counter() - started
 
-    runs = []
-    for i, lm in enumerate(lmbdas):
-        h = history.run(i)
-        acc = np.asarray(h["evaluation_accuracy"])
-        runs.append(
-            {
-                "lmbda": lm,
-                "final_test_accuracy": float(acc[-1]),
-                "best_test_accuracy": float(acc.max()),
-                "best_epoch": int(acc.argmax()) + 1,
-                "final_training_accuracy": float(h["training_accuracy"][-1]),
-                "final_training_cost": float(h["training_cost"][-1]),
-                "weight_norm": weight_norm(jax.tree.map(lambda a, i=i: a[i], trained)),
-                "history": h.to_dict(),
-            }
-        )
+    runs = [_run_summary(lm, history, i, trained) for i, lm in enumerate(lmbdas)]
     results = {
         "experiment": f"Nielsen ch. 3: [784, {args.hidden}, 10] sigmoid, cross-entropy, "
         f"on the first {n} MNIST training images",
@@ -141,13 +126,14 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     }
     out = args.out
     io.write_json(out / "results.json", results)
-    labelled = {f"λ = {r['lmbda']:g}": r["history"] for r in runs}
-    plotting.plot_histories(
-        labelled,
-        out / "overfitting.png",
-        series=("evaluation_accuracy", "training_cost"),
-        title=f"[784, {args.hidden}, 10] on {n} MNIST images: L2 regularization against overfitting",
-    )
+    labelled = {f"λ = {r['lmbda']:g}": r["history"] for r in runs if r["history"].get("evaluation_accuracy")}
+    if labelled:  # every run that trained for at least one epoch
+        plotting.plot_histories(
+            labelled,
+            out / "overfitting.png",
+            series=("evaluation_accuracy", "training_cost"),
+            title=f"[784, {args.hidden}, 10] on {n} MNIST images: L2 regularization against overfitting",
+        )
 
     print(
         f"\n[784, {args.hidden}, 10], η={args.eta}, mini-batch {args.batch_size}, {args.epochs} epochs, "
@@ -157,13 +143,42 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     print(header)
     print("-" * len(header))
     for r in runs:
+        if "diverged" in r:
+            print(f"{r['lmbda']:>7g}   diverged: {r['diverged']['message']}")
+            continue
         print(
             f"{r['lmbda']:>7g} {100 * r['final_test_accuracy']:>14.2f}% "
             f"{100 * r['best_test_accuracy']:>9.2f}% (@{r['best_epoch']:>3}) "
             f"{r['final_training_cost']:>17.4f} {r['weight_norm']:>12.2f}"
         )
-    print(f"\ntrained in {elapsed:.1f} s; wrote {out / 'results.json'} and {out / 'overfitting.png'}")
+    wrote = " and ".join(str(out / f) for f in ("results.json", "overfitting.png") if (out / f).exists())
+    print(f"\ntrained in {elapsed:.1f} s; wrote {wrote}")
     return results
+
+
+def _run_summary(lmbda: float, history: Any, i: int, trained: Any) -> dict[str, Any]:
+    """One λ's row of results.json: final and best figures, or where its training diverged."""
+    import jax
+
+    h = history.run(i)
+    row: dict[str, Any] = {"lmbda": lmbda}
+    bad = history.diverged.get(i)
+    if bad is not None:
+        step = "" if bad["step"] is None else f", step {bad['step']}"
+        row["diverged"] = {**bad, "message": f"training diverged in epoch {bad['epoch']}{step}: {bad['quantity']}"}
+        row["history"] = h.to_dict()
+        return row
+    acc = np.asarray(h["evaluation_accuracy"])
+    row.update(
+        final_test_accuracy=float(acc[-1]),
+        best_test_accuracy=float(acc.max()),
+        best_epoch=int(acc.argmax()) + 1,
+        final_training_accuracy=float(h["training_accuracy"][-1]),
+        final_training_cost=float(h["training_cost"][-1]),
+        weight_norm=weight_norm(jax.tree.map(lambda a: a[i], trained)),
+        history=h.to_dict(),
+    )
+    return row
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,7 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_parser(sub.add_parser("demo", help="Nielsen's overfitting experiment with and without L2 (offline)"))
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo(args)
+        results = demo(args)
+        diverged = [r for r in results["runs"] if "diverged" in r]
+        for r in diverged:
+            print(f"jreg demo: λ = {r['lmbda']:g}: {r['diverged']['message']}", file=sys.stderr)
+        if diverged:
+            print(
+                f"jreg demo: {len(diverged)} of {len(results['runs'])} runs diverged; try a smaller --eta",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

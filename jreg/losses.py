@@ -1,9 +1,27 @@
 """Per-example costs ``C(outputs, targets) -> (batch,)``.
 
 Each loss returns one value per example (the objective averages them over the
-batch). ``targets`` may be integer class labels of shape ``(batch,)`` or
-float targets (one-hot, or soft) of shape ``(batch, classes)``; anything
-else raises a :class:`jreg.JregError` naming the expected shapes.
+batch). Classification ``targets`` may be integer class labels of shape
+``(batch,)`` or float targets (one-hot, or soft) of shape ``(batch, classes)``;
+regression targets (for :func:`quadratic`) are float values of the outputs'
+shape, ``(batch,)`` or ``(batch, d)``, and ``(batch,)`` also fits outputs
+``(batch, 1)``. Anything else raises a :class:`jreg.JregError` naming both shapes.
+
+Which cross-entropy is which:
+
+* :func:`softmax_cross_entropy` (the book's :func:`log_likelihood`):
+  ``-sum_j y_j ln softmax(z)_j``, one class per example. This is what optax
+  (``softmax_cross_entropy``) and PyTorch (``nn.CrossEntropyLoss``) call
+  cross-entropy.
+* :func:`sigmoid_cross_entropy` (the book's :func:`cross_entropy`):
+  ``sum_j [-y_j ln s(z_j) - (1 - y_j) ln(1 - s(z_j))]``, each output an
+  independent yes/no: optax's ``sigmoid_binary_cross_entropy`` summed over
+  the outputs, PyTorch's ``nn.BCEWithLogitsLoss`` with ``reduction="sum"``
+  per example.
+
+``cross_entropy`` and ``log_likelihood`` keep Nielsen's names (network2.py's
+``CrossEntropyCost`` is the *sigmoid* one); code coming from optax or PyTorch
+should read ``softmax_cross_entropy`` where it wrote "cross-entropy".
 
 Integer labels are checked against ``[0, classes)`` whenever their values are
 known (outside ``jit``). Inside ``jit`` they cannot be checked, so an
@@ -18,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import is_concrete
+from ._checks import check_nonnegative_scalar, is_concrete
 from ._errors import JregError, JregTypeError
 
 
@@ -36,7 +54,7 @@ def _as_array(x: Any, name: str) -> Any:
         return x
     try:
         return jnp.asarray(x)
-    except TypeError as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise JregTypeError(f"{name} must be an array, got {type(x).__name__}") from exc
 
 
@@ -48,11 +66,34 @@ def _check_label_range(labels: Any, classes: int, name: str) -> None:
             raise JregError(f"{name} must lie in [0, {classes}) to match {classes} outputs, got values in [{lo}, {hi}]")
 
 
+def _float_targets(outputs: Any, targets: Any, name: str) -> jax.Array:
+    """Float targets in the outputs' shape: the same shape, or ``(N,)`` against ``(N, 1)`` either way.
+
+    The one reshape allowed is a trailing axis of size 1 (a regression model's
+    ``Dense(1)`` against targets ``(N,)``); anything else is refused rather than
+    broadcast (``(N,)`` minus ``(N, 1)`` would silently make ``(N, N)``).
+    """
+    out_shape, shape = tuple(outputs.shape), tuple(targets.shape)
+    if shape == out_shape:
+        return targets
+    if len(out_shape) >= 2 and out_shape[-1] == 1 and shape == out_shape[:-1]:
+        return targets[..., None]
+    if len(shape) >= 2 and shape[-1] == 1 and shape[:-1] == out_shape:
+        return targets[..., 0]
+    raise JregError(
+        f"{name} given as float (one-hot) targets must have shape {out_shape} to match the outputs {out_shape}, "
+        f"got {shape}; integer labels must have shape {out_shape[:-1]}"
+    )
+
+
 def targets_like(outputs: Any, targets: Any, name: str = "targets") -> tuple[jax.Array, jax.Array]:
     """Validate ``targets`` against ``outputs (batch, classes)``; return ``(one_hot_targets, valid)``.
 
-    ``valid`` is a boolean ``(batch,)`` array, False only for integer labels
-    outside ``[0, classes)`` seen under ``jit`` (where they cannot raise).
+    Integer ``targets`` are class labels of shape ``outputs.shape[:-1]``; float
+    targets (one-hot, soft, or per-output values) have the outputs' shape, or
+    ``(N,)`` against outputs ``(N, 1)``. ``valid`` is a boolean array of the
+    batch shape, False only for integer labels outside ``[0, classes)`` seen
+    under ``jit`` (where they cannot raise).
     """
     outputs = _as_array(outputs, "outputs")
     targets = _as_array(targets, name)
@@ -63,26 +104,30 @@ def targets_like(outputs: Any, targets: Any, name: str = "targets") -> tuple[jax
     if jnp.issubdtype(targets.dtype, jnp.integer):
         if tuple(targets.shape) != batch_shape:
             raise JregError(
-                f"{name} given as integer labels must have shape {batch_shape} (one label per example), "
-                f"got {tuple(targets.shape)}; one-hot targets must be float with shape {tuple(outputs.shape)}"
+                f"{name} given as integer labels must have shape {batch_shape} (one label per example) to match "
+                f"the outputs {tuple(outputs.shape)}, got {tuple(targets.shape)}; float targets must have shape "
+                f"{tuple(outputs.shape)}"
             )
         _check_label_range(targets, classes, name)
         valid = (targets >= 0) & (targets < classes)
         return jax.nn.one_hot(targets, classes, dtype=outputs.dtype), valid
     if jnp.issubdtype(targets.dtype, jnp.floating):
-        if tuple(targets.shape) != tuple(outputs.shape):
-            raise JregError(
-                f"{name} given as float (one-hot) targets must have shape {tuple(outputs.shape)} to match the "
-                f"outputs, got {tuple(targets.shape)}; integer labels must have shape {batch_shape}"
-            )
-        return targets.astype(outputs.dtype), jnp.ones(batch_shape, dtype=bool)
+        y = _float_targets(outputs, targets, name)
+        return y.astype(outputs.dtype), jnp.ones(batch_shape, dtype=bool)
     raise JregTypeError(
         f"{name} must be integer labels of shape {batch_shape} or float one-hot targets of shape "
         f"{tuple(outputs.shape)}, got dtype {targets.dtype}"
     )
 
 
+def _per_example_sum(values: jax.Array) -> jax.Array:
+    """Sum over every axis but the leading (example) one: ``(N, ...) -> (N,)``."""
+    return jnp.sum(values, axis=tuple(range(1, values.ndim)))
+
+
 def _check_outputs(outputs: Any, name: str) -> None:
+    if not hasattr(outputs, "dtype"):
+        raise JregTypeError(f"{name} must be an array, got {type(outputs).__name__}")
     if not jnp.issubdtype(outputs.dtype, jnp.floating):
         raise JregTypeError(f"{name} must be floating point, got dtype {outputs.dtype}")
 
@@ -92,7 +137,10 @@ def _nan_where_invalid(loss: jax.Array, valid: jax.Array) -> jax.Array:
 
 
 def cross_entropy(logits: jax.Array, targets: Any) -> jax.Array:
-    """Nielsen's cross-entropy for sigmoid outputs, per example, from logits.
+    """Nielsen's cross-entropy for sigmoid outputs, per example, from logits: :func:`sigmoid_cross_entropy`.
+
+    This is *not* the softmax cross-entropy of optax and PyTorch (that one is
+    :func:`softmax_cross_entropy`, the book's :func:`log_likelihood`).
 
     ``C = sum_j [ -y_j ln sigma(z_j) - (1 - y_j) ln(1 - sigma(z_j)) ]``, computed
     as ``sum_j [ softplus(z_j) - y_j z_j ]``, which is exact and finite for any
@@ -101,7 +149,8 @@ def cross_entropy(logits: jax.Array, targets: Any) -> jax.Array:
 
     Args:
         logits: ``(batch, classes)`` pre-activations ``z`` of the output layer.
-        targets: integer labels ``(batch,)`` or targets in [0, 1] ``(batch, classes)``.
+        targets: integer labels ``(batch,)`` or targets in [0, 1] ``(batch, classes)``
+            (several may be 1: multi-label); ``(batch,)`` floats against logits ``(batch, 1)``.
 
     Returns:
         ``(batch,)`` costs.
@@ -113,19 +162,40 @@ def cross_entropy(logits: jax.Array, targets: Any) -> jax.Array:
 
 
 def quadratic(outputs: jax.Array, targets: Any) -> jax.Array:
-    """The quadratic cost ``C = 1/2 ||a - y||^2`` per example.
+    """The quadratic cost ``C = 1/2 ||a - y||^2`` per example: classification or regression.
 
     ``outputs`` are the activations ``a`` the cost is measured on: for the
-    book's network use ``mlp(..., output_activation=jax.nn.sigmoid)``.
+    book's network use ``mlp(..., output_activation=jax.nn.sigmoid)``; for
+    regression, the model's raw outputs. Targets: integer class labels
+    ``(N,)`` (one-hot encoded against outputs ``(N, classes)``), or float
+    values of the outputs' shape: ``(N,)``, ``(N, d)``, or ``(N,)`` against
+    outputs ``(N, 1)``. The sum runs over every axis but the first.
     """
     _check_outputs(outputs, "outputs")
-    y, valid = targets_like(outputs, targets)
-    loss = 0.5 * jnp.sum((outputs - y) ** 2, axis=-1)
-    return _nan_where_invalid(loss, valid)
+    outputs = _as_array(outputs, "outputs")
+    y, valid = _values_like(outputs, targets)
+    return _nan_where_invalid(0.5 * _per_example_sum((outputs - y) ** 2), valid)
+
+
+def _values_like(outputs: Any, targets: Any, name: str = "targets") -> tuple[jax.Array, jax.Array]:
+    """Targets as values to compare with ``outputs`` elementwise, and the per-example validity flags."""
+    targets = _as_array(targets, name)
+    if outputs.ndim == 0:
+        raise JregError("outputs must have a leading batch axis, got a scalar")
+    if jnp.issubdtype(targets.dtype, jnp.integer) and outputs.ndim >= 2:
+        y, valid = targets_like(outputs, targets, name)
+        return y, valid if valid.ndim == 1 else valid.reshape(valid.shape[0], -1).all(axis=-1)
+    if not jnp.issubdtype(targets.dtype, jnp.floating):
+        raise JregTypeError(
+            f"{name} must be float values of the outputs' shape {tuple(outputs.shape)} (or integer class labels "
+            f"against outputs (batch, classes)), got dtype {targets.dtype} with shape {tuple(targets.shape)}"
+        )
+    y = _float_targets(outputs, targets, name)
+    return y.astype(outputs.dtype), jnp.ones(outputs.shape[:1], dtype=bool)
 
 
 def log_likelihood(logits: jax.Array, targets: Any) -> jax.Array:
-    """Negative log-likelihood of a softmax output layer, per example, from logits.
+    """Negative log-likelihood of a softmax output layer, per example, from logits: :func:`softmax_cross_entropy`.
 
     ``C = -ln softmax(z)_y = logsumexp(z) - z_y`` for integer labels, and
     ``-sum_j y_j ln softmax(z)_j`` for one-hot or soft targets.
@@ -134,6 +204,60 @@ def log_likelihood(logits: jax.Array, targets: Any) -> jax.Array:
     y, valid = targets_like(logits, targets)
     loss = -jnp.sum(y * jax.nn.log_softmax(logits, axis=-1), axis=-1)
     return _nan_where_invalid(loss, valid)
+
+
+def softmax_cross_entropy(logits: jax.Array, targets: Any) -> jax.Array:
+    """Softmax cross-entropy per example, from logits: what optax and PyTorch call cross-entropy.
+
+    ``C = logsumexp(z) - z_y`` for integer labels ``(batch,)``, and
+    ``-sum_j y_j ln softmax(z)_j`` for one-hot or soft targets ``(batch, classes)``.
+    The same function as Nielsen's :func:`log_likelihood`; its gradient is
+    ``softmax(z) - y``.
+    """
+    return log_likelihood(logits, targets)
+
+
+def sigmoid_cross_entropy(logits: jax.Array, targets: Any) -> jax.Array:
+    """Sigmoid (binary) cross-entropy summed over the outputs, per example, from logits.
+
+    ``C = sum_j [ -y_j ln s(z_j) - (1 - y_j) ln(1 - s(z_j)) ]`` with ``s`` the
+    sigmoid: every output an independent yes/no (multi-label, or binary with
+    one output and targets ``(batch,)``). optax's ``sigmoid_binary_cross_entropy``
+    summed over the last axis. The same function as Nielsen's :func:`cross_entropy`.
+    """
+    return cross_entropy(logits, targets)
+
+
+def weighted(loss: Any) -> Any:
+    """``loss`` with per-example weights: targets become a pair ``(targets, weights)``.
+
+    ``weighted(loss)(outputs, (y, w)) = w * loss(outputs, y)`` with ``w`` of shape
+    ``(batch,)``, so the objective's mean over the batch is ``(1/n) sum_i w_i C_i``
+    (sample weights; 0/1 weights mask examples out; normalize ``w`` yourself if
+    the weights should sum to ``n``). Use it with a batch that carries the
+    weights and a ``split``, e.g.
+    ``jreg.objective(apply, weighted(softmax_cross_entropy), split=lambda b: (b["x"], (b["y"], b["w"])))``.
+    """
+    if not callable(loss):
+        raise JregTypeError(f"loss must be a per-example loss function, got {loss!r}")
+
+    def weighted_loss(outputs: jax.Array, targets: Any) -> jax.Array:
+        if not (isinstance(targets, (tuple, list)) and len(targets) == 2):
+            raise JregTypeError(
+                f"a weighted loss takes targets as a pair (targets, weights), got {type(targets).__name__}"
+            )
+        y, w = targets
+        w = _as_array(w, "weights")
+        per_example = loss(outputs, y)
+        if tuple(w.shape) != tuple(per_example.shape):
+            raise JregError(
+                f"weights must have shape {tuple(per_example.shape)} (one per example), got {tuple(w.shape)}"
+            )
+        if not jnp.issubdtype(w.dtype, jnp.floating) and not jnp.issubdtype(w.dtype, jnp.integer):
+            raise JregTypeError(f"weights must be real numbers, got dtype {w.dtype}")
+        return w.astype(per_example.dtype) * per_example
+
+    return weighted_loss
 
 
 def labels_of(targets: Any) -> jax.Array:
@@ -152,8 +276,6 @@ def smooth_labels(outputs: jax.Array, targets: Any, alpha: Any) -> jax.Array:
     ``targets`` are integer labels or float targets (smoothed the same way);
     ``alpha`` in ``[0, 1)``, possibly traced.
     """
-    from ._checks import check_nonnegative_scalar
-
     check_nonnegative_scalar(alpha, "alpha")
     if is_concrete(alpha) and float(np.asarray(alpha)) >= 1:
         raise JregError(f"alpha must be in [0, 1), got {float(np.asarray(alpha))}")
@@ -173,8 +295,6 @@ def label_smoothing(loss: Any, alpha: Any) -> Any:
     """
     if not callable(loss):
         raise JregTypeError(f"loss must be a per-example loss function, got {loss!r}")
-    from ._checks import check_nonnegative_scalar
-
     check_nonnegative_scalar(alpha, "alpha")
     if is_concrete(alpha) and float(np.asarray(alpha)) >= 1:
         raise JregError(f"alpha must be in [0, 1), got {float(np.asarray(alpha))}")

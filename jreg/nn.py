@@ -18,6 +18,7 @@ import numpy as np
 from . import initializers as inits
 from ._checks import check_positive_int, is_concrete
 from ._errors import JregError, JregTypeError
+from .stochastic import check_drop_rate, dropout
 
 Params = Any
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
@@ -98,8 +99,6 @@ def mlp(
     for name, fn in (("activation", activation), ("output_activation", output_activation)):
         if fn is not None and not callable(fn):
             raise JregTypeError(f"{name} must be callable, got {fn!r}")
-    from .stochastic import check_drop_rate, dropout
-
     check_drop_rate(drop_rate, "drop_rate")
     check_drop_rate(input_drop_rate, "input_drop_rate")
     scheme_w, scheme_b = inits.SCHEMES[init]

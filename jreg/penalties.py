@@ -60,6 +60,8 @@ import numpy as np
 
 from ._checks import check_nonnegative_scalar, is_concrete
 from ._errors import JregError, JregTypeError
+from ._tree import path_str
+from ._tree import paths as paths  # public: jreg.penalties.paths
 from .selectors import is_array, weights
 
 _DEFAULT = weights()
@@ -69,28 +71,6 @@ Mask = Any  # None | str | Callable[[str, Array], bool] | pytree of bools
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def path_str(keypath: tuple[Any, ...]) -> str:
-    """Render a JAX key path as ``"0/w"``-style text (keys joined by ``/``)."""
-    parts = []
-    for k in keypath:
-        if isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        elif isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(k.key))
-        else:  # pragma: no cover - future key types
-            parts.append(str(k))
-    return "/".join(parts)
-
-
-def paths(params: Params) -> list[str]:
-    """The path of every leaf of ``params``, in flattening order."""
-    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def is_weight(path: str, leaf: Any) -> bool:

@@ -60,7 +60,9 @@ def plot_histories(
                 continue
             values = list(history[name])
             scale = 100.0 if percent and name.endswith("accuracy") else 1.0
-            ax.plot(range(1, len(values) + 1), [scale * v for v in values], label=label, linewidth=1.2)
+            # a jreg.History knows the epoch of each value (Evaluation(every=k) measures every k epochs)
+            epochs = history.epochs(name) if callable(getattr(history, "epochs", None)) else range(1, len(values) + 1)
+            ax.plot(list(epochs), [scale * v for v in values], label=label, linewidth=1.2)
         ax.set_title(TITLES.get(name, name.replace("_", " ")))
         ax.set_xlabel("epoch")
         ax.set_ylabel("%" if percent and name.endswith("accuracy") else "")

@@ -38,10 +38,13 @@ class EarlyStopping:
 
     Attributes:
         patience: ``n`` of no-improvement-in-n: epochs without a new best before the rule fires.
-        monitor: the series to watch, one of :func:`jreg.fit`'s monitors
-            (default ``"evaluation_accuracy"``).
+        monitor: the series to watch, one of :func:`jreg.fit`'s monitored
+            series (default ``"evaluation_accuracy"``); with
+            ``Evaluation(every=k)`` the rule counts measurements, not epochs.
         mode: ``"max"`` (higher is better), ``"min"``, or ``"auto"``: ``max``
-            for accuracies, ``min`` for costs and losses.
+            for series whose name contains ``accuracy``, ``min`` for every
+            other (costs, losses, ``evaluation_mse``...); give ``"max"`` for a
+            custom metric where higher is better.
         min_delta: an improvement must beat the best by more than this.
         lr_factor: ``None``: stop when the rule fires. A number in ``(0, 1)``:
             multiply the learning rate by it when the rule fires (and restart

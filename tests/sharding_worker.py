@@ -17,7 +17,10 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jreg  # noqa: E402
-from jreg.train import _raw_epoch  # noqa: E402 - to read the compiled program
+from jreg.train.epoch import run_epoch  # noqa: E402 - to read the compiled program
+from jreg.train.plan import EpochPlan  # noqa: E402
+from jreg.train.state import TrainState  # noqa: E402
+from jreg.train.step import make_update  # noqa: E402
 
 
 def gap(a, b) -> float:
@@ -48,7 +51,13 @@ def main() -> None:
     out["model_sharded_shard_shape"] = list(tp[0]["w"].addressable_shards[0].data.shape)
     # the compiled epoch really splits the batch: per-device work and a cross-device reduction
     auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,))
-    epoch = _raw_epoch(obj, optax.sgd(0.5), 16, "include", False, NamedSharding(auto, P("data")))
+    update = make_update(obj, optax.sgd(0.5), with_metrics=False)
+
+    def epoch(params, opt_state, data, key):
+        state = TrainState(params, opt_state)
+        return run_epoch(update, EpochPlan(x.shape[0], 16), state, data, key, keyed=True, sharding=sharding)
+
+    sharding = NamedSharding(auto, P("data"))
     hlo = jax.jit(epoch).lower(p0, optax.sgd(0.5).init(p0), (x, y), jax.random.key(0)).compile().as_text()
     out["all_reduce_in_program"] = "all-reduce" in hlo
     try:

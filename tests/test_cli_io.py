@@ -111,3 +111,15 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_demo_reports_a_diverged_run_and_exits_non_zero(tmp_path, capsys):
+    out = tmp_path / "diverged"
+    argv = ["demo", "--epochs", "2", "--hidden", "5", "--eta", "1e6", "--lmbda", "0", "0.1", "--out", str(out)]
+    assert cli.main([*argv, "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "λ = 0.1: training diverged in epoch 1, step" in captured.err and "try a smaller --eta" in captured.err
+    assert "0.1   diverged: training diverged in epoch 1" in captured.out
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert "diverged" not in runs[0] and runs[0]["final_test_accuracy"] >= 0  # λ = 0 stays finite
+    assert runs[1]["diverged"]["epoch"] == 1 and "nan" not in json.dumps(runs[1]).lower()

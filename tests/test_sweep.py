@@ -128,3 +128,32 @@ def test_sweep_history_to_dict_is_json_ready():
     d = hist.to_dict()
     assert isinstance(d["training_cost"], list) and np.shape(d["training_cost"]) == (1, 2)
     assert jnp.isfinite(jnp.asarray(d["training_cost"])).all()
+
+
+@pytest.mark.parametrize("vectorize", ["vmap", "map"])
+def test_a_diverging_model_is_frozen_and_flagged_while_the_others_go_on(vectorize):
+    params = MODEL.init(jax.random.key(0))
+    train, test = toy(40, seed=0), toy(30, seed=1)
+    hp = {"lmbda": [0.01, 0.01, 0.01], "eta": [0.5, 5e6, 0.1]}  # model 1: eta * c far beyond 2
+    key = jax.random.key(7)
+    swept, hist = jreg.sweep(
+        build, params, train, hparams=hp, epochs=3, batch_size=7, key=key, evaluation=test, vectorize=vectorize
+    )
+    assert set(hist.diverged) == {1}
+    bad = hist.diverged[1]
+    obj, opt = build({"lmbda": 0.01, "eta": 5e6})
+    with pytest.raises(jreg.DivergenceError) as info:
+        jreg.fit(obj, opt, params, train, epochs=3, batch_size=7, key=key, evaluation=test)
+    assert bad["epoch"] == info.value.epoch + 1 and bad["step"] == info.value.step + 1
+    assert bad["quantity"] == info.value.quantity
+    # frozen at the params its bad epoch started from (here: the initial ones), finite
+    for leaf, start in zip(jax.tree.leaves(swept), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(leaf[1], start)
+    assert np.isnan(hist["evaluation_accuracy"][1, bad["epoch"] - 1 :]).all()
+    assert len(hist.run(1)) == bad["epoch"] - 1 and "diverged in epoch" in hist.run(1).stopped["reason"]
+    for i in (0, 2):  # the others trained as if alone
+        obj, opt = build({k: v[i] for k, v in hp.items()})
+        single, h1 = jreg.fit(obj, opt, params, train, epochs=3, batch_size=7, key=key, evaluation=test)
+        for u, v in zip(jax.tree.leaves(single), jax.tree.leaves(swept)):
+            np.testing.assert_allclose(v[i], u, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(hist["evaluation_cost"][i], h1.evaluation_cost, rtol=2e-5)

@@ -212,9 +212,15 @@ def test_accuracy_and_total_cost_helpers(variant):
 
 BAD_FIT = [
     (dict(train=(jnp.ones((10, 6)), jnp.zeros(9, jnp.int32))), r"train: x and y must hold the same number"),
-    (dict(train=(jnp.ones((10, 5)), jnp.zeros(10, jnp.int32))), r"x must have shape \(batch, 6\).*got \(1, 5\)"),
+    (
+        dict(train=(jnp.ones((10, 5)), jnp.zeros(10, jnp.int32))),
+        r"train: x must have shape \(batch, 6\).*got \(10, 5\)",
+    ),
     (dict(train=(jnp.ones((10, 6)), jnp.full(10, 3))), r"train: labels must lie in \[0, 3\).*\[3, 3\]"),
-    (dict(train=(jnp.ones((10, 6)), jnp.zeros((10, 4)))), r"one-hot\) targets must have shape \(1, 3\)"),
+    (
+        dict(train=(jnp.ones((10, 6)), jnp.zeros((10, 4)))),
+        r"train: .*one-hot\) targets must have shape \(10, 3\).*got \(10, 4\)",
+    ),
     (dict(train=(jnp.ones((10, 6), jnp.int32), jnp.zeros(10, jnp.int32))), r"train: x must be floating point"),
     (dict(train=(jnp.ones((0, 6)), jnp.zeros(0, jnp.int32))), r"train is empty"),
     (dict(train=(jnp.full((10, 6), jnp.nan), jnp.zeros(10, jnp.int32))), r"train: x holds 60 non-finite"),

@@ -1,0 +1,59 @@
+"""Training: one jitted step, one compiled epoch (``lax.scan``), and ``fit`` and ``sweep`` on one loop.
+
+Regularization lives in the objective, never here: any optax
+``GradientTransformation`` updates the params from ``jax.grad`` of the
+regularized objective. Layout (each module imports only those above it)::
+
+    state         TrainState: params, optimizer state, model state, step, lr scale
+    plan          EpochPlan: shuffle, mini-batches, the partial-batch rule, per-step keys
+    calls         how any objective is called (stateless, stateful, jreg.Objective)
+    step          gradient_fn, apply_fn, make_update, make_step
+    epoch         run_epoch (lax.scan), make_epoch
+    evaluate      evaluation in batches: cost, parts, metrics; accuracy, total_cost
+    history       History, SweepHistory
+    guard         the finiteness check, DivergenceError, the step-by-step replay
+    config        Evaluation, Checkpointing, DataParallel
+    validate      checks before any work: arguments, data, the objective on the data's shapes
+    monitor       which series are measured, and measuring them
+    setup         fit's and sweep's common preparation
+    checkpointing save, resume, best params
+    mesh          data-parallel placement
+    loop          the host loop and its hooks
+    early_stopping  EarlyStopping in the loop
+    engine        the compiled epoch for one model or K
+    fit, sweep    the front ends
+"""
+
+from __future__ import annotations
+
+from .config import Checkpointing, DataParallel, Evaluation
+from .engine import VECTORIZE
+from .epoch import make_epoch
+from .evaluate import accuracy, total_cost
+from .fit import fit
+from .guard import DivergenceError
+from .history import History, SweepHistory
+from .plan import NOISE_SALT, PARTIAL_BATCH
+from .state import TrainState
+from .step import make_step
+from .sweep import sweep
+
+_NOISE_SALT = NOISE_SALT  # the name older code used
+
+__all__ = [
+    "Checkpointing",
+    "DataParallel",
+    "DivergenceError",
+    "Evaluation",
+    "History",
+    "PARTIAL_BATCH",
+    "SweepHistory",
+    "TrainState",
+    "VECTORIZE",
+    "accuracy",
+    "fit",
+    "make_epoch",
+    "make_step",
+    "sweep",
+    "total_cost",
+]

@@ -1,0 +1,160 @@
+"""Small frozen option objects for :func:`jreg.fit` and :func:`jreg.sweep` (in the style of ``EarlyStopping``).
+
+Options that belong together travel as one object instead of loose keywords:
+:class:`Evaluation` (held-out data, metrics, evaluation batch size, how
+often), :class:`Checkpointing` (folder, how often, how many to keep) and
+:class:`DataParallel` (mesh, data axis, parameter layout). Each checks its
+own fields when built, so a bad option fails at once, before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from .._checks import check_positive_int
+from .._errors import JregError, JregTypeError
+from ..metrics import Metric, as_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What is measured after each epoch, on what, how often, and in batches of how many examples.
+
+    ``fit(..., evaluation=(x, y))`` is short for ``evaluation=Evaluation((x, y))``.
+
+    Attributes:
+        data: held-out data (validation or test), a batch like the training
+            data; ``None`` to monitor the training data only.
+        metrics: ``{name: metric}`` measured on the training data (series
+            ``training_<name>``) and on ``data`` (``evaluation_<name>``); a
+            metric is ``f(outputs, targets)`` per example or per batch, or a
+            :class:`jreg.metrics.Metric` (see :mod:`jreg.metrics`). ``None``
+            (default): accuracy when the targets are classes (integer labels,
+            or one-hot rows), nothing else. Always measured besides: the
+            objective's cost (``training_cost`` with its parts, ``evaluation_cost``).
+        batch_size: examples per evaluation batch. Default ``None``: as many
+            as keep one batch's intermediate values within 64 MiB (measured by
+            tracing the evaluation, nothing computed; in a sweep of K models,
+            64/K MiB each), but at least the training batch size; a small model evaluates a data set of
+            10,000 in one batch. Memory stays bounded by one evaluation batch
+            whatever the data's size; the figures equal full-batch ones up to
+            float rounding (bit for bit in one batch).
+        every: measure every ``every`` epochs, and after the last one.
+    """
+
+    data: Any = None
+    metrics: Mapping[str, Callable[..., Any] | Metric] | None = None
+    batch_size: int | None = None
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None:
+            check_positive_int(self.batch_size, "Evaluation.batch_size")
+        check_positive_int(self.every, "Evaluation.every")
+        as_metrics(self.metrics, "Evaluation.metrics")
+        if isinstance(self.data, Evaluation):
+            raise JregTypeError("Evaluation.data must be data, not another Evaluation")
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether to measure after 0-based ``epoch`` of ``epochs``."""
+        return (epoch + 1) % self.every == 0 or epoch + 1 == epochs
+
+
+def as_evaluation(evaluation: Any) -> Evaluation:
+    return evaluation if isinstance(evaluation, Evaluation) else Evaluation(evaluation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """Checkpoints during :func:`jreg.fit`: ``ckpt-<epoch>.npz`` in ``dir`` every ``every`` epochs and after the last.
+
+    Each save is atomic (:func:`jreg.save`: params, optimizer state, model
+    state, epoch, key, history); the newest ``keep`` are kept.
+    """
+
+    dir: str | os.PathLike[str]
+    every: int = 1
+    keep: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dir, (str, os.PathLike)):
+            raise JregTypeError(f"Checkpointing.dir must be a folder path, got {type(self.dir).__name__}")
+        check_positive_int(self.every, "checkpoint_every")
+        check_positive_int(self.keep, "keep")
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.dir)
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        return (epoch + 1) % self.every == 0 or epoch + 1 == epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """Data-parallel training on a mesh: each mini-batch is split along ``data_axis``.
+
+    Params and optimizer state are replicated, or laid out by ``param_specs``
+    (a ``PartitionSpec`` pytree matching params, or a prefix of it, e.g. to
+    shard large weight matrices along a ``"model"`` axis); XLA inserts the
+    gradient all-reduce. ``batch_size`` must be a multiple of the data axis's
+    size. Works across hosts after ``jax.distributed.initialize()``.
+    """
+
+    mesh: jax.sharding.Mesh
+    data_axis: str = "data"
+    param_specs: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mesh, jax.sharding.Mesh):
+            raise JregTypeError(
+                f"mesh must be a jax.sharding.Mesh, e.g. jax.make_mesh((8,), ('data',)), got {self.mesh!r}"
+            )
+        if self.data_axis not in self.mesh.axis_names:
+            raise JregError(
+                f"data_axis {self.data_axis!r} is not an axis of the mesh, which has {self.mesh.axis_names}"
+            )
+
+
+#: fit's older keywords, still accepted: each belongs to one option object.
+LEGACY = {
+    "checkpoint_dir": "checkpoint",
+    "checkpoint_every": "checkpoint",
+    "keep": "checkpoint",
+    "mesh": "parallel",
+    "data_axis": "parallel",
+    "param_specs": "parallel",
+}
+
+
+def from_legacy(checkpoint: Any, parallel: Any, legacy: dict[str, Any], where: str = "fit") -> tuple[Any, Any]:
+    """Fold the older keywords (``checkpoint_dir=``, ``mesh=``...) into their option objects."""
+    unknown = sorted(set(legacy) - set(LEGACY))
+    if unknown:
+        raise JregTypeError(f"{where}() got unexpected keyword argument(s) {unknown}")
+    ck = {k: v for k, v in legacy.items() if LEGACY[k] == "checkpoint"}
+    par = {k: v for k, v in legacy.items() if LEGACY[k] == "parallel"}
+    if ck and checkpoint is not None:
+        raise JregError(f"give either checkpoint=Checkpointing(...) or {sorted(ck)}, not both")
+    if par and parallel is not None:
+        raise JregError(f"give either parallel=DataParallel(...) or {sorted(par)}, not both")
+    if ck.get("checkpoint_dir") is not None:
+        checkpoint = Checkpointing(ck["checkpoint_dir"], ck.get("checkpoint_every", 1), ck.get("keep", 3))
+    else:  # validated even when unused, as before
+        check_positive_int(ck.get("checkpoint_every", 1), "checkpoint_every")
+        check_positive_int(ck.get("keep", 3), "keep")
+    if par.get("mesh") is not None:
+        parallel = DataParallel(par["mesh"], par.get("data_axis", "data"), par.get("param_specs"))
+    if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
+        raise JregTypeError(
+            f"checkpoint must be a jreg.Checkpointing('folder', every=..., keep=...), got {checkpoint!r}"
+        )
+    if parallel is not None and not isinstance(parallel, DataParallel):
+        raise JregTypeError(f"parallel must be a jreg.DataParallel(mesh, ...), got {parallel!r}")
+    return checkpoint, parallel

@@ -1,0 +1,96 @@
+"""Early stopping in the host loop: the patience state, learning-rate cuts, best params, and resuming them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .._errors import JregError, JregTypeError
+from ..stopping import EarlyStopping
+from . import checkpointing
+from .loop import Run
+
+
+def check(early_stopping: Any, wanted: frozenset[str]) -> EarlyStopping | None:
+    if early_stopping is None:
+        return None
+    if not isinstance(early_stopping, EarlyStopping):
+        raise JregTypeError(
+            f"early_stopping must be a jreg.EarlyStopping, e.g. EarlyStopping(patience=10), got {early_stopping!r}"
+        )
+    if early_stopping.monitor not in wanted:
+        raise JregError(
+            f"early_stopping watches {early_stopping.monitor!r}, which this fit does not monitor (it monitors "
+            f"{sorted(wanted)}); pass evaluation data or add it to monitor"
+        )
+    return early_stopping
+
+
+class Stopper:
+    """Early stopping's state across epochs, as two hooks: :meth:`annotate` (before recording) and :meth:`decide`."""
+
+    def __init__(self, rule: EarlyStopping, state: dict[str, Any], folder: Path | None, key: Any, verbose: bool):
+        self.rule, self.state, self.folder, self.key, self.verbose = rule, state, folder, key, verbose
+        self.best: tuple[Any, Any] | None = None  # (params, model_state) of the best epoch, when restore_best
+
+    @property
+    def scaled(self) -> bool:
+        return self.rule.lr_factor is not None
+
+    @classmethod
+    def resumed(cls, rule: EarlyStopping, saved: Any, epochs_done: int, resume: Any, **kwargs: Any) -> Stopper:
+        if not isinstance(saved, dict) or not {"best", "best_epoch", "wait", "lr_scale", "stopped"} <= set(saved):
+            if epochs_done:
+                raise JregError(
+                    f"resume: {resume} was saved without early stopping, so its early-stopping state is unknown; "
+                    "resume it without early_stopping, or start the run again"
+                )
+            return cls(rule, rule.initial_state(), **kwargs)
+        return cls(rule, dict(saved), **kwargs)
+
+    def lr_scale(self) -> jax.Array | None:
+        return jnp.asarray(self.state["lr_scale"], jnp.float32) if self.scaled else None
+
+    def annotate(self, run: Run) -> None:
+        """Record the learning-rate scale the epoch ran with."""
+        if self.scaled:
+            run.values["learning_rate_scale"] = float(self.state["lr_scale"])
+
+    def decide(self, run: Run) -> None:
+        """Update the patience state from the monitored value (if measured this epoch); cut or stop."""
+        rule = self.rule
+        if rule.monitor not in run.values:  # not measured this epoch (Evaluation.every > 1)
+            return
+        self.state, event = rule.update(self.state, run.epoch, run.values[rule.monitor])
+        if event == "improved" and rule.restore_best:
+            self.best = jax.device_get((run.state.params, run.state.model_state))
+            if self.folder is not None:
+                checkpointing.save_best(self.folder, *self.best, run.epoch + 1, self.key)
+        if event == "lr_cut":
+            run.state = run.state._replace(lr_scale=self.lr_scale())
+        run.stop = event == "stop"
+        if self.verbose and event in ("lr_cut", "stop"):
+            cut = f"no improvement in {rule.monitor} for {rule.patience} epochs; learning-rate scale"
+            text = self.state["stopped"] if run.stop else f"{cut} now {self.state['lr_scale']:g}"
+            print(f"Epoch {run.epoch + 1}: {text}", flush=True)
+
+    def record(self, epochs_run: int) -> dict[str, Any] | None:
+        """``history.stopped``: when and why the run stopped, or None."""
+        if self.state["stopped"] is None:
+            return None
+        best = self.state["best_epoch"]
+        return {
+            "epochs": epochs_run,
+            "reason": self.state["stopped"],
+            "best_epoch": None if best is None else best + 1,
+            "best": self.state["best"],
+            "monitor": self.rule.monitor,
+        }
+
+    def restore(self, where: Path | None, params: Any, model_state: Any) -> None:
+        """On resume with ``restore_best``: the best params so far, from ``best.npz``."""
+        if self.rule.restore_best and self.state["best_epoch"] is not None:
+            self.best = checkpointing.load_best(where, params, model_state)

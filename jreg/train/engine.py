@@ -1,0 +1,69 @@
+"""The compiled epoch shared by fit and sweep: train, monitor, check, for one model or K of them.
+
+``build(hp) -> (objective, optimizer)`` gives a model's objective and
+optimizer from its hyperparameters (for ``fit``: the one pair, whatever
+``hp``). The program runs one epoch of training (:func:`run_epoch`), then,
+when due, the monitored evaluations on the new params, then the divergence
+check, and returns ``(state, alive, metrics, ok)``. For a sweep the same
+functions run over a leading model axis: training with ``jax.vmap`` or one
+model after another (``lax.map``), evaluation always batched across models
+(the shared data meets every model's weights in one matmul), the check per
+model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from . import calls, guard
+from .epoch import run_epoch
+from .monitor import EPOCH_LOSS, Monitor
+from .plan import EpochPlan
+from .state import TrainState
+from .step import make_update
+
+Build = Callable[[Any], tuple[Callable[..., Any], optax.GradientTransformation]]
+VECTORIZE = ("auto", "vmap", "map")
+
+
+def program(
+    build: Build, plan: EpochPlan, monitor: Monitor, *, models: int | None, vectorize: str = "vmap", sharding=None
+) -> Callable[..., Any]:
+    """Jitted ``epoch(hp, state, alive, train, evaluation, key, *, evaluate) -> (state, alive, metrics, ok)``.
+
+    ``models=None``: one model (``fit``); else the state, ``hp`` and ``alive``
+    have a leading axis of size ``models``. ``state`` is donated.
+    """
+
+    def train_one(hp, state: TrainState, train, key):
+        objective, optimizer = build(hp)
+        update = make_update(objective, optimizer, with_metrics=monitor.epoch_loss)
+        return run_epoch(update, plan, state, train, key, keyed=calls.takes_key(objective), sharding=sharding)
+
+    def measure_one(hp, state: TrainState, train, evaluation):
+        objective, _ = build(hp)
+        return monitor.measure(objective, state.params, state.model_state, train, evaluation, state.step)
+
+    def check_one(old: TrainState, new: TrainState, metrics, alive):
+        return guard.check(old, new, [v for k, v in metrics.items() if monitor.guarded(k)], alive)
+
+    def epoch(hp, state, alive, train, evaluation, key, *, evaluate: bool):
+        if models is None:
+            new, running = train_one(hp, state, train, key)
+        elif vectorize == "vmap":
+            new, running = jax.vmap(train_one, in_axes=(0, 0, None, None))(hp, state, train, key)
+        else:
+            new, running = jax.lax.map(lambda a: train_one(a[0], a[1], train, key), (hp, state))
+        metrics = {EPOCH_LOSS: running["loss"]} if monitor.epoch_loss else {}
+        if evaluate:
+            measure = measure_one if models is None else jax.vmap(measure_one, in_axes=(0, 0, None, None))
+            metrics.update(measure(hp, new, train, evaluation))
+        check = check_one if models is None else jax.vmap(check_one)
+        state, ok, alive = check(state, new, metrics, alive)
+        return state, alive, metrics, ok
+
+    return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))

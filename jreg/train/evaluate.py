@@ -1,0 +1,238 @@
+"""Evaluation in mini-batches: the objective's cost and named metrics on a whole data set.
+
+A data set is cut into evaluation batches of ``batch_size`` examples (the
+last one smaller) and ``lax.scan`` runs over them inside the compiled
+program, so memory is bounded by one evaluation batch, not the data set.
+Every figure combines exactly (up to float rounding) into the full-batch one:
+
+* the objective's batch-dependent parts (the mean loss, activity and input
+  penalties: each a mean over examples) are weighted by batch size and
+  divided by ``n``; the penalty on the params is computed once;
+* a plain ``f(params, batch) -> (total, parts)`` objective has its total and
+  parts weighted likewise (correct whenever each part is a mean over the
+  batch or does not depend on it, as jreg's objectives are);
+* metrics reduce as :mod:`jreg.metrics` documents.
+
+Evaluation runs in evaluation mode: no key, ``train=False``, and a stateful
+model's state is read, never updated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.extend.core as jax_core
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _signature
+from .._errors import JregError
+from .._types import Batch, Metrics, ModelState, Params
+from ..losses import labels_of
+from ..metrics import Metric, as_metrics
+from ..objective import Objective, _check_batch, combine
+from . import calls
+from .epoch import data_size
+
+#: The automatic evaluation batch holds at most about this many bytes of intermediate values.
+MEMORY_BUDGET = 64 * 2**20
+
+#: ``chunk(params, model_state, batch, step) -> {name: (value, "mean" | "sum")}``
+Chunk = Callable[[Params, ModelState, Batch, Any], dict[str, tuple[jax.Array, str]]]
+
+
+def _metric_value(name: str, metric: Metric, outputs: Any, targets: Any, batch: Batch, n: int) -> tuple[Any, str]:
+    values = _signature.call(metric.fn, outputs, targets, batch=batch)
+    shape = jnp.shape(values)
+    if shape == (n,):
+        reduced = jnp.mean(values) if metric.reduction == "mean" else jnp.sum(values)
+    elif shape == ():
+        reduced = values
+    else:
+        raise JregError(
+            f"metric {name!r} must return one value per example, shape ({n},), or one scalar per batch; got {shape}"
+        )
+    return jnp.asarray(reduced, jnp.float32), metric.reduction
+
+
+def make_chunk(objective: Callable[..., Any], *, cost: bool, metrics: Mapping[str, Metric]) -> Chunk:
+    """The figures of one evaluation batch: means (to weight by size) or sums, by name."""
+    metrics = as_metrics(metrics)
+
+    def chunk(params, model_state, batch, step):
+        n = data_size(batch, "evaluation batch")
+        out: dict[str, tuple[Any, str]] = {}
+        if isinstance(objective, Objective):
+            parts, outputs, _ = objective.batch_parts(params, batch, step=step, state=model_state, train=False)
+            if cost:
+                out.update({f"part:{k}": (v, "mean") for k, v in parts.items()})
+            if metrics:
+                _, targets = objective.inputs_targets(batch)
+                for name, metric in metrics.items():
+                    out[f"metric:{name}"] = _metric_value(name, metric, outputs, targets, batch, n)
+            return out
+        if metrics:
+            raise JregError("metrics need an objective from jreg.objective (its apply gives the outputs)")
+        total, parts, _ = calls.call(objective, params, model_state, batch, step=step, train=False)
+        out["cost"] = (total, "mean")
+        out.update({f"part:{k}": (v, "mean") for k, v in parts.items()})
+        return out
+
+    return chunk
+
+
+def _aval_bytes(aval: Any) -> int:
+    try:
+        return int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+    except (AttributeError, TypeError):  # key arrays and other abstract values: count nothing
+        return 0
+
+
+def _intermediate_bytes(jaxpr: Any) -> int:
+    """The bytes of every value a jaxpr computes, sub-jaxprs included (an upper bound of what is live at once)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += sum(_aval_bytes(v.aval) for v in eqn.outvars)
+        total += sum(_intermediate_bytes(sub) for sub in jax_core.jaxprs_in_params(eqn.params))
+    return total
+
+
+def auto_batch_size(
+    chunk: Chunk, params, model_state, data: Batch, step, smallest: int = 1, memory: int = MEMORY_BUDGET
+) -> int:
+    """The evaluation batch size whose intermediate values fit in ``memory`` bytes, at least ``smallest``.
+
+    The bytes per example come from tracing one evaluation batch of 1 and of 2
+    examples (``jax.make_jaxpr``: nothing is computed) and summing the sizes of
+    every value computed; the difference is what one more example costs.
+    """
+    n = data_size(data, "evaluation data")
+
+    def spec(a):
+        return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
+
+    def traced_bytes(k: int) -> int:
+        batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((k, *a.shape[1:]), a.dtype), data)
+        figures = jax.make_jaxpr(lambda p, s, t, b: {name: v for name, (v, _) in chunk(p, s, b, t).items()})
+        return _intermediate_bytes(figures(*jax.tree.map(spec, (params, model_state, step)), batch).jaxpr)
+
+    if n == 1:
+        return 1
+    one, two = traced_bytes(1), traced_bytes(2)
+    per_example = max(two - one, 1) if two > one else max(one, 1)
+    return max(1, min(n, max(smallest, memory // per_example)))
+
+
+def over_batches(
+    chunk: Chunk,
+    params,
+    model_state,
+    data: Batch,
+    step,
+    batch_size: int | None,
+    smallest: int = 1,
+    memory: int = MEMORY_BUDGET,
+) -> dict[str, jax.Array]:
+    """Run ``chunk`` over ``data`` in evaluation batches and combine: means weighted by size, sums added.
+
+    ``batch_size=None`` picks it from the memory budget (:func:`auto_batch_size`).
+    """
+    n = data_size(data, "evaluation data")
+    if batch_size is None:
+        batch_size = auto_batch_size(chunk, params, model_state, data, step, smallest, memory)
+    size = min(batch_size, n)
+    full, rest = divmod(n, size)
+    if full == 1 and not rest:  # one batch: its figures are the data set's
+        return {k: v for k, (v, _) in chunk(params, model_state, data, step).items()}
+    kinds: dict[str, str] = {}
+
+    def weighted(batch: Batch, count: int) -> dict[str, jax.Array]:
+        figures = chunk(params, model_state, batch, step)
+        kinds.update({k: kind for k, (_, kind) in figures.items()})
+        return {k: v * count if kind == "mean" else v for k, (v, kind) in figures.items()}
+
+    def body(acc, i):
+        batch = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, i * size, size), data)
+        return jax.tree.map(jnp.add, acc, weighted(batch, size)), None
+
+    first = jax.tree.map(lambda a: a[:size], data)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda b: weighted(b, size), first))
+    sums, _ = jax.lax.scan(body, zeros, jnp.arange(full))
+    if rest:
+        tail = jax.tree.map(lambda a: a[full * size :], data)
+        sums = jax.tree.map(jnp.add, sums, weighted(tail, rest))
+    return {k: v / n if kinds[k] == "mean" else v for k, v in sums.items()}
+
+
+def evaluate(
+    objective: Callable[..., Any],
+    params: Params,
+    model_state: ModelState,
+    data: Batch,
+    *,
+    cost: bool,
+    parts: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
+    batch_size: int | None = None,
+    smallest: int = 1,
+    memory: int = MEMORY_BUDGET,
+    step: Any = None,
+    prefix: str = "",
+) -> Metrics:
+    """``{prefix + "cost": ..., prefix + <part>: ..., prefix + <metric>: ...}`` on a whole data set.
+
+    ``batch_size``: examples per evaluation batch; ``None`` picks the largest
+    that keeps the batch's intermediate values within ``memory`` bytes
+    (:data:`MEMORY_BUDGET`; a sweep of K models gives each 1/K of it), but at
+    least ``smallest`` (e.g. the training batch size).
+    """
+    metrics = as_metrics(metrics)
+    if not cost and not metrics:
+        return {}
+    chunk = make_chunk(objective, cost=cost, metrics=metrics)
+    sums = over_batches(chunk, params, model_state, data, step, batch_size, smallest, memory)
+    out: Metrics = {}
+    if cost:
+        batch_parts = {k[5:]: v for k, v in sums.items() if k.startswith("part:")}
+        if isinstance(objective, Objective):
+            total, all_parts = combine(batch_parts, objective.penalty_parts(params, step=step))
+        else:
+            total, all_parts = sums["cost"], batch_parts
+        out[f"{prefix}cost"] = total
+        if parts:
+            out.update({f"{prefix}{k}": v for k, v in all_parts.items()})
+    out.update({f"{prefix}{k[7:]}": v for k, v in sums.items() if k.startswith("metric:")})
+    return out
+
+
+def accuracy(apply: Callable[..., Any], params: Params, data: tuple[Any, Any]) -> jax.Array:
+    """Fraction of examples whose largest output is the true class.
+
+    ``data = (x, y)`` with integer labels ``y (N,)`` or one-hot targets ``(N, classes)``.
+    """
+    x, y = _check_batch(data, "data")
+    outputs = apply(params, x)
+    return jnp.mean(jnp.argmax(outputs, axis=-1) == labels_of(y))
+
+
+def total_cost(
+    objective: Callable[..., Any],
+    params: Params,
+    data: Any,
+    *,
+    step: Any = None,
+    model_state: ModelState = None,
+    batch_size: int | None = None,
+) -> jax.Array:
+    """The objective's total on ``data`` in evaluation mode: mean cost over all of it plus the penalty.
+
+    ``step`` evaluates coefficient schedules (needed only when a penalty has
+    one); ``model_state`` is a stateful model's state (read only);
+    ``batch_size`` evaluates in batches of that many examples (bounded memory;
+    the same figure up to float rounding), default all at once.
+    """
+    if batch_size is None:
+        return calls.call(objective, params, model_state, data, step=step, train=False)[0]
+    return evaluate(objective, params, model_state, data, cost=True, batch_size=batch_size, step=step)["cost"]

@@ -1,0 +1,223 @@
+"""``fit``: train one model, as a thin front end over the engine and the host loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .._checks import check_optimizer
+from .._types import ModelState, OptState, Params
+from ..stopping import EarlyStopping
+from . import calls, checkpointing, config, engine, guard, mesh
+from . import early_stopping as stopping_hooks
+from .config import Checkpointing, DataParallel, Evaluation
+from .history import History
+from .loop import Hook, Run, progress, record, run_epochs, user_callback
+from .setup import Setup, prepare
+from .state import TrainState, copy
+from .validate import check_loop_args
+
+
+def fit(
+    objective: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    params: Params,
+    train: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    evaluation: Any | Evaluation = None,
+    model_state: ModelState = None,
+    opt_state: OptState = None,
+    monitor: Iterable[str] | None = None,
+    partial_batch: str = "include",
+    verbose: bool = False,
+    callback: Callable[..., None] | None = None,
+    checkpoint: Checkpointing | None = None,
+    resume: Any = None,
+    early_stopping: EarlyStopping | None = None,
+    parallel: DataParallel | None = None,
+    **legacy: Any,
+) -> tuple[Params, History] | tuple[Params, ModelState, History]:
+    """Train for ``epochs`` epochs of shuffled mini-batches; return ``(params, history)``.
+
+    Each epoch, and the monitoring after it, is one compiled call (see
+    :func:`make_epoch`); epoch ``e`` shuffles with ``jax.random.fold_in(key, e)``,
+    so the same key, data and config give the same result.
+
+    Args:
+        objective: from :func:`jreg.objective` (needed for metrics such as
+            accuracy; any ``f(params, batch) -> (total, parts)`` works for the costs).
+        optimizer: any optax ``GradientTransformation``.
+        params: initial params (not modified; fit works on a copy).
+        train: ``(x, y)``, ``x`` float ``(N, ...)``, ``y`` integer labels ``(N,)``,
+            float targets ``(N, classes)`` or regression targets ``(N,)`` /
+            ``(N, d)``; or any pytree of arrays sharing the leading example
+            axis, which the objective's ``split`` takes apart.
+        epochs, batch_size: positive ints, ``batch_size <= N``.
+        key: a ``jax.random.key`` for the shuffles (and dropout).
+        evaluation: held-out data ``(x, y)`` (validation or test), or a
+            :class:`jreg.Evaluation` with the data, the metrics, the
+            evaluation batch size and how often to measure.
+        model_state: a stateful model's initial state (BatchNorm statistics):
+            then ``fit`` returns ``(params, model_state, history)``.
+        opt_state: optimizer state to continue from (default ``optimizer.init(params)``).
+        monitor: which series to measure (default: all that apply: the costs
+            on the training and held-out data, and each metric on both, which
+            for classification is network2.py's four series), and
+            ``epoch_loss``, the mean mini-batch objective during the epoch
+            (opt-in: it needs the loss value at every step, a few percent of an
+            epoch on small networks). ``monitor=()`` trains fastest.
+        partial_batch: ``"include"`` or ``"drop"`` the last partial mini-batch.
+        verbose: print one line per epoch.
+        callback: ``callback(epoch, metrics)`` after each epoch with the
+            epoch's floats (e.g. to drive a progress bar); a callback that
+            names ``params`` or ``model_state`` also gets them.
+        checkpoint: a :class:`jreg.Checkpointing`: save ``ckpt-<epoch>.npz``
+            (params, optimizer state, model state, epoch, key, history) in its
+            folder every ``every`` epochs and after the last, keeping the
+            newest ``keep``. Each save is atomic.
+        resume: a checkpoint file, or a folder of them (the newest is taken),
+            to continue from: ``epochs`` stays the run's total, the shuffles go
+            on from the saved epoch, and the result is bit-identical on CPU to
+            the uninterrupted run. ``params`` (and ``model_state``) serve as the
+            structure template and ``key`` must be the run's key.
+        early_stopping: an :class:`jreg.EarlyStopping`: stop when its
+            monitored series has not improved for ``patience`` measurements, or, with
+            ``lr_factor``, cut the learning rate each time and stop once it has
+            fallen to ``min_lr_scale`` of its start (Nielsen's schedule:
+            ``EarlyStopping.nielsen(10)``). The history then has a
+            ``learning_rate_scale`` series and ``history.stopped`` says when and
+            why training stopped. Its state is checkpointed and resumed.
+        parallel: a :class:`jreg.DataParallel` for data-parallel training on a
+            mesh (see docs/scaling.md). Results equal single-device training up
+            to float reassociation.
+        **legacy: the older keywords ``checkpoint_dir``, ``checkpoint_every``,
+            ``keep`` (:class:`jreg.Checkpointing`) and ``mesh``, ``data_axis``,
+            ``param_specs`` (:class:`jreg.DataParallel`) still work.
+
+    Randomness and steps: epoch ``e`` shuffles with ``fold_in(key, e)``; a
+    stochastic model (dropout, noise) gets one key per mini-batch derived from
+    it (see :func:`make_epoch`), and penalty schedules see the global step
+    ``e * steps_per_epoch + i``. Monitoring runs in evaluation mode (no
+    dropout; a stateful model's state is read, not updated) at the step count
+    reached after the epoch, in evaluation batches (:class:`jreg.Evaluation`).
+
+    Returns:
+        The trained params and a :class:`History` (the whole run's, when
+        resumed); ``(params, model_state, history)`` with ``model_state``.
+
+    Raises:
+        DivergenceError: when the params, the optimizer or model state, a
+            gradient, the loss or a monitored cost becomes NaN or infinite. It
+            names the epoch, the step and the quantity, and carries the last
+            finite params (``error.params``); no checkpoint with non-finite
+            values is ever written. The check runs inside the compiled epoch,
+            once per epoch.
+    """
+    checkpoint, parallel = config.from_legacy(checkpoint, parallel, legacy)
+    calls.check_objective(objective)
+    check_optimizer(optimizer)
+    epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
+    setup = prepare(
+        objective,
+        params,
+        model_state,
+        train,
+        evaluation,
+        batch_size=batch_size,
+        key=key,
+        partial_batch=partial_batch,
+        monitor=monitor,
+    )
+    rule = stopping_hooks.check(early_stopping, setup.monitor.wanted)
+    state = TrainState.create(optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state))
+    state, start, history, stopper = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose)
+    if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
+        history.stopped = stopper.record(start)
+        return _result(state, stopper, model_state, history)
+
+    train_data, held_out, sharding = setup.train, setup.evaluation, None
+    if parallel is not None:
+        fresh = optimizer.init if opt_state is None and resume is None else None
+        state, train_data, held_out, sharding = mesh.place(parallel, batch_size, state, fresh, train_data, held_out)
+    epoch = engine.program(lambda hp: (objective, optimizer), setup.plan, setup.monitor, models=None, sharding=sharding)
+
+    def one_epoch(state: TrainState, alive: Any, e: int):
+        due = setup.schedule.due(e, epochs)
+        return epoch({}, state, alive, train_data, held_out, jax.random.fold_in(key, e), evaluate=due)
+
+    hooks: list[Hook] = [_divergence(objective, optimizer, setup, train_data, key)]
+    hooks += [stopper.annotate] if stopper is not None else []
+    hooks += [record]
+    hooks += [progress(setup.monitor)] if verbose else []
+    hooks += [user_callback(callback)] if callback is not None else []
+    hooks += [stopper.decide] if stopper is not None else []
+    hooks += [_checkpointer(checkpoint, key, batch_size, stopper)] if checkpoint is not None else []
+    run = run_epochs(one_epoch, Run(state, None, epochs, history), start, hooks)
+
+    if stopper is not None:
+        history.stopped = stopper.record(run.epoch + 1)
+    return _result(run.state, stopper, model_state, history)
+
+
+def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose):
+    """``(state, first epoch, history, stopper)``: a fresh run, or the one ``resume`` points at."""
+    start, history, saved = 0, History(), None
+    if resume is not None:
+        state, start, history, saved = checkpointing.resume(resume, state, key, batch_size, epochs, setup.plan.steps)
+    if rule is None:
+        return state, start, history, None
+    folder = None if checkpoint is None else checkpoint.folder
+    stopper = stopping_hooks.Stopper.resumed(rule, saved, start, resume, folder=folder, key=key, verbose=verbose)
+    if resume is not None:
+        stopper.restore(checkpointing.latest(Path(resume)).parent, state.params, state.model_state)
+    return state._replace(lr_scale=stopper.lr_scale()), start, history, stopper
+
+
+def _result(state: TrainState, stopper: Any, model_state: ModelState, history: History) -> Any:
+    """``(params, history)``, or ``(params, model_state, history)`` for a stateful run; the best epoch's if kept."""
+    best = None if stopper is None else stopper.best
+    params, final_state = jax.tree.map(jnp.asarray, best if best is not None else (state.params, state.model_state))
+    return (params, final_state, history) if model_state is not None else (params, history)
+
+
+def _divergence(objective, optimizer, setup: Setup, train, key) -> Hook:
+    """Raise :class:`DivergenceError` when the epoch came out non-finite, naming the step (by replay)."""
+    keyed = calls.takes_key(objective)
+
+    def hook(run: Run) -> None:
+        if run.ok:
+            return
+        epoch_key = jax.random.fold_in(key, run.epoch)
+        found = guard.locate(objective, optimizer, setup.plan, run.state, train, epoch_key, keyed)
+        figures = {k: v for k, v in run.values.items() if setup.monitor.guarded(k)}
+        step, quantity, where = guard.describe(found, figures, run.epoch, run.epochs)
+        state = run.state if found is None else found[2]
+        raise guard.DivergenceError(
+            f"training diverged ({where}): {quantity}. The last finite params are in error.params. {guard.ADVICE}",
+            epoch=run.epoch,
+            step=step,
+            quantity=quantity,
+            params=state.params,
+            opt_state=state.opt_state,
+            model_state=state.model_state,
+            history=run.history,
+        )
+
+    return hook
+
+
+def _checkpointer(checkpoint: Checkpointing, key: Any, batch_size: int, stopper: Any) -> Hook:
+    def hook(run: Run) -> None:
+        if checkpoint.due(run.epoch, run.epochs) or run.stop:
+            stopping_state = None if stopper is None else stopper.state
+            checkpointing.save(checkpoint, run.state, run.epoch + 1, key, run.history, batch_size, stopping_state)
+
+    return hook

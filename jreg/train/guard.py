@@ -1,0 +1,127 @@
+"""The divergence guard: non-finite training is caught once per epoch, inside the compiled program.
+
+After each epoch the program checks, in one reduction, that the new params,
+optimizer state and model state and the guarded figures (costs and their
+parts, the epoch's running loss; not user metrics) are all finite. If not, it
+returns the epoch's *input* state instead (per model in a sweep, where a
+model once diverged stays frozen). Only then, on the host and outside the hot
+path, :func:`locate` replays that epoch step by step with the same gradient
+and update functions the compiled epoch ran, to name the exact step and
+quantity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .._errors import JregError
+from .._tree import all_finite, inexact_leaves
+from .._types import Batch, Metrics, ModelState, OptState, Params
+from .epoch import take
+from .plan import EpochPlan
+from .state import TrainState
+from .step import apply_fn, gradient_fn
+
+#: Series the guard checks: costs and the running loss (a NaN in a user's metric is recorded, not fatal).
+GUARDED_PREFIXES = ("training_", "evaluation_")
+
+
+class DivergenceError(JregError):
+    """Training produced NaN or infinity. ``params``/``opt_state``/``model_state`` are the last finite ones.
+
+    Attributes: ``epoch`` (0-based), ``step`` (0-based within the epoch, or None
+    when only a monitored cost went bad), ``quantity`` (what went bad first),
+    ``params``, ``opt_state``, ``model_state``, ``history`` (the epochs completed before).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        epoch: int,
+        step: int | None,
+        quantity: str,
+        params: Params,
+        opt_state: OptState,
+        history: Any,
+        model_state: ModelState = None,
+    ):
+        super().__init__(message)
+        self.epoch, self.step, self.quantity = epoch, step, quantity
+        self.params, self.opt_state, self.model_state, self.history = params, opt_state, model_state, history
+
+
+def guarded_figures(metrics: Metrics, guarded: frozenset[str]) -> list[jax.Array]:
+    return [v for k, v in metrics.items() if k in guarded]
+
+
+def check(old: TrainState, new: TrainState, figures: list[jax.Array], alive: jax.Array | None = None):
+    """``(state, ok, alive)``: the new state where it and the figures are finite (and the model alive), else the old.
+
+    ``alive`` (None for a single run) freezes a model for good once it diverged.
+    """
+    ok = all_finite(new.params, new.opt_state, new.model_state, figures)
+    keep = ok if alive is None else ok & alive
+    state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
+    return state, ok, (None if alive is None else keep)
+
+
+def _first_bad(tree: Any) -> str | None:
+    bad = [path for path, leaf in inexact_leaves(tree) if not bool(jnp.all(jnp.isfinite(leaf)))]
+    return bad[0] if bad else None
+
+
+def locate(
+    objective: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    plan: EpochPlan,
+    state: TrainState,
+    data: Batch,
+    key: jax.Array,
+    keyed: bool,
+) -> tuple[int, str, TrainState] | None:
+    """Replay one epoch from ``state``: ``(step, quantity, state before that step)``, or None if it stays finite."""
+    grad = jax.jit(gradient_fn(objective, with_value=True))
+    apply = jax.jit(apply_fn(optimizer))
+    keys = plan.step_keys(key) if keyed else None
+    for i, idx in enumerate(plan.batches(key)):
+        grads, metrics, model_state = grad(state, take(data, idx), None if keys is None else keys[i])
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+            return i, f"the loss became {loss}", state
+        bad = _first_bad(grads)
+        if bad is not None:
+            return i, f"the gradient of {bad!r} became non-finite", state
+        new = apply(state, grads, model_state)
+        for what, tree in (("the update made", new.params), ("the optimizer state", new.opt_state)):
+            bad = _first_bad(tree)
+            if bad is not None:
+                verb = f"{what} {bad!r} non-finite" if what.endswith("made") else f"{what} {bad!r} became non-finite"
+                return i, verb, state
+        bad = _first_bad(new.model_state)
+        if bad is not None:
+            return i, f"the model state {bad!r} became non-finite", state
+        state = new
+    return None
+
+
+def describe(found: tuple[int, str, Any] | None, values: dict[str, Any], epoch: int, epochs: int) -> tuple:
+    """``(step or None, quantity, where)`` for a message, from :func:`locate`'s result or the figures."""
+    if found is not None:
+        step, quantity, _ = found
+        return step, quantity, f"epoch {epoch + 1} of {epochs}, step {step + 1}"
+    bad = sorted(k for k, v in values.items() if not np.all(np.isfinite(v)))
+    quantity = f"the monitored {', '.join(bad)} became non-finite" if bad else "a value became non-finite"
+    return None, quantity, f"after epoch {epoch + 1} of {epochs}"
+
+
+ADVICE = (
+    "A smaller learning rate usually helps (with an L2 coefficient c, plain SGD is unstable once "
+    "learning rate * c > 2)."
+)

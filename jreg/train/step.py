@@ -1,0 +1,141 @@
+"""One training step: the gradient of the objective, then the optimizer's update.
+
+The step is two pure pieces, :func:`gradient_fn` and :func:`apply_fn`; the
+compiled epoch composes them (:func:`make_update`), and the divergence replay
+(:mod:`jreg.train.guard`) calls the very same two pieces one at a time to find
+the first non-finite quantity. Regularization lives in the objective, never
+here: any optax ``GradientTransformation`` turns ``jax.grad`` of the
+regularized objective into updates.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from .._checks import check_optimizer
+from .._errors import JregError
+from .._types import Batch, Metrics, ModelState, OptState, Params
+from . import calls
+from .state import TrainState
+
+#: ``update(state, batch, key) -> (state, metrics)``
+Update = Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]
+
+
+def gradient_fn(objective: Callable[..., Any], *, with_value: bool = True) -> Callable[..., Any]:
+    """``grad(state, batch, key) -> (grads, metrics, new_model_state)``.
+
+    ``metrics = {"loss": total, **parts}`` with ``with_value``; ``{}`` without
+    (gradient only: XLA then drops what only the loss value needs).
+    """
+    loss = calls.train_loss(objective)
+    value_and_grad = jax.value_and_grad(loss, has_aux=True)
+    grad_only = jax.grad(loss, has_aux=True)
+
+    def grad(state: TrainState, batch: Batch, key: Any) -> tuple[Params, Metrics, ModelState]:
+        if with_value:
+            (total, (parts, model_state)), grads = value_and_grad(
+                state.params, state.model_state, batch, key, state.step
+            )
+            return grads, {"loss": total, **parts}, model_state
+        grads, (_, model_state) = grad_only(state.params, state.model_state, batch, key, state.step)
+        return grads, {}, model_state
+
+    return grad
+
+
+def apply_fn(optimizer: optax.GradientTransformation) -> Callable[..., TrainState]:
+    """``apply(state, grads, new_model_state) -> state``: the optimizer's update, scaled by ``lr_scale``."""
+
+    def apply(state: TrainState, grads: Params, model_state: ModelState) -> TrainState:
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if state.lr_scale is not None:  # learning-rate cuts by early stopping: every update scales with eta
+            updates = jax.tree.map(lambda u: (u * state.lr_scale).astype(u.dtype), updates)
+        params = optax.apply_updates(state.params, updates)
+        step = None if state.step is None else state.step + 1
+        return TrainState(params, opt_state, model_state, step, state.lr_scale)
+
+    return apply
+
+
+def make_update(
+    objective: Callable[..., Any], optimizer: optax.GradientTransformation, *, with_metrics: bool = True
+) -> Update:
+    """``update(state, batch, key) -> (state, metrics)``: one step, as traced inside the compiled epoch."""
+    grad = gradient_fn(objective, with_value=with_metrics)
+    apply = apply_fn(optimizer)
+
+    def update(state: TrainState, batch: Batch, key: Any) -> tuple[TrainState, Metrics]:
+        grads, metrics, model_state = grad(state, batch, key)
+        return apply(state, grads, model_state), metrics
+
+    return update
+
+
+def make_step(
+    objective: Callable[..., Any], optimizer: optax.GradientTransformation, *, donate: bool = False
+) -> Callable[..., Any]:
+    """A jitted pure step ``step(params, opt_state, batch, key=None, step=None) -> (params, opt_state, metrics)``.
+
+    It takes ``jax.grad`` of the objective's total at ``params`` on ``batch``
+    (``(x, y)``, or any batch the objective's ``split`` takes apart), lets
+    ``optimizer`` turn the gradient into updates and applies them.
+    ``metrics`` holds ``"loss"`` (the total before the step) and every entry
+    of the objective's ``parts``.
+
+    ``key`` (a ``jax.random`` key, a fresh one per step) puts a stochastic
+    model (dropout, noise) in training mode; ``step`` (the global step count
+    from 0) evaluates penalty-coefficient schedules. Both are passed on to the
+    objective only if given and only if it takes them.
+
+    A stateful model (its objective takes ``state``): call
+    ``step(params, opt_state, batch, key, step, model_state=s)``; it returns
+    ``(params, opt_state, model_state, metrics)`` with the state the training
+    forward pass produced (BatchNorm's updated running statistics).
+
+    Args:
+        objective: ``f(params, batch) -> (total, parts)``, e.g. from :func:`jreg.objective`.
+        optimizer: any optax ``GradientTransformation``.
+        donate: donate ``params``, ``opt_state`` (and ``model_state``) to the
+            step (saves memory; the arrays passed in may not be used again).
+    """
+    calls.check_objective(objective)
+    check_optimizer(optimizer)
+    update = make_update(objective, optimizer)
+    keyed, stateful = calls.takes_key(objective), calls.is_stateful(objective)
+
+    def step(params, opt_state, batch, key=None, step=None, *, model_state=None):
+        if key is not None and not keyed:
+            raise JregError(
+                "make_step got a key, but the objective has no key parameter, so it would train without dropout "
+                "or noise; use jreg.objective, or give your objective a key=None keyword"
+            )
+        _check_state_given(stateful, model_state)
+        state = TrainState(params, opt_state, model_state, step)
+        state, metrics = update(state, batch, key)
+        if stateful:
+            return state.params, state.opt_state, state.model_state, metrics
+        return state.params, state.opt_state, metrics
+
+    jitted = jax.jit(step, donate_argnames=("params", "opt_state", "model_state") if donate else ())
+
+    @functools.wraps(step)
+    def checked(params, opt_state, batch, key=None, step=None, *, model_state=None):
+        return jitted(params, opt_state, batch, key, step, model_state=calls.as_model_state(model_state))
+
+    return checked
+
+
+def _check_state_given(stateful: bool, model_state: Any) -> None:
+    if stateful and model_state is None:
+        raise JregError("the objective carries model state: pass model_state= (the model's initial state)")
+    if not stateful and model_state is not None:
+        raise JregError("model_state was given, but the objective carries no state (its apply takes no state=)")
+
+
+__all__ = ["OptState", "TrainState", "Update", "apply_fn", "gradient_fn", "make_step", "make_update"]

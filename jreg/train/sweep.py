@@ -1,0 +1,220 @@
+"""``sweep``: K models that differ in hyperparameters, trained in one compiled program on the same loop as fit."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .._checks import check_optimizer
+from .._errors import JregError, JregTypeError
+from .._types import ModelState, Params
+from . import calls, guard
+from .engine import VECTORIZE, Build, program
+from .history import SweepHistory
+from .loop import Hook, Run, progress, record, run_epochs, user_callback
+from .setup import Setup, prepare
+from .state import TrainState
+from .validate import check_loop_args
+
+
+def check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:
+    """``({name: (K,) array}, K)`` from ``{name: K values}``; finite reals, one value per model each."""
+    if not isinstance(hparams, Mapping) or not hparams:
+        raise JregTypeError(
+            "hparams must be a non-empty mapping from names to 1-D arrays of values, one per model, "
+            f"e.g. {{'lmbda': [0.0, 0.1]}}; got {hparams!r}"
+        )
+    out, sizes = {}, set()
+    for name, values in hparams.items():
+        arr = np.asarray(values)
+        if arr.ndim != 1 or arr.size == 0:
+            raise JregError(f"hparams[{name!r}] must be a non-empty 1-D array (one value per model), got {arr.shape}")
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise JregTypeError(f"hparams[{name!r}] must hold real numbers, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise JregError(f"hparams[{name!r}] must be finite, got {arr.tolist()}")
+        dtype = np.float32 if np.issubdtype(arr.dtype, np.floating) else np.int32
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = arr.astype(dtype)
+        if not np.all(np.isfinite(cast)) or (dtype == np.int32 and not np.array_equal(cast, arr)):
+            raise JregError(f"hparams[{name!r}] holds values beyond the range of {np.dtype(dtype).name}")
+        sizes.add(arr.size)
+        out[name] = jnp.asarray(cast)
+    if len(sizes) != 1:
+        lengths = {k: int(v.shape[0]) for k, v in out.items()}
+        raise JregError(f"every hparams entry must hold one value per model (same length), got lengths {lengths}")
+    return out, sizes.pop()
+
+
+def _built(build: Build, hp: dict[str, jax.Array], models: int) -> list[tuple[Callable[..., Any], Any]]:
+    """Build each model once with concrete values: validation runs, and the types are checked."""
+    built = [build({k: v[i] for k, v in hp.items()}) for i in range(models)]
+    for i, pair in enumerate(built):
+        if not (isinstance(pair, tuple) and len(pair) == 2) or isinstance(pair, optax.GradientTransformation):
+            raise JregTypeError(f"build must return (objective, optimizer), got {type(pair).__name__} for model {i}")
+        calls.check_objective(pair[0])
+        check_optimizer(pair[1])
+    return built
+
+
+def _first(tree: Any, stacked: bool, models: int, name: str) -> Any:
+    """Model 0's tree from a stacked one (checking the leading axis), or the shared tree itself."""
+    if not stacked or tree is None:
+        return tree
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(tree)}
+    if sizes != {models}:
+        raise JregError(f"stacked_params=True needs a leading axis of size {models} on every leaf of {name}")
+    return jax.tree.map(lambda a: a[0], tree)
+
+
+def sweep(
+    build: Build,
+    params: Params,
+    train: Any,
+    *,
+    hparams: Mapping[str, Any],
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    evaluation: Any = None,
+    model_state: ModelState = None,
+    stacked_params: bool = False,
+    vectorize: str = "auto",
+    monitor: Iterable[str] | None = None,
+    partial_batch: str = "include",
+    verbose: bool = False,
+    callback: Callable[..., None] | None = None,
+) -> tuple[Params, SweepHistory] | tuple[Params, ModelState, SweepHistory]:
+    """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
+
+    ``build(hp) -> (objective, optimizer)`` receives one model's hyperparameters
+    as scalars (``hp["lmbda"]``, ``hp["eta"]``...) and returns its objective and
+    optimizer. Under the sweep those scalars are traced, so one program serves
+    every value: penalty coefficients and optax learning rates accept traced
+    values, nothing is recompiled per value. ``build`` is also called once per
+    model with concrete values first, so bad values (a negative ``lmbda``)
+    raise the usual clear error.
+
+    Every model sees the same data order (the shuffles come from ``key``, as
+    in :func:`fit`), so model ``i`` of a sweep equals :func:`fit` run with
+    ``build({k: v[i]})`` alone (up to float reassociation).
+
+    A model whose training becomes non-finite (params, optimizer or model
+    state, or a monitored cost) is frozen at its last finite params while the
+    others go on; ``history.diverged`` says which, at which epoch and step, and
+    what went bad, and its series hold NaN from then on.
+
+    Args:
+        build: ``build(hp) -> (objective, optimizer)``.
+        params: initial params shared by every model, or, with
+            ``stacked_params=True``, params with a leading axis of size K
+            (e.g. ``jax.vmap(model.init)(jax.random.split(key, K))`` for seeds).
+        hparams: ``{name: K values}``; every entry has the same length K.
+        model_state: a stateful model's initial state, shared (or stacked with
+            ``stacked_params=True``); each model keeps its own. Then ``sweep``
+            returns ``(params, model_state, history)``.
+        vectorize: how the K models' training steps share the program:
+            ``"vmap"`` batches them (best on GPU/TPU and for large K),
+            ``"map"`` runs them one after another inside the same compiled
+            program (``lax.map``; faster on CPU, where XLA's small batched
+            matmuls are slow at small K). The per-epoch evaluations are batched
+            either way. ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3,
+            ``"vmap"`` otherwise (measured crossover: docs/benchmarks.md).
+        evaluation: held-out data, or a :class:`jreg.Evaluation` (metrics,
+            evaluation batch size, every k epochs), as in :func:`fit`.
+        The rest as in :func:`fit`.
+
+    Returns:
+        Params stacked along a leading axis of size K (and the model states,
+        likewise, when given), and a :class:`SweepHistory` whose series have
+        shape ``(K, measurements)``.
+    """
+    if not callable(build):
+        raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
+    if vectorize not in VECTORIZE:
+        raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
+    hp, models = check_hparams(hparams)
+    if vectorize == "auto":
+        vectorize = "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
+    epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
+    model_state = calls.as_model_state(model_state)
+    first = _first(params, stacked_params, models, "params")
+    first_state = _first(model_state, stacked_params, models, "model_state")
+    built = _built(build, hp, models)
+    setup = prepare(
+        built[0][0],
+        first,
+        first_state,
+        train,
+        evaluation,
+        batch_size=batch_size,
+        key=key,
+        partial_batch=partial_batch,
+        monitor=monitor,
+    )
+
+    @jax.jit
+    def initial(params, model_state, hp):
+        if not stacked_params:
+            params, model_state = jax.tree.map(
+                lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), (params, model_state)
+            )
+        opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
+        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32))
+
+    state = initial(params, model_state, hp)  # fresh buffers, safe to donate
+    monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
+    epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize)
+
+    def one_epoch(state: TrainState, alive: Any, e: int):
+        due = setup.schedule.due(e, epochs)
+        return epoch(hp, state, alive, setup.train, setup.evaluation, jax.random.fold_in(key, e), evaluate=due)
+
+    history = SweepHistory()
+    hooks: list[Hook] = [_flag_divergence(build, hp, setup, key), record]
+    hooks += [progress(setup.monitor)] if verbose else []
+    hooks += [user_callback(callback)] if callback is not None else []
+    run = run_epochs(one_epoch, Run(state, jnp.ones((models,), bool), epochs, history), 0, hooks, np.asarray)
+    if model_state is not None:
+        return run.state.params, run.state.model_state, history
+    return run.state.params, history
+
+
+def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any) -> Hook:
+    """Record each newly diverged model (replaying its epoch to name the step) and blank its figures with NaN."""
+
+    def hook(run: Run) -> None:
+        history: SweepHistory = run.history  # type: ignore[assignment]
+        ok = np.asarray(run.ok)
+        for i in np.flatnonzero(~ok):
+            if int(i) in history.diverged:
+                continue
+            objective, optimizer = build({k: v[i] for k, v in hp.items()})
+            state = jax.tree.map(lambda a, i=i: a[i], run.state)  # frozen: the state the bad epoch started from
+            epoch_key = jax.random.fold_in(key, run.epoch)
+            keyed = calls.takes_key(objective)
+            found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed)
+            figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
+            step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
+            history.diverged[int(i)] = {
+                "epoch": run.epoch + 1,
+                "step": None if step is None else step + 1,
+                "quantity": quantity,
+            }
+        dead = sorted(history.diverged)
+        if dead:
+            run.values = {k: _blank(v, dead) for k, v in run.values.items()}
+
+    return hook
+
+
+def _blank(values: np.ndarray, dead: list[int]) -> np.ndarray:
+    values = np.array(values, dtype=np.float64 if np.asarray(values).dtype == np.float64 else np.float32)
+    values[dead] = np.nan
+    return values

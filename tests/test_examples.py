@@ -1,0 +1,58 @@
+"""The examples run, in a tiny configuration, through the public API only."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (Flax modules) look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
+def test_examples_use_the_public_api_only(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jreg."):
+            pytest.fail(f"{path.name} imports {node.module}: examples use `import jreg` names only")
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            pytest.fail(f"{path.name} uses the private name {node.attr}")
+
+
+def test_flax_cnn_with_batchnorm_dropout_and_l2_on_kernels(capsys):
+    pytest.importorskip("flax")
+    out = load("flax_cnn_batchnorm").main(["--quick"])
+    stats = out["model_state"]["batch_stats"]
+    assert float(jnp.abs(stats["BatchNorm_0"]["mean"]).max()) > 0  # running statistics were updated
+    assert "not penalized: BatchNorm_0/bias" in capsys.readouterr().out  # L2 on the kernels only
+    assert 0.0 <= out["history"].evaluation_accuracy[-1] <= 1.0
+
+
+def test_equinox_model_with_state():
+    pytest.importorskip("equinox")
+    out = load("equinox_state").main(["--quick"])
+    means = [a for a in jax.tree.leaves(out["model_state"]) if a.dtype == jnp.float32]
+    assert any(float(jnp.abs(a).max()) > 0 for a in means)
+    assert out["history"].evaluation_accuracy[-1] > 0.2
+
+
+def test_regression_with_custom_metrics_and_batched_evaluation():
+    out = load("regression_metrics").main(["--quick"])
+    history = out["history"]
+    assert "evaluation_accuracy" not in history
+    assert history.epochs("evaluation_mse") == [5, 10]
+    assert history.evaluation_mse[-1] < history.evaluation_mse[0]
+    assert np.isfinite(history.evaluation_within_tolerance[-1])
