@@ -42,6 +42,18 @@ def all_finite(*trees: Any) -> jax.Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
+def none_became_non_finite(old: Any, new: Any) -> jax.Array:
+    """One boolean: no floating-point element of ``new`` is non-finite where ``old`` held a finite value.
+
+    For states that may hold infinities on purpose (an optimizer's ``best_value = inf``
+    before its first measurement): only a value that *becomes* non-finite counts.
+    """
+    flags = [
+        jnp.all(jnp.isfinite(b) | ~jnp.isfinite(a)) for (_, a), (_, b) in zip(inexact_leaves(old), inexact_leaves(new))
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
 def leading_size(tree: Any) -> int | None:
     """The shared size of the leading axis of every leaf, or None when the leaves disagree or have none."""
     sizes = {x.shape[0] if getattr(x, "ndim", 0) else None for x in jax.tree.leaves(tree)}

@@ -121,3 +121,43 @@ def test_one_hot_and_labels_of():
     np.testing.assert_array_equal(losses.labels_of(y), y)
     with pytest.raises(jreg.JregError, match=r"labels must lie in \[0, 3\)"):
         losses.one_hot(jnp.array([3]), 3)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@given(z=logits_strategy, labels=hnp.arrays(np.int32, (4,), elements=st.integers(0, 2)))
+def test_softmax_and_sigmoid_cross_entropy_are_optaxs(variant, z, labels):
+    """The names optax and PyTorch users expect: softmax_cross_entropy is optax's (the book's log_likelihood);
+    sigmoid_cross_entropy is optax's sigmoid_binary_cross_entropy summed over outputs (the book's cross_entropy)."""
+    import optax
+
+    z32 = jnp.asarray(z, jnp.float32)
+    np.testing.assert_allclose(
+        variant(losses.softmax_cross_entropy)(z32, labels),
+        optax.softmax_cross_entropy_with_integer_labels(z32, labels),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    onehot = jax.nn.one_hot(labels, 3)
+    np.testing.assert_allclose(
+        variant(losses.sigmoid_cross_entropy)(z32, onehot),
+        optax.sigmoid_binary_cross_entropy(z32, onehot).sum(-1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_array_equal(losses.softmax_cross_entropy(z32, labels), losses.log_likelihood(z32, labels))
+    np.testing.assert_array_equal(losses.sigmoid_cross_entropy(z32, labels), losses.cross_entropy(z32, labels))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_quadratic_takes_regression_targets_without_broadcasting(variant):
+    a = jnp.array([[1.0], [2.0], [4.0]])
+    y = jnp.array([0.0, 2.0, 1.0])
+    expected = 0.5 * (np.array([1.0, 2.0, 4.0]) - np.asarray(y)) ** 2
+    for outputs, targets in ((a, y), (a[:, 0], y), (a[:, 0], y[:, None]), (a, y[:, None])):
+        np.testing.assert_allclose(variant(losses.quadratic)(outputs, targets), expected, rtol=1e-6)
+    wide = jnp.ones((3, 2, 2))
+    np.testing.assert_allclose(variant(losses.quadratic)(wide, jnp.zeros((3, 2, 2))), [2.0, 2.0, 2.0])
+    with pytest.raises(jreg.JregError, match=r"must have shape \(3, 1\) to match the outputs \(3, 1\), got \(2,\)"):
+        losses.quadratic(a, y[:2])
+    with pytest.raises(jreg.JregTypeError, match=r"must be float values of the outputs' shape \(3,\)"):
+        losses.quadratic(a[:, 0], jnp.array([0, 1, 2]))

@@ -216,3 +216,21 @@ def test_a_non_finite_model_state_is_divergence():
     obj = jreg.objective(exploding, jreg.losses.softmax_cross_entropy)
     with pytest.raises(jreg.DivergenceError, match=r"epoch 1 of 1, step 3\b.*model state 'mean' became non-finite"):
         jreg.fit(obj, optax.sgd(0.1), params, toy(), epochs=1, batch_size=10, key=jax.random.key(0), model_state=state)
+
+
+def test_a_state_that_holds_an_infinity_on_purpose_is_not_divergence():
+    """Only a value that *becomes* non-finite counts: optax's reduce_on_plateau starts best_value at inf."""
+    params, state = init(jax.random.key(0))
+    state = {**state, "best": jnp.asarray(jnp.inf)}
+
+    def apply_with_best(params, x, *, state, train, key=None):
+        out, new = apply(params, x, state={"mean": state["mean"], "count": state["count"]}, train=train)
+        return out, {**new, "best": state["best"]}
+
+    obj = jreg.objective(apply_with_best, jreg.losses.softmax_cross_entropy)
+    keeps_inf = optax.GradientTransformation(  # an optimizer state holding inf on purpose, as reduce_on_plateau's
+        lambda params: {"best_value": jnp.asarray(jnp.inf)}, lambda updates, st, params=None: (updates, st)
+    )
+    opt = optax.chain(optax.sgd(0.1), keeps_inf)
+    p, s, hist = jreg.fit(obj, opt, params, toy(), epochs=2, batch_size=10, key=jax.random.key(0), model_state=state)
+    assert np.isinf(s["best"]) and len(hist) == 2

@@ -144,3 +144,31 @@ def test_a_run_that_stays_finite_never_trips_the_guard():
     obj, params, train = setup()
     _, history = jreg.fit(obj, optax.sgd(0.5), params, train, epochs=2, batch_size=10, key=jax.random.key(1))
     assert len(history) == 2 and "__finite__" not in history
+
+
+def test_an_optimizer_state_overflowing_while_the_params_stay_finite_is_divergence(tmp_path):
+    """Adam's second moment g^2 overflows to inf for |g| ~ 1e20; its update m / sqrt(inf) is 0: finite params."""
+
+    def steep(params, batch):
+        value = 1e20 * jnp.sum(params["w"]) + 0.0 * jnp.sum(batch[0])
+        return value, {"data": value}
+
+    params = {"w": jnp.ones((3, 2))}
+    with pytest.raises(jreg.DivergenceError) as info:
+        jreg.fit(
+            steep,
+            optax.adam(1e-3),
+            params,
+            (jnp.ones((8, 3)), jnp.zeros(8)),
+            epochs=2,
+            batch_size=4,
+            key=jax.random.key(0),
+            checkpoint=jreg.Checkpointing(tmp_path),
+        )
+    assert (
+        info.value.step == 0
+        and "the optimizer state" in info.value.quantity
+        and "became non-finite" in info.value.quantity
+    )
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(info.value.opt_state))
+    assert list(tmp_path.iterdir()) == []  # nothing non-finite was checkpointed

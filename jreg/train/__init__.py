@@ -33,12 +33,15 @@ from .evaluate import accuracy, total_cost
 from .fit import fit
 from .guard import DivergenceError
 from .history import History, SweepHistory
+from .monitor import EPOCH_LOSS, NETWORK2
 from .plan import NOISE_SALT, PARTIAL_BATCH
 from .state import TrainState
 from .step import make_step
 from .sweep import sweep
 
 _NOISE_SALT = NOISE_SALT  # the name older code used
+#: network2.py's four series and the running loss (more series come from metrics)
+MONITORS = (*NETWORK2, EPOCH_LOSS)
 
 __all__ = [
     "Checkpointing",
@@ -46,6 +49,8 @@ __all__ = [
     "DivergenceError",
     "Evaluation",
     "History",
+    "MONITORS",
+    "NOISE_SALT",
     "PARTIAL_BATCH",
     "SweepHistory",
     "TrainState",

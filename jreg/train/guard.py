@@ -1,8 +1,10 @@
 """The divergence guard: non-finite training is caught once per epoch, inside the compiled program.
 
-After each epoch the program checks, in one reduction, that the new params,
-optimizer state and model state and the guarded figures (costs and their
-parts, the epoch's running loss; not user metrics) are all finite. If not, it
+After each epoch the program checks, in one reduction, that the new params
+and the guarded figures (costs and their parts, the epoch's running loss; not
+user metrics) are all finite, and that no value of the optimizer state or the
+model state *became* non-finite (a state may hold an infinity on purpose, as
+optax's ``reduce_on_plateau`` starts its best value at ``inf``). If not, it
 returns the epoch's *input* state instead (per model in a sweep, where a
 model once diverged stays frozen). Only then, on the host and outside the hot
 path, :func:`locate` replays that epoch step by step with the same gradient
@@ -21,15 +23,12 @@ import numpy as np
 import optax
 
 from .._errors import JregError
-from .._tree import all_finite, inexact_leaves
+from .._tree import all_finite, inexact_leaves, none_became_non_finite
 from .._types import Batch, Metrics, ModelState, OptState, Params
 from .epoch import take
 from .plan import EpochPlan
 from .state import TrainState
 from .step import apply_fn, gradient_fn
-
-#: Series the guard checks: costs and the running loss (a NaN in a user's metric is recorded, not fatal).
-GUARDED_PREFIXES = ("training_", "evaluation_")
 
 
 class DivergenceError(JregError):
@@ -66,15 +65,22 @@ def check(old: TrainState, new: TrainState, figures: list[jax.Array], alive: jax
 
     ``alive`` (None for a single run) freezes a model for good once it diverged.
     """
-    ok = all_finite(new.params, new.opt_state, new.model_state, figures)
+    ok = all_finite(new.params, figures)
+    ok &= none_became_non_finite((old.opt_state, old.model_state), (new.opt_state, new.model_state))
     keep = ok if alive is None else ok & alive
     state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
     return state, ok, (None if alive is None else keep)
 
 
-def _first_bad(tree: Any) -> str | None:
-    bad = [path for path, leaf in inexact_leaves(tree) if not bool(jnp.all(jnp.isfinite(leaf)))]
-    return bad[0] if bad else None
+def _first_bad(tree: Any, before: Any = None) -> str | None:
+    """The path of the first leaf with a non-finite value (that was finite in ``before``, when given)."""
+    leaves = inexact_leaves(tree)
+    olds = [None] * len(leaves) if before is None else [leaf for _, leaf in inexact_leaves(before)]
+    for (path, leaf), old in zip(leaves, olds):
+        fresh = ~jnp.isfinite(leaf) if old is None else ~jnp.isfinite(leaf) & jnp.isfinite(old)
+        if bool(jnp.any(fresh)):
+            return path
+    return None
 
 
 def locate(
@@ -99,14 +105,16 @@ def locate(
         if bad is not None:
             return i, f"the gradient of {bad!r} became non-finite", state
         new = apply(state, grads, model_state)
-        for what, tree in (("the update made", new.params), ("the optimizer state", new.opt_state)):
-            bad = _first_bad(tree)
-            if bad is not None:
-                verb = f"{what} {bad!r} non-finite" if what.endswith("made") else f"{what} {bad!r} became non-finite"
-                return i, verb, state
-        bad = _first_bad(new.model_state)
+        bad = _first_bad(new.params)
         if bad is not None:
-            return i, f"the model state {bad!r} became non-finite", state
+            return i, f"the update made {bad!r} non-finite", state
+        for what, old, tree in (
+            ("optimizer state", state.opt_state, new.opt_state),
+            ("model state", state.model_state, new.model_state),
+        ):
+            bad = _first_bad(tree, old)
+            if bad is not None:
+                return i, f"the {what} {bad!r} became non-finite", state
         state = new
     return None
 
