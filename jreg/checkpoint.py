@@ -120,8 +120,8 @@ def _to_numpy(leaf: Any, where: str) -> tuple[np.ndarray, str]:
         arr = np.asarray(leaf)
     except Exception as exc:  # noqa: BLE001 - report which leaf
         raise JregTypeError(f"checkpoint: {where} is not an array ({type(leaf).__name__})") from exc
-    if arr.dtype == object:
-        raise JregTypeError(f"checkpoint: {where} is not a numeric array ({type(leaf).__name__})")
+    if arr.dtype.kind not in "biufcV":  # objects, strings, bytes: nothing jax.numpy could load back
+        raise JregTypeError(f"checkpoint: {where} is not a numeric array (dtype {arr.dtype}, {type(leaf).__name__})")
     name = str(arr.dtype)
     if arr.dtype.kind == "V":  # ml_dtypes (bfloat16, float8...): store the bits
         arr = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
@@ -205,7 +205,8 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: no such checkpoint") from exc
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise CheckpointError(f"{path}: not a jreg checkpoint, or truncated or corrupted ({exc})") from exc
+        why = "it holds pickled Python objects, which jreg never loads" if "allow_pickle" in str(exc) else str(exc)
+        raise CheckpointError(f"{path}: not a jreg checkpoint, or truncated or corrupted ({why})") from exc
     if "__header__" not in arrays:
         raise CheckpointError(f"{path}: not a jreg checkpoint (no jreg header)")
     try:
@@ -229,6 +230,8 @@ def _section(header: dict, arrays: dict, name: str, path: Path, target: Any) -> 
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {name} leaves are missing or corrupted ({exc})") from exc
     for leaf, e in zip(leaves, entries):
+        if leaf.dtype.kind not in "biufcV":
+            raise CheckpointError(f"{path}: {name} leaf {e['path']!r} is not numeric (dtype {leaf.dtype})")
         if list(leaf.shape) != e["shape"]:
             raise CheckpointError(f"{path}: {name} leaf {e['path']!r} has shape {leaf.shape}, header says {e['shape']}")
     if target is not None:

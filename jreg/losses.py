@@ -234,8 +234,9 @@ def weighted(loss: Any) -> Any:
     ``weighted(loss)(outputs, (y, w)) = w * loss(outputs, y)`` with ``w`` of shape
     ``(batch,)``, so the objective's mean over the batch is ``(1/n) sum_i w_i C_i``
     (sample weights; 0/1 weights mask examples out; normalize ``w`` yourself if
-    the weights should sum to ``n``). Use it with a batch that carries the
-    weights and a ``split``, e.g.
+    the weights should sum to ``n``). Metrics see ``(y, w)`` too; the default
+    accuracy and :func:`jreg.metrics.unweighted` take ``y`` out of the pair.
+    Use it with a batch that carries the weights and a ``split``, e.g.
     ``jreg.objective(apply, weighted(softmax_cross_entropy), split=lambda b: (b["x"], (b["y"], b["w"])))``.
     """
     if not callable(loss):
@@ -257,6 +258,7 @@ def weighted(loss: Any) -> Any:
             raise JregTypeError(f"weights must be real numbers, got dtype {w.dtype}")
         return w.astype(per_example.dtype) * per_example
 
+    weighted_loss.weighted_targets = True  # metrics then see the targets without the weights (jreg.metrics.unweighted)
     return weighted_loss
 
 

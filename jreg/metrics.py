@@ -18,7 +18,8 @@ What it returns sets how the evaluation batches combine (the *reduction*):
   not a mean (a median, an AUC) depends on the evaluation batch size.
 
 Wrap a function in :class:`Metric` to choose the reduction; a plain function
-means ``"mean"``. Built in: :func:`accuracy` (class labels or one-hot
+means ``"mean"``. With a weighted loss (targets ``(y, w)``, :func:`jreg.losses.weighted`),
+:func:`unweighted` gives a metric the plain targets ``y``. Built in: :func:`accuracy` (class labels or one-hot
 targets), :func:`top_k_accuracy`, :func:`mse`, :func:`mae`. There is no RMSE:
 the square root of a mean does not combine over batches; take the square
 root of the ``mse`` series.
@@ -76,6 +77,23 @@ def as_metrics(metrics: Any, what: str = "metrics") -> dict[str, Metric]:
             raise JregError(f"{what}: 'cost' is the objective's own series; give the metric another name")
         out[name] = fn if isinstance(fn, Metric) else Metric(fn)
     return out
+
+
+def unweighted(metric: Callable[..., Any]) -> Callable[..., Any]:
+    """``metric`` for targets given as ``(targets, weights)`` (:func:`jreg.losses.weighted`): it sees ``targets``.
+
+    Example: ``Evaluation(metrics={"mse": unweighted(mse)})`` with a weighted loss.
+    """
+    fn = metric.fn if isinstance(metric, Metric) else metric
+    if not callable(fn):
+        raise JregTypeError(f"metric must be a function metric(outputs, targets), got {metric!r}")
+
+    def on_targets(outputs: jax.Array, targets: Any) -> jax.Array:
+        if not (isinstance(targets, (tuple, list)) and len(targets) == 2):
+            raise JregTypeError(f"unweighted: targets must be a pair (targets, weights), got {type(targets).__name__}")
+        return fn(outputs, targets[0])
+
+    return Metric(on_targets, metric.reduction) if isinstance(metric, Metric) else on_targets
 
 
 def _per_example_mean(values: jax.Array) -> jax.Array:
@@ -137,4 +155,4 @@ def mae(outputs: jax.Array, targets: Any) -> jax.Array:
     return _per_example_mean(jnp.abs(outputs - y))
 
 
-__all__ = ["Metric", "accuracy", "as_metrics", "mae", "mse", "top_k_accuracy"]
+__all__ = ["Metric", "accuracy", "as_metrics", "mae", "mse", "top_k_accuracy", "unweighted"]

@@ -179,6 +179,13 @@ class Objective:
         """
         x, y = self.inputs_targets(batch)
         n = _batch_size(x)
+        if n == 0:
+            raise JregError("the batch is empty: it must hold at least one example")
+        if self.input_penalty and not hasattr(x, "shape"):
+            raise JregTypeError(
+                "input penalties differentiate with respect to the inputs, which must then be one array; "
+                f"got {type(x).__name__}"
+            )
         result, new_state = self.predict(
             params, x, key=key, state=state, train=train, intermediates=self.activity is not None
         )

@@ -95,11 +95,19 @@ def test_fit_and_sweep_take_a_dict_batch_with_two_inputs_and_weights():
     np.testing.assert_allclose(sh["evaluation_cost"][0], hist.evaluation_cost, rtol=2e-5)
 
 
-def test_no_accuracy_by_default_when_the_targets_are_not_classes():
+def test_accuracy_by_default_only_when_the_targets_are_classes():
     train = two_inputs(32)
-    _, hist = jreg.fit(
-        OBJ, optax.sgd(0.1), init(jax.random.key(0)), train, epochs=1, batch_size=8, key=jax.random.key(0)
+    kw = dict(epochs=1, batch_size=8, key=jax.random.key(0))
+    _, weighted = jreg.fit(OBJ, optax.sgd(0.1), init(jax.random.key(0)), train, **kw)
+    assert "training_accuracy" in weighted  # a weighted loss: accuracy on its plain labels
+
+    def loss(outputs, targets):  # targets as a dict: nothing says they are classes
+        return targets["weight"] * losses.softmax_cross_entropy(outputs, targets["label"])
+
+    as_dict = jreg.objective(
+        apply, loss, split=lambda b: ((b["a"], b["b"]), {"label": b["label"], "weight": b["weight"]})
     )
+    _, hist = jreg.fit(as_dict, optax.sgd(0.1), init(jax.random.key(0)), train, **kw)
     assert "training_accuracy" not in hist and "training_cost" in hist
 
 

@@ -231,3 +231,54 @@ def test_bad_network2_files(tmp_path, content, match):
     (tmp_path / "bad.json").write_text(content)
     with pytest.raises(CheckpointError, match=match):
         jreg.load_network2(tmp_path / "bad.json")
+
+
+def rewrite_header(path, change):
+    """Rewrite a checkpoint's JSON header in place (to forge files as an older jreg wrote them)."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    header = json.loads(arrays["__header__"].tobytes().decode())
+    change(header)
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_model_state_round_trip_and_files_written_before_model_state_existed(tmp_path, trained):
+    params, opt, state = trained
+    model_state = {"batch_stats": {"mean": jnp.arange(3.0), "var": jnp.ones(3)}, "count": jnp.int32(4)}
+    jreg.save(tmp_path / "s.npz", params, opt_state=state, model_state=model_state, step=3)
+    ck = jreg.load(tmp_path / "s.npz", params=params, opt_state=opt.init(params), model_state=model_state)
+    assert same(ck.model_state, model_state) and same(ck.params, params)
+    assert same(jreg.load(tmp_path / "s.npz").model_state, model_state)  # plain containers need no template
+    with pytest.raises(CheckpointError, match=r"model_state leaf 'count' is int32\[\] in the checkpoint but float32"):
+        jreg.load(tmp_path / "s.npz", model_state={**model_state, "count": jnp.float32(0)})
+    # a file from before model state existed: no "model_state" in its header
+    jreg.save(tmp_path / "old.npz", params, opt_state=state, step=3)
+    rewrite_header(tmp_path / "old.npz", lambda h: h.pop("model_state"))
+    old = jreg.load(tmp_path / "old.npz", params=params, opt_state=opt.init(params))
+    assert old.model_state is None and same(old.params, params)
+    with pytest.raises(CheckpointError, match="holds no model state"):
+        jreg.load(tmp_path / "old.npz", model_state=model_state)
+
+
+def test_fit_resumes_from_a_checkpoint_written_before_the_engine(tmp_path):
+    """Checkpoints of the previous format (no model_state, no history epochs, no global step) still resume."""
+    model = jreg.mlp([6, 4, 3])
+    obj = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(0.01))
+    x = jax.random.uniform(jax.random.key(0), (30, 6))
+    data = (x, jnp.argmax(x[:, :3], axis=1))
+    params, opt = model.init(jax.random.key(1)), optax.adam(1e-2)
+    kw = dict(batch_size=8, key=jax.random.key(2))
+    straight, hs = jreg.fit(obj, opt, params, data, epochs=4, **kw)
+    jreg.fit(obj, opt, params, data, epochs=2, checkpoint=jreg.Checkpointing(tmp_path), **kw)
+
+    def as_before(header):
+        header.pop("model_state")
+        for key in ("history_epochs", "global_step"):
+            header["meta"].pop(key)
+
+    rewrite_header(tmp_path / "ckpt-000002.npz", as_before)
+    resumed, hr = jreg.fit(obj, opt, params, data, epochs=4, resume=tmp_path, **kw)
+    assert same(straight, resumed) and hs.to_dict() == hr.to_dict()

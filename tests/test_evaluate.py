@@ -152,7 +152,7 @@ def test_monitor_and_metric_errors():
         x, _ = toy()
         regression = jreg.objective(MODEL.apply, jreg.losses.quadratic)
         jreg.fit(regression, optax.sgd(0.1), PARAMS, (x, jnp.zeros((40, 3))), monitor=("training_accuracy",), **kw)
-    with pytest.raises(jreg.JregError, match=r"metric 'bad' must return one value per example, shape \(10,\)"):
+    with pytest.raises(jreg.JregError, match=r"^train: metric 'bad' must return one value per example, shape \(40,\)"):
         jreg.fit(
             FULL_OBJ,
             optax.sgd(0.1),

@@ -5,6 +5,7 @@ Regularization lives in the objective, never here: any optax
 regularized objective. Layout (each module imports only those above it)::
 
     state         TrainState: params, optimizer state, model state, step, lr scale
+    inputs        data checks and sizes (any pytree of arrays sharing the example axis)
     plan          EpochPlan: shuffle, mini-batches, the partial-batch rule, per-step keys
     calls         how any objective is called (stateless, stateful, jreg.Objective)
     step          gradient_fn, apply_fn, make_update, make_step

@@ -17,7 +17,7 @@ signature.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -98,9 +98,13 @@ def check_state_roundtrip(before: Any, after: Any, name: str = "model_state") ->
 
 def _unpack(out: Any, stateful: bool) -> tuple[Any, Any, Any]:
     size = 3 if stateful else 2
+    want = "(total, parts, new_state)" if stateful else "(total, parts)"
     if not (isinstance(out, tuple) and len(out) == size):
-        want = "(total, parts, new_state)" if stateful else "(total, parts)"
         raise JregError(f"the objective must return {want}, got {type(out).__name__}")
+    if not isinstance(out[1], Mapping) or not all(isinstance(k, str) for k in out[1]):
+        raise JregTypeError(f"the objective must return {want} with parts a dict of named values, got {out[1]!r}")
+    if jnp.ndim(out[0]) != 0:
+        raise JregError(f"the objective's total must be a scalar, got shape {jnp.shape(out[0])}")
     return out if stateful else (*out, None)
 
 

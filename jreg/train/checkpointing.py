@@ -102,11 +102,20 @@ def save_best(folder: Path, params: Params, model_state: ModelState, epoch: int,
     ckpt.save(best_path(folder), params, model_state=model_state, step=epoch, key=key, meta={"best": True})
 
 
-def load_best(where: Path | None, params: Params, model_state: ModelState) -> tuple[Params, ModelState]:
+def load_best(
+    where: Path | None, params: Params, model_state: ModelState, best_epoch: int
+) -> tuple[Params, ModelState]:
+    """The best params (and model state) of epoch ``best_epoch`` (1-based) from ``best.npz`` beside the checkpoints."""
     path = None if where is None else best_path(where)
     if path is None or not path.exists():
         raise JregError(
             f"resume: restore_best needs the best params, saved as best.npz beside the checkpoints; none in {where}"
         )
     loaded = ckpt.load(path, params=params, model_state=model_state)
+    if loaded.step != best_epoch:
+        raise JregError(
+            f"resume: {path} holds the best params of epoch {loaded.step}, but the checkpoint resumed from records "
+            f"its best at epoch {best_epoch} (best.npz was overwritten by a later part of the run); resume from the "
+            "newest checkpoint, or without restore_best"
+        )
     return loaded.params, loaded.model_state

@@ -32,8 +32,11 @@ def check(early_stopping: Any, wanted: frozenset[str]) -> EarlyStopping | None:
 class Stopper:
     """Early stopping's state across epochs, as two hooks: :meth:`annotate` (before recording) and :meth:`decide`."""
 
-    def __init__(self, rule: EarlyStopping, state: dict[str, Any], folder: Path | None, key: Any, verbose: bool):
+    def __init__(
+        self, rule: EarlyStopping, state: dict[str, Any], folder: Path | None, key: Any, verbose: bool, every: int = 1
+    ):
         self.rule, self.state, self.folder, self.key, self.verbose = rule, state, folder, key, verbose
+        self.every = every  # epochs between measurements (Evaluation.every): patience counts measurements
         self.best: tuple[Any, Any] | None = None  # (params, model_state) of the best epoch, when restore_best
 
     @property
@@ -65,6 +68,9 @@ class Stopper:
         if rule.monitor not in run.values:  # not measured this epoch (Evaluation.every > 1)
             return
         self.state, event = rule.update(self.state, run.epoch, run.values[rule.monitor])
+        if event == "stop" and self.every > 1:  # the rule counted measurements, not epochs: say so
+            unit = f"{rule.patience} measurements (every {self.every} epochs)"
+            self.state["stopped"] = self.state["stopped"].replace(f"{rule.patience} epochs", unit)
         if event == "improved" and rule.restore_best:
             self.best = jax.device_get((run.state.params, run.state.model_state))
             if self.folder is not None:
@@ -93,4 +99,4 @@ class Stopper:
     def restore(self, where: Path | None, params: Any, model_state: Any) -> None:
         """On resume with ``restore_best``: the best params so far, from ``best.npz``."""
         if self.rule.restore_best and self.state["best_epoch"] is not None:
-            self.best = checkpointing.load_best(where, params, model_state)
+            self.best = checkpointing.load_best(where, params, model_state, self.state["best_epoch"] + 1)

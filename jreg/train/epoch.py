@@ -10,14 +10,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._checks import check_optimizer, check_positive_int
-from .._errors import JregError
-from .._tree import leading_size
+from .._checks import check_key, check_optimizer, check_positive_int
 from .._types import Batch, Metrics
 from . import calls
+from .inputs import data_size
 from .plan import EpochPlan, check_partial_batch, make_plan
 from .state import TrainState
-from .step import Update, _check_state_given, make_update
+from .step import Update, _check_state_given, check_step_args, make_update
 
 
 def take(data: Batch, idx: jax.Array, sharding: Any = None) -> Batch:
@@ -63,17 +62,6 @@ def run_epoch(
         stacked = {k: jnp.append(v, last[k][None]) for k, v in (stacked or {}).items()}
         weights = jnp.append(weights, jnp.float32(plan.rest))
     return state, _mean_metrics(stacked, weights)
-
-
-def data_size(data: Any, name: str = "train") -> int:
-    """The shared leading size of the data's leaves (a clear error if they disagree)."""
-    if not jax.tree.leaves(data):
-        raise JregError(f"{name} holds no arrays")
-    n = leading_size(data)
-    if n is None:
-        shapes = [tuple(getattr(a, "shape", ())) for a in jax.tree.leaves(data)]
-        raise JregError(f"{name}: every array must have the same leading (example) axis, got shapes {shapes}")
-    return n
 
 
 def make_epoch(
@@ -140,6 +128,7 @@ def make_epoch(
 
     @functools.wraps(epoch)
     def checked(params, opt_state, train, key, step=None, *, model_state=None):
+        check_step_args(opt_state, check_key(key), step)
         return jitted(params, opt_state, train, key, step, model_state=calls.as_model_state(model_state))
 
     return checked

@@ -28,13 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _signature
-from .._errors import JregError
+from .._checks import check_positive_int
+from .._errors import JregError, JregTypeError
 from .._types import Batch, Metrics, ModelState, Params
-from ..losses import labels_of
 from ..metrics import Metric, as_metrics
+from ..metrics import accuracy as metric_accuracy
 from ..objective import Objective, _check_batch, combine
 from . import calls
-from .epoch import data_size
+from .inputs import check_data, data_size
 
 #: The automatic evaluation batch holds at most about this many bytes of intermediate values.
 MEMORY_BUDGET = 64 * 2**20
@@ -44,7 +45,16 @@ Chunk = Callable[[Params, ModelState, Batch, Any], dict[str, tuple[jax.Array, st
 
 
 def _metric_value(name: str, metric: Metric, outputs: Any, targets: Any, batch: Batch, n: int) -> tuple[Any, str]:
-    values = _signature.call(metric.fn, outputs, targets, batch=batch)
+    try:
+        values = _signature.call(metric.fn, outputs, targets, batch=batch)
+    except JregError as exc:
+        raise type(exc)(f"metric {name!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a user's metric failing: say which one
+        raise JregError(f"metric {name!r} fails on outputs {jnp.shape(outputs)}: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(values, "dtype") and not isinstance(values, (int, float)):
+        raise JregTypeError(f"metric {name!r} must return an array, got {type(values).__name__}")
+    if not (jnp.issubdtype(jnp.result_type(values), jnp.number) or jnp.result_type(values) == jnp.bool_):
+        raise JregTypeError(f"metric {name!r} must return numbers, got dtype {jnp.result_type(values)}")
     shape = jnp.shape(values)
     if shape == (n,):
         reduced = jnp.mean(values) if metric.reduction == "mean" else jnp.sum(values)
@@ -207,14 +217,25 @@ def evaluate(
     return out
 
 
-def accuracy(apply: Callable[..., Any], params: Params, data: tuple[Any, Any]) -> jax.Array:
-    """Fraction of examples whose largest output is the true class.
+def accuracy(
+    apply: Callable[..., Any], params: Params, data: tuple[Any, Any], *, model_state: ModelState = None
+) -> jax.Array:
+    """Fraction of examples whose largest output is the true class, in evaluation mode.
 
     ``data = (x, y)`` with integer labels ``y (N,)`` or one-hot targets ``(N, classes)``.
+    A stateful model's ``apply`` (one with a ``state`` parameter) needs
+    ``model_state=``; it is called with ``train=False``.
     """
+    if not callable(apply):
+        raise JregTypeError(f"apply must be callable apply(params, x), got {apply!r}")
     x, y = _check_batch(data, "data")
-    outputs = apply(params, x)
-    return jnp.mean(jnp.argmax(outputs, axis=-1) == labels_of(y))
+    if _signature.accepts(apply, "state"):
+        if model_state is None:
+            raise JregError("this apply takes state=: pass the model's state as model_state=")
+        outputs = _signature.call(apply, params, x, state=model_state, train=False)[0]
+    else:
+        outputs = apply(params, x)
+    return jnp.mean(metric_accuracy(outputs, y))
 
 
 def total_cost(
@@ -233,6 +254,9 @@ def total_cost(
     ``batch_size`` evaluates in batches of that many examples (bounded memory;
     the same figure up to float rounding), default all at once.
     """
+    calls.check_objective(objective)
+    data = check_data(data, "data")
     if batch_size is None:
         return calls.call(objective, params, model_state, data, step=step, train=False)[0]
+    batch_size = check_positive_int(batch_size, "batch_size")
     return evaluate(objective, params, model_state, data, cost=True, batch_size=batch_size, step=step)["cost"]

@@ -18,7 +18,7 @@ from . import early_stopping as stopping_hooks
 from .config import Checkpointing, DataParallel, Evaluation
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
-from .setup import Setup, prepare
+from .setup import Setup, check_checkpointing, prepare
 from .state import TrainState, copy
 from .validate import check_loop_args
 
@@ -135,8 +135,11 @@ def fit(
         key=key,
         partial_batch=partial_batch,
         monitor=monitor,
+        optimizer=optimizer,
     )
     rule = stopping_hooks.check(early_stopping, setup.monitor.wanted)
+    if checkpoint is not None:
+        check_checkpointing(checkpoint, setup.model_state)
     state = TrainState.create(optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state))
     state, start, history, stopper = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose)
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
@@ -175,7 +178,9 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
     if rule is None:
         return state, start, history, None
     folder = None if checkpoint is None else checkpoint.folder
-    stopper = stopping_hooks.Stopper.resumed(rule, saved, start, resume, folder=folder, key=key, verbose=verbose)
+    stopper = stopping_hooks.Stopper.resumed(
+        rule, saved, start, resume, folder=folder, key=key, verbose=verbose, every=setup.schedule.every
+    )
     if resume is not None:
         stopper.restore(checkpointing.latest(Path(resume)).parent, state.params, state.model_state)
     return state._replace(lr_scale=stopper.lr_scale()), start, history, stopper

@@ -82,10 +82,12 @@ class SweepHistory(History):
     """Per-epoch series from :func:`jreg.sweep`: ``history[name]`` is an array ``(models, measurements)``.
 
     ``history.run(i)`` is model ``i``'s own :class:`History`. A model whose
-    training became non-finite is frozen at its last finite params while the
-    others go on: ``history.diverged[i]`` says where (``{"epoch": e, "step":
-    s or None, "quantity": ...}``, epoch and step 1-based), and its series
-    hold NaN from that epoch on.
+    training became non-finite is frozen at its last finite state (the one
+    before the step that went bad, as :class:`jreg.DivergenceError` holds it
+    for ``fit``) while the others go on: ``history.diverged[i]`` says where
+    (``{"epoch": e, "step": s or None, "quantity": ...}``; epoch and step are
+    1-based, as in the messages, where ``DivergenceError.epoch``/``.step`` are
+    0-based), and its series hold NaN from that epoch on.
     """
 
     diverged: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)

@@ -41,9 +41,20 @@ def place(parallel: DataParallel, batch_size: int, state: TrainState, fresh_opt_
     if parallel.param_specs is None:
         shardings = jax.tree.map(lambda _: replicated, state.params)
     else:
-        specs = jax.tree.broadcast(parallel.param_specs, state.params, is_leaf=lambda s: isinstance(s, PartitionSpec))
-        shardings = jax.tree.map(lambda _, spec: NamedSharding(mesh, spec), state.params, specs)
-    params = jax.tree.map(_put, state.params, shardings)
+        try:
+            specs = jax.tree.broadcast(
+                parallel.param_specs, state.params, is_leaf=lambda s: isinstance(s, PartitionSpec)
+            )
+            shardings = jax.tree.map(lambda _, spec: NamedSharding(mesh, spec), state.params, specs)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise JregError(
+                "param_specs must be PartitionSpecs over the mesh's axes, in a pytree matching params or a prefix "
+                f"of it (e.g. [{{'w': P(None, 'model'), 'b': P('model')}}, P()]); got {parallel.param_specs!r} ({exc})"
+            ) from exc
+    try:
+        params = jax.tree.map(_put, state.params, shardings)
+    except ValueError as exc:  # e.g. a dimension that the mesh axis does not divide
+        raise JregError(f"param_specs do not fit the params on this mesh: {exc}") from exc
     if fresh_opt_state is not None:
         opt_state = jax.jit(fresh_opt_state)(params)  # follows the params' layout
     else:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .._errors import JregError
 from .._types import Batch, Metrics, ModelState, Params
-from ..metrics import Metric
+from ..metrics import Metric, unweighted
 from ..metrics import accuracy as accuracy_metric
 from ..objective import Objective
 from .evaluate import MEMORY_BUDGET, evaluate
@@ -87,8 +87,16 @@ class Monitor:
         return [n for n in names if n in values]
 
 
+def weighted_targets(objective: Any) -> bool:
+    """Whether the objective's targets are ``(targets, weights)`` pairs (a :func:`jreg.losses.weighted` loss)."""
+    return isinstance(objective, Objective) and getattr(objective.loss, "weighted_targets", False) is True
+
+
 def default_metrics(objective: Any, classes: bool) -> dict[str, Metric]:
-    return {"accuracy": Metric(accuracy_metric)} if isinstance(objective, Objective) and classes else {}
+    """Accuracy for classification (on the plain targets of a weighted loss); nothing otherwise."""
+    if not (isinstance(objective, Objective) and classes):
+        return {}
+    return {"accuracy": Metric(unweighted(accuracy_metric) if weighted_targets(objective) else accuracy_metric)}
 
 
 def make_monitor(

@@ -8,14 +8,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
+from .._checks import check_finite, is_concrete
 from .._errors import JregError, JregTypeError
-from .._tree import path_str
+from .._tree import inexact_leaves, path_str
 from .._types import Batch, ModelState, Params
 from ..metrics import as_metrics
 from . import calls, validate
 from .config import Evaluation, as_evaluation
-from .epoch import data_size
+from .inputs import check_data, data_size
 from .monitor import Monitor, default_metrics, make_monitor
 from .plan import EpochPlan, check_partial_batch, make_plan
 from .state import TrainState
@@ -47,6 +50,7 @@ def check_params(params: Params, name: str = "params") -> None:
             raise JregTypeError(
                 f"{name}: leaf {where!r} must be floating point to be trained, got {leaf.dtype}{list(leaf.shape)}"
             )
+        check_finite(leaf, f"{name}: leaf {where!r}")
 
 
 def check_model_state(objective: Callable[..., Any], model_state: ModelState) -> ModelState:
@@ -59,7 +63,28 @@ def check_model_state(objective: Callable[..., Any], model_state: ModelState) ->
         )
     if not stateful and model_state is not None:
         raise JregError("model_state was given, but the objective carries no state (its apply takes no state=)")
-    return calls.as_model_state(model_state)
+    model_state = calls.as_model_state(model_state)
+    for where, leaf in inexact_leaves(model_state):  # an infinity may be meant (a running best), a NaN is not
+        if is_concrete(leaf) and bool(jnp.any(jnp.isnan(leaf))):
+            raise JregError(f"model_state: leaf {where!r} holds NaN")
+    return model_state
+
+
+def check_checkpointing(checkpoint: Any, model_state: ModelState) -> None:
+    """Before any training: the checkpoint folder can be made, and everything in the state can be saved."""
+    folder = checkpoint.folder
+    if folder.exists() and not folder.is_dir():
+        raise JregError(f"checkpoint: {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JregError(f"checkpoint: cannot make the folder {folder} ({exc.strerror or exc})") from exc
+    for path, leaf in jax.tree_util.tree_flatten_with_path(model_state)[0]:
+        if jnp.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+            raise JregTypeError(
+                f"model_state: leaf {path_str(path)!r} is a PRNG key, which checkpoints cannot store inside a tree; "
+                "keep the key out of the state (fit gives each step a key) or train without checkpoints"
+            )
 
 
 def prepare(
@@ -73,24 +98,28 @@ def prepare(
     key: Any,
     partial_batch: str,
     monitor: Iterable[str] | str | None,
+    optimizer: optax.GradientTransformation | None = None,
 ) -> Setup:
     """Check the data and the objective on it (real shapes, ``train`` or ``evaluation`` named); pick the series."""
     check_partial_batch(partial_batch)
     schedule = as_evaluation(evaluation)
     check_params(params)
     model_state = check_model_state(objective, model_state)
-    train = validate.check_data(train, "train")
-    held_out = None if schedule.data is None else validate.check_data(schedule.data, "evaluation")
+    train = check_data(train, "train")
+    held_out = None if schedule.data is None else check_data(schedule.data, "evaluation")
     plan = make_plan(data_size(train), batch_size, partial_batch)
     probe_state = TrainState(params, None, model_state, jnp.asarray(0, jnp.int32))
-    outputs = validate.probe(objective, probe_state, train, "train", key)
+    seen = validate.probe(objective, probe_state, train, "train", key)
     targets = validate.targets_of(objective, train)
-    validate.check_labels(targets, outputs, "train")
+    validate.check_labels(targets, seen.outputs, "train")
     if held_out is not None:
-        eval_outputs = validate.probe(objective, probe_state, held_out, "evaluation", key)
-        validate.check_labels(validate.targets_of(objective, held_out), eval_outputs, "evaluation")
-    classes = validate.are_classes(targets, outputs)
+        held_out_seen = validate.probe(objective, probe_state, held_out, "evaluation", key)
+        validate.check_labels(validate.targets_of(objective, held_out), held_out_seen.outputs, "evaluation")
+    if optimizer is not None:
+        validate.probe_update(objective, optimizer, probe_state, train, plan.batch_size, key)
+    classes = validate.are_classes(targets, seen.outputs)
     metrics = default_metrics(objective, classes) if schedule.metrics is None else as_metrics(schedule.metrics)
+    validate.check_metric_names(metrics, seen.parts)
     chosen = make_monitor(
         monitor,
         objective,
@@ -100,4 +129,8 @@ def prepare(
         batch_size=schedule.batch_size,
         smallest=plan.batch_size,
     )
+    for name, side, data in (("train", "training", train), ("evaluation", "evaluation", held_out)):
+        if data is not None:
+            _, wanted = chosen.on(side)
+            validate.probe_metrics(objective, wanted, probe_state, data, name)
     return Setup(train, held_out, model_state, plan, chosen, schedule)

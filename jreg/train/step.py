@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
-from .._checks import check_optimizer
-from .._errors import JregError
+from .._checks import check_key, check_optimizer
+from .._errors import JregError, JregTypeError
 from .._types import Batch, Metrics, ModelState, OptState, Params
 from . import calls
 from .state import TrainState
@@ -126,9 +128,25 @@ def make_step(
 
     @functools.wraps(step)
     def checked(params, opt_state, batch, key=None, step=None, *, model_state=None):
+        check_step_args(opt_state, key, step)
         return jitted(params, opt_state, batch, key, step, model_state=calls.as_model_state(model_state))
 
     return checked
+
+
+def check_step_args(opt_state: Any, key: Any, step: Any) -> None:
+    """The arguments beside params and batch that a step or an epoch takes: clear errors before tracing."""
+    if opt_state is None:
+        raise JregTypeError("opt_state must be the optimizer's state, e.g. optimizer.init(params); got None")
+    if key is not None:
+        check_key(key)
+    if step is not None:
+        if isinstance(step, bool) or not (
+            isinstance(step, (int, np.integer)) or (hasattr(step, "dtype") and jnp.issubdtype(step.dtype, jnp.integer))
+        ):
+            raise JregTypeError(f"step must be the global step count (an integer), got {step!r}")
+        if jnp.ndim(step) != 0:
+            raise JregError(f"step must be a scalar, got shape {jnp.shape(step)}")
 
 
 def _check_state_given(stateful: bool, model_state: Any) -> None:

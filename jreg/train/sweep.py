@@ -32,7 +32,10 @@ def check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:
         )
     out, sizes = {}, set()
     for name, values in hparams.items():
-        arr = np.asarray(values)
+        try:
+            arr = np.asarray(values)
+        except (ValueError, TypeError) as exc:  # ragged or otherwise not an array
+            raise JregError(f"hparams[{name!r}] must be a 1-D array of numbers, one per model ({exc})") from exc
         if arr.ndim != 1 or arr.size == 0:
             raise JregError(f"hparams[{name!r}] must be a non-empty 1-D array (one value per model), got {arr.shape}")
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
@@ -53,8 +56,27 @@ def check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:
 
 
 def _built(build: Build, hp: dict[str, jax.Array], models: int) -> list[tuple[Callable[..., Any], Any]]:
-    """Build each model once with concrete values: validation runs, and the types are checked."""
-    built = [build({k: v[i] for k, v in hp.items()}) for i in range(models)]
+    """Build each model once with concrete values (validation runs, the types are checked), then once traced."""
+    built = []
+    for i in range(models):
+        values = {k: v[i] for k, v in hp.items()}
+        try:
+            built.append(build(values))
+        except JregError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's build failing: say for which model
+            shown = ", ".join(f"{k!r}: {float(v):g}" for k, v in values.items())
+            raise JregError(f"build(hp) fails for model {i}, hp = {{{shown}}}: {type(exc).__name__}: {exc}") from exc
+    try:  # under the sweep the hyperparameters are traced: float(hp["eta"]) and friends fail there
+        jax.make_jaxpr(lambda h: (build(h), jnp.zeros(()))[1])({k: v[0] for k, v in hp.items()})
+    except JregError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise JregError(
+            "build(hp) must work with traced hyperparameters (the sweep traces them so that one program serves "
+            "every value): pass hp[...] to penalties and optax as it is, do not convert it with float() or int(); "
+            f"it fails with {type(exc).__name__}: {exc}"
+        ) from exc
     for i, pair in enumerate(built):
         if not (isinstance(pair, tuple) and len(pair) == 2) or isinstance(pair, optax.GradientTransformation):
             raise JregTypeError(f"build must return (objective, optimizer), got {type(pair).__name__} for model {i}")
@@ -90,6 +112,7 @@ def sweep(
     partial_batch: str = "include",
     verbose: bool = False,
     callback: Callable[..., None] | None = None,
+    **unknown: Any,
 ) -> tuple[Params, SweepHistory] | tuple[Params, ModelState, SweepHistory]:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
 
@@ -135,6 +158,8 @@ def sweep(
         likewise, when given), and a :class:`SweepHistory` whose series have
         shape ``(K, measurements)``.
     """
+    if unknown:
+        raise JregTypeError(f"sweep() got unexpected keyword argument(s) {sorted(unknown)}")
     if not callable(build):
         raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
     if vectorize not in VECTORIZE:
@@ -157,6 +182,7 @@ def sweep(
         key=key,
         partial_batch=partial_batch,
         monitor=monitor,
+        optimizer=built[0][1],
     )
 
     @jax.jit
@@ -207,6 +233,8 @@ def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: 
                 "step": None if step is None else step + 1,
                 "quantity": quantity,
             }
+            if found is not None:  # frozen at the last finite state, as fit's DivergenceError holds it
+                run.state = jax.tree.map(lambda a, b, i=i: a.at[i].set(b), run.state, found[2])
         dead = sorted(history.diverged)
         if dead:
             run.values = {k: _blank(v, dead) for k, v in run.values.items()}

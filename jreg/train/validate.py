@@ -9,21 +9,23 @@ came; shape errors are found by tracing the objective abstractly
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_finite, check_key, check_positive_int
+from .._checks import check_key, check_positive_int
 from .._errors import JregError, JregTypeError
-from .._tree import path_str
 from .._types import Batch
+from ..metrics import Metric
 from ..objective import Objective
 from . import calls
+from .evaluate import make_chunk
+from .inputs import leaf_labels
 from .state import TrainState
+from .step import make_update
 
 
 def check_loop_args(epochs: Any, batch_size: Any, key: Any, callback: Any) -> tuple[int, int]:
@@ -35,53 +37,8 @@ def check_loop_args(epochs: Any, batch_size: Any, key: Any, callback: Any) -> tu
     return epochs, batch_size
 
 
-def _labels(data: Any) -> list[str]:
-    flat = jax.tree_util.tree_flatten_with_path(data)[0]
-    if isinstance(data, (tuple, list)) and len(data) == 2 and len(flat) == 2:
-        return ["x", "y"]
-    return [path_str(p) or "data" for p, _ in flat]
-
-
-def check_data(data: Any, name: str) -> Batch:
-    """``data`` as device arrays after checking it: arrays sharing a non-empty leading axis, finite floats."""
-    if data is None:
-        raise JregTypeError(f"{name} must be data: a pair (x, y) or a pytree of arrays, got None")
-    leaves, treedef = jax.tree.flatten(data)
-    if not leaves:
-        raise JregError(f"{name} holds no arrays")
-    labels = _labels(data)
-    for label, leaf in zip(labels, leaves):
-        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-            raise JregTypeError(f"{name}: {label} must be an array, got {type(leaf).__name__}")
-        if len(leaf.shape) == 0:
-            raise JregError(f"{name}: {label} must have a leading batch axis, got a scalar")
-        if not (np.issubdtype(leaf.dtype, np.number) or leaf.dtype == bool) or np.issubdtype(
-            leaf.dtype, np.complexfloating
-        ):
-            raise JregTypeError(f"{name}: {label} must hold real numbers, got dtype {leaf.dtype}")
-    sizes = [leaf.shape[0] for leaf in leaves]
-    if len(set(sizes)) > 1:
-        if labels == ["x", "y"]:
-            x, y = leaves
-            raise JregError(
-                f"{name}: x and y must hold the same number of examples, got x {tuple(x.shape)} and y {tuple(y.shape)}"
-            )
-        shapes = {label: tuple(leaf.shape) for label, leaf in zip(labels, leaves)}
-        raise JregError(f"{name}: every array must have the same leading (example) axis, got {shapes}")
-    if sizes[0] == 0:
-        raise JregError(f"{name} is empty: it must hold at least one example")
-    # check what training will see: a float64 value beyond float32's range becomes inf in the cast
-    with np.errstate(over="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        leaves = [jnp.asarray(leaf) for leaf in leaves]
-    for label, leaf in zip(labels, leaves):
-        if jnp.issubdtype(leaf.dtype, jnp.floating):
-            check_finite(leaf, f"{name}: {label}")
-    return jax.tree.unflatten(treedef, leaves)
-
-
 def _shapes(data: Any) -> str:
-    return ", ".join(f"{label} {tuple(leaf.shape)}" for label, leaf in zip(_labels(data), jax.tree.leaves(data)))
+    return ", ".join(f"{label} {tuple(leaf.shape)}" for label, leaf in zip(leaf_labels(data), jax.tree.leaves(data)))
 
 
 def _named(exc: Exception, name: str, data: Any) -> JregError:
@@ -96,19 +53,24 @@ def _named(exc: Exception, name: str, data: Any) -> JregError:
     return JregError(f"{name}: the objective fails on data of shapes {_shapes(data)}: {type(exc).__name__}: {message}")
 
 
-def probe(
-    objective: Callable[..., Any], state: TrainState, data: Batch, name: str, key: Any
-) -> jax.ShapeDtypeStruct | None:
-    """Trace the objective on the data's full shapes, in training and evaluation mode; the outputs' shape.
+class Probe(NamedTuple):
+    """What tracing the objective on a data set's shapes tells: the model's outputs and the cost's parts."""
 
-    Nothing is computed (``jax.eval_shape``). Returns the model's outputs (for a
-    :class:`jreg.Objective`) as a shape, else None.
+    outputs: jax.ShapeDtypeStruct | None  # None for a plain objective (no apply to call)
+    parts: tuple[str, ...]
+
+
+def probe(objective: Callable[..., Any], state: TrainState, data: Batch, name: str, key: Any) -> Probe:
+    """Trace the objective on the data's full shapes, in training and evaluation mode.
+
+    Nothing is computed (``jax.eval_shape``); any failure becomes a jreg error
+    naming the data (``train`` or ``evaluation``) and quoting its shapes.
     """
     keyed = calls.takes_key(objective)
     try:
         if isinstance(objective, Objective):
             objective.inputs_targets(data, name)
-        _, _, new_state = jax.eval_shape(
+        _, parts, new_state = jax.eval_shape(
             lambda s, b, k: calls.call(objective, s.params, s.model_state, b, key=k, step=s.step, train=True),
             state,
             data,
@@ -119,23 +81,73 @@ def probe(
         jax.eval_shape(
             lambda s, b: calls.call(objective, s.params, s.model_state, b, step=s.step, train=False), state, data
         )
-        if not isinstance(objective, Objective):
-            return None
-        outputs = jax.eval_shape(
-            lambda s, b: objective.predict(s.params, objective.inputs_targets(b)[0], state=s.model_state, train=False)[
-                0
-            ],
-            state,
-            data,
+        outputs = None
+        if isinstance(objective, Objective):
+            outputs = jax.eval_shape(lambda s, b: _outputs(objective, s, b), state, data)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a jreg error naming the data
+        raise _named(exc, name, data) from exc
+    return Probe(outputs if isinstance(outputs, jax.ShapeDtypeStruct) else None, tuple(parts))
+
+
+def _outputs(objective: Objective, state: TrainState, batch: Batch) -> Any:
+    inputs, _ = objective.inputs_targets(batch)
+    return objective.predict(state.params, inputs, state=state.model_state, train=False)[0]
+
+
+def probe_metrics(
+    objective: Callable[..., Any], metrics: dict[str, Metric], state: TrainState, data: Batch, name: str
+) -> None:
+    """Trace every metric on the data's full shapes (nothing computed): a bad metric fails now, named."""
+    if not metrics:
+        return
+    chunk = make_chunk(objective, cost=False, metrics=metrics)
+    try:
+        jax.eval_shape(
+            lambda s, b: {k: v for k, (v, _) in chunk(s.params, s.model_state, b, s.step).items()}, state, data
         )
     except Exception as exc:  # noqa: BLE001 - every failure becomes a jreg error naming the data
         raise _named(exc, name, data) from exc
-    return outputs if isinstance(outputs, jax.ShapeDtypeStruct) else None
+
+
+def probe_update(
+    objective: Callable[..., Any], optimizer: Any, state: TrainState, data: Batch, batch_size: int, key: Any
+) -> None:
+    """Trace one training step on a mini-batch's shapes (nothing computed): the optimizer fails now, named."""
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype), data)
+    update = make_update(objective, optimizer, with_metrics=False)
+
+    def one_step(s, b, k):
+        return update(TrainState(s.params, optimizer.init(s.params), s.model_state, s.step), b, k)[0]
+
+    try:
+        jax.eval_shape(one_step, state, batch, key if calls.takes_key(objective) else None)
+    except JregError as exc:
+        raise _named(exc, "train", data) from exc
+    except Exception as exc:  # noqa: BLE001 - an optimizer that cannot update these params
+        raise JregError(
+            f"optimizer: one training step fails on these params: {type(exc).__name__}: {exc} (jreg calls "
+            "optimizer.update(grads, opt_state, params); transformations that need more arguments, such as "
+            "reduce_on_plateau's value=, are not supported)"
+        ) from exc
+
+
+def check_metric_names(metrics: dict[str, Metric], parts: tuple[str, ...]) -> None:
+    """A metric may not take the name of one of the cost's parts (its series would replace that part's)."""
+    taken = sorted(set(metrics) & set(parts))
+    if taken:
+        raise JregError(
+            f"metric name(s) {taken} are taken by the objective's parts (series training_{taken[0]}...); "
+            f"the parts are {list(parts)}: give the metric another name"
+        )
 
 
 def targets_of(objective: Callable[..., Any], data: Batch) -> Any:
-    """The concrete targets of a data set (what the loss and the metrics see), or None for a plain objective."""
-    return objective.inputs_targets(data)[1] if isinstance(objective, Objective) else None
+    """The concrete targets of a data set (without the weights of a weighted loss), or None for a plain objective."""
+    if not isinstance(objective, Objective):
+        return None
+    targets = objective.inputs_targets(data)[1]
+    weighted = getattr(objective.loss, "weighted_targets", False) is True
+    return targets[0] if weighted and isinstance(targets, (tuple, list)) and len(targets) == 2 else targets
 
 
 def check_labels(targets: Any, outputs: jax.ShapeDtypeStruct | None, name: str) -> None:
