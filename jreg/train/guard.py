@@ -24,7 +24,7 @@ import optax
 
 from .._errors import JregError
 from .._tree import all_finite, inexact_leaves, none_became_non_finite
-from .._types import Batch, Metrics, ModelState, OptState, Params
+from .._types import Batch, ModelState, OptState, Params
 from .epoch import take
 from .plan import EpochPlan
 from .state import TrainState
@@ -54,10 +54,6 @@ class DivergenceError(JregError):
         super().__init__(message)
         self.epoch, self.step, self.quantity = epoch, step, quantity
         self.params, self.opt_state, self.model_state, self.history = params, opt_state, model_state, history
-
-
-def guarded_figures(metrics: Metrics, guarded: frozenset[str]) -> list[jax.Array]:
-    return [v for k, v in metrics.items() if k in guarded]
 
 
 def check(old: TrainState, new: TrainState, figures: list[jax.Array], alive: jax.Array | None = None):

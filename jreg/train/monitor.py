@@ -46,10 +46,6 @@ class Monitor:
             k: m for k, m in self.metrics.items() if f"{prefix}_{k}" in self.wanted
         }
 
-    @property
-    def any_evaluation(self) -> bool:
-        return bool(self.wanted - {EPOCH_LOSS})
-
     def guarded(self, name: str) -> bool:
         """Whether a non-finite value of series ``name`` counts as divergence (costs and losses; not metrics)."""
         return not any(name == f"{p}_{m}" for p in ("training", "evaluation") for m in self.metrics)
