@@ -57,6 +57,30 @@ def cnn():
     return init, apply
 
 
+def automatic_batches() -> None:
+    """Print the evaluation batch jreg picks by default for this CNN and for Nielsen's [784, 30, 10]."""
+    import jax
+
+    import jreg
+    from jreg.train.evaluate import MEMORY_BUDGET, auto_batch_size, make_chunk  # internals, to show the choice
+
+    init, apply = cnn()
+    mlp = jreg.mlp([784, 30, 10])
+    _, test = jreg.data.load_mnist_small()
+    for name, model_apply, params in (
+        ("this CNN", apply, init(jax.random.key(0))),
+        ("[784, 30, 10]", mlp.apply, mlp.init(jax.random.key(0))),
+    ):
+        objective = jreg.objective(model_apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4))
+        chunk = make_chunk(objective, cost=True, metrics={"accuracy": jreg.metrics.accuracy})
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct((10**6, *a.shape[1:]), a.dtype), tuple(test))
+        size = auto_batch_size(chunk, params, None, shapes, None)  # a million examples: no cap at the data's size
+        print(
+            f"automatic evaluation batch for {name}: {size} examples "
+            f"(about {MEMORY_BUDGET / size / 1024:.1f} KiB of intermediate values per example)"
+        )
+
+
 def child(eval_batch: int, epochs: int) -> None:
     """Train once and print the process's peak RSS (MiB) as JSON."""
     import jax
@@ -90,6 +114,7 @@ def main() -> None:
     if args.child is not None:
         child(int(args.child), args.epochs)
         return
+    automatic_batches()
     peaks: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for _ in range(args.reps):
         for name, batch in CONFIGS.items():

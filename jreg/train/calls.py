@@ -51,6 +51,17 @@ def takes_key(objective: Callable[..., Any]) -> bool:
     return _signature.accepts(objective, "key")
 
 
+def check_state_given(stateful: bool, model_state: Any) -> None:
+    """A model state must be given exactly when the objective carries one."""
+    if stateful and model_state is None:
+        raise JregError(
+            "the objective carries model state (its model's apply takes state=): pass model_state= "
+            "(e.g. Flax's {'batch_stats': variables['batch_stats']}, or Equinox's eqx.nn.State)"
+        )
+    if not stateful and model_state is not None:
+        raise JregError("model_state was given, but the objective carries no state (its apply takes no state=)")
+
+
 def as_model_state(model_state: Any, name: str = "model_state") -> Any:
     """``model_state`` with every leaf a (strongly typed) array, or a jreg error naming the leaf.
 

@@ -16,7 +16,7 @@ from . import calls
 from .inputs import data_size
 from .plan import EpochPlan, check_partial_batch, make_plan
 from .state import TrainState
-from .step import Update, _check_state_given, check_step_args, make_update
+from .step import Update, check_step_args, make_update
 
 
 def take(data: Batch, idx: jax.Array, sharding: Any = None) -> Batch:
@@ -116,7 +116,7 @@ def make_epoch(
     keyed, stateful = calls.takes_key(objective), calls.is_stateful(objective)
 
     def epoch(params, opt_state, train, key, step=None, *, model_state=None):
-        _check_state_given(stateful, model_state)
+        calls.check_state_given(stateful, model_state)
         plan = make_plan(data_size(train), batch_size, partial_batch)
         state = TrainState(params, opt_state, model_state, None if step is None else jnp.asarray(step, jnp.int32))
         state, out = run_epoch(update, plan, state, train, key, keyed=keyed)

@@ -55,14 +55,7 @@ def check_params(params: Params, name: str = "params") -> None:
 
 def check_model_state(objective: Callable[..., Any], model_state: ModelState) -> ModelState:
     """The model state as arrays, after checking that the objective wants one exactly when it is given."""
-    stateful = calls.is_stateful(objective)
-    if stateful and model_state is None:
-        raise JregError(
-            "the objective carries model state (its model's apply takes state=): pass model_state= "
-            "(e.g. Flax's {'batch_stats': variables['batch_stats']}, or Equinox's eqx.nn.State)"
-        )
-    if not stateful and model_state is not None:
-        raise JregError("model_state was given, but the objective carries no state (its apply takes no state=)")
+    calls.check_state_given(calls.is_stateful(objective), model_state)
     model_state = calls.as_model_state(model_state)
     for where, leaf in inexact_leaves(model_state):  # an infinity may be meant (a running best), a NaN is not
         if is_concrete(leaf) and bool(jnp.any(jnp.isnan(leaf))):

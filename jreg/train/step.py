@@ -117,7 +117,7 @@ def make_step(
                 "make_step got a key, but the objective has no key parameter, so it would train without dropout "
                 "or noise; use jreg.objective, or give your objective a key=None keyword"
             )
-        _check_state_given(stateful, model_state)
+        calls.check_state_given(stateful, model_state)
         state = TrainState(params, opt_state, model_state, step)
         state, metrics = update(state, batch, key)
         if stateful:
@@ -134,26 +134,29 @@ def make_step(
     return checked
 
 
+@functools.lru_cache(maxsize=64)
+def _is_typed_key(dtype: Any) -> bool:
+    return bool(jnp.issubdtype(dtype, jax.dtypes.prng_key))
+
+
 def check_step_args(opt_state: Any, key: Any, step: Any) -> None:
-    """The arguments beside params and batch that a step or an epoch takes: clear errors before tracing."""
+    """The arguments beside params and batch that a step or an epoch takes: clear errors before tracing.
+
+    Called on every step of a user's loop, so the common case (a typed key, an
+    int step) takes a fast path of a few type tests.
+    """
     if opt_state is None:
         raise JregTypeError("opt_state must be the optimizer's state, e.g. optimizer.init(params); got None")
-    if key is not None:
-        check_key(key)
-    if step is not None:
-        if isinstance(step, bool) or not (
-            isinstance(step, (int, np.integer)) or (hasattr(step, "dtype") and jnp.issubdtype(step.dtype, jnp.integer))
-        ):
-            raise JregTypeError(f"step must be the global step count (an integer), got {step!r}")
-        if jnp.ndim(step) != 0:
-            raise JregError(f"step must be a scalar, got shape {jnp.shape(step)}")
-
-
-def _check_state_given(stateful: bool, model_state: Any) -> None:
-    if stateful and model_state is None:
-        raise JregError("the objective carries model state: pass model_state= (the model's initial state)")
-    if not stateful and model_state is not None:
-        raise JregError("model_state was given, but the objective carries no state (its apply takes no state=)")
+    if key is not None and not (isinstance(key, jax.Array) and key.shape == () and _is_typed_key(key.dtype)):
+        check_key(key)  # raw uint32 keys pass; anything else raises
+    if step is None or type(step) is int:
+        return
+    if isinstance(step, bool) or not (
+        isinstance(step, (int, np.integer)) or (hasattr(step, "dtype") and jnp.issubdtype(step.dtype, jnp.integer))
+    ):
+        raise JregTypeError(f"step must be the global step count (an integer), got {step!r}")
+    if jnp.ndim(step) != 0:
+        raise JregError(f"step must be a scalar, got shape {jnp.shape(step)}")
 
 
 __all__ = ["OptState", "TrainState", "Update", "apply_fn", "gradient_fn", "make_step", "make_update"]
