@@ -114,7 +114,11 @@ def test_fit_stops_and_records_why():
 
 
 def test_the_halving_schedule_is_exactly_a_smaller_learning_rate():
-    """Replay the recorded scales as plain SGD with eta * scale: the same params, bit for bit."""
+    """Replay the recorded scales as plain SGD with eta * scale: the same params, bit for bit on CPU.
+
+    The scales are powers of two, so both orders of the products are exact; a GPU compiler may
+    still contract ``p + u * scale`` into one fused multiply-add (seen on an H100: 1 ulp), so off
+    the CPU the params agree to one unit in the last place."""
     key = jax.random.key(0)
     params, hist = fit(EarlyStopping.nielsen(2), key=key)
     scales = hist.learning_rate_scale
@@ -124,7 +128,10 @@ def test_the_halving_schedule_is_exactly_a_smaller_learning_rate():
     for e, scale in enumerate(scales):
         epoch = jreg.make_epoch(OBJ, optax.sgd(0.5 * scale), 8)
         p, _, _ = epoch(p, optax.sgd(0.5).init(p), TRAIN, jax.random.fold_in(key, e))
-    jax.tree.map(np.testing.assert_array_equal, params, p)
+    if jax.default_backend() == "cpu":
+        jax.tree.map(np.testing.assert_array_equal, params, p)
+    else:
+        jax.tree.map(lambda a, b: np.testing.assert_array_max_ulp(np.asarray(a), np.asarray(b), maxulp=1), params, p)
 
 
 def test_restore_best_returns_the_best_epochs_params():

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One prepared GPU check, about 5 minutes (at most 8) on one H100/H200 (each step has its own time limit):
+#   1. the device (nvidia-smi, JAX's backend and devices),
+#   2. benchmarks/epoch_speed.py on 50,000 images (network2 skipped: it is CPU-only and slow),
+#   3. benchmarks/sweep_scaling.py, K in {1, 64, 256, 1024, 2048}, 50,000 images, with the
+#      hand-written vmap epoch beside each K,
+#   4. the test suite's GPU-relevant subset (everything that trains or differentiates on the
+#      default backend; the sharding, CLI, download and example tests are left out: they run
+#      on CPU devices or in subprocesses), at "highest" matmul precision, since the tests
+#      compare with NumPy/float64 references to ~1e-6 and the GPU's default float32 dots
+#      round their inputs (TF32); the benchmarks keep the default precision a user gets.
+# Every figure is written to a file in OUTDIR (default: $OUT if set, else ./gpu-results).
+#
+#     JREG_DATA_DIR=/path/to/mnist bash benchmarks/gpu.sh [OUTDIR]
+#
+# Without the MNIST files the benchmarks tile the embedded 1,000 images to 50,000 (speed does
+# not depend on pixel values). Runs from a checkout without installing: PYTHONPATH is the repo.
+set -u
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-gpu-results}}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py="${PYTHON:-python3}"
+status=0
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output in $out/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+    local rc=$?
+    tail -n 40 "$out/$name.txt"
+    echo "== $name: exit $rc after $((SECONDS - t0))s"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+step device 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
+    $py -c 'import jax, jaxlib, optax; print(\"jax\", jax.__version__, \"jaxlib\", jaxlib.__version__, \"optax\", optax.__version__); print(jax.default_backend(), jax.devices())'"
+step epoch_speed 80 "$py" benchmarks/epoch_speed.py --skip-network2 --epochs 5
+step sweep_scaling 150 "$py" benchmarks/sweep_scaling.py --ks 1 64 256 1024 2048 --n 50000 --epochs 2 \
+    --vectorize vmap --hand
+# pytest-xdist spreads the compile-bound tests over the CPU cores (one process each, GPU memory
+# allocated as needed rather than 75 % each up front); without xdist the subset takes ~10 minutes.
+xdist=$("$py" -c 'import xdist' 2>/dev/null && echo "-n 12")
+JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false step tests 200 \
+    "$py" -m pytest -q -p no:cacheprovider $xdist -m "not slow" -rfE --durations=10 \
+    tests/test_identities.py tests/test_train.py tests/test_sweep.py tests/test_evaluate.py \
+    tests/test_model_state.py tests/test_batches.py tests/test_early_stopping.py tests/test_optim.py \
+    tests/test_penalties.py tests/test_losses.py tests/test_checkpoint.py tests/test_frameworks_state.py
+echo "figures in $out/: $(ls "$out" | tr '\n' ' ')"
+exit $status
