@@ -6,8 +6,11 @@
 (warm 8-epoch fit - warm 1-epoch fit) / 7 seconds per epoch; guarded and unguarded
 runs alternate. The guard is one finiteness reduction over the params, optimizer state,
 model state and guarded figures and a select per epoch inside the compiled program,
-plus one host read of a flag per epoch. `--optimizer adam` adds an optimizer state
-twice the params' size to the reduction.
+plus one host read of a flag per epoch, and the loss value of every step (the guard needs
+it even when nothing is monitored: a loss can become inf while its gradient stays finite).
+"without guard" patches out both: the check, and the loss value (gradient only, as before
+2026-11-27). `--optimizer adam` adds an optimizer state twice the params' size to the
+reduction.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import jax.numpy as jnp
 import optax
 
 import jreg
-import jreg.train.guard as guard_module  # to patch the guard out, for this measurement only
+import jreg.train.engine as engine_module  # to patch the guard out, for this measurement only
+import jreg.train.guard as guard_module
 
 
 def main() -> None:
@@ -42,6 +46,16 @@ def main() -> None:
     def unguarded(old, new, figures, alive=None):  # the new state as it is, reported finite
         return new, jnp.asarray(True), alive
 
+    with_loss = engine_module.make_update
+
+    def gradient_only(objective, optimizer, *, with_metrics=True):  # steps that compute no loss value
+        update = with_loss(objective, optimizer, with_metrics=False)
+
+        def step(state, batch, key):
+            return update(state, batch, key)[0], {"loss": jnp.zeros(())}
+
+        return step
+
     def fit_seconds(epochs: int) -> float:
         t = time.perf_counter()
         p, _ = jreg.fit(
@@ -59,11 +73,11 @@ def main() -> None:
 
     results: dict[str, list[float]] = {"with guard": [], "without guard": []}
     for _ in range(args.reps):
-        for name, wrap in (("with guard", guarded), ("without guard", unguarded)):
-            guard_module.check = wrap
+        for name, wrap, make in (("with guard", guarded, with_loss), ("without guard", unguarded, gradient_only)):
+            guard_module.check, engine_module.make_update = wrap, make
             one = min(fit_seconds(1) for _ in range(2))
             results[name].append((fit_seconds(8) - one) / 7)
-    guard_module.check = guarded
+    guard_module.check, engine_module.make_update = guarded, with_loss
     for name, values in results.items():
         print(f"{name:<14} s/epoch: median {statistics.median(values):.4f}  runs {[round(v, 4) for v in values]}")
 

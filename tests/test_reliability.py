@@ -172,3 +172,57 @@ def test_an_optimizer_state_overflowing_while_the_params_stay_finite_is_divergen
     )
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(info.value.opt_state))
     assert list(tmp_path.iterdir()) == []  # nothing non-finite was checkpointed
+
+
+def infinite_loss_finite_gradient(params, batch):
+    """A loss of +inf whose gradient is finite (the inf carries no gradient): only the loss value shows it."""
+    data = jnp.mean((batch[0] @ params["w"]) ** 2)
+    value = data + jax.lax.stop_gradient(jnp.where(jnp.sum(params["w"]) < 100.0, jnp.inf, 0.0))
+    return value, {"data": value}
+
+
+@pytest.mark.parametrize("monitor", [(), None], ids=["monitor-off", "monitor-default"])
+def test_a_non_finite_loss_with_a_finite_gradient_is_divergence_even_unmonitored(tmp_path, monitor):
+    """The guard always sees the loss value: with monitor=() the steps used to take the gradient only."""
+    params = {"w": jnp.ones((3, 2))}
+    kwargs = {} if monitor is None else {"monitor": monitor}
+    with pytest.raises(jreg.DivergenceError) as info:
+        jreg.fit(
+            infinite_loss_finite_gradient,
+            optax.sgd(0.1),
+            params,
+            (jnp.ones((8, 3)), jnp.zeros(8)),
+            epochs=2,
+            batch_size=4,
+            key=jax.random.key(0),
+            checkpoint=jreg.Checkpointing(tmp_path),
+            **kwargs,
+        )
+    assert info.value.epoch == 0 and info.value.step == 0 and "the loss became inf" in info.value.quantity
+    np.testing.assert_array_equal(info.value.params["w"], params["w"])  # the last finite params: the initial ones
+    assert list(tmp_path.iterdir()) == []  # nothing was checkpointed
+
+
+def test_a_sweep_flags_a_model_whose_loss_alone_goes_non_finite_even_unmonitored():
+    def build(hp):
+        def objective(params, batch):
+            data = jnp.mean((batch[0] @ params["w"]) ** 2)
+            value = data + jax.lax.stop_gradient(jnp.where(hp["bad"] > 0, jnp.inf, 0.0))
+            return value, {"data": value}
+
+        return objective, optax.sgd(0.1)
+
+    trained, history = jreg.sweep(
+        build,
+        {"w": jnp.ones((3, 2))},
+        (jnp.ones((8, 3)), jnp.zeros(8)),
+        hparams={"bad": np.array([0.0, 1.0])},
+        epochs=2,
+        batch_size=4,
+        key=jax.random.key(0),
+        monitor=(),
+    )
+    assert list(history.diverged) == [1] and history.diverged[1]["epoch"] == 1 and history.diverged[1]["step"] == 1
+    assert "the loss became inf" in history.diverged[1]["quantity"]
+    np.testing.assert_array_equal(trained["w"][1], jnp.ones((3, 2)))  # frozen at its last finite state
+    assert not np.array_equal(trained["w"][0], jnp.ones((3, 2)))

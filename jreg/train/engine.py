@@ -41,15 +41,17 @@ def program(
 
     def train_one(hp, state: TrainState, train, key):
         objective, optimizer = build(hp)
-        update = make_update(objective, optimizer, with_metrics=monitor.epoch_loss)
+        # the loss value is always computed: the guard needs it even when nothing is monitored (a loss can
+        # become inf or NaN while its gradient stays finite); it costs little beside the gradient
+        update = make_update(objective, optimizer, with_metrics=True)
         return run_epoch(update, plan, state, train, key, keyed=calls.takes_key(objective), sharding=sharding)
 
     def measure_one(hp, state: TrainState, train, evaluation):
         objective, _ = build(hp)
         return monitor.measure(objective, state.params, state.model_state, train, evaluation, state.step)
 
-    def check_one(old: TrainState, new: TrainState, metrics, alive):
-        return guard.check(old, new, [v for k, v in metrics.items() if monitor.guarded(k)], alive)
+    def check_one(old: TrainState, new: TrainState, loss, metrics, alive):
+        return guard.check(old, new, [loss, *(v for k, v in metrics.items() if monitor.guarded(k))], alive)
 
     def epoch(hp, state, alive, train, evaluation, key, *, evaluate: bool):
         if models is None:
@@ -63,7 +65,7 @@ def program(
             measure = measure_one if models is None else jax.vmap(measure_one, in_axes=(0, 0, None, None))
             metrics.update(measure(hp, new, train, evaluation))
         check = check_one if models is None else jax.vmap(check_one)
-        state, ok, alive = check(state, new, metrics, alive)
+        state, ok, alive = check(state, new, running["loss"], metrics, alive)
         return state, alive, metrics, ok
 
     return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))
