@@ -145,6 +145,8 @@ def from_legacy(checkpoint: Any, parallel: Any, legacy: dict[str, Any], where: s
     if par and parallel is not None:
         raise JregError(f"give either parallel=DataParallel(...) or {sorted(par)}, not both")
     if ck.get("checkpoint_dir") is not None:
+        if not isinstance(ck["checkpoint_dir"], (str, os.PathLike)):
+            raise JregTypeError(f"checkpoint_dir must be a folder path, got {type(ck['checkpoint_dir']).__name__}")
         checkpoint = Checkpointing(ck["checkpoint_dir"], ck.get("checkpoint_every", 1), ck.get("keep", 3))
     else:  # validated even when unused, as before
         check_positive_int(ck.get("checkpoint_every", 1), "checkpoint_every")
