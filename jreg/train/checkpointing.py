@@ -84,7 +84,10 @@ def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkp
     folder = checkpoint.folder
     if not folder.is_dir():
         return
-    held = sorted((p.name for p in folder.glob("ckpt-*.npz")), key=_sort_key)
+    try:
+        held = sorted((p.name for p in folder.glob("ckpt-*.npz")), key=_sort_key)
+    except OSError as exc:
+        raise JregError(f"{argument}: cannot read the folder {folder} ({exc.strerror or exc})") from exc
     held += [BEST] if (folder / BEST).exists() else []
     if not held or (resume is not None and _same_folder(Path(resume), folder)):
         return

@@ -75,7 +75,9 @@ class Checkpointing:
     """Checkpoints during :func:`jreg.fit`: ``ckpt-<epoch>.npz`` in ``dir`` every ``every`` epochs and after the last.
 
     Each save is atomic (:func:`jreg.save`: params, optimizer state, model
-    state, epoch, key, history); the newest ``keep`` are kept.
+    state, epoch, key, history); the run's newest ``keep`` are kept. ``dir``
+    belongs to one run: :func:`jreg.fit` refuses a folder that already holds
+    checkpoints unless it resumes from it, and deletes only its own files.
     """
 
     dir: str | os.PathLike[str]

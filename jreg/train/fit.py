@@ -79,14 +79,20 @@ def fit(
             epoch's floats (e.g. to drive a progress bar); a callback that
             names ``params`` or ``model_state`` also gets them.
         checkpoint: a :class:`jreg.Checkpointing`: save ``ckpt-<epoch>.npz``
-            (params, optimizer state, model state, epoch, key, history) in its
-            folder every ``every`` epochs and after the last, keeping the
-            newest ``keep``. Each save is atomic.
-        resume: a checkpoint file, or a folder of them (the newest is taken),
-            to continue from: ``epochs`` stays the run's total, the shuffles go
-            on from the saved epoch, and the result is bit-identical on CPU to
-            the uninterrupted run. ``params`` (and ``model_state``) serve as the
-            structure template and ``key`` must be the run's key.
+            (params, optimizer state, model state, epoch, key, history, the
+            run's id) in its folder every ``every`` epochs and after the last,
+            keeping this run's newest ``keep``. Each save is atomic. The folder
+            belongs to one run: one that already holds checkpoints
+            (``ckpt-*.npz``, ``best.npz``) is refused before any work unless
+            ``resume`` is that folder or a file in it, and a run deletes or
+            overwrites only its own checkpoints (see docs/reliability.md).
+        resume: a checkpoint file, or a folder of them (the newest valid one
+            by epoch number is taken; a damaged newer one is skipped with a
+            :class:`jreg.JregWarning`), to continue from: ``epochs`` stays the
+            run's total, the shuffles go on from the saved epoch, and the
+            result is bit-identical on CPU to the uninterrupted run.
+            ``params`` (and ``model_state``) serve as the structure template
+            and ``key`` must be the run's key.
         early_stopping: an :class:`jreg.EarlyStopping`: stop when its
             monitored series has not improved for ``patience`` measurements, or, with
             ``lr_factor``, cut the learning rate each time and stop once it has
