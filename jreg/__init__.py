@@ -21,7 +21,7 @@ from . import (
     stochastic,
     stopping,
 )
-from ._errors import JregError, JregTypeError
+from ._errors import JregError, JregTypeError, JregWarning
 from ._version import __version__
 from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
 from .nn import Model, mlp
@@ -72,6 +72,7 @@ __all__ = [
     "History",
     "JregError",
     "JregTypeError",
+    "JregWarning",
     "Model",
     "Objective",
     "SweepHistory",

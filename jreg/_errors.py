@@ -15,3 +15,7 @@ class JregError(ValueError):
 
 class JregTypeError(JregError, TypeError):
     """An argument of the wrong type or dtype."""
+
+
+class JregWarning(UserWarning):
+    """Something jreg worked around and wants seen: a damaged checkpoint skipped, a temporary file left alone."""

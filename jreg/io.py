@@ -1,11 +1,19 @@
 """Safe file output: every write goes to a temporary file in the same folder,
 is flushed to disk, and is then renamed over the target, so a crash or a kill
-half-way leaves the previous file intact (or no file), never a torn one."""
+half-way leaves the previous file intact (or no file), never a torn one.
+
+A temporary file is named ``.{target}.{host}.{pid}.{random}.tmp``, so a stray
+one (its writer was killed) says which file it was for and who wrote it:
+:func:`temp_owner` reads that back and :func:`writer_gone` tells whether its
+writer is certainly dead, which is when it may be removed.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import stat
 import tempfile
 from collections.abc import Callable
@@ -23,8 +31,43 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+_TEMP = re.compile(r"\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]{1,10})\.[A-Za-z0-9_]+\.tmp")
+
+
+def host_name() -> str:
+    """This machine's name as temporary file names carry it (letters, digits and ``-`` only)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def temp_owner(name: str) -> tuple[str, str, int] | None:
+    """``(target file name, host, pid)`` of a temporary file named by :func:`atomic_write`, else None."""
+    found = _TEMP.fullmatch(name)
+    return None if found is None else (found["target"], found["host"], int(found["pid"]))
+
+
+def writer_gone(name: str) -> bool:
+    """Whether the temporary file ``name`` was written on this host by a process that no longer exists.
+
+    Only then is it certainly abandoned: anything else (another host, a live
+    process, a name :func:`atomic_write` did not make) may be a write in progress.
+    """
+    owner = temp_owner(name)
+    if owner is None or owner[1] != host_name() or not 0 < owner[2] < 2**31:
+        return False
+    try:
+        os.kill(owner[2], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists but is not ours to signal (PermissionError), or cannot be asked
+        return False
+    return False
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
+
+    The temporary file, ``.{name}.{host}.{pid}.{random}.tmp``, names its writer
+    (see :func:`writer_gone`); it is removed if ``write`` fails.
 
     The file gets the permissions a plain ``open(path, "w")`` would give it
     (an existing file keeps its own).
@@ -32,7 +75,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _file_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}.{host_name()}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:

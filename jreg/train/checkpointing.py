@@ -3,34 +3,269 @@
 A checkpoint is one :func:`jreg.save` file, ``ckpt-<epoch>.npz``: params,
 optimizer state, model state, the epoch (as ``step``), the run's key, and in
 ``meta`` the history (values and the epochs they were measured at), the batch
-size, the global step count and the early-stopping state.
+size, the global step count, the early-stopping state and the run's id.
+
+A folder belongs to one run. :func:`check_folder` refuses, before any work, a
+folder that already holds checkpoints unless the run resumes from it; each
+checkpoint records its run's id (``meta["run"]``, carried over on resume), and
+a :class:`Writer` deletes (``keep``) and overwrites only files of its own run.
+Files of another run, unreadable files and anything it cannot vouch for stay
+as they are.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import uuid
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import checkpoint as ckpt
-from .._errors import JregError, JregTypeError
+from .. import io
+from .._errors import JregError, JregTypeError, JregWarning
 from .._types import ModelState, Params
 from .config import Checkpointing
 from .history import History
 from .state import TrainState
 
+_NUMBERED = re.compile(r"ckpt-([0-9]+)\.npz")
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+BEST = "best.npz"
 
-def latest(path: Path) -> Path:
-    """A checkpoint file itself, or the newest ``ckpt-*.npz`` in a folder."""
-    if path.is_dir():
-        found = sorted(path.glob("ckpt-*.npz"))
-        if not found:
-            raise JregError(f"resume: no checkpoint (ckpt-*.npz) in {path}")
-        return found[-1]
-    return path
+
+def new_run() -> str:
+    """A fresh run id (``uuid4().hex``)."""
+    return uuid.uuid4().hex
+
+
+def numbered(folder: Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every ``ckpt-<epoch>.npz`` entry in ``folder``, oldest first by the epoch number."""
+    found = []
+    for path in folder.glob("ckpt-*.npz"):
+        match = _NUMBERED.fullmatch(path.name)
+        if match:
+            found.append((int(match[1]), path))
+    return sorted(found, key=lambda item: (item[0], item[1].name))
+
+
+def check_resume(resume: Any) -> None:
+    if resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise JregTypeError(f"resume must be a checkpoint file or folder path, got {type(resume).__name__}")
+
+
+def _same_folder(resume: Path, folder: Path) -> bool:
+    """Whether ``resume`` is ``folder`` or a file inside it."""
+    where = resume if resume.is_dir() else resume.parent
+    try:
+        return os.path.samefile(where, folder)
+    except OSError:
+        return False
+
+
+def _listing(names: list[str]) -> str:
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{names[0]} … {names[-1]} ({len(names)} files)"
+
+
+def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkpoint") -> None:
+    """Refuse a checkpoint folder that already holds checkpoints, unless this run resumes from that folder.
+
+    Nothing is read, written or deleted; other files in the folder do not count.
+    """
+    folder = checkpoint.folder
+    if not folder.is_dir():
+        return
+    try:
+        held = sorted((p.name for p in folder.glob("ckpt-*.npz")), key=_sort_key)
+    except OSError as exc:
+        raise JregError(f"{argument}: cannot read the folder {folder} ({exc.strerror or exc})") from exc
+    held += [BEST] if (folder / BEST).exists() else []
+    if not held or (resume is not None and _same_folder(Path(resume), folder)):
+        return
+    raise JregError(
+        f"{argument}: the folder {folder} already holds checkpoints ({_listing(held)}); a run never writes into "
+        f"another run's folder. Pass resume={str(folder)!r} to continue that run there, or checkpoint into a new "
+        "or empty folder"
+    )
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    match = _NUMBERED.fullmatch(name)
+    return (int(match[1]) if match else -1, name)
+
+
+def _header_meta(path: Path) -> Any:
+    """The ``meta`` in a checkpoint's JSON header, read without loading its arrays; None when unreadable."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("__header__.npy") as member:
+            raw = np.lib.format.read_array(member, allow_pickle=False)
+        header = json.loads(raw.tobytes().decode())
+    except Exception:  # any doubt means "not known to be ours": the file is then never touched
+        return None
+    return header.get("meta") if isinstance(header, dict) else None
+
+
+def run_of(path: Path) -> str | None:
+    """The run id a checkpoint file records, or None (another kind of file, unreadable, written before run ids)."""
+    meta = _header_meta(path)
+    run = meta.get("run") if isinstance(meta, dict) else None
+    return run if isinstance(run, str) and _RUN_ID.fullmatch(run) else None
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _damage(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a checkpoint at all (not a zip, truncated, a damaged member); None if intact."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                return f"its member {bad} is damaged"
+            with archive.open("__header__.npy") as member:
+                json.loads(np.lib.format.read_array(member, allow_pickle=False).tobytes().decode())
+    except Exception as exc:  # whatever stops reading the file is the reason
+        return str(exc) or type(exc).__name__
+    return None
+
+
+class Writer:
+    """One run's checkpoint writes in one folder: saves, pruning (``keep``), ``best.npz`` and stray temporary files.
+
+    It deletes or overwrites only files of its own run: written by this
+    process (known by their inode, size and time, without reading them) or
+    recording its run id. It removes a temporary file of a checkpoint only
+    when :func:`jreg.io.writer_gone` (this host, a process that no longer
+    exists), and warns once about any other it leaves alone.
+    """
+
+    def __init__(self, config: Checkpointing, run: str):
+        self.config, self.run = config, run
+        self.folder = config.folder
+        self.written: dict[str, tuple[int, int, int] | None] = {}  # name -> signature after our write
+        self.reported: set[str] = set()  # temporary files already warned about
+
+    def ours(self, path: Path) -> bool:
+        """Whether ``path`` is a regular file of this run."""
+        if path.is_symlink() or not path.is_file():
+            return False
+        signature = _signature(path)
+        if path.name in self.written and signature is not None and self.written[path.name] == signature:
+            return True
+        return run_of(path) == self.run
+
+    def adopt(self, path: Path) -> None:
+        """Count ``path`` as this run's (a ``best.npz`` the resumed run was restored from)."""
+        self.written[path.name] = _signature(path)
+
+    def check_ahead(self, start: int, epochs: int) -> None:
+        """Before training: refuse if a checkpoint this run would write exists and is not this run's."""
+        for e in range(start, epochs):
+            path = self.folder / f"ckpt-{e + 1:06d}.npz"
+            if self.config.due(e, epochs) and (path.exists() or path.is_symlink()) and not self.ours(path):
+                raise self._foreign(path)
+
+    def _foreign(self, path: Path) -> JregError:
+        if path.is_symlink() or not path.is_file():
+            why = "is not a plain file"
+        elif _damage(path) is not None:
+            why = "cannot be read"
+        else:
+            other = run_of(path)
+            why = "records no run" if other is None else f"belongs to run {other}"
+        return JregError(
+            f"checkpoint: this run (run {self.run}) would write {path}, which exists and {why}: a run overwrites "
+            "and deletes only its own files. Move it away, or checkpoint into another folder"
+        )
+
+    def _publish(self, path: Path, write: Any) -> None:
+        if (path.exists() or path.is_symlink()) and not self.ours(path):
+            raise self._foreign(path)
+        write()
+        self.written[path.name] = _signature(path)
+
+    def clean_temps(self) -> None:
+        """Remove abandoned temporary files of checkpoints in the folder; warn once about those left alone."""
+        kept = []
+        for path in sorted(self.folder.glob(".*.tmp")):
+            owner = io.temp_owner(path.name)
+            target = owner[0] if owner is not None else path.name[1:]
+            if not (target.startswith("ckpt-") or target.startswith(BEST)):
+                continue  # not a checkpoint's temporary file
+            if owner is not None and _is_checkpoint_name(target) and io.writer_gone(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+            elif path.name not in self.reported:
+                kept.append(path.name)
+        if kept:
+            self.reported.update(kept)
+            warnings.warn(
+                f"checkpoint: left {len(kept)} temporary file(s) in {self.folder} alone: {', '.join(kept)} (written "
+                "on another host, by a process still running, or named otherwise than jreg names them); remove "
+                "them by hand once no save into this folder is running",
+                JregWarning,
+                stacklevel=2,
+            )
+
+    def save(
+        self,
+        state: TrainState,
+        epoch: int,
+        key: Any,
+        history: History,
+        batch_size: int,
+        stopping_state: dict[str, Any] | None,
+    ) -> None:
+        """Write ``ckpt-<epoch>.npz`` atomically and keep this run's newest ``config.keep``."""
+        meta: dict[str, Any] = {
+            "history": history.to_dict(),
+            "history_epochs": history.epochs_dict(),
+            "batch_size": batch_size,
+            "global_step": None if state.step is None else int(state.step),
+            "run": self.run,
+        }
+        if stopping_state is not None:
+            meta["early_stopping"] = stopping_state
+        self.clean_temps()
+        path = self.folder / f"ckpt-{epoch:06d}.npz"
+        self._publish(
+            path,
+            lambda: ckpt.save(
+                path,
+                state.params,
+                opt_state=state.opt_state,
+                model_state=state.model_state,
+                step=epoch,
+                key=key,
+                meta=meta,
+            ),
+        )
+        mine = [p for _, p in numbered(self.folder) if self.ours(p)]
+        for old in mine[: -self.config.keep]:
+            old.unlink(missing_ok=True)
+            self.written.pop(old.name, None)
+
+    def save_best(self, params: Params, model_state: ModelState, epoch: int, key: Any) -> None:
+        path = self.folder / BEST
+        meta = {"best": True, "run": self.run}
+        self._publish(path, lambda: ckpt.save(path, params, model_state=model_state, step=epoch, key=key, meta=meta))
+
+
+def _is_checkpoint_name(name: str) -> bool:
+    return name == BEST or _NUMBERED.fullmatch(name) is not None
 
 
 def key_bits(key: Any) -> np.ndarray:
@@ -38,44 +273,58 @@ def key_bits(key: Any) -> np.ndarray:
     return np.asarray(jax.random.key_data(key) if typed else key)
 
 
-def save(
-    config: Checkpointing,
-    state: TrainState,
-    epoch: int,
-    key: Any,
-    history: History,
-    batch_size: int,
-    stopping_state: dict[str, Any] | None,
-) -> None:
-    """Write ``ckpt-<epoch>.npz`` atomically and keep the newest ``config.keep``."""
-    meta: dict[str, Any] = {
-        "history": history.to_dict(),
-        "history_epochs": history.epochs_dict(),
-        "batch_size": batch_size,
-        "global_step": None if state.step is None else int(state.step),
-    }
-    if stopping_state is not None:
-        meta["early_stopping"] = stopping_state
-    folder = config.folder
-    ckpt.save(
-        folder / f"ckpt-{epoch:06d}.npz",
-        state.params,
-        opt_state=state.opt_state,
-        model_state=state.model_state,
-        step=epoch,
-        key=key,
-        meta=meta,
-    )
-    for old in sorted(folder.glob("ckpt-*.npz"))[: -config.keep]:
-        old.unlink(missing_ok=True)
+class Resumed(NamedTuple):
+    state: TrainState
+    epoch: int
+    history: History
+    stopping: Any  # the saved early-stopping state, if any
+    run: str  # the run's id, carried over (a new one for a checkpoint written before run ids)
+    path: Path  # the file resumed from
 
 
-def resume(resume: Any, template: TrainState, key: Any, batch_size: int, epochs: int, steps_per_epoch: int):
-    """``(state, start epoch, history, saved early-stopping state)`` from a checkpoint file or folder."""
-    if not isinstance(resume, (str, Path)) and not hasattr(resume, "__fspath__"):
-        raise JregTypeError(f"resume must be a checkpoint file or folder path, got {type(resume).__name__}")
-    path = latest(Path(resume))
-    loaded = ckpt.load(path, params=template.params, opt_state=template.opt_state, model_state=template.model_state)
+def _load(path: Path, template: TrainState) -> ckpt.Checkpoint:
+    return ckpt.load(path, params=template.params, opt_state=template.opt_state, model_state=template.model_state)
+
+
+def _newest_valid(folder: Path, template: TrainState) -> tuple[Path, ckpt.Checkpoint]:
+    """The newest checkpoint in ``folder`` that can be read, skipping (with a warning) damaged ones.
+
+    Only damage is skipped (a file that cannot be read at all); a readable file
+    that does not fit this run is an error, as it would be named explicitly.
+    """
+    found = numbered(folder)
+    if not found:
+        raise JregError(f"resume: no checkpoint (ckpt-*.npz) in {folder}")
+    skipped: list[tuple[Path, str]] = []
+    for _, path in reversed(found):
+        try:
+            loaded = _load(path, template)
+        except ckpt.CheckpointError as exc:
+            damage = _damage(path)
+            if damage is None:
+                raise
+            skipped.append((path, str(exc)))
+            continue
+        for bad, why in skipped:
+            warnings.warn(
+                f"resume: skipped {bad.name}, which cannot be read ({why}); resuming from {path.name} instead, "
+                f"the newest valid checkpoint in {folder}",
+                JregWarning,
+                stacklevel=3,
+            )
+        return path, loaded
+    tried = "; ".join(f"{path.name}: {why}" for path, why in skipped)
+    raise ckpt.CheckpointError(f"resume: no valid checkpoint in {folder}; tried, newest first: {tried}")
+
+
+def resume(resume: Any, template: TrainState, key: Any, batch_size: int, epochs: int, steps_per_epoch: int) -> Resumed:
+    """The run a checkpoint file, or the newest valid one in a folder, holds."""
+    check_resume(resume)
+    path = Path(resume)
+    if path.is_dir():
+        path, loaded = _newest_valid(path, template)
+    else:  # a file named explicitly: exactly that one, no fallback
+        loaded = _load(path, template)
     if loaded.key is None or not np.array_equal(key_bits(loaded.key), key_bits(key)):
         raise JregError(f"resume: key differs from the one {path} was trained with; pass the run's key to continue it")
     if (template.model_state is None) != (loaded.model_state is None):
@@ -91,27 +340,27 @@ def resume(resume: Any, template: TrainState, key: Any, batch_size: int, epochs:
     step = meta.get("global_step")
     step = epoch * steps_per_epoch if step is None else int(step)
     state = TrainState(loaded.params, loaded.opt_state, loaded.model_state, jnp.asarray(step, jnp.int32))
-    return state, epoch, history, meta.get("early_stopping")
-
-
-def best_path(folder: Path) -> Path:
-    return folder / "best.npz"
-
-
-def save_best(folder: Path, params: Params, model_state: ModelState, epoch: int, key: Any) -> None:
-    ckpt.save(best_path(folder), params, model_state=model_state, step=epoch, key=key, meta={"best": True})
+    run = meta.get("run")
+    run = run if isinstance(run, str) and _RUN_ID.fullmatch(run) else new_run()
+    return Resumed(state, epoch, history, meta.get("early_stopping"), run, path)
 
 
 def load_best(
-    where: Path | None, params: Params, model_state: ModelState, best_epoch: int
+    where: Path | None, params: Params, model_state: ModelState, best_epoch: int, run: str | None = None
 ) -> tuple[Params, ModelState]:
     """The best params (and model state) of epoch ``best_epoch`` (1-based) from ``best.npz`` beside the checkpoints."""
-    path = None if where is None else best_path(where)
+    path = None if where is None else where / BEST
     if path is None or not path.exists():
         raise JregError(
             f"resume: restore_best needs the best params, saved as best.npz beside the checkpoints; none in {where}"
         )
     loaded = ckpt.load(path, params=params, model_state=model_state)
+    saved_run = loaded.meta.get("run") if isinstance(loaded.meta, dict) else None
+    if run is not None and saved_run is not None and saved_run != run:
+        raise JregError(
+            f"resume: {path} belongs to another run ({saved_run}) than the checkpoint resumed from ({run}); "
+            "resume without restore_best, or put the run's own best.npz back"
+        )
     if loaded.step != best_epoch:
         raise JregError(
             f"resume: {path} holds the best params of epoch {loaded.step}, but the checkpoint resumed from records "

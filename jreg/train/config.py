@@ -75,7 +75,9 @@ class Checkpointing:
     """Checkpoints during :func:`jreg.fit`: ``ckpt-<epoch>.npz`` in ``dir`` every ``every`` epochs and after the last.
 
     Each save is atomic (:func:`jreg.save`: params, optimizer state, model
-    state, epoch, key, history); the newest ``keep`` are kept.
+    state, epoch, key, history); the run's newest ``keep`` are kept. ``dir``
+    belongs to one run: :func:`jreg.fit` refuses a folder that already holds
+    checkpoints unless it resumes from it, and deletes only its own files.
     """
 
     dir: str | os.PathLike[str]
@@ -145,6 +147,8 @@ def from_legacy(checkpoint: Any, parallel: Any, legacy: dict[str, Any], where: s
     if par and parallel is not None:
         raise JregError(f"give either parallel=DataParallel(...) or {sorted(par)}, not both")
     if ck.get("checkpoint_dir") is not None:
+        if not isinstance(ck["checkpoint_dir"], (str, os.PathLike)):
+            raise JregTypeError(f"checkpoint_dir must be a folder path, got {type(ck['checkpoint_dir']).__name__}")
         checkpoint = Checkpointing(ck["checkpoint_dir"], ck.get("checkpoint_every", 1), ck.get("keep", 3))
     else:  # validated even when unused, as before
         check_positive_int(ck.get("checkpoint_every", 1), "checkpoint_every")

@@ -33,9 +33,15 @@ class Stopper:
     """Early stopping's state across epochs, as two hooks: :meth:`annotate` (before recording) and :meth:`decide`."""
 
     def __init__(
-        self, rule: EarlyStopping, state: dict[str, Any], folder: Path | None, key: Any, verbose: bool, every: int = 1
+        self,
+        rule: EarlyStopping,
+        state: dict[str, Any],
+        writer: checkpointing.Writer | None,
+        key: Any,
+        verbose: bool,
+        every: int = 1,
     ):
-        self.rule, self.state, self.folder, self.key, self.verbose = rule, state, folder, key, verbose
+        self.rule, self.state, self.writer, self.key, self.verbose = rule, state, writer, key, verbose
         self.every = every  # epochs between measurements (Evaluation.every): patience counts measurements
         self.best: tuple[Any, Any] | None = None  # (params, model_state) of the best epoch, when restore_best
 
@@ -73,8 +79,8 @@ class Stopper:
             self.state["stopped"] = self.state["stopped"].replace(f"{rule.patience} epochs", unit)
         if event == "improved" and rule.restore_best:
             self.best = jax.device_get((run.state.params, run.state.model_state))
-            if self.folder is not None:
-                checkpointing.save_best(self.folder, *self.best, run.epoch + 1, self.key)
+            if self.writer is not None:
+                self.writer.save_best(*self.best, run.epoch + 1, self.key)
         if event == "lr_cut":
             run.state = run.state._replace(lr_scale=self.lr_scale())
         run.stop = event == "stop"
@@ -96,7 +102,10 @@ class Stopper:
             "monitor": self.rule.monitor,
         }
 
-    def restore(self, where: Path | None, params: Any, model_state: Any) -> None:
-        """On resume with ``restore_best``: the best params so far, from ``best.npz``."""
+    def restore(self, where: Path, params: Any, model_state: Any, run: str) -> None:
+        """On resume with ``restore_best``: the best params so far, from ``best.npz`` in ``where``."""
         if self.rule.restore_best and self.state["best_epoch"] is not None:
-            self.best = checkpointing.load_best(where, params, model_state, self.state["best_epoch"] + 1)
+            self.best = checkpointing.load_best(where, params, model_state, self.state["best_epoch"] + 1, run)
+            best = where / checkpointing.BEST
+            if self.writer is not None and self.writer.folder.resolve() == where.resolve():
+                self.writer.adopt(best)  # the run's own best.npz, even one written before run ids

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -80,14 +79,20 @@ def fit(
             epoch's floats (e.g. to drive a progress bar); a callback that
             names ``params`` or ``model_state`` also gets them.
         checkpoint: a :class:`jreg.Checkpointing`: save ``ckpt-<epoch>.npz``
-            (params, optimizer state, model state, epoch, key, history) in its
-            folder every ``every`` epochs and after the last, keeping the
-            newest ``keep``. Each save is atomic.
-        resume: a checkpoint file, or a folder of them (the newest is taken),
-            to continue from: ``epochs`` stays the run's total, the shuffles go
-            on from the saved epoch, and the result is bit-identical on CPU to
-            the uninterrupted run. ``params`` (and ``model_state``) serve as the
-            structure template and ``key`` must be the run's key.
+            (params, optimizer state, model state, epoch, key, history, the
+            run's id) in its folder every ``every`` epochs and after the last,
+            keeping this run's newest ``keep``. Each save is atomic. The folder
+            belongs to one run: one that already holds checkpoints
+            (``ckpt-*.npz``, ``best.npz``) is refused before any work unless
+            ``resume`` is that folder or a file in it, and a run deletes or
+            overwrites only its own checkpoints (see docs/reliability.md).
+        resume: a checkpoint file, or a folder of them (the newest valid one
+            by epoch number is taken; a damaged newer one is skipped with a
+            :class:`jreg.JregWarning`), to continue from: ``epochs`` stays the
+            run's total, the shuffles go on from the saved epoch, and the
+            result is bit-identical on CPU to the uninterrupted run.
+            ``params`` (and ``model_state``) serve as the structure template
+            and ``key`` must be the run's key.
         early_stopping: an :class:`jreg.EarlyStopping`: stop when its
             monitored series has not improved for ``patience`` measurements, or, with
             ``lr_factor``, cut the learning rate each time and stop once it has
@@ -122,6 +127,9 @@ def fit(
             once per epoch.
     """
     checkpoint, parallel = config.from_legacy(checkpoint, parallel, legacy)
+    checkpointing.check_resume(resume)
+    if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
+        checkpointing.check_folder(checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint")
     calls.check_objective(objective)
     check_optimizer(optimizer)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
@@ -141,7 +149,8 @@ def fit(
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
     state = TrainState.create(optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state))
-    state, start, history, stopper = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose)
+    begun = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose)
+    state, start, history, stopper, writer = begun
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
         history.stopped = stopper.record(start)
         return _result(state, stopper, model_state, history)
@@ -162,7 +171,7 @@ def fit(
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
     hooks += [stopper.decide] if stopper is not None else []
-    hooks += [_checkpointer(checkpoint, key, batch_size, stopper)] if checkpoint is not None else []
+    hooks += [_checkpointer(writer, key, batch_size, stopper)] if writer is not None else []
     run = run_epochs(one_epoch, Run(state, None, epochs, history), start, hooks)
 
     if stopper is not None:
@@ -171,19 +180,22 @@ def fit(
 
 
 def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose):
-    """``(state, first epoch, history, stopper)``: a fresh run, or the one ``resume`` points at."""
-    start, history, saved = 0, History(), None
+    """``(state, first epoch, history, stopper, writer)``: a fresh run, or the one ``resume`` points at."""
+    start, history, saved, run, resumed = 0, History(), None, checkpointing.new_run(), None
     if resume is not None:
-        state, start, history, saved = checkpointing.resume(resume, state, key, batch_size, epochs, setup.plan.steps)
+        resumed = checkpointing.resume(resume, state, key, batch_size, epochs, setup.plan.steps)
+        state, start, history, saved, run = resumed.state, resumed.epoch, resumed.history, resumed.stopping, resumed.run
+    writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run)
+    if writer is not None:
+        writer.check_ahead(start, epochs)
     if rule is None:
-        return state, start, history, None
-    folder = None if checkpoint is None else checkpoint.folder
+        return state, start, history, None, writer
     stopper = stopping_hooks.Stopper.resumed(
-        rule, saved, start, resume, folder=folder, key=key, verbose=verbose, every=setup.schedule.every
+        rule, saved, start, resume, writer=writer, key=key, verbose=verbose, every=setup.schedule.every
     )
-    if resume is not None:
-        stopper.restore(checkpointing.latest(Path(resume)).parent, state.params, state.model_state)
-    return state._replace(lr_scale=stopper.lr_scale()), start, history, stopper
+    if resumed is not None:
+        stopper.restore(resumed.path.parent, state.params, state.model_state, run)
+    return state._replace(lr_scale=stopper.lr_scale()), start, history, stopper, writer
 
 
 def _result(state: TrainState, stopper: Any, model_state: ModelState, history: History) -> Any:
@@ -219,10 +231,10 @@ def _divergence(objective, optimizer, setup: Setup, train, key) -> Hook:
     return hook
 
 
-def _checkpointer(checkpoint: Checkpointing, key: Any, batch_size: int, stopper: Any) -> Hook:
+def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, stopper: Any) -> Hook:
     def hook(run: Run) -> None:
-        if checkpoint.due(run.epoch, run.epochs) or run.stop:
+        if writer.config.due(run.epoch, run.epochs) or run.stop:
             stopping_state = None if stopper is None else stopper.state
-            checkpointing.save(checkpoint, run.state, run.epoch + 1, key, run.history, batch_size, stopping_state)
+            writer.save(run.state, run.epoch + 1, key, run.history, batch_size, stopping_state)
 
     return hook
