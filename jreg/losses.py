@@ -36,12 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_nonnegative_scalar, is_concrete
+from ._checks import check_nonnegative_scalar, check_positive_int, is_concrete
 from ._errors import JregError, JregTypeError
 
 
 def one_hot(labels: Any, classes: int, dtype: Any = jnp.float32) -> jax.Array:
     """Integer labels ``(N,)`` -> one-hot targets ``(N, classes)``, checking the range."""
+    classes = check_positive_int(classes, "classes")
     labels = _as_array(labels, "labels")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise JregTypeError(f"labels must be integers, got dtype {labels.dtype}")
