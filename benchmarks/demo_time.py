@@ -37,7 +37,8 @@ def main() -> None:
                     env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
                 start = time.perf_counter()
                 subprocess.run(
-                    [sys.executable, "-m", "jreg", "demo", "--quiet", "--out", out, *args.demo_args],
+                    # a fresh folder per run: jreg demo refuses to replace an earlier run's results
+                    [sys.executable, "-m", "jreg", "demo", "--quiet", "--out", f"{out}/{name}-{i}", *args.demo_args],
                     check=True,
                     stdout=subprocess.DEVNULL if i else None,
                     env=env,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import JregError, JregTypeError
+from ._tree import path_str
 
 
 def is_concrete(x: Any) -> bool:
@@ -75,3 +76,27 @@ def check_optimizer(optimizer: Any, name: str = "optimizer") -> None:
     """Raise unless ``optimizer`` looks like an optax ``GradientTransformation`` (has init and update)."""
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
         raise JregTypeError(f"{name} must be an optax GradientTransformation (with init and update), got {optimizer!r}")
+
+
+def check_params(params: Any, name: str = "params", *, finite: bool = True) -> None:
+    """Params to be trained must be a pytree of floating-point arrays (what ``jax.grad`` can differentiate).
+
+    The error names the first bad leaf by its path. ``finite=False`` skips the
+    NaN/infinity check (used to explain a failure that has another cause).
+    """
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not flat:
+        raise JregError(f"{name} holds no arrays")
+    for path, leaf in flat:
+        where = path_str(path) or "<root>"
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise JregTypeError(
+                f"{name}: leaf {where!r} is {type(leaf).__name__}, not an array; an Equinox module goes in as "
+                "eqx.partition(model, eqx.is_inexact_array)[0], with apply combining it with the static part"
+            )
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise JregTypeError(
+                f"{name}: leaf {where!r} must be floating point to be trained, got {leaf.dtype}{list(leaf.shape)}"
+            )
+        if finite:
+            check_finite(leaf, f"{name}: leaf {where!r}")

@@ -4,34 +4,85 @@ overfitting experiment, with and without L2, offline on the embedded MNIST subse
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
+#: what ``jreg demo`` writes into ``--out``; nothing else there is touched
+OUTPUTS = ("results.json", "overfitting.png")
+#: seeds from 0 to SEED_MAX: jax.random.key keeps 32 bits of a seed (2**32 gives seed 0's key again), and the
+#: demo shuffles with seed + 1
+SEED_MAX = 2**32 - 2
+
+
+class UsageError(Exception):
+    """A bad command line found after parsing (the output folder, a value training refuses): exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with every usage error as one line on stderr (``jreg demo: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _real(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def _seed(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_MAX} (a 32-bit PRNG seed), got {text}")
+    return value
+
+
 def _nonnegative_float(text: str) -> float:
-    value = float(text)
+    value = _real(text)
     if not np.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _real(text)
     if not np.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def _folder(text: str) -> Path:
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must be a folder name, got {text!r}")
+    return Path(text)
 
 
 def demo_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -52,10 +103,105 @@ def demo_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="large",
         help="weight initialization: the book's 'large' N(0,1) (default) or N(0,1/n_in)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed for init and shuffling (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("jreg-demo"), help="output folder (default ./jreg-demo)")
+    parser.add_argument(
+        "--seed", type=_seed, default=0, help=f"random seed for init and shuffling, 0 to {SEED_MAX} (default 0)"
+    )
+    parser.add_argument(
+        "--out",
+        type=_folder,
+        default=Path("jreg-demo"),
+        help="output folder (default ./jreg-demo), made if missing; the demo writes results.json and "
+        "overfitting.png there and refuses, before training, a folder that already holds either "
+        "(unless --overwrite) or that it cannot write into",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results.json and overfitting.png in --out if they exist (nothing else there is touched)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def check_out(out: Path, overwrite: bool = False) -> None:
+    """Raise :class:`UsageError` unless the demo can write its results into the folder ``out``.
+
+    Run before any training (it takes a few system calls): ``out`` must be a
+    folder or not exist yet, inside a folder (not a file) that can be written;
+    ``results.json`` and ``overfitting.png`` must not exist there unless
+    ``overwrite`` (and then they must be plain files).
+    """
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out: {out} is a file, not a folder; give a folder for {' and '.join(OUTPUTS)}")
+        existing = out
+        while not existing.exists():  # the nearest folder that exists: out itself, or the one it will be made in
+            if existing.is_symlink():
+                raise UsageError(f"--out: {existing} is a broken symbolic link")
+            if existing.parent == existing:
+                break
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            raise UsageError(f"--out: {existing} is a file, so {out} cannot be a folder inside it")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "into" if existing == out else f"the folder {out} in"
+            raise UsageError(f"--out: cannot write {what} {existing} (permission denied or a read-only file system)")
+        for name in OUTPUTS:
+            target = out / name
+            if not (target.exists() or target.is_symlink()):
+                continue
+            if not overwrite:
+                raise UsageError(
+                    f"--out: {target} already exists; jreg demo never replaces files it did not write: choose "
+                    f"another --out, or pass --overwrite to replace {' and '.join(OUTPUTS)} there"
+                )
+            if target.is_symlink() or not target.is_file():
+                raise UsageError(f"--out: {target} exists and is not a plain file, so --overwrite cannot replace it")
+    except OSError as exc:  # e.g. a name too long, or a folder that cannot be listed
+        raise UsageError(f"--out: {out} cannot be used ({exc.strerror or exc})") from exc
+
+
+def publish(path: Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; without ``overwrite`` never replace a file; return the name used.
+
+    The data go to a new temporary file in the same folder (flushed to disk),
+    which is then linked to its name: ``os.link`` fails rather than replace an
+    existing file. A file that appeared at ``path`` during training keeps its
+    content, and the data go to ``<stem>-2<suffix>`` (or ``-3``...) instead.
+    ``overwrite`` replaces ``path`` (:func:`jreg.io.write_bytes`).
+    """
+    from . import io
+
+    if overwrite:
+        return io.write_bytes(path, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the mode open() would give a new file
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        for i in range(1, 100):
+            target = path if i == 1 else path.with_name(f"{path.stem}-{i}{path.suffix}")
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+            except OSError:  # a file system without hard links: exclusive creation (not atomic, never a replace)
+                try:
+                    with open(target, "xb") as f:
+                        f.write(data)
+                    return target
+                except FileExistsError:
+                    continue
+        raise FileExistsError(f"{path} and 98 numbered names beside it exist")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def weight_norm(params: Any) -> float:
@@ -73,7 +219,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     import jreg
-    from jreg import io, plotting
+    from jreg import plotting
 
     (x, y), test = jreg.data.load_mnist_small()
     n = x.shape[0]
@@ -124,16 +270,22 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "seconds": round(elapsed, 2),
     }
-    out = args.out
-    io.write_json(out / "results.json", results)
+    out, overwrite = args.out, getattr(args, "overwrite", False)
+    text = json.dumps(results, indent=2, default=_json_value, allow_nan=True) + "\n"
+    wrote = [publish(out / "results.json", text.encode(), overwrite)]
     labelled = {f"λ = {r['lmbda']:g}": r["history"] for r in runs if r["history"].get("evaluation_accuracy")}
     if labelled:  # every run that trained for at least one epoch
-        plotting.plot_histories(
+        png = plotting.render_histories(
             labelled,
-            out / "overfitting.png",
             series=("evaluation_accuracy", "training_cost"),
             title=f"[784, {args.hidden}, 10] on {n} MNIST images: L2 regularization against overfitting",
         )
+        wrote.append(publish(out / "overfitting.png", png, overwrite))
+    for path, name in zip(wrote, OUTPUTS):
+        if path.name != name:
+            print(
+                f"jreg demo: {out / name} appeared during the run and was kept; wrote {path} instead", file=sys.stderr
+            )
 
     print(
         f"\n[784, {args.hidden}, 10], η={args.eta}, mini-batch {args.batch_size}, {args.epochs} epochs, "
@@ -151,8 +303,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
             f"{100 * r['best_test_accuracy']:>9.2f}% (@{r['best_epoch']:>3}) "
             f"{r['final_training_cost']:>17.4f} {r['weight_norm']:>12.2f}"
         )
-    wrote = " and ".join(str(out / f) for f in ("results.json", "overfitting.png") if (out / f).exists())
-    print(f"\ntrained in {elapsed:.1f} s; wrote {wrote}")
+    print(f"\ntrained in {elapsed:.1f} s; wrote {' and '.join(map(str, wrote))}")
     return results
 
 
@@ -181,13 +332,34 @@ def _run_summary(lmbda: float, history: Any, i: int, trained: Any) -> dict[str, 
     return row
 
 
+def _json_value(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jreg", description="jreg: regularized neural networks in JAX")
+    """``jreg demo ...``: 0 on success, 1 when a run diverged; a usage error (one line on stderr) exits 2."""
+    parser = _Parser(prog="jreg", description="jreg: regularized neural networks in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo_parser(sub.add_parser("demo", help="Nielsen's overfitting experiment with and without L2 (offline)"))
+    demo_args = demo_parser(
+        sub.add_parser(
+            "demo",
+            help="Nielsen's overfitting experiment with and without L2 (offline)",
+            description="Nielsen's overfitting experiment with and without L2, offline on the embedded MNIST "
+            "subset. Results go to --out/results.json and --out/overfitting.png; --out is checked before "
+            "training, and files already there are never replaced without --overwrite.",
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
-        results = demo(args)
+        from ._errors import JregError
+
+        try:
+            check_out(args.out, args.overwrite)
+            results = demo(args)
+        except (UsageError, JregError) as exc:  # the user's to fix: one line, like argparse's own errors
+            demo_args.error(str(exc))
         diverged = [r for r in results["runs"] if "diverged" in r]
         for r in diverged:
             print(f"jreg demo: λ = {r['lmbda']:g}: {r['diverged']['message']}", file=sys.stderr)

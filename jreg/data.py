@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_key, check_positive_int
-from ._errors import JregError
+from ._errors import JregError, JregTypeError
 from .io import _file_mode
 
 #: The four standard MNIST files and the SHA-256 of their decompressed bytes.
@@ -443,8 +443,12 @@ def _pair(data: Any) -> tuple[Any, Any]:
         raise JregError(f"data must be a pair (x, y), got {type(data).__name__}")
     x, y = data
     for name, a in (("x", x), ("y", y)):
-        if not hasattr(a, "shape") or len(a.shape) == 0:
-            raise JregError(f"data: {name} must be an array with a leading axis of examples, got {np.shape(a)}")
+        if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+            raise JregTypeError(
+                f"data: {name} must be an array with a leading axis of examples, got {type(a).__name__}"
+            )
+        if len(a.shape) == 0:
+            raise JregError(f"data: {name} must be an array with a leading axis of examples, got a scalar")
     if y.shape[0] != x.shape[0]:
         raise JregError(f"data: x and y must hold the same number of examples, got {x.shape[0]} and {y.shape[0]}")
     return x, y
@@ -497,7 +501,10 @@ def expand(data: tuple[Any, Any], side: int = 28) -> tuple[jax.Array, jax.Array]
     down, up, right and left (the pixels shifted in are 0), each block with
     the original labels. Jit-able; 50,000 images become 250,000.
     """
+    side = check_positive_int(side, "side")
     x, y = _pair(data)
+    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == bool):
+        raise JregTypeError(f"data: x must hold pixel values (numbers), got dtype {x.dtype}")
     if x.ndim != 2 or x.shape[1] != side * side:
         raise JregError(f"data: x must have shape (N, {side * side}) for {side}x{side} images, got {tuple(x.shape)}")
     images = x.reshape(-1, side, side)

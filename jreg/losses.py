@@ -36,12 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_nonnegative_scalar, is_concrete
+from ._checks import check_nonnegative_scalar, check_positive_int, is_concrete
 from ._errors import JregError, JregTypeError
 
 
 def one_hot(labels: Any, classes: int, dtype: Any = jnp.float32) -> jax.Array:
     """Integer labels ``(N,)`` -> one-hot targets ``(N, classes)``, checking the range."""
+    classes = check_positive_int(classes, "classes")
     labels = _as_array(labels, "labels")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise JregTypeError(f"labels must be integers, got dtype {labels.dtype}")
@@ -267,8 +268,15 @@ def labels_of(targets: Any) -> jax.Array:
     targets = _as_array(targets, "targets")
     if jnp.issubdtype(targets.dtype, jnp.integer):
         return targets
-    if targets.ndim < 1:
-        raise JregError("targets must be labels (N,) or one-hot targets (N, classes), got a scalar")
+    if not jnp.issubdtype(targets.dtype, jnp.floating):
+        raise JregTypeError(
+            f"targets must be integer labels (N,) or float one-hot targets (N, classes), got dtype {targets.dtype}"
+        )
+    if targets.ndim < 2 or targets.shape[-1] == 0:
+        raise JregError(
+            f"targets given as floats must be one-hot targets (N, classes) with at least one class, "
+            f"got shape {tuple(targets.shape)}"
+        )
     return jnp.argmax(targets, axis=-1)
 
 

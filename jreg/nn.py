@@ -8,7 +8,7 @@ objectives and training work on any params pytree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import initializers as inits
-from ._checks import check_positive_int, is_concrete
+from ._checks import check_key, check_positive_int, is_concrete
 from ._errors import JregError, JregTypeError
 from .stochastic import check_drop_rate, dropout
 
@@ -122,6 +122,8 @@ def mlp(
 
     def apply_fn(params: Params, x: jax.Array, *, key: jax.Array | None = None, intermediates: bool = False) -> Any:
         _check_mlp_input(params, x, sizes)
+        if key is not None:  # checked even when no dropout would use it: a bad key is a mistake either way
+            check_key(key)
         train = key is not None and stochastic
         keys = jax.random.split(key, len(sizes) - 1) if train else [None] * (len(sizes) - 1)
         a = dropout(keys[0], x, input_drop_rate, train=train)
@@ -149,8 +151,19 @@ def _check_mlp_input(params: Params, x: Any, sizes: tuple[int, ...]) -> None:
             f"got {type(params).__name__} of length {len(params) if hasattr(params, '__len__') else '?'}"
         )
     for layer, p in enumerate(params):
-        w, b = p["w"], p["b"]
         expected = (sizes[layer], sizes[layer + 1])
+        if not isinstance(p, Mapping) or "w" not in p or "b" not in p:
+            got = f"a dict with keys {sorted(map(str, p))}" if isinstance(p, Mapping) else type(p).__name__
+            raise JregError(f"params[{layer}] must be a dict {{'w': {expected}, 'b': {expected[1:]}}}, got {got}")
+        for name, shape in (("w", expected), ("b", expected[1:])):
+            leaf = p[name]
+            if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+                raise JregTypeError(
+                    f"params[{layer}][{name!r}] must be an array of shape {shape}, got {type(leaf).__name__}"
+                )
+            if not (jnp.issubdtype(leaf.dtype, jnp.number) or leaf.dtype == bool):
+                raise JregTypeError(f"params[{layer}][{name!r}] must hold numbers, got dtype {leaf.dtype}")
+        w, b = p["w"], p["b"]
         if tuple(w.shape) != expected or tuple(b.shape) != expected[1:]:
             raise JregError(
                 f"params[{layer}] must hold w of shape {expected} and b of shape {expected[1:]}, "

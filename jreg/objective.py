@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _signature
+from ._checks import check_key
 from ._errors import JregError, JregTypeError
 from ._types import Batch, ModelState, Params
 from .penalties import InputPenalty, Penalty
@@ -222,6 +223,8 @@ class Objective:
         state: ModelState = None,
         train: bool | None = None,
     ) -> Any:
+        if key is not None:
+            check_key(key)
         batch_parts, _, new_state = self.batch_parts(params, batch, key=key, step=step, state=state, train=train)
         total, parts = combine(batch_parts, self.penalty_parts(params, step=step))
         return (total, parts, new_state) if self.stateful else (total, parts)

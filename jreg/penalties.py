@@ -547,11 +547,11 @@ def nuclear_norm(c: Any, *, mask: Mask = None, name: str = "nuclear_norm") -> Pe
     """
 
     def fn(w, c):
-        return c * jnp.sum(jnp.linalg.svd(_matrix(w), compute_uv=False))
+        return c * jnp.sum(jnp.linalg.svd(_svd_matrix(w), compute_uv=False)).astype(w.dtype)
 
     def prox(w, t, c):
-        u, s, vt = jnp.linalg.svd(_matrix(w), full_matrices=False)
-        return ((u * jnp.maximum(s - t * c, 0.0)) @ vt).reshape(w.shape)
+        u, s, vt = jnp.linalg.svd(_svd_matrix(w), full_matrices=False)
+        return ((u * jnp.maximum(s - t * c, 0.0)) @ vt).reshape(w.shape).astype(w.dtype)
 
     return term(fn, c, mask=mask, name=name, prox=prox)
 
@@ -559,6 +559,18 @@ def nuclear_norm(c: Any, *, mask: Mask = None, name: str = "nuclear_norm") -> Pe
 def _matrix(w: jax.Array) -> jax.Array:
     """A kernel as a matrix ``(everything else, output units)``."""
     return w.reshape(-1, w.shape[-1])
+
+
+def _svd_matrix(w: jax.Array) -> jax.Array:
+    """:func:`_matrix` in a dtype XLA's SVD takes: float16, bfloat16 and float8 kernels go up to float32.
+
+    The SVD of the rounded weights is then exact to float32 precision; the
+    results are cast back to the weights' dtype by the callers.
+    """
+    m = _matrix(w)
+    if jnp.issubdtype(m.dtype, jnp.floating) and jnp.finfo(m.dtype).bits < 32:
+        return m.astype(jnp.float32)
+    return m
 
 
 def spectral_norm(c: Any, *, iterations: int = 20, mask: Mask = None, name: str = "spectral_norm") -> Penalty:

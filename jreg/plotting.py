@@ -37,6 +37,17 @@ def plot_histories(
         title: a title over the figure.
         percent: draw accuracies in percent.
     """
+    return io.write_bytes(path, render_histories(runs, series=series, title=title, percent=percent))
+
+
+def render_histories(
+    runs: Mapping[str, Mapping[str, Sequence[float]]],
+    *,
+    series: Sequence[str] = ("evaluation_accuracy", "training_cost"),
+    title: str | None = None,
+    percent: bool = True,
+) -> bytes:
+    """The PNG :func:`plot_histories` writes, as bytes (for a caller that publishes it its own way)."""
     from ._errors import JregError
 
     for name in series:
@@ -74,4 +85,4 @@ def plot_histories(
     buffer = _io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return io.write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jreg
+from jreg import cli
 
 DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.uint8, np.bool_, np.complex64])
 MODEL = jreg.mlp([4, 3, 3])
@@ -210,3 +211,117 @@ def test_early_stopping_and_input_penalties_with_random_arguments(patience, fact
     only_jreg_errors(jreg.EarlyStopping, patience=patience, lr_factor=factor)
     only_jreg_errors(jreg.penalties.input_gradient, c)
     only_jreg_errors(jreg.penalties.jacobian_norm, 1.0, projections=projections)
+
+
+# ---------------------------------------------------------------- issue 12: entry points, keys, dtypes, the CLI
+
+ANYTHING = st.one_of(HOSTILE_SCALARS, arrays(), st.lists(st.integers(), max_size=2))
+
+
+@relaxed
+@given(z=ANYTHING, t=ANYTHING)
+@pytest.mark.parametrize(
+    "loss",
+    [jreg.losses.cross_entropy, jreg.losses.quadratic, jreg.losses.log_likelihood, jreg.losses.labels_of],
+    ids=["cross_entropy", "quadratic", "log_likelihood", "labels_of"],
+)
+def test_losses_with_anything(loss, z, t):
+    if loss is jreg.losses.labels_of:
+        only_jreg_errors(loss, z)
+    else:
+        only_jreg_errors(loss, z, t)
+
+
+@relaxed
+@given(labels=ANYTHING, classes=st.one_of(HOSTILE_SCALARS, st.integers(-2, 12)))
+def test_one_hot_with_anything(labels, classes):
+    out = only_jreg_errors(jreg.losses.one_hot, labels, classes)
+    if out is not None:  # a correct one-hot encoding
+        assert out.shape == (*np.shape(labels), classes)
+        np.testing.assert_array_equal(np.argmax(out, axis=-1), np.asarray(labels))
+        assert np.all(np.sum(out, axis=-1) == 1)
+
+
+KEYS = st.one_of(
+    HOSTILE_SCALARS,
+    arrays(max_dims=2),
+    st.integers(0, 3).map(lambda n: jax.random.split(jax.random.key(0), n)),
+    st.integers(0, 3).map(lambda n: jax.random.key_data(jax.random.split(jax.random.key(0), n))),
+    st.just(jax.random.key(1)),
+    st.just(jax.random.PRNGKey(1)),
+)
+DROPOUT_MODEL = jreg.mlp([4, 3, 3], drop_rate=0.5)
+
+
+@relaxed
+@given(key=KEYS, dropout=st.booleans())
+def test_apply_with_random_keys(key, dropout):
+    model = DROPOUT_MODEL if dropout else MODEL
+    out = only_jreg_errors(model.apply, PARAMS, jnp.ones((2, 4)), key=key)
+    if out is not None and key is not None:  # only a single key, typed or raw, may come through
+        assert out.shape == (2, 3)
+        assert jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32
+        assert key.shape == (() if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else (2,))
+
+
+@relaxed
+@given(side=st.one_of(HOSTILE_SCALARS, st.integers(-3, 5)), x=arrays(), y=arrays())
+def test_expand_with_random_sides(side, x, y):
+    out = only_jreg_errors(jreg.data.expand, (x, y), side=side)
+    if out is not None:
+        assert out[0].shape == (5 * x.shape[0], side * side) and out[1].shape[0] == 5 * y.shape[0]
+
+
+LOW_AND_FULL = st.sampled_from([jnp.bfloat16, jnp.float16, jnp.float32, np.float64, jnp.int32, jnp.uint8, np.bool_])
+
+
+@relaxed
+@given(dtypes=st.lists(LOW_AND_FULL, min_size=4, max_size=4), c=st.floats(0, 10))
+def test_nuclear_norm_with_random_dtypes(dtypes, c):
+    """Each leaf of the params in its own dtype: a correct value (against float32 on the same rounded weights)."""
+    leaves, treedef = jax.tree.flatten(PARAMS)
+    params = jax.tree.unflatten(treedef, [jnp.asarray(leaf, dt) for leaf, dt in zip(leaves, dtypes)])
+    value = only_jreg_errors(jreg.penalties.nuclear_norm(c), params)
+    if value is None:
+        return
+    as_f32 = jax.tree.map(lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+    reference = jreg.penalties.nuclear_norm(c)(as_f32)
+    coarsest = max(jnp.finfo(a.dtype).eps for a in jax.tree.leaves(params) if jnp.issubdtype(a.dtype, jnp.floating))
+    assert float(value) == pytest.approx(float(reference), rel=4 * float(coarsest), abs=1e-6)
+
+
+CLI_TOKENS = st.one_of(
+    st.sampled_from(
+        ["--lmbda", "--epochs", "--hidden", "--eta", "--batch-size", "--init", "--seed", "--out", "--quiet"]
+        + ["--overwrite", "--bogus", "0", "1", "-1", "0.1", "nan", "inf", "1e400", "large", "default"]
+        + ["99999999999999999999", "4294967294", "4294967295", "", "x", "/", "/dev/null", "."]
+    ),
+    st.text(max_size=6),
+    st.integers().map(str),
+    st.floats().map(str),
+)
+
+
+@relaxed
+@given(argv=st.lists(CLI_TOKENS, max_size=6))
+def test_the_demo_command_line_with_random_arguments(argv, capsys, monkeypatch, tmp_path_factory):
+    """Random ``jreg demo`` argument lists, nothing trained: the demo starts with valid arguments, or a usage error.
+
+    A usage error is one line on stderr and exit status 2; the demo itself is replaced by a stub that
+    records its arguments (the checks of ``--out`` still run, on the real file system).
+    """
+    started = []
+    monkeypatch.setattr(jreg.cli, "demo", lambda args: started.append(args) or {"runs": []})
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # relative --out values land in a fresh folder
+    try:
+        code = cli.main(["demo", *argv])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    if code == 0:
+        (args,) = started
+        assert err == "" and 0 <= args.seed <= cli.SEED_MAX and args.epochs > 0 and args.hidden > 0
+        assert np.isfinite(args.eta) and args.eta > 0 and all(np.isfinite(v) and v >= 0 for v in args.lmbda)
+    else:
+        assert code == 2 and not started, (argv, code, err)
+        assert err.count("\n") == 1 and err.startswith(("jreg demo: error: ", "jreg: error: ")), err

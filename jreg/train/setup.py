@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._checks import check_finite, is_concrete
+from .._checks import check_params, is_concrete
 from .._errors import JregError, JregTypeError
 from .._tree import inexact_leaves, path_str
 from .._types import Batch, ModelState, Params
@@ -32,25 +32,6 @@ class Setup:
     plan: EpochPlan
     monitor: Monitor
     schedule: Evaluation  # when to measure (``every``)
-
-
-def check_params(params: Params, name: str = "params") -> None:
-    """Params must be a pytree of floating-point arrays (what ``jax.grad`` can differentiate)."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    if not flat:
-        raise JregError(f"{name} holds no arrays")
-    for path, leaf in flat:
-        where = path_str(path) or "<root>"
-        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-            raise JregTypeError(
-                f"{name}: leaf {where!r} is {type(leaf).__name__}, not an array; an Equinox module goes in as "
-                "eqx.partition(model, eqx.is_inexact_array)[0], with apply combining it with the static part"
-            )
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            raise JregTypeError(
-                f"{name}: leaf {where!r} must be floating point to be trained, got {leaf.dtype}{list(leaf.shape)}"
-            )
-        check_finite(leaf, f"{name}: leaf {where!r}")
 
 
 def check_model_state(objective: Callable[..., Any], model_state: ModelState) -> ModelState:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._checks import check_key, check_optimizer
+from .._checks import check_key, check_optimizer, check_params
 from .._errors import JregError, JregTypeError
 from .._types import Batch, Metrics, ModelState, OptState, Params
 from . import calls
@@ -129,9 +129,27 @@ def make_step(
     @functools.wraps(step)
     def checked(params, opt_state, batch, key=None, step=None, *, model_state=None):
         check_step_args(opt_state, key, step)
-        return jitted(params, opt_state, batch, key, step, model_state=calls.as_model_state(model_state))
+        try:
+            return jitted(params, opt_state, batch, key, step, model_state=calls.as_model_state(model_state))
+        except JregError:
+            raise
+        except Exception as exc:
+            explain_failure(exc, params)
+            raise
 
     return checked
+
+
+def explain_failure(exc: Exception, params: Any) -> None:
+    """Raise a jreg error naming the leaf when bad ``params`` are why a step failed to trace; else return.
+
+    Checked only after a failure, so the hot path of a training loop pays nothing: the step's own
+    tracing (``jax.grad`` of integer params, a leaf that is no array) is what finds the problem.
+    """
+    try:
+        check_params(params, finite=False)
+    except JregError as bad:
+        raise bad from exc
 
 
 @functools.lru_cache(maxsize=64)
