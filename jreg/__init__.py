@@ -6,44 +6,111 @@ one objective; ``jax.grad`` differentiates it under ``jit``; optax updates.
 
 from __future__ import annotations
 
-from . import (
-    checkpoint,
-    conventions,
-    data,
-    initializers,
-    io,
-    losses,
-    metrics,
-    optim,
-    penalties,
-    plotting,
-    selectors,
-    stochastic,
-    stopping,
-)
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 from ._errors import JregError, JregTypeError, JregWarning
 from ._version import __version__
-from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
-from .nn import Model, mlp
-from .objective import Objective, objective
-from .optim import decoupled_weight_decay, lambda_max, proximal
-from .penalties import describe
-from .stopping import EarlyStopping
-from .train import (
-    Checkpointing,
-    DataParallel,
-    DivergenceError,
-    Evaluation,
-    History,
-    SweepHistory,
-    TrainState,
-    accuracy,
-    fit,
-    make_epoch,
-    make_step,
-    sweep,
-    total_cost,
+
+if TYPE_CHECKING:  # what the names below are; at run time they load on first use (see __getattr__)
+    from . import (
+        checkpoint,
+        conventions,
+        data,
+        initializers,
+        io,
+        losses,
+        metrics,
+        optim,
+        penalties,
+        plotting,
+        selectors,
+        stochastic,
+        stopping,
+        train,
+    )
+    from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
+    from .nn import Model, mlp
+    from .objective import Objective, objective
+    from .optim import decoupled_weight_decay, lambda_max, proximal
+    from .penalties import describe
+    from .stopping import EarlyStopping
+    from .train import (
+        Checkpointing,
+        DataParallel,
+        DivergenceError,
+        Evaluation,
+        History,
+        SweepHistory,
+        TrainState,
+        accuracy,
+        fit,
+        make_epoch,
+        make_step,
+        sweep,
+        total_cost,
+    )
+
+# ``import jreg`` imports neither JAX nor the submodules: each loads on first use, so the command line
+# (``jreg demo``) checks its arguments and output folder in a fraction of a second, before JAX loads.
+_SUBMODULES = frozenset(
+    "checkpoint conventions data initializers io losses metrics optim penalties plotting selectors stochastic "
+    "stopping train".split()
 )
+_FROM = {
+    **dict.fromkeys(["Checkpoint", "CheckpointError", "load", "load_network2", "save", "save_network2"], "checkpoint"),
+    **dict.fromkeys(["Model", "mlp"], "nn"),
+    **dict.fromkeys(["Objective", "objective"], "objective"),
+    **dict.fromkeys(["decoupled_weight_decay", "lambda_max", "proximal"], "optim"),
+    "describe": "penalties",
+    "EarlyStopping": "stopping",
+    **dict.fromkeys(
+        [
+            "Checkpointing",
+            "DataParallel",
+            "DivergenceError",
+            "Evaluation",
+            "History",
+            "SweepHistory",
+            "TrainState",
+            "accuracy",
+            "fit",
+            "make_epoch",
+            "make_step",
+            "sweep",
+            "total_cost",
+        ],
+        "train",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _FROM:
+        value = getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``jreg.objective`` is the function: importing the submodule of the same name must not replace it."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "objective" and isinstance(value, types.ModuleType):
+            return  # the module stays in sys.modules["jreg.objective"]
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "__version__",

@@ -289,8 +289,9 @@ def test_demo_with_an_existing_file_as_out_fails_at_once_and_leaves_the_file(tmp
     """The done-when of issue 12: a one-line message, exit status 2, before any training, the file untouched.
 
     Before: the demo trained for the whole run (400 epochs) and then lost its results in a
-    FileExistsError traceback. The time is the interpreter's start and ``import jreg`` (jax), plus a few
-    system calls: asserted loosely, since other processes share this machine.
+    FileExistsError traceback. The time is the interpreter's start, ``import jreg`` (which loads no JAX:
+    see the next test) and a few system calls, about 0.3 s here: asserted loosely, since other processes
+    share this machine.
     """
     target = tmp_path / "results"
     target.write_bytes(b"a user's file\n")
@@ -301,6 +302,25 @@ def test_demo_with_an_existing_file_as_out_fails_at_once_and_leaves_the_file(tmp
     assert target.read_bytes() == b"a user's file\n"
     print(f"jreg demo --out <existing file>: exit 2 after {seconds:.2f} s")
     assert seconds < 5
+
+
+def test_import_jreg_and_a_refused_command_line_load_no_jax():
+    """Why the refusal is quick: ``import jreg`` loads its submodules (and JAX, ~1 s) on first use only."""
+    code = (
+        "import sys, jreg, jreg.cli\n"
+        "assert 'jax' not in sys.modules, 'import jreg loaded jax'\n"
+        "try:\n"
+        "    jreg.cli.main(['demo', '--out', sys.argv[1], '--quiet'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 2, exc.code\n"
+        "assert 'jax' not in sys.modules, 'the refused command line loaded jax'\n"
+        "assert callable(jreg.objective) and jreg.fit.__module__ == 'jreg.train.fit'\n"
+        "import jreg.objective\n"
+        "assert callable(jreg.objective), 'importing the submodule replaced the function'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", code, __file__], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize(
