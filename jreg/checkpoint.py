@@ -621,6 +621,101 @@ def load(
     return Checkpoint(loaded_params, loaded_state, header["step"], key, header["meta"], loaded_model_state)
 
 
+# --------------------------------------------------------------------------- what fit reads back on resume
+#
+# ``load`` returns ``meta`` as saved (any JSON): it is the user's. The fields jreg.fit writes there and reads back on
+# resume are checked where they are read, by these functions.
+
+STOPPING_FIELDS = ("best", "best_epoch", "wait", "lr_scale", "stopped")
+
+
+def _run_field(where: str, field: str, what: str, value: Any) -> CheckpointError:
+    return CheckpointError(f"{where}: meta {field!r} {what}, got {_short(value)}")
+
+
+def check_history(series: Any, epochs: Any, where: str, epochs_done: int | None = None) -> None:
+    """Check a saved history: ``{name: [number or None, ...]}`` and ``{name: [1-based epochs, increasing]}``.
+
+    ``epochs`` may be None (files written before it existed); ``epochs_done``, when given, bounds the epochs.
+    Raises :class:`CheckpointError` starting with ``where`` and naming the field.
+    """
+    if series is not None:
+        if not isinstance(series, dict) or not all(isinstance(k, str) for k in series):
+            raise _run_field(where, "history", "must be an object of named series", series)
+        for name, values in series.items():
+            if not isinstance(values, list) or not all(v is None or _is_number(v) for v in values):
+                raise _run_field(where, f"history.{name}", "must be a list of numbers", values)
+            if epochs_done is not None and epochs is None and len(values) > epochs_done:
+                raise _run_field(where, f"history.{name}", f"has more values than the {epochs_done} epochs run", values)
+    if epochs is None:
+        return
+    if not isinstance(epochs, dict) or not all(isinstance(k, str) for k in epochs):
+        raise _run_field(where, "history_epochs", "must be an object of named lists of epochs", epochs)
+    for name, at in epochs.items():
+        field = f"history_epochs.{name}"
+        if not isinstance(at, list) or not all(_is_int(e) and e >= 1 for e in at):
+            raise _run_field(where, field, "must be a list of positive integers", at)
+        if any(b <= a for a, b in zip(at, at[1:])):
+            raise _run_field(where, field, "must increase", at)
+        if epochs_done is not None and at and at[-1] > epochs_done:
+            raise _run_field(where, field, f"goes beyond the {epochs_done} epochs run", at)
+        if isinstance(series, dict) and name in series and len(series[name]) != len(at):
+            raise _run_field(where, field, f"must give one epoch for each of the {len(series[name])} values", at)
+
+
+def check_stopping_state(state: Any, where: str, epochs_done: int | None = None) -> dict[str, Any]:
+    """Check a saved early-stopping state (:meth:`jreg.EarlyStopping.initial_state`'s fields); return it.
+
+    ``best`` and ``best_epoch`` (0-based, before ``epochs_done`` when given) are both null or both set, ``wait`` a
+    non-negative integer, ``lr_scale`` a positive finite number, ``stopped`` null or the reason the run stopped.
+    """
+    field = "early_stopping"
+    if not isinstance(state, dict) or not set(STOPPING_FIELDS) <= set(state):
+        raise _run_field(where, field, f"must be an object with {list(STOPPING_FIELDS)}", state)
+    best, best_epoch, wait, scale, stopped = (state[k] for k in STOPPING_FIELDS)
+    if best is not None and (not _is_number(best) or math.isnan(best)):
+        raise _run_field(where, f"{field}.best", "must be a number or null", best)
+    if best_epoch is not None and (not _is_int(best_epoch) or best_epoch < 0):
+        raise _run_field(where, f"{field}.best_epoch", "must be a non-negative integer or null", best_epoch)
+    if (best is None) != (best_epoch is None):
+        raise _run_field(where, f"{field}.best_epoch", "must be null exactly when 'best' is", best_epoch)
+    if best_epoch is not None and epochs_done is not None and best_epoch >= epochs_done:
+        raise _run_field(where, f"{field}.best_epoch", f"must be an epoch before the {epochs_done} run", best_epoch)
+    if not _is_int(wait) or wait < 0:
+        raise _run_field(where, f"{field}.wait", "must be a non-negative integer", wait)
+    if not _is_number(scale) or not 0 < scale < math.inf:
+        raise _run_field(where, f"{field}.lr_scale", "must be a positive finite number", scale)
+    if stopped is not None and not isinstance(stopped, str):
+        raise _run_field(where, f"{field}.stopped", "must be null or a string", stopped)
+    return state
+
+
+def check_run_meta(meta: Any, path: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
+    """The ``meta`` of a checkpoint :func:`jreg.fit` wrote, checked before a resume reads it; returns it (a dict).
+
+    Checks ``history`` and ``history_epochs`` (:func:`check_history`), ``batch_size`` (a positive integer),
+    ``global_step`` (null or an integer in ``[0, 2**31)``, the step counter's range) and ``early_stopping``
+    (:func:`check_stopping_state`), each only when present (older files lack some); ``step`` (the checkpoint's
+    epoch) bounds the epochs they name. ``None`` gives ``{}``. Other fields are the user's and are not looked at.
+    Raises :class:`CheckpointError` naming ``path`` and the field.
+    """
+    where = str(path)
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: meta must be an object (a checkpoint jreg.fit wrote), got {_short(meta)}")
+    check_history(meta.get("history"), meta.get("history_epochs"), where, step)
+    batch_size = meta.get("batch_size")
+    if "batch_size" in meta and (not _is_int(batch_size) or batch_size < 1):
+        raise _run_field(where, "batch_size", "must be a positive integer", batch_size)
+    global_step = meta.get("global_step")
+    if global_step is not None and (not _is_int(global_step) or not 0 <= global_step < 2**31):
+        raise _run_field(where, "global_step", "must be null or an integer in [0, 2**31)", global_step)
+    if meta.get("early_stopping") is not None:
+        check_stopping_state(meta["early_stopping"], where, step)
+    return meta
+
+
 # --------------------------------------------------------------------------- network2.py's JSON
 
 
@@ -642,35 +737,104 @@ def save_network2(path: str | os.PathLike[str], params: Any, cost: str = "CrossE
     return io.write_bytes(path, json.dumps(data).encode())
 
 
+#: The largest network2 JSON file read: ~13 million numbers at ~20 characters each, far beyond what network2.py
+#: trains in pure NumPy; parsing it takes a few GB of Python objects. Larger models belong in :func:`save`'s format.
+NETWORK2_MAX_BYTES = 256 * 2**20
+
+
+def _numbers(value: Any, shape: tuple[int, ...]) -> bool:
+    """Whether ``value`` is nested lists of exactly ``shape`` holding JSON numbers (no bools, strings or nulls)."""
+    if not shape:
+        return type(value) in (int, float)
+    if type(value) is not list or len(value) != shape[0]:
+        return False
+    if len(shape) == 1:
+        return all(type(v) in (int, float) for v in value)
+    return all(_numbers(v, shape[1:]) for v in value)
+
+
+def _only_numbers(value: Any, depth: int) -> bool:
+    """Whether ``value`` is a number, or lists (at most ``depth`` deep) holding numbers only."""
+    if type(value) in (int, float):
+        return True
+    return type(value) is list and depth > 0 and all(_only_numbers(v, depth - 1) for v in value)
+
+
+def _network2_array(value: Any, shapes: Sequence[tuple[int, ...]], what: str, path: Path, rule: str) -> np.ndarray:
+    """``value`` as a float64 array of the first of ``shapes`` it has; finite numbers only."""
+    for shape in shapes:
+        if _numbers(value, shape):
+            try:
+                arr = np.asarray(value, dtype=np.float64).reshape(shape)
+            except OverflowError as exc:  # an integer beyond float64's range
+                raise CheckpointError(f"{path}: {rule}; its {what} are not all finite numbers ({exc})") from exc
+            if not np.all(np.isfinite(arr)):
+                raise CheckpointError(f"{path}: {rule}; its {what} are not all finite numbers (NaN or infinity)")
+            return arr
+    if not _only_numbers(value, 2):
+        raise CheckpointError(f"{path}: {rule}; its {what} are not numeric, got {_short(value)}")
+    raise CheckpointError(f"{path}: {rule}; its {what} do not have that shape")
+
+
 def load_network2(path: str | os.PathLike[str], dtype: Any = jnp.float32) -> tuple[list[dict[str, jax.Array]], str]:
-    """Read a model saved by network2.py (``Network.save``): ``(params, cost name)``, params in jreg's layout."""
+    """Read a model saved by network2.py (``Network.save``): ``(params, cost name)``, params in jreg's layout.
+
+    The file must be a JSON object with ``sizes`` (at least two positive integers), ``weights`` and ``biases``
+    (one per layer, ``(n_out, n_in)`` and ``(n_out, 1)`` nested lists of finite numbers; biases may also be flat)
+    and optionally ``cost`` (a string); anything else, or a file over :data:`NETWORK2_MAX_BYTES`, raises
+    :class:`CheckpointError` naming the file.
+    """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        info = os.stat(path)
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: no such file") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise CheckpointError(f"{path}: is a folder, not a network2 JSON model file")
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path}: is not a regular file, so not a network2 JSON model")
+    if info.st_size > NETWORK2_MAX_BYTES:
+        raise CheckpointError(
+            f"{path}: {info.st_size} bytes, more than the {NETWORK2_MAX_BYTES} a network2 JSON model may take "
+            "(jreg.checkpoint.NETWORK2_MAX_BYTES)"
+        )
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(NETWORK2_MAX_BYTES + 1)  # the file may have grown since
+        if len(blob) > NETWORK2_MAX_BYTES:
+            raise CheckpointError(f"{path}: more than the {NETWORK2_MAX_BYTES} bytes a network2 JSON model may take")
+        data = json.loads(blob.decode())
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{path}: not a network2 JSON model (nested too deeply)") from exc
+    except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError, or an integer of too many digits
         raise CheckpointError(f"{path}: not a network2 JSON model ({exc})") from exc
     if not isinstance(data, dict) or not {"sizes", "weights", "biases"} <= set(data):
         raise CheckpointError(f"{path}: not a network2 JSON model (needs 'sizes', 'weights' and 'biases')")
-    sizes = data["sizes"]
-    if not isinstance(sizes, list) or len(sizes) < 2 or len(data["weights"]) != len(sizes) - 1:
-        raise CheckpointError(f"{path}: 'sizes' {sizes!r} does not match {len(data['weights'])} weight matrices")
-    params = []
-    for layer, (w, b) in enumerate(zip(data["weights"], data["biases"])):
-        try:
-            w = np.asarray(w, dtype=np.float64)
-            b = np.asarray(b, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: layer {layer} weights or biases are not numeric ({exc})") from exc
-        expected = (sizes[layer + 1], sizes[layer])
-        if w.shape != expected or b.shape != (sizes[layer + 1],):
+    sizes, weights, biases = data["sizes"], data["weights"], data["biases"]
+    if not isinstance(sizes, list) or len(sizes) < 2 or not all(_is_int(n) and n >= 1 for n in sizes):
+        raise CheckpointError(f"{path}: 'sizes' must be a list of at least two positive integers, got {_short(sizes)}")
+    for name, value in (("weights", weights), ("biases", biases)):
+        if not isinstance(value, list) or len(value) != len(sizes) - 1:
+            got = f"{len(value)} {name}" if isinstance(value, list) else f"{name} {_short(value)}"
             raise CheckpointError(
-                f"{path}: layer {layer} must have weights {expected} (n_out, n_in) and {sizes[layer + 1]} biases, "
-                f"got weights {w.shape} and {b.shape[0]} biases"
+                f"{path}: 'sizes' {_short(sizes)} does not match {got}: it makes {len(sizes) - 1} layers, so "
+                f"{name!r} must list {len(sizes) - 1} matrices"
             )
-        params.append({"w": jnp.asarray(w.T, dtype), "b": jnp.asarray(b, dtype)})
-    return params, str(data.get("cost", "CrossEntropyCost"))
+    cost = data.get("cost", "CrossEntropyCost")
+    if not isinstance(cost, str):
+        raise CheckpointError(f"{path}: 'cost' must be the cost's name (a string), got {_short(cost)}")
+    params = []
+    for layer, (w, b) in enumerate(zip(weights, biases)):
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        rule = f"layer {layer} must have weights {(n_out, n_in)} (n_out, n_in) and {n_out} biases ({n_out}, 1)"
+        w = _network2_array(w, [(n_out, n_in)], "weights", path, rule)
+        b = _network2_array(b, [(n_out, 1), (n_out,), (1, n_out)], "biases", path, rule)
+        params.append({"w": jnp.asarray(w.T, dtype), "b": jnp.asarray(b.reshape(-1), dtype)})
+    return params, cost
 
 
 def _check_mlp_params(params: Any, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
