@@ -264,26 +264,26 @@ class _Header:
 
     def fail(self, field: str, what: str, value: Any = None) -> CheckpointError:
         got = "" if value is None else f", got {_short(value)}"
-        return CheckpointError(f"{self.path}: not a valid jreg checkpoint header: {field} {what}{got}")
+        return CheckpointError(f"{self.path}: not a valid jreg checkpoint header: '{field}' {what}{got}")
 
     def check(self, header: Any) -> dict[str, Any]:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise CheckpointError(f"{self.path}: not a jreg checkpoint (its header's format is not {FORMAT!r})")
         version = header.get("format_version")
         if not _is_int(version) or version < 1:
-            raise self.fail("'format_version'", "must be a positive integer", version)
+            raise self.fail("format_version", "must be a positive integer", version)
         if version > FORMAT_VERSION:
             raise CheckpointError(
                 f"{self.path}: checkpoint format {version} is newer than this jreg reads ({FORMAT_VERSION})"
             )
         for field in ("params", "opt_state", "step", "key", "meta"):
             if field not in header:
-                raise self.fail(f"{field!r}", "is missing")
+                raise self.fail(field, "is missing")
         if "jreg_version" in header and not isinstance(header["jreg_version"], str):
-            raise self.fail("'jreg_version'", "must be a string", header["jreg_version"])
+            raise self.fail("jreg_version", "must be a string", header["jreg_version"])
         step = header["step"]
         if step is not None and (not _is_int(step) or step < 0):
-            raise self.fail("'step'", "must be a non-negative integer or null", step)
+            raise self.fail("step", "must be a non-negative integer or null", step)
         self.section(header["params"], "params", required=True)
         for name in ("opt_state", "model_state"):  # model_state: absent in files written before it existed
             self.section(header.get(name), name, required=False)
@@ -295,12 +295,12 @@ class _Header:
         if info is None and not required:
             return
         if not isinstance(info, dict) or "tree" not in info or "leaves" not in info:
-            raise self.fail(f"{name!r}", "must be an object with 'tree' and 'leaves'", info)
+            raise self.fail(name, "must be an object with 'tree' and 'leaves'", info)
         entries = info["leaves"]
         if not isinstance(entries, list):
-            raise self.fail(f"'{name}.leaves'", "must be a list", entries)
+            raise self.fail(f"{name}.leaves", "must be a list", entries)
         for i, entry in enumerate(entries):
-            where = f"'{name}.leaves[{i}]'"
+            where = f"{name}.leaves[{i}]"
             if not isinstance(entry, dict) or not {"path", "shape", "dtype"} <= set(entry):
                 raise self.fail(where, "must be an object with 'path', 'shape' and 'dtype'", entry)
             if not isinstance(entry["path"], str):
@@ -310,9 +310,9 @@ class _Header:
                 raise self.fail(f"{where}.dtype", "must name a numeric dtype", entry["dtype"])
         if info["tree"] is not None:  # None: custom pytree nodes, restorable only into a template
             used = [False] * len(entries)
-            self.tree(info["tree"], used, f"'{name}.tree'", 0)
+            self.tree(info["tree"], used, f"{name}.tree", 0)
             if not all(used):
-                raise self.fail(f"'{name}.tree'", f"names {sum(used)} of the {len(entries)} leaves listed")
+                raise self.fail(f"{name}.tree", f"names {sum(used)} of the {len(entries)} leaves listed")
 
     def shape(self, shape: Any, field: str) -> None:
         if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_int(n) and n >= 0 for n in shape):
@@ -340,13 +340,13 @@ class _Header:
             if not isinstance(children, dict):
                 raise self.fail(field, "has a dict node whose children are not an object", children)
             for k, child in children.items():
-                self.tree(child, used, f"{field[:-1]}/{k}'", depth + 1)
+                self.tree(child, used, f"{field}/{k}", depth + 1)
         elif keys in ({"list"}, {"tuple"}):
             children = node.get("list", node.get("tuple"))
             if not isinstance(children, list):
                 raise self.fail(field, "has a list node whose children are not a list", children)
             for k, child in enumerate(children):
-                self.tree(child, used, f"{field[:-1]}/{k}'", depth + 1)
+                self.tree(child, used, f"{field}/{k}", depth + 1)
         else:
             raise self.fail(field, "has a node that is not a leaf, null, dict, named tuple, list or tuple", node)
 
@@ -354,18 +354,18 @@ class _Header:
         if key is None:
             return
         if not isinstance(key, dict) or not isinstance(key.get("typed"), bool) or "impl" not in key:
-            raise self.fail("'key'", "must be null or an object with 'impl' and a boolean 'typed'", key)
+            raise self.fail("key", "must be null or an object with 'impl' and a boolean 'typed'", key)
         impl = key["impl"]
         if key["typed"]:
             if not isinstance(impl, str) or not _known_impl(impl):
-                raise self.fail("'key.impl'", "must name a PRNG implementation this JAX knows", impl)
+                raise self.fail("key.impl", "must name a PRNG implementation this JAX knows", impl)
         elif impl is not None:
-            raise self.fail("'key.impl'", "must be null for a raw (untyped) key", impl)
+            raise self.fail("key.impl", "must be null for a raw (untyped) key", impl)
         if "shape" in key or "dtype" in key:  # recorded since issue 12; older files leave them out
-            self.shape(key.get("shape"), "'key.shape'")
+            self.shape(key.get("shape"), "key.shape")
             dtype = _leaf_dtype(key.get("dtype"))
             if dtype is None or dtype.kind == "V":
-                raise self.fail("'key.dtype'", "must name an integer or float dtype", key.get("dtype"))
+                raise self.fail("key.dtype", "must name an integer or float dtype", key.get("dtype"))
 
 
 def _known_impl(name: str) -> bool:
@@ -435,15 +435,19 @@ class _Archive:
             raise CheckpointError(f"{self.path}: {what}: members declare more bytes than the file holds")
         return info
 
-    def read(self, name: str, what: str, dtype: np.dtype | None, shape: tuple[int, ...] | None, limit: int = 0):
-        """Member ``name`` as an array of ``dtype`` and ``shape`` (None: any numeric, at most ``limit`` bytes)."""
+    def read(self, name: str, what: str, dtype: Any, shape: Any, limit: int = 0, said: str = "") -> np.ndarray:
+        """Member ``name`` as an array of ``dtype`` and ``shape`` (None: any numeric, at most ``limit`` bytes).
+
+        ``said``: the dtype and shape as the header gives them, for messages (bfloat16 is stored as uint16).
+        """
         info = self.member(name, what)
+        said = said or f"{dtype}{list(shape or ())}"
         if dtype is not None and shape is not None:
             need = math.prod(shape) * dtype.itemsize
             if not need <= info.file_size <= need + _NPY_PREFIX + _NPY_HEADER_LIMIT:
                 raise CheckpointError(
-                    f"{self.path}: {what}: member {name!r} declares {info.file_size} bytes, but {dtype}{list(shape)} "
-                    f"takes {need} (plus a .npy header)"
+                    f"{self.path}: {what}: member {name!r} declares {info.file_size} bytes, but {said} takes {need} "
+                    "(plus a .npy header)"
                 )
         elif info.file_size > limit + _NPY_PREFIX + _NPY_HEADER_LIMIT:
             raise CheckpointError(
@@ -458,7 +462,7 @@ class _Archive:
                     got_shape, fortran, got = np.lib.format.read_array_header_2_0(fp, _NPY_HEADER_LIMIT)
                 else:
                     raise ValueError(f".npy format version {version} is not one NumPy writes for numbers")
-                self.agree(what, got_shape, got, dtype, shape)
+                self.agree(what, got_shape, got, dtype, shape, said)
                 size = info.file_size - fp.tell()
                 need = math.prod(got_shape) * got.itemsize
                 if size != need:
@@ -474,7 +478,7 @@ class _Archive:
             ) from exc
         return np.frombuffer(buffer, dtype=got).reshape(got_shape, order="F" if fortran else "C")
 
-    def agree(self, what: str, got_shape: tuple, got: np.dtype, dtype: np.dtype | None, shape: tuple | None) -> None:
+    def agree(self, what: str, got_shape: tuple, got: np.dtype, dtype: Any, shape: Any, said: str) -> None:
         if got.hasobject:
             raise CheckpointError(f"{self.path}: {what} holds pickled Python objects, which jreg never loads")
         if dtype is None:
@@ -482,8 +486,7 @@ class _Archive:
                 raise CheckpointError(f"{self.path}: {what} is not numeric (dtype {got})")
         elif got != dtype or tuple(got_shape) != shape:
             raise CheckpointError(
-                f"{self.path}: {what} is {got}{list(got_shape)} in its .npy member, the header says "
-                f"{dtype}{list(shape or ())}"
+                f"{self.path}: {what} is {got}{list(got_shape)} in its .npy member, the header says {said}"
             )
 
     def bytes(self, fp: Any, n: int, what: str) -> bytearray:
@@ -542,7 +545,8 @@ def _section(archive: _Archive, header: dict, name: str, target: Any) -> Any:
     leaves = []
     for i, e in enumerate(entries):
         dtype = _leaf_dtype(e["dtype"])
-        stored = archive.read(f"{name}{i}.npy", f"{name} leaf {e['path']!r}", _stored_dtype(dtype), tuple(e["shape"]))
+        what, said = f"{name} leaf {e['path']!r}", f"{e['dtype']}{e['shape']}"
+        stored = archive.read(f"{name}{i}.npy", what, _stored_dtype(dtype), tuple(e["shape"]), said=said)
         leaves.append(stored.view(dtype) if dtype.kind == "V" else stored)
     path = archive.path
     if target is not None:
