@@ -1,10 +1,17 @@
 """Checkpoints that cannot execute code on load, and network2.py's JSON model format.
 
-Format: one ``.npz`` file (NumPy's zip of ``.npy`` arrays), read with
-``allow_pickle=False``, holding every array leaf, plus a JSON header (stored as
-a byte array inside the same file) that records the jreg version, the tree
-structure of the params and optimizer state, every leaf's path, shape and
-dtype, the step, the PRNG key's implementation and the user's ``meta``.
+Format: one ``.npz`` file (NumPy's zip of ``.npy`` arrays) holding every array
+leaf, plus a JSON header (stored as a byte array inside the same file) that
+records the jreg version, the tree structure of the params and optimizer state,
+every leaf's path, shape and dtype, the step, the PRNG key's implementation
+(and, since issue 12, its shape and dtype) and the user's ``meta``.
+
+Reading trusts nothing in the file: :func:`load` opens the zip itself, reads
+the header first (at most :data:`MAX_HEADER_BYTES`), checks it field by field,
+then reads only the members the header names, each after its declared size and
+its ``.npy`` header agree with the shape and dtype the JSON header gives (no
+object arrays, no pickle). A lie anywhere is a :class:`CheckpointError` naming
+the file and the field, before anything large is allocated.
 
 Why this format: it needs nothing beyond NumPy (no extra dependency), loads
 anywhere NumPy does, cannot run code (no pickle, and the structure is rebuilt
