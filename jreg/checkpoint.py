@@ -1,10 +1,17 @@
 """Checkpoints that cannot execute code on load, and network2.py's JSON model format.
 
-Format: one ``.npz`` file (NumPy's zip of ``.npy`` arrays), read with
-``allow_pickle=False``, holding every array leaf, plus a JSON header (stored as
-a byte array inside the same file) that records the jreg version, the tree
-structure of the params and optimizer state, every leaf's path, shape and
-dtype, the step, the PRNG key's implementation and the user's ``meta``.
+Format: one ``.npz`` file (NumPy's zip of ``.npy`` arrays) holding every array
+leaf, plus a JSON header (stored as a byte array inside the same file) that
+records the jreg version, the tree structure of the params and optimizer state,
+every leaf's path, shape and dtype, the step, the PRNG key's implementation
+(and, since issue 12, its shape and dtype) and the user's ``meta``.
+
+Reading trusts nothing in the file: :func:`load` opens the zip itself, reads
+the header first (at most :data:`MAX_HEADER_BYTES`), checks it field by field,
+then reads only the members the header names, each after its declared size and
+its ``.npy`` header agree with the shape and dtype the JSON header gives (no
+object arrays, no pickle). A lie anywhere is a :class:`CheckpointError` naming
+the file and the field, before anything large is allocated.
 
 Why this format: it needs nothing beyond NumPy (no extra dependency), loads
 anywhere NumPy does, cannot run code (no pickle, and the structure is rebuilt
@@ -24,7 +31,11 @@ from __future__ import annotations
 
 import io as _io
 import json
+import math
 import os
+import re
+import stat
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,12 +139,6 @@ def _to_numpy(leaf: Any, where: str) -> tuple[np.ndarray, str]:
     return arr, name
 
 
-def _from_numpy(arr: np.ndarray, dtype_name: str) -> np.ndarray:
-    if str(arr.dtype) == dtype_name:
-        return arr
-    return arr.view(jnp.dtype(dtype_name))
-
-
 def _flatten_section(tree: Any, prefix: str, store: dict[str, np.ndarray]) -> dict[str, Any]:
     leaves: list[Any] = []
     try:
@@ -188,6 +193,9 @@ def save(
         else:
             store["key"] = np.asarray(key)
             header["key"] = {"impl": None, "typed": False}
+            if store["key"].dtype.kind not in "biufc":
+                raise JregTypeError(f"key must be a PRNG key or an array of integers, got dtype {store['key'].dtype}")
+        header["key"].update(shape=list(store["key"].shape), dtype=str(store["key"].dtype))
     try:
         text = json.dumps(header)
     except TypeError as exc:
@@ -198,42 +206,356 @@ def save(
     return io.write_bytes(path, buffer.getvalue())
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+# --------------------------------------------------------------------------- reading: foreign bytes, checked first
+#
+# A checkpoint is read with ``zipfile`` directly, never with ``np.load``: the JSON header first (its declared size
+# capped), then the header is checked field by field, then only the members the header names are read, each after
+# its declared size and its ``.npy`` header agree with the shape and dtype the JSON header gives. A member the header
+# does not name is never opened, so a forged file costs at most what its header and the arrays it names cost.
+
+#: The most bytes the JSON header may declare (it lists each leaf's path, shape and dtype: ~100 bytes a leaf).
+MAX_HEADER_BYTES = 64 * 2**20
+#: The deepest tree description accepted (real trees nest a few levels; Python's recursion limit is 1000).
+MAX_TREE_DEPTH = 200
+#: The most dimensions a leaf may have (NumPy's own limit).
+MAX_DIMS = 64
+#: The most bytes a key member may hold in files that do not record the key's shape (written before they did).
+KEY_MAX_BYTES = 2**20
+_NPY_HEADER_LIMIT = 10_000  # NumPy's own limit on a .npy header's dict (np.lib.format's max_header_size)
+_NPY_PREFIX = 12  # magic (6), version (2), header length (up to 4)
+_DEFLATE_RATIO = 1032  # deflate's largest expansion: no member holds more bytes than this per compressed byte
+_CHUNK = 1 << 24
+_DTYPE_NAME = re.compile(r"[A-Za-z0-9_<>=|]{1,40}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _leaf_dtype(name: Any) -> np.dtype | None:
+    """The dtype a header's dtype name stands for, if it is one jreg writes (numeric, or an ml_dtypes type)."""
+    if not isinstance(name, str) or not _DTYPE_NAME.fullmatch(name):
+        return None
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such checkpoint") from exc
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        why = "it holds pickled Python objects, which jreg never loads" if "allow_pickle" in str(exc) else str(exc)
-        raise CheckpointError(f"{path}: not a jreg checkpoint, or truncated or corrupted ({why})") from exc
-    if "__header__" not in arrays:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dtype = np.dtype(name)
+    except Exception:  # noqa: BLE001 - NumPy's parser on a foreign string: any failure means "not a dtype"
+        return None
+    if str(dtype) != name or dtype.names is not None or dtype.subdtype is not None or dtype.hasobject:
+        return None
+    if dtype.kind in "biufc" or (dtype.kind == "V" and dtype.type is not np.void):
+        return dtype
+    return None
+
+
+def _stored_dtype(dtype: np.dtype) -> np.dtype:
+    """How a leaf of ``dtype`` is stored: ml_dtypes (bfloat16, float8...) as unsigned ints of their bits."""
+    return np.dtype(f"u{dtype.itemsize}") if dtype.kind == "V" else dtype
+
+
+class _Header:
+    """Checks a parsed JSON header; every complaint names the file and the field."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, field: str, what: str, value: Any = None) -> CheckpointError:
+        got = "" if value is None else f", got {_short(value)}"
+        return CheckpointError(f"{self.path}: not a valid jreg checkpoint header: '{field}' {what}{got}")
+
+    def check(self, header: Any) -> dict[str, Any]:
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise CheckpointError(f"{self.path}: not a jreg checkpoint (its header's format is not {FORMAT!r})")
+        version = header.get("format_version")
+        if not _is_int(version) or version < 1:
+            raise self.fail("format_version", "must be a positive integer", version)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{self.path}: checkpoint format {version} is newer than this jreg reads ({FORMAT_VERSION})"
+            )
+        for field in ("params", "opt_state", "step", "key", "meta"):
+            if field not in header:
+                raise self.fail(field, "is missing")
+        if "jreg_version" in header and not isinstance(header["jreg_version"], str):
+            raise self.fail("jreg_version", "must be a string", header["jreg_version"])
+        step = header["step"]
+        if step is not None and (not _is_int(step) or step < 0):
+            raise self.fail("step", "must be a non-negative integer or null", step)
+        self.section(header["params"], "params", required=True)
+        for name in ("opt_state", "model_state"):  # model_state: absent in files written before it existed
+            self.section(header.get(name), name, required=False)
+        header.setdefault("model_state", None)
+        self.key(header["key"])
+        return header
+
+    def section(self, info: Any, name: str, required: bool) -> None:
+        if info is None and not required:
+            return
+        if not isinstance(info, dict) or "tree" not in info or "leaves" not in info:
+            raise self.fail(name, "must be an object with 'tree' and 'leaves'", info)
+        entries = info["leaves"]
+        if not isinstance(entries, list):
+            raise self.fail(f"{name}.leaves", "must be a list", entries)
+        for i, entry in enumerate(entries):
+            where = f"{name}.leaves[{i}]"
+            if not isinstance(entry, dict) or not {"path", "shape", "dtype"} <= set(entry):
+                raise self.fail(where, "must be an object with 'path', 'shape' and 'dtype'", entry)
+            if not isinstance(entry["path"], str):
+                raise self.fail(f"{where}.path", "must be a string", entry["path"])
+            self.shape(entry["shape"], f"{where}.shape")
+            if _leaf_dtype(entry["dtype"]) is None:
+                raise self.fail(f"{where}.dtype", "must name a numeric dtype", entry["dtype"])
+        if info["tree"] is not None:  # None: custom pytree nodes, restorable only into a template
+            used = [False] * len(entries)
+            self.tree(info["tree"], used, f"{name}.tree", 0)
+            if not all(used):
+                raise self.fail(f"{name}.tree", f"names {sum(used)} of the {len(entries)} leaves listed")
+
+    def shape(self, shape: Any, field: str) -> None:
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_int(n) and n >= 0 for n in shape):
+            raise self.fail(field, f"must be a list of at most {MAX_DIMS} non-negative integers", shape)
+
+    def tree(self, node: Any, used: list[bool], field: str, depth: int) -> None:
+        """A tree description: each node one kind, each leaf index an int in range, used exactly once."""
+        if depth > MAX_TREE_DEPTH:
+            raise self.fail(field, f"nests deeper than {MAX_TREE_DEPTH} levels")
+        keys = set(node) if isinstance(node, dict) else None
+        if keys == {"leaf"}:
+            i = node["leaf"]
+            if not _is_int(i) or not 0 <= i < len(used):
+                raise self.fail(field, f"has a leaf index that is not an integer in [0, {len(used)})", i)
+            if used[i]:
+                raise self.fail(field, f"uses leaf {i} twice")
+            used[i] = True
+        elif keys == {"none"}:
+            if node["none"] is not True:
+                raise self.fail(field, "has a malformed null node", node)
+        elif keys in ({"dict"}, {"namedtuple", "fields"}):
+            children = node.get("dict", node.get("fields"))
+            if "namedtuple" in node and not isinstance(node["namedtuple"], str):
+                raise self.fail(field, "has a named tuple whose name is not a string", node["namedtuple"])
+            if not isinstance(children, dict):
+                raise self.fail(field, "has a dict node whose children are not an object", children)
+            for k, child in children.items():
+                self.tree(child, used, f"{field}/{k}", depth + 1)
+        elif keys in ({"list"}, {"tuple"}):
+            children = node.get("list", node.get("tuple"))
+            if not isinstance(children, list):
+                raise self.fail(field, "has a list node whose children are not a list", children)
+            for k, child in enumerate(children):
+                self.tree(child, used, f"{field}/{k}", depth + 1)
+        else:
+            raise self.fail(field, "has a node that is not a leaf, null, dict, named tuple, list or tuple", node)
+
+    def key(self, key: Any) -> None:
+        if key is None:
+            return
+        if not isinstance(key, dict) or not isinstance(key.get("typed"), bool) or "impl" not in key:
+            raise self.fail("key", "must be null or an object with 'impl' and a boolean 'typed'", key)
+        impl = key["impl"]
+        if key["typed"]:
+            if not isinstance(impl, str) or not _known_impl(impl):
+                raise self.fail("key.impl", "must name a PRNG implementation this JAX knows", impl)
+        elif impl is not None:
+            raise self.fail("key.impl", "must be null for a raw (untyped) key", impl)
+        if "shape" in key or "dtype" in key:  # recorded since issue 12; older files leave them out
+            self.shape(key.get("shape"), "key.shape")
+            dtype = _leaf_dtype(key.get("dtype"))
+            if dtype is None or dtype.kind == "V":
+                raise self.fail("key.dtype", "must name an integer or float dtype", key.get("dtype"))
+
+
+def _known_impl(name: str) -> bool:
+    try:
+        jax.random.key_dtype(name)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
+class _Archive:
+    """An open checkpoint zip: members read only when named, sizes checked before anything is allocated."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            info = os.stat(path)
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{path}: no such checkpoint") from exc
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
+        if stat.S_ISDIR(info.st_mode):
+            raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path}: is not a regular file, so not a checkpoint")
+        self.size, self.budget, magic = info.st_size, info.st_size, b""
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+            self.zip = zipfile.ZipFile(path)
+        except Exception as exc:  # noqa: BLE001 - zipfile parsing foreign bytes: any failure means "not a checkpoint"
+            if magic == b"\x93NUMPY":
+                raise CheckpointError(
+                    f"{path}: is a single .npy array, not a jreg checkpoint (an .npz archive written by jreg.save)"
+                ) from exc
+            raise CheckpointError(
+                f"{path}: not a jreg checkpoint, or truncated or corrupted (not a zip archive: {exc})"
+            ) from exc
+
+    def __enter__(self) -> _Archive:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.zip.close()
+
+    def member(self, name: str, what: str) -> zipfile.ZipInfo:
+        """The zip entry of ``name`` whose declared sizes the file can actually hold."""
+        try:
+            info = self.zip.getinfo(name)
+        except KeyError:
+            raise CheckpointError(f"{self.path}: incomplete checkpoint ({what}: no member {name!r})") from None
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{self.path}: {what} is encrypted")
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_size != info.file_size:
+                raise CheckpointError(f"{self.path}: {what}: member {name!r} is corrupted (stored sizes disagree)")
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            if info.file_size > info.compress_size * _DEFLATE_RATIO + 1024:
+                raise CheckpointError(
+                    f"{self.path}: {what}: member {name!r} declares {info.file_size} bytes, more than its "
+                    f"{info.compress_size} compressed bytes can hold"
+                )
+        else:
+            raise CheckpointError(f"{self.path}: {what}: member {name!r} uses compression {info.compress_type}")
+        self.budget -= info.compress_size  # members that overlap (a zip bomb) spend more than the file holds
+        if self.budget < 0:
+            raise CheckpointError(f"{self.path}: {what}: members declare more bytes than the file holds")
+        return info
+
+    def read(self, name: str, what: str, dtype: Any, shape: Any, limit: int = 0, said: str = "") -> np.ndarray:
+        """Member ``name`` as an array of ``dtype`` and ``shape`` (None: any numeric, at most ``limit`` bytes).
+
+        ``said``: the dtype and shape as the header gives them, for messages (bfloat16 is stored as uint16).
+        """
+        info = self.member(name, what)
+        said = said or f"{dtype}{list(shape or ())}"
+        if dtype is not None and shape is not None:
+            need = math.prod(shape) * dtype.itemsize
+            if not need <= info.file_size <= need + _NPY_PREFIX + _NPY_HEADER_LIMIT:
+                raise CheckpointError(
+                    f"{self.path}: {what}: member {name!r} declares {info.file_size} bytes, but {said} takes {need} "
+                    "(plus a .npy header)"
+                )
+        elif info.file_size > limit + _NPY_PREFIX + _NPY_HEADER_LIMIT:
+            raise CheckpointError(
+                f"{self.path}: {what}: member {name!r} declares {info.file_size} bytes, more than the {limit} allowed"
+            )
+        try:
+            with self.zip.open(info) as fp:
+                version = np.lib.format.read_magic(fp)
+                if version == (1, 0):
+                    got_shape, fortran, got = np.lib.format.read_array_header_1_0(fp, _NPY_HEADER_LIMIT)
+                elif version == (2, 0):
+                    got_shape, fortran, got = np.lib.format.read_array_header_2_0(fp, _NPY_HEADER_LIMIT)
+                else:
+                    raise ValueError(f".npy format version {version} is not one NumPy writes for numbers")
+                self.agree(what, got_shape, got, dtype, shape, said)
+                size = info.file_size - fp.tell()
+                need = math.prod(got_shape) * got.itemsize
+                if size != need:
+                    raise CheckpointError(
+                        f"{self.path}: {what} holds {size} bytes, but {got}{list(got_shape)} takes {need}"
+                    )
+                buffer = self.bytes(fp, need, what)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zipfile and NumPy's .npy parser on foreign bytes
+            raise CheckpointError(
+                f"{self.path}: {what} is truncated or corrupted ({type(exc).__name__}: {exc})"
+            ) from exc
+        return np.frombuffer(buffer, dtype=got).reshape(got_shape, order="F" if fortran else "C")
+
+    def agree(self, what: str, got_shape: tuple, got: np.dtype, dtype: Any, shape: Any, said: str) -> None:
+        if got.hasobject:
+            raise CheckpointError(f"{self.path}: {what} holds pickled Python objects, which jreg never loads")
+        if dtype is None:
+            if got.kind not in "biufc" or got.names is not None or got.subdtype is not None:
+                raise CheckpointError(f"{self.path}: {what} is not numeric (dtype {got})")
+        elif got != dtype or tuple(got_shape) != shape:
+            raise CheckpointError(
+                f"{self.path}: {what} is {got}{list(got_shape)} in its .npy member, the header says {said}"
+            )
+
+    def bytes(self, fp: Any, n: int, what: str) -> bytearray:
+        buffer = bytearray(n)
+        view, done = memoryview(buffer), 0
+        while done < n:
+            chunk = fp.read(min(n - done, _CHUNK))
+            if not chunk:
+                raise CheckpointError(f"{self.path}: {what} is truncated ({done} of {n} bytes)")
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+        if fp.read(1):  # also makes zipfile check the member's CRC
+            raise CheckpointError(f"{self.path}: {what} holds more bytes than its header says")
+        return buffer
+
+    def header(self) -> dict[str, Any]:
+        blob = self.read("__header__.npy", "the jreg header", None, None, MAX_HEADER_BYTES)
+        if blob.dtype != np.uint8 or blob.ndim != 1:
+            raise CheckpointError(f"{self.path}: not a jreg checkpoint (its header is not a byte array)")
+        try:
+            parsed = json.loads(blob.tobytes().decode())
+        except RecursionError as exc:
+            raise CheckpointError(f"{self.path}: corrupted checkpoint header (nested too deeply)") from exc
+        except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError, or an integer of too many digits
+            raise CheckpointError(f"{self.path}: corrupted checkpoint header ({exc})") from exc
+        return _Header(self.path).check(parsed)
+
+
+def _open(path: Path) -> _Archive:
+    archive = _Archive(path)
+    if "__header__.npy" not in archive.zip.NameToInfo:
+        archive.zip.close()
         raise CheckpointError(f"{path}: not a jreg checkpoint (no jreg header)")
-    try:
-        header = json.loads(arrays.pop("__header__").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupted checkpoint header ({exc})") from exc
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a jreg checkpoint")
-    if header.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {header['format_version']} is newer than this jreg reads ({FORMAT_VERSION})"
-        )
-    return header, arrays
+    return archive
 
 
-def _section(header: dict, arrays: dict, name: str, path: Path, target: Any) -> Any:
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint's JSON header, checked, without reading any array: cheap even for a large checkpoint.
+
+    Returns ``{"format", "format_version", "jreg_version", "params", "opt_state",
+    "model_state", "step", "key", "meta"}``: each tree section is ``None`` or
+    ``{"tree": description, "leaves": [{"path", "shape", "dtype"}, ...]}``;
+    ``meta`` is the user's (or :func:`jreg.fit`'s) JSON as saved, unchecked
+    (:func:`check_run_meta` checks the fields ``fit`` reads on resume). A file
+    that is not a jreg checkpoint, or whose header lies, raises
+    :class:`CheckpointError` naming the file and the field.
+    """
+    path = Path(path)
+    with _open(path) as archive:
+        return archive.header()
+
+
+def _section(archive: _Archive, header: dict, name: str, target: Any) -> Any:
     info = header[name]
     entries = info["leaves"]
-    try:
-        leaves = [_from_numpy(arrays[f"{name}{i}"], e["dtype"]) for i, e in enumerate(entries)]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: {name} leaves are missing or corrupted ({exc})") from exc
-    for leaf, e in zip(leaves, entries):
-        if leaf.dtype.kind not in "biufcV":
-            raise CheckpointError(f"{path}: {name} leaf {e['path']!r} is not numeric (dtype {leaf.dtype})")
-        if list(leaf.shape) != e["shape"]:
-            raise CheckpointError(f"{path}: {name} leaf {e['path']!r} has shape {leaf.shape}, header says {e['shape']}")
+    leaves = []
+    for i, e in enumerate(entries):
+        dtype = _leaf_dtype(e["dtype"])
+        what, said = f"{name} leaf {e['path']!r}", f"{e['dtype']}{e['shape']}"
+        stored = archive.read(f"{name}{i}.npy", what, _stored_dtype(dtype), tuple(e["shape"]), said=said)
+        leaves.append(stored.view(dtype) if dtype.kind == "V" else stored)
+    path = archive.path
     if target is not None:
         return _into_target(leaves, entries, target, name, path)
     if info["tree"] is None:
@@ -242,6 +564,20 @@ def _section(header: dict, arrays: dict, name: str, path: Path, target: Any) -> 
             f"load(..., {name}=template) to restore it"
         )
     return _build(info["tree"], [jnp.asarray(leaf) for leaf in leaves])
+
+
+def _key(archive: _Archive, info: dict[str, Any]) -> Any:
+    if "shape" in info:
+        dtype, shape = _leaf_dtype(info["dtype"]), tuple(info["shape"])
+        data = archive.read("key.npy", "the key", dtype, shape)
+    else:  # files written before the key's shape was recorded
+        data = archive.read("key.npy", "the key", None, None, KEY_MAX_BYTES)
+    if not info["typed"]:
+        return data
+    try:
+        return jax.random.wrap_key_data(data, impl=info["impl"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{archive.path}: the key's data do not fit {info['impl']!r} keys ({exc})") from exc
 
 
 def _into_target(leaves: list, entries: list, target: Any, name: str, path: Path) -> Any:
@@ -281,25 +617,114 @@ def load(
     difference is named in the error.
     """
     path = Path(path)
-    header, arrays = _read(path)
-    try:
-        loaded_params = _section(header, arrays, "params", path, params)
-        loaded_state = None if header["opt_state"] is None else _section(header, arrays, "opt_state", path, opt_state)
-        saved_model_state = header.get("model_state")  # absent in files written before model state existed
+    with _open(path) as archive:
+        header = archive.header()
+        if opt_state is not None and header["opt_state"] is None:
+            raise CheckpointError(f"{path}: the checkpoint holds no optimizer state")
+        if model_state is not None and header["model_state"] is None:
+            raise CheckpointError(f"{path}: the checkpoint holds no model state")
+        loaded_params = _section(archive, header, "params", params)
+        loaded_state = None if header["opt_state"] is None else _section(archive, header, "opt_state", opt_state)
         loaded_model_state = (
-            None if saved_model_state is None else _section(header, arrays, "model_state", path, model_state)
+            None if header["model_state"] is None else _section(archive, header, "model_state", model_state)
         )
-        key = None
-        if header["key"] is not None:
-            data = arrays["key"]
-            key = jax.random.wrap_key_data(data, impl=header["key"]["impl"]) if header["key"]["typed"] else data
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: incomplete checkpoint (missing {exc})") from exc
-    if opt_state is not None and header["opt_state"] is None:
-        raise CheckpointError(f"{path}: the checkpoint holds no optimizer state")
-    if model_state is not None and loaded_model_state is None:
-        raise CheckpointError(f"{path}: the checkpoint holds no model state")
+        key = None if header["key"] is None else _key(archive, header["key"])
     return Checkpoint(loaded_params, loaded_state, header["step"], key, header["meta"], loaded_model_state)
+
+
+# --------------------------------------------------------------------------- what fit reads back on resume
+#
+# ``load`` returns ``meta`` as saved (any JSON): it is the user's. The fields jreg.fit writes there and reads back on
+# resume are checked where they are read, by these functions.
+
+STOPPING_FIELDS = ("best", "best_epoch", "wait", "lr_scale", "stopped")
+
+
+def _run_field(where: str, field: str, what: str, value: Any) -> CheckpointError:
+    return CheckpointError(f"{where}: meta {field!r} {what}, got {_short(value)}")
+
+
+def check_history(series: Any, epochs: Any, where: str, epochs_done: int | None = None) -> None:
+    """Check a saved history: ``{name: [number or None, ...]}`` and ``{name: [1-based epochs, increasing]}``.
+
+    ``epochs`` may be None (files written before it existed); ``epochs_done``, when given, bounds the epochs.
+    Raises :class:`CheckpointError` starting with ``where`` and naming the field.
+    """
+    if series is not None:
+        if not isinstance(series, dict) or not all(isinstance(k, str) for k in series):
+            raise _run_field(where, "history", "must be an object of named series", series)
+        for name, values in series.items():
+            if not isinstance(values, list) or not all(v is None or _is_number(v) for v in values):
+                raise _run_field(where, f"history.{name}", "must be a list of numbers", values)
+            if epochs_done is not None and epochs is None and len(values) > epochs_done:
+                raise _run_field(where, f"history.{name}", f"has more values than the {epochs_done} epochs run", values)
+    if epochs is None:
+        return
+    if not isinstance(epochs, dict) or not all(isinstance(k, str) for k in epochs):
+        raise _run_field(where, "history_epochs", "must be an object of named lists of epochs", epochs)
+    for name, at in epochs.items():
+        field = f"history_epochs.{name}"
+        if not isinstance(at, list) or not all(_is_int(e) and e >= 1 for e in at):
+            raise _run_field(where, field, "must be a list of positive integers", at)
+        if any(b <= a for a, b in zip(at, at[1:])):
+            raise _run_field(where, field, "must increase", at)
+        if epochs_done is not None and at and at[-1] > epochs_done:
+            raise _run_field(where, field, f"goes beyond the {epochs_done} epochs run", at)
+        if isinstance(series, dict) and name in series and len(series[name]) != len(at):
+            raise _run_field(where, field, f"must give one epoch for each of the {len(series[name])} values", at)
+
+
+def check_stopping_state(state: Any, where: str, epochs_done: int | None = None) -> dict[str, Any]:
+    """Check a saved early-stopping state (:meth:`jreg.EarlyStopping.initial_state`'s fields); return it.
+
+    ``best`` and ``best_epoch`` (0-based, before ``epochs_done`` when given) are both null or both set, ``wait`` a
+    non-negative integer, ``lr_scale`` a positive finite number, ``stopped`` null or the reason the run stopped.
+    """
+    field = "early_stopping"
+    if not isinstance(state, dict) or not set(STOPPING_FIELDS) <= set(state):
+        raise _run_field(where, field, f"must be an object with {list(STOPPING_FIELDS)}", state)
+    best, best_epoch, wait, scale, stopped = (state[k] for k in STOPPING_FIELDS)
+    if best is not None and (not _is_number(best) or math.isnan(best)):
+        raise _run_field(where, f"{field}.best", "must be a number or null", best)
+    if best_epoch is not None and (not _is_int(best_epoch) or best_epoch < 0):
+        raise _run_field(where, f"{field}.best_epoch", "must be a non-negative integer or null", best_epoch)
+    if (best is None) != (best_epoch is None):
+        raise _run_field(where, f"{field}.best_epoch", "must be null exactly when 'best' is", best_epoch)
+    if best_epoch is not None and epochs_done is not None and best_epoch >= epochs_done:
+        raise _run_field(where, f"{field}.best_epoch", f"must be an epoch before the {epochs_done} run", best_epoch)
+    if not _is_int(wait) or wait < 0:
+        raise _run_field(where, f"{field}.wait", "must be a non-negative integer", wait)
+    if not _is_number(scale) or not 0 < scale < math.inf:
+        raise _run_field(where, f"{field}.lr_scale", "must be a positive finite number", scale)
+    if stopped is not None and not isinstance(stopped, str):
+        raise _run_field(where, f"{field}.stopped", "must be null or a string", stopped)
+    return state
+
+
+def check_run_meta(meta: Any, path: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
+    """The ``meta`` of a checkpoint :func:`jreg.fit` wrote, checked before a resume reads it; returns it (a dict).
+
+    Checks ``history`` and ``history_epochs`` (:func:`check_history`), ``batch_size`` (a positive integer),
+    ``global_step`` (null or an integer in ``[0, 2**31)``, the step counter's range) and ``early_stopping``
+    (:func:`check_stopping_state`), each only when present (older files lack some); ``step`` (the checkpoint's
+    epoch) bounds the epochs they name. ``None`` gives ``{}``. Other fields are the user's and are not looked at.
+    Raises :class:`CheckpointError` naming ``path`` and the field.
+    """
+    where = str(path)
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: meta must be an object (a checkpoint jreg.fit wrote), got {_short(meta)}")
+    check_history(meta.get("history"), meta.get("history_epochs"), where, step)
+    batch_size = meta.get("batch_size")
+    if "batch_size" in meta and (not _is_int(batch_size) or batch_size < 1):
+        raise _run_field(where, "batch_size", "must be a positive integer", batch_size)
+    global_step = meta.get("global_step")
+    if global_step is not None and (not _is_int(global_step) or not 0 <= global_step < 2**31):
+        raise _run_field(where, "global_step", "must be null or an integer in [0, 2**31)", global_step)
+    if meta.get("early_stopping") is not None:
+        check_stopping_state(meta["early_stopping"], where, step)
+    return meta
 
 
 # --------------------------------------------------------------------------- network2.py's JSON
@@ -323,35 +748,104 @@ def save_network2(path: str | os.PathLike[str], params: Any, cost: str = "CrossE
     return io.write_bytes(path, json.dumps(data).encode())
 
 
+#: The largest network2 JSON file read: ~13 million numbers at ~20 characters each, far beyond what network2.py
+#: trains in pure NumPy; parsing it takes a few GB of Python objects. Larger models belong in :func:`save`'s format.
+NETWORK2_MAX_BYTES = 256 * 2**20
+
+
+def _numbers(value: Any, shape: tuple[int, ...]) -> bool:
+    """Whether ``value`` is nested lists of exactly ``shape`` holding JSON numbers (no bools, strings or nulls)."""
+    if not shape:
+        return type(value) in (int, float)
+    if type(value) is not list or len(value) != shape[0]:
+        return False
+    if len(shape) == 1:
+        return all(type(v) in (int, float) for v in value)
+    return all(_numbers(v, shape[1:]) for v in value)
+
+
+def _only_numbers(value: Any, depth: int) -> bool:
+    """Whether ``value`` is a number, or lists (at most ``depth`` deep) holding numbers only."""
+    if type(value) in (int, float):
+        return True
+    return type(value) is list and depth > 0 and all(_only_numbers(v, depth - 1) for v in value)
+
+
+def _network2_array(value: Any, shapes: Sequence[tuple[int, ...]], what: str, path: Path, rule: str) -> np.ndarray:
+    """``value`` as a float64 array of the first of ``shapes`` it has; finite numbers only."""
+    for shape in shapes:
+        if _numbers(value, shape):
+            try:
+                arr = np.asarray(value, dtype=np.float64).reshape(shape)
+            except OverflowError as exc:  # an integer beyond float64's range
+                raise CheckpointError(f"{path}: {rule}; its {what} are not all finite numbers ({exc})") from exc
+            if not np.all(np.isfinite(arr)):
+                raise CheckpointError(f"{path}: {rule}; its {what} are not all finite numbers (NaN or infinity)")
+            return arr
+    if not _only_numbers(value, 2):
+        raise CheckpointError(f"{path}: {rule}; its {what} are not numeric, got {_short(value)}")
+    raise CheckpointError(f"{path}: {rule}; its {what} do not have that shape")
+
+
 def load_network2(path: str | os.PathLike[str], dtype: Any = jnp.float32) -> tuple[list[dict[str, jax.Array]], str]:
-    """Read a model saved by network2.py (``Network.save``): ``(params, cost name)``, params in jreg's layout."""
+    """Read a model saved by network2.py (``Network.save``): ``(params, cost name)``, params in jreg's layout.
+
+    The file must be a JSON object with ``sizes`` (at least two positive integers), ``weights`` and ``biases``
+    (one per layer, ``(n_out, n_in)`` and ``(n_out, 1)`` nested lists of finite numbers; biases may also be flat)
+    and optionally ``cost`` (a string); anything else, or a file over :data:`NETWORK2_MAX_BYTES`, raises
+    :class:`CheckpointError` naming the file.
+    """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        info = os.stat(path)
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: no such file") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise CheckpointError(f"{path}: is a folder, not a network2 JSON model file")
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path}: is not a regular file, so not a network2 JSON model")
+    if info.st_size > NETWORK2_MAX_BYTES:
+        raise CheckpointError(
+            f"{path}: {info.st_size} bytes, more than the {NETWORK2_MAX_BYTES} a network2 JSON model may take "
+            "(jreg.checkpoint.NETWORK2_MAX_BYTES)"
+        )
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(NETWORK2_MAX_BYTES + 1)  # the file may have grown since
+        if len(blob) > NETWORK2_MAX_BYTES:
+            raise CheckpointError(f"{path}: more than the {NETWORK2_MAX_BYTES} bytes a network2 JSON model may take")
+        data = json.loads(blob.decode())
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{path}: not a network2 JSON model (nested too deeply)") from exc
+    except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError, or an integer of too many digits
         raise CheckpointError(f"{path}: not a network2 JSON model ({exc})") from exc
     if not isinstance(data, dict) or not {"sizes", "weights", "biases"} <= set(data):
         raise CheckpointError(f"{path}: not a network2 JSON model (needs 'sizes', 'weights' and 'biases')")
-    sizes = data["sizes"]
-    if not isinstance(sizes, list) or len(sizes) < 2 or len(data["weights"]) != len(sizes) - 1:
-        raise CheckpointError(f"{path}: 'sizes' {sizes!r} does not match {len(data['weights'])} weight matrices")
-    params = []
-    for layer, (w, b) in enumerate(zip(data["weights"], data["biases"])):
-        try:
-            w = np.asarray(w, dtype=np.float64)
-            b = np.asarray(b, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: layer {layer} weights or biases are not numeric ({exc})") from exc
-        expected = (sizes[layer + 1], sizes[layer])
-        if w.shape != expected or b.shape != (sizes[layer + 1],):
+    sizes, weights, biases = data["sizes"], data["weights"], data["biases"]
+    if not isinstance(sizes, list) or len(sizes) < 2 or not all(_is_int(n) and n >= 1 for n in sizes):
+        raise CheckpointError(f"{path}: 'sizes' must be a list of at least two positive integers, got {_short(sizes)}")
+    for name, value in (("weights", weights), ("biases", biases)):
+        if not isinstance(value, list) or len(value) != len(sizes) - 1:
+            got = f"{len(value)} {name}" if isinstance(value, list) else f"{name} {_short(value)}"
             raise CheckpointError(
-                f"{path}: layer {layer} must have weights {expected} (n_out, n_in) and {sizes[layer + 1]} biases, "
-                f"got weights {w.shape} and {b.shape[0]} biases"
+                f"{path}: 'sizes' {_short(sizes)} does not match {got}: it makes {len(sizes) - 1} layers, so "
+                f"{name!r} must list {len(sizes) - 1} matrices"
             )
-        params.append({"w": jnp.asarray(w.T, dtype), "b": jnp.asarray(b, dtype)})
-    return params, str(data.get("cost", "CrossEntropyCost"))
+    cost = data.get("cost", "CrossEntropyCost")
+    if not isinstance(cost, str):
+        raise CheckpointError(f"{path}: 'cost' must be the cost's name (a string), got {_short(cost)}")
+    params = []
+    for layer, (w, b) in enumerate(zip(weights, biases)):
+        n_in, n_out = sizes[layer], sizes[layer + 1]
+        rule = f"layer {layer} must have weights {(n_out, n_in)} (n_out, n_in) and {n_out} biases ({n_out}, 1)"
+        w = _network2_array(w, [(n_out, n_in)], "weights", path, rule)
+        b = _network2_array(b, [(n_out, 1), (n_out,), (1, n_out)], "biases", path, rule)
+        params.append({"w": jnp.asarray(w.T, dtype), "b": jnp.asarray(b.reshape(-1), dtype)})
+    return params, cost
 
 
 def _check_mlp_params(params: Any, name: str) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .. import checkpoint as ckpt
 from .._errors import JregError, JregTypeError
 from ..stopping import EarlyStopping
 from . import checkpointing
@@ -51,14 +52,15 @@ class Stopper:
 
     @classmethod
     def resumed(cls, rule: EarlyStopping, saved: Any, epochs_done: int, resume: Any, **kwargs: Any) -> Stopper:
-        if not isinstance(saved, dict) or not {"best", "best_epoch", "wait", "lr_scale", "stopped"} <= set(saved):
-            if epochs_done:
-                raise JregError(
-                    f"resume: {resume} was saved without early stopping, so its early-stopping state is unknown; "
-                    "resume it without early_stopping, or start the run again"
-                )
-            return cls(rule, rule.initial_state(), **kwargs)
-        return cls(rule, dict(saved), **kwargs)
+        if saved is not None:  # what the checkpoint's meta says: checked before it drives the schedule
+            where = checkpointing.latest(Path(resume)) if resume is not None else "the saved early-stopping state"
+            return cls(rule, dict(ckpt.check_stopping_state(saved, str(where), epochs_done)), **kwargs)
+        if epochs_done:
+            raise JregError(
+                f"resume: {resume} was saved without early stopping, so its early-stopping state is unknown; "
+                "resume it without early_stopping, or start the run again"
+            )
+        return cls(rule, rule.initial_state(), **kwargs)
 
     def lr_scale(self) -> jax.Array | None:
         return jnp.asarray(self.state["lr_scale"], jnp.float32) if self.scaled else None

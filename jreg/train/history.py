@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import checkpoint
+
 
 @dataclasses.dataclass
 class History:
@@ -72,6 +74,8 @@ class History:
 
     @classmethod
     def from_dicts(cls, series: dict[str, list[Any]] | None, at: dict[str, list[int]] | None = None) -> History:
+        """The history :meth:`to_dict` and :meth:`epochs_dict` describe (as a checkpoint saves them), checked."""
+        checkpoint.check_history(series, at, "the saved history")
         history = cls({k: list(v) for k, v in (series or {}).items()})
         history.at = {k: [int(e) for e in v] for k, v in (at or {}).items() if k in history.series}
         return history
