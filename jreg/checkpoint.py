@@ -546,15 +546,37 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         return archive.header()
 
 
-def _section(archive: _Archive, header: dict, name: str, target: Any) -> Any:
-    info = header[name]
-    entries = info["leaves"]
+def verify(path: str | os.PathLike[str]) -> None:
+    """Check that a checkpoint can be read in full: its header, and every array it names (sizes, ``.npy``
+    headers, checksums), without building any tree. Raises :class:`CheckpointError` if not.
+
+    This tells a damaged or forged file (it fails here) from an intact one that does not fit a template
+    (it passes here, and :func:`load` with the template says which leaf differs).
+    """
+    path = Path(path)
+    with _open(path) as archive:
+        header = archive.header()
+        for name in ("params", "opt_state", "model_state"):
+            if header[name] is not None:
+                _leaves(archive, header, name)
+        if header["key"] is not None:
+            _key(archive, header["key"])
+
+
+def _leaves(archive: _Archive, header: dict, name: str) -> list[np.ndarray]:
     leaves = []
-    for i, e in enumerate(entries):
+    for i, e in enumerate(header[name]["leaves"]):
         dtype = _leaf_dtype(e["dtype"])
         what, said = f"{name} leaf {e['path']!r}", f"{e['dtype']}{e['shape']}"
         stored = archive.read(f"{name}{i}.npy", what, _stored_dtype(dtype), tuple(e["shape"]), said=said)
         leaves.append(stored.view(dtype) if dtype.kind == "V" else stored)
+    return leaves
+
+
+def _section(archive: _Archive, header: dict, name: str, target: Any) -> Any:
+    info = header[name]
+    entries = info["leaves"]
+    leaves = _leaves(archive, header, name)
     path = archive.path
     if target is not None:
         return _into_target(leaves, entries, target, name, path)

@@ -340,10 +340,6 @@ def test_malformed_step_counters_in_a_fit_checkpoint(fitted, tmp_path, field, va
         ckpt.check_run_meta(loaded.meta, tmp_path / "ckpt-000002.npz", loaded.step)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs jreg/train/checkpointing.resume to call checkpoint.check_run_meta (that file is another change's)",
-)
 def test_fit_refuses_a_forged_global_step_on_resume(fitted, tmp_path):
     forge(fitted["path"], tmp_path / "ckpt-000002.npz", set_meta("global_step", "abc"))
     with pytest.raises(CheckpointError, match="global_step"):
@@ -687,7 +683,7 @@ def resume_fields_are_checked(meta, path, step):
     assert len(history) >= 0
     state = meta.get("early_stopping")
     if state is not None:
-        stopper = Stopper.resumed(jreg.EarlyStopping(patience=2), state, step, path, folder=None, key=None, verbose=0)
+        stopper = Stopper.resumed(jreg.EarlyStopping(patience=2), state, step, path, writer=None, key=None, verbose=0)
         jreg.EarlyStopping(patience=2).update(stopper.state, step, 0.5)
 
 

@@ -15,12 +15,10 @@ as they are.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import uuid
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -106,12 +104,9 @@ def _sort_key(name: str) -> tuple[int, str]:
 def _header_meta(path: Path) -> Any:
     """The ``meta`` in a checkpoint's JSON header, read without loading its arrays; None when unreadable."""
     try:
-        with zipfile.ZipFile(path) as archive, archive.open("__header__.npy") as member:
-            raw = np.lib.format.read_array(member, allow_pickle=False)
-        header = json.loads(raw.tobytes().decode())
-    except Exception:  # any doubt means "not known to be ours": the file is then never touched
+        return ckpt.read_header(path)["meta"]
+    except (ckpt.CheckpointError, OSError):  # any doubt means "not known to be ours": the file is never touched
         return None
-    return header.get("meta") if isinstance(header, dict) else None
 
 
 def run_of(path: Path) -> str | None:
@@ -130,16 +125,16 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 def _damage(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a checkpoint at all (not a zip, truncated, a damaged member); None if intact."""
+    """Why ``path`` cannot be read as a checkpoint at all (forged, truncated, a damaged member); None if intact.
+
+    :func:`jreg.checkpoint.verify` reads only what the header names, each member's size checked first.
+    """
     try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-            if bad is not None:
-                return f"its member {bad} is damaged"
-            with archive.open("__header__.npy") as member:
-                json.loads(np.lib.format.read_array(member, allow_pickle=False).tobytes().decode())
-    except Exception as exc:  # whatever stops reading the file is the reason
-        return str(exc) or type(exc).__name__
+        ckpt.verify(path)
+    except ckpt.CheckpointError as exc:
+        return str(exc)
+    except OSError as exc:
+        return exc.strerror or str(exc)
     return None
 
 
@@ -330,7 +325,7 @@ def resume(resume: Any, template: TrainState, key: Any, batch_size: int, epochs:
     if (template.model_state is None) != (loaded.model_state is None):
         has = "holds" if loaded.model_state is not None else "holds no"
         raise JregError(f"resume: {path} {has} model state, but this run's objective does not match it")
-    meta = loaded.meta if isinstance(loaded.meta, dict) else {}
+    meta = ckpt.check_run_meta(loaded.meta, path, loaded.step)
     if meta.get("batch_size", batch_size) != batch_size:
         raise JregError(f"resume: batch_size {batch_size} differs from the run's {meta['batch_size']} ({path})")
     epoch = int(loaded.step or 0)

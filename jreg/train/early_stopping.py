@@ -52,8 +52,9 @@ class Stopper:
 
     @classmethod
     def resumed(cls, rule: EarlyStopping, saved: Any, epochs_done: int, resume: Any, **kwargs: Any) -> Stopper:
+        """The stopper of a run resumed from the checkpoint file ``resume`` (None: a fresh run)."""
         if saved is not None:  # what the checkpoint's meta says: checked before it drives the schedule
-            where = checkpointing.latest(Path(resume)) if resume is not None else "the saved early-stopping state"
+            where = resume if resume is not None else "the saved early-stopping state"
             return cls(rule, dict(ckpt.check_stopping_state(saved, str(where), epochs_done)), **kwargs)
         if epochs_done:
             raise JregError(

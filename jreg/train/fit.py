@@ -191,7 +191,14 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
     if rule is None:
         return state, start, history, None, writer
     stopper = stopping_hooks.Stopper.resumed(
-        rule, saved, start, resume, writer=writer, key=key, verbose=verbose, every=setup.schedule.every
+        rule,
+        saved,
+        start,
+        None if resumed is None else resumed.path,
+        writer=writer,
+        key=key,
+        verbose=verbose,
+        every=setup.schedule.every,
     )
     if resumed is not None:
         stopper.restore(resumed.path.parent, state.params, state.model_state, run)
