@@ -142,6 +142,7 @@ def fit(
         check_checkpointing(checkpoint, setup.model_state)
     state = TrainState.create(optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state))
     state, start, history, stopper = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose)
+    history.cost_convention = setup.monitor.cost_convention  # a resumed run's: checkpoints do not record it
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
         history.stopped = stopper.record(start)
         return _result(state, stopper, model_state, history)
