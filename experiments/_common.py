@@ -28,6 +28,17 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_cost_convention(p: argparse.ArgumentParser) -> None:
+    """``--cost-convention``: how the monitored costs count the penalty (``jreg.Evaluation(cost_convention=...)``)."""
+    p.add_argument(
+        "--cost-convention",
+        choices=("jreg", "network2"),
+        default="jreg",
+        help="jreg (default): every set's cost carries the training set's penalty λ/(2n)Σw²; network2: network2.py's "
+        "total_cost, λ/(2·len(set))Σw² (the book's cost curves). Training is the same under both.",
+    )
+
+
 def full_data(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(train, validation, test): Nielsen's split, or with --quick the embedded subset (test cut to 1,000)."""
     if args.quick:

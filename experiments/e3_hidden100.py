@@ -1,25 +1,40 @@
 """Experiment 3: [784, 100, 10] with L2 on the full training set (Nielsen ch. 3).
 
 Sigmoid, cross-entropy, mini-batch 10, large weight initialization, λ = 5.0
-(n = 50,000): η = 0.5 for 30 epochs (book: about 97.9 %), and η = 0.1 for
-60 epochs (book: about 98.0 %). Needs the full MNIST files.
+(n = 50,000): η = 0.5 for 30 epochs (book: 97.92 % on the validation data), and
+η = 0.1 for 60 epochs (book: 98.04 % on the validation data). Needs the full
+MNIST files. The per-epoch accuracy is measured on the test images by default;
+``--evaluate-on validation`` measures it on the 10,000 validation images (the
+book's figures are validation accuracies) and adds the final test accuracy.
 
-    python experiments/e3_hidden100.py [--seeds 3] [--out results/e3]
+    python experiments/e3_hidden100.py [--seeds 3] [--out results/e3] [--evaluate-on validation]
 """
 
 from __future__ import annotations
 
 import optax
-from _common import full_data, mean_std, parser, pct, save, sweep_seeds
+from _common import full_data, mean_std, model_params, parser, pct, save, sweep_seeds
 
 import jreg
 
-CONFIGS = [("eta=0.5, 30 epochs", 0.5, 30, "about 97.9 %"), ("eta=0.1, 60 epochs", 0.1, 60, "about 98.0 %")]
+CONFIGS = [
+    ("eta=0.5, 30 epochs", 0.5, 30, "97.92 % validation accuracy"),
+    ("eta=0.1, 60 epochs", 0.1, 60, "98.04 % validation accuracy"),
+]
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], "e3").parse_args()
-    train, _, test = full_data(args)
+    cli = parser(__doc__.splitlines()[0], "e3")
+    cli.add_argument(
+        "--evaluate-on",
+        choices=("test", "validation"),
+        default="test",
+        help="the held-out set measured after each epoch (default test; the book quotes validation accuracy)",
+    )
+    args = cli.parse_args()
+    train, validation, test = full_data(args)
+    on = args.evaluate_on
+    held_out = validation if on == "validation" else test
     n = train.x.shape[0]
     model = jreg.mlp([784, 100, 10], init="large")
 
@@ -36,7 +51,7 @@ def main() -> None:
             build,
             {"eta": [eta]},
             train,
-            test,
+            held_out,
             seeds=args.seeds,
             epochs=n_epochs,
             batch_size=10,
@@ -46,20 +61,31 @@ def main() -> None:
         summary[label] = {
             "epochs": n_epochs,
             "book": book,
-            "final_test_accuracy": mean_std([h["evaluation_accuracy"][-1] for h in per_seed]),
-            "best_test_accuracy": mean_std([max(h["evaluation_accuracy"]) for h in per_seed]),
+            f"final_{on}_accuracy": mean_std([h["evaluation_accuracy"][-1] for h in per_seed]),
+            f"best_{on}_accuracy": mean_std([max(h["evaluation_accuracy"]) for h in per_seed]),
         }
+        if on == "validation":  # the trained params on the test images too
+            summary[label]["final_test_accuracy"] = mean_std(
+                [float(jreg.accuracy(model.apply, model_params(trained, 0), test)) for trained, _ in results]
+            )
         runs[label] = per_seed[0].to_dict()
-        print(f"{label}: final test accuracy {pct(summary[label]['final_test_accuracy'])} (book {book})")
+        print(f"{label}: final {on} accuracy {pct(summary[label][f'final_{on}_accuracy'])} (book {book})")
     jreg.plotting.plot_histories(
         runs,
         args.out / "curves.png",
         series=("evaluation_accuracy", "training_cost"),
-        title=f"[784, 100, 10], λ = 5, {n} MNIST images, seed 0",
+        title=f"[784, 100, 10], λ = 5, {n} MNIST images, seed 0, accuracy on the {on} images",
     )
     save(
         args.out,
-        {"experiment": "e3_hidden100", "seeds": args.seeds, "n": n, "summary": summary, "histories_seed0": runs},
+        {
+            "experiment": "e3_hidden100",
+            "seeds": args.seeds,
+            "n": n,
+            "evaluated_on": on,
+            "summary": summary,
+            "histories_seed0": runs,
+        },
     )
 
 

@@ -20,6 +20,18 @@ convention                what the library does                                 
 ``"keras"``               Keras ``regularizers.L2(l)``: ``l Σ w²`` (no ½)                   ``2 * value``
 ``"sklearn"``             scikit-learn MLP ``alpha``: ``alpha/2 ||W||² / batch_size``       ``value / batch_size``
 ========================  =============================================================  ==================
+
+Monitored costs have a convention of their own (:data:`COST_CONVENTIONS`,
+``jreg.Evaluation(cost_convention=...)``, ``jreg.total_cost(..., cost_convention=...)``):
+
+* ``"jreg"`` (default): a set's cost is the objective on it, ``mean C + R(w)``,
+  with the penalty ``R`` as the objective holds it (Nielsen's ``l2(λ/n)`` with
+  ``n`` the *training* set's size), whatever the set;
+* ``"network2"``: network2.py's ``total_cost(data, lmbda)``, whose penalty is
+  ``0.5·(λ/len(data))·Σw²``: the penalty on the params is multiplied by
+  ``n_train / len(data)``, ``n_train`` the size of the training set given to
+  ``fit`` / ``sweep`` (or ``total_cost``'s ``n_train=``). On the training set
+  the two agree; on a set of another size only the penalty part differs.
 """
 
 from __future__ import annotations
@@ -30,6 +42,28 @@ from ._checks import check_nonnegative_scalar, check_positive_int
 from ._errors import JregError
 
 CONVENTIONS = ("coupled", "nielsen", "decoupled_lr", "decoupled_schedule", "keras", "sklearn")
+#: How a monitored cost scales the penalty on the params (see the module docstring).
+COST_CONVENTIONS = ("jreg", "network2")
+
+
+def check_cost_convention(value: Any, name: str = "cost_convention") -> str:
+    """``value`` if it is one of :data:`COST_CONVENTIONS`; a :class:`JregError` naming ``name`` otherwise."""
+    if not (isinstance(value, str) and value in COST_CONVENTIONS):
+        raise JregError(f"{name} must be one of {COST_CONVENTIONS}, got {value!r}")
+    return value
+
+
+def penalty_scale(convention: str, n_train: int, n_set: int) -> float | None:
+    """The factor on the params' penalty in a cost measured on ``n_set`` examples; ``None`` when it is 1.
+
+    ``"network2"``: ``n_train / n_set`` (network2.py's ``λ/len(data)`` against
+    the objective's ``λ/n_train``); ``"jreg"``, or a set of the training set's
+    size: ``None`` (nothing to rescale, the figures are bit for bit the objective's).
+    """
+    check_cost_convention(convention)
+    if convention == "jreg" or n_set == n_train:
+        return None
+    return n_train / n_set
 
 
 def _to_coupled(value: Any, convention: str, n: Any, learning_rate: Any, batch_size: Any) -> Any:

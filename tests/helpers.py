@@ -50,3 +50,26 @@ def network2_update(weights, biases, xs, ys, eta, lmbda, n, cost="cross_entropy"
     new_w = [(1 - eta * (lmbda / n)) * w - (eta / m) * nw for w, nw in zip(weights, nabla_w)]
     new_b = [b - (eta / m) * nb for b, nb in zip(biases, nabla_b)]
     return new_w, new_b
+
+
+def network2_total_cost(weights, biases, xs, ys, lmbda, cost="cross_entropy"):
+    """network2.Network.total_cost: ``Σ_x C(a, y)/len(data) + 0.5*(lmbda/len(data))*Σ ||w||²``.
+
+    A transcription of network2.py (per example, column vectors, sigmoid output
+    layer), with ``len(data)`` the size of the set being measured: ``xs (N, n_in)``,
+    ``ys (N, n_out)`` one-hot; ``weights[l]`` in network2's shape ``(n_out, n_in)``.
+    """
+    n = len(xs)
+    total = 0.0
+    for x, y in zip(xs, ys):
+        a = x.reshape(-1, 1)
+        for w, b in zip(weights, biases):
+            a = sigmoid(w @ a + b.reshape(-1, 1))
+        yv = y.reshape(-1, 1)
+        if cost == "cross_entropy":  # CrossEntropyCost.fn
+            c = np.sum(np.nan_to_num(-yv * np.log(a) - (1 - yv) * np.log(1 - a)))
+        else:  # QuadraticCost.fn
+            c = 0.5 * np.linalg.norm(a - yv) ** 2
+        total += c / n
+    total += 0.5 * (lmbda / n) * sum(np.linalg.norm(w) ** 2 for w in weights)
+    return total

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
 SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("e[0-9]_*.py"))
 
 
@@ -24,6 +26,9 @@ def test_experiment_runs_in_a_tiny_configuration(script, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        # the script's folder comes first on sys.path, not the checkout: import this checkout's jreg, not an
+        # installed one
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -35,3 +40,29 @@ def test_experiment_runs_in_a_tiny_configuration(script, tmp_path):
         assert s["max |SGD step on J - weight-decay update (1 - ηλ/n) w - η dC0/dw|"] < 1e-12
     elif not script.startswith("e7"):
         assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_e1_cost_convention_changes_the_test_cost_only(tmp_path):
+    """--cost-convention network2: the same training and accuracies; the test cost carries λ/(2·len(test))."""
+    summaries = {}
+    for convention in ("jreg", "network2"):
+        out = tmp_path / convention
+        done = subprocess.run(
+            [sys.executable, str(EXPERIMENTS / "e1_overfitting.py"), "--quick", "--seeds", "1", "--epochs", "2"]
+            + ["--out", str(out), "--cost-convention", convention],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        results = json.loads((out / "results.json").read_text())
+        assert results["cost_convention"] == convention
+        summaries[convention] = results["summary"]
+    for lmbda in ("lmbda=0", "lmbda=0.1"):
+        a, b = summaries["jreg"][lmbda], summaries["network2"][lmbda]
+        for key in ("final_test_accuracy", "final_training_accuracy", "final_training_cost"):
+            assert a[key] == b[key], (lmbda, key)
+    assert summaries["jreg"]["lmbda=0"]["final_test_cost"] == summaries["network2"]["lmbda=0"]["final_test_cost"]
+    # 1,000 training images, 1,000 test images in --quick: the same size, so the same figure
+    assert summaries["jreg"]["lmbda=0.1"]["final_test_cost"] == summaries["network2"]["lmbda=0.1"]["final_test_cost"]

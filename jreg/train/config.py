@@ -19,6 +19,7 @@ import jax
 
 from .._checks import check_positive_int
 from .._errors import JregError, JregTypeError
+from ..conventions import check_cost_convention
 from ..metrics import Metric, as_metrics
 
 
@@ -46,17 +47,33 @@ class Evaluation:
             whatever the data's size; the figures equal full-batch ones up to
             float rounding (bit for bit in one batch).
         every: measure every ``every`` epochs, and after the last one.
+        cost_convention: how the monitored costs (``training_cost``,
+            ``evaluation_cost``) count the penalty on the params. ``"jreg"``
+            (default): the objective as it is, ``mean C + R(w)`` on every set,
+            so ``l2(λ/n)`` carries the training set's ``n`` into the
+            evaluation cost too. ``"network2"``: network2.py's
+            ``total_cost(data, lmbda)``, ``mean C + 0.5·(λ/len(data))·Σw²``:
+            the params' penalty (not activity or input penalties, which are
+            per-example means) times ``n_train / len(data)``, ``n_train`` the
+            size of the training set given to ``fit``. The training cost and
+            its parts are the same under both; only ``evaluation_cost`` moves
+            when the held-out set's size differs. Training is not affected.
+            Needs an objective from :func:`jreg.objective`. The history says
+            which was used (``history.cost_convention``); see
+            docs/conventions.md.
     """
 
     data: Any = None
     metrics: Mapping[str, Callable[..., Any] | Metric] | None = None
     batch_size: int | None = None
     every: int = 1
+    cost_convention: str = "jreg"
 
     def __post_init__(self) -> None:
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "Evaluation.batch_size")
         check_positive_int(self.every, "Evaluation.every")
+        check_cost_convention(self.cost_convention, "Evaluation.cost_convention")
         as_metrics(self.metrics, "Evaluation.metrics")
         if isinstance(self.data, Evaluation):
             raise JregTypeError("Evaluation.data must be data, not another Evaluation")

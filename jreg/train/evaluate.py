@@ -27,7 +27,7 @@ import jax.extend.core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _signature
+from .. import _signature, conventions
 from .._checks import check_positive_int
 from .._errors import JregError, JregTypeError
 from .._types import Batch, Metrics, ModelState, Params
@@ -190,6 +190,7 @@ def evaluate(
     memory: int = MEMORY_BUDGET,
     step: Any = None,
     prefix: str = "",
+    penalty_scale: float | None = None,
 ) -> Metrics:
     """``{prefix + "cost": ..., prefix + <part>: ..., prefix + <metric>: ...}`` on a whole data set.
 
@@ -197,6 +198,10 @@ def evaluate(
     that keeps the batch's intermediate values within ``memory`` bytes
     (:data:`MEMORY_BUDGET`; a sweep of K models gives each 1/K of it), but at
     least ``smallest`` (e.g. the training batch size).
+
+    ``penalty_scale``: a factor on the penalty on the params (the
+    ``"network2"`` cost convention: ``n_train / len(data)``, from
+    :func:`jreg.conventions.penalty_scale`); ``None`` leaves the objective as it is.
     """
     metrics = as_metrics(metrics)
     if not cost and not metrics:
@@ -207,8 +212,13 @@ def evaluate(
     if cost:
         batch_parts = {k[5:]: v for k, v in sums.items() if k.startswith("part:")}
         if isinstance(objective, Objective):
-            total, all_parts = combine(batch_parts, objective.penalty_parts(params, step=step))
+            on_params = objective.penalty_parts(params, step=step)
+            if penalty_scale is not None:
+                on_params = {k: v * jnp.asarray(penalty_scale, jnp.result_type(v)) for k, v in on_params.items()}
+            total, all_parts = combine(batch_parts, on_params)
         else:
+            if penalty_scale is not None:
+                raise JregError("a cost convention other than 'jreg' needs an objective from jreg.objective")
             total, all_parts = sums["cost"], batch_parts
         out[f"{prefix}cost"] = total
         if parts:
@@ -246,6 +256,8 @@ def total_cost(
     step: Any = None,
     model_state: ModelState = None,
     batch_size: int | None = None,
+    cost_convention: str = "jreg",
+    n_train: int | None = None,
 ) -> jax.Array:
     """The objective's total on ``data`` in evaluation mode: mean cost over all of it plus the penalty.
 
@@ -253,10 +265,35 @@ def total_cost(
     one); ``model_state`` is a stateful model's state (read only);
     ``batch_size`` evaluates in batches of that many examples (bounded memory;
     the same figure up to float rounding), default all at once.
+
+    ``cost_convention``: ``"jreg"`` (default) is the objective as it is.
+    ``"network2"`` is network2.py's ``total_cost(data, lmbda)``, whose penalty
+    is ``0.5·(λ/len(data))·Σw²``: with the objective's ``l2(λ/n_train)``, the
+    penalty on the params times ``n_train / len(data)``. It needs ``n_train=``,
+    the size of the training set the objective's penalty was scaled for, and
+    an objective from :func:`jreg.objective` (see :mod:`jreg.conventions`).
     """
     calls.check_objective(objective)
+    conventions.check_cost_convention(cost_convention)
+    if cost_convention == "jreg" and n_train is not None:
+        raise JregError("n_train= is used only with cost_convention='network2' (jreg's convention needs no size)")
     data = check_data(data, "data")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    if cost_convention == "network2":
+        if n_train is None:
+            raise JregError("cost_convention='network2' needs n_train=, the training set's size (the n of l2(λ/n))")
+        n_train = check_positive_int(n_train, "n_train")
+        if not isinstance(objective, Objective):
+            raise JregError(
+                "cost_convention='network2' rescales the penalty on the params, which only an objective from "
+                "jreg.objective tells apart from the data cost"
+            )
+        n = data_size(data, "data")
+        scale = conventions.penalty_scale(cost_convention, n_train, n)
+        return evaluate(
+            objective, params, model_state, data, cost=True, batch_size=batch_size or n, step=step, penalty_scale=scale
+        )["cost"]
     if batch_size is None:
         return calls.call(objective, params, model_state, data, step=step, train=False)[0]
-    batch_size = check_positive_int(batch_size, "batch_size")
     return evaluate(objective, params, model_state, data, cost=True, batch_size=batch_size, step=step)["cost"]

@@ -151,6 +151,7 @@ def fit(
     state = TrainState.create(optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state))
     begun = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose)
     state, start, history, stopper, writer = begun
+    history.cost_convention = setup.monitor.cost_convention  # a resumed run's: checkpoints do not record it
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
         history.stopped = stopper.record(start)
         return _result(state, stopper, model_state, history)

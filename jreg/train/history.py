@@ -26,6 +26,12 @@ class History:
 
     A series measured every ``k`` epochs (:class:`jreg.Evaluation` ``every=k``)
     holds one value per measurement; :meth:`epochs` says at which epochs.
+
+    ``cost_convention`` says how the costs were measured
+    (:class:`jreg.Evaluation`'s ``cost_convention``): ``"jreg"``, the objective
+    with its own penalty on every set, or ``"network2"``, network2.py's
+    ``total_cost`` with the penalty scaled to each set's size. The series
+    names are the same under both.
     """
 
     series: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
@@ -33,6 +39,8 @@ class History:
     stopped: dict[str, Any] | None = None
     #: the 1-based epoch of each value, per series (missing: every epoch from 1)
     at: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    #: how the costs count the params' penalty: "jreg" or "network2" (jreg.conventions.COST_CONVENTIONS)
+    cost_convention: str = "jreg"
 
     def append(self, metrics: dict[str, Any], epoch: int | None = None) -> None:
         """Record one epoch's values (``epoch`` 1-based; default: the epoch after the last recorded)."""
@@ -108,7 +116,7 @@ class SweepHistory(History):
         """Model ``i``'s history (up to the epoch before it diverged, if it did)."""
         bad = self.diverged.get(i)
         last = None if bad is None else bad["epoch"] - 1
-        out = History()
+        out = History(cost_convention=self.cost_convention)
         for k, values in self.series.items():
             for epoch, v in zip(self.epochs(k), values):
                 if last is None or epoch <= last:

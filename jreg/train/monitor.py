@@ -6,6 +6,11 @@ Series names: ``training_cost`` (with its parts ``training_data``,
 ``accuracy`` when the targets are classes); and ``epoch_loss``, the mean
 mini-batch objective during the epoch (opt-in: it needs the loss value at
 every step).
+
+Costs follow the :class:`jreg.Evaluation`'s ``cost_convention``: the
+objective as it is (``"jreg"``), or network2.py's ``total_cost``, whose
+penalty is scaled to the size of the set measured (``"network2"``: the
+params' penalty times ``n_train / len(set)``; see :mod:`jreg.conventions`).
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from typing import Any
 
 from .._errors import JregError
 from .._types import Batch, Metrics, ModelState, Params
+from ..conventions import penalty_scale
 from ..metrics import Metric, unweighted
 from ..metrics import accuracy as accuracy_metric
 from ..objective import Objective
 from .evaluate import MEMORY_BUDGET, evaluate
+from .inputs import data_size
 
 EPOCH_LOSS = "epoch_loss"
 #: network2.py's four series (``monitor_*`` flags), the default for classification.
@@ -35,6 +42,8 @@ class Monitor:
     batch_size: int | None  # None: from the memory budget
     smallest: int = 1  # the automatic evaluation batch is at least this (the training batch size)
     memory: int = MEMORY_BUDGET  # the automatic evaluation batch's budget (a sweep's models share one)
+    cost_convention: str = "jreg"  # how a cost counts the params' penalty (jreg.conventions.COST_CONVENTIONS)
+    n_train: int | None = None  # the training set's size, for cost_convention="network2"
 
     @property
     def epoch_loss(self) -> bool:
@@ -73,9 +82,16 @@ class Monitor:
                     memory=self.memory,
                     step=step,
                     prefix=f"{prefix}_",
+                    penalty_scale=self.penalty_scale(data) if cost else None,
                 )
             )
         return out
+
+    def penalty_scale(self, data: Batch) -> float | None:
+        """The factor on the params' penalty in a cost on ``data`` (``None``: none, the objective as it is)."""
+        if self.cost_convention == "jreg":
+            return None
+        return penalty_scale(self.cost_convention, self.n_train, data_size(data, "evaluation data"))
 
     def shown(self, values: dict[str, Any]) -> list[str]:
         """The series a progress line shows, in network2.py's order (costs and metrics, not parts)."""
@@ -104,14 +120,24 @@ def make_monitor(
     has_evaluation: bool,
     batch_size: int | None,
     smallest: int = 1,
+    cost_convention: str = "jreg",
+    n_train: int | None = None,
 ) -> Monitor:
     """Resolve ``fit``'s ``monitor=`` against what this run can measure; a clear error otherwise."""
     if metrics and not isinstance(objective, Objective):
         raise JregError("metrics need an objective from jreg.objective (its apply gives the outputs)")
+    if cost_convention != "jreg" and not isinstance(objective, Objective):
+        raise JregError(
+            f"cost_convention={cost_convention!r} rescales the penalty on the params, which only an objective "
+            "from jreg.objective tells apart from the data cost; use cost_convention='jreg' with this objective"
+        )
+    if cost_convention != "jreg" and n_train is None:
+        raise JregError(f"cost_convention={cost_convention!r} needs the training set's size")
+    options = dict(cost_convention=cost_convention, n_train=n_train)
     sides = ("training", "evaluation") if has_evaluation else ("training",)
     available = {f"{p}_{m}" for p in sides for m in ("cost", *metrics)}
     if monitor is None:
-        return Monitor(frozenset(available), metrics, batch_size, smallest)
+        return Monitor(frozenset(available), metrics, batch_size, smallest, **options)
     if isinstance(monitor, str):
         monitor = (monitor,)
     try:
@@ -135,4 +161,4 @@ def make_monitor(
         else:
             why = "no such metric was given"
         raise JregError(f"monitor asks for {sorted(missing)}, but {why}")
-    return Monitor(frozenset(wanted), metrics, batch_size, smallest)
+    return Monitor(frozenset(wanted), metrics, batch_size, smallest, **options)

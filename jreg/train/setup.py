@@ -102,6 +102,8 @@ def prepare(
         has_evaluation=held_out is not None,
         batch_size=schedule.batch_size,
         smallest=plan.batch_size,
+        cost_convention=schedule.cost_convention,
+        n_train=data_size(train),
     )
     for name, side, data in (("train", "training", train), ("evaluation", "evaluation", held_out)):
         if data is not None:

@@ -202,7 +202,7 @@ def sweep(
         due = setup.schedule.due(e, epochs)
         return epoch(hp, state, alive, setup.train, setup.evaluation, jax.random.fold_in(key, e), evaluate=due)
 
-    history = SweepHistory()
+    history = SweepHistory(cost_convention=setup.monitor.cost_convention)
     hooks: list[Hook] = [_flag_divergence(build, hp, setup, key), record]
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
