@@ -383,21 +383,27 @@ def _known_impl(name: str) -> bool:
     return True
 
 
+def _regular_file(path: Path, what: str, missing: str) -> os.stat_result:
+    """``os.stat(path)`` of a regular file; a missing file, a folder, a FIFO or device is a CheckpointError."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: {missing}") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise CheckpointError(f"{path}: is a folder, not a {what} file")
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path}: is not a regular file, so not a {what}")
+    return info
+
+
 class _Archive:
     """An open checkpoint zip: members read only when named, sizes checked before anything is allocated."""
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            info = os.stat(path)
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"{path}: no such checkpoint") from exc
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
-        if stat.S_ISDIR(info.st_mode):
-            raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-        if not stat.S_ISREG(info.st_mode):
-            raise CheckpointError(f"{path}: is not a regular file, so not a checkpoint")
+        info = _regular_file(path, "checkpoint", "no such checkpoint")
         self.size, self.budget, magic = info.st_size, info.st_size, b""
         try:
             with open(path, "rb") as f:
@@ -818,16 +824,7 @@ def load_network2(path: str | os.PathLike[str], dtype: Any = jnp.float32) -> tup
     :class:`CheckpointError` naming the file.
     """
     path = Path(path)
-    try:
-        info = os.stat(path)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
-    if stat.S_ISDIR(info.st_mode):
-        raise CheckpointError(f"{path}: is a folder, not a network2 JSON model file")
-    if not stat.S_ISREG(info.st_mode):
-        raise CheckpointError(f"{path}: is not a regular file, so not a network2 JSON model")
+    info = _regular_file(path, "network2 JSON model", "no such file")
     if info.st_size > NETWORK2_MAX_BYTES:
         raise CheckpointError(
             f"{path}: {info.st_size} bytes, more than the {NETWORK2_MAX_BYTES} a network2 JSON model may take "

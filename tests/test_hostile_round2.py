@@ -94,7 +94,7 @@ def test_verify_passes_a_real_checkpoint_and_names_a_flipped_byte(fit_checkpoint
     header = ckpt.read_header(fit_checkpoint)
     assert json.dumps(header["meta"])  # the header is plain JSON
     first = data.find(b"\x93NUMPY", data.find(b"params0.npy"))  # the first array member's .npy data
-    data[first + 130] ^= 0xFF  # a byte of the array (after its 128-byte .npy header): the member's checksum no longer matches
+    data[first + 130] ^= 0xFF  # a byte of the array, after its 128-byte .npy header: the checksum fails
     bad = tmp_path / "ckpt-000002.npz"
     bad.write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match=str(bad)):

@@ -11,13 +11,12 @@ import jax.numpy as jnp
 import optax
 
 from .._checks import check_key, check_optimizer, check_positive_int
-from .._errors import JregError
 from .._types import Batch, Metrics
 from . import calls
 from .inputs import data_size
 from .plan import EpochPlan, check_partial_batch, make_plan
 from .state import TrainState
-from .step import Update, check_step_args, explain_failure, make_update
+from .step import Update, call_checked, check_step_args, make_update
 
 
 def take(data: Batch, idx: jax.Array, sharding: Any = None) -> Batch:
@@ -130,12 +129,6 @@ def make_epoch(
     @functools.wraps(epoch)
     def checked(params, opt_state, train, key, step=None, *, model_state=None):
         check_step_args(opt_state, check_key(key), step)
-        try:
-            return jitted(params, opt_state, train, key, step, model_state=calls.as_model_state(model_state))
-        except JregError:
-            raise
-        except Exception as exc:
-            explain_failure(exc, params)
-            raise
+        return call_checked(jitted, params, opt_state, train, key, step, model_state)
 
     return checked

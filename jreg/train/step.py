@@ -129,15 +129,21 @@ def make_step(
     @functools.wraps(step)
     def checked(params, opt_state, batch, key=None, step=None, *, model_state=None):
         check_step_args(opt_state, key, step)
-        try:
-            return jitted(params, opt_state, batch, key, step, model_state=calls.as_model_state(model_state))
-        except JregError:
-            raise
-        except Exception as exc:
-            explain_failure(exc, params)
-            raise
+        return call_checked(jitted, params, opt_state, batch, key, step, model_state)
 
     return checked
+
+
+def call_checked(jitted: Callable[..., Any], params, opt_state, data, key, step, model_state) -> Any:
+    """``jitted(params, opt_state, data, key, step, model_state=...)``; a failure to trace caused by bad
+    ``params`` becomes a jreg error naming the leaf (:func:`explain_failure`)."""
+    try:
+        return jitted(params, opt_state, data, key, step, model_state=calls.as_model_state(model_state))
+    except JregError:
+        raise
+    except Exception as exc:
+        explain_failure(exc, params)
+        raise
 
 
 def explain_failure(exc: Exception, params: Any) -> None:
