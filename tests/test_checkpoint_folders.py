@@ -365,3 +365,75 @@ def test_resuming_a_broken_folder_gives_the_right_result_or_a_jreg_error_and_los
             assert after.get(name) == before[name], f"{name} ({kind}) was changed or deleted"
     mine = sorted(n for n in after if n.startswith("ckpt-") and kinds.get(n) in (None, "ours"))
     assert mine[-1] == f"ckpt-{EPOCHS:06d}.npz" and len(mine) <= keep
+
+
+# --- found by the independent review of this change
+
+
+def test_resuming_an_older_checkpoint_of_the_run_in_its_folder_is_refused_before_work(tmp_path):
+    """Resuming epoch 2 of 4 into the same folder used to branch the run: with keep=1 the file just written
+    (epoch 3) was pruned at once while the stale epoch 4 stayed, and a later resume failed."""
+    fit(4, checkpoint=jreg.Checkpointing(tmp_path, keep=3))  # ckpt-2, 3, 4
+    before = snapshot(tmp_path)
+    with pytest.raises(jreg.JregError, match=r"holds later checkpoints of this run \(ckpt-000003.npz, ckpt-000004"):
+        fit(3, checkpoint=jreg.Checkpointing(tmp_path, keep=1), resume=tmp_path / "ckpt-000002.npz")
+    assert snapshot(tmp_path) == before
+    # resuming it into another folder is the way to branch; the newest one continues in place
+    fit(3, checkpoint=jreg.Checkpointing(tmp_path / "branch", keep=1), resume=tmp_path / "ckpt-000002.npz")
+    assert sorted(p.name for p in (tmp_path / "branch").iterdir()) == ["ckpt-000003.npz"]
+    fit(6, checkpoint=jreg.Checkpointing(tmp_path, keep=1), resume=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["ckpt-000006.npz"]
+
+
+def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
+    fit(2, checkpoint=jreg.Checkpointing(tmp_path, keep=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000002.npz"]
+    fit(3, checkpoint=jreg.Checkpointing(tmp_path, keep=1), resume=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000003.npz"]
+
+
+def test_a_resume_with_another_cost_convention_is_refused(tmp_path):
+    """The checkpoint records how its costs were measured; one history must not mix two conventions."""
+    obj = jreg.objective(MODEL.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(3.0 / 16))
+    held_out = (DATA[0][:6], DATA[1][:6])
+    stop = jreg.EarlyStopping(patience=3, monitor="evaluation_cost")
+
+    def run(epochs, convention, **kw):
+        return jreg.fit(
+            obj,
+            OPT,
+            PARAMS,
+            DATA,
+            epochs=epochs,
+            evaluation=jreg.Evaluation(held_out, cost_convention=convention),
+            early_stopping=stop,
+            checkpoint=jreg.Checkpointing(tmp_path),
+            **{**KW, **kw},
+        )
+
+    run(2, "jreg")
+    assert jreg.checkpoint.read_header(tmp_path / "ckpt-000002.npz")["meta"]["cost_convention"] == "jreg"
+    with pytest.raises(jreg.JregError, match="cost_convention='jreg', this run with 'network2'"):
+        run(4, "network2", resume=tmp_path)
+    _, history = run(4, "jreg", resume=tmp_path)
+    assert len(history["evaluation_cost"]) == 4 and history.cost_convention == "jreg"
+
+
+def test_a_dangling_best_npz_link_makes_the_folder_used(tmp_path):
+    """A dangling link named best.npz used to pass the check (exists() is False) and fail the first save of
+    the best params, after training had begun."""
+    os.symlink(tmp_path / "nowhere.npz", tmp_path / "best.npz")
+    seen: list = []
+    with pytest.raises(jreg.JregError, match=r"already holds checkpoints \(best.npz\)"):
+        jreg.fit(
+            counting_objective(seen),
+            OPT,
+            PARAMS,
+            DATA,
+            epochs=3,
+            evaluation=DATA,
+            early_stopping=jreg.EarlyStopping(patience=2, monitor="evaluation_cost", restore_best=True),
+            checkpoint=jreg.Checkpointing(tmp_path),
+            **KW,
+        )
+    assert seen == [] and (tmp_path / "best.npz").is_symlink()

@@ -49,6 +49,10 @@ def test_restore_best_refuses_a_best_file_from_a_later_part_of_the_run(tmp_path)
         batch_size=10, key=jax.random.key(0), early_stopping=stop, checkpoint=jreg.Checkpointing(tmp_path, keep=10)
     )
     jreg.fit(obj, optax.sgd(0.5), params, toy(), epochs=6, **kw)
+    with pytest.raises(jreg.JregError, match=r"holds later checkpoints of this run"):  # refused first for that
+        jreg.fit(obj, optax.sgd(0.5), params, toy(), epochs=6, resume=tmp_path / "ckpt-000003.npz", **kw)
+    for e in (4, 5, 6):  # the later checkpoints gone, best.npz (of epoch 6) left behind
+        (tmp_path / f"ckpt-{e:06d}.npz").unlink()
     with pytest.raises(jreg.JregError, match=r"best.npz holds the best params of epoch 6, but the checkpoint resumed"):
         jreg.fit(obj, optax.sgd(0.5), params, toy(), epochs=6, resume=tmp_path / "ckpt-000003.npz", **kw)
 

@@ -86,7 +86,7 @@ def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkp
         held = sorted((p.name for p in folder.glob("ckpt-*.npz")), key=_sort_key)
     except OSError as exc:
         raise JregError(f"{argument}: cannot read the folder {folder} ({exc.strerror or exc})") from exc
-    held += [BEST] if (folder / BEST).exists() else []
+    held += [BEST] if (folder / BEST).exists() or (folder / BEST).is_symlink() else []  # a dangling link too
     if not held or (resume is not None and _same_folder(Path(resume), folder)):
         return
     raise JregError(
@@ -168,7 +168,16 @@ class Writer:
         self.written[path.name] = _signature(path)
 
     def check_ahead(self, start: int, epochs: int) -> None:
-        """Before training: refuse if a checkpoint this run would write exists and is not this run's."""
+        """Before training: refuse if a checkpoint this run would write exists and is not this run's, or if the
+        folder holds this run's checkpoints of epochs after ``start`` (resuming from an older one would branch
+        the run: its later files would be overwritten with other content, or outlive the new ones)."""
+        later = [p.name for e, p in numbered(self.folder) if e > start and self.ours(p)]
+        if later:
+            raise JregError(
+                f"checkpoint: {self.folder} holds later checkpoints of this run ({_listing(later)}) than the epoch "
+                f"{start} resumed from; continuing from there would mix two branches of the run in one folder. "
+                "Resume from the newest checkpoint (resume=<the folder>), or checkpoint into a new folder"
+            )
         for e in range(start, epochs):
             path = self.folder / f"ckpt-{e + 1:06d}.npz"
             if self.config.due(e, epochs) and (path.exists() or path.is_symlink()) and not self.ours(path):
@@ -231,6 +240,7 @@ class Writer:
             "batch_size": batch_size,
             "global_step": None if state.step is None else int(state.step),
             "run": self.run,
+            "cost_convention": history.cost_convention,
         }
         if stopping_state is not None:
             meta["early_stopping"] = stopping_state
@@ -248,7 +258,7 @@ class Writer:
                 meta=meta,
             ),
         )
-        mine = [p for _, p in numbered(self.folder) if self.ours(p)]
+        mine = [p for e, p in numbered(self.folder) if e <= epoch and self.ours(p)]  # the file just written is last
         for old in mine[: -self.config.keep]:
             old.unlink(missing_ok=True)
             self.written.pop(old.name, None)
@@ -312,8 +322,20 @@ def _newest_valid(folder: Path, template: TrainState) -> tuple[Path, ckpt.Checkp
     raise ckpt.CheckpointError(f"resume: no valid checkpoint in {folder}; tried, newest first: {tried}")
 
 
-def resume(resume: Any, template: TrainState, key: Any, batch_size: int, epochs: int, steps_per_epoch: int) -> Resumed:
-    """The run a checkpoint file, or the newest valid one in a folder, holds."""
+def resume(
+    resume: Any,
+    template: TrainState,
+    key: Any,
+    batch_size: int,
+    epochs: int,
+    steps_per_epoch: int,
+    cost_convention: str = "jreg",
+) -> Resumed:
+    """The run a checkpoint file, or the newest valid one in a folder, holds.
+
+    ``cost_convention`` is the resuming run's: it must be the one the checkpointed history was measured with
+    (files written before it was recorded were measured the jreg way), else the history and early stopping
+    would compare costs of two conventions."""
     check_resume(resume)
     path = Path(resume)
     if path.is_dir():
@@ -326,6 +348,13 @@ def resume(resume: Any, template: TrainState, key: Any, batch_size: int, epochs:
         has = "holds" if loaded.model_state is not None else "holds no"
         raise JregError(f"resume: {path} {has} model state, but this run's objective does not match it")
     meta = ckpt.check_run_meta(loaded.meta, path, loaded.step)
+    saved_convention = meta.get("cost_convention", "jreg")
+    if saved_convention != cost_convention:
+        raise JregError(
+            f"resume: {path} measured its costs with cost_convention={saved_convention!r}, this run with "
+            f"{cost_convention!r}; one history cannot mix them (give Evaluation(cost_convention="
+            f"{saved_convention!r}) to continue it)"
+        )
     if meta.get("batch_size", batch_size) != batch_size:
         raise JregError(f"resume: batch_size {batch_size} differs from the run's {meta['batch_size']} ({path})")
     epoch = int(loaded.step or 0)

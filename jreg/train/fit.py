@@ -151,7 +151,7 @@ def fit(
     state = TrainState.create(optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state))
     begun = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose)
     state, start, history, stopper, writer = begun
-    history.cost_convention = setup.monitor.cost_convention  # a resumed run's: checkpoints do not record it
+    history.cost_convention = setup.monitor.cost_convention  # a resumed run's is checked to be the same
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
         history.stopped = stopper.record(start)
         return _result(state, stopper, model_state, history)
@@ -184,7 +184,9 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
     """``(state, first epoch, history, stopper, writer)``: a fresh run, or the one ``resume`` points at."""
     start, history, saved, run, resumed = 0, History(), None, checkpointing.new_run(), None
     if resume is not None:
-        resumed = checkpointing.resume(resume, state, key, batch_size, epochs, setup.plan.steps)
+        resumed = checkpointing.resume(
+            resume, state, key, batch_size, epochs, setup.plan.steps, setup.monitor.cost_convention
+        )
         state, start, history, saved, run = resumed.state, resumed.epoch, resumed.history, resumed.stopping, resumed.run
     writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run)
     if writer is not None:
