@@ -8,6 +8,8 @@ skipped there (shape checks always run, since shapes are static).
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -50,6 +52,31 @@ def check_positive_int(value: Any, name: str) -> int:
     if value <= 0:
         raise JregError(f"{name} must be a positive integer, got {value}")
     return int(value)
+
+
+def check_path(value: Any, name: str = "path") -> Path:
+    """``value`` as a :class:`~pathlib.Path`: a non-empty ``str`` or ``os.PathLike`` of text, without NUL characters.
+
+    Bytes paths are refused (jreg names files in text). A wrong type is a :class:`JregTypeError`, an empty path or
+    one holding a NUL character a :class:`JregError`, each naming ``name``.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        raise JregTypeError(f"{name} must be a path as str or os.PathLike, not bytes ({value!r}); decode it first")
+    if not isinstance(value, (str, os.PathLike)):
+        raise JregTypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}: {value!r}")
+    try:
+        text = os.fspath(value)
+    except Exception as exc:  # noqa: BLE001 - a PathLike whose __fspath__ fails
+        raise JregTypeError(f"{name}: {type(value).__name__}.__fspath__() failed ({exc})") from exc
+    if not isinstance(text, str):
+        raise JregTypeError(
+            f"{name} must be a text path; {type(value).__name__}.__fspath__() gave {type(text).__name__}"
+        )
+    if not text:
+        raise JregError(f"{name} must be a non-empty path, got ''")
+    if "\0" in text:
+        raise JregError(f"{name} must not contain a NUL character, got {text!r}")
+    return Path(text)
 
 
 def check_finite(x: Any, name: str) -> None:

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import io
+from ._checks import check_path
 from ._errors import JregError, JregTypeError
 from ._tree import path_str
 from ._version import __version__
@@ -76,21 +77,32 @@ def _is_namedtuple(node: Any) -> bool:
     return isinstance(node, tuple) and hasattr(node, "_fields")
 
 
-def _describe(node: Any, leaves: list[Any]) -> Any:
-    """A JSON description of a pytree of dicts, lists, tuples, named tuples and None; leaves are numbered."""
+def _describe(node: Any, leaves: list[Any], name: str = "tree", depth: int = 0) -> Any:
+    """A JSON description of a pytree of dicts, lists, tuples, named tuples and None; leaves are numbered.
+
+    The root is at depth 0; a node deeper than :data:`MAX_TREE_DEPTH` (which :func:`load` refuses) is a
+    :class:`JregTypeError` naming ``name``.
+    """
+    if depth > MAX_TREE_DEPTH:
+        raise JregTypeError(
+            f"{name} nests deeper than {MAX_TREE_DEPTH} levels (jreg.checkpoint.MAX_TREE_DEPTH), "
+            "which jreg.load could not read back"
+        )
     if node is None:
         return {"none": True}
+    down = depth + 1
     if isinstance(node, dict):
         if not all(isinstance(k, str) for k in node):
-            raise JregTypeError("checkpoint: dict keys in the tree must be strings")
-        return {"dict": {k: _describe(node[k], leaves) for k in sorted(node)}}
+            raise JregTypeError(f"checkpoint: dict keys in the tree must be strings ({name})")
+        return {"dict": {k: _describe(node[k], leaves, name, down) for k in sorted(node)}}
     if _is_namedtuple(node):
         return {
             "namedtuple": type(node).__name__,
-            "fields": {f: _describe(getattr(node, f), leaves) for f in node._fields},
+            "fields": {f: _describe(getattr(node, f), leaves, name, down) for f in node._fields},
         }
     if isinstance(node, (list, tuple)):
-        return {"list" if isinstance(node, list) else "tuple": [_describe(v, leaves) for v in node]}
+        kind = "list" if isinstance(node, list) else "tuple"
+        return {kind: [_describe(v, leaves, name, down) for v in node]}
     if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(node)):
         leaves.append(node)
         return {"leaf": len(leaves) - 1}
@@ -142,10 +154,13 @@ def _to_numpy(leaf: Any, where: str) -> tuple[np.ndarray, str]:
 def _flatten_section(tree: Any, prefix: str, store: dict[str, np.ndarray]) -> dict[str, Any]:
     leaves: list[Any] = []
     try:
-        desc = _describe(tree, leaves)
+        desc = _describe(tree, leaves, prefix)
     except _Opaque:
         desc = None
-    with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    try:
+        with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    except RecursionError as exc:  # custom nodes nested absurdly deep
+        raise JregTypeError(f"{prefix} nests too deeply to be flattened") from exc
     if desc is None:  # custom nodes somewhere: keep the flat leaves and their paths
         leaves = [leaf for _, leaf in with_paths]
     paths = [path_str(p) for p, _ in with_paths]
@@ -155,6 +170,25 @@ def _flatten_section(tree: Any, prefix: str, store: dict[str, np.ndarray]) -> di
         store[f"{prefix}{i}"] = arr
         entries.append({"path": path, "shape": list(arr.shape), "dtype": dtype_name})
     return {"tree": desc, "leaves": entries}
+
+
+def _check_meta_depth(meta: Any) -> None:
+    """Refuse ``meta`` whose dicts and lists nest deeper than :data:`MAX_META_DEPTH` (walked without recursion)."""
+    stack = [(meta, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = list(node.values())
+        elif isinstance(node, (list, tuple)):
+            children = list(node)
+        else:
+            continue
+        if depth >= MAX_META_DEPTH:
+            raise JregTypeError(
+                f"meta nests deeper than {MAX_META_DEPTH} levels (jreg.checkpoint.MAX_META_DEPTH), "
+                "which jreg.load could not be sure to read back"
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 def save(
@@ -169,9 +203,11 @@ def save(
 ) -> Path:
     """Save params (and optionally optimizer state, model state, step, PRNG key and JSON-able ``meta``) to ``path``.
 
-    The write is atomic: until it completes, ``path`` keeps its previous content.
+    The write is atomic: until it completes, ``path`` keeps its previous content. What :func:`load` could not
+    read back is refused here: trees nested deeper than :data:`MAX_TREE_DEPTH`, ``meta`` deeper than
+    :data:`MAX_META_DEPTH` or not JSON, non-numeric leaves.
     """
-    path = Path(path)
+    path = check_path(path, "path")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0):
         raise JregError(f"step must be a non-negative int or None, got {step!r}")
     store: dict[str, np.ndarray] = {}
@@ -196,9 +232,10 @@ def save(
             if store["key"].dtype.kind not in "biufc":
                 raise JregTypeError(f"key must be a PRNG key or an array of integers, got dtype {store['key'].dtype}")
         header["key"].update(shape=list(store["key"].shape), dtype=str(store["key"].dtype))
+    _check_meta_depth(meta)
     try:
         text = json.dumps(header)
-    except TypeError as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # ValueError: a circular reference
         raise JregTypeError(f"meta must be JSON-serializable: {exc}") from exc
     store["__header__"] = np.frombuffer(text.encode(), dtype=np.uint8)
     buffer = _io.BytesIO()
@@ -217,6 +254,8 @@ def save(
 MAX_HEADER_BYTES = 64 * 2**20
 #: The deepest tree description accepted (real trees nest a few levels; Python's recursion limit is 1000).
 MAX_TREE_DEPTH = 200
+#: The deepest ``meta`` :func:`save` writes (a container at the top is level 1): far inside what ``json`` parses.
+MAX_META_DEPTH = 200
 #: The most dimensions a leaf may have (NumPy's own limit).
 MAX_DIMS = 64
 #: The most bytes a key member may hold in files that do not record the key's shape (written before they did).
@@ -547,7 +586,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     that is not a jreg checkpoint, or whose header lies, raises
     :class:`CheckpointError` naming the file and the field.
     """
-    path = Path(path)
+    path = check_path(path, "path")
     with _open(path) as archive:
         return archive.header()
 
@@ -559,7 +598,7 @@ def verify(path: str | os.PathLike[str]) -> None:
     This tells a damaged or forged file (it fails here) from an intact one that does not fit a template
     (it passes here, and :func:`load` with the template says which leaf differs).
     """
-    path = Path(path)
+    path = check_path(path, "path")
     with _open(path) as archive:
         header = archive.header()
         for name in ("params", "opt_state", "model_state"):
@@ -608,10 +647,27 @@ def _key(archive: _Archive, info: dict[str, Any]) -> Any:
         raise CheckpointError(f"{archive.path}: the key's data do not fit {info['impl']!r} keys ({exc})") from exc
 
 
+def _template_leaf(leaf: Any, name: str, where: str) -> tuple[tuple[int, ...], str]:
+    """A template leaf's shape and dtype name; a leaf that is not a numeric array is a JregTypeError."""
+    dtype = getattr(leaf, "dtype", None)
+    numeric = isinstance(leaf, (int, float, complex)) or (
+        hasattr(leaf, "shape") and dtype is not None and not (isinstance(dtype, np.dtype) and dtype.kind in "OSUMm")
+    )
+    if not numeric:
+        raise JregTypeError(
+            f"{name}: the template's leaf {where!r} must be an array (or an array's shape and dtype), "
+            f"got {type(leaf).__name__}{'' if dtype is None else f' of dtype {dtype}'}"
+        )
+    try:
+        return tuple(np.shape(leaf)), str(jnp.result_type(leaf))
+    except (TypeError, ValueError) as exc:
+        raise JregTypeError(f"{name}: the template's leaf {where!r} is not a numeric array ({exc})") from exc
+
+
 def _into_target(leaves: list, entries: list, target: Any, name: str, path: Path) -> Any:
     """Put the stored leaves into ``target``'s structure, saying exactly which leaf differs if any."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(target)
-    want = [(path_str(p), tuple(np.shape(leaf)), str(jnp.result_type(leaf))) for p, leaf in flat]
+    want = [(path_str(p), *_template_leaf(leaf, name, path_str(p) or "<root>")) for p, leaf in flat]
     have = [(e["path"], tuple(e["shape"]), e["dtype"]) for e in entries]
     if len(want) != len(have):
         missing = sorted({w[0] for w in want} - {h[0] for h in have})
@@ -644,7 +700,7 @@ def load(
     every leaf's path, shape and dtype is then checked, and the first
     difference is named in the error.
     """
-    path = Path(path)
+    path = check_path(path, "path")
     with _open(path) as archive:
         header = archive.header()
         if opt_state is not None and header["opt_state"] is None:
@@ -672,6 +728,17 @@ def _run_field(where: str, field: str, what: str, value: Any) -> CheckpointError
     return CheckpointError(f"{where}: meta {field!r} {what}, got {_short(value)}")
 
 
+def _is_float(value: Any) -> bool:
+    """A number that a float holds (NaN and infinity included, as an unguarded monitored value may be)."""
+    if not _is_number(value):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def check_history(series: Any, epochs: Any, where: str, epochs_done: int | None = None) -> None:
     """Check a saved history: ``{name: [number or None, ...]}`` and ``{name: [1-based epochs, increasing]}``.
 
@@ -682,8 +749,10 @@ def check_history(series: Any, epochs: Any, where: str, epochs_done: int | None 
         if not isinstance(series, dict) or not all(isinstance(k, str) for k in series):
             raise _run_field(where, "history", "must be an object of named series", series)
         for name, values in series.items():
-            if not isinstance(values, list) or not all(v is None or _is_number(v) for v in values):
-                raise _run_field(where, f"history.{name}", "must be a list of numbers", values)
+            if not isinstance(values, list) or not all(v is None or _is_float(v) for v in values):
+                raise _run_field(
+                    where, f"history.{name}", "must be a list of numbers (within float range) or nulls", values
+                )
             if epochs_done is not None and epochs is None and len(values) > epochs_done:
                 raise _run_field(where, f"history.{name}", f"has more values than the {epochs_done} epochs run", values)
     if epochs is None:
@@ -739,6 +808,9 @@ def check_run_meta(meta: Any, path: str | os.PathLike[str], step: int | None = N
     Raises :class:`CheckpointError` naming ``path`` and the field.
     """
     where = str(path)
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0):
+        raise JregTypeError(f"step must be None or a non-negative int (the checkpoint's epoch), got {step!r}")
+    step = None if step is None else int(step)
     if meta is None:
         return {}
     if not isinstance(meta, dict):
@@ -763,15 +835,26 @@ def save_network2(path: str | os.PathLike[str], params: Any, cost: str = "CrossE
 
     ``{"sizes": [...], "weights": [...], "biases": [...], "cost": "CrossEntropyCost"}`` with
     weights as ``(n_out, n_in)`` nested lists and biases as ``(n_out, 1)``; the file loads
-    with ``network2.load(filename)``.
+    with ``network2.load(filename)``. What :func:`load_network2` would refuse is refused here: non-finite
+    weights or biases, a ``cost`` that is not a string.
     """
+    path = check_path(path, "path")
+    if not isinstance(cost, str):
+        raise JregTypeError(f"cost must be the cost's name (a string), got {type(cost).__name__}: {cost!r}")
     layers = _check_mlp_params(params, "params")
+    for i, (w, b) in enumerate(layers):
+        for what, arr in (("w", w), ("b", b)):
+            if not np.all(np.isfinite(arr)):
+                raise JregError(
+                    f"params[{i}]: {what} holds non-finite values (NaN or infinity), which network2 JSON cannot "
+                    "hold and load_network2 refuses"
+                )
     sizes = [layers[0][0].shape[0]] + [w.shape[1] for w, _ in layers]
     data = {
         "sizes": sizes,
         "weights": [w.T.tolist() for w, _ in layers],
         "biases": [b.reshape(-1, 1).tolist() for _, b in layers],
-        "cost": str(cost),
+        "cost": cost,
     }
     return io.write_bytes(path, json.dumps(data).encode())
 
@@ -815,15 +898,27 @@ def _network2_array(value: Any, shapes: Sequence[tuple[int, ...]], what: str, pa
     raise CheckpointError(f"{path}: {rule}; its {what} do not have that shape")
 
 
+def _float_dtype(dtype: Any, name: str) -> np.dtype:
+    """``dtype`` as a NumPy dtype, refusing anything that is not a floating dtype (bfloat16 and friends included)."""
+    try:
+        resolved = jnp.dtype(dtype)
+    except Exception as exc:  # noqa: BLE001 - NumPy and JAX raise TypeError or ValueError by dtype spelling
+        raise JregTypeError(f"{name} must be a floating dtype such as jnp.float32, got {dtype!r}") from exc
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise JregTypeError(f"{name} must be a floating dtype such as jnp.float32, got {resolved}")
+    return resolved
+
+
 def load_network2(path: str | os.PathLike[str], dtype: Any = jnp.float32) -> tuple[list[dict[str, jax.Array]], str]:
     """Read a model saved by network2.py (``Network.save``): ``(params, cost name)``, params in jreg's layout.
 
     The file must be a JSON object with ``sizes`` (at least two positive integers), ``weights`` and ``biases``
     (one per layer, ``(n_out, n_in)`` and ``(n_out, 1)`` nested lists of finite numbers; biases may also be flat)
     and optionally ``cost`` (a string); anything else, or a file over :data:`NETWORK2_MAX_BYTES`, raises
-    :class:`CheckpointError` naming the file.
+    :class:`CheckpointError` naming the file. ``dtype`` is the floating dtype the arrays get.
     """
-    path = Path(path)
+    path = check_path(path, "path")
+    dtype = _float_dtype(dtype, "dtype")
     info = _regular_file(path, "network2 JSON model", "no such file")
     if info.st_size > NETWORK2_MAX_BYTES:
         raise CheckpointError(

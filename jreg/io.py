@@ -20,6 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from ._checks import check_path
+from ._errors import JregError
+
 
 def _file_mode(path: Path) -> int:
     """The mode the file gets: an existing file's own, else 0o666 less the process umask (as open() does)."""
@@ -72,8 +75,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     The file gets the permissions a plain ``open(path, "w")`` would give it
     (an existing file keeps its own).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_path(path, "path")
+    if path.is_dir():
+        raise JregError(f"path {str(path)!r} is a folder; give a file path to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise JregError(f"path {str(path)!r}: cannot make its folder, part of it is a file ({exc.strerror})") from exc
     mode = _file_mode(path)
     prefix = f".{path.name}.{host_name()}.{os.getpid()}."
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")

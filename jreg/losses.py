@@ -41,13 +41,20 @@ from ._errors import JregError, JregTypeError
 
 
 def one_hot(labels: Any, classes: int, dtype: Any = jnp.float32) -> jax.Array:
-    """Integer labels ``(N,)`` -> one-hot targets ``(N, classes)``, checking the range."""
+    """Integer labels ``(N,)`` -> one-hot targets ``(N, classes)`` of ``dtype`` (any numeric or bool dtype),
+    checking the range."""
     classes = check_positive_int(classes, "classes")
     labels = _as_array(labels, "labels")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise JregTypeError(f"labels must be integers, got dtype {labels.dtype}")
+    try:
+        resolved = jnp.dtype(dtype)
+    except Exception as exc:  # noqa: BLE001 - NumPy and JAX raise TypeError or ValueError by dtype spelling
+        raise JregTypeError(f"dtype must be a numeric or bool dtype such as jnp.float32, got {dtype!r}") from exc
+    if not (jnp.issubdtype(resolved, jnp.number) or jnp.issubdtype(resolved, jnp.bool_)):
+        raise JregTypeError(f"dtype must be a numeric or bool dtype such as jnp.float32, got {resolved}")
     _check_label_range(labels, classes, "labels")
-    return jax.nn.one_hot(labels, classes, dtype=dtype)
+    return jax.nn.one_hot(labels, classes, dtype=resolved)
 
 
 def _as_array(x: Any, name: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from .._checks import check_positive_int
+from .._checks import check_path, check_positive_int
 from .._errors import JregError, JregTypeError
 from ..conventions import check_cost_convention
 from ..metrics import Metric, as_metrics
@@ -104,6 +104,7 @@ class Checkpointing:
     def __post_init__(self) -> None:
         if not isinstance(self.dir, (str, os.PathLike)):
             raise JregTypeError(f"Checkpointing.dir must be a folder path, got {type(self.dir).__name__}")
+        check_path(self.dir, "Checkpointing.dir")  # not empty (the current folder by accident), no NUL
         check_positive_int(self.every, "checkpoint_every")
         check_positive_int(self.keep, "keep")
 
