@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jreg
@@ -144,3 +146,13 @@ def test_history_values_must_be_numbers_a_float_holds_or_null():
             checkpoint.check_run_meta({"history": {"loss": [1.0, bad]}}, "p", 2)
     meta = {"history": {"loss": [1.0, None, float("nan"), 3]}, "history_epochs": {"loss": [1, 2, 3, 4]}}
     assert checkpoint.check_run_meta(meta, "p", 4) is meta
+
+
+@pytest.mark.parametrize("resume, match", [("", "non-empty path"), ("a\0b", "NUL character")])
+def test_fit_refuses_an_empty_or_nul_resume_path(resume, match):
+    model = jreg.mlp([4, 3, 2])
+    params = model.init(jax.random.key(0))
+    obj = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy)
+    data = (jnp.ones((8, 4)), jnp.arange(8) % 2)
+    with pytest.raises(jreg.JregError, match=f"resume must be a {match}|resume must not contain a {match}"):
+        jreg.fit(obj, optax.sgd(0.1), params, data, epochs=1, batch_size=4, key=jax.random.key(0), resume=resume)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from .. import io
+from .._checks import check_path
 from .._errors import JregError, JregTypeError, JregWarning
 from .._types import ModelState, Params
 from .config import Checkpointing
@@ -57,6 +58,8 @@ def numbered(folder: Path) -> list[tuple[int, Path]]:
 def check_resume(resume: Any) -> None:
     if resume is not None and not isinstance(resume, (str, os.PathLike)):
         raise JregTypeError(f"resume must be a checkpoint file or folder path, got {type(resume).__name__}")
+    if resume is not None:
+        check_path(resume, "resume")  # not empty, no NUL character
 
 
 def _same_folder(resume: Path, folder: Path) -> bool:
