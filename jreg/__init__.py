@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
     from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
     from .nn import Model, mlp
     from .objective import Objective, objective
-    from .optim import decoupled_weight_decay, lambda_max, proximal
+    from .optim import decoupled_weight_decay, lambda_max, proximal, shrink_perturb, unit_norm
     from .penalties import describe
     from .stopping import EarlyStopping
     from .train import (
@@ -63,7 +63,7 @@ _FROM = {
     **dict.fromkeys(["Checkpoint", "CheckpointError", "load", "load_network2", "save", "save_network2"], "checkpoint"),
     **dict.fromkeys(["Model", "mlp"], "nn"),
     **dict.fromkeys(["Objective", "objective"], "objective"),
-    **dict.fromkeys(["decoupled_weight_decay", "lambda_max", "proximal"], "optim"),
+    **dict.fromkeys(["decoupled_weight_decay", "lambda_max", "proximal", "shrink_perturb", "unit_norm"], "optim"),
     "describe": "penalties",
     "EarlyStopping": "stopping",
     **dict.fromkeys(
@@ -132,6 +132,8 @@ __all__ = [
     "lambda_max",
     "optim",
     "proximal",
+    "shrink_perturb",
+    "unit_norm",
     "load",
     "load_network2",
     "save",
