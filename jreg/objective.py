@@ -30,7 +30,7 @@ from . import _signature
 from ._checks import check_key
 from ._errors import JregError, JregTypeError
 from ._types import Batch, ModelState, Params
-from .penalties import InputPenalty, Penalty
+from .penalties import InputPenalty, OutputPenalty, Penalty
 from .selectors import everything
 
 SPLIT_HINT = "or give jreg.objective a split= function that takes your batch apart into (inputs, targets)"
@@ -78,6 +78,7 @@ class Objective:
         activity: a :class:`~jreg.penalties.Penalty` on the model's intermediates, or ``None``.
         input_penalty: a tuple of :class:`~jreg.penalties.InputPenalty`.
         split: ``split(batch) -> (inputs, targets)``, or ``None`` for ``(x, y)`` pairs.
+        output_penalty: a tuple of :class:`~jreg.penalties.OutputPenalty` (``z_loss``) on the outputs.
     """
 
     apply: Callable[..., Any]
@@ -86,6 +87,7 @@ class Objective:
     activity: Penalty | None = None
     input_penalty: tuple[InputPenalty, ...] = ()
     split: Callable[[Batch], tuple[Any, Any]] | None = None
+    output_penalty: tuple[OutputPenalty, ...] = ()
 
     @property
     def stateful(self) -> bool:
@@ -174,7 +176,7 @@ class Objective:
     ) -> tuple[dict[str, jax.Array], Any, ModelState]:
         """The parts that depend on the batch, each a mean over its examples, with the outputs and new state.
 
-        ``({"data": ..., "activity_<term>": ..., <input penalty>: ...}, outputs, new_state)``.
+        ``({"data": ..., <output penalty>: ..., "activity_<term>": ..., <input penalty>: ...}, outputs, new_state)``.
         A data set's figure is the size-weighted mean of these over its batches,
         plus :meth:`penalty_parts` once: that is how jreg evaluates in batches.
         """
@@ -200,6 +202,8 @@ class Objective:
         else:
             outputs, hidden = result, None
         parts = {"data": self._mean_loss(outputs, y, n)}
+        for term in self.output_penalty:  # on the outputs the loss saw: no second forward pass
+            parts[term.name] = term(outputs, step=step)
         if self.activity is not None:
             # mean over the examples of the per-example penalty (for l1/l2: penalty(batch) / batch size)
             for name, value in self.activity.parts(hidden, step=step).items():
@@ -263,6 +267,18 @@ def _input_penalties(input_penalty: Any) -> tuple[InputPenalty, ...]:
     return terms
 
 
+def _output_penalties(output_penalty: Any) -> tuple[OutputPenalty, ...]:
+    if output_penalty is None:
+        return ()
+    terms = (output_penalty,) if isinstance(output_penalty, OutputPenalty) else tuple(output_penalty)
+    for i, t in enumerate(terms):
+        if not isinstance(t, OutputPenalty):
+            raise JregTypeError(
+                f"output_penalty[{i}] must come from jreg.penalties.z_loss (an OutputPenalty), got {type(t).__name__}"
+            )
+    return terms
+
+
 def objective(
     apply: Callable[..., Any],
     loss: Callable[[jax.Array, Any], jax.Array],
@@ -271,6 +287,7 @@ def objective(
     activity: Penalty | None = None,
     input_penalty: InputPenalty | Sequence[InputPenalty] | None = None,
     split: Callable[[Batch], tuple[Any, Any]] | None = None,
+    output_penalty: OutputPenalty | Sequence[OutputPenalty] | None = None,
 ) -> Objective:
     """Compose model, per-example loss and regularizers into one objective.
 
@@ -279,10 +296,11 @@ def objective(
     (or any batch, with ``split``) and
 
     * ``total = mean_i loss(apply(params, x)_i, y_i) + penalty(params)``
-      ``+ activity terms + input terms``,
+      ``+ output terms + activity terms + input terms``,
     * ``parts = {"data": <mean loss>, "penalty": <all regularizers>, <term>: <value>...}``:
       one entry per term of ``penalty`` (e.g. ``"l2"``), ``"activity_<term>"``
-      per activity term and one per input penalty (e.g. ``"input_gradient"``).
+      per activity term, one per output penalty (``"z_loss"``) and one per input
+      penalty (e.g. ``"input_gradient"``).
 
     Args:
         apply: the model; given ``key`` it is in training mode (dropout, noise).
@@ -302,6 +320,10 @@ def objective(
             inputs... ``inputs`` go to ``apply``, ``targets`` to ``loss`` and to
             the metrics (any pytrees; e.g. ``lambda b: (b["image"], (b["label"],
             b["weight"]))`` with :func:`jreg.losses.weighted`).
+        output_penalty: one or several :class:`~jreg.penalties.OutputPenalty`
+            (:func:`jreg.penalties.z_loss`): penalties on the model's outputs,
+            each a mean over the examples, computed on the same forward pass as
+            the data term.
 
     Stateful models (BatchNorm running statistics, counters): when ``apply``
     takes a ``state`` keyword, the objective needs ``state=`` and returns the
@@ -332,11 +354,13 @@ def objective(
             "as jreg.mlp's does"
         )
     inputs = _input_penalties(input_penalty)
+    outputs = _output_penalties(output_penalty)
     names = ["data", "penalty"]
     names += penalty.names() if isinstance(penalty, Penalty) else []
     names += [f"activity_{n}" for n in act.names()] if act is not None else []
     names += [t.name for t in inputs]
+    names += [t.name for t in outputs]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise JregError(f"the objective's parts would have duplicate names {clash}; give the terms distinct name=")
-    return Objective(apply, loss, penalty, act, inputs, split)
+    return Objective(apply, loss, penalty, act, inputs, split, outputs)

@@ -12,6 +12,7 @@ Conventions (stated once, used everywhere):
                      and the gradient it adds is ``c * w``.
 * ``l1(c)``          ``R = c * sum |w|``
 * ``elastic_net(c1, c2)``  ``R = c1 * sum |w| + c2/2 * sum w^2``
+* ``center=params0`` (all three): the same formula of ``w - w0`` (L2-init: ``c/2 * sum (w - w0)^2``).
 
 **Masks** choose the leaves (the same rules for every term):
 
@@ -31,8 +32,9 @@ Conventions (stated once, used everywhere):
 **Coefficients** are a scalar (Python number or 0-d array, possibly traced,
 so ``jax.vmap`` over the strength works), a pytree with the structure of
 params or a prefix of it (``[1e-4, 1e-3]`` gives each MLP layer its own), a
-:func:`by_path` mapping from glob patterns to values, or arrays that broadcast
-against a leaf. Concrete coefficients must be finite and ``>= 0``.
+:func:`by_path` mapping from glob patterns to values, a :func:`by_shape` rule of
+the leaf's shape (:func:`width_scaled`: ``base * fan_in^exponent``), or arrays
+that broadcast against a leaf. Concrete coefficients must be finite and ``>= 0``.
 
 **Schedules.** A coefficient may also be a function of the training step,
 ``c(step) -> scalar`` (any optax schedule, e.g.
@@ -104,6 +106,103 @@ def by_path(mapping: Mapping[str, Any], default: Any = 0.0) -> ByPath:
     return ByPath(dict(mapping), default)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ByShape:
+    """A coefficient given per leaf by a rule over the leaf's shape; see :func:`by_shape`."""
+
+    rule: Callable[[tuple[int, ...]], Any]
+    label: str = "by_shape"
+
+    def resolve(self, path: str, leaf: Any) -> Any:
+        del path
+        return self.rule(tuple(int(d) for d in np.shape(leaf)))
+
+
+def by_shape(rule: Callable[[tuple[int, ...]], Any]) -> ByShape:
+    """A per-leaf coefficient computed from each leaf's shape: ``c_leaf = rule(leaf.shape)``.
+
+    Plugs in wherever a coefficient is accepted, like :func:`by_path`
+    (``l2(by_shape(lambda s: 1e-4 * s[0] if len(s) > 1 else 0.0))``). Concrete
+    values the rule returns are checked like any coefficient (finite, ``>= 0``);
+    traced ones (a swept strength) pass. :func:`describe` shows each leaf's value.
+    """
+    if not callable(rule) or isinstance(rule, (ByPath, ByShape)):
+        raise JregTypeError(f"by_shape needs a rule(shape) -> coefficient, got {rule!r}")
+    return ByShape(rule)
+
+
+def fan_in(shape: tuple[int, ...]) -> int:
+    """The fan-in of a weight in jreg's ``(n_in, n_out)`` layout: the product of all axes but the last.
+
+    A matrix ``(n_in, n_out)`` gives ``n_in``; a convolution kernel ``(h, w, c_in, c_out)`` gives
+    ``h * w * c_in`` (what :func:`jreg.initializers` scale by).
+    """
+    return int(np.prod(shape[:-1])) if len(shape) >= 2 else 1
+
+
+def width_scaled(base: Any, exponent: float = 1.0, *, vectors: Any = 0.0) -> ByShape:
+    """Width-aware per-leaf coefficients: ``c_leaf = base * fan_in^exponent`` for leaves of rank >= 2,
+    ``vectors`` for the others (biases, scales, scalars).
+
+    ``fan_in`` is :func:`fan_in`: ``w.shape[0]`` for a matrix in jreg's ``(n_in, n_out)`` layout.
+    Under muP (Yang et al. 2022, "Tensor Programs V: Tuning Large Neural Networks via
+    Zero-Shot Hyperparameter Transfer") the hidden layers' Adam learning rate scales as
+    ``1/fan_in``; keeping the per-step shrinkage ``eta * c`` of a weight decay width-independent
+    then needs ``c ∝ fan_in`` (``exponent=1``, the default; Wang & Aitchison 2024, "How to set
+    AdamW's weight decay as you scale model and dataset size"). Other exponents (``0.5``, ``-1``)
+    express other parametrizations; ``exponent=0`` is a plain ``base``.
+
+    ``base`` and ``vectors`` are non-negative scalars (``base`` may be traced, so ``jax.vmap``
+    sweeps it); ``exponent`` a finite real number. Example: ``l2(width_scaled(1e-6))``.
+    """
+    check_nonnegative_scalar(base, "width_scaled: base")
+    check_nonnegative_scalar(vectors, "width_scaled: vectors")
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float, np.integer, np.floating)):
+        raise JregTypeError(f"width_scaled: exponent must be a real number, got {type(exponent).__name__}")
+    if not np.isfinite(exponent):
+        raise JregError(f"width_scaled: exponent must be finite, got {exponent}")
+    exponent = float(exponent)
+
+    def rule(shape: tuple[int, ...]) -> Any:
+        return base * float(fan_in(shape)) ** exponent if len(shape) >= 2 else vectors
+
+    return ByShape(rule, f"width_scaled(exponent={exponent:g})")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Center:
+    """The reference point of a centered penalty (``l2(c, center=params0)``): a pytree matching params
+    (or a prefix of it; ``None`` in it means "no center" for that subtree)."""
+
+    tree: Any
+
+    def check(self) -> None:
+        """Concrete entries must be finite real numbers (traced ones pass)."""
+        for path, leaf in jax.tree_util.tree_flatten_with_path(self.tree)[0]:
+            where = f" at {path_str(path)!r}" if path else ""
+            if not (is_array(leaf) or isinstance(leaf, (int, float, np.number))) or isinstance(leaf, bool):
+                raise JregTypeError(f"center must hold arrays or numbers, got {type(leaf).__name__}{where}")
+            if not is_concrete(leaf):
+                continue
+            arr = np.asarray(leaf)
+            if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+                raise JregTypeError(f"center must be real, got dtype {arr.dtype}{where}")
+            if not np.all(np.isfinite(arr)):
+                raise JregError(f"center must be finite, got NaN or inf{where}")
+
+    def per_leaf(self, params: Params, what: str) -> list[Any]:
+        """The center of every leaf of ``params`` (``None``: no center)."""
+        try:
+            full = jax.tree.broadcast(self.tree, params, is_leaf=lambda x: x is None)
+        except (ValueError, TypeError) as exc:
+            raise JregError(
+                f"{what}: center must be a pytree with the structure of params (or a prefix of it); "
+                f"params has structure {jax.tree_util.tree_structure(params)}, "
+                f"center has {jax.tree_util.tree_structure(self.tree)}"
+            ) from exc
+        return jax.tree_util.tree_leaves(full, is_leaf=lambda x: x is None)
+
+
 def _flatten(params: Params) -> tuple[list[str], list[Any], Any]:
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
     return [path_str(p) for p, _ in leaves_with_paths], [leaf for _, leaf in leaves_with_paths], treedef
@@ -161,13 +260,18 @@ def mask_tree(params: Params, mask: Mask = None) -> Any:
 
 def is_schedule(value: Any) -> bool:
     """A coefficient given as a function of the step (an optax schedule, say)."""
-    return callable(value) and not isinstance(value, ByPath) and not hasattr(value, "shape")
+    return callable(value) and not isinstance(value, (ByPath, ByShape, Center)) and not hasattr(value, "shape")
 
 
 def _check_coefficient(value: Any, label: str) -> None:
     """Concrete coefficient entries must be finite and >= 0 (traced ones pass)."""
     if is_schedule(value):
         return  # checked on each value it returns
+    if isinstance(value, ByShape):
+        return  # checked on each value it gives, in Term.resolve
+    if isinstance(value, Center):
+        value.check()
+        return
     if isinstance(value, ByPath):
         for pattern, v in value.mapping.items():
             _check_coefficient(v, f"{label}[{pattern!r}]")
@@ -189,6 +293,14 @@ def _check_coefficient(value: Any, label: str) -> None:
 
 
 # --------------------------------------------------------------------------- terms
+
+
+def _fits(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """True when ``shape`` broadcasts to exactly ``target``."""
+    try:
+        return np.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
 
 
 def _add(values: Any) -> jax.Array:
@@ -221,7 +333,8 @@ class Term:
     Attributes:
         name: the key this term's value gets in the objective's ``parts``.
         fn: ``fn(leaf, *coefs) -> scalar``, each coefficient already resolved for that leaf.
-        coefs: the coefficient specs (scalar, params-prefix pytree or :class:`ByPath`).
+        coefs: the coefficient specs (scalar, params-prefix pytree, :class:`ByPath`, :class:`ByShape`,
+            schedule, or a :class:`Center`, which ``fn`` receives per leaf as an array or ``None``).
         mask: which leaves the term touches (see the module docstring).
         scale: a multiplier from scaling the penalty (``2 * l2(c)``).
         prox: optional proximal map ``prox(leaf, t, *coefs) -> leaf`` of ``t * fn(., *coefs)``:
@@ -255,6 +368,14 @@ class Term:
                 per_coef.append([c] * len(names))
             elif isinstance(c, ByPath):
                 per_coef.append([c.resolve(n) for n in names])
+            elif isinstance(c, ByShape):
+                values = [c.resolve(n, leaf) if on else None for n, leaf, on in zip(names, leaves, chosen)]
+                for n, v, on in zip(names, values, chosen):
+                    if on:
+                        _check_coefficient(v, f"{self.name}: {c.label} coefficient for leaf {n!r}")
+                per_coef.append(values)
+            elif isinstance(c, Center):
+                per_coef.append(c.per_leaf(params, self.name))
             else:
                 per_coef.append(_broadcast(c, params, f"{self.name}: coefficient"))
         picked = []
@@ -267,8 +388,15 @@ class Term:
                     "but only floating-point leaves can be penalized"
                 )
             coefs = tuple(pc[i] for pc in per_coef)
-            for c in coefs:
+            for spec, c in zip(self.coefs, coefs):
                 if is_schedule(c):
+                    continue
+                if isinstance(spec, Center):
+                    if c is not None and not _fits(np.shape(c), np.shape(leaf)):
+                        raise JregError(
+                            f"{self.name}: the center for leaf {n!r} has shape {np.shape(c)}, which does not "
+                            f"match the leaf's shape {np.shape(leaf)}"
+                        ) from None
                     continue
                 try:
                     np.broadcast_shapes(np.shape(c), np.shape(leaf))
@@ -398,8 +526,9 @@ def term(
         raise JregTypeError(f"prox must be callable prox(leaf, t, *coefs) -> leaf, got {prox!r}")
     if not isinstance(name, str) or not name or name in ("data", "penalty", "loss"):
         raise JregError(f"name must be a non-empty str other than 'data', 'penalty' or 'loss', got {name!r}")
+    numbered = len([c for c in coefs if not isinstance(c, Center)]) > 1  # a center is not a numbered coefficient
     for i, c in enumerate(coefs):
-        _check_coefficient(c, f"{name}: coefficient {i}" if len(coefs) > 1 else f"{name}: coefficient")
+        _check_coefficient(c, f"{name}: coefficient {i}" if numbered else f"{name}: coefficient")
     return Penalty((Term(name, fn, tuple(coefs), mask, prox=prox),))
 
 
@@ -437,7 +566,39 @@ def _prox_elastic(w: jax.Array, t: Any, c1: Any, c2: Any) -> jax.Array:
     return soft_threshold(w, t * c1) / (1.0 + t * c2)
 
 
-def l2(c: Any, *, mask: Mask = None, name: str = "l2") -> Penalty:
+def _centered(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``fn(w - w0, *coefs)``: the formula moved to the center ``w0`` (the last resolved coefficient;
+    ``None`` for a leaf without one)."""
+
+    def centered(w: jax.Array, *args: Any) -> jax.Array:
+        *coefs, w0 = args
+        return fn(w if w0 is None else w - jnp.asarray(w0, w.dtype), *coefs)
+
+    return centered
+
+
+def _centered_prox(prox: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """The proximal map of ``v -> f(v - w0)``: ``w0 + prox_f(w - w0)``."""
+
+    def centered(w: jax.Array, t: Any, *args: Any) -> jax.Array:
+        *coefs, w0 = args
+        if w0 is None:
+            return prox(w, t, *coefs)
+        w0 = jnp.asarray(w0, w.dtype)
+        return (w0 + prox(w - w0, t, *coefs)).astype(w.dtype)
+
+    return centered
+
+
+def _term_maybe_centered(fn, prox, coefs, center, mask, name) -> Penalty:
+    if center is None:
+        return term(fn, *coefs, mask=mask, name=name, prox=prox)
+    if isinstance(center, (Center, ByPath, ByShape)) or is_schedule(center):
+        raise JregTypeError(f"center must be a pytree of arrays matching params, got {type(center).__name__}")
+    return term(_centered(fn), *coefs, Center(center), mask=mask, name=name, prox=_centered_prox(prox))
+
+
+def l2(c: Any, *, mask: Mask = None, name: str = "l2", center: Any = None) -> Penalty:
     """``R = c/2 * sum w^2`` over the masked leaves; adds ``c * w`` to their gradient.
 
     Proximal map of ``t R``: ``w / (1 + t c)``.
@@ -445,24 +606,35 @@ def l2(c: Any, *, mask: Mask = None, name: str = "l2") -> Penalty:
     Nielsen's ``lambda/(2n) * sum_w w^2`` is ``l2(lambda / n)`` with ``n`` the
     size of the training set. With plain SGD at learning rate ``eta`` the step
     becomes ``w <- (1 - eta*c) w - eta * grad C0`` (weight decay).
+
+    ``center=params0`` gives L2-init (Kumar et al. 2023, "Maintaining Plasticity in
+    Continual Learning via Regenerative Regularization"): ``R = c/2 * sum (w - w0)^2``,
+    gradient ``c (w - w0)``, proximal map ``(w + t c w0) / (1 + t c)``. The paper writes
+    ``lambda * ||theta - theta0||^2``: that is ``l2(2 * lambda, center=params0)``. ``center`` is
+    a pytree with the structure of params, or a prefix of it (``None`` inside it: no center for
+    that subtree; a number: the same center for every entry, e.g. ``1.0`` for normalization
+    scales); each entry must broadcast to its leaf's shape without changing it.
     """
-    return term(_l2, c, mask=mask, name=name, prox=_prox_l2)
+    return _term_maybe_centered(_l2, _prox_l2, (c,), center, mask, name)
 
 
-def l1(c: Any, *, mask: Mask = None, name: str = "l1") -> Penalty:
+def l1(c: Any, *, mask: Mask = None, name: str = "l1", center: Any = None) -> Penalty:
     """``R = c * sum |w|`` over the masked leaves; adds ``c * sign(w)`` to their gradient.
 
     Proximal map of ``t R``: soft-thresholding at ``t c``, which sets small weights exactly to zero.
+    With ``center=params0`` (as :func:`l2`'s): ``R = c * sum |w - w0|``, proximal map
+    ``w0 + soft_threshold(w - w0, t c)`` (weights snap exactly back to ``w0``).
     """
-    return term(_l1, c, mask=mask, name=name, prox=_prox_l1)
+    return _term_maybe_centered(_l1, _prox_l1, (c,), center, mask, name)
 
 
-def elastic_net(c1: Any, c2: Any, *, mask: Mask = None, name: str = "elastic_net") -> Penalty:
+def elastic_net(c1: Any, c2: Any, *, mask: Mask = None, name: str = "elastic_net", center: Any = None) -> Penalty:
     """``R = c1 * sum |w| + c2/2 * sum w^2`` over the masked leaves (``l1(c1) + l2(c2)`` as one term).
 
-    Proximal map of ``t R``: ``soft_threshold(w, t c1) / (1 + t c2)``.
+    Proximal map of ``t R``: ``soft_threshold(w, t c1) / (1 + t c2)``. With ``center=params0``
+    (as :func:`l2`'s) both parts measure ``w - w0`` and the map is ``w0 + prox(w - w0)``.
     """
-    return term(_elastic, c1, c2, mask=mask, name=name, prox=_prox_elastic)
+    return _term_maybe_centered(_elastic, _prox_elastic, (c1, c2), center, mask, name)
 
 
 def sum(*penalties: Penalty) -> Penalty:  # noqa: A001 - public name asked for: jreg.penalties.sum
@@ -585,17 +757,64 @@ def spectral_norm(c: Any, *, iterations: int = 20, mask: Mask = None, name: str 
     iterations = check_positive_int(iterations, "iterations")
 
     def fn(w, c):
-        m = _matrix(w)
-        v = jnp.ones((m.shape[1],), m.dtype) / jnp.sqrt(m.shape[1])
-        for _ in range(iterations):
-            u = m @ v
-            u = u / (jnp.linalg.norm(u) + 1e-12)
-            v = m.T @ u
-            v = v / (jnp.linalg.norm(v) + 1e-12)
-        sigma = u @ m @ v
+        sigma = _sigma_max(w, iterations)
         return 0.5 * c * sigma**2
 
     return term(fn, c, mask=mask, name=name)
+
+
+def _sigma_max(w: jax.Array, iterations: int) -> jax.Array:
+    """``sigma_max`` of :func:`_matrix` ``(w)`` by ``iterations`` power-iteration steps from a fixed start."""
+    m = _matrix(w)
+    v = jnp.ones((m.shape[1],), m.dtype) / jnp.sqrt(m.shape[1])
+    for _ in range(iterations):
+        u = m @ v
+        u = u / (jnp.linalg.norm(u) + 1e-12)
+        v = m.T @ u
+        v = v / (jnp.linalg.norm(v) + 1e-12)
+    return u @ m @ v
+
+
+def spectral_target(
+    c: Any,
+    target: Any = 1.0,
+    *,
+    exponent: float = 1.0,
+    iterations: int = 20,
+    mask: Mask = None,
+    name: str = "spectral_target",
+) -> Penalty:
+    """``R = c * (sigma_max(W)^k - target)^2`` for each weight: pulls the largest singular value toward
+    ``target`` (default 1) from both sides; ``k = exponent`` (default 1).
+
+    Spectral regularization for continual learning (Lewandowski et al. 2025, "Learning
+    Continually by Spectral Regularization", ICLR): keeping each layer's ``sigma_max`` near 1
+    sustains the trainability the network had at initialization. The paper's regularizer is
+    ``lambda * sum_layers (sigma_max(W_l)^k - 1)^2``; ``exponent`` is its ``k`` (the paper also
+    pulls biases toward 0: add ``l2(c, mask="*/b")`` for that). Unlike :func:`spectral_norm`
+    (``c/2 * sigma_max^2``, toward 0), there is no ``1/2``: this follows the paper's form.
+
+    ``sigma_max`` is computed exactly as :func:`spectral_norm` does: ``iterations``
+    power-iteration steps from a fixed start vector, differentiated through, on the kernel
+    flattened to ``(everything else, output units)``. ``target`` is a coefficient like ``c``
+    (finite, ``>= 0``; a scalar, per-leaf pytree, :func:`by_path` or traced).
+    """
+    from ._checks import check_positive_int
+
+    iterations = check_positive_int(iterations, "iterations")
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float, np.integer, np.floating)):
+        raise JregTypeError(f"exponent must be a real number, got {type(exponent).__name__}")
+    if not (np.isfinite(exponent) and exponent > 0):
+        raise JregError(f"exponent must be finite and > 0, got {exponent}")
+    exponent = float(exponent)
+    if is_concrete(target) and not isinstance(target, (ByPath, ByShape)) and np.ndim(target) == 0:
+        check_nonnegative_scalar(target, f"{name}: target")
+
+    def fn(w, c, target):
+        sigma = _sigma_max(w, iterations)
+        return c * jnp.square((sigma if exponent == 1.0 else sigma**exponent) - target)
+
+    return term(fn, c, target, mask=mask, name=name)
 
 
 def orthogonality(c: Any, *, mask: Mask = None, name: str = "orthogonality") -> Penalty:
@@ -692,6 +911,56 @@ def jacobian_norm(c: Any, *, projections: int | None = None, name: str = "jacobi
     return _input_penalty(c, name, fn)
 
 
+# --------------------------------------------------------------------------- output penalties
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OutputPenalty:
+    """A penalty on the model's outputs; goes into :func:`jreg.objective`'s ``output_penalty``.
+
+    ``fn(outputs, c) -> scalar``, a mean over the batch's examples (so evaluating in batches
+    weights it by batch size like the data term). The objective passes the very outputs the
+    loss sees (same forward pass, same dropout mask) and reports the value in ``parts`` under
+    ``name``.
+    """
+
+    name: str
+    fn: Callable[..., jax.Array]
+    c: Any
+
+    def __call__(self, outputs: Any, *, step: Any = None) -> jax.Array:
+        (c,) = _at_step(self.name, (self.c,), step)
+        return self.fn(outputs, c)
+
+
+def z_loss(c: Any, *, name: str = "z_loss") -> OutputPenalty:
+    """The output z-loss ``R = c * mean_i (log sum_j exp z_ij)^2`` on the logits ``z`` (the softmax's
+    log-normalizer ``log Z``, pushed toward 0).
+
+    PaLM (Chowdhery et al. 2022, "PaLM: Scaling Language Modeling with Pathways") uses
+    ``c = 1e-4`` for training stability; ST-MoE's router z-loss (Zoph et al. 2022) is the
+    same formula on router logits. ``log Z`` is over the last axis; the mean is over every
+    other axis (examples, and positions for ``(batch, sequence, vocabulary)`` logits). Low-
+    precision logits are reduced in float32 and the result cast back. ``c`` is a non-negative
+    scalar (possibly traced, for :func:`jreg.sweep`) or a schedule of the step.
+    Use it as ``jreg.objective(apply, loss, output_penalty=z_loss(1e-4))``.
+    """
+
+    def fn(z, c):
+        if not hasattr(z, "ndim") or z.ndim < 2 or not jnp.issubdtype(z.dtype, jnp.floating):
+            what = f"shape {tuple(z.shape)} dtype {z.dtype}" if hasattr(z, "ndim") else type(z).__name__
+            raise JregError(f"{name}: the model's outputs must be floating logits (batch, ..., classes), got {what}")
+        wide = z.astype(jnp.float32) if jnp.finfo(z.dtype).bits < 32 else z
+        log_z = jax.nn.logsumexp(wide, axis=-1)
+        return (c * jnp.mean(jnp.square(log_z))).astype(z.dtype)
+
+    if not isinstance(name, str) or not name or name in ("data", "penalty", "loss"):
+        raise JregError(f"name must be a non-empty str other than 'data', 'penalty' or 'loss', got {name!r}")
+    if not is_schedule(c):
+        check_nonnegative_scalar(c, f"{name}: coefficient")
+    return OutputPenalty(name, fn, c)
+
+
 # --------------------------------------------------------------------------- describe
 
 
@@ -720,6 +989,15 @@ def _show(c: Any) -> str:
     return f"{arr.item():g}" if arr.ndim == 0 else f"array{arr.shape}"
 
 
+def _show_center(c: Any) -> str:
+    if c is None:
+        return "center=0"
+    if not is_concrete(c):
+        return "center=traced"
+    arr = np.asarray(c)
+    return f"center={arr.item():g}" if arr.ndim == 0 else f"center=array{arr.shape}"
+
+
 def describe(penalty: Penalty, params: Params) -> Description:
     """Which leaves each term of ``penalty`` touches, with shapes, dtypes and coefficients.
 
@@ -740,7 +1018,10 @@ def describe(penalty: Penalty, params: Params) -> Description:
                     "path": p,
                     "shape": tuple(np.shape(leaf)),
                     "dtype": str(leaf.dtype),
-                    "coefficients": ", ".join(_show(c) for c in coefs) + scale,
+                    "coefficients": ", ".join(
+                        _show_center(c) if isinstance(spec, Center) else _show(c) for spec, c in zip(t.coefs, coefs)
+                    )
+                    + scale,
                 }
             )
     names, leaves, _ = _flatten(params)
