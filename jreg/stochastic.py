@@ -186,6 +186,7 @@ def mix_targets(
     if y.ndim == 0 or y.shape[0] != perm.shape[0]:
         raise JregError(f"y must hold one target per example, {perm.shape[0]} along its first axis, got {y.shape}")
     lam = jnp.asarray(lam, dtype)
+    perm = jnp.asarray(perm)
     if jnp.issubdtype(y.dtype, jnp.integer):
         if y.ndim != 1:
             raise JregError(f"y given as integer labels must have shape ({y.shape[0]},), got {y.shape}")
@@ -199,7 +200,7 @@ def mix_targets(
         valid = (y >= 0) & (y < classes)
         t = jnp.where(valid[:, None], jax.nn.one_hot(y, classes, dtype=dtype), jnp.full((), jnp.nan, dtype))
     elif jnp.issubdtype(y.dtype, jnp.floating):
-        t = y.astype(dtype) if jnp.issubdtype(dtype, jnp.floating) else y
+        t = jnp.asarray(y, dtype if jnp.issubdtype(dtype, jnp.floating) else y.dtype)
     else:
         raise JregTypeError(f"y must be integer labels or float (one-hot, soft) targets, got dtype {y.dtype}")
     lam = lam.astype(t.dtype)
@@ -232,7 +233,7 @@ def mixup(
     lam = _draw_lambda(k_lam, alpha)
     perm = jax.random.permutation(k_perm, n)
     y_mixed = mix_targets(y, lam, perm, classes=classes, dtype=x.dtype)
-    lx = lam.astype(x.dtype)
+    x, lx = jnp.asarray(x), lam.astype(x.dtype)
     return lx * x + (1 - lx) * x[perm], y_mixed
 
 
@@ -304,7 +305,7 @@ def cutmix(
     perm = jax.random.permutation(k_perm, n)
     box, kept = cutmix_box(k_box, lam, image[0], image[1])
     y_mixed = mix_targets(y, kept, perm, classes=classes, dtype=x.dtype)
-    images = x.reshape((n, *image))
+    images = jnp.asarray(x).reshape((n, *image))
     mask = box.reshape(box.shape + (1,) * (len(image) - 2))
     mixed = jnp.where(mask, images[perm], images)
     return mixed.reshape(x.shape), y_mixed
