@@ -245,6 +245,8 @@ def _image_shape(x: jax.Array, shape: Any) -> tuple[int, ...]:
                 f"cutmix needs images (N, H, W) or (N, H, W, C), got x of shape {x.shape}; for flat images give "
                 "shape=(H, W) or shape=side (e.g. shape=28 for MNIST's (N, 784))"
             )
+        if 0 in x.shape[1:]:
+            raise JregError(f"cutmix needs images with at least one pixel, got x of shape {x.shape}")
         return tuple(x.shape[1:])
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (check_positive_int(shape, "shape"),) * 2

@@ -36,6 +36,14 @@ def _fields(objective: Objective) -> dict[str, Any]:
     return {f.name: getattr(objective, f.name) for f in dataclasses.fields(Objective)}
 
 
+def _without_split(objective: Objective) -> Objective:
+    """The objective taking ``(inputs, targets)`` pairs: ``split`` dropped at every level of a transformation."""
+    inner = getattr(objective, "inner", None)
+    if isinstance(inner, Objective):
+        return dataclasses.replace(objective, split=None, inner=_without_split(inner))
+    return dataclasses.replace(objective, split=None)
+
+
 def _training(key: Any, train: bool | None) -> bool:
     return key is not None if train is None else bool(train)
 
@@ -64,8 +72,10 @@ class Mixed(Objective):
         train: bool | None = None,
     ) -> Any:
         assert self.inner is not None
-        if key is None or not _training(key, train):  # evaluation, or no randomness to mix with
+        if not _training(key, train):  # evaluation: the plain objective
             return self.inner(params, batch, key=key, step=step, state=state, train=train)
+        if key is None:
+            raise JregError(f"{self.method} in training mode (train=True) needs the step's key= to draw the mixing")
         check_key(key)
         mine, rest = jax.random.split(key)
         x, y = self.inputs_targets(batch)
@@ -82,7 +92,7 @@ class Mixed(Objective):
             xm, ym = mixup(mine, x, y, self.alpha, classes=classes)
         else:
             xm, ym = cutmix(mine, x, y, self.alpha, classes=classes, shape=self.shape)
-        inner = self.inner if self.inner.split is None else dataclasses.replace(self.inner, split=None)
+        inner = self.inner if self.split is None else _without_split(self.inner)
         return inner(params, (xm, ym), key=rest, step=step, state=state, train=train)
 
 

@@ -7,6 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import jreg
 from jreg.stochastic import cutmix, mix_targets, mixup
@@ -254,3 +257,35 @@ def test_transform_arguments_are_checked():
         jreg.with_cutmix(weighted, 1.0)
     with pytest.raises(jreg.JregError, match="shape="):  # flat inputs, no shape: refused when traced
         jreg.with_cutmix(OBJ, 1.0)(PARAMS, (X, Y), key=jax.random.key(0))
+
+
+def test_a_split_batch_is_mixed_and_nested_transformations_keep_it():
+    """Batches taken apart by split= are mixed as (inputs, targets), also when SAM sits inside the mixing."""
+    split = lambda b: (b["image"], b["label"])  # noqa: E731
+    obj = jreg.objective(MODEL.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(0.01), split=split)
+    key = jax.random.key(16)
+    mine, rest = jax.random.split(key)
+    xm, ym = mixup(mine, X, Y, 0.3, classes=CLASSES)
+    want = OBJ(PARAMS, (xm, ym), key=rest)[0]
+    for wrapped in (jreg.with_mixup(obj, 0.3), jreg.with_mixup(jreg.sam(obj, 0.0), 0.3)):
+        np.testing.assert_allclose(wrapped(PARAMS, {"image": X, "label": Y}, key=key)[0], want, rtol=1e-6)
+    with pytest.raises(jreg.JregError, match="key"):
+        jreg.with_mixup(OBJ, 0.3)(PARAMS, (X, Y), train=True)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    x=hnp.arrays(st.sampled_from([np.float32, np.int32, np.float16]), hnp.array_shapes(min_dims=0, max_dims=4)),
+    y=hnp.arrays(st.sampled_from([np.int32, np.float32, np.bool_]), hnp.array_shapes(min_dims=0, max_dims=2)),
+    alpha=st.sampled_from([0.0, 0.5, -1.0, float("nan")]),
+    classes=st.sampled_from([None, 0, 3]),
+    shape=st.sampled_from([None, 2, (2, 3)]),
+)
+def test_hostile_random_input_gives_a_result_or_a_jreg_error(x, y, alpha, classes, shape):
+    for fn, kw in ((mixup, {}), (cutmix, {"shape": shape})):
+        try:
+            xm, ym = fn(jax.random.key(0), x, y, alpha, classes=classes, **kw)
+        except jreg.JregError as e:
+            assert str(e)
+            continue
+        assert xm.shape == x.shape and ym.shape[0] == x.shape[0]
