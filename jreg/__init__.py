@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         stochastic,
         stopping,
         train,
+        transforms,
     )
     from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
     from .nn import Model, mlp
@@ -52,12 +53,13 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         sweep,
         total_cost,
     )
+    from .transforms import sam, with_cutmix, with_mixup
 
 # ``import jreg`` imports neither JAX nor the submodules: each loads on first use, so the command line
 # (``jreg demo``) checks its arguments and output folder in a fraction of a second, before JAX loads.
 _SUBMODULES = frozenset(
     "checkpoint conventions data initializers io losses metrics optim penalties plotting selectors stochastic "
-    "stopping train".split()
+    "stopping train transforms".split()
 )
 _FROM = {
     **dict.fromkeys(["Checkpoint", "CheckpointError", "load", "load_network2", "save", "save_network2"], "checkpoint"),
@@ -66,6 +68,7 @@ _FROM = {
     **dict.fromkeys(["decoupled_weight_decay", "lambda_max", "proximal", "shrink_perturb", "unit_norm"], "optim"),
     "describe": "penalties",
     "EarlyStopping": "stopping",
+    **dict.fromkeys(["sam", "with_cutmix", "with_mixup"], "transforms"),
     **dict.fromkeys(
         [
             "Checkpointing",
@@ -161,4 +164,8 @@ __all__ = [
     "stopping",
     "sweep",
     "total_cost",
+    "transforms",
+    "sam",
+    "with_cutmix",
+    "with_mixup",
 ]

@@ -19,6 +19,16 @@ Model-level options: :func:`jreg.mlp` takes ``drop_rate`` (hidden units) and
 ``input_drop_rate``. Wrappers add noise to any model's ``apply``:
 :func:`with_input_dropout`, :func:`with_input_noise`, :func:`with_weight_noise`.
 They compose (each takes its share of the key) and keep the key convention.
+
+Mixing regularizers act on a whole batch, inputs and targets together:
+:func:`mixup` (Zhang et al. 2018) and :func:`cutmix` (Yun et al. 2019) pair
+each example with another of the batch (a random permutation) and mix both the
+inputs and the targets with ``lambda ~ Beta(alpha, alpha)``. The mixed targets
+are *soft* (``lambda * onehot(y) + (1 - lambda) * onehot(y[perm])`` for integer
+labels), which jreg's cross-entropies take as they are; for them the loss of
+the mixed targets is exactly ``lambda * L(y) + (1 - lambda) * L(y[perm])``
+(both are linear in the targets). :func:`jreg.with_mixup` and
+:func:`jreg.with_cutmix` apply them inside an objective, with the step's key.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _signature
-from ._checks import check_key, check_nonnegative_scalar, is_concrete
+from ._checks import check_key, check_nonnegative_scalar, check_positive_int, is_concrete
 from ._errors import JregError, JregTypeError
 from .penalties import Mask, mask_tree
 
@@ -139,9 +149,177 @@ def with_weight_noise(apply: Apply, stddev: Any, *, mask: Mask = None) -> Apply:
     return _wrap(apply, perturb)
 
 
+# --- mixing: mixup and CutMix -------------------------------------------------------------------------------------
+
+
+def _check_batch_x(x: Any, name: str = "x") -> int:
+    _check_x(x)
+    if x.ndim < 2:
+        raise JregError(f"{name} must have a leading batch axis and at least one feature axis, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise JregError(f"{name} holds no examples: mixing needs at least one")
+    return x.shape[0]
+
+
+def _draw_lambda(key: jax.Array, alpha: Any) -> jax.Array:
+    """``lambda ~ Beta(alpha, alpha)`` in float32; exactly 1 (no mixing) when ``alpha == 0``."""
+    a = jnp.asarray(alpha, jnp.float32)
+    safe = jnp.where(a > 0, a, jnp.ones((), jnp.float32))
+    return jnp.where(a > 0, jax.random.beta(key, safe, safe, dtype=jnp.float32), jnp.ones((), jnp.float32))
+
+
+def mix_targets(
+    y: Any, lam: Any, perm: jax.Array, *, classes: int | None = None, dtype: Any = jnp.float32
+) -> jax.Array:
+    """``lam * t + (1 - lam) * t[perm]`` with ``t`` the targets as floats: soft targets ``(N, classes)``.
+
+    Integer labels ``(N,)`` become one-hot rows of ``classes`` columns first
+    (``classes`` is then required); float targets (one-hot, soft, or regression
+    values with a leading batch axis) are mixed as they are. For a loss linear
+    in its targets (jreg's softmax and sigmoid cross-entropies) the loss of the
+    result is ``lam * L(y) + (1 - lam) * L(y[perm])``. Integer labels outside
+    ``[0, classes)`` raise when their values are known; under ``jit`` their row
+    becomes NaN (a NaN loss, never a silent zero).
+    """
+    if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+        raise JregTypeError(f"y must be an array of targets, got {type(y).__name__}")
+    if y.ndim == 0 or y.shape[0] != perm.shape[0]:
+        raise JregError(f"y must hold one target per example, {perm.shape[0]} along its first axis, got {y.shape}")
+    lam = jnp.asarray(lam, dtype)
+    perm = jnp.asarray(perm)
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if y.ndim != 1:
+            raise JregError(f"y given as integer labels must have shape ({y.shape[0]},), got {y.shape}")
+        if classes is None:
+            raise JregError("mixing integer labels needs classes= (the number of classes) to make soft targets")
+        classes = check_positive_int(classes, "classes")
+        if is_concrete(y) and y.size:
+            lo, hi = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
+            if lo < 0 or hi >= classes:
+                raise JregError(f"y must lie in [0, {classes}) for classes={classes}, got values in [{lo}, {hi}]")
+        valid = (y >= 0) & (y < classes)
+        t = jnp.where(valid[:, None], jax.nn.one_hot(y, classes, dtype=dtype), jnp.full((), jnp.nan, dtype))
+    elif jnp.issubdtype(y.dtype, jnp.floating):
+        t = jnp.asarray(y, dtype if jnp.issubdtype(dtype, jnp.floating) else y.dtype)
+    else:
+        raise JregTypeError(f"y must be integer labels or float (one-hot, soft) targets, got dtype {y.dtype}")
+    lam = lam.astype(t.dtype)
+    return lam * t + (1 - lam) * t[perm]
+
+
+def mixup(
+    key: jax.Array, x: jax.Array, y: Any, alpha: Any, *, classes: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Mixup (Zhang, Cisse, Dauphin, Lopez-Paz 2018, "mixup: Beyond Empirical Risk Minimization").
+
+    ``x~ = lam * x + (1 - lam) * x[perm]`` and ``y~ = lam * t + (1 - lam) * t[perm]``
+    with ``lam ~ Beta(alpha, alpha)`` (one draw per batch, as the paper's code),
+    ``perm`` a random permutation of the batch and ``t`` the targets as float
+    rows (:func:`mix_targets`: integer labels become one-hot with ``classes``).
+
+    The draws: ``k_lam, k_perm = jax.random.split(key)``; ``lam =
+    jax.random.beta(k_lam, alpha, alpha)`` (float32); ``perm =
+    jax.random.permutation(k_perm, N)``. ``alpha == 0`` means ``lam = 1``: the
+    inputs come back unchanged and the targets as their float rows. ``alpha``
+    may be traced (a sweep over it is one program); a concrete one must be
+    finite and ``>= 0``.
+
+    Returns ``(mixed inputs, soft targets)``.
+    """
+    check_nonnegative_scalar(alpha, "alpha")
+    n = _check_batch_x(x)
+    check_key(key)
+    k_lam, k_perm = jax.random.split(key)
+    lam = _draw_lambda(k_lam, alpha)
+    perm = jax.random.permutation(k_perm, n)
+    y_mixed = mix_targets(y, lam, perm, classes=classes, dtype=x.dtype)
+    x, lx = jnp.asarray(x), lam.astype(x.dtype)
+    return lx * x + (1 - lx) * x[perm], y_mixed
+
+
+def _image_shape(x: jax.Array, shape: Any) -> tuple[int, ...]:
+    """The per-example image shape ``(H, W)`` or ``(H, W, C)``."""
+    if shape is None:
+        if x.ndim not in (3, 4):
+            raise JregError(
+                f"cutmix needs images (N, H, W) or (N, H, W, C), got x of shape {x.shape}; for flat images give "
+                "shape=(H, W) or shape=side (e.g. shape=28 for MNIST's (N, 784))"
+            )
+        if 0 in x.shape[1:]:
+            raise JregError(f"cutmix needs images with at least one pixel, got x of shape {x.shape}")
+        return tuple(x.shape[1:])
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (check_positive_int(shape, "shape"),) * 2
+    if not isinstance(shape, (tuple, list)) or len(shape) not in (2, 3):
+        raise JregError(f"shape must be an int side or a tuple (H, W) or (H, W, C), got {shape!r}")
+    shape = tuple(check_positive_int(s, "shape") for s in shape)
+    if int(np.prod(shape)) != int(np.prod(x.shape[1:])):
+        raise JregError(f"shape {shape} holds {int(np.prod(shape))} values, but each example of x has {x.shape[1:]}")
+    return shape
+
+
+def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int) -> tuple[jax.Array, jax.Array]:
+    """The box of CutMix for ``lam``: a boolean ``(height, width)`` mask and the corrected ``lam``.
+
+    As the paper's code: ``r = sqrt(1 - lam)``, ``cut_h = floor(H r)``, ``cut_w
+    = floor(W r)``, a centre ``(cy, cx)`` uniform over the pixels
+    (``k_y, k_x = jax.random.split(key)``), the box ``[cy - cut_h // 2, cy +
+    cut_h // 2) x [cx - cut_w // 2, cx + cut_w // 2)`` clipped to the image,
+    and ``lam' = 1 - area / (H W)``: the fraction of the image kept.
+    """
+    k_y, k_x = jax.random.split(key)
+    r = jnp.sqrt(jnp.clip(1.0 - lam, 0.0, 1.0))
+    cut_h = jnp.floor(height * r).astype(jnp.int32)
+    cut_w = jnp.floor(width * r).astype(jnp.int32)
+    cy = jax.random.randint(k_y, (), 0, height)
+    cx = jax.random.randint(k_x, (), 0, width)
+    y1, y2 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
+    x1, x2 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    box = (rows >= y1) & (rows < y2) & (cols >= x1) & (cols < x2)
+    area = (y2 - y1) * (x2 - x1)
+    return box, 1.0 - area.astype(jnp.float32) / (height * width)
+
+
+def cutmix(
+    key: jax.Array, x: jax.Array, y: Any, alpha: Any, *, classes: int | None = None, shape: Any = None
+) -> tuple[jax.Array, jax.Array]:
+    """CutMix (Yun, Han, Oh, Chun, Choe, Yoo 2019, "CutMix: Regularization Strategy to Train Strong Classifiers").
+
+    ``x~ = M * x + (1 - M) * x[perm]`` with ``M`` zero on a random box of area
+    fraction about ``1 - lam`` (:func:`cutmix_box`), ``lam ~ Beta(alpha, alpha)``,
+    and ``y~ = lam' * t + (1 - lam') * t[perm]`` with ``lam'`` the fraction of
+    the image actually kept (the box is clipped at the border).
+
+    Images are ``(N, H, W)`` or ``(N, H, W, C)``; flat ones ``(N, H*W[*C])``
+    need ``shape=(H, W)``, ``(H, W, C)`` or a square side (``shape=28`` for
+    MNIST's ``(N, 784)``) and come back flat. The draws: ``k_lam, k_perm, k_box
+    = jax.random.split(key, 3)``; ``alpha == 0`` leaves the images unchanged.
+
+    Returns ``(mixed inputs, soft targets)``.
+    """
+    check_nonnegative_scalar(alpha, "alpha")
+    n = _check_batch_x(x)
+    image = _image_shape(x, shape)
+    check_key(key)
+    k_lam, k_perm, k_box = jax.random.split(key, 3)
+    lam = _draw_lambda(k_lam, alpha)
+    perm = jax.random.permutation(k_perm, n)
+    box, kept = cutmix_box(k_box, lam, image[0], image[1])
+    y_mixed = mix_targets(y, kept, perm, classes=classes, dtype=x.dtype)
+    images = jnp.asarray(x).reshape((n, *image))
+    mask = box.reshape(box.shape + (1,) * (len(image) - 2))
+    mixed = jnp.where(mask, images[perm], images)
+    return mixed.reshape(x.shape), y_mixed
+
+
 __all__ = [
+    "cutmix",
+    "cutmix_box",
     "dropout",
     "gaussian_noise",
+    "mix_targets",
+    "mixup",
     "with_input_dropout",
     "with_input_noise",
     "with_weight_noise",
