@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
     from .penalties import describe
     from .stopping import EarlyStopping
     from .train import (
+        EMA,
         Checkpointing,
         DataParallel,
         DivergenceError,
@@ -74,6 +75,7 @@ _FROM = {
             "Checkpointing",
             "DataParallel",
             "DivergenceError",
+            "EMA",
             "Evaluation",
             "History",
             "SweepHistory",
@@ -120,6 +122,7 @@ __all__ = [
     "Checkpoint",
     "Checkpointing",
     "DataParallel",
+    "EMA",
     "Evaluation",
     "TrainState",
     "metrics",

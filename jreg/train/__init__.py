@@ -13,7 +13,7 @@ regularized objective. Layout (each module imports only those above it)::
     evaluate      evaluation in batches: cost, parts, metrics; accuracy, total_cost
     history       History, SweepHistory
     guard         the finiteness check, DivergenceError, the step-by-step replay
-    config        Evaluation, Checkpointing, DataParallel
+    config        Evaluation, Checkpointing, DataParallel, EMA
     validate      checks before any work: arguments, data, the objective on the data's shapes
     monitor       which series are measured, and measuring them
     setup         fit's and sweep's common preparation
@@ -27,7 +27,7 @@ regularized objective. Layout (each module imports only those above it)::
 
 from __future__ import annotations
 
-from .config import Checkpointing, DataParallel, Evaluation
+from .config import EMA, Checkpointing, DataParallel, Evaluation
 from .engine import VECTORIZE
 from .epoch import make_epoch
 from .evaluate import accuracy, total_cost
@@ -48,6 +48,7 @@ __all__ = [
     "Checkpointing",
     "DataParallel",
     "DivergenceError",
+    "EMA",
     "Evaluation",
     "History",
     "MONITORS",

@@ -247,6 +247,10 @@ class Writer:
         }
         if stopping_state is not None:
             meta["early_stopping"] = stopping_state
+        opt_state = state.opt_state
+        if state.ema is not None:  # the EMA of the params travels beside the optimizer state: (opt_state, ema)
+            meta["ema"] = dict(history.ema or {})
+            opt_state = (state.opt_state, state.ema)
         self.clean_temps()
         path = self.folder / f"ckpt-{epoch:06d}.npz"
         self._publish(
@@ -254,7 +258,7 @@ class Writer:
             lambda: ckpt.save(
                 path,
                 state.params,
-                opt_state=state.opt_state,
+                opt_state=opt_state,
                 model_state=state.model_state,
                 step=epoch,
                 key=key,
@@ -290,8 +294,19 @@ class Resumed(NamedTuple):
     path: Path  # the file resumed from
 
 
+def _saved_ema(meta: Any) -> dict[str, Any] | None:
+    """The EMA settings a checkpoint records (``meta["ema"]``), or None: it kept no EMA (or predates them)."""
+    ema = meta.get("ema") if isinstance(meta, dict) else None
+    return ema if isinstance(ema, dict) else None
+
+
 def _load(path: Path, template: TrainState) -> ckpt.Checkpoint:
-    return ckpt.load(path, params=template.params, opt_state=template.opt_state, model_state=template.model_state)
+    """The checkpoint at ``path``; one that kept an EMA of the params stores ``(opt_state, ema)`` in its
+    optimizer-state section (read with the params as the EMA's template), which comes back as it is."""
+    opt_state = template.opt_state
+    if _saved_ema(_header_meta(path)) is not None:
+        opt_state = (template.opt_state, template.params)
+    return ckpt.load(path, params=template.params, opt_state=opt_state, model_state=template.model_state)
 
 
 def _newest_valid(folder: Path, template: TrainState) -> tuple[Path, ckpt.Checkpoint]:
@@ -333,12 +348,15 @@ def resume(
     epochs: int,
     steps_per_epoch: int,
     cost_convention: str = "jreg",
+    ema: dict[str, Any] | None = None,
 ) -> Resumed:
     """The run a checkpoint file, or the newest valid one in a folder, holds.
 
     ``cost_convention`` is the resuming run's: it must be the one the checkpointed history was measured with
     (files written before it was recorded were measured the jreg way), else the history and early stopping
-    would compare costs of two conventions."""
+    would compare costs of two conventions. ``ema`` is the resuming run's :meth:`jreg.EMA.meta` (None: no EMA):
+    a run with an EMA resumes only from a checkpoint that kept one (and measured with it as this run does),
+    and the EMA continues bit for bit; a run without one only from a checkpoint without one."""
     check_resume(resume)
     path = Path(resume)
     if path.is_dir():
@@ -364,9 +382,23 @@ def resume(
     if epoch > epochs:
         raise JregError(f"resume: {path} is at epoch {epoch}, beyond epochs={epochs}")
     history = History.from_dicts(meta.get("history"), meta.get("history_epochs"))
+    saved_ema = _saved_ema(meta)
+    opt_state, ema_params = loaded.opt_state, None
+    if saved_ema is not None:
+        opt_state, ema_params = loaded.opt_state
+    if (saved_ema is None) != (ema is None):
+        kept = "kept an EMA of the params" if saved_ema is not None else "kept no EMA of the params"
+        wants = "keeps one (ema=jreg.EMA(...))" if ema is not None else "keeps none"
+        raise JregError(f"resume: {path} {kept}, but this run {wants}; resume it with the same ema= setting")
+    if ema is not None and saved_ema is not None and saved_ema.get("evaluate") != ema["evaluate"]:
+        raise JregError(
+            f"resume: {path} measured its history with EMA.evaluate={saved_ema.get('evaluate')!r}, this run with "
+            f"{ema['evaluate']!r}; one history cannot mix figures of the live and the averaged params"
+        )
+    history.ema = ema
     step = meta.get("global_step")
     step = epoch * steps_per_epoch if step is None else int(step)
-    state = TrainState(loaded.params, loaded.opt_state, loaded.model_state, jnp.asarray(step, jnp.int32))
+    state = TrainState(loaded.params, opt_state, loaded.model_state, jnp.asarray(step, jnp.int32), None, ema_params)
     run = meta.get("run")
     run = run if isinstance(run, str) and _RUN_ID.fullmatch(run) else new_run()
     return Resumed(state, epoch, history, meta.get("early_stopping"), run, path)

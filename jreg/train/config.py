@@ -10,12 +10,15 @@ own fields when built, so a bad option fails at once, before any work.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from .._checks import check_path, check_positive_int
 from .._errors import JregError, JregTypeError
@@ -140,6 +143,92 @@ class DataParallel:
             raise JregError(
                 f"data_axis {self.data_axis!r} is not an axis of the mesh, which has {self.mesh.axis_names}"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class EMA:
+    """An exponential moving average of the params, kept during training (Polyak & Juditsky 1992).
+
+    After every optimizer step ``t`` (mini-batch steps, the last partial one included)::
+
+        ema_0 = params_0                                  (the params training starts from)
+        ema_t = decay * ema_{t-1} + (1 - decay) * params_t
+
+    computed in each leaf's own dtype, with ``decay`` a float32 scalar (traced:
+    one compiled program serves every value). The average starts at the initial
+    params, not at zero, so it needs no bias correction (Adam's
+    ``1 / (1 - decay**t)``) and has no warmup: early on it leans on the initial
+    params with weight ``decay**t``. Averaged iterates are Polyak & Juditsky's
+    (1992) "acceleration of stochastic approximation by averaging"; the
+    exponential form is the one of Izmailov et al. (2018, SWA) and of modern
+    training recipes ("EMA of weights"). Only the params are averaged: a
+    stateful model's state (BatchNorm statistics) is the live one.
+
+    Attributes:
+        decay: in ``[0, 1)``, finite; ``0`` makes the EMA the live params. In
+            :func:`jreg.sweep` it may be the name of an ``hparams`` entry, so
+            each model has its own decay (``EMA(decay="ema_decay")``).
+        evaluate: measure the monitored series (costs, their parts, metrics)
+            with the EMA params instead of the live ones (``epoch_loss``, the
+            running loss of the training steps, stays the live params'); the
+            history records it (``history.ema``). Early stopping then watches
+            the EMA's figures, and its best params are the EMA's.
+        returned: return the EMA params instead of the live ones from
+            :func:`jreg.fit` / :func:`jreg.sweep`.
+
+    The EMA is part of the training state: the divergence guard checks it,
+    checkpoints save it and a resumed run continues it bit for bit.
+    """
+
+    decay: float | str = 0.999
+    evaluate: bool = True
+    returned: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.evaluate, bool):
+            raise JregTypeError(f"EMA.evaluate must be True or False, got {self.evaluate!r}")
+        if not isinstance(self.returned, bool):
+            raise JregTypeError(f"EMA.returned must be True or False, got {self.returned!r}")
+        if isinstance(self.decay, str):
+            if not self.decay:
+                raise JregError("EMA.decay must be a number in [0, 1) or the name of an hparams entry, got ''")
+            return
+        object.__setattr__(self, "decay", check_decay(self.decay, "EMA.decay"))  # a Python float (JSON-ready)
+
+    def decay_of(self, hp: Mapping[str, Any]) -> Any:
+        """This model's decay: the number, or ``hp[name]`` (traced in a sweep)."""
+        return hp[self.decay] if isinstance(self.decay, str) else self.decay
+
+    def meta(self) -> dict[str, Any]:
+        """JSON-ready settings (the history's ``ema`` and checkpoints' ``meta["ema"]``)."""
+        return {"decay": self.decay, "evaluate": self.evaluate, "returned": self.returned}
+
+
+def check_decay(decay: Any, name: str) -> float:
+    """``decay`` as a float in ``[0, 1)``; a clear error naming ``name`` otherwise."""
+    number = isinstance(decay, (int, float, np.integer, np.floating)) or (
+        isinstance(decay, (np.ndarray, jax.Array))
+        and decay.shape == ()
+        and (jnp.issubdtype(decay.dtype, jnp.floating) or jnp.issubdtype(decay.dtype, jnp.integer))
+    )
+    if isinstance(decay, (bool, np.bool_)) or not number:
+        raise JregTypeError(f"{name} must be a real number in [0, 1), got {decay!r}")
+    try:
+        value = float(decay)
+    except jax.errors.ConcretizationTypeError as exc:
+        raise JregTypeError(
+            f"{name} must be a concrete number; to sweep it, name an hparams entry (EMA(decay='name'))"
+        ) from exc
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise JregError(f"{name} must be finite and in [0, 1) (ema = d*ema + (1-d)*params), got {value}")
+    return value
+
+
+def as_ema(ema: Any) -> EMA | None:
+    """``fit``'s and ``sweep``'s ``ema=``: None, or an :class:`EMA`."""
+    if ema is None or isinstance(ema, EMA):
+        return ema
+    raise JregTypeError(f"ema must be a jreg.EMA(decay=...), got {ema!r}")
 
 
 #: fit's older keywords, still accepted: each belongs to one option object.

@@ -41,8 +41,10 @@ class Stopper:
         key: Any,
         verbose: bool,
         every: int = 1,
+        ema: bool = False,
     ):
         self.rule, self.state, self.writer, self.key, self.verbose = rule, state, writer, key, verbose
+        self.ema = ema  # the best params are the EMA's (jreg.EMA(returned=True): the model fit returns)
         self.every = every  # epochs between measurements (Evaluation.every): patience counts measurements
         self.best: tuple[Any, Any] | None = None  # (params, model_state) of the best epoch, when restore_best
 
@@ -81,7 +83,8 @@ class Stopper:
             unit = f"{rule.patience} measurements (every {self.every} epochs)"
             self.state["stopped"] = self.state["stopped"].replace(f"{rule.patience} epochs", unit)
         if event == "improved" and rule.restore_best:
-            self.best = jax.device_get((run.state.params, run.state.model_state))
+            params = run.state.ema if self.ema else run.state.params
+            self.best = jax.device_get((params, run.state.model_state))
             if self.writer is not None:
                 self.writer.save_best(*self.best, run.epoch + 1, self.key)
         if event == "lr_cut":

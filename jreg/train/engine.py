@@ -20,6 +20,7 @@ import jax
 import optax
 
 from . import calls, guard
+from .config import EMA
 from .epoch import run_epoch
 from .monitor import EPOCH_LOSS, Monitor
 from .plan import EpochPlan
@@ -31,24 +32,36 @@ VECTORIZE = ("auto", "vmap", "map")
 
 
 def program(
-    build: Build, plan: EpochPlan, monitor: Monitor, *, models: int | None, vectorize: str = "vmap", sharding=None
+    build: Build,
+    plan: EpochPlan,
+    monitor: Monitor,
+    *,
+    models: int | None,
+    vectorize: str = "vmap",
+    sharding=None,
+    ema: EMA | None = None,
 ) -> Callable[..., Any]:
     """Jitted ``epoch(hp, state, alive, train, evaluation, key, *, evaluate) -> (state, alive, metrics, ok)``.
 
     ``models=None``: one model (``fit``); else the state, ``hp`` and ``alive``
-    have a leading axis of size ``models``. ``state`` is donated.
+    have a leading axis of size ``models``. ``state`` is donated. With ``ema``
+    (:class:`jreg.EMA`; ``state.ema`` then holds the average) every step updates
+    the EMA of the params with the model's decay, and ``ema.evaluate`` measures
+    the monitored series with the EMA params.
     """
 
     def train_one(hp, state: TrainState, train, key):
         objective, optimizer = build(hp)
         # the loss value is always computed: the guard needs it even when nothing is monitored (a loss can
         # become inf or NaN while its gradient stays finite); it costs little beside the gradient
-        update = make_update(objective, optimizer, with_metrics=True)
+        decay = None if ema is None else ema.decay_of(hp)
+        update = make_update(objective, optimizer, with_metrics=True, ema_decay=decay)
         return run_epoch(update, plan, state, train, key, keyed=calls.takes_key(objective), sharding=sharding)
 
     def measure_one(hp, state: TrainState, train, evaluation):
         objective, _ = build(hp)
-        return monitor.measure(objective, state.params, state.model_state, train, evaluation, state.step)
+        params = state.ema if ema is not None and ema.evaluate else state.params
+        return monitor.measure(objective, params, state.model_state, train, evaluation, state.step)
 
     def check_one(old: TrainState, new: TrainState, loss, metrics, alive):
         return guard.check(old, new, [loss, *(v for k, v in metrics.items() if monitor.guarded(k))], alive)

@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import optax
 
 from .._checks import check_optimizer
+from .._errors import JregError
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
 from . import calls, checkpointing, config, engine, guard, mesh
 from . import early_stopping as stopping_hooks
-from .config import Checkpointing, DataParallel, Evaluation
+from .config import EMA, Checkpointing, DataParallel, Evaluation
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .setup import Setup, check_checkpointing, prepare
@@ -42,6 +43,7 @@ def fit(
     resume: Any = None,
     early_stopping: EarlyStopping | None = None,
     parallel: DataParallel | None = None,
+    ema: EMA | None = None,
     **legacy: Any,
 ) -> tuple[Params, History] | tuple[Params, ModelState, History]:
     """Train for ``epochs`` epochs of shuffled mini-batches; return ``(params, history)``.
@@ -103,6 +105,12 @@ def fit(
         parallel: a :class:`jreg.DataParallel` for data-parallel training on a
             mesh (see docs/scaling.md). Results equal single-device training up
             to float reassociation.
+        ema: a :class:`jreg.EMA`: keep an exponential moving average of the
+            params, ``ema <- decay*ema + (1-decay)*params`` after every step,
+            starting at the initial params; with ``evaluate`` the monitored
+            series are measured with it (``history.ema`` says so), with
+            ``returned`` fit returns it instead of the live params. It is
+            checked for divergence, checkpointed and resumed bit for bit.
         **legacy: the older keywords ``checkpoint_dir``, ``checkpoint_every``,
             ``keep`` (:class:`jreg.Checkpointing`) and ``mesh``, ``data_axis``,
             ``param_specs`` (:class:`jreg.DataParallel`) still work.
@@ -127,6 +135,11 @@ def fit(
             once per epoch.
     """
     checkpoint, parallel = config.from_legacy(checkpoint, parallel, legacy)
+    ema = config.as_ema(ema)
+    if ema is not None and isinstance(ema.decay, str):
+        raise JregError(
+            f"ema: EMA.decay={ema.decay!r} names a hyperparameter, which only jreg.sweep has; give fit a number"
+        )
     checkpointing.check_resume(resume)
     if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
         checkpointing.check_folder(checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint")
@@ -148,25 +161,30 @@ def fit(
     rule = stopping_hooks.check(early_stopping, setup.monitor.wanted)
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
-    state = TrainState.create(optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state))
-    begun = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose)
+    state = TrainState.create(
+        optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state), ema=ema is not None
+    )
+    begun = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema)
     state, start, history, stopper, writer = begun
     history.cost_convention = setup.monitor.cost_convention  # a resumed run's is checked to be the same
+    history.ema = None if ema is None else ema.meta()  # likewise
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
         history.stopped = stopper.record(start)
-        return _result(state, stopper, model_state, history)
+        return _result(state, stopper, model_state, history, ema)
 
     train_data, held_out, sharding = setup.train, setup.evaluation, None
     if parallel is not None:
         fresh = optimizer.init if opt_state is None and resume is None else None
         state, train_data, held_out, sharding = mesh.place(parallel, batch_size, state, fresh, train_data, held_out)
-    epoch = engine.program(lambda hp: (objective, optimizer), setup.plan, setup.monitor, models=None, sharding=sharding)
+    epoch = engine.program(
+        lambda hp: (objective, optimizer), setup.plan, setup.monitor, models=None, sharding=sharding, ema=ema
+    )
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
         return epoch({}, state, alive, train_data, held_out, jax.random.fold_in(key, e), evaluate=due)
 
-    hooks: list[Hook] = [_divergence(objective, optimizer, setup, train_data, key)]
+    hooks: list[Hook] = [_divergence(objective, optimizer, setup, train_data, key, ema)]
     hooks += [stopper.annotate] if stopper is not None else []
     hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []
@@ -177,15 +195,22 @@ def fit(
 
     if stopper is not None:
         history.stopped = stopper.record(run.epoch + 1)
-    return _result(run.state, stopper, model_state, history)
+    return _result(run.state, stopper, model_state, history, ema)
 
 
-def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose):
+def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema=None):
     """``(state, first epoch, history, stopper, writer)``: a fresh run, or the one ``resume`` points at."""
     start, history, saved, run, resumed = 0, History(), None, checkpointing.new_run(), None
     if resume is not None:
         resumed = checkpointing.resume(
-            resume, state, key, batch_size, epochs, setup.plan.steps, setup.monitor.cost_convention
+            resume,
+            state,
+            key,
+            batch_size,
+            epochs,
+            setup.plan.steps,
+            setup.monitor.cost_convention,
+            None if ema is None else ema.meta(),
         )
         state, start, history, saved, run = resumed.state, resumed.epoch, resumed.history, resumed.stopping, resumed.run
     writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run)
@@ -202,28 +227,33 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
         key=key,
         verbose=verbose,
         every=setup.schedule.every,
+        ema=ema is not None and ema.returned,
     )
     if resumed is not None:
         stopper.restore(resumed.path.parent, state.params, state.model_state, run)
     return state._replace(lr_scale=stopper.lr_scale()), start, history, stopper, writer
 
 
-def _result(state: TrainState, stopper: Any, model_state: ModelState, history: History) -> Any:
-    """``(params, history)``, or ``(params, model_state, history)`` for a stateful run; the best epoch's if kept."""
+def _result(state: TrainState, stopper: Any, model_state: ModelState, history: History, ema: EMA | None) -> Any:
+    """``(params, history)``, or ``(params, model_state, history)`` for a stateful run; the best epoch's if kept.
+
+    ``params`` are the EMA's with ``EMA(returned=True)``."""
     best = None if stopper is None else stopper.best
-    params, final_state = jax.tree.map(jnp.asarray, best if best is not None else (state.params, state.model_state))
+    params = state.ema if ema is not None and ema.returned else state.params
+    params, final_state = jax.tree.map(jnp.asarray, best if best is not None else (params, state.model_state))
     return (params, final_state, history) if model_state is not None else (params, history)
 
 
-def _divergence(objective, optimizer, setup: Setup, train, key) -> Hook:
+def _divergence(objective, optimizer, setup: Setup, train, key, ema: EMA | None = None) -> Hook:
     """Raise :class:`DivergenceError` when the epoch came out non-finite, naming the step (by replay)."""
     keyed = calls.takes_key(objective)
+    decay = None if ema is None else ema.decay
 
     def hook(run: Run) -> None:
         if run.ok:
             return
         epoch_key = jax.random.fold_in(key, run.epoch)
-        found = guard.locate(objective, optimizer, setup.plan, run.state, train, epoch_key, keyed)
+        found = guard.locate(objective, optimizer, setup.plan, run.state, train, epoch_key, keyed, decay)
         figures = {k: v for k, v in run.values.items() if setup.monitor.guarded(k)}
         step, quantity, where = guard.describe(found, figures, run.epoch, run.epochs)
         state = run.state if found is None else found[2]

@@ -61,7 +61,7 @@ def check(old: TrainState, new: TrainState, figures: list[jax.Array], alive: jax
 
     ``alive`` (None for a single run) freezes a model for good once it diverged.
     """
-    ok = all_finite(new.params, figures)
+    ok = all_finite((new.params, new.ema), figures)  # the EMA of the params too, when one is kept
     ok &= none_became_non_finite((old.opt_state, old.model_state), (new.opt_state, new.model_state))
     keep = ok if alive is None else ok & alive
     state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
@@ -87,10 +87,14 @@ def locate(
     data: Batch,
     key: jax.Array,
     keyed: bool,
+    ema_decay: Any = None,
 ) -> tuple[int, str, TrainState] | None:
-    """Replay one epoch from ``state``: ``(step, quantity, state before that step)``, or None if it stays finite."""
+    """Replay one epoch from ``state``: ``(step, quantity, state before that step)``, or None if it stays finite.
+
+    ``ema_decay``: the decay of the EMA of the params (:class:`jreg.EMA`), which the replay updates as training did.
+    """
     grad = jax.jit(gradient_fn(objective, with_value=True))
-    apply = jax.jit(apply_fn(optimizer))
+    apply = jax.jit(apply_fn(optimizer, ema_decay=ema_decay))
     keys = plan.step_keys(key) if keyed else None
     for i, idx in enumerate(plan.batches(key)):
         grads, metrics, model_state = grad(state, take(data, idx), None if keys is None else keys[i])
@@ -104,6 +108,9 @@ def locate(
         bad = _first_bad(new.params)
         if bad is not None:
             return i, f"the update made {bad!r} non-finite", state
+        bad = None if new.ema is None else _first_bad(new.ema)
+        if bad is not None:
+            return i, f"the EMA of the params {bad!r} became non-finite", state
         for what, old, tree in (
             ("optimizer state", state.opt_state, new.opt_state),
             ("model state", state.model_state, new.model_state),

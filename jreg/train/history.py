@@ -32,6 +32,12 @@ class History:
     with its own penalty on every set, or ``"network2"``, network2.py's
     ``total_cost`` with the penalty scaled to each set's size. The series
     names are the same under both.
+
+    ``ema``: the :class:`jreg.EMA` settings of a run that kept an exponential
+    moving average of the params (None otherwise); when ``ema["evaluate"]`` is
+    true, the costs, their parts and the metrics were measured with the EMA
+    params (``epoch_loss`` is always the live params' running loss). The
+    series names are the same either way.
     """
 
     series: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
@@ -41,6 +47,9 @@ class History:
     at: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     #: how the costs count the params' penalty: "jreg" or "network2" (jreg.conventions.COST_CONVENTIONS)
     cost_convention: str = "jreg"
+    #: the run's :class:`jreg.EMA` settings (``{"decay", "evaluate", "returned"}``), None when it kept no EMA;
+    #: with ``evaluate`` true every monitored series except ``epoch_loss`` was measured with the EMA params
+    ema: dict[str, Any] | None = None
 
     def append(self, metrics: dict[str, Any], epoch: int | None = None) -> None:
         """Record one epoch's values (``epoch`` 1-based; default: the epoch after the last recorded)."""
@@ -116,7 +125,7 @@ class SweepHistory(History):
         """Model ``i``'s history (up to the epoch before it diverged, if it did)."""
         bad = self.diverged.get(i)
         last = None if bad is None else bad["epoch"] - 1
-        out = History(cost_convention=self.cost_convention)
+        out = History(cost_convention=self.cost_convention, ema=self.ema)
         for k, values in self.series.items():
             for epoch, v in zip(self.epochs(k), values):
                 if last is None or epoch <= last:

@@ -63,8 +63,9 @@ def place(parallel: DataParallel, batch_size: int, state: TrainState, fresh_opt_
     def replicate(tree):
         return jax.tree.map(lambda a: _put(a, replicated), tree)
 
+    ema = None if state.ema is None else jax.tree.map(_put, state.ema, shardings)  # laid out as the params
     state = TrainState(
-        params, opt_state, replicate(state.model_state), replicate(state.step), replicate(state.lr_scale)
+        params, opt_state, replicate(state.model_state), replicate(state.step), replicate(state.lr_scale), ema
     )
     evaluation = None if evaluation is None else replicate(evaluation)
     return state, replicate(train), evaluation, NamedSharding(mesh, PartitionSpec(axis))

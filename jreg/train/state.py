@@ -22,6 +22,8 @@ class TrainState(NamedTuple):
             None when nothing needs it (a bare :func:`jreg.make_epoch` call without ``step``).
         lr_scale: early stopping's learning-rate scale (float32) multiplying every
             update, or None when no schedule cuts it.
+        ema: the exponential moving average of the params (:class:`jreg.EMA`),
+            a tree like ``params``, or None when none is kept.
     """
 
     params: Params
@@ -29,6 +31,7 @@ class TrainState(NamedTuple):
     model_state: ModelState = None
     step: jax.Array | None = None
     lr_scale: jax.Array | None = None
+    ema: Params | None = None
 
     @classmethod
     def create(
@@ -40,14 +43,17 @@ class TrainState(NamedTuple):
         opt_state: OptState = None,
         step: Any = 0,
         lr_scale: Any = None,
+        ema: bool = False,
     ) -> TrainState:
-        """A fresh state: ``optimizer.init(params)`` unless ``opt_state`` is given."""
+        """A fresh state: ``optimizer.init(params)`` unless ``opt_state`` is given; with ``ema``, the EMA starts
+        at a copy of ``params``."""
         return cls(
             params,
             optimizer.init(params) if opt_state is None else opt_state,
             model_state,
             None if step is None else jnp.asarray(step, jnp.int32),
             None if lr_scale is None else jnp.asarray(lr_scale, jnp.float32),
+            copy(params) if ema else None,
         )
 
 

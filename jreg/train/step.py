@@ -51,8 +51,17 @@ def gradient_fn(objective: Callable[..., Any], *, with_value: bool = True) -> Ca
     return grad
 
 
-def apply_fn(optimizer: optax.GradientTransformation) -> Callable[..., TrainState]:
-    """``apply(state, grads, new_model_state) -> state``: the optimizer's update, scaled by ``lr_scale``."""
+def ema_update(ema: Params, params: Params, decay: Any) -> Params:
+    """``decay * ema + (1 - decay) * params`` leaf by leaf, in each leaf's dtype (:class:`jreg.EMA`)."""
+    d = jnp.asarray(decay, jnp.float32)
+    return jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(e.dtype), ema, params)
+
+
+def apply_fn(optimizer: optax.GradientTransformation, *, ema_decay: Any = None) -> Callable[..., TrainState]:
+    """``apply(state, grads, new_model_state) -> state``: the optimizer's update, scaled by ``lr_scale``.
+
+    With ``ema_decay`` (and ``state.ema`` set) the EMA of the params follows the new params (:func:`ema_update`).
+    """
 
     def apply(state: TrainState, grads: Params, model_state: ModelState) -> TrainState:
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -60,17 +69,24 @@ def apply_fn(optimizer: optax.GradientTransformation) -> Callable[..., TrainStat
             updates = jax.tree.map(lambda u: (u * state.lr_scale).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         step = None if state.step is None else state.step + 1
-        return TrainState(params, opt_state, model_state, step, state.lr_scale)
+        ema = state.ema
+        if ema is not None and ema_decay is not None:
+            ema = ema_update(ema, params, ema_decay)
+        return TrainState(params, opt_state, model_state, step, state.lr_scale, ema)
 
     return apply
 
 
 def make_update(
-    objective: Callable[..., Any], optimizer: optax.GradientTransformation, *, with_metrics: bool = True
+    objective: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    *,
+    with_metrics: bool = True,
+    ema_decay: Any = None,
 ) -> Update:
     """``update(state, batch, key) -> (state, metrics)``: one step, as traced inside the compiled epoch."""
     grad = gradient_fn(objective, with_value=with_metrics)
-    apply = apply_fn(optimizer)
+    apply = apply_fn(optimizer, ema_decay=ema_decay)
 
     def update(state: TrainState, batch: Batch, key: Any) -> tuple[TrainState, Metrics]:
         grads, metrics, model_state = grad(state, batch, key)
@@ -183,4 +199,4 @@ def check_step_args(opt_state: Any, key: Any, step: Any) -> None:
         raise JregError(f"step must be a scalar, got shape {jnp.shape(step)}")
 
 
-__all__ = ["OptState", "TrainState", "Update", "apply_fn", "gradient_fn", "make_step", "make_update"]
+__all__ = ["OptState", "TrainState", "Update", "apply_fn", "ema_update", "gradient_fn", "make_step", "make_update"]

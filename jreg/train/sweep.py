@@ -15,6 +15,7 @@ from .._checks import check_optimizer
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
 from . import calls, guard
+from .config import EMA, as_ema, check_decay
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
@@ -112,6 +113,7 @@ def sweep(
     partial_batch: str = "include",
     verbose: bool = False,
     callback: Callable[..., None] | None = None,
+    ema: EMA | None = None,
     **unknown: Any,
 ) -> tuple[Params, SweepHistory] | tuple[Params, ModelState, SweepHistory]:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
@@ -151,6 +153,12 @@ def sweep(
             ``"vmap"`` otherwise (measured crossover: docs/benchmarks.md).
         evaluation: held-out data, or a :class:`jreg.Evaluation` (metrics,
             evaluation batch size, every k epochs), as in :func:`fit`.
+        ema: a :class:`jreg.EMA`, as in :func:`fit`, for every model: one
+            shared decay (``EMA(decay=0.999)``), or each model's own from an
+            ``hparams`` entry (``EMA(decay="ema_decay")`` with
+            ``hparams={"ema_decay": [...], ...}``; traced, one program serves
+            every value; ``build`` receives that entry too and may ignore it).
+            With ``returned`` the stacked params returned are the EMAs.
         The rest as in :func:`fit`.
 
     Returns:
@@ -165,6 +173,12 @@ def sweep(
     if vectorize not in VECTORIZE:
         raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
     hp, models = check_hparams(hparams)
+    ema = as_ema(ema)
+    if ema is not None and isinstance(ema.decay, str):
+        if ema.decay not in hp:
+            raise JregError(f"ema: EMA.decay={ema.decay!r} names no hparams entry; the entries are {sorted(hp)}")
+        for i, value in enumerate(np.asarray(hp[ema.decay]).tolist()):
+            check_decay(value, f"hparams[{ema.decay!r}][{i}] (the EMA decay)")
     if vectorize == "auto":
         vectorize = "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
@@ -192,27 +206,29 @@ def sweep(
                 lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), (params, model_state)
             )
         opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
-        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32))
+        averaged = None if ema is None else jax.tree.map(jnp.copy, params)  # the EMA starts at the initial params
+        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32), None, averaged)
 
     state = initial(params, model_state, hp)  # fresh buffers, safe to donate
     monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
-    epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize)
+    epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize, ema=ema)
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
         return epoch(hp, state, alive, setup.train, setup.evaluation, jax.random.fold_in(key, e), evaluate=due)
 
-    history = SweepHistory(cost_convention=setup.monitor.cost_convention)
-    hooks: list[Hook] = [_flag_divergence(build, hp, setup, key), record]
+    history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
+    hooks: list[Hook] = [_flag_divergence(build, hp, setup, key, ema), record]
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
     run = run_epochs(one_epoch, Run(state, jnp.ones((models,), bool), epochs, history), 0, hooks, np.asarray)
+    params = run.state.ema if ema is not None and ema.returned else run.state.params
     if model_state is not None:
-        return run.state.params, run.state.model_state, history
-    return run.state.params, history
+        return params, run.state.model_state, history
+    return params, history
 
 
-def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any) -> Hook:
+def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any, ema: EMA | None = None) -> Hook:
     """Record each newly diverged model (replaying its epoch to name the step) and blank its figures with NaN."""
 
     def hook(run: Run) -> None:
@@ -221,11 +237,13 @@ def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: 
         for i in np.flatnonzero(~ok):
             if int(i) in history.diverged:
                 continue
-            objective, optimizer = build({k: v[i] for k, v in hp.items()})
+            values = {k: v[i] for k, v in hp.items()}
+            objective, optimizer = build(values)
+            decay = None if ema is None else ema.decay_of(values)
             state = jax.tree.map(lambda a, i=i: a[i], run.state)  # frozen: the state the bad epoch started from
             epoch_key = jax.random.fold_in(key, run.epoch)
             keyed = calls.takes_key(objective)
-            found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed)
+            found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
             figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
             step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
             history.diverged[int(i)] = {
