@@ -270,7 +270,15 @@ def _input_penalties(input_penalty: Any) -> tuple[InputPenalty, ...]:
 def _output_penalties(output_penalty: Any) -> tuple[OutputPenalty, ...]:
     if output_penalty is None:
         return ()
-    terms = (output_penalty,) if isinstance(output_penalty, OutputPenalty) else tuple(output_penalty)
+    if isinstance(output_penalty, OutputPenalty):
+        terms: tuple[Any, ...] = (output_penalty,)
+    elif isinstance(output_penalty, (list, tuple)):
+        terms = tuple(output_penalty)
+    else:
+        raise JregTypeError(
+            "output_penalty must be an OutputPenalty (jreg.penalties.z_loss) or a list of them, "
+            f"got {type(output_penalty).__name__}"
+        )
     for i, t in enumerate(terms):
         if not isinstance(t, OutputPenalty):
             raise JregTypeError(

@@ -100,7 +100,12 @@ def proximal(penalty: Penalty, learning_rate: LearningRate) -> optax.GradientTra
 
 def _check_positive_scalar(value: Any, name: str) -> None:
     """A concrete ``value`` must be a finite real scalar > 0 (traced values pass)."""
-    check_nonnegative_scalar(value, name)
+    try:
+        check_nonnegative_scalar(value, name)
+    except JregTypeError:
+        raise
+    except JregError as exc:  # the same check, said for > 0
+        raise JregError(str(exc).replace(">= 0", "> 0")) from None
     if is_concrete(value) and float(value) == 0:
         raise JregError(f"{name} must be > 0, got {value!r}")
 

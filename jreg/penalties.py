@@ -106,6 +106,9 @@ def by_path(mapping: Mapping[str, Any], default: Any = 0.0) -> ByPath:
     return ByPath(dict(mapping), default)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class ByShape:
     """A coefficient given per leaf by a rule over the leaf's shape; see :func:`by_shape`."""
@@ -114,8 +117,20 @@ class ByShape:
     label: str = "by_shape"
 
     def resolve(self, path: str, leaf: Any) -> Any:
-        del path
-        return self.rule(tuple(int(d) for d in np.shape(leaf)))
+        shape = tuple(int(d) for d in np.shape(leaf))
+        try:
+            value = self.rule(shape)
+        except JregError:
+            raise
+        except Exception as exc:  # a user's rule: name the leaf it failed on
+            raise JregError(
+                f"{self.label}: the rule failed for leaf {path!r} of shape {shape}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if value is None or isinstance(value, (str, bytes)):
+            raise JregTypeError(f"{self.label}: the rule must return a number for leaf {path!r}, got {value!r}")
+        if isinstance(value, (int, float, np.number)) and not abs(float(value)) <= _FLOAT32_MAX:  # NaN fails too
+            raise JregError(f"{self.label}: the coefficient for leaf {path!r} is not finite in float32 (got {value!r})")
+        return value
 
 
 def by_shape(rule: Callable[[tuple[int, ...]], Any]) -> ByShape:
@@ -164,7 +179,15 @@ def width_scaled(base: Any, exponent: float = 1.0, *, vectors: Any = 0.0) -> ByS
     exponent = float(exponent)
 
     def rule(shape: tuple[int, ...]) -> Any:
-        return base * float(fan_in(shape)) ** exponent if len(shape) >= 2 else vectors
+        if len(shape) < 2:
+            return vectors
+        try:
+            scale = float(fan_in(shape)) ** exponent
+        except OverflowError:
+            scale = float("inf")
+        if not scale <= _FLOAT32_MAX:
+            raise JregError(f"width_scaled: fan_in^exponent = {fan_in(shape)}^{exponent:g} overflows float32")
+        return base * scale
 
     return ByShape(rule, f"width_scaled(exponent={exponent:g})")
 

@@ -168,6 +168,36 @@ def _draw_lambda(key: jax.Array, alpha: Any) -> jax.Array:
     return jnp.where(a > 0, jax.random.beta(key, safe, safe, dtype=jnp.float32), jnp.ones((), jnp.float32))
 
 
+def _check_lam(lam: Any) -> jax.Array:
+    """``lam`` as a scalar array: a number in ``[0, 1]`` (checked when concrete; traced values pass)."""
+    if isinstance(lam, (str, bytes)) or not (
+        isinstance(lam, (int, float, np.integer, np.floating)) or hasattr(lam, "dtype")
+    ):
+        raise JregTypeError(f"lam must be a number in [0, 1], got {type(lam).__name__}")
+    array = jnp.asarray(lam)
+    if (
+        array.shape != ()
+        or not jnp.issubdtype(array.dtype, jnp.floating)
+        and not jnp.issubdtype(array.dtype, jnp.integer)
+    ):
+        raise JregTypeError(f"lam must be a real scalar in [0, 1], got {array.dtype}{list(array.shape)}")
+    if is_concrete(array) and not 0.0 <= float(array) <= 1.0:  # NaN fails too
+        raise JregError(f"lam must be in [0, 1], got {float(array)}")
+    return array
+
+
+def _check_perm(perm: Any) -> jax.Array:
+    """``perm``: integer indices ``(N,)``, a permutation of ``range(N)`` (checked when concrete)."""
+    if not hasattr(perm, "shape") or not hasattr(perm, "dtype"):
+        raise JregTypeError(f"perm must be an integer array of example indices, got {type(perm).__name__}")
+    perm = jnp.asarray(perm)
+    if perm.ndim != 1 or not jnp.issubdtype(perm.dtype, jnp.integer):
+        raise JregTypeError(f"perm must be a 1-D integer array of example indices, got {perm.dtype}{list(perm.shape)}")
+    if is_concrete(perm) and not np.array_equal(np.sort(np.asarray(perm)), np.arange(perm.shape[0])):
+        raise JregError(f"perm must be a permutation of range({perm.shape[0]}) (each example once)")
+    return perm
+
+
 def mix_targets(
     y: Any, lam: Any, perm: jax.Array, *, classes: int | None = None, dtype: Any = jnp.float32
 ) -> jax.Array:
@@ -183,10 +213,10 @@ def mix_targets(
     """
     if not hasattr(y, "shape") or not hasattr(y, "dtype"):
         raise JregTypeError(f"y must be an array of targets, got {type(y).__name__}")
+    perm = _check_perm(perm)
     if y.ndim == 0 or y.shape[0] != perm.shape[0]:
         raise JregError(f"y must hold one target per example, {perm.shape[0]} along its first axis, got {y.shape}")
-    lam = jnp.asarray(lam, dtype)
-    perm = jnp.asarray(perm)
+    lam = _check_lam(lam).astype(dtype)
     if jnp.issubdtype(y.dtype, jnp.integer):
         if y.ndim != 1:
             raise JregError(f"y given as integer labels must have shape ({y.shape[0]},), got {y.shape}")
@@ -237,6 +267,15 @@ def mixup(
     return lx * x + (1 - lx) * x[perm], y_mixed
 
 
+def check_image_shape(shape: Any) -> tuple[int, ...]:
+    """An image shape as cutmix takes it: an int side (a square) or ``(H, W)`` / ``(H, W, C)`` of positive ints."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (check_positive_int(shape, "shape"),) * 2
+    if not isinstance(shape, (tuple, list)) or len(shape) not in (2, 3):
+        raise JregError(f"shape must be an int side or a tuple (H, W) or (H, W, C), got {shape!r}")
+    return tuple(check_positive_int(s, "shape") for s in shape)
+
+
 def _image_shape(x: jax.Array, shape: Any) -> tuple[int, ...]:
     """The per-example image shape ``(H, W)`` or ``(H, W, C)``."""
     if shape is None:
@@ -248,11 +287,7 @@ def _image_shape(x: jax.Array, shape: Any) -> tuple[int, ...]:
         if 0 in x.shape[1:]:
             raise JregError(f"cutmix needs images with at least one pixel, got x of shape {x.shape}")
         return tuple(x.shape[1:])
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (check_positive_int(shape, "shape"),) * 2
-    if not isinstance(shape, (tuple, list)) or len(shape) not in (2, 3):
-        raise JregError(f"shape must be an int side or a tuple (H, W) or (H, W, C), got {shape!r}")
-    shape = tuple(check_positive_int(s, "shape") for s in shape)
+    shape = check_image_shape(shape)
     if int(np.prod(shape)) != int(np.prod(x.shape[1:])):
         raise JregError(f"shape {shape} holds {int(np.prod(shape))} values, but each example of x has {x.shape[1:]}")
     return shape
@@ -267,7 +302,9 @@ def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int) -> tuple
     cut_h // 2) x [cx - cut_w // 2, cx + cut_w // 2)`` clipped to the image,
     and ``lam' = 1 - area / (H W)``: the fraction of the image kept.
     """
-    k_y, k_x = jax.random.split(key)
+    k_y, k_x = jax.random.split(check_key(key))
+    lam = _check_lam(lam)
+    height, width = check_positive_int(height, "height"), check_positive_int(width, "width")
     r = jnp.sqrt(jnp.clip(1.0 - lam, 0.0, 1.0))
     cut_h = jnp.floor(height * r).astype(jnp.int32)
     cut_w = jnp.floor(width * r).astype(jnp.int32)

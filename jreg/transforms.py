@@ -21,7 +21,7 @@ from ._checks import check_key, check_nonnegative_scalar, check_positive_int, is
 from ._errors import JregError, JregTypeError
 from ._types import Batch, ModelState, Params
 from .objective import Objective
-from .stochastic import cutmix, mixup
+from .stochastic import check_image_shape, cutmix, mixup
 
 
 def _check_objective(objective: Any, what: str) -> None:
@@ -104,6 +104,8 @@ def _mixed(objective: Any, alpha: Any, method: str, classes: Any, shape: Any) ->
         classes = check_positive_int(classes, "classes")
     if getattr(objective.loss, "weighted_targets", False) is True:
         raise JregError(f"{name} mixes plain targets; a weighted loss's (targets, weights) pairs are not supported")
+    if shape is not None:
+        shape = check_image_shape(shape)
     return Mixed(**_fields(objective), inner=objective, alpha=alpha, method=method, classes=classes, shape=shape)
 
 

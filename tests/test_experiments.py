@@ -12,11 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
-SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("e[0-9]_*.py"))
+SCRIPTS = sorted((p.name for p in EXPERIMENTS.glob("e[0-9]*_*.py")), key=lambda name: int(name[1:].split("_")[0]))
 
 
 def test_all_experiments_are_here():
-    assert [s[:2] for s in SCRIPTS] == ["e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"]
+    assert [s.split("_")[0] for s in SCRIPTS] == [f"e{i}" for i in range(1, 11)]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -153,7 +153,7 @@ def test_cautious_decays_only_where_the_update_points_toward_zero():
         (dict(mode="lr", peak=0.1), r"peak= is used only by mode='independent' or mode='corrected'"),
         (dict(mode="cautious", peak=0.1), r"peak= is used only by"),
         (dict(mode="independent", peak=0.0), r"peak must be > 0"),
-        (dict(mode="independent", peak=-1.0), r"peak must be >= 0"),
+        (dict(mode="independent", peak=-1.0), r"peak must be > 0"),
         (dict(mode="corrected", peak=float("nan")), r"peak must be finite"),
         (dict(mode="corrected", peak="big"), r"peak must be a real number"),
         (dict(mode="corrected", peak=jnp.ones(2)), r"peak must be a scalar"),
@@ -249,7 +249,7 @@ def test_unit_norm_under_vmap_over_params():
         ((None,), {}, r"groups must be 'columns'"),
         ((["rows"],), {}, r"groups must be 'columns'"),
         ((), dict(eps=0.0), r"eps must be > 0"),
-        ((), dict(eps=-1e-3), r"eps must be >= 0"),
+        ((), dict(eps=-1e-3), r"eps must be > 0"),
         ((), dict(eps=float("nan")), r"eps must be finite"),
     ],
 )

@@ -395,6 +395,11 @@ def resume(
             f"resume: {path} measured its history with EMA.evaluate={saved_ema.get('evaluate')!r}, this run with "
             f"{ema['evaluate']!r}; one history cannot mix figures of the live and the averaged params"
         )
+    if ema is not None and saved_ema is not None and saved_ema.get("decay") != ema["decay"]:
+        raise JregError(
+            f"resume: {path} averaged the params with EMA.decay={saved_ema.get('decay')!r}, this run with "
+            f"{ema['decay']!r}; the average would not continue bit for bit (resume with the same decay)"
+        )
     history.ema = ema
     step = meta.get("global_step")
     step = epoch * steps_per_epoch if step is None else int(step)
