@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 import optax
-from _common import epochs, full_data, mean_std, model_params, parser, pct, save
+from _common import epochs, full_data, mean_std, model_params, parser, pct, save, weight_norm
 
 import jreg
 
@@ -87,9 +87,7 @@ def main() -> None:
             per_row[row].append(history.run(i))
             assert i not in history.diverged, f"{row} diverged: {history.diverged[i]}"
         if seed == 0:
-            norms = {
-                row: float(np.sqrt(2 * jreg.penalties.l2(1.0)(model_params(trained, i)))) for i, row in enumerate(ROWS)
-            }
+            norms = {row: weight_norm(model_params(trained, i)) for i, row in enumerate(ROWS)}
 
     summary = {}
     for row, runs in per_row.items():

@@ -84,14 +84,27 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         raise JregError(f"path {str(path)!r}: cannot make its folder, part of it is a file ({exc.strerror})") from exc
     mode = _file_mode(path)
     prefix = f".{path.name}.{host_name()}.{os.getpid()}."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+    except OSError as exc:  # a read-only folder, a full disk: the user's to fix, said in one line
+        raise JregError(f"path {str(path)!r}: cannot write into {str(path.parent)!r} ({exc.strerror or exc})") from exc
+    try:
+        try:
+            os.chmod(tmp, mode)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise JregError(
+                f"path {str(path)!r}: the write failed ({exc.strerror or exc}); nothing was replaced"
+            ) from exc
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. the target became a folder after the check above
+            raise JregError(
+                f"path {str(path)!r}: cannot put the new file in place ({exc.strerror or exc}); nothing was replaced"
+            ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -156,3 +156,41 @@ def test_fit_refuses_an_empty_or_nul_resume_path(resume, match):
     data = (jnp.ones((8, 4)), jnp.arange(8) % 2)
     with pytest.raises(jreg.JregError, match=f"resume must be a {match}|resume must not contain a {match}"):
         jreg.fit(obj, optax.sgd(0.1), params, data, epochs=1, batch_size=4, key=jax.random.key(0), resume=resume)
+
+
+def test_atomic_write_turns_os_failures_into_one_line_errors_and_replaces_nothing(tmp_path, monkeypatch):
+    """A full disk, a folder that appears where the file goes, an unwritable folder: a JregError naming the
+    path, the previous file intact, no temporary file left behind."""
+    import errno
+    import tempfile
+
+    from jreg import io
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"previous")
+
+    def disk_full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(jreg.JregError, match=r"the write failed \(No space left on device\); nothing was replaced"):
+        io.atomic_write(target, disk_full)
+    assert target.read_bytes() == b"previous"
+
+    racing = tmp_path / "racing.bin"
+
+    def becomes_a_folder(f):  # another process makes a folder there while we write
+        racing.mkdir()
+        f.write(b"new")
+
+    with pytest.raises(jreg.JregError, match="cannot put the new file in place"):
+        io.atomic_write(racing, becomes_a_folder)
+    assert racing.is_dir()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(jreg.JregError, match=r"cannot write into .* \(Permission denied\)"):
+        jreg.save(tmp_path / "ck.npz", {"w": jnp.ones(2)})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "racing.bin"]  # no temporary file left
