@@ -174,16 +174,16 @@ class Writer:
         """Before training: refuse if a checkpoint this run would write exists and is not this run's, or if the
         folder holds this run's checkpoints of epochs after ``start`` (resuming from an older one would branch
         the run: its later files would be overwritten with other content, or outlive the new ones)."""
-        later = [p.name for e, p in numbered(self.folder) if e > start and self.ours(p)]
+        present = [(e, p) for e, p in numbered(self.folder) if e > start]  # what is there, not every epoch to come
+        later = [p.name for _, p in present if self.ours(p)]
         if later:
             raise JregError(
                 f"checkpoint: {self.folder} holds later checkpoints of this run ({_listing(later)}) than the epoch "
                 f"{start} resumed from; continuing from there would mix two branches of the run in one folder. "
                 "Resume from the newest checkpoint (resume=<the folder>), or checkpoint into a new folder"
             )
-        for e in range(start, epochs):
-            path = self.folder / f"ckpt-{e + 1:06d}.npz"
-            if self.config.due(e, epochs) and (path.exists() or path.is_symlink()) and not self.ours(path):
+        for e, path in present:  # a file this run would write (its exact name, at an epoch it saves) is not its own
+            if e <= epochs and path.name == f"ckpt-{e:06d}.npz" and self.config.due(e - 1, epochs):
                 raise self._foreign(path)
 
     def _foreign(self, path: Path) -> JregError:
