@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         optim,
         penalties,
         plotting,
+        precision,
         selectors,
         stochastic,
         stopping,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
     from .objective import Objective, objective
     from .optim import decoupled_weight_decay, lambda_max, proximal, shrink_perturb, unit_norm
     from .penalties import describe
+    from .precision import Policy, mixed_precision
     from .stopping import EarlyStopping
     from .train import (
         EMA,
@@ -60,7 +62,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
 # (``jreg demo``) checks its arguments and output folder in a fraction of a second, before JAX loads.
 _SUBMODULES = frozenset(
     "checkpoint conventions data initializers io losses metrics optim penalties plotting selectors stochastic "
-    "stopping train transforms".split()
+    "stopping train transforms precision".split()
 )
 _FROM = {
     **dict.fromkeys(["Checkpoint", "CheckpointError", "load", "load_network2", "save", "save_network2"], "checkpoint"),
@@ -68,6 +70,7 @@ _FROM = {
     **dict.fromkeys(["Objective", "objective"], "objective"),
     **dict.fromkeys(["decoupled_weight_decay", "lambda_max", "proximal", "shrink_perturb", "unit_norm"], "optim"),
     "describe": "penalties",
+    **dict.fromkeys(["Policy", "mixed_precision"], "precision"),
     "EarlyStopping": "stopping",
     **dict.fromkeys(["sam", "with_cutmix", "with_mixup"], "transforms"),
     **dict.fromkeys(
@@ -171,4 +174,7 @@ __all__ = [
     "sam",
     "with_cutmix",
     "with_mixup",
+    "Policy",
+    "mixed_precision",
+    "precision",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 from . import initializers as inits
 from ._checks import check_key, check_positive_int, is_concrete
 from ._errors import JregError, JregTypeError
+from .precision import Policy, as_policy, mixed_precision
 from .stochastic import check_drop_rate, dropout
 
 Params = Any
@@ -53,6 +54,7 @@ def mlp(
     dtype: Any = jnp.float32,
     drop_rate: Any = 0.0,
     input_drop_rate: Any = 0.0,
+    policy: Policy | str | None = None,
 ) -> Model:
     """A fully connected network ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
@@ -78,6 +80,11 @@ def mlp(
             (inverted dropout after each hidden activation; see
             :mod:`jreg.stochastic`). May be traced, for sweeps.
         input_drop_rate: probability of dropping each input in training mode.
+        policy: mixed precision (:mod:`jreg.precision`): a :class:`jreg.Policy` or its
+            string form (``"bf16"``, ``"f16"``, ``"params=float32,compute=bfloat16,output=float32"``).
+            The params are initialized in its ``param_dtype`` (``dtype`` must then be float32 or
+            that same dtype) and ``apply`` is :func:`jreg.mixed_precision` of the plain one.
+            ``None`` (default): no casts at all.
 
     Returns:
         A :class:`Model` whose params are ``[{"w": (n_in, n_out), "b": (n_out,)}, ...]``
@@ -96,6 +103,14 @@ def mlp(
         raise JregError(f"init must be one of {sorted(inits.SCHEMES)}, got {init!r}")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise JregTypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    if policy is not None:
+        policy = as_policy(policy, "policy")
+        if np.dtype(dtype) not in (np.dtype("float32"), policy.param_dtype):
+            raise JregError(
+                f"dtype ({np.dtype(dtype)}) and policy's param_dtype ({policy.param_dtype}) disagree; "
+                "with a policy the params are initialized in its param_dtype: leave dtype out"
+            )
+        dtype = policy.param_dtype
     for name, fn in (("activation", activation), ("output_activation", output_activation)):
         if fn is not None and not callable(fn):
             raise JregTypeError(f"{name} must be callable, got {fn!r}")
@@ -140,7 +155,7 @@ def mlp(
         return (a, hidden) if intermediates else a
 
     # One compiled program instead of one compile per eager op (about 1 s saved on first use).
-    return Model(jax.jit(init_fn), apply_fn)
+    return Model(jax.jit(init_fn), apply_fn if policy is None else mixed_precision(apply_fn, policy))
 
 
 def _check_mlp_input(params: Params, x: Any, sizes: tuple[int, ...]) -> None:

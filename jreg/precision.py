@@ -1,0 +1,328 @@
+"""Mixed precision: float32 master params, low-precision compute, float32 loss and penalties.
+
+A :class:`Policy` names three dtypes (as DeepMind's ``jmp`` does):
+
+* ``param_dtype`` (float32): the params the optimizer holds and updates (the
+  *master weights*), the optimizer state with them, and everything computed
+  from the params directly: weight penalties see these params, so their terms
+  are float32;
+* ``compute_dtype`` (bfloat16): the dtype the model runs in;
+* ``output_dtype`` (float32): the model's outputs, hence the loss, the
+  output, activity and input penalties, all computed in float32.
+
+:func:`mixed_precision` wraps any ``apply`` with jreg's model protocol
+(``apply(params, x, *, key=None, intermediates=False)``, stateful ones with
+``state=`` and ``train=``): it casts the floating-point leaves of ``params``
+and of the inputs to ``compute_dtype``, runs ``apply``, and casts the floating
+leaves of what comes back (outputs, intermediates) to ``output_dtype`` and a
+stateful model's new state back to the dtypes of the state it was given (the
+carry of a training scan keeps its dtype). Integer leaves (labels, token ids,
+counters) are left alone. The casts are differentiable, so ``jax.grad`` of the
+objective at float32 params is a float32 gradient, computed through the
+low-precision model: the gradient of the float32 model evaluated at the
+compute-dtype-rounded params and inputs, itself rounded along the way.
+
+**Loss scaling (float16).** float16 keeps 5 exponent bits: cotangents below
+``6e-8`` flush to zero, so small gradients of a float16 model vanish.
+``loss_scale=S`` multiplies every cotangent by ``S`` where it enters the
+low-precision region (at the outputs) and divides by ``S`` where it leaves it
+(at the params and inputs), both in float32, with a ``jax.custom_vjp``
+identity at each boundary: the scale lives inside the wrapper, so neither the
+objective, its ``parts`` nor the optimizer change. The forward pass is
+untouched. A scale too large makes a cotangent overflow to ``inf``: wrap the
+optimizer in :func:`skip_nonfinite` (``optax.apply_if_finite``) to skip such
+a step instead of applying it. bfloat16 has float32's exponent range and
+needs no scaling (``loss_scale`` defaults to 1 for it; for float16 to
+``2**15``, jmp's and PyTorch's usual starting value).
+
+The scale here is *static*. Dynamic scaling (halve on overflow, double after
+``n`` good steps) needs the optimizer's verdict on step ``t`` to reach the
+forward pass of step ``t + 1``; jreg's engine carries only params, model state
+and the step count there, so it is left to a hand-written loop (see
+``docs/precision.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import check_positive_int
+from ._errors import JregError, JregTypeError
+
+#: dtype spellings the string form accepts (jmp's, numpy's and the short ones).
+DTYPES = {
+    **dict.fromkeys(["float32", "f32", "fp32", "full", "single"], np.dtype("float32")),
+    **dict.fromkeys(["bfloat16", "bf16"], np.dtype(jnp.bfloat16)),
+    **dict.fromkeys(["float16", "f16", "fp16", "half"], np.dtype("float16")),
+    **dict.fromkeys(["float64", "f64", "fp64", "double"], np.dtype("float64")),
+}
+#: keys of the string form and the field each sets.
+KEYS = {
+    **dict.fromkeys(["params", "param", "p"], "param_dtype"),
+    **dict.fromkeys(["compute", "c"], "compute_dtype"),
+    **dict.fromkeys(["output", "outputs", "o"], "output_dtype"),
+    **dict.fromkeys(["loss_scale", "scale"], "loss_scale"),
+}
+#: one-word policies: float32 master params and outputs, compute in the named dtype.
+SHORTCUTS = {"f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+SHORTCUTS.update({"f16": "float16", "float16": "float16", "fp16": "float16", "half": "float16"})
+#: the static loss scale a float16 policy gets when none is given.
+FLOAT16_LOSS_SCALE = 2.0**15
+_FLOATS = sorted({d.name for d in DTYPES.values()})
+
+
+def _dtype(value: Any, name: str) -> np.dtype:
+    """``value`` as a floating numpy dtype (a dtype, a type such as ``jnp.bfloat16``, or a name from DTYPES)."""
+    if value is None:
+        raise JregTypeError(f"{name} must be a floating dtype such as jnp.bfloat16, got None")
+    if isinstance(value, str):
+        if value.strip().lower() in DTYPES:
+            return DTYPES[value.strip().lower()]
+        raise JregError(f"{name} must be one of {_FLOATS} (or {sorted(DTYPES)}), got {value!r}")
+    try:
+        dtype = np.dtype(value)
+    except TypeError as exc:
+        raise JregTypeError(f"{name} must be a floating dtype such as jnp.bfloat16, got {value!r}") from exc
+    if dtype not in DTYPES.values():
+        raise JregTypeError(f"{name} must be a floating dtype, one of {_FLOATS}; got {dtype}")
+    return dtype
+
+
+def _scale(value: Any, name: str = "loss_scale") -> float:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise JregTypeError(f"{name} must be a positive number such as 2**15, got {type(value).__name__}: {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise JregError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Which dtype params, compute and outputs have, and the static loss scale (see the module docstring).
+
+    Attributes:
+        param_dtype: the master params' dtype (float32): what :func:`jreg.mlp` initializes,
+            what the optimizer updates and the weight penalties see.
+        compute_dtype: the dtype the model runs in (bfloat16 by default).
+        output_dtype: the outputs' and intermediates' dtype, so the loss's (float32).
+        loss_scale: cotangents are multiplied by it inside the low-precision region and divided
+            by it on the way out; ``None`` means ``2**15`` for float16 compute and 1 otherwise.
+
+    Fields given as strings (``"bf16"``) or types (``jnp.bfloat16``) are stored as numpy dtypes;
+    a dtype that is not floating, or a scale that is not a finite positive number, is a
+    :class:`jreg.JregError` naming the field.
+    """
+
+    param_dtype: Any = np.dtype("float32")
+    compute_dtype: Any = np.dtype(jnp.bfloat16)
+    output_dtype: Any = np.dtype("float32")
+    loss_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("param_dtype", "compute_dtype", "output_dtype"):
+            object.__setattr__(self, field, _dtype(getattr(self, field), field))
+        scale = self.loss_scale
+        if scale is None:
+            scale = FLOAT16_LOSS_SCALE if self.compute_dtype == np.float16 else 1.0
+        object.__setattr__(self, "loss_scale", _scale(scale))
+
+    @classmethod
+    def parse(cls, spec: str, name: str = "policy") -> Policy:
+        """A policy from ``"params=float32,compute=bfloat16,output=float32"`` or a shortcut.
+
+        Keys: ``params``/``p``, ``compute``/``c``, ``output``/``o``, ``loss_scale``; a key left out
+        is float32 (no loss scaling for ``loss_scale``, except float16's default). Shortcuts:
+        ``"f32"``, ``"bf16"``, ``"f16"`` (and their long names): float32 params and outputs,
+        compute in that dtype.
+        """
+        if not isinstance(spec, str):
+            raise JregTypeError(f"{name} must be a jreg.Policy or a string such as 'bf16', got {spec!r}")
+        text = spec.strip().lower().replace(" ", "")
+        if text in SHORTCUTS:
+            return cls(compute_dtype=SHORTCUTS[text])
+        fields: dict[str, Any] = {}
+        for item in text.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or key not in KEYS or not value:
+                raise JregError(
+                    f"{name}: cannot read {item!r} in {spec!r}; write 'params=float32,compute=bfloat16,"
+                    f"output=float32' (keys {sorted(KEYS)}) or one of the shortcuts {sorted(SHORTCUTS)}"
+                )
+            field = KEYS[key]
+            if field in fields:
+                raise JregError(f"{name}: {key!r} is given twice in {spec!r}")
+            fields[field] = value if field != "loss_scale" else _number(value, f"{name}: loss_scale")
+        full = dict.fromkeys(("param_dtype", "compute_dtype", "output_dtype"), "float32")
+        try:
+            return cls(**{**full, **fields})
+        except JregError as exc:
+            raise type(exc)(f"{name}: {exc} (in {spec!r})") from None
+
+    def to_compute(self, tree: Any) -> Any:
+        """The floating leaves of ``tree`` in ``compute_dtype`` (others unchanged); no loss scaling."""
+        return _cast(tree, self.compute_dtype)
+
+    def to_output(self, tree: Any) -> Any:
+        """The floating leaves of ``tree`` in ``output_dtype`` (others unchanged); no loss scaling."""
+        return _cast(tree, self.output_dtype)
+
+    def to_params(self, tree: Any) -> Any:
+        """The floating leaves of ``tree`` in ``param_dtype``: master params for a model initialized otherwise."""
+        return _cast(tree, self.param_dtype)
+
+    def wrap(self, apply: Callable[..., Any]) -> Callable[..., Any]:
+        """:func:`mixed_precision` ``(apply, self)``."""
+        return mixed_precision(apply, self)
+
+    def __str__(self) -> str:
+        return (
+            f"params={self.param_dtype.name},compute={self.compute_dtype.name},"
+            f"output={self.output_dtype.name},loss_scale={self.loss_scale:g}"
+        )
+
+
+def _number(text: str, name: str) -> float:
+    """``"32768"``, ``"2**15"`` or ``"3.2e4"`` as a positive float."""
+    base, power, exponent = text.partition("**")
+    try:
+        value = float(base) ** float(exponent) if power else float(text)
+    except (ValueError, OverflowError) as exc:
+        raise JregError(f"{name} must be a number such as 32768 or 2**15, got {text!r}") from exc
+    return _scale(value, name)
+
+
+def as_policy(policy: Any, name: str = "policy") -> Policy:
+    """``policy`` as a :class:`Policy`: a Policy itself or its string form (:meth:`Policy.parse`)."""
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str):
+        return Policy.parse(policy, name)
+    raise JregTypeError(
+        f"{name} must be a jreg.Policy or a string such as 'bf16' or 'params=float32,compute=bfloat16,"
+        f"output=float32', got {type(policy).__name__}: {policy!r}"
+    )
+
+
+def _is_float(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+
+
+def _cast(tree: Any, dtype: np.dtype) -> Any:
+    return jax.tree.map(lambda x: x.astype(dtype) if _is_float(x) else x, tree)
+
+
+@jax.custom_vjp
+def scale_gradient(x: jax.Array, factor: jax.Array) -> jax.Array:
+    """The identity on ``x``; its cotangent is multiplied by ``factor`` on the way back (in ``x``'s dtype)."""
+    return x
+
+
+def _scale_fwd(x: jax.Array, factor: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return x, factor
+
+
+def _scale_bwd(factor: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return (g * factor).astype(g.dtype), jnp.zeros_like(factor)
+
+
+scale_gradient.defvjp(_scale_fwd, _scale_bwd)
+
+
+def _into(tree: Any, dtype: np.dtype, scale: float) -> Any:
+    """Floating leaves cast to ``dtype``; their cotangents (coming back out) divided by ``scale`` after the cast."""
+    if scale == 1.0:
+        return _cast(tree, dtype)
+    inv = jnp.float32(1.0 / scale)  # exact for powers of two
+    return jax.tree.map(lambda x: scale_gradient(x, inv.astype(x.dtype)).astype(dtype) if _is_float(x) else x, tree)
+
+
+def _out_of(tree: Any, dtype: np.dtype, scale: float) -> Any:
+    """Floating leaves cast to ``dtype``; their cotangents (going in) multiplied by ``scale`` before the cast."""
+    if scale == 1.0:
+        return _cast(tree, dtype)
+    s = jnp.float32(scale)
+    return jax.tree.map(lambda x: scale_gradient(x.astype(dtype), s.astype(dtype)) if _is_float(x) else x, tree)
+
+
+def _back_to(new: Any, old: Any) -> Any:
+    """A stateful model's new state in the dtypes of the state it was given (when the structures match)."""
+    new_leaves, treedef = jax.tree.flatten(new)
+    old_leaves, old_def = jax.tree.flatten(old)
+    if treedef != old_def:
+        return new
+    return treedef.unflatten(
+        [n.astype(o.dtype) if _is_float(n) and _is_float(o) else n for n, o in zip(new_leaves, old_leaves)]
+    )
+
+
+def mixed_precision(apply: Callable[..., Any], policy: Policy | str = "bf16") -> Callable[..., Any]:
+    """``apply`` run in the policy's compute dtype, with outputs (and gradients) in float32.
+
+    Args:
+        apply: any ``apply(params, x, **keywords)`` with jreg's model protocol: it may take
+            ``key``, ``intermediates`` (then returns ``(outputs, intermediates)``), and
+            ``state``/``train`` (a stateful model, returning ``(outputs, new_state)``).
+        policy: a :class:`Policy` or its string form (``"bf16"``, ``"f16"``,
+            ``"params=float32,compute=bfloat16,output=float32"``).
+
+    Returns:
+        ``wrapped(params, x, **keywords)`` with ``apply``'s own signature (so jreg passes it
+        exactly the keywords ``apply`` takes): the floating leaves of ``params`` and ``x`` go in as
+        ``compute_dtype``; every floating leaf of the outputs and intermediates comes out as
+        ``output_dtype``; a new model state comes out in the dtypes of the ``state`` passed in.
+        The model state goes in unchanged (running statistics keep their precision). Cotangents
+        are scaled by ``policy.loss_scale`` inside the low-precision region (module docstring).
+    """
+    if not callable(apply):
+        raise JregTypeError(f"apply must be callable apply(params, x, ...), got {apply!r}")
+    pol = as_policy(policy)
+    compute, output, scale = pol.compute_dtype, pol.output_dtype, pol.loss_scale
+
+    def wrapped(params: Any, x: Any, **keywords: Any) -> Any:
+        out = apply(_into(params, compute, scale), _into(x, compute, scale), **keywords)
+        if "state" not in keywords:
+            return _out_of(out, output, scale)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise JregError(f"a stateful model's apply must return (outputs, new_state), got {type(out).__name__}")
+        outputs, new_state = out
+        return _out_of(outputs, output, scale), _back_to(new_state, keywords["state"])
+
+    try:
+        wrapped.__signature__ = inspect.signature(apply)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # no signature (a builtin): positional (params, x) only
+        pass
+    wrapped.__name__ = f"mixed_precision({getattr(apply, '__name__', type(apply).__name__)})"
+    wrapped.__doc__ = f"{getattr(apply, '__doc__', None) or ''}\n\nRun under the policy {pol}."
+    wrapped.policy = pol  # type: ignore[attr-defined]
+    return wrapped
+
+
+def skip_nonfinite(
+    optimizer: Any, max_consecutive: int = 10
+) -> Any:
+    """``optimizer`` that skips a step whose gradient holds NaN or infinity (``optax.apply_if_finite``).
+
+    With float16 and a loss scale an overflowing cotangent makes a step's gradient
+    ``inf``; this leaves params and optimizer state as they were for that step. After
+    ``max_consecutive`` bad steps in a row the update goes through, so jreg's divergence
+    guard reports a run that cannot recover instead of it silently standing still.
+    A skipped step changes no params, optimizer-state float or cost, so the guard
+    does not fire on it.
+    """
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise JregTypeError(f"optimizer must be an optax GradientTransformation, got {optimizer!r}")
+    import optax  # here, not at the top: jreg.nn (and so jreg.mlp) loads this module and needs no optax
+
+    return optax.apply_if_finite(optimizer, check_positive_int(max_consecutive, "max_consecutive"))
+
+
+__all__ = ["Policy", "as_policy", "mixed_precision", "scale_gradient", "skip_nonfinite"]
