@@ -306,9 +306,7 @@ def mixed_precision(apply: Callable[..., Any], policy: Policy | str = "bf16") ->
     return wrapped
 
 
-def skip_nonfinite(
-    optimizer: Any, max_consecutive: int = 10
-) -> Any:
+def skip_nonfinite(optimizer: Any, max_consecutive: int = 10) -> Any:
     """``optimizer`` that skips a step whose gradient holds NaN or infinity (``optax.apply_if_finite``).
 
     With float16 and a loss scale an overflowing cotangent makes a step's gradient

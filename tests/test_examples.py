@@ -56,3 +56,10 @@ def test_regression_with_custom_metrics_and_batched_evaluation():
     assert history.epochs("evaluation_mse") == [5, 10]
     assert history.evaluation_mse[-1] < history.evaluation_mse[0]
     assert np.isfinite(history.evaluation_within_tolerance[-1])
+
+
+def test_mixed_precision_keeps_float32_params_loss_and_parts():
+    out = load("mixed_precision").main(["--quick", "--policy", "f16"])  # float16 with loss scaling
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((out["params"], out["grads"])))
+    assert {v.dtype for v in out["parts"].values()} == {jnp.dtype("float32")}
+    assert out["history"].evaluation_accuracy[-1] > 0.3

@@ -64,7 +64,9 @@ KEYS = {"param_dtype": ["params", "p"], "compute_dtype": ["compute", "c"], "outp
 @given(st.data())
 def test_parsed_strings_give_the_dtypes_they_name(data):
     chosen = {field: data.draw(st.sampled_from(sorted(ALIASES, key=str))) for field in KEYS}
-    items = [f"{data.draw(st.sampled_from(KEYS[f]))}={data.draw(st.sampled_from(ALIASES[d]))}" for f, d in chosen.items()]
+    items = [
+        f"{data.draw(st.sampled_from(KEYS[f]))}={data.draw(st.sampled_from(ALIASES[d]))}" for f, d in chosen.items()
+    ]
     items = data.draw(st.permutations(items))
     text = ",".join(data.draw(st.sampled_from([s, s.upper(), f" {s} "])) for s in items)
     pol = precision.as_policy(text)
@@ -143,10 +145,11 @@ def test_mlp_policy_keeps_float32_master_params_and_float32_outputs():
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(PARAMS)):
         np.testing.assert_array_equal(a, b)  # the same init
     x, _ = toy()
-    out, hidden = MIXED.apply(params, x, intermediates=True)
+    out, hidden = jax.jit(lambda p, x: MIXED.apply(p, x, intermediates=True))(params, x)
     assert out.dtype == F32 and hidden[0].dtype == F32
-    assert not np.array_equal(out, MODEL.apply(params, x))  # ... but computed in bfloat16
-    np.testing.assert_allclose(out, MODEL.apply(params, x), atol=0.05)
+    plain = jax.jit(MODEL.apply)(params, x)
+    assert not np.array_equal(out, plain)  # ... but computed in bfloat16
+    np.testing.assert_allclose(out, plain, atol=0.05)
     assert MIXED.apply.policy == jreg.Policy()
     assert inspect.signature(MIXED.apply) == inspect.signature(MODEL.apply)  # the engine sees the same keywords
     assert MODEL.apply.__name__ == "apply_fn"  # no policy: the plain apply, no wrapper
@@ -173,12 +176,15 @@ def test_gradient_is_float32_and_equals_the_hand_cast_model(jit):
     hand = jreg.objective(bf16_by_hand, jreg.losses.cross_entropy)
     ref = jreg.objective(f32_at_rounded, jreg.losses.cross_entropy)
     grad = (lambda f: jax.jit(jax.grad(f))) if jit else jax.grad
-    g, gh, gr = (grad(lambda p, o=o: o(p, (x, y))[0])(PARAMS) for o in (mixed, hand, ref))
+    g, gh = (grad(lambda p, o=o: o(p, (x, y))[0])(PARAMS) for o in (mixed, hand))
     assert dtypes(g) == [F32] * 4
-    for a, b, r in zip(jax.tree.leaves(g), jax.tree.leaves(gh), jax.tree.leaves(gr)):
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(gh)):
         np.testing.assert_array_equal(a, b)  # exactly the explicit casts
-        # and the float32 model's gradient at the rounded point, up to bfloat16's rounding on the way
-        np.testing.assert_allclose(a, r, atol=0.02 * float(jnp.abs(r).max()) + 1e-6)
+    if jit:  # and the float32 model's gradient at the rounded point, up to bfloat16's rounding on the way
+        gr = grad(lambda p: ref(p, (x, y))[0])(PARAMS)
+        for a, r in zip(jax.tree.leaves(g), jax.tree.leaves(gr)):
+            np.testing.assert_allclose(a, r, atol=0.02 * float(jnp.abs(r).max()) + 1e-6)
+            assert not np.array_equal(a, r)
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -240,7 +246,9 @@ def test_fit_with_a_stateful_policy_model():
     params = {"w": 0.1 * jax.random.normal(jax.random.key(0), (6, 3))}
     state = {"mean": jnp.zeros(6, jnp.float32), "n": jnp.zeros((), jnp.int32)}
     obj = jreg.objective(jreg.mixed_precision(stateful_apply, "bf16"), jreg.losses.cross_entropy)
-    trained, new_state, _ = jreg.fit(obj, optax.sgd(0.5), params, (x, y), epochs=2, batch_size=8, key=jax.random.key(1), model_state=state)
+    trained, new_state, _ = jreg.fit(
+        obj, optax.sgd(0.5), params, (x, y), epochs=2, batch_size=8, key=jax.random.key(1), model_state=state
+    )
     assert dtypes(trained) == [F32] and new_state["mean"].dtype == F32 and int(new_state["n"]) == 6
     np.testing.assert_allclose(new_state["mean"], 0.5, atol=0.3)
 
@@ -297,11 +305,15 @@ def test_an_overflowing_step_is_skipped_and_the_guard_stays_quiet():
     grads = jax.grad(lambda p: obj(p, (x, jnp.zeros(8, jnp.int32)))[0])(params)
     assert not bool(jnp.all(jnp.isfinite(grads["w"])))  # the scaled cotangent overflowed
     opt = precision.skip_nonfinite(optax.sgd(0.1), max_consecutive=100)
-    trained, history = jreg.fit(obj, opt, params, (x, jnp.zeros(8, jnp.int32)), epochs=2, batch_size=4, key=jax.random.key(0))
+    trained, history = jreg.fit(
+        obj, opt, params, (x, jnp.zeros(8, jnp.int32)), epochs=2, batch_size=4, key=jax.random.key(0)
+    )
     np.testing.assert_array_equal(trained["w"], params["w"])  # every step skipped, nothing diverged
-    assert np.all(np.isfinite(history.epoch_loss)) if "epoch_loss" in history else True
+    assert np.all(np.isfinite(history.training_cost))  # the forward pass (and so the cost) stayed finite
     with pytest.raises(jreg.DivergenceError):  # without skipping, the infinite gradient reaches the params
-        jreg.fit(obj, optax.sgd(0.1), params, (x, jnp.zeros(8, jnp.int32)), epochs=1, batch_size=4, key=jax.random.key(0))
+        jreg.fit(
+            obj, optax.sgd(0.1), params, (x, jnp.zeros(8, jnp.int32)), epochs=1, batch_size=4, key=jax.random.key(0)
+        )
 
 
 # ---------------------------------------------------------------- training with a policy
@@ -316,9 +328,8 @@ def test_fit_sweep_and_checkpoint_with_a_policy(tmp_path):
         return jreg.objective(MIXED.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"])), opt
 
     obj = build({"lmbda": 0.01})[0]
-    trained, history = jreg.fit(obj, opt, params, train, epochs=3, batch_size=8, key=jax.random.key(1), evaluation=test)
-    assert dtypes(trained) == [F32] * 4 and np.all(np.isfinite(history.evaluation_cost))
-    assert history.training_cost[-1] < history.training_cost[0] if "training_cost" in history else True
+    trained, history = jreg.fit(obj, opt, params, train, epochs=3, batch_size=8, key=jax.random.key(1))
+    assert dtypes(trained) == [F32] * 4 and history.training_cost[-1] < history.training_cost[0]
     opt_state = opt.init(trained)
     assert all(d in (F32, np.dtype("int32")) for d in dtypes(opt_state))
     swept, hist = jreg.sweep(
@@ -349,8 +360,14 @@ def test_n30_on_mnist_bf16_is_within_one_point_of_float32():
         model = jreg.mlp([784, 30, 10], policy=policy)
         obj = jreg.objective(model.apply, jreg.losses.cross_entropy)
         _, history = jreg.fit(
-            obj, optax.sgd(0.5), model.init(jax.random.key(0)), train, epochs=3, batch_size=10,
-            key=jax.random.key(1), evaluation=(validation.x, validation.y),
+            obj,
+            optax.sgd(0.5),
+            model.init(jax.random.key(0)),
+            train,
+            epochs=3,
+            batch_size=10,
+            key=jax.random.key(1),
+            evaluation=(validation.x, validation.y),
         )
         accuracy[policy] = history.evaluation_accuracy[-1]
     assert accuracy[None] > 0.85
