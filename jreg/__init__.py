@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         DivergenceError,
         Evaluation,
         History,
+        ModelParallel,
         SweepHistory,
         TrainState,
         accuracy,
@@ -89,6 +90,7 @@ _FROM = {
         ],
         "train",
     ),
+    "ModelParallel": "train",
 }
 
 
@@ -171,4 +173,5 @@ __all__ = [
     "sam",
     "with_cutmix",
     "with_mixup",
+    "ModelParallel",
 ]
