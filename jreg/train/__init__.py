@@ -17,6 +17,7 @@ regularized objective. Layout (each module imports only those above it)::
     validate      checks before any work: arguments, data, the objective on the data's shapes
     monitor       which series are measured, and measuring them
     setup         fit's and sweep's common preparation
+    distributed_checkpoint  orbax folders for runs whose arrays span processes
     checkpointing save, resume, best params
     mesh          data-parallel placement; a sweep's models across devices
     loop          the host loop and its hooks
