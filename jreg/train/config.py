@@ -99,6 +99,10 @@ class Checkpointing:
     state, epoch, key, history); the run's newest ``keep`` are kept. ``dir``
     belongs to one run: :func:`jreg.fit` refuses a folder that already holds
     checkpoints unless it resumes from it, and deletes only its own files.
+    A run whose arrays span several processes (``jax.distributed``) writes
+    ``ckpt-<epoch>.orbax`` folders instead (orbax-checkpoint, ``jreg[orbax]``;
+    docs/scaling.md), under the same rules; ``dir`` must then be a folder that
+    every process sees.
     """
 
     dir: str | os.PathLike[str]
