@@ -350,7 +350,7 @@ def _newest_valid(folder: Path, template: TrainState) -> tuple[Path, ckpt.Checkp
     """
     found = numbered(folder)
     if not found:
-        raise JregError(f"resume: no checkpoint (ckpt-*.npz, ckpt-*.orbax) in {folder}")
+        raise JregError(f"resume: no checkpoint (ckpt-*.npz) in {folder}")
     skipped: list[tuple[Path, str]] = []
     for _, path in reversed(found):
         try:
