@@ -106,6 +106,19 @@ def main() -> None:
         }
     SWEEP.program = program
 
+    # a model that diverges is frozen and named the same way when the models are split across devices
+    wild = {"lmbda": np.zeros(8), "eta": [0.01, 0.02, 1e30, 0.03, 0.01, 0.005, 0.04, 0.02]}
+    one, h1 = jreg.sweep(build, p0, (x, y), hparams=wild, **common)
+    parallel = jreg.ModelParallel(jax.make_mesh((8,), ("model",)))
+    split, hs = jreg.sweep(build, p0, (x, y), hparams=wild, parallel=parallel, **common)
+    finite = lambda tree: [np.asarray(leaf)[np.arange(8) != 2] for leaf in jax.tree.leaves(tree)]  # noqa: E731
+    out["diverged"] = {
+        "one": {str(k): v for k, v in h1.diverged.items()},
+        "split": {str(k): v for k, v in hs.diverged.items()},
+        "gap": gap(finite(one), finite(split)),
+        "nan_rows": [int(i) for i in np.flatnonzero(np.isnan(np.asarray(hs["training_cost"])).any(axis=1))],
+    }
+
     errors = {}
     mesh8 = jax.make_mesh((8,), ("model",))
     mesh42 = jax.make_mesh((4, 2), ("model", "data"))

@@ -51,6 +51,13 @@ def test_no_communication_across_models(measured):
     assert reductions and all(axes == ["data"] for axes in reductions)  # gradient means over the data axis only
 
 
+def test_a_diverged_model_is_flagged_as_on_one_device(measured):
+    got = measured["diverged"]
+    assert list(got["split"]) == ["2"] and got["split"] == got["one"]  # the same epoch, step and quantity
+    assert got["nan_rows"] == [2]  # its series blanked, the others' kept
+    assert got["gap"] < 1e-5  # the other seven models trained as on one device
+
+
 @pytest.mark.parametrize(
     ("case", "words"),
     [
