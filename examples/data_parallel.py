@@ -11,8 +11,9 @@ Several hosts: start the same command on every host, each with its process id
     python examples/data_parallel.py --coordinator HOST0:1234 --num-processes 2 --process-id 0   # on host 0
     python examples/data_parallel.py --coordinator HOST0:1234 --num-processes 2 --process-id 1   # on host 1
 
-(On Cloud TPU and under SLURM or Open MPI, jax.distributed.initialize() finds
-these values itself: run with no flags.) Every process loads the same data and
+(On Cloud TPU, under Slurm or Open MPI, and on Kubernetes with jax[k8s],
+jax.distributed.initialize() finds these values itself: `srun python
+examples/data_parallel.py --distributed`; see docs/scaling.md.) Every process loads the same data and
 builds the same mesh over all global devices; jreg.fit splits each mini-batch
 along the mesh's "data" axis and XLA reduces the gradients across devices and
 hosts. Results equal one-device training up to float reassociation.
@@ -30,6 +31,7 @@ import jreg
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() from the environment")
     ap.add_argument("--coordinator", help="address:port of process 0 (multi-host)")
     ap.add_argument("--num-processes", type=int)
     ap.add_argument("--process-id", type=int)
@@ -38,6 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.coordinator:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()  # Slurm, Open MPI, Kubernetes (jax[k8s]), Cloud TPU
 
     devices = jax.device_count()
     mesh = jax.make_mesh((devices,), ("data",))

@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         DivergenceError,
         Evaluation,
         History,
+        ModelParallel,
         SweepHistory,
         TrainState,
         accuracy,
@@ -92,6 +93,7 @@ _FROM = {
         ],
         "train",
     ),
+    "ModelParallel": "train",
 }
 
 
@@ -177,4 +179,5 @@ __all__ = [
     "Policy",
     "mixed_precision",
     "precision",
+    "ModelParallel",
 ]

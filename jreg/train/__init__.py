@@ -13,12 +13,13 @@ regularized objective. Layout (each module imports only those above it)::
     evaluate      evaluation in batches: cost, parts, metrics; accuracy, total_cost
     history       History, SweepHistory
     guard         the finiteness check, DivergenceError, the step-by-step replay
-    config        Evaluation, Checkpointing, DataParallel, EMA
+    config        Evaluation, Checkpointing, DataParallel, ModelParallel, EMA
     validate      checks before any work: arguments, data, the objective on the data's shapes
     monitor       which series are measured, and measuring them
     setup         fit's and sweep's common preparation
+    distributed_checkpoint  orbax folders for runs whose arrays span processes
     checkpointing save, resume, best params
-    mesh          data-parallel placement
+    mesh          data-parallel placement; a sweep's models across devices
     loop          the host loop and its hooks
     early_stopping  EarlyStopping in the loop
     engine        the compiled epoch for one model or K
@@ -27,7 +28,7 @@ regularized objective. Layout (each module imports only those above it)::
 
 from __future__ import annotations
 
-from .config import EMA, Checkpointing, DataParallel, Evaluation
+from .config import EMA, Checkpointing, DataParallel, Evaluation, ModelParallel
 from .engine import VECTORIZE
 from .epoch import make_epoch
 from .evaluate import accuracy, total_cost
@@ -63,4 +64,5 @@ __all__ = [
     "make_step",
     "sweep",
     "total_cost",
+    "ModelParallel",
 ]

@@ -11,12 +11,18 @@ checkpoint records its run's id (``meta["run"]``, carried over on resume), and
 a :class:`Writer` deletes (``keep``) and overwrites only files of its own run.
 Files of another run, unreadable files and anything it cannot vouch for stay
 as they are.
+
+A run whose arrays span several processes (a mesh over ``jax.distributed``)
+writes ``ckpt-<epoch>.orbax`` folders instead, with orbax-checkpoint
+(:mod:`jreg.train.distributed_checkpoint`), under the same rules; the choice is
+made in one place, :func:`save_state` (and :func:`load_state` when reading).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 import warnings
 from pathlib import Path
@@ -31,11 +37,12 @@ from .. import io
 from .._checks import check_path
 from .._errors import JregError, JregTypeError, JregWarning
 from .._types import ModelState, Params
+from . import distributed_checkpoint as dc
 from .config import Checkpointing
 from .history import History
 from .state import TrainState
 
-_NUMBERED = re.compile(r"ckpt-([0-9]+)\.npz")
+_NUMBERED = re.compile(r"ckpt-([0-9]+)\.(?:npz|orbax)")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 BEST = "best.npz"
 
@@ -48,7 +55,7 @@ def new_run() -> str:
 def numbered(folder: Path) -> list[tuple[int, Path]]:
     """``(epoch, path)`` of every ``ckpt-<epoch>.npz`` entry in ``folder``, oldest first by the epoch number."""
     found = []
-    for path in folder.glob("ckpt-*.npz"):
+    for path in folder.glob("ckpt-*"):
         match = _NUMBERED.fullmatch(path.name)
         if match:
             found.append((int(match[1]), path))
@@ -86,7 +93,7 @@ def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkp
     if not folder.is_dir():
         return
     try:
-        held = sorted((p.name for p in folder.glob("ckpt-*.npz")), key=_sort_key)
+        held = sorted((p.name for p in [*folder.glob("ckpt-*.npz"), *folder.glob("ckpt-*.orbax")]), key=_sort_key)
     except OSError as exc:
         raise JregError(f"{argument}: cannot read the folder {folder} ({exc.strerror or exc})") from exc
     held += [BEST] if (folder / BEST).exists() or (folder / BEST).is_symlink() else []  # a dangling link too
@@ -106,6 +113,9 @@ def _sort_key(name: str) -> tuple[int, str]:
 
 def _header_meta(path: Path) -> Any:
     """The ``meta`` in a checkpoint's JSON header, read without loading its arrays; None when unreadable."""
+    if _is_orbax(path):
+        record = dc.read_record(path)
+        return None if record is None else record["meta"]
     try:
         return ckpt.read_header(path)["meta"]
     except (ckpt.CheckpointError, OSError):  # any doubt means "not known to be ours": the file is never touched
@@ -132,6 +142,8 @@ def _damage(path: Path) -> str | None:
 
     :func:`jreg.checkpoint.verify` reads only what the header names, each member's size checked first.
     """
+    if _is_orbax(path):
+        return dc.damage(path)
     try:
         ckpt.verify(path)
     except ckpt.CheckpointError as exc:
@@ -158,8 +170,8 @@ class Writer:
         self.reported: set[str] = set()  # temporary files already warned about
 
     def ours(self, path: Path) -> bool:
-        """Whether ``path`` is a regular file of this run."""
-        if path.is_symlink() or not path.is_file():
+        """Whether ``path`` is a regular file (an orbax checkpoint's folder) of this run."""
+        if path.is_symlink() or not (path.is_dir() if _is_orbax(path) else path.is_file()):
             return False
         signature = _signature(path)
         if path.name in self.written and signature is not None and self.written[path.name] == signature:
@@ -183,11 +195,15 @@ class Writer:
                 "Resume from the newest checkpoint (resume=<the folder>), or checkpoint into a new folder"
             )
         for e, path in present:  # a file this run would write (its exact name, at an epoch it saves) is not its own
-            if e <= epochs and path.name == f"ckpt-{e:06d}.npz" and self.config.due(e - 1, epochs):
+            if (
+                e <= epochs
+                and path.name in (f"ckpt-{e:06d}.npz", f"ckpt-{e:06d}.orbax")
+                and self.config.due(e - 1, epochs)
+            ):
                 raise self._foreign(path)
 
     def _foreign(self, path: Path) -> JregError:
-        if path.is_symlink() or not path.is_file():
+        if path.is_symlink() or not (path.is_dir() if _is_orbax(path) else path.is_file()):
             why = "is not a plain file"
         elif _damage(path) is not None:
             why = "cannot be read"
@@ -236,7 +252,7 @@ class Writer:
         batch_size: int,
         stopping_state: dict[str, Any] | None,
     ) -> None:
-        """Write ``ckpt-<epoch>.npz`` atomically and keep this run's newest ``config.keep``."""
+        """Write ``ckpt-<epoch>.npz`` (``.orbax`` across processes) atomically; keep the run's newest ``keep``."""
         meta: dict[str, Any] = {
             "history": history.to_dict(),
             "history_epochs": history.epochs_dict(),
@@ -252,28 +268,45 @@ class Writer:
             meta["ema"] = dict(history.ema or {})
             opt_state = (state.opt_state, state.ema)
         self.clean_temps()
-        path = self.folder / f"ckpt-{epoch:06d}.npz"
-        self._publish(
-            path,
-            lambda: ckpt.save(
-                path,
-                state.params,
-                opt_state=opt_state,
-                model_state=state.model_state,
-                step=epoch,
-                key=key,
-                meta=meta,
-            ),
-        )
+        arrays = (state.params, opt_state, state.model_state)
+        path = self.folder / f"ckpt-{epoch:06d}{dc.SUFFIX if dc.needed(arrays) else '.npz'}"
+        self._publish(path, lambda: save_state(path, *arrays, step=epoch, key=key, meta=meta))
         mine = [p for e, p in numbered(self.folder) if e <= epoch and self.ours(p)]  # the file just written is last
         for old in mine[: -self.config.keep]:
-            old.unlink(missing_ok=True)
+            _remove(old)
             self.written.pop(old.name, None)
 
     def save_best(self, params: Params, model_state: ModelState, epoch: int, key: Any) -> None:
         path = self.folder / BEST
         meta = {"best": True, "run": self.run}
         self._publish(path, lambda: ckpt.save(path, params, model_state=model_state, step=epoch, key=key, meta=meta))
+
+
+def _is_orbax(path: Path) -> bool:
+    return path.suffix == dc.SUFFIX
+
+
+def save_state(path: Path, params: Params, opt_state: Any, model_state: ModelState, **fields: Any) -> None:
+    """Write one checkpoint: a ``.npz`` file (:func:`jreg.save`), or, for a path ending in ``.orbax`` (arrays
+    spanning processes), an orbax folder written by every process together (``fields``: step, key, meta)."""
+    if _is_orbax(path):
+        dc.save(path, params, opt_state=opt_state, model_state=model_state, **fields)
+    else:
+        ckpt.save(path, params, opt_state=opt_state, model_state=model_state, **fields)
+
+
+def load_state(path: Path, params: Params, opt_state: Any, model_state: ModelState) -> ckpt.Checkpoint:
+    """Read one checkpoint written by :func:`save_state`, its arrays laid out as the templates'."""
+    read = dc.load if _is_orbax(path) else ckpt.load
+    return read(path, params=params, opt_state=opt_state, model_state=model_state)
+
+
+def _remove(path: Path) -> None:
+    """Delete one of the run's checkpoints; an orbax folder by the first process only (they share the folder)."""
+    if not _is_orbax(path):
+        path.unlink(missing_ok=True)
+    elif jax.process_index() == 0:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_checkpoint_name(name: str) -> bool:
@@ -306,7 +339,7 @@ def _load(path: Path, template: TrainState) -> ckpt.Checkpoint:
     opt_state = template.opt_state
     if _saved_ema(_header_meta(path)) is not None:
         opt_state = (template.opt_state, template.params)
-    return ckpt.load(path, params=template.params, opt_state=opt_state, model_state=template.model_state)
+    return load_state(path, template.params, opt_state, template.model_state)
 
 
 def _newest_valid(folder: Path, template: TrainState) -> tuple[Path, ckpt.Checkpoint]:
@@ -359,7 +392,7 @@ def resume(
     and the EMA continues bit for bit; a run without one only from a checkpoint without one."""
     check_resume(resume)
     path = Path(resume)
-    if path.is_dir():
+    if path.is_dir() and not _is_orbax(path):  # a folder of checkpoints, not one orbax checkpoint
         path, loaded = _newest_valid(path, template)
     else:  # a file named explicitly: exactly that one, no fallback
         loaded = _load(path, template)

@@ -3,7 +3,8 @@
 Options that belong together travel as one object instead of loose keywords:
 :class:`Evaluation` (held-out data, metrics, evaluation batch size, how
 often), :class:`Checkpointing` (folder, how often, how many to keep) and
-:class:`DataParallel` (mesh, data axis, parameter layout). Each checks its
+:class:`DataParallel` (mesh, data axis, parameter layout), :class:`ModelParallel`
+(a sweep's models across devices). Each checks its
 own fields when built, so a bad option fails at once, before any work.
 """
 
@@ -98,6 +99,10 @@ class Checkpointing:
     state, epoch, key, history); the run's newest ``keep`` are kept. ``dir``
     belongs to one run: :func:`jreg.fit` refuses a folder that already holds
     checkpoints unless it resumes from it, and deletes only its own files.
+    A run whose arrays span several processes (``jax.distributed``) writes
+    ``ckpt-<epoch>.orbax`` folders instead (orbax-checkpoint, ``jreg[orbax]``;
+    docs/scaling.md), under the same rules; ``dir`` must then be a folder that
+    every process sees.
     """
 
     dir: str | os.PathLike[str]
@@ -143,6 +148,50 @@ class DataParallel:
             raise JregError(
                 f"data_axis {self.data_axis!r} is not an axis of the mesh, which has {self.mesh.axis_names}"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParallel:
+    """A sweep's K models split across a mesh: ``K / mesh.shape[model_axis]`` models on each device group.
+
+    ``jreg.sweep(..., parallel=ModelParallel(mesh))``. The stacked training
+    state (params, optimizer and model state, EMA, step), the hyperparameters
+    and the per-model flags are sharded along their leading model axis over
+    ``model_axis``: each device trains only its own models, and nothing is
+    reduced across models (the compiled epoch has no collective over that
+    axis). K must be a multiple of the axis's size (refused otherwise, before
+    any work: pad the sweep with models of your own if needed).
+
+    With ``data_axis`` (a second mesh axis, e.g.
+    ``jax.make_mesh((4, 2), ("model", "data"))``) every mini-batch is also
+    split along it and each model's gradient is averaged over that axis only;
+    ``batch_size`` must then be a multiple of its size. The data set is
+    replicated on every device (every process holds all of it).
+
+    Results equal the single-device sweep up to float reassociation. Works
+    across processes after ``jax.distributed.initialize()`` (docs/scaling.md):
+    the returned params are then global arrays, sharded over the processes.
+    """
+
+    mesh: jax.sharding.Mesh
+    model_axis: str = "model"
+    data_axis: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mesh, jax.sharding.Mesh):
+            raise JregTypeError(
+                f"mesh must be a jax.sharding.Mesh, e.g. jax.make_mesh((8,), ('model',)), got {self.mesh!r}"
+            )
+        if self.model_axis not in self.mesh.axis_names:
+            raise JregError(
+                f"model_axis {self.model_axis!r} is not an axis of the mesh, which has {self.mesh.axis_names}"
+            )
+        if self.data_axis is not None and self.data_axis not in self.mesh.axis_names:
+            raise JregError(
+                f"data_axis {self.data_axis!r} is not an axis of the mesh, which has {self.mesh.axis_names}"
+            )
+        if self.data_axis == self.model_axis:
+            raise JregError(f"data_axis and model_axis must be two different mesh axes, got {self.model_axis!r} twice")
 
 
 @dataclasses.dataclass(frozen=True)

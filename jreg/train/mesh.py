@@ -1,4 +1,5 @@
-"""Data-parallel placement: the training state and the data on a mesh, and the mini-batch sharding."""
+"""Placement on a mesh: fit's data parallelism (:func:`place`) and a sweep's models split across devices
+(:func:`check_models`, :func:`place_models`, :func:`gathered`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._errors import JregError
-from .config import DataParallel
+from .._errors import JregError, JregTypeError
+from .config import DataParallel, ModelParallel
 from .state import TrainState
 
 
@@ -69,3 +70,64 @@ def place(parallel: DataParallel, batch_size: int, state: TrainState, fresh_opt_
     )
     evaluation = None if evaluation is None else replicate(evaluation)
     return state, replicate(train), evaluation, NamedSharding(mesh, PartitionSpec(axis))
+
+
+def _auto(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    """The same devices and axis names with Auto axes (XLA's partitioner places the collectives)."""
+    return jax.sharding.Mesh(
+        mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * mesh.devices.ndim
+    )
+
+
+def check_models(parallel: Any, models: int, batch_size: int, vectorize: str) -> None:
+    """Before any work: ``sweep``'s ``parallel=`` is a :class:`ModelParallel` whose axes split K and the batch."""
+    if parallel is None:
+        return
+    if not isinstance(parallel, ModelParallel):
+        raise JregTypeError(
+            f"sweep: parallel must be a jreg.ModelParallel(mesh, model_axis='model', data_axis=None), got {parallel!r}"
+        )
+    ways = parallel.mesh.shape[parallel.model_axis]
+    if models % ways:
+        raise JregError(
+            f"sweep: the {models} models (hparams' length K) must split evenly over the mesh's "
+            f"{parallel.model_axis!r} axis ({ways} devices); give a multiple of {ways} models, or a smaller axis"
+        )
+    if parallel.data_axis is not None and batch_size % parallel.mesh.shape[parallel.data_axis]:
+        ways = parallel.mesh.shape[parallel.data_axis]
+        raise JregError(
+            f"batch_size must be a multiple of the mesh's {parallel.data_axis!r} axis ({ways} devices) to split every "
+            f"mini-batch evenly, got {batch_size}"
+        )
+    if vectorize == "map":
+        raise JregError(
+            "sweep: vectorize='map' runs the models one after another, which cannot split them across devices; "
+            "use vectorize='vmap' (or 'auto') with parallel=ModelParallel(...)"
+        )
+
+
+def place_models(parallel: ModelParallel, state: TrainState, stacked: tuple, replicated: tuple):
+    """``(state, stacked, replicated, batch sharding)`` on ``parallel.mesh``.
+
+    Every leaf of ``state`` and of ``stacked`` (the hyperparameters, the alive
+    flags: leading axis K) is split along ``model_axis``; ``replicated`` (the
+    data) is on every device. The batch sharding splits a mini-batch along
+    ``data_axis``, or is None without one.
+    """
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = _auto(parallel.mesh)
+    by_model = NamedSharding(mesh, PartitionSpec(parallel.model_axis))
+    everywhere = NamedSharding(mesh, PartitionSpec())
+    split = lambda tree: jax.tree.map(lambda a: _put(a, by_model), tree)  # noqa: E731
+    state, stacked = split(state), split(stacked)
+    replicated = jax.tree.map(lambda a: _put(a, everywhere), replicated)
+    batch = None if parallel.data_axis is None else NamedSharding(mesh, PartitionSpec(parallel.data_axis))
+    return state, stacked, replicated, batch
+
+
+def gathered(parallel: ModelParallel) -> Any:
+    """A jitted identity whose outputs are replicated on every device of the mesh (so every process reads them)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return jax.jit(lambda tree: tree, out_shardings=NamedSharding(_auto(parallel.mesh), PartitionSpec()))

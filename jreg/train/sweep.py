@@ -14,8 +14,8 @@ import optax
 from .._checks import check_optimizer
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
-from . import calls, guard
-from .config import EMA, as_ema, check_decay
+from . import calls, guard, mesh
+from .config import EMA, ModelParallel, as_ema, check_decay
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
@@ -114,6 +114,7 @@ def sweep(
     verbose: bool = False,
     callback: Callable[..., None] | None = None,
     ema: EMA | None = None,
+    parallel: ModelParallel | None = None,
     **unknown: Any,
 ) -> tuple[Params, SweepHistory] | tuple[Params, ModelState, SweepHistory]:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
@@ -159,6 +160,11 @@ def sweep(
             ``hparams={"ema_decay": [...], ...}``; traced, one program serves
             every value; ``build`` receives that entry too and may ignore it).
             With ``returned`` the stacked params returned are the EMAs.
+        parallel: a :class:`jreg.ModelParallel` to split the K models across
+            the devices of a mesh (and, with its ``data_axis``, each
+            mini-batch too); K must be a multiple of the model axis's size.
+            Results equal the single-device sweep up to float reassociation
+            (docs/scaling.md).
         The rest as in :func:`fit`.
 
     Returns:
@@ -179,9 +185,12 @@ def sweep(
             raise JregError(f"ema: EMA.decay={ema.decay!r} names no hparams entry; the entries are {sorted(hp)}")
         for i, value in enumerate(np.asarray(hp[ema.decay]).tolist()):
             check_decay(value, f"hparams[{ema.decay!r}][{i}] (the EMA decay)")
+    if parallel is not None and vectorize == "auto":
+        vectorize = "vmap"  # the models split across devices, batched on each
     if vectorize == "auto":
         vectorize = "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
+    mesh.check_models(parallel, models, batch_size, vectorize)
     model_state = calls.as_model_state(model_state)
     first = _first(params, stacked_params, models, "params")
     first_state = _first(model_state, stacked_params, models, "model_state")
@@ -210,22 +219,37 @@ def sweep(
         return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32), None, averaged)
 
     state = initial(params, model_state, hp)  # fresh buffers, safe to donate
+    placed = _placed(parallel, state, hp, models, setup)
     monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
-    epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize, ema=ema)
+    epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize, ema=ema, sharding=placed[-2])
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
-        return epoch(hp, state, alive, setup.train, setup.evaluation, jax.random.fold_in(key, e), evaluate=due)
+        out = epoch(placed[1], state, alive, *placed[3:5], jax.random.fold_in(key, e), evaluate=due)
+        return out if placed[-1] is None else (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
 
     history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
     hooks: list[Hook] = [_flag_divergence(build, hp, setup, key, ema), record]
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
-    run = run_epochs(one_epoch, Run(state, jnp.ones((models,), bool), epochs, history), 0, hooks, np.asarray)
+    run = run_epochs(one_epoch, Run(placed[0], placed[2], epochs, history), 0, hooks, np.asarray)
     params = run.state.ema if ema is not None and ema.returned else run.state.params
     if model_state is not None:
         return params, run.state.model_state, history
     return params, history
+
+
+def _placed(parallel: ModelParallel | None, state: TrainState, hp: Any, models: int, setup: Setup) -> tuple:
+    """``(state, hp, alive, train, evaluation, batch sharding, gather)`` on the mesh of ``parallel``, or as they are.
+
+    ``gather`` replicates the epoch's figures on every device (None: no mesh)."""
+    alive = jnp.ones((models,), bool)
+    if parallel is None:
+        return state, hp, alive, setup.train, setup.evaluation, None, None
+    state, (hp, alive), (train, held_out), batch = mesh.place_models(
+        parallel, state, (hp, alive), (setup.train, setup.evaluation)
+    )
+    return state, hp, alive, train, held_out, batch, mesh.gathered(parallel)
 
 
 def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any, ema: EMA | None = None) -> Hook:

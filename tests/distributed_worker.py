@@ -1,0 +1,114 @@
+"""One of the processes of tests/test_distributed.py: JAX's distributed runtime on 127.0.0.1, CPU collectives (gloo).
+
+``python tests/distributed_worker.py PROCESS_ID PORT OUT_DIR`` (twice, process ids 0 and 1), 4 virtual CPU
+devices each, 8 in all. Every process holds the whole (small) data set; jreg places it on the global mesh.
+The processes run, together:
+
+* a data-parallel ``fit`` over all 8 devices (mesh axis ``data``), checkpointing every epoch: its arrays
+  span both processes, so the checkpoints are orbax folders (``OUT_DIR/ckpt/ckpt-<epoch>.orbax``);
+* a sweep of K=8 models split over a ``model`` axis of 4 devices, each mini-batch over a ``data`` axis of
+  2 (which crosses the two processes);
+* the fit resumed from its epoch-2 checkpoint for one more epoch (restored onto 2 processes).
+
+Process 0 writes the results (gathered with ``process_allgather``) to ``OUT_DIR/results.npz``. Exit code 3:
+this jaxlib has no gloo CPU collectives (the test skips).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EPOCHS, BATCH = 2, 16
+
+
+def problem():
+    """The data, model, objective and sweep shared by the workers and the test's single-process references."""
+    import jax
+    import optax
+
+    import jreg
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 10)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    model = jreg.mlp([10, 8, 3])
+    objective = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(1e-3))
+
+    def build(hp):
+        penalty = jreg.penalties.l2(hp["lmbda"])
+        return jreg.objective(model.apply, jreg.losses.cross_entropy, penalty), optax.sgd(hp["eta"])
+
+    hparams = {"lmbda": np.linspace(0.0, 0.01, 8), "eta": np.linspace(0.05, 0.4, 8)}
+    common = dict(batch_size=BATCH, key=jax.random.key(1), evaluation=(x[:16], y[:16]))
+    return dict(
+        train=(x, y),
+        params=model.init(jax.random.key(0)),
+        objective=objective,
+        optimizer=optax.adam(1e-2),
+        build=build,
+        hparams=hparams,
+        common=common,
+    )
+
+
+def main(process_id: int, port: int, out: Path) -> None:
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", 4)
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except Exception as exc:  # noqa: BLE001 - a jaxlib built without gloo
+        print(f"no gloo CPU collectives: {exc}", file=sys.stderr)
+        sys.exit(3)
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id, initialization_timeout=60
+    )
+    from jax.experimental import multihost_utils
+
+    import jreg
+
+    began = time.perf_counter()
+    lap = lambda what: print(f"{what}: {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)  # noqa: E731
+    assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
+    p = problem()
+    gather = lambda tree: jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))  # noqa: E731
+
+    data_parallel = jreg.DataParallel(jax.make_mesh((8,), ("data",)))
+    folder = out / "ckpt"
+    fitted, history = jreg.fit(
+        p["objective"], p["optimizer"], p["params"], p["train"], epochs=EPOCHS, parallel=data_parallel,
+        checkpoint=jreg.Checkpointing(folder, keep=2), **p["common"],
+    )  # fmt: skip
+    lap("fit")
+    written = sorted(q.name for q in folder.iterdir())
+    resumed, resumed_history = jreg.fit(
+        p["objective"], p["optimizer"], p["params"], p["train"], epochs=EPOCHS + 1, parallel=data_parallel,
+        checkpoint=jreg.Checkpointing(out / "resumed"), resume=folder / "ckpt-000002.orbax", **p["common"],
+    )  # fmt: skip
+
+    lap("resumed fit")
+    mesh = jax.make_mesh((2, 4), ("data", "model"))
+    parallel = jreg.ModelParallel(mesh, model_axis="model", data_axis="data")
+    swept, sweep_history = jreg.sweep(
+        p["build"], p["params"], p["train"], hparams=p["hparams"], epochs=EPOCHS, parallel=parallel, **p["common"]
+    )
+    lap("sweep")
+    local_models = swept[0]["w"].addressable_shards[0].data.shape[0]
+    runs = {"fit": fitted, "resumed": resumed, "sweep": swept}  # each run's leaves, in jax.tree.leaves order
+    flat = {
+        f"{name}/{i:02d}": leaf for name, tree in runs.items() for i, leaf in enumerate(gather(jax.tree.leaves(tree)))
+    }
+    flat["fit_accuracy"] = np.asarray(history.evaluation_accuracy)
+    flat["resumed_accuracy"] = np.asarray(resumed_history.evaluation_accuracy)
+    flat["sweep_accuracy"] = np.asarray(sweep_history["evaluation_accuracy"])
+    if jax.process_index() == 0:
+        np.savez(out / "results.npz", written=np.array(written), local_models=local_models, **flat)
+    multihost_utils.sync_global_devices("jreg test done")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))

@@ -1,0 +1,151 @@
+"""Two processes on JAX's distributed runtime (127.0.0.1, gloo CPU collectives, 4 devices each) equal one process.
+
+tests/distributed_worker.py runs in both processes: a data-parallel fit over the 8 devices (its checkpoints are
+orbax folders, since no process holds its arrays whole), the fit resumed on 2 processes, and a sweep whose
+models are split over a model axis. This test compares them with the same runs in this process on one
+device, and restores the 8-device checkpoint here, on one device.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jreg
+
+from .distributed_worker import EPOCHS, problem
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT = 240  # seconds for both processes together: a hung collective fails the test, never the suite
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out: Path) -> None:
+    """Run the two workers; kill both and fail with their stderr past ``LIMIT``; skip without gloo."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+    port, worker = free_port(), str(ROOT / "tests" / "distributed_worker.py")
+    logs = [open(out / f"stderr-{i}.txt", "w+") for i in range(2)]  # noqa: SIM115 - closed below
+    procs = [
+        subprocess.Popen([sys.executable, worker, str(i), str(port), str(out)], env=env, stdout=logs[i], stderr=logs[i])
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + LIMIT
+    try:
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in procs):  # one failed: the other would wait for it
+                time.sleep(2)
+                break
+            time.sleep(0.2)
+    finally:
+        hung = [p for p in procs if p.poll() is None]
+        for p in hung:
+            p.kill()
+            p.wait()
+        texts = []
+        for log in logs:
+            log.seek(0)
+            texts.append(log.read()[-3000:])
+            log.close()
+    codes = [p.returncode for p in procs]
+    if 3 in codes:
+        pytest.skip(f"this jaxlib has no gloo CPU collectives: {texts[codes.index(3)].strip()[-300:]}")
+    what = "timed out" if hung else f"exit codes {codes}"
+    assert codes == [0, 0] and not hung, f"workers {what}:\n" + "\n---\n".join(texts)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distributed")
+    launch(out)
+    got = dict(np.load(out / "results.npz"))
+    p = problem()
+    fit = lambda epochs, **kw: jreg.fit(  # noqa: E731
+        p["objective"], p["optimizer"], p["params"], p["train"], epochs=epochs, **p["common"], **kw
+    )
+    seen = {}  # the uninterrupted run's params after epoch EPOCHS: the reference of the 2-epoch fit
+    params, history = fit(EPOCHS + 1, callback=lambda e, m, params: seen.setdefault(e, jax.device_get(params)))
+    accuracy = history.evaluation_accuracy
+    reference = {"fit": (seen[EPOCHS - 1], accuracy[:EPOCHS]), "resumed": (params, accuracy)}
+    swept, history = jreg.sweep(p["build"], p["params"], p["train"], hparams=p["hparams"], epochs=EPOCHS, **p["common"])
+    reference["sweep"] = (swept, history["evaluation_accuracy"])
+    return out, got, reference, fit
+
+
+def gap(got: dict, name: str, params) -> float:
+    """The largest difference between run ``name``'s gathered params (``name/00``...) and ``params``."""
+    mine = [got[k] for k in sorted(k for k in got if k.startswith(f"{name}/"))]
+    want = [np.asarray(v) for v in jax.tree.leaves(params)]
+    assert len(mine) == len(want) and all(a.shape == b.shape for a, b in zip(mine, want))
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(mine, want))
+
+
+def test_data_parallel_fit_over_two_processes_equals_one(runs):
+    _, got, reference, _ = runs
+    params, accuracy = reference["fit"]
+    assert gap(got, "fit", params) < 1e-5
+    np.testing.assert_allclose(got["fit_accuracy"], accuracy, atol=1e-6)
+
+
+def test_model_sharded_sweep_over_two_processes_equals_one(runs):
+    _, got, reference, _ = runs
+    params, accuracy = reference["sweep"]
+    assert gap(got, "sweep", params) < 1e-5
+    np.testing.assert_allclose(got["sweep_accuracy"], accuracy, atol=1e-6)
+    assert int(got["local_models"]) == 2  # 8 models over a model axis of 4 devices
+
+
+def test_checkpoints_spanning_processes_are_orbax_folders(runs):
+    out, got, _, _ = runs
+    assert list(got["written"]) == ["ckpt-000001.orbax", "ckpt-000002.orbax"]  # keep=2, nothing else left
+    assert sorted(q.name for q in (out / "resumed").iterdir()) == ["ckpt-000003.orbax"]
+
+
+def test_resumed_on_two_processes_equals_the_uninterrupted_run(runs):
+    _, got, reference, _ = runs
+    params, accuracy = reference["resumed"]
+    assert gap(got, "resumed", params) < 1e-5
+    np.testing.assert_allclose(got["resumed_accuracy"], accuracy, atol=1e-6)
+    assert len(got["resumed_accuracy"]) == EPOCHS + 1  # the checkpoint's history, continued
+
+
+def test_eight_device_checkpoint_restored_on_one_device(runs, tmp_path):
+    out, _, reference, fit = runs
+    saved = out / "ckpt" / "ckpt-000002.orbax"
+    params, history = fit(EPOCHS + 1, resume=saved, checkpoint=jreg.Checkpointing(tmp_path / "one"))
+    want, accuracy = reference["resumed"]
+    assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want))) < 1e-5
+    assert history.evaluation_accuracy == pytest.approx(accuracy, abs=1e-6)
+    assert sorted(q.name for q in (tmp_path / "one").iterdir()) == ["ckpt-000003.npz"]  # one process: .npz as ever
+
+
+def test_damaged_orbax_checkpoint_refused(runs, tmp_path):
+    out, _, _, fit = runs
+    broken = tmp_path / "ckpt-000002.orbax"
+    shutil.copytree(out / "ckpt" / "ckpt-000002.orbax", broken)
+    (broken / "meta" / "metadata").unlink()
+    with pytest.raises(jreg.CheckpointError, match="ckpt-000002.orbax.*not a readable orbax checkpoint"):
+        fit(EPOCHS + 1, resume=broken)
+
+
+def test_orbax_missing_is_a_clear_error(monkeypatch):
+    from jreg.train import distributed_checkpoint
+
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)
+    with pytest.raises(jreg.JregError, match=r"pip install 'jreg\[orbax\]'"):
+        distributed_checkpoint.save(Path("unused.orbax"), {})
