@@ -14,13 +14,16 @@ import optax
 from .._checks import check_optimizer
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
-from . import calls, guard
-from .config import EMA, as_ema, check_decay
+from ..stopping import EarlyStopping
+from . import calls, checkpointing, guard, sweep_checkpoint
+from . import early_stopping as stopping_hooks
+from .config import EMA, Checkpointing, as_ema, check_decay
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
-from .setup import Setup, prepare
+from .setup import Setup, check_checkpointing, prepare
 from .state import TrainState
+from .sweep_stopping import SweepStopper
 from .validate import check_loop_args
 
 
@@ -114,6 +117,9 @@ def sweep(
     verbose: bool = False,
     callback: Callable[..., None] | None = None,
     ema: EMA | None = None,
+    early_stopping: EarlyStopping | None = None,
+    checkpoint: Checkpointing | None = None,
+    resume: Any = None,
     **unknown: Any,
 ) -> tuple[Params, SweepHistory] | tuple[Params, ModelState, SweepHistory]:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
@@ -179,6 +185,7 @@ def sweep(
             raise JregError(f"ema: EMA.decay={ema.decay!r} names no hparams entry; the entries are {sorted(hp)}")
         for i, value in enumerate(np.asarray(hp[ema.decay]).tolist()):
             check_decay(value, f"hparams[{ema.decay!r}][{i}] (the EMA decay)")
+    checkpoint = _check_checkpoint(checkpoint, resume)
     if vectorize == "auto":
         vectorize = "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
@@ -198,6 +205,13 @@ def sweep(
         monitor=monitor,
         optimizer=built[0][1],
     )
+    rule = stopping_hooks.check(early_stopping, setup.monitor.wanted)
+    stopper = None
+    if rule is not None:
+        stopper = SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)
+    if checkpoint is not None:
+        check_checkpointing(checkpoint, setup.model_state)
+    scaled = stopper is not None and stopper.scaled
 
     @jax.jit
     def initial(params, model_state, hp):
@@ -207,25 +221,142 @@ def sweep(
             )
         opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
         averaged = None if ema is None else jax.tree.map(jnp.copy, params)  # the EMA starts at the initial params
-        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32), None, averaged)
+        scale = jnp.ones((models,), jnp.float32) if scaled else None  # early stopping's per-model lr cuts
+        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32), scale, averaged)
 
     state = initial(params, model_state, hp)  # fresh buffers, safe to donate
+    alive = jnp.ones((models,), bool)
+    history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
+    track = _Tracking(stopper, None if stopper is None else stopper.initial(), None)
+    if stopper is not None:
+        track.best = stopper.initial_best(state)
+    start, run_id = 0, checkpointing.new_run()
+    if resume is not None:
+        state, alive, start, run_id = _resumed(
+            resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history
+        )
+    writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run_id)
+    if writer is not None:
+        writer.check_ahead(start, epochs)
     monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
     epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize, ema=ema)
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
-        return epoch(hp, state, alive, setup.train, setup.evaluation, jax.random.fold_in(key, e), evaluate=due)
+        out = epoch(hp, state, alive, setup.train, setup.evaluation, jax.random.fold_in(key, e), evaluate=due)
+        return out if stopper is None else track.advance(out, e, rule.monitor)
 
-    history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
-    hooks: list[Hook] = [_flag_divergence(build, hp, setup, key, ema), record]
+    hooks: list[Hook] = [_flag_divergence(build, hp, setup, key, ema)]
+    hooks += [track.hook] if stopper is not None else []
+    hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
-    run = run_epochs(one_epoch, Run(state, jnp.ones((models,), bool), epochs, history), 0, hooks, np.asarray)
+    hooks += [_all_done(models)]
+    hooks += [_checkpointer(writer, key, batch_size, hp, track)] if writer is not None else []
+    run = Run(state, alive, epochs, history)
+    if len(history.diverged) + len(history.stopped) < models:  # a resumed sweep may have finished already
+        run = run_epochs(one_epoch, run, start, hooks, np.asarray)
     params = run.state.ema if ema is not None and ema.returned else run.state.params
+    final_state = run.state.model_state
+    if track.best is not None:
+        params, final_state = stopper.result(track.best, track.per, (params, final_state))  # type: ignore[union-attr]
     if model_state is not None:
-        return params, run.state.model_state, history
+        return params, final_state, history
     return params, history
+
+
+def _check_checkpoint(checkpoint: Any, resume: Any) -> Checkpointing | None:
+    """``checkpoint=`` and ``resume=`` checked before any work, as :func:`fit` checks them."""
+    if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
+        raise JregTypeError(
+            f"checkpoint must be a jreg.Checkpointing('folder', every=..., keep=...), got {checkpoint!r}"
+        )
+    checkpointing.check_resume(resume)
+    if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
+        checkpointing.check_folder(checkpoint, resume)
+    return checkpoint
+
+
+@dataclasses.dataclass
+class _Tracking:
+    """Early stopping's per-model state on the device between epochs (``per``, ``best``) and its host hook."""
+
+    stopper: SweepStopper | None
+    per: Any
+    best: Any
+
+    def advance(self, out: tuple, e: int, monitored: str) -> tuple:
+        """After the compiled epoch, still on the device: each model's patience state, cuts, best params, stop."""
+        state, alive, metrics, ok = out
+        stopper = self.stopper
+        assert stopper is not None
+        ok = ok | (self.per.stopped >= 0)  # a stopped model is frozen, not diverged (its discarded epoch may be)
+        if stopper.scaled:  # the scale this epoch ran with, as fit records it
+            metrics = {**metrics, "learning_rate_scale": state.lr_scale}
+        if monitored in metrics:  # measured this epoch (Evaluation.every)
+            kept = stopper.kept(state) if self.best is not None else None
+            self.per, self.best, alive, scale = stopper.advance(
+                self.per, self.best, kept, metrics[monitored], alive, jnp.int32(e)
+            )
+            state = state._replace(lr_scale=scale) if stopper.scaled else state
+        return state, alive, metrics, ok
+
+    def hook(self, run: Run) -> None:
+        """Record the models that stopped this epoch; blank the figures of those that stopped before."""
+        stopper = self.stopper
+        assert stopper is not None
+        history: SweepHistory = run.history  # type: ignore[assignment]
+        per = jax.device_get(self.per)
+        for i in np.flatnonzero(per.stopped >= 0):
+            if int(i) not in history.stopped and int(i) not in history.diverged:
+                history.stopped[int(i)] = stopper.record(per, int(i))
+        before = sorted(i for i, v in history.stopped.items() if v["epochs"] <= run.epoch)
+        if before:
+            run.values = {k: _blank(v, before) for k, v in run.values.items()}
+
+
+def _all_done(models: int) -> Hook:
+    """End the sweep once every model has stopped or diverged."""
+
+    def hook(run: Run) -> None:
+        history: SweepHistory = run.history  # type: ignore[assignment]
+        if len(history.diverged) + len(history.stopped) >= models:
+            run.stop = True
+
+    return hook
+
+
+def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, hp: Any, track: _Tracking) -> Hook:
+    def hook(run: Run) -> None:
+        if writer.config.due(run.epoch, run.epochs) or run.stop:
+            history: SweepHistory = run.history  # type: ignore[assignment]
+            packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
+            writer.save(run.state, run.epoch + 1, key, history, batch_size, None, sweep=packed)
+
+    return hook
+
+
+def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history):
+    """``(state, alive, first epoch, run id)`` of the sweep ``resume`` points at; ``track`` and ``history`` filled."""
+    stopper = track.stopper
+    kept = None if stopper is None or not stopper.rule.restore_best else stopper.kept(state)
+    resumed = checkpointing.resume(
+        resume,
+        state,
+        key,
+        batch_size,
+        epochs,
+        setup.plan.steps,
+        setup.monitor.cost_convention,
+        None if ema is None else ema.meta(),
+        sweep=sweep_checkpoint.template(hp, models, stopper, kept),
+    )
+    step, alive, per, best = sweep_checkpoint.unpack(resumed.sweep, resumed.meta["sweep"], stopper, history)
+    loaded = resumed.state._replace(step=step)
+    if stopper is not None:
+        track.per, track.best = per, best if best is not None else track.best
+        loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
+    return loaded, alive, resumed.epoch, resumed.run
 
 
 def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any, ema: EMA | None = None) -> Hook:
