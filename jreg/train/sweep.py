@@ -205,7 +205,7 @@ def sweep(
         monitor=monitor,
         optimizer=built[0][1],
     )
-    rule = stopping_hooks.check(early_stopping, setup.monitor.wanted)
+    rule = stopping_hooks.check(early_stopping, setup.monitor.wanted, "sweep")
     stopper = None
     if rule is not None:
         stopper = SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)

@@ -33,6 +33,14 @@ def _numbers(values: Any) -> list[Any]:
     return np.asarray(values).tolist()
 
 
+def _shown(hp: Any) -> str:
+    """Hyperparameters as the sweep holds them (float32 values printed short)."""
+    try:
+        return "{" + ", ".join(f"{k!r}: [{', '.join(f'{np.float32(v):g}' for v in vs)}]" for k, vs in hp.items()) + "}"
+    except (AttributeError, TypeError, ValueError):  # a damaged record: shown as it is
+        return repr(hp)[:200]
+
+
 def _events(events: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {str(i): dict(v) for i, v in events.items()}
 
@@ -89,8 +97,8 @@ def template(
         mine = {k: _numbers(v) for k, v in hp.items()}
         if not isinstance(saved_hp, dict) or saved_hp != mine:
             raise JregError(
-                f"resume: {path} trained hparams={saved_hp}, this sweep hparams={mine}; a sweep resumes only with "
-                "the hyperparameters it was started with"
+                f"resume: {path} trained hparams={_shown(saved_hp)}, this sweep hparams={_shown(mine)}; a sweep resumes "
+                "only with the hyperparameters it was started with"
             )
         with_stopping = meta.get("early_stopping") is True
         if stopper is not None and not with_stopping:
