@@ -78,9 +78,7 @@ def _bad(path: Path, field: str, what: str, value: Any) -> ckpt.CheckpointError:
     return ckpt.CheckpointError(f"resume: {path}: meta 'sweep.{field}' {what}, got {str(value)[:200]}")
 
 
-def template(
-    hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept: Any, epochs_done: Any = None
-) -> Any:
+def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept: Any, epochs_done: Any = None) -> Any:
     """``sweep(path, meta) -> template`` for :func:`jreg.train.checkpointing.resume`: checks that the checkpoint
     is this sweep's (K, the hyperparameters, early stopping), then says what arrays it holds."""
 
