@@ -1,4 +1,4 @@
-"""Checkpoints of jreg.sweep: atomic, resumed bit for bit on CPU (in this process and in a new one), refused when foreign."""
+"""Checkpoints of jreg.sweep: atomic, resumed bit for bit on CPU (here and in a new process), foreign ones refused."""
 
 from __future__ import annotations
 

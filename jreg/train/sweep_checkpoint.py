@@ -95,8 +95,8 @@ def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept
         mine = {k: _numbers(v) for k, v in hp.items()}
         if not isinstance(saved_hp, dict) or saved_hp != mine:
             raise JregError(
-                f"resume: {path} trained hparams={_shown(saved_hp)}, this sweep hparams={_shown(mine)}; a sweep resumes "
-                "only with the hyperparameters it was started with"
+                f"resume: {path} trained hparams={_shown(saved_hp)}, this sweep hparams={_shown(mine)}; "
+                "a sweep resumes only with the hyperparameters it was started with"
             )
         with_stopping = meta.get("early_stopping") is True
         if stopper is not None and not with_stopping:
