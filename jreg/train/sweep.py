@@ -165,6 +165,33 @@ def sweep(
             ``hparams={"ema_decay": [...], ...}``; traced, one program serves
             every value; ``build`` receives that entry too and may ignore it).
             With ``returned`` the stacked params returned are the EMAs.
+        early_stopping: a :class:`jreg.EarlyStopping`, applied to each model
+            on its own, as :func:`fit` applies it: each keeps its own best
+            value, patience count and (with ``lr_factor``, Nielsen's schedule)
+            learning-rate scale, on the device as ``(K,)`` arrays updated by a
+            small jitted function after each measured epoch (no loop over the
+            models). A model that stops is frozen, as a diverged one is, while
+            the others go on; ``history.stopped[i]`` says when and why (fit's
+            ``history.stopped`` fields), its series hold NaN after that epoch,
+            and ``learning_rate_scale`` records each model's scale with
+            ``lr_factor``. With ``restore_best`` each model's params are those
+            of its best epoch (this keeps one more copy of the stacked params,
+            and of the model states). The sweep ends once every model has
+            stopped or diverged. Model ``i`` stops at the epoch, cuts its
+            learning rate at the epochs and returns the params that ``fit``
+            with the same ``early_stopping`` gives it (up to float
+            reassociation; ``min_delta`` is compared in float32).
+        checkpoint: a :class:`jreg.Checkpointing`, as in :func:`fit` (the
+            same folder rules and atomic files): each ``ckpt-<epoch>.npz``
+            holds the stacked state, the ``alive`` flags, the early-stopping
+            state and best params, the history (``diverged`` and ``stopped``
+            included), the hyperparameters, and the EMA if kept.
+        resume: a sweep checkpoint file or folder, as in :func:`fit`: the
+            sweep goes on bit for bit on CPU as if never interrupted (with the
+            same ``vectorize``), in this process or another. Resuming with
+            other ``hparams`` (values or K), another key, batch size, cost
+            convention or EMA setting is refused; so is a checkpoint of
+            :func:`fit` (and ``fit`` refuses a sweep's).
         The rest as in :func:`fit`.
 
     Returns:
