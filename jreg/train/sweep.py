@@ -254,7 +254,7 @@ def sweep(
     state = initial(params, model_state, hp)  # fresh buffers, safe to donate
     alive = jnp.ones((models,), bool)
     history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
-    track = _Tracking(stopper, None if stopper is None else stopper.initial(), None)
+    track = _Tracking(stopper, None if stopper is None else stopper.initial(), None, verbose)
     if stopper is not None:
         track.best = stopper.initial_best(state)
     start, run_id = 0, checkpointing.new_run()
@@ -311,6 +311,7 @@ class _Tracking:
     stopper: SweepStopper | None
     per: Any
     best: Any
+    verbose: bool = False
 
     def advance(self, out: tuple, e: int, monitored: str) -> tuple:
         """After the compiled epoch, still on the device: each model's patience state, cuts, best params, stop."""
@@ -337,6 +338,8 @@ class _Tracking:
         for i in np.flatnonzero(per.stopped >= 0):
             if int(i) not in history.stopped and int(i) not in history.diverged:
                 history.stopped[int(i)] = stopper.record(per, int(i))
+                if self.verbose:
+                    print(f"Epoch {run.epoch + 1}: model {int(i)} stopped: {stopper.reason}", flush=True)
         before = sorted(i for i, v in history.stopped.items() if v["epochs"] <= run.epoch)
         if before:
             run.values = {k: _blank(v, before) for k, v in run.values.items()}
