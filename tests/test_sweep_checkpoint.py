@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -68,29 +69,38 @@ def assert_same(result, expected):
     assert hist.stopped == want_hist.stopped and hist.diverged == want_hist.diverged
 
 
-def test_resume_is_bit_exact_with_stopped_and_diverged_models(tmp_path):
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A sweep interrupted after its first model stopped, checkpointing into its folder (tests copy it, or only
+    read it)."""
     want = uninterrupted()
     assert set(want[1].diverged) == {1} and 0 in want[1].stopped  # the state to carry: a frozen and a stopped model
     stop_epoch = want[1].stopped[0]["epochs"]
-    partial(tmp_path, stop_epoch + 1)  # interrupted (by the callback, before its save) after model 0 stopped
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"ckpt-{e:06d}.npz" for e in range(stop_epoch - 2, stop_epoch + 1)
-    ]
-    got = jreg.sweep(build, PARAMS, TRAIN, checkpoint=jreg.Checkpointing(tmp_path), resume=tmp_path, **KW)
-    assert_same(got, want)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # atomic writes: no temporary files left
+    path = tmp_path_factory.mktemp("sweep") / "ck"
+    partial(path, stop_epoch + 1)  # interrupted by the callback, before that epoch's save
+    names = [f"ckpt-{e:06d}.npz" for e in range(stop_epoch - 2, stop_epoch + 1)]
+    assert sorted(p.name for p in path.iterdir()) == names  # keep=3; atomic writes: no temporary file left
+    return path
 
 
-def test_resume_in_a_new_process_is_bit_exact(tmp_path):
+def test_resume_is_bit_exact_with_stopped_and_diverged_models(folder, tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(folder, copy)
+    got = jreg.sweep(build, PARAMS, TRAIN, checkpoint=jreg.Checkpointing(copy), resume=copy, **KW)
+    assert_same(got, uninterrupted())
+    assert len(list(copy.iterdir())) == 3  # keep=3: the run's newest three
+
+
+def test_resume_in_a_new_process_is_bit_exact(folder, tmp_path):
     want = uninterrupted()
-    partial(tmp_path / "ck", 4)
+    oldest = sorted(folder.iterdir())[0]  # before the first model stopped
     script = textwrap.dedent(
         f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
         import jax, numpy as np, jreg
         from tests import test_sweep_checkpoint as t
-        params, hist = jreg.sweep(t.build, t.PARAMS, t.TRAIN, resume={str(tmp_path / "ck")!r}, **t.KW)
+        params, hist = jreg.sweep(t.build, t.PARAMS, t.TRAIN, resume={str(oldest)!r}, **t.KW)
         out = {{f"p{{i}}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(params))}}
         out.update({{f"h_{{k}}": hist[k] for k in hist.keys()}})
         np.savez({str(tmp_path / "out.npz")!r}, **out)
@@ -104,14 +114,6 @@ def test_resume_in_a_new_process_is_bit_exact(tmp_path):
             np.testing.assert_array_equal(saved[f"p{i}"], np.asarray(leaf))
         for name in want[1].keys():
             np.testing.assert_array_equal(saved[f"h_{name}"], want[1][name], err_msg=name)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A sweep interrupted after 3 epochs, checkpointing into its folder (read, never changed, by the tests below)."""
-    path = tmp_path_factory.mktemp("sweep") / "ck"
-    partial(path, 3)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -152,12 +154,10 @@ def test_foreign_folders_and_checkpoints_are_refused(folder, tmp_path):
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(folder, tmp_path):
-    import shutil
-
     copy = tmp_path / "ck"
     shutil.copytree(folder, copy)
     newest = sorted(copy.iterdir())[-1]
     newest.write_bytes(newest.read_bytes()[:200])  # truncated, as by a crash of the disk, not of jreg
     with pytest.warns(jreg.JregWarning, match=rf"skipped {newest.name}"):
-        params, hist = jreg.sweep(build, PARAMS, TRAIN, resume=copy, **{**KW, "epochs": 3})
-    assert len(hist) == 3 and hist["evaluation_cost"].shape == (3, 3)
+        got = jreg.sweep(build, PARAMS, TRAIN, resume=copy, **KW)
+    assert_same(got, uninterrupted())  # from the one before it, to the same end
