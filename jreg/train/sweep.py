@@ -369,7 +369,7 @@ def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, hp: A
 def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history):
     """``(state, alive, first epoch, run id)`` of the sweep ``resume`` points at; ``track`` and ``history`` filled."""
     stopper = track.stopper
-    kept = None if stopper is None or not stopper.rule.restore_best else stopper.kept(state)
+    kept = (state.params, state.model_state) if stopper is None else stopper.kept(state)  # best params' template
     resumed = checkpointing.resume(
         resume,
         state,
@@ -383,6 +383,9 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
     )
     step, alive, per, best = sweep_checkpoint.unpack(resumed.sweep, resumed.meta["sweep"], stopper, history)
     loaded = resumed.state._replace(step=step)
+    if stopper is None and history.stopped:  # resumed without early stopping: as fit, the stopped models go on
+        alive = alive.at[np.asarray(sorted(history.stopped))].set(True)
+        history.stopped = {}
     if stopper is not None:
         track.per, track.best = per, best if best is not None else track.best
         loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
