@@ -26,7 +26,16 @@ TRAIN, TEST = toy(40, seed=0), toy(30, seed=1)
 KEY = jax.random.key(7)
 HP = {"lmbda": [0.0, 0.01, 0.3], "eta": [0.5, 5e6, 2.0]}  # model 1 diverges in epoch 1; model 0 stops in epoch 9
 RULE = jreg.EarlyStopping(patience=1, monitor="evaluation_cost", lr_factor=0.5, min_lr_scale=1 / 128, restore_best=True)
-KW = dict(hparams=HP, epochs=12, batch_size=7, key=KEY, evaluation=TEST, early_stopping=RULE)
+# with an EMA of the params (returned, so the best params kept are the EMA's; the stops watch the live params)
+KW = dict(
+    hparams=HP,
+    epochs=12,
+    batch_size=7,
+    key=KEY,
+    evaluation=TEST,
+    early_stopping=RULE,
+    ema=jreg.EMA(0.9, evaluate=False),
+)
 
 
 def build(hp):
@@ -127,7 +136,8 @@ def test_resume_in_a_new_process_is_bit_exact(folder, tmp_path):
         (dict(batch_size=8), r"batch_size 8 differs from the run's 7"),
         (dict(key=jax.random.key(8)), r"key differs"),
         (dict(evaluation=jreg.Evaluation(TEST, cost_convention="network2")), r"cost_convention='jreg'"),
-        (dict(ema=jreg.EMA(0.9)), r"kept no EMA of the params"),
+        (dict(ema=None), r"kept an EMA of the params, but this run keeps none"),
+        (dict(ema=jreg.EMA(0.8, evaluate=False)), r"EMA.decay=0.9, this run with 0.8"),
     ],
 )
 def test_resume_with_another_setting_is_refused(folder, change, match):

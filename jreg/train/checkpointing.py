@@ -409,7 +409,7 @@ def resume(
     if sweep is not None:
         opt_state, arrays = opt_state
     if saved_ema is not None:
-        opt_state, ema_params = loaded.opt_state
+        opt_state, ema_params = opt_state
     if (saved_ema is None) != (ema is None):
         kept = "kept an EMA of the params" if saved_ema is not None else "kept no EMA of the params"
         wants = "keeps one (ema=jreg.EMA(...))" if ema is not None else "keeps none"
