@@ -171,3 +171,13 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(folder, tmp_path)
     with pytest.warns(jreg.JregWarning, match=rf"skipped {newest.name}"):
         got = jreg.sweep(build, PARAMS, TRAIN, resume=copy, **KW)
     assert_same(got, uninterrupted())  # from the one before it, to the same end
+
+
+def test_resumed_without_early_stopping_the_stopped_models_go_on(folder):
+    """As fit ignores a checkpoint's early-stopping state when resumed without early_stopping."""
+    plain = {k: v for k, v in KW.items() if k != "early_stopping"}
+    params, hist = jreg.sweep(build, PARAMS, TRAIN, resume=folder, **plain)
+    stop_epoch = uninterrupted()[1].stopped[0]["epochs"]
+    assert hist.stopped == {} and set(hist.diverged) == {1}  # a diverged model stays frozen
+    assert len(hist) == KW["epochs"] and np.isfinite(hist["evaluation_cost"][0, stop_epoch:]).all()
+    assert np.isnan(hist["evaluation_cost"][1]).all()
