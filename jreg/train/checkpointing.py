@@ -251,13 +251,17 @@ class Writer:
         history: History,
         batch_size: int,
         stopping_state: dict[str, Any] | None,
+        *,
+        sweep: tuple[dict[str, Any], Any] | None = None,
     ) -> None:
-        """Write ``ckpt-<epoch>.npz`` (``.orbax`` across processes) atomically; keep the run's newest ``keep``."""
+        """Write ``ckpt-<epoch>.npz`` (``.orbax`` across processes) atomically; keep the run's newest ``keep``.
+
+        ``sweep``: ``(meta, arrays)`` of a :func:`jreg.sweep` checkpoint (``meta["sweep"]`` and the arrays that
+        travel beside the optimizer state; see :mod:`jreg.train.sweep_checkpoint`)."""
         meta: dict[str, Any] = {
-            "history": history.to_dict(),
-            "history_epochs": history.epochs_dict(),
+            **history.checkpoint_meta(),
             "batch_size": batch_size,
-            "global_step": None if state.step is None else int(state.step),
+            "global_step": None if state.step is None or np.ndim(state.step) else int(state.step),
             "run": self.run,
             "cost_convention": history.cost_convention,
         }
@@ -267,6 +271,9 @@ class Writer:
         if state.ema is not None:  # the EMA of the params travels beside the optimizer state: (opt_state, ema)
             meta["ema"] = dict(history.ema or {})
             opt_state = (state.opt_state, state.ema)
+        if sweep is not None:  # a sweep's own arrays beside those: (opt_state section as fit's, arrays)
+            meta["sweep"] = sweep[0]
+            opt_state = (opt_state, sweep[1])
         self.clean_temps()
         arrays = (state.params, opt_state, state.model_state)
         path = self.folder / f"ckpt-{epoch:06d}{dc.SUFFIX if dc.needed(arrays) else '.npz'}"
@@ -325,6 +332,8 @@ class Resumed(NamedTuple):
     stopping: Any  # the saved early-stopping state, if any
     run: str  # the run's id, carried over (a new one for a checkpoint written before run ids)
     path: Path  # the file resumed from
+    meta: Any = None  # the checkpoint's meta, checked (a sweep reads its own fields there)
+    sweep: Any = None  # a sweep checkpoint's own arrays (see Writer.save's ``sweep``), None for fit's
 
 
 def _saved_ema(meta: Any) -> dict[str, Any] | None:
@@ -333,16 +342,28 @@ def _saved_ema(meta: Any) -> dict[str, Any] | None:
     return ema if isinstance(ema, dict) else None
 
 
-def _load(path: Path, template: TrainState) -> ckpt.Checkpoint:
+def _load(path: Path, template: TrainState, sweep: Any = None) -> ckpt.Checkpoint:
     """The checkpoint at ``path``; one that kept an EMA of the params stores ``(opt_state, ema)`` in its
-    optimizer-state section (read with the params as the EMA's template), which comes back as it is."""
+    optimizer-state section (read with the params as the EMA's template), which comes back as it is.
+
+    ``sweep``: for :func:`jreg.sweep`, ``sweep(path, meta) -> template`` of the sweep's own arrays, which checks
+    the header's ``meta["sweep"]`` first (it raises :class:`JregError` for a checkpoint of another sweep); the
+    section then holds ``(that, arrays)``. A sweep's checkpoint is refused to fit and fit's to a sweep."""
+    meta = _header_meta(path)
     opt_state = template.opt_state
-    if _saved_ema(_header_meta(path)) is not None:
+    if _saved_ema(meta) is not None:
         opt_state = (template.opt_state, template.params)
+    swept = isinstance(meta, dict) and "sweep" in meta
+    if swept and sweep is None:
+        raise JregError(f"resume: {path} was written by jreg.sweep (K models at once); resume it with jreg.sweep")
+    if sweep is not None and isinstance(meta, dict):
+        if not swept:
+            raise JregError(f"resume: {path} was written by jreg.fit (one model), not by jreg.sweep")
+        opt_state = (opt_state, sweep(path, meta["sweep"]))
     return load_state(path, template.params, opt_state, template.model_state)
 
 
-def _newest_valid(folder: Path, template: TrainState) -> tuple[Path, ckpt.Checkpoint]:
+def _newest_valid(folder: Path, template: TrainState, sweep: Any = None) -> tuple[Path, ckpt.Checkpoint]:
     """The newest checkpoint in ``folder`` that can be read, skipping (with a warning) damaged ones.
 
     Only damage is skipped (a file that cannot be read at all); a readable file
@@ -354,7 +375,7 @@ def _newest_valid(folder: Path, template: TrainState) -> tuple[Path, ckpt.Checkp
     skipped: list[tuple[Path, str]] = []
     for _, path in reversed(found):
         try:
-            loaded = _load(path, template)
+            loaded = _load(path, template, sweep)
         except ckpt.CheckpointError as exc:
             damage = _damage(path)
             if damage is None:
@@ -382,6 +403,7 @@ def resume(
     steps_per_epoch: int,
     cost_convention: str = "jreg",
     ema: dict[str, Any] | None = None,
+    sweep: Any = None,
 ) -> Resumed:
     """The run a checkpoint file, or the newest valid one in a folder, holds.
 
@@ -389,13 +411,14 @@ def resume(
     (files written before it was recorded were measured the jreg way), else the history and early stopping
     would compare costs of two conventions. ``ema`` is the resuming run's :meth:`jreg.EMA.meta` (None: no EMA):
     a run with an EMA resumes only from a checkpoint that kept one (and measured with it as this run does),
-    and the EMA continues bit for bit; a run without one only from a checkpoint without one."""
+    and the EMA continues bit for bit; a run without one only from a checkpoint without one. ``sweep``: see
+    :func:`_load` (the sweep's arrays come back in ``Resumed.sweep``)."""
     check_resume(resume)
     path = Path(resume)
     if path.is_dir() and not _is_orbax(path):  # a folder of checkpoints, not one orbax checkpoint
-        path, loaded = _newest_valid(path, template)
+        path, loaded = _newest_valid(path, template, sweep)
     else:  # a file named explicitly: exactly that one, no fallback
-        loaded = _load(path, template)
+        loaded = _load(path, template, sweep)
     if loaded.key is None or not np.array_equal(key_bits(loaded.key), key_bits(key)):
         raise JregError(f"resume: key differs from the one {path} was trained with; pass the run's key to continue it")
     if (template.model_state is None) != (loaded.model_state is None):
@@ -416,9 +439,11 @@ def resume(
         raise JregError(f"resume: {path} is at epoch {epoch}, beyond epochs={epochs}")
     history = History.from_dicts(meta.get("history"), meta.get("history_epochs"))
     saved_ema = _saved_ema(meta)
-    opt_state, ema_params = loaded.opt_state, None
+    opt_state, ema_params, arrays = loaded.opt_state, None, None
+    if sweep is not None:
+        opt_state, arrays = opt_state
     if saved_ema is not None:
-        opt_state, ema_params = loaded.opt_state
+        opt_state, ema_params = opt_state
     if (saved_ema is None) != (ema is None):
         kept = "kept an EMA of the params" if saved_ema is not None else "kept no EMA of the params"
         wants = "keeps one (ema=jreg.EMA(...))" if ema is not None else "keeps none"
@@ -439,7 +464,7 @@ def resume(
     state = TrainState(loaded.params, opt_state, loaded.model_state, jnp.asarray(step, jnp.int32), None, ema_params)
     run = meta.get("run")
     run = run if isinstance(run, str) and _RUN_ID.fullmatch(run) else new_run()
-    return Resumed(state, epoch, history, meta.get("early_stopping"), run, path)
+    return Resumed(state, epoch, history, meta.get("early_stopping"), run, path, meta, arrays)
 
 
 def load_best(

@@ -15,7 +15,7 @@ from . import checkpointing
 from .loop import Run
 
 
-def check(early_stopping: Any, wanted: frozenset[str]) -> EarlyStopping | None:
+def check(early_stopping: Any, wanted: frozenset[str], where: str = "fit") -> EarlyStopping | None:
     if early_stopping is None:
         return None
     if not isinstance(early_stopping, EarlyStopping):
@@ -24,7 +24,7 @@ def check(early_stopping: Any, wanted: frozenset[str]) -> EarlyStopping | None:
         )
     if early_stopping.monitor not in wanted:
         raise JregError(
-            f"early_stopping watches {early_stopping.monitor!r}, which this fit does not monitor (it monitors "
+            f"early_stopping watches {early_stopping.monitor!r}, which this {where} does not monitor (it monitors "
             f"{sorted(wanted)}); pass evaluation data or add it to monitor"
         )
     return early_stopping

@@ -89,6 +89,10 @@ class History:
         """``{series name: [1-based epochs]}``, JSON-ready (saved in checkpoints beside :meth:`to_dict`)."""
         return {k: self.epochs(k) for k in self.series}
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint's ``meta`` records of this history: ``{"history": ..., "history_epochs": ...}``."""
+        return {"history": self.to_dict(), "history_epochs": self.epochs_dict()}
+
     @classmethod
     def from_dicts(cls, series: dict[str, list[Any]] | None, at: dict[str, list[int]] | None = None) -> History:
         """The history :meth:`to_dict` and :meth:`epochs_dict` describe (as a checkpoint saves them), checked."""
@@ -109,9 +113,20 @@ class SweepHistory(History):
     (``{"epoch": e, "step": s or None, "quantity": ...}``; epoch and step are
     1-based, as in the messages, where ``DivergenceError.epoch``/``.step`` are
     0-based), and its series hold NaN from that epoch on.
+
+    With early stopping, ``history.stopped[i]`` says when and why model ``i``
+    stopped, with the same fields as :attr:`History.stopped` of :func:`jreg.fit`
+    (``{"epochs", "reason", "best_epoch", "best", "monitor"}``); its series hold
+    NaN after that epoch. A model is in ``diverged`` or in ``stopped``, never both.
     """
 
     diverged: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: early stopping: ``{model: {"epochs", "reason", "best_epoch", "best", "monitor"}}`` (see :class:`History`)
+    stopped: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)  # type: ignore[assignment]
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Nothing: a sweep checkpoint keeps its series as arrays (:mod:`jreg.train.sweep_checkpoint`)."""
+        return {}
 
     def __getitem__(self, key: str) -> np.ndarray:
         return np.stack(self.series[key], axis=-1)
@@ -122,14 +137,17 @@ class SweepHistory(History):
         return int(np.shape(first[0])[0]) if first else 0
 
     def run(self, i: int) -> History:
-        """Model ``i``'s history (up to the epoch before it diverged, if it did)."""
-        bad = self.diverged.get(i)
+        """Model ``i``'s history (up to the epoch before it diverged, or the epoch it stopped at, if it did)."""
+        bad, stopped = self.diverged.get(i), self.stopped.get(i)
         last = None if bad is None else bad["epoch"] - 1
+        last = stopped["epochs"] if stopped is not None else last
         out = History(cost_convention=self.cost_convention, ema=self.ema)
         for k, values in self.series.items():
             for epoch, v in zip(self.epochs(k), values):
                 if last is None or epoch <= last:
                     out.append({k: float(v[i])}, epoch)
-        if bad is not None:
+        if stopped is not None:
+            out.stopped = dict(stopped)
+        elif bad is not None:
             out.stopped = {"epochs": last, "reason": f"diverged in epoch {bad['epoch']}: {bad['quantity']}"}
         return out

@@ -14,13 +14,16 @@ import optax
 from .._checks import check_optimizer
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
-from . import calls, guard, mesh
-from .config import EMA, ModelParallel, as_ema, check_decay
+from ..stopping import EarlyStopping
+from . import calls, checkpointing, guard, mesh, sweep_checkpoint
+from . import early_stopping as stopping_hooks
+from .config import EMA, Checkpointing, ModelParallel, as_ema, check_decay
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
-from .setup import Setup, prepare
+from .setup import Setup, check_checkpointing, prepare
 from .state import TrainState
+from .sweep_stopping import SweepStopper
 from .validate import check_loop_args
 
 
@@ -115,6 +118,9 @@ def sweep(
     callback: Callable[..., None] | None = None,
     ema: EMA | None = None,
     parallel: ModelParallel | None = None,
+    early_stopping: EarlyStopping | None = None,
+    checkpoint: Checkpointing | None = None,
+    resume: Any = None,
     **unknown: Any,
 ) -> tuple[Params, SweepHistory] | tuple[Params, ModelState, SweepHistory]:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
@@ -165,6 +171,33 @@ def sweep(
             mini-batch too); K must be a multiple of the model axis's size.
             Results equal the single-device sweep up to float reassociation
             (docs/scaling.md).
+        early_stopping: a :class:`jreg.EarlyStopping`, applied to each model
+            on its own, as :func:`fit` applies it: each keeps its own best
+            value, patience count and (with ``lr_factor``, Nielsen's schedule)
+            learning-rate scale, on the device as ``(K,)`` arrays updated by a
+            small jitted function after each measured epoch (no loop over the
+            models). A model that stops is frozen, as a diverged one is, while
+            the others go on; ``history.stopped[i]`` says when and why (fit's
+            ``history.stopped`` fields), its series hold NaN after that epoch,
+            and ``learning_rate_scale`` records each model's scale with
+            ``lr_factor``. With ``restore_best`` each model's params are those
+            of its best epoch (this keeps one more copy of the stacked params,
+            and of the model states). The sweep ends once every model has
+            stopped or diverged. Model ``i`` stops at the epoch, cuts its
+            learning rate at the epochs and returns the params that ``fit``
+            with the same ``early_stopping`` gives it (up to float
+            reassociation; ``min_delta`` is compared in float32).
+        checkpoint: a :class:`jreg.Checkpointing`, as in :func:`fit` (the
+            same folder rules and atomic files): each ``ckpt-<epoch>.npz``
+            holds the stacked state, the ``alive`` flags, the early-stopping
+            state and best params, the history (``diverged`` and ``stopped``
+            included), the hyperparameters, and the EMA if kept.
+        resume: a sweep checkpoint file or folder, as in :func:`fit`: the
+            sweep goes on bit for bit on CPU as if never interrupted (with the
+            same ``vectorize``), in this process or another. Resuming with
+            other ``hparams`` (values or K), another key, batch size, cost
+            convention or EMA setting is refused; so is a checkpoint of
+            :func:`fit` (and ``fit`` refuses a sweep's).
         The rest as in :func:`fit`.
 
     Returns:
@@ -185,6 +218,7 @@ def sweep(
             raise JregError(f"ema: EMA.decay={ema.decay!r} names no hparams entry; the entries are {sorted(hp)}")
         for i, value in enumerate(np.asarray(hp[ema.decay]).tolist()):
             check_decay(value, f"hparams[{ema.decay!r}][{i}] (the EMA decay)")
+    checkpoint = _check_checkpoint(checkpoint, resume)
     if parallel is not None and vectorize == "auto":
         vectorize = "vmap"  # the models split across devices, batched on each
     if vectorize == "auto":
@@ -207,6 +241,13 @@ def sweep(
         monitor=monitor,
         optimizer=built[0][1],
     )
+    rule = stopping_hooks.check(early_stopping, setup.monitor.wanted, "sweep")
+    stopper = None
+    if rule is not None:
+        stopper = SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)
+    if checkpoint is not None:
+        check_checkpointing(checkpoint, setup.model_state)
+    scaled = stopper is not None and stopper.scaled
 
     @jax.jit
     def initial(params, model_state, hp):
@@ -216,40 +257,163 @@ def sweep(
             )
         opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
         averaged = None if ema is None else jax.tree.map(jnp.copy, params)  # the EMA starts at the initial params
-        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32), None, averaged)
+        scale = jnp.ones((models,), jnp.float32) if scaled else None  # early stopping's per-model lr cuts
+        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32), scale, averaged)
 
     state = initial(params, model_state, hp)  # fresh buffers, safe to donate
-    placed = _placed(parallel, state, hp, models, setup)
+    alive = jnp.ones((models,), bool)
+    history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
+    track = _Tracking(stopper, None if stopper is None else stopper.initial(), None, verbose)
+    if stopper is not None:
+        track.best = stopper.initial_best(state)
+    start, run_id = 0, checkpointing.new_run()
+    if resume is not None:
+        state, alive, start, run_id = _resumed(
+            resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history
+        )
+    writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run_id)
+    if writer is not None:
+        writer.check_ahead(start, epochs)
+    placed = _placed(parallel, state, hp, alive, setup)
     monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
     epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize, ema=ema, sharding=placed[-2])
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
         out = epoch(placed[1], state, alive, *placed[3:5], jax.random.fold_in(key, e), evaluate=due)
-        return out if placed[-1] is None else (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
+        if placed[-1] is not None:
+            out = (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
+        return out if stopper is None else track.advance(out, e, rule.monitor)
 
-    history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
-    hooks: list[Hook] = [_flag_divergence(build, hp, setup, key, ema), record]
+    hooks: list[Hook] = [_flag_divergence(build, hp, setup, key, ema)]
+    hooks += [track.hook] if stopper is not None else []
+    hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
-    run = run_epochs(one_epoch, Run(placed[0], placed[2], epochs, history), 0, hooks, np.asarray)
+    hooks += [_all_done(models)]
+    hooks += [_checkpointer(writer, key, batch_size, hp, track)] if writer is not None else []
+    run = Run(placed[0], placed[2], epochs, history)
+    if len(history.diverged) + len(history.stopped) < models:  # a resumed sweep may have finished already
+        run = run_epochs(one_epoch, run, start, hooks, np.asarray)
     params = run.state.ema if ema is not None and ema.returned else run.state.params
+    final_state = run.state.model_state
+    if track.best is not None:
+        params, final_state = stopper.result(track.best, track.per, (params, final_state))  # type: ignore[union-attr]
     if model_state is not None:
-        return params, run.state.model_state, history
+        return params, final_state, history
     return params, history
 
 
-def _placed(parallel: ModelParallel | None, state: TrainState, hp: Any, models: int, setup: Setup) -> tuple:
+def _placed(parallel: ModelParallel | None, state: TrainState, hp: Any, alive: Any, setup: Setup) -> tuple:
     """``(state, hp, alive, train, evaluation, batch sharding, gather)`` on the mesh of ``parallel``, or as they are.
 
     ``gather`` replicates the epoch's figures on every device (None: no mesh)."""
-    alive = jnp.ones((models,), bool)
     if parallel is None:
         return state, hp, alive, setup.train, setup.evaluation, None, None
     state, (hp, alive), (train, held_out), batch = mesh.place_models(
         parallel, state, (hp, alive), (setup.train, setup.evaluation)
     )
     return state, hp, alive, train, held_out, batch, mesh.gathered(parallel)
+
+
+def _check_checkpoint(checkpoint: Any, resume: Any) -> Checkpointing | None:
+    """``checkpoint=`` and ``resume=`` checked before any work, as :func:`fit` checks them."""
+    if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
+        raise JregTypeError(
+            f"checkpoint must be a jreg.Checkpointing('folder', every=..., keep=...), got {checkpoint!r}"
+        )
+    checkpointing.check_resume(resume)
+    if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
+        checkpointing.check_folder(checkpoint, resume)
+    return checkpoint
+
+
+@dataclasses.dataclass
+class _Tracking:
+    """Early stopping's per-model state on the device between epochs (``per``, ``best``) and its host hook."""
+
+    stopper: SweepStopper | None
+    per: Any
+    best: Any
+    verbose: bool = False
+
+    def advance(self, out: tuple, e: int, monitored: str) -> tuple:
+        """After the compiled epoch, still on the device: each model's patience state, cuts, best params, stop."""
+        state, alive, metrics, ok = out
+        stopper = self.stopper
+        assert stopper is not None
+        ok = ok | (self.per.stopped >= 0)  # a stopped model is frozen, not diverged (its discarded epoch may be)
+        if stopper.scaled:  # the scale this epoch ran with, as fit records it
+            metrics = {**metrics, "learning_rate_scale": state.lr_scale}
+        if monitored in metrics:  # measured this epoch (Evaluation.every)
+            kept = stopper.kept(state) if self.best is not None else None
+            self.per, self.best, alive, scale = stopper.advance(
+                self.per, self.best, kept, metrics[monitored], alive, jnp.int32(e)
+            )
+            state = state._replace(lr_scale=scale) if stopper.scaled else state
+        return state, alive, metrics, ok
+
+    def hook(self, run: Run) -> None:
+        """Record the models that stopped this epoch; blank the figures of those that stopped before."""
+        stopper = self.stopper
+        assert stopper is not None
+        history: SweepHistory = run.history  # type: ignore[assignment]
+        per = jax.device_get(self.per)
+        for i in np.flatnonzero(per.stopped >= 0):
+            if int(i) not in history.stopped and int(i) not in history.diverged:
+                history.stopped[int(i)] = stopper.record(per, int(i))
+                if self.verbose:
+                    print(f"Epoch {run.epoch + 1}: model {int(i)} stopped: {stopper.reason}", flush=True)
+        before = sorted(i for i, v in history.stopped.items() if v["epochs"] <= run.epoch)
+        if before:
+            run.values = {k: _blank(v, before) for k, v in run.values.items()}
+
+
+def _all_done(models: int) -> Hook:
+    """End the sweep once every model has stopped or diverged."""
+
+    def hook(run: Run) -> None:
+        history: SweepHistory = run.history  # type: ignore[assignment]
+        if len(history.diverged) + len(history.stopped) >= models:
+            run.stop = True
+
+    return hook
+
+
+def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, hp: Any, track: _Tracking) -> Hook:
+    def hook(run: Run) -> None:
+        if writer.config.due(run.epoch, run.epochs) or run.stop:
+            history: SweepHistory = run.history  # type: ignore[assignment]
+            packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
+            writer.save(run.state, run.epoch + 1, key, history, batch_size, None, sweep=packed)
+
+    return hook
+
+
+def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history):
+    """``(state, alive, first epoch, run id)`` of the sweep ``resume`` points at; ``track`` and ``history`` filled."""
+    stopper = track.stopper
+    kept = (state.params, state.model_state) if stopper is None else stopper.kept(state)  # best params' template
+    resumed = checkpointing.resume(
+        resume,
+        state,
+        key,
+        batch_size,
+        epochs,
+        setup.plan.steps,
+        setup.monitor.cost_convention,
+        None if ema is None else ema.meta(),
+        sweep=sweep_checkpoint.template(hp, models, stopper, kept),
+    )
+    step, alive, per, best = sweep_checkpoint.unpack(resumed.sweep, resumed.meta["sweep"], stopper, history)
+    loaded = resumed.state._replace(step=step)
+    if stopper is None and history.stopped:  # resumed without early stopping: as fit, the stopped models go on
+        alive = alive.at[np.asarray(sorted(history.stopped))].set(True)
+        history.stopped = {}
+    if stopper is not None:
+        track.per, track.best = per, best if best is not None else track.best
+        loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
+    return loaded, alive, resumed.epoch, resumed.run
 
 
 def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any, ema: EMA | None = None) -> Hook:

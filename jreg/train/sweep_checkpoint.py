@@ -1,0 +1,155 @@
+"""Checkpoints of :func:`jreg.sweep`: fit's files and folder rules, with the sweep's own state beside them.
+
+A sweep checkpoint is a ``ckpt-<epoch>.npz`` written by
+:class:`jreg.train.checkpointing.Writer` (atomic, with the run's id, pruning
+only its own files): the stacked params, optimizer state (and EMA) and model
+state in fit's sections, and beside the optimizer state the sweep's arrays:
+each model's step count, its ``alive`` flag, the history's series as
+``(K, measurements)`` arrays, the per-model early-stopping state and, with
+``restore_best``, each model's best params. ``meta["sweep"]`` records K, the
+hyperparameters (a resume with others is refused), which models diverged or
+stopped and when, and the epochs each series was measured at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import checkpoint as ckpt
+from .._errors import JregError
+from .history import SweepHistory
+from .state import TrainState
+from .sweep_stopping import PerModel, SweepStopper
+
+_DTYPES = ("float32", "float64")
+
+
+def _numbers(values: Any) -> list[Any]:
+    return np.asarray(values).tolist()
+
+
+def _shown(hp: Any) -> str:
+    """Hyperparameters as the sweep holds them (float32 values printed short)."""
+    try:
+        return "{" + ", ".join(f"{k!r}: [{', '.join(f'{np.float32(v):g}' for v in vs)}]" for k, vs in hp.items()) + "}"
+    except (AttributeError, TypeError, ValueError):  # a damaged record: shown as it is
+        return repr(hp)[:200]
+
+
+def _events(events: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(i): dict(v) for i, v in events.items()}
+
+
+def pack(
+    hp: dict[str, Any],
+    state: TrainState,
+    alive: Any,
+    history: SweepHistory,
+    stopper: SweepStopper | None,
+    per: PerModel | None,
+    best: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(meta["sweep"], arrays)`` for :meth:`Writer.save`'s ``sweep``."""
+    names = list(history.series)
+    meta = {
+        "models": int(np.shape(alive)[0]),
+        "hparams": {k: _numbers(v) for k, v in hp.items()},
+        "diverged": _events(history.diverged),
+        "stopped": _events(history.stopped),
+        "history_epochs": history.epochs_dict(),
+        "history_dtypes": {k: str(history[k].dtype) for k in names},
+        "early_stopping": per is not None,
+        "restore_best": best is not None,
+    }
+    arrays: dict[str, Any] = {"step": state.step, "alive": alive, "history": {k: history[k] for k in names}}
+    if per is not None:
+        arrays["stopping"] = per._asdict()
+    if best is not None:
+        arrays["best"] = best
+    return meta, arrays
+
+
+def _bad(path: Path, field: str, what: str, value: Any) -> ckpt.CheckpointError:
+    return ckpt.CheckpointError(f"resume: {path}: meta 'sweep.{field}' {what}, got {str(value)[:200]}")
+
+
+def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept: Any, epochs_done: Any = None) -> Any:
+    """``sweep(path, meta) -> template`` for :func:`jreg.train.checkpointing.resume`: checks that the checkpoint
+    is this sweep's (K, the hyperparameters, early stopping), then says what arrays it holds."""
+
+    def read(path: Path, meta: Any) -> dict[str, Any]:
+        if not isinstance(meta, dict):
+            raise _bad(path, "", "must be an object", meta)
+        saved = meta.get("models")
+        if saved != models:
+            raise JregError(
+                f"resume: {path} is a sweep of {saved} models, this sweep has {models} (hparams of another length); "
+                "resume it with the same hparams"
+            )
+        saved_hp = meta.get("hparams")
+        mine = {k: _numbers(v) for k, v in hp.items()}
+        if not isinstance(saved_hp, dict) or saved_hp != mine:
+            raise JregError(
+                f"resume: {path} trained hparams={_shown(saved_hp)}, this sweep hparams={_shown(mine)}; "
+                "a sweep resumes only with the hyperparameters it was started with"
+            )
+        with_stopping = meta.get("early_stopping") is True
+        if stopper is not None and not with_stopping:
+            raise JregError(
+                f"resume: {path} was saved without early stopping, so its early-stopping state is unknown; resume "
+                "it without early_stopping, or start the sweep again"
+            )
+        if stopper is not None and stopper.rule.restore_best and meta.get("restore_best") is not True:
+            raise JregError(
+                f"resume: {path} kept no best params (it ran without restore_best); resume it without "
+                "restore_best, or start the sweep again"
+            )
+        at, dtypes = meta.get("history_epochs"), meta.get("history_dtypes")
+        ckpt.check_history(None, at, f"resume: {path}: meta 'sweep'")
+        if not isinstance(dtypes, dict) or set(dtypes) != set(at or {}) or not set(dtypes.values()) <= set(_DTYPES):
+            raise _bad(path, "history_dtypes", f"must give each series' dtype, one of {_DTYPES}", dtypes)
+        for field in ("diverged", "stopped"):
+            events = meta.get(field)
+            if not isinstance(events, dict) or not all(
+                k.isdigit() and int(k) < models and isinstance(v, dict) for k, v in events.items()
+            ):
+                raise _bad(path, field, f"must map model numbers below {models} to objects", events)
+        out: dict[str, Any] = {
+            "step": np.zeros((models,), np.int32),
+            "alive": np.zeros((models,), bool),
+            "history": {k: np.zeros((models, len(at[k])), dtypes[k]) for k in at},
+        }
+        if with_stopping:
+            out["stopping"] = {
+                f: np.zeros((models,), np.float32 if f == "best" else np.int32) for f in PerModel._fields
+            }
+        if meta.get("restore_best") is True:
+            out["best"] = kept
+        return out
+
+    return read
+
+
+def unpack(
+    arrays: dict[str, Any], meta: dict[str, Any], stopper: SweepStopper | None, history: SweepHistory
+) -> tuple[Any, Any, PerModel | None, Any]:
+    """``(step, alive, per, best)`` from a checkpoint's sweep arrays; fills ``history`` (series, events)."""
+    at = meta["history_epochs"]
+    for name, values in arrays["history"].items():
+        values = np.asarray(values)
+        history.series[name] = [values[:, j] for j in range(values.shape[1])]
+        history.at[name] = [int(e) for e in at[name]]
+    history.diverged = {int(k): dict(v) for k, v in meta["diverged"].items()}
+    history.stopped = {int(k): dict(v) for k, v in meta["stopped"].items()}
+    per = best = None
+    if stopper is not None:
+        per = PerModel(**{f: jnp.asarray(arrays["stopping"][f]) for f in PerModel._fields})
+        best = arrays.get("best") if stopper.rule.restore_best else None
+        if best is not None:
+            best = jax.tree.map(jnp.array, best)
+    return jnp.asarray(arrays["step"], jnp.int32), jnp.asarray(arrays["alive"], bool), per, best
