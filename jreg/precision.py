@@ -77,6 +77,8 @@ SHORTCUTS = {"f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat
 SHORTCUTS.update({"f16": "float16", "float16": "float16", "fp16": "float16", "half": "float16"})
 #: the static loss scale a float16 policy gets when none is given.
 FLOAT16_LOSS_SCALE = 2.0**15
+#: the loss scales accepted: the scale and its inverse both normal float32 numbers.
+SCALE_RANGE = (2.0**-126, 2.0**126)
 _FLOATS = sorted({d.name for d in DTYPES.values()})
 
 
@@ -100,9 +102,18 @@ def _dtype(value: Any, name: str) -> np.dtype:
 def _scale(value: Any, name: str = "loss_scale") -> float:
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
         raise JregTypeError(f"{name} must be a positive number such as 2**15, got {type(value).__name__}: {value!r}")
-    if not (math.isfinite(float(value)) and float(value) > 0):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not (math.isfinite(number) and number > 0):
         raise JregError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    if not SCALE_RANGE[0] <= number <= SCALE_RANGE[1]:  # float32(S) or float32(1 / S) would be inf, 0 or subnormal
+        raise JregError(
+            f"{name} must be between 2**-126 and 2**126 (the scale and its inverse are applied in float32), "
+            f"got {value!r}"
+        )
+    return number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +129,9 @@ class Policy:
             by it on the way out; ``None`` means ``2**15`` for float16 compute and 1 otherwise.
 
     Fields given as strings (``"bf16"``) or types (``jnp.bfloat16``) are stored as numpy dtypes;
-    a dtype that is not floating, or a scale that is not a finite positive number, is a
-    :class:`jreg.JregError` naming the field.
+    a dtype that is not floating, or a scale that is not a number between ``2**-126`` and
+    ``2**126`` (the scale and its inverse are applied in float32), is a
+    :class:`jreg.JregError` naming the field. ``str(policy)`` reads back to an equal policy.
     """
 
     param_dtype: Any = np.dtype("float32")
@@ -146,7 +158,7 @@ class Policy:
         """
         if not isinstance(spec, str):
             raise JregTypeError(f"{name} must be a jreg.Policy or a string such as 'bf16', got {spec!r}")
-        text = spec.strip().lower().replace(" ", "")
+        text = "".join(spec.split()).lower()  # no whitespace anywhere (spaces, tabs, newlines)
         if text in SHORTCUTS:
             return cls(compute_dtype=SHORTCUTS[text])
         fields: dict[str, Any] = {}
@@ -186,16 +198,27 @@ class Policy:
     def __str__(self) -> str:
         return (
             f"params={self.param_dtype.name},compute={self.compute_dtype.name},"
-            f"output={self.output_dtype.name},loss_scale={self.loss_scale:g}"
+            f"output={self.output_dtype.name},loss_scale={_format_scale(self.loss_scale)}"
         )
 
 
+def _format_scale(scale: float) -> str:
+    """``scale`` as short as it reads back exactly (``32768``, ``16777216``, ``0.3333333333333333``)."""
+    if scale.is_integer() and scale < 2.0**53:
+        return str(int(scale))
+    short = f"{scale:g}"
+    return short if float(short) == scale else repr(scale)
+
+
 def _number(text: str, name: str) -> float:
-    """``"32768"``, ``"2**15"`` or ``"3.2e4"`` as a positive float."""
+    """``"32768"``, ``"2**15"`` or ``"3.2e4"`` as a positive float (``"-2**15"`` is ``-(2**15)``, as in Python)."""
     base, power, exponent = text.partition("**")
+    sign, digits = (-1.0, base[1:]) if base.startswith("-") else (1.0, base.removeprefix("+"))
     try:
-        value = float(base) ** float(exponent) if power else float(text)
-    except (ValueError, OverflowError) as exc:
+        if digits.startswith(("+", "-")):  # '--2**15': not a number Python would read as one
+            raise ValueError(text)
+        value = sign * float(digits) ** float(exponent) if power else float(text)
+    except (ValueError, OverflowError, ZeroDivisionError) as exc:
         raise JregError(f"{name} must be a number such as 32768 or 2**15, got {text!r}") from exc
     return _scale(value, name)
 

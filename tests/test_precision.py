@@ -372,3 +372,33 @@ def test_n30_on_mnist_bf16_is_within_one_point_of_float32():
         accuracy[policy] = history.evaluation_accuracy[-1]
     assert accuracy[None] > 0.85
     assert abs(accuracy["bf16"] - accuracy[None]) <= 0.01, accuracy
+
+
+# ---------------------------------------------------------------- review: hostile policies
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"loss_scale": 10**400}, r"loss_scale must be a finite number > 0"),  # an int too large for a float
+        ({"loss_scale": 1e300}, r"loss_scale must be between 2\*\*-126 and 2\*\*126.*got 1e\+300"),  # inf in float32
+        ({"loss_scale": 1e-300}, r"loss_scale must be between 2\*\*-126 and 2\*\*126"),  # its inverse: inf
+    ],
+)
+def test_loss_scales_float32_cannot_hold_are_refused(kwargs, match):
+    with pytest.raises(jreg.JregError, match=match):
+        jreg.Policy(compute_dtype="f16", **kwargs)
+
+
+def test_policy_strings_read_signs_whitespace_and_round_trip_exactly():
+    with pytest.raises(jreg.JregError, match=r"loss_scale must be a finite number > 0, got -65536"):
+        precision.as_policy("c=f16,loss_scale=-2**16")  # -(2**16), as Python reads it: not 65536
+    for bad in ("--2**16", "0**-1"):  # the second was a raw ZeroDivisionError
+        with pytest.raises(jreg.JregError, match=r"loss_scale must be a number"):
+            precision.as_policy(f"c=f16,loss_scale={bad}")
+    assert precision.as_policy("c=f16,loss_scale=+2**4").loss_scale == 16.0
+    assert precision.as_policy("c = f16,\tloss_scale=2**4\n") == jreg.Policy(compute_dtype="f16", loss_scale=16)
+    for scale in (2.0**24, 1 / 3, 1e-5, 3.0, 12345.678):
+        pol = jreg.Policy(compute_dtype="f16", loss_scale=scale)
+        assert precision.as_policy(str(pol)) == pol, str(pol)
+    assert str(precision.as_policy("f16")).endswith("loss_scale=32768")
