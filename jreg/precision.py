@@ -26,7 +26,7 @@ compute-dtype-rounded params and inputs, itself rounded along the way.
 ``6e-8`` flush to zero, so small gradients of a float16 model vanish.
 ``loss_scale=S`` multiplies every cotangent by ``S`` where it enters the
 low-precision region (at the outputs) and divides by ``S`` where it leaves it
-(at the params and inputs), both in float32, with a ``jax.custom_vjp``
+(at the params and inputs), both in float32, with a ``jax.custom_jvp``
 identity at each boundary: the scale lives inside the wrapper, so neither the
 objective, its ``parts`` nor the optimizer change. The forward pass is
 untouched. A scale too large makes a cotangent overflow to ``inf``: wrap the
@@ -243,37 +243,39 @@ def _cast(tree: Any, dtype: np.dtype) -> Any:
     return jax.tree.map(lambda x: x.astype(dtype) if _is_float(x) else x, tree)
 
 
-@jax.custom_vjp
-def scale_gradient(x: jax.Array, factor: jax.Array) -> jax.Array:
-    """The identity on ``x``; its cotangent is multiplied by ``factor`` on the way back (in ``x``'s dtype)."""
+@jax.custom_jvp
+def scale_gradient(x: jax.Array, factor: Any) -> jax.Array:
+    """The identity on ``x``; its cotangent (reverse mode) and its tangent (forward mode) are multiplied by ``factor``.
+
+    The product is taken in float32 (or ``x``'s dtype when wider) and rounded to ``x``'s
+    dtype after, so a factor such as ``2**-25`` that float16 cannot hold still applies
+    to a float16 leaf. ``factor`` gets no gradient. A ``jax.custom_jvp`` (its tangent rule
+    is linear, so reverse mode transposes it): ``jax.jvp``, ``jax.jacfwd`` and double
+    backpropagation all go through.
+    """
     return x
 
 
-def _scale_fwd(x: jax.Array, factor: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return x, factor
-
-
-def _scale_bwd(factor: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return (g * factor).astype(g.dtype), jnp.zeros_like(factor)
-
-
-scale_gradient.defvjp(_scale_fwd, _scale_bwd)
+@scale_gradient.defjvp
+def _scale_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
+    (x, factor), (t, _) = primals, tangents
+    wide = jnp.promote_types(t.dtype, jnp.float32)
+    return x, (t.astype(wide) * jnp.asarray(factor, wide)).astype(t.dtype)
 
 
 def _into(tree: Any, dtype: np.dtype, scale: float) -> Any:
     """Floating leaves cast to ``dtype``; their cotangents (coming back out) divided by ``scale`` after the cast."""
     if scale == 1.0:
         return _cast(tree, dtype)
-    inv = jnp.float32(1.0 / scale)  # exact for powers of two
-    return jax.tree.map(lambda x: scale_gradient(x, inv.astype(x.dtype)).astype(dtype) if _is_float(x) else x, tree)
+    inv = 1.0 / scale  # exact for powers of two; applied in float32 (scale_gradient)
+    return jax.tree.map(lambda x: scale_gradient(x, inv).astype(dtype) if _is_float(x) else x, tree)
 
 
 def _out_of(tree: Any, dtype: np.dtype, scale: float) -> Any:
     """Floating leaves cast to ``dtype``; their cotangents (going in) multiplied by ``scale`` before the cast."""
     if scale == 1.0:
         return _cast(tree, dtype)
-    s = jnp.float32(scale)
-    return jax.tree.map(lambda x: scale_gradient(x.astype(dtype), s.astype(dtype)) if _is_float(x) else x, tree)
+    return jax.tree.map(lambda x: scale_gradient(x.astype(dtype), scale) if _is_float(x) else x, tree)
 
 
 def _back_to(new: Any, old: Any) -> Any:

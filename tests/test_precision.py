@@ -402,3 +402,37 @@ def test_policy_strings_read_signs_whitespace_and_round_trip_exactly():
         pol = jreg.Policy(compute_dtype="f16", loss_scale=scale)
         assert precision.as_policy(str(pol)) == pol, str(pol)
     assert str(precision.as_policy("f16")).endswith("loss_scale=32768")
+
+
+# ---------------------------------------------------------------- review: loss scaling at the boundaries
+
+W = {"w": jnp.linspace(-1, 1, 6).reshape(3, 2)}  # row sums -1.6, 0, 1.6: d(sum(x @ w))/dx
+
+
+def f16(scale):
+    return jreg.mixed_precision(linear, jreg.Policy(compute_dtype="float16", loss_scale=scale))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_forward_mode_goes_through_the_loss_scale(jit):
+    x = jax.random.uniform(jax.random.key(0), (4, 3))
+    tangent = {"w": jnp.full((3, 2), 0.25)}
+
+    def jvp(apply):
+        f = lambda p, t: jax.jvp(lambda q: apply(q, x), (p,), (t,))  # noqa: E731
+        return (jax.jit(f) if jit else f)(W, tangent)
+
+    (y, dy), (y1, dy1) = jvp(f16(2.0**10)), jvp(f16(1.0))  # was: "can't apply forward-mode autodiff (jvp)"
+    np.testing.assert_array_equal(y, y1)
+    np.testing.assert_array_equal(dy, dy1)  # the tangent scaled by 2**-10 going in and 2**10 coming out
+    np.testing.assert_allclose(dy, x @ tangent["w"], rtol=2e-3)
+    jac = jax.jacfwd(lambda p: f16(2.0**10)(p, x).sum())(W)["w"]
+    np.testing.assert_allclose(jac, jnp.broadcast_to(x.sum(0)[:, None], (3, 2)), rtol=2e-3)
+
+
+def test_unscaling_a_float16_input_is_done_in_float32():
+    """1 / 2**25 is 0 in float16: a float16 input's gradient was multiplied by zero."""
+    x = jax.random.uniform(jax.random.key(0), (2, 3)).astype(jnp.float16)
+    g = jax.grad(lambda x: 1e-3 * f16(2.0**25)(W, x).sum())(x)
+    assert g.dtype == F16
+    np.testing.assert_allclose(g.astype(F32), jnp.broadcast_to(1e-3 * W["w"].sum(1), (2, 3)), rtol=1e-3, atol=1e-7)
