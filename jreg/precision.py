@@ -302,18 +302,53 @@ def mixed_precision(apply: Callable[..., Any], policy: Policy | str = "bf16") ->
     Returns:
         ``wrapped(params, x, **keywords)`` with ``apply``'s own signature (so jreg passes it
         exactly the keywords ``apply`` takes): the floating leaves of ``params`` and ``x`` go in as
-        ``compute_dtype``; every floating leaf of the outputs and intermediates comes out as
+        ``compute_dtype`` (further positional arguments go to ``apply`` as given; params and
+        inputs may also come by ``apply``'s own names for them); every floating leaf of the
+        outputs and intermediates comes out as
         ``output_dtype``; a new model state comes out in the dtypes of the ``state`` passed in.
         The model state goes in unchanged (running statistics keep their precision). Cotangents
         are scaled by ``policy.loss_scale`` inside the low-precision region (module docstring).
+        Wrapping a wrapper again under the same policy returns it unchanged; under another
+        policy, or a policy naming float64 while JAX's 64-bit mode is off, is a
+        :class:`jreg.JregError`.
     """
     if not callable(apply):
         raise JregTypeError(f"apply must be callable apply(params, x, ...), got {apply!r}")
     pol = as_policy(policy)
+    inner = getattr(apply, "policy", None)
+    if isinstance(inner, Policy) and getattr(apply, "_jreg_mixed_precision", False):
+        if inner == pol:  # wrapping again changes nothing (two loss scales would multiply)
+            return apply
+        raise JregError(
+            f"apply is already {apply.__name__} under the policy {inner}; wrapping it again under {pol} would cast "
+            "twice and multiply the loss scales: wrap the plain apply (its __wrapped__) instead"
+        )
+    if not jax.config.read("jax_enable_x64"):
+        wide = [f for f in ("param_dtype", "compute_dtype", "output_dtype") if getattr(pol, f) == np.float64]
+        if wide:
+            raise JregError(
+                f"policy {pol} names float64 ({', '.join(wide)}) but JAX's 64-bit mode is off, so those arrays "
+                "would be float32: call jax.config.update('jax_enable_x64', True) first, or use float32"
+            )
     compute, output, scale = pol.compute_dtype, pol.output_dtype, pol.loss_scale
+    try:
+        signature: inspect.Signature | None = inspect.signature(apply)
+    except (TypeError, ValueError):  # no signature (a builtin): positional (params, x) only
+        signature = None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [n for n, p in signature.parameters.items() if p.kind in positional][:2] if signature else []
+    label = f"mixed_precision({getattr(apply, '__name__', type(apply).__name__)})"
 
-    def wrapped(params: Any, x: Any, **keywords: Any) -> Any:
-        out = apply(_into(params, compute, scale), _into(x, compute, scale), **keywords)
+    def wrapped(*args: Any, **keywords: Any) -> Any:
+        # params and x may come by apply's own names for them (wrapped(params, inputs=x))
+        args = args + tuple(keywords.pop(n) for n in names[len(args) :] if n in keywords)
+        if len(args) < 2:
+            raise JregTypeError(
+                f"{label} needs the params and the inputs ({', '.join(names) or 'params, x'}), got "
+                f"{len(args)} positional argument(s) and the keywords {sorted(keywords)}"
+            )
+        params, x, *rest = args
+        out = apply(_into(params, compute, scale), _into(x, compute, scale), *rest, **keywords)
         if "state" not in keywords:
             return _out_of(out, output, scale)
         if not (isinstance(out, tuple) and len(out) == 2):
@@ -321,13 +356,13 @@ def mixed_precision(apply: Callable[..., Any], policy: Policy | str = "bf16") ->
         outputs, new_state = out
         return _out_of(outputs, output, scale), _back_to(new_state, keywords["state"])
 
-    try:
-        wrapped.__signature__ = inspect.signature(apply)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):  # no signature (a builtin): positional (params, x) only
-        pass
-    wrapped.__name__ = f"mixed_precision({getattr(apply, '__name__', type(apply).__name__)})"
+    if signature is not None:
+        wrapped.__signature__ = signature  # type: ignore[attr-defined]
+    wrapped.__name__ = wrapped.__qualname__ = label
     wrapped.__doc__ = f"{getattr(apply, '__doc__', None) or ''}\n\nRun under the policy {pol}."
+    wrapped.__wrapped__ = apply  # type: ignore[attr-defined]
     wrapped.policy = pol  # type: ignore[attr-defined]
+    wrapped._jreg_mixed_precision = True  # type: ignore[attr-defined]
     return wrapped
 
 

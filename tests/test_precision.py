@@ -436,3 +436,39 @@ def test_unscaling_a_float16_input_is_done_in_float32():
     g = jax.grad(lambda x: 1e-3 * f16(2.0**25)(W, x).sum())(x)
     assert g.dtype == F16
     np.testing.assert_allclose(g.astype(F32), jnp.broadcast_to(1e-3 * W["w"].sum(1), (2, 3)), rtol=1e-3, atol=1e-7)
+
+
+# ---------------------------------------------------------------- review: the wrapper's edges
+
+
+def test_wrapping_twice_is_the_same_wrapper_or_an_error():
+    once = jreg.mixed_precision(linear, "f16")
+    assert jreg.mixed_precision(once, "f16") is once  # was: both scales applied, 2**30 overflowed every gradient
+    assert jreg.mixed_precision(jreg.mlp(SIZES, policy="bf16").apply, jreg.Policy()).policy == jreg.Policy()
+    with pytest.raises(jreg.JregError, match=r"apply is already mixed_precision\(linear\) under the policy .*float16"):
+        jreg.mixed_precision(once, "bf16")
+    with pytest.raises(jreg.JregError, match=r"already .* policy"):
+        jreg.mixed_precision(MIXED.apply, "f16")
+
+
+def test_float64_without_jax_x64_is_refused():
+    assert not jax.config.read("jax_enable_x64")
+    with pytest.raises(jreg.JregError, match=r"policy .*float64.* 64-bit mode is off"):
+        jreg.mixed_precision(linear, "compute=float64")  # was: float32 with a warning, the policy said float64
+    with pytest.raises(jreg.JregError, match=r"policy .*float64.* 64-bit mode is off"):
+        jreg.mlp(SIZES, policy="params=float64,compute=bf16")
+
+
+def test_the_wrapper_takes_what_the_apply_takes():
+    def apply(params, inputs, scale, *, key=None):
+        assert inputs.dtype == BF16 and params["w"].dtype == BF16
+        return inputs @ params["w"] * scale
+
+    wrapped = jreg.mixed_precision(apply, "bf16")
+    x = jnp.ones((2, 3))
+    expect = apply({"w": W["w"].astype(BF16)}, x.astype(BF16), 2.0).astype(F32)
+    np.testing.assert_array_equal(wrapped(W, x, 2.0), expect)  # extra positional: passed on as given
+    np.testing.assert_array_equal(wrapped(W, inputs=x, scale=2.0), expect)  # the inputs by apply's own name
+    np.testing.assert_array_equal(wrapped(params=W, inputs=x, scale=2.0, key=None), expect)
+    with pytest.raises(jreg.JregTypeError, match=r"mixed_precision\(apply\) needs the params and the inputs"):
+        wrapped(W)
