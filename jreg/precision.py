@@ -26,10 +26,16 @@ compute-dtype-rounded params and inputs, itself rounded along the way.
 ``6e-8`` flush to zero, so small gradients of a float16 model vanish.
 ``loss_scale=S`` multiplies every cotangent by ``S`` where it enters the
 low-precision region (at the outputs) and divides by ``S`` where it leaves it
-(at the params and inputs), both in float32, with a ``jax.custom_jvp``
-identity at each boundary: the scale lives inside the wrapper, so neither the
-objective, its ``parts`` nor the optimizer change. The forward pass is
-untouched. A scale too large makes a cotangent overflow to ``inf``: wrap the
+(at the params, inputs and model state), both in float32. One ``jax.custom_jvp``
+around the whole call does it: its tangent rule is ``S * J(t / S)`` with ``J``
+the model's own linear map, which reverse mode transposes to
+``J^T(S * g) / S``. Every derivative, of any order, is the model's own (a
+gradient of a gradient, as an input penalty takes, is exact; forward mode works
+too); the scale lives inside the wrapper, so neither the objective, its
+``parts`` nor the optimizer change. The forward pass is untouched. (In a
+second-order path, the input penalty's, the cotangent inside is divided by
+``S`` instead: with float16 such a penalty's gradient loses precision.)
+A scale too large makes a cotangent overflow to ``inf``: wrap the
 optimizer in :func:`skip_nonfinite` (``optax.apply_if_finite``) to skip such
 a step instead of applying it. bfloat16 has float32's exponent range and
 needs no scaling (``loss_scale`` defaults to 1 for it; for float16 to
@@ -251,7 +257,10 @@ def scale_gradient(x: jax.Array, factor: Any) -> jax.Array:
     dtype after, so a factor such as ``2**-25`` that float16 cannot hold still applies
     to a float16 leaf. ``factor`` gets no gradient. A ``jax.custom_jvp`` (its tangent rule
     is linear, so reverse mode transposes it): ``jax.jvp``, ``jax.jacfwd`` and double
-    backpropagation all go through.
+    backpropagation all go through. Its derivative *is* ``factor``: use it in pairs
+    (``factor`` and ``1 / factor``) whose paths are the only ones, for first-order
+    gradients. :func:`mixed_precision` does not use it (a gradient of a gradient would
+    see the factor uncancelled); it scales the whole call instead.
     """
     return x
 
@@ -263,19 +272,61 @@ def _scale_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[jax
     return x, (t.astype(wide) * jnp.asarray(factor, wide)).astype(t.dtype)
 
 
-def _into(tree: Any, dtype: np.dtype, scale: float) -> Any:
-    """Floating leaves cast to ``dtype``; their cotangents (coming back out) divided by ``scale`` after the cast."""
-    if scale == 1.0:
-        return _cast(tree, dtype)
-    inv = 1.0 / scale  # exact for powers of two; applied in float32 (scale_gradient)
-    return jax.tree.map(lambda x: scale_gradient(x, inv).astype(dtype) if _is_float(x) else x, tree)
+def _times(tree: Any, factor: float) -> Any:
+    """The floating leaves of a tangent tree multiplied by ``factor`` in float32 (or wider), in their own dtype."""
+
+    def one(t: Any) -> Any:
+        if not _is_float(t):  # float0 tangents of integer leaves and keys
+            return t
+        wide = jnp.promote_types(t.dtype, jnp.float32)
+        return (t.astype(wide) * jnp.asarray(factor, wide)).astype(t.dtype)
+
+    return jax.tree.map(one, tree)
 
 
-def _out_of(tree: Any, dtype: np.dtype, scale: float) -> Any:
-    """Floating leaves cast to ``dtype``; their cotangents (going in) multiplied by ``scale`` before the cast."""
-    if scale == 1.0:
-        return _cast(tree, dtype)
-    return jax.tree.map(lambda x: scale_gradient(x.astype(dtype), scale) if _is_float(x) else x, tree)
+def _is_array(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+
+
+def _loss_scaled(call: Callable[..., Any], scale: float, args: tuple[Any, ...]) -> Any:
+    """``call(*args)`` whose derivatives are exactly ``call``'s, computed with tangents ``/ scale`` inside.
+
+    One ``jax.custom_jvp`` around the whole call: its tangent rule is ``scale * J(t / scale)``
+    with ``J`` the call's own linear map, the products real float32 arithmetic. Reverse mode
+    transposes it to ``J^T(scale * g) / scale``: the cotangent is multiplied by ``scale``
+    before it is cast into the low-precision region and divided after it comes out. Every
+    derivative, of any order, is the call's own (the scale cancels on each path: a gradient
+    of a gradient, as an input penalty takes, is exact). The array leaves of the arguments
+    (params, inputs, model state, key, extra arguments) and the traced values ``apply``
+    closes over (``jax.closure_convert``) are its explicit inputs; other leaves (Python
+    flags) are held fixed.
+    """
+    leaves, treedef = jax.tree.flatten(args)
+    where = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+
+    def rebuild(dynamic: tuple[Any, ...]) -> Any:
+        full = list(leaves)
+        for i, value in zip(where, dynamic):
+            full[i] = value
+        return call(*treedef.unflatten(full))
+
+    dynamic = tuple(leaves[i] for i in where)
+    # values apply closes over that may be differentiated (a traced coefficient) become inputs too
+    converted, consts = jax.closure_convert(rebuild, dynamic)
+
+    def run(dynamic: tuple[Any, ...], consts: tuple[Any, ...]) -> Any:
+        return converted(dynamic, *consts)
+
+    @jax.custom_jvp
+    def scaled(dynamic: tuple[Any, ...], consts: tuple[Any, ...]) -> Any:
+        return run(dynamic, consts)
+
+    @scaled.defjvp
+    def _jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
+        out, t_out = jax.jvp(run, primals, _times(tangents, 1.0 / scale))
+        return out, _times(t_out, scale)
+
+    return scaled(dynamic, tuple(consts))
 
 
 def _back_to(new: Any, old: Any) -> Any:
@@ -348,13 +399,18 @@ def mixed_precision(apply: Callable[..., Any], policy: Policy | str = "bf16") ->
                 f"{len(args)} positional argument(s) and the keywords {sorted(keywords)}"
             )
         params, x, *rest = args
-        out = apply(_into(params, compute, scale), _into(x, compute, scale), *rest, **keywords)
+        if scale == 1.0:
+            return call(params, x, tuple(rest), keywords)
+        return _loss_scaled(call, scale, (params, x, tuple(rest), keywords))
+
+    def call(params: Any, x: Any, rest: tuple[Any, ...], keywords: dict[str, Any]) -> Any:
+        out = apply(_cast(params, compute), _cast(x, compute), *rest, **keywords)
         if "state" not in keywords:
-            return _out_of(out, output, scale)
+            return _cast(out, output)
         if not (isinstance(out, tuple) and len(out) == 2):
             raise JregError(f"a stateful model's apply must return (outputs, new_state), got {type(out).__name__}")
         outputs, new_state = out
-        return _out_of(outputs, output, scale), _back_to(new_state, keywords["state"])
+        return _cast(outputs, output), _back_to(new_state, keywords["state"])
 
     if signature is not None:
         wrapped.__signature__ = signature  # type: ignore[attr-defined]

@@ -472,3 +472,27 @@ def test_the_wrapper_takes_what_the_apply_takes():
     np.testing.assert_array_equal(wrapped(params=W, inputs=x, scale=2.0, key=None), expect)
     with pytest.raises(jreg.JregTypeError, match=r"mixed_precision\(apply\) needs the params and the inputs"):
         wrapped(W)
+
+
+def test_loss_scaling_leaves_double_backprop_exact():
+    """An input penalty differentiates a gradient: the loss scale must cancel on every path, not only the first-order.
+
+    (Scaling at two custom-derivative identities made the input penalty's gradient 1/S of its value.)"""
+    x, y = toy(8)
+
+    def penalty_gradient(apply):
+        def total(p, lam):
+            obj = jreg.objective(apply, jreg.losses.cross_entropy, input_penalty=jreg.penalties.input_gradient(lam))
+            return obj(p, (x, y))[0]
+
+        g = jax.jit(jax.grad(total))  # one compile for both coefficients
+        return jax.tree.map(lambda a, b: a - b, g(PARAMS, 100.0), g(PARAMS, 0.0))
+
+    reference = penalty_gradient(MODEL.apply)
+    for scale in (3.0,):  # float32 compute: only the scale can differ
+        scaled = penalty_gradient(jreg.mixed_precision(MODEL.apply, jreg.Policy(compute_dtype="f32", loss_scale=scale)))
+        for a, r in zip(jax.tree.leaves(scaled), jax.tree.leaves(reference)):
+            np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6 * float(jnp.abs(r).max()))
+    f16 = penalty_gradient(jreg.mixed_precision(MODEL.apply, "f16"))  # 2**15
+    for a, r in zip(jax.tree.leaves(f16), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(a, r, atol=0.02 * float(jnp.abs(r).max()))
