@@ -26,10 +26,16 @@ compute-dtype-rounded params and inputs, itself rounded along the way.
 ``6e-8`` flush to zero, so small gradients of a float16 model vanish.
 ``loss_scale=S`` multiplies every cotangent by ``S`` where it enters the
 low-precision region (at the outputs) and divides by ``S`` where it leaves it
-(at the params and inputs), both in float32, with a ``jax.custom_vjp``
-identity at each boundary: the scale lives inside the wrapper, so neither the
-objective, its ``parts`` nor the optimizer change. The forward pass is
-untouched. A scale too large makes a cotangent overflow to ``inf``: wrap the
+(at the params, inputs and model state), both in float32. One ``jax.custom_jvp``
+around the whole call does it: its tangent rule is ``S * J(t / S)`` with ``J``
+the model's own linear map, which reverse mode transposes to
+``J^T(S * g) / S``. Every derivative, of any order, is the model's own (a
+gradient of a gradient, as an input penalty takes, is exact; forward mode works
+too); the scale lives inside the wrapper, so neither the objective, its
+``parts`` nor the optimizer change. The forward pass is untouched. (In a
+second-order path, the input penalty's, the cotangent inside is divided by
+``S`` instead: with float16 such a penalty's gradient loses precision.)
+A scale too large makes a cotangent overflow to ``inf``: wrap the
 optimizer in :func:`skip_nonfinite` (``optax.apply_if_finite``) to skip such
 a step instead of applying it. bfloat16 has float32's exponent range and
 needs no scaling (``loss_scale`` defaults to 1 for it; for float16 to
@@ -77,6 +83,8 @@ SHORTCUTS = {"f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat
 SHORTCUTS.update({"f16": "float16", "float16": "float16", "fp16": "float16", "half": "float16"})
 #: the static loss scale a float16 policy gets when none is given.
 FLOAT16_LOSS_SCALE = 2.0**15
+#: the loss scales accepted: the scale and its inverse both normal float32 numbers.
+SCALE_RANGE = (2.0**-126, 2.0**126)
 _FLOATS = sorted({d.name for d in DTYPES.values()})
 
 
@@ -100,9 +108,18 @@ def _dtype(value: Any, name: str) -> np.dtype:
 def _scale(value: Any, name: str = "loss_scale") -> float:
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
         raise JregTypeError(f"{name} must be a positive number such as 2**15, got {type(value).__name__}: {value!r}")
-    if not (math.isfinite(float(value)) and float(value) > 0):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not (math.isfinite(number) and number > 0):
         raise JregError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    if not SCALE_RANGE[0] <= number <= SCALE_RANGE[1]:  # float32(S) or float32(1 / S) would be inf, 0 or subnormal
+        raise JregError(
+            f"{name} must be between 2**-126 and 2**126 (the scale and its inverse are applied in float32), "
+            f"got {value!r}"
+        )
+    return number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +135,9 @@ class Policy:
             by it on the way out; ``None`` means ``2**15`` for float16 compute and 1 otherwise.
 
     Fields given as strings (``"bf16"``) or types (``jnp.bfloat16``) are stored as numpy dtypes;
-    a dtype that is not floating, or a scale that is not a finite positive number, is a
-    :class:`jreg.JregError` naming the field.
+    a dtype that is not floating, or a scale that is not a number between ``2**-126`` and
+    ``2**126`` (the scale and its inverse are applied in float32), is a
+    :class:`jreg.JregError` naming the field. ``str(policy)`` reads back to an equal policy.
     """
 
     param_dtype: Any = np.dtype("float32")
@@ -146,7 +164,7 @@ class Policy:
         """
         if not isinstance(spec, str):
             raise JregTypeError(f"{name} must be a jreg.Policy or a string such as 'bf16', got {spec!r}")
-        text = spec.strip().lower().replace(" ", "")
+        text = "".join(spec.split()).lower()  # no whitespace anywhere (spaces, tabs, newlines)
         if text in SHORTCUTS:
             return cls(compute_dtype=SHORTCUTS[text])
         fields: dict[str, Any] = {}
@@ -186,16 +204,27 @@ class Policy:
     def __str__(self) -> str:
         return (
             f"params={self.param_dtype.name},compute={self.compute_dtype.name},"
-            f"output={self.output_dtype.name},loss_scale={self.loss_scale:g}"
+            f"output={self.output_dtype.name},loss_scale={_format_scale(self.loss_scale)}"
         )
 
 
+def _format_scale(scale: float) -> str:
+    """``scale`` as short as it reads back exactly (``32768``, ``16777216``, ``0.3333333333333333``)."""
+    if scale.is_integer() and scale < 2.0**53:
+        return str(int(scale))
+    short = f"{scale:g}"
+    return short if float(short) == scale else repr(scale)
+
+
 def _number(text: str, name: str) -> float:
-    """``"32768"``, ``"2**15"`` or ``"3.2e4"`` as a positive float."""
+    """``"32768"``, ``"2**15"`` or ``"3.2e4"`` as a positive float (``"-2**15"`` is ``-(2**15)``, as in Python)."""
     base, power, exponent = text.partition("**")
+    sign, digits = (-1.0, base[1:]) if base.startswith("-") else (1.0, base.removeprefix("+"))
     try:
-        value = float(base) ** float(exponent) if power else float(text)
-    except (ValueError, OverflowError) as exc:
+        if digits.startswith(("+", "-")):  # '--2**15': not a number Python would read as one
+            raise ValueError(text)
+        value = sign * float(digits) ** float(exponent) if power else float(text)
+    except (ValueError, OverflowError, ZeroDivisionError) as exc:
         raise JregError(f"{name} must be a number such as 32768 or 2**15, got {text!r}") from exc
     return _scale(value, name)
 
@@ -220,37 +249,84 @@ def _cast(tree: Any, dtype: np.dtype) -> Any:
     return jax.tree.map(lambda x: x.astype(dtype) if _is_float(x) else x, tree)
 
 
-@jax.custom_vjp
-def scale_gradient(x: jax.Array, factor: jax.Array) -> jax.Array:
-    """The identity on ``x``; its cotangent is multiplied by ``factor`` on the way back (in ``x``'s dtype)."""
+@jax.custom_jvp
+def scale_gradient(x: jax.Array, factor: Any) -> jax.Array:
+    """The identity on ``x``; its cotangent (reverse mode) and its tangent (forward mode) are multiplied by ``factor``.
+
+    The product is taken in float32 (or ``x``'s dtype when wider) and rounded to ``x``'s
+    dtype after, so a factor such as ``2**-25`` that float16 cannot hold still applies
+    to a float16 leaf. ``factor`` gets no gradient. A ``jax.custom_jvp`` (its tangent rule
+    is linear, so reverse mode transposes it): ``jax.jvp``, ``jax.jacfwd`` and double
+    backpropagation all go through. Its derivative *is* ``factor``: use it in pairs
+    (``factor`` and ``1 / factor``) whose paths are the only ones, for first-order
+    gradients. :func:`mixed_precision` does not use it (a gradient of a gradient would
+    see the factor uncancelled); it scales the whole call instead.
+    """
     return x
 
 
-def _scale_fwd(x: jax.Array, factor: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return x, factor
+@scale_gradient.defjvp
+def _scale_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
+    (x, factor), (t, _) = primals, tangents
+    wide = jnp.promote_types(t.dtype, jnp.float32)
+    return x, (t.astype(wide) * jnp.asarray(factor, wide)).astype(t.dtype)
 
 
-def _scale_bwd(factor: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return (g * factor).astype(g.dtype), jnp.zeros_like(factor)
+def _times(tree: Any, factor: float) -> Any:
+    """The floating leaves of a tangent tree multiplied by ``factor`` in float32 (or wider), in their own dtype."""
+
+    def one(t: Any) -> Any:
+        if not _is_float(t):  # float0 tangents of integer leaves and keys
+            return t
+        wide = jnp.promote_types(t.dtype, jnp.float32)
+        return (t.astype(wide) * jnp.asarray(factor, wide)).astype(t.dtype)
+
+    return jax.tree.map(one, tree)
 
 
-scale_gradient.defvjp(_scale_fwd, _scale_bwd)
+def _is_array(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
 
 
-def _into(tree: Any, dtype: np.dtype, scale: float) -> Any:
-    """Floating leaves cast to ``dtype``; their cotangents (coming back out) divided by ``scale`` after the cast."""
-    if scale == 1.0:
-        return _cast(tree, dtype)
-    inv = jnp.float32(1.0 / scale)  # exact for powers of two
-    return jax.tree.map(lambda x: scale_gradient(x, inv.astype(x.dtype)).astype(dtype) if _is_float(x) else x, tree)
+def _loss_scaled(call: Callable[..., Any], scale: float, args: tuple[Any, ...]) -> Any:
+    """``call(*args)`` whose derivatives are exactly ``call``'s, computed with tangents ``/ scale`` inside.
 
+    One ``jax.custom_jvp`` around the whole call: its tangent rule is ``scale * J(t / scale)``
+    with ``J`` the call's own linear map, the products real float32 arithmetic. Reverse mode
+    transposes it to ``J^T(scale * g) / scale``: the cotangent is multiplied by ``scale``
+    before it is cast into the low-precision region and divided after it comes out. Every
+    derivative, of any order, is the call's own (the scale cancels on each path: a gradient
+    of a gradient, as an input penalty takes, is exact). The array leaves of the arguments
+    (params, inputs, model state, key, extra arguments) and the traced values ``apply``
+    closes over (``jax.closure_convert``) are its explicit inputs; other leaves (Python
+    flags) are held fixed.
+    """
+    leaves, treedef = jax.tree.flatten(args)
+    where = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
 
-def _out_of(tree: Any, dtype: np.dtype, scale: float) -> Any:
-    """Floating leaves cast to ``dtype``; their cotangents (going in) multiplied by ``scale`` before the cast."""
-    if scale == 1.0:
-        return _cast(tree, dtype)
-    s = jnp.float32(scale)
-    return jax.tree.map(lambda x: scale_gradient(x.astype(dtype), s.astype(dtype)) if _is_float(x) else x, tree)
+    def rebuild(dynamic: tuple[Any, ...]) -> Any:
+        full = list(leaves)
+        for i, value in zip(where, dynamic):
+            full[i] = value
+        return call(*treedef.unflatten(full))
+
+    dynamic = tuple(leaves[i] for i in where)
+    # values apply closes over that may be differentiated (a traced coefficient) become inputs too
+    converted, consts = jax.closure_convert(rebuild, dynamic)
+
+    def run(dynamic: tuple[Any, ...], consts: tuple[Any, ...]) -> Any:
+        return converted(dynamic, *consts)
+
+    @jax.custom_jvp
+    def scaled(dynamic: tuple[Any, ...], consts: tuple[Any, ...]) -> Any:
+        return run(dynamic, consts)
+
+    @scaled.defjvp
+    def _jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
+        out, t_out = jax.jvp(run, primals, _times(tangents, 1.0 / scale))
+        return out, _times(t_out, scale)
+
+    return scaled(dynamic, tuple(consts))
 
 
 def _back_to(new: Any, old: Any) -> Any:
@@ -277,32 +353,72 @@ def mixed_precision(apply: Callable[..., Any], policy: Policy | str = "bf16") ->
     Returns:
         ``wrapped(params, x, **keywords)`` with ``apply``'s own signature (so jreg passes it
         exactly the keywords ``apply`` takes): the floating leaves of ``params`` and ``x`` go in as
-        ``compute_dtype``; every floating leaf of the outputs and intermediates comes out as
+        ``compute_dtype`` (further positional arguments go to ``apply`` as given; params and
+        inputs may also come by ``apply``'s own names for them); every floating leaf of the
+        outputs and intermediates comes out as
         ``output_dtype``; a new model state comes out in the dtypes of the ``state`` passed in.
         The model state goes in unchanged (running statistics keep their precision). Cotangents
         are scaled by ``policy.loss_scale`` inside the low-precision region (module docstring).
+        Wrapping a wrapper again under the same policy returns it unchanged; under another
+        policy, or a policy naming float64 while JAX's 64-bit mode is off, is a
+        :class:`jreg.JregError`.
     """
     if not callable(apply):
         raise JregTypeError(f"apply must be callable apply(params, x, ...), got {apply!r}")
     pol = as_policy(policy)
+    inner = getattr(apply, "policy", None)
+    if isinstance(inner, Policy) and getattr(apply, "_jreg_mixed_precision", False):
+        if inner == pol:  # wrapping again changes nothing (two loss scales would multiply)
+            return apply
+        raise JregError(
+            f"apply is already {apply.__name__} under the policy {inner}; wrapping it again under {pol} would cast "
+            "twice and multiply the loss scales: wrap the plain apply (its __wrapped__) instead"
+        )
+    if not jax.config.read("jax_enable_x64"):
+        wide = [f for f in ("param_dtype", "compute_dtype", "output_dtype") if getattr(pol, f) == np.float64]
+        if wide:
+            raise JregError(
+                f"policy {pol} names float64 ({', '.join(wide)}) but JAX's 64-bit mode is off, so those arrays "
+                "would be float32: call jax.config.update('jax_enable_x64', True) first, or use float32"
+            )
     compute, output, scale = pol.compute_dtype, pol.output_dtype, pol.loss_scale
+    try:
+        signature: inspect.Signature | None = inspect.signature(apply)
+    except (TypeError, ValueError):  # no signature (a builtin): positional (params, x) only
+        signature = None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [n for n, p in signature.parameters.items() if p.kind in positional][:2] if signature else []
+    label = f"mixed_precision({getattr(apply, '__name__', type(apply).__name__)})"
 
-    def wrapped(params: Any, x: Any, **keywords: Any) -> Any:
-        out = apply(_into(params, compute, scale), _into(x, compute, scale), **keywords)
+    def wrapped(*args: Any, **keywords: Any) -> Any:
+        # params and x may come by apply's own names for them (wrapped(params, inputs=x))
+        args = args + tuple(keywords.pop(n) for n in names[len(args) :] if n in keywords)
+        if len(args) < 2:
+            raise JregTypeError(
+                f"{label} needs the params and the inputs ({', '.join(names) or 'params, x'}), got "
+                f"{len(args)} positional argument(s) and the keywords {sorted(keywords)}"
+            )
+        params, x, *rest = args
+        if scale == 1.0:
+            return call(params, x, tuple(rest), keywords)
+        return _loss_scaled(call, scale, (params, x, tuple(rest), keywords))
+
+    def call(params: Any, x: Any, rest: tuple[Any, ...], keywords: dict[str, Any]) -> Any:
+        out = apply(_cast(params, compute), _cast(x, compute), *rest, **keywords)
         if "state" not in keywords:
-            return _out_of(out, output, scale)
+            return _cast(out, output)
         if not (isinstance(out, tuple) and len(out) == 2):
             raise JregError(f"a stateful model's apply must return (outputs, new_state), got {type(out).__name__}")
         outputs, new_state = out
-        return _out_of(outputs, output, scale), _back_to(new_state, keywords["state"])
+        return _cast(outputs, output), _back_to(new_state, keywords["state"])
 
-    try:
-        wrapped.__signature__ = inspect.signature(apply)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):  # no signature (a builtin): positional (params, x) only
-        pass
-    wrapped.__name__ = f"mixed_precision({getattr(apply, '__name__', type(apply).__name__)})"
+    if signature is not None:
+        wrapped.__signature__ = signature  # type: ignore[attr-defined]
+    wrapped.__name__ = wrapped.__qualname__ = label
     wrapped.__doc__ = f"{getattr(apply, '__doc__', None) or ''}\n\nRun under the policy {pol}."
+    wrapped.__wrapped__ = apply  # type: ignore[attr-defined]
     wrapped.policy = pol  # type: ignore[attr-defined]
+    wrapped._jreg_mixed_precision = True  # type: ignore[attr-defined]
     return wrapped
 
 

@@ -372,3 +372,127 @@ def test_n30_on_mnist_bf16_is_within_one_point_of_float32():
         accuracy[policy] = history.evaluation_accuracy[-1]
     assert accuracy[None] > 0.85
     assert abs(accuracy["bf16"] - accuracy[None]) <= 0.01, accuracy
+
+
+# ---------------------------------------------------------------- review: hostile policies
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"loss_scale": 10**400}, r"loss_scale must be a finite number > 0"),  # an int too large for a float
+        ({"loss_scale": 1e300}, r"loss_scale must be between 2\*\*-126 and 2\*\*126.*got 1e\+300"),  # inf in float32
+        ({"loss_scale": 1e-300}, r"loss_scale must be between 2\*\*-126 and 2\*\*126"),  # its inverse: inf
+    ],
+)
+def test_loss_scales_float32_cannot_hold_are_refused(kwargs, match):
+    with pytest.raises(jreg.JregError, match=match):
+        jreg.Policy(compute_dtype="f16", **kwargs)
+
+
+def test_policy_strings_read_signs_whitespace_and_round_trip_exactly():
+    with pytest.raises(jreg.JregError, match=r"loss_scale must be a finite number > 0, got -65536"):
+        precision.as_policy("c=f16,loss_scale=-2**16")  # -(2**16), as Python reads it: not 65536
+    for bad in ("--2**16", "0**-1"):  # the second was a raw ZeroDivisionError
+        with pytest.raises(jreg.JregError, match=r"loss_scale must be a number"):
+            precision.as_policy(f"c=f16,loss_scale={bad}")
+    assert precision.as_policy("c=f16,loss_scale=+2**4").loss_scale == 16.0
+    assert precision.as_policy("c = f16,\tloss_scale=2**4\n") == jreg.Policy(compute_dtype="f16", loss_scale=16)
+    for scale in (2.0**24, 1 / 3, 1e-5, 3.0, 12345.678):
+        pol = jreg.Policy(compute_dtype="f16", loss_scale=scale)
+        assert precision.as_policy(str(pol)) == pol, str(pol)
+    assert str(precision.as_policy("f16")).endswith("loss_scale=32768")
+
+
+# ---------------------------------------------------------------- review: loss scaling at the boundaries
+
+W = {"w": jnp.linspace(-1, 1, 6).reshape(3, 2)}  # row sums -1.6, 0, 1.6: d(sum(x @ w))/dx
+
+
+def f16(scale):
+    return jreg.mixed_precision(linear, jreg.Policy(compute_dtype="float16", loss_scale=scale))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_forward_mode_goes_through_the_loss_scale(jit):
+    x = jax.random.uniform(jax.random.key(0), (4, 3))
+    tangent = {"w": jnp.full((3, 2), 0.25)}
+
+    def jvp(apply):
+        f = lambda p, t: jax.jvp(lambda q: apply(q, x), (p,), (t,))  # noqa: E731
+        return (jax.jit(f) if jit else f)(W, tangent)
+
+    (y, dy), (y1, dy1) = jvp(f16(2.0**10)), jvp(f16(1.0))  # was: "can't apply forward-mode autodiff (jvp)"
+    np.testing.assert_array_equal(y, y1)
+    np.testing.assert_array_equal(dy, dy1)  # the tangent scaled by 2**-10 going in and 2**10 coming out
+    np.testing.assert_allclose(dy, x @ tangent["w"], rtol=2e-3)
+    jac = jax.jacfwd(lambda p: f16(2.0**10)(p, x).sum())(W)["w"]
+    np.testing.assert_allclose(jac, jnp.broadcast_to(x.sum(0)[:, None], (3, 2)), rtol=2e-3)
+
+
+def test_unscaling_a_float16_input_is_done_in_float32():
+    """1 / 2**25 is 0 in float16: a float16 input's gradient was multiplied by zero."""
+    x = jax.random.uniform(jax.random.key(0), (2, 3)).astype(jnp.float16)
+    g = jax.grad(lambda x: 1e-3 * f16(2.0**25)(W, x).sum())(x)
+    assert g.dtype == F16
+    np.testing.assert_allclose(g.astype(F32), jnp.broadcast_to(1e-3 * W["w"].sum(1), (2, 3)), rtol=1e-3, atol=1e-7)
+
+
+# ---------------------------------------------------------------- review: the wrapper's edges
+
+
+def test_wrapping_twice_is_the_same_wrapper_or_an_error():
+    once = jreg.mixed_precision(linear, "f16")
+    assert jreg.mixed_precision(once, "f16") is once  # was: both scales applied, 2**30 overflowed every gradient
+    assert jreg.mixed_precision(jreg.mlp(SIZES, policy="bf16").apply, jreg.Policy()).policy == jreg.Policy()
+    with pytest.raises(jreg.JregError, match=r"apply is already mixed_precision\(linear\) under the policy .*float16"):
+        jreg.mixed_precision(once, "bf16")
+    with pytest.raises(jreg.JregError, match=r"already .* policy"):
+        jreg.mixed_precision(MIXED.apply, "f16")
+
+
+def test_float64_without_jax_x64_is_refused():
+    assert not jax.config.read("jax_enable_x64")
+    with pytest.raises(jreg.JregError, match=r"policy .*float64.* 64-bit mode is off"):
+        jreg.mixed_precision(linear, "compute=float64")  # was: float32 with a warning, the policy said float64
+    with pytest.raises(jreg.JregError, match=r"policy .*float64.* 64-bit mode is off"):
+        jreg.mlp(SIZES, policy="params=float64,compute=bf16")
+
+
+def test_the_wrapper_takes_what_the_apply_takes():
+    def apply(params, inputs, scale, *, key=None):
+        assert inputs.dtype == BF16 and params["w"].dtype == BF16
+        return inputs @ params["w"] * scale
+
+    wrapped = jreg.mixed_precision(apply, "bf16")
+    x = jnp.ones((2, 3))
+    expect = apply({"w": W["w"].astype(BF16)}, x.astype(BF16), 2.0).astype(F32)
+    np.testing.assert_array_equal(wrapped(W, x, 2.0), expect)  # extra positional: passed on as given
+    np.testing.assert_array_equal(wrapped(W, inputs=x, scale=2.0), expect)  # the inputs by apply's own name
+    np.testing.assert_array_equal(wrapped(params=W, inputs=x, scale=2.0, key=None), expect)
+    with pytest.raises(jreg.JregTypeError, match=r"mixed_precision\(apply\) needs the params and the inputs"):
+        wrapped(W)
+
+
+def test_loss_scaling_leaves_double_backprop_exact():
+    """An input penalty differentiates a gradient: the loss scale must cancel on every path, not only the first-order.
+
+    (Scaling at two custom-derivative identities made the input penalty's gradient 1/S of its value.)"""
+    x, y = toy(8)
+
+    def penalty_gradient(apply):
+        def total(p, lam):
+            obj = jreg.objective(apply, jreg.losses.cross_entropy, input_penalty=jreg.penalties.input_gradient(lam))
+            return obj(p, (x, y))[0]
+
+        g = jax.jit(jax.grad(total))  # one compile for both coefficients
+        return jax.tree.map(lambda a, b: a - b, g(PARAMS, 100.0), g(PARAMS, 0.0))
+
+    reference = penalty_gradient(MODEL.apply)
+    for scale in (3.0,):  # float32 compute: only the scale can differ
+        scaled = penalty_gradient(jreg.mixed_precision(MODEL.apply, jreg.Policy(compute_dtype="f32", loss_scale=scale)))
+        for a, r in zip(jax.tree.leaves(scaled), jax.tree.leaves(reference)):
+            np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6 * float(jnp.abs(r).max()))
+    f16 = penalty_gradient(jreg.mixed_precision(MODEL.apply, "f16"))  # 2**15
+    for a, r in zip(jax.tree.leaves(f16), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(a, r, atol=0.02 * float(jnp.abs(r).max()))
