@@ -23,6 +23,8 @@ regularized objective. Layout (each module imports only those above it)::
     early_stopping  EarlyStopping in the loop
     engine        the compiled epoch for one model or K
     fit, sweep    the front ends
+    population    K models with a compiled transfer between epochs (paths, PBT)
+    path, pbt     regularization paths; population-based training
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from .fit import fit
 from .guard import DivergenceError
 from .history import History, SweepHistory
 from .monitor import EPOCH_LOSS, NETWORK2
+from .path import Path, regularization_path
+from .pbt import PBTResult, pbt
 from .plan import NOISE_SALT, PARTIAL_BATCH
 from .state import TrainState
 from .step import make_step
@@ -63,4 +67,8 @@ __all__ = [
     "make_step",
     "sweep",
     "total_cost",
+    "Path",
+    "PBTResult",
+    "pbt",
+    "regularization_path",
 ]
