@@ -137,6 +137,8 @@ def test_group_lasso_top_is_the_largest_unit_gradient():
         ({"groups": "blocks"}, "groups must be"),
         ({"selectors": {}}, "selectors must be a non-empty mapping"),
         ({"wam_every": 2}, "unexpected keyword"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"top": "l1", "hparams": {"eta": 0.5}, "key": 3}, "key"),
     ],
 )
 def test_bad_input_is_a_jreg_error(kwargs, match):

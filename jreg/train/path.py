@@ -59,9 +59,11 @@ from ..penalties import mask_tree
 from . import population as pop_
 from .engine import Build
 from .history import SweepHistory
+from .inputs import check_data
 from .loop import Run
 from .state import TrainState
 from .sweep import _built, check_hparams
+from .validate import check_loop_args
 
 MODES = ("population", "sequential")
 TOPS = ("l1", "group_lasso")
@@ -183,7 +185,7 @@ def regularization_path(
         raise JregTypeError(f"strength must be the name of a hyperparameter (str), got {strength!r}")
     fixed = _fixed(hparams, strength)
     selectors = _selectors(selectors, params)
-    epochs = check_positive_int(epochs, "epochs")
+    epochs, _ = check_loop_args(epochs, batch_size, key, None)
     if strengths is None:
         n_strengths = check_positive_int(n_strengths, "n_strengths")
         if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
@@ -247,13 +249,21 @@ def _top(top: Any, build: Build, params: Params, train: Any, strength: str, fixe
             raise JregTypeError(f"top must be a number or one of {TOPS}, got {top!r}") from exc
     if top not in TOPS:
         raise JregError(f"top must be a number or one of {TOPS}, got {top!r}")
+    batch = check_data(train, "train")
     objective = build({strength: 0.0, **fixed})[0]
-    batch = train
-    if top == "l1":
-        return float(lambda_max(objective, params, batch, mask=mask))
-    flags = mask_tree(params, mask)
-    zeroed = jax.tree.map(lambda w, on: jnp.zeros_like(w) if on else w, params, flags)
-    grads = jax.grad(lambda p: objective(p, batch)[0])(zeroed)
+    try:
+        if top == "l1":
+            return float(lambda_max(objective, params, batch, mask=mask))
+        flags = mask_tree(params, mask)
+        zeroed = jax.tree.map(lambda w, on: jnp.zeros_like(w) if on else w, params, flags)
+        grads = jax.grad(lambda p: objective(p, batch)[0])(zeroed)
+    except JregError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a stateful objective, say: it needs a given top
+        raise JregError(
+            f"top={top!r}: the objective of build({{{strength!r}: 0}}) cannot be called as objective(params, train) "
+            f"({type(exc).__name__}: {exc}); give top= a number"
+        ) from exc
     picked = [_unit_norms(g, groups) for g, on in zip(jax.tree.leaves(grads), jax.tree.leaves(flags)) if on]
     if not picked or any(g is None for g in picked):
         raise JregError("top='group_lasso': the mask must select weight leaves of rank >= 2")

@@ -40,6 +40,7 @@ from .engine import Build
 from .history import SweepHistory
 from .loop import Run
 from .state import TrainState
+from .sweep import check_hparams
 
 MINIMIZED = ("cost", "loss", "error")
 
@@ -120,6 +121,8 @@ def pbt(
         raise JregError(f"fraction must be a number in (0, 0.5] (the share replaced each time), got {fraction!r}")
     if not isinstance(hparams, Mapping):
         raise JregTypeError(f"hparams must be a mapping {{name: K values}}, got {type(hparams).__name__}")
+    if check_hparams(hparams)[1] < 2:
+        raise JregError("pbt needs a population of at least 2 members; hparams holds one value per name")
     factors = _factors(explore, hparams)
     limits = _bounds(bounds, explore)
     population = pop_.start(
