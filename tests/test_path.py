@@ -24,7 +24,11 @@ def toy(n, seed):
 TRAIN, TEST = toy(40, 0), toy(30, 1)
 
 
+CALLS = {"build": 0}
+
+
 def build(hp):  # proximal L1: exact zeros
+    CALLS["build"] += 1
     return DATA_OBJ, optax.chain(optax.sgd(hp["eta"]), jreg.proximal(jreg.penalties.l1(hp["lmbda"]), hp["eta"]))
 
 
@@ -67,11 +71,16 @@ def prox_gd_epoch(params, lam):
 def test_population_mode_is_the_pipelined_warm_start_chain():
     """Full-batch steps (the data order cannot matter): member i = λ0 for E - i·M epochs, then M at each λ1..λi."""
     strengths, epochs, every = [0.05, 0.02, 0.005], 4, 1
+    CALLS["build"] = 0
     path = jreg.regularization_path(
         build, PARAMS, TRAIN, strengths=strengths, hparams={"eta": 0.5}, epochs=epochs, warm_every=every,
         batch_size=40, key=jax.random.key(0), monitor=(),
     )  # fmt: skip
     assert path.mode == "population" and path.warm_every == 1 and len(path) == 3
+    traced, CALLS["build"] = CALLS["build"], 0  # build is traced once per compilation: 3 restarts cost as 1
+    jreg.regularization_path(build, PARAMS, TRAIN, strengths=strengths, hparams={"eta": 0.5}, epochs=2,
+                             warm_every=1, batch_size=40, key=jax.random.key(0), monitor=())  # fmt: skip
+    assert CALLS["build"] == traced
     for i in range(3):
         chain = [strengths[0]] * (epochs - i * every) + [lam for lam in strengths[1 : i + 1] for _ in range(every)]
         params = PARAMS
