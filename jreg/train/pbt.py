@@ -25,6 +25,7 @@ run, bit for bit. The data order is the sweep's: every member sees epoch
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -232,25 +233,36 @@ def _ranking(rank_by: Any, maximize: Any, population: pop_.Population, every: in
 
 
 def _exploit_explore(models: int, n: int, factors: dict[str, jax.Array], limits: dict, maximize: bool):
-    """The jitted ``(state, alive, hp, score, key) -> (state, alive, hp, losers, donors)``."""
+    """``(state, alive, hp, score, key) -> (state, alive, hp, losers, donors)``, one jitted program.
 
-    @jax.jit
+    The program is compiled once per process for each population size, ``n``, direction, bounds and tree
+    structure (module-level jit, the factors traced), so repeated :func:`pbt` calls reuse it."""
+    bounded = tuple(sorted((k, float(lo), float(hi)) for k, (lo, hi) in limits.items()))
+    del models  # the score's length says it
+
     def step(state: TrainState, alive: jax.Array, hp: dict[str, jax.Array], score: jax.Array, key: jax.Array):
-        signed = score if maximize else -score
-        signed = jnp.where(jnp.isnan(signed) | ~alive, -jnp.inf, signed)
-        order = jnp.argsort(signed, stable=True)  # worst first
-        losers, best = order[:n], order[models - n :]
-        pick, *perturb = jax.random.split(key, 1 + len(factors))
-        donors = best[jax.random.randint(pick, (n,), 0, n)]
-        sources = jnp.arange(models).at[losers].set(donors)
-        copied = jnp.zeros((models,), bool).at[losers].set(True)
-        hp = {k: v[sources] for k, v in hp.items()}
-        for sub, (name, choices) in zip(perturb, factors.items()):
-            factor = choices[jax.random.randint(sub, (models,), 0, choices.shape[0])]
-            moved = hp[name] * factor.astype(hp[name].dtype)
-            if name in limits:
-                moved = jnp.clip(moved, *limits[name])
-            hp[name] = jnp.where(copied, moved, hp[name])
-        return pop_.take_rows(state, sources), alive[sources], hp, losers, donors
+        return _step(state, alive, hp, score, key, factors, n=n, maximize=maximize, bounded=bounded)
 
     return step
+
+
+@functools.partial(jax.jit, static_argnames=("n", "maximize", "bounded"))
+def _step(state, alive, hp, score, key, factors, *, n: int, maximize: bool, bounded: tuple):
+    models = score.shape[0]
+    limits = {k: (lo, hi) for k, lo, hi in bounded}
+    signed = score if maximize else -score
+    signed = jnp.where(jnp.isnan(signed) | ~alive, -jnp.inf, signed)
+    order = jnp.argsort(signed, stable=True)  # worst first
+    losers, best = order[:n], order[models - n :]
+    pick, *perturb = jax.random.split(key, 1 + len(factors))
+    donors = best[jax.random.randint(pick, (n,), 0, n)]
+    sources = jnp.arange(models).at[losers].set(donors)
+    copied = jnp.zeros((models,), bool).at[losers].set(True)
+    hp = {k: v[sources] for k, v in hp.items()}
+    for sub, (name, choices) in zip(perturb, sorted(factors.items())):
+        factor = choices[jax.random.randint(sub, (models,), 0, choices.shape[0])]
+        moved = hp[name] * factor.astype(hp[name].dtype)
+        if name in limits:
+            moved = jnp.clip(moved, *limits[name])
+        hp[name] = jnp.where(copied, moved, hp[name])
+    return pop_.take_rows(state, sources), alive[sources], hp, losers, donors
