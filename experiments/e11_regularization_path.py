@@ -64,7 +64,7 @@ def main() -> None:
             build,
             params,
             train,
-            n_strengths=4 if args.quick else STRENGTHS,
+            n_strengths=3 if args.quick else STRENGTHS,
             ratio=RATIO,
             mask=mask,
             selectors={"first layer": "0/w"},
