@@ -147,6 +147,8 @@ def test_group_lasso_top_is_the_largest_unit_gradient():
         ({"selectors": {}}, "selectors must be a non-empty mapping"),
         ({"wam_every": 2}, "unexpected keyword"),
         ({"batch_size": 0}, "batch_size"),
+        ({"hparams": {"eta": "fast"}}, "one finite number"),
+        ({"hparams": {"eta": [0.1, 0.2]}}, "one finite number"),
         ({"top": "l1", "hparams": {"eta": 0.5}, "key": 3}, "key"),
     ],
 )

@@ -229,9 +229,13 @@ def _fixed(hparams: Any, strength: str) -> dict[str, float]:
         raise JregError(f"hparams must not hold {strength!r}: the path varies it (give strengths= instead)")
     out = {}
     for k, v in hparams.items():
-        if not (np.ndim(v) == 0 and np.isfinite(float(v))):
+        try:
+            value = float(v) if np.ndim(v) == 0 and not isinstance(v, (str, bool)) else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not np.isfinite(value):
             raise JregError(f"hparams[{k!r}] must be one finite number shared by every strength, got {v!r}")
-        out[k] = float(v)
+        out[k] = value
     return out
 
 
