@@ -92,7 +92,8 @@ class Path:
             in ``model_state``, when given).
         history: a :class:`SweepHistory`, ``(K, measurements)`` per series (sequential mode: each
             strength's own fit, epochs 1..E).
-        mode, warm_every, epochs, seconds: how it ran and its wall time.
+        mode, warm_every, epochs: how it ran; seconds: its wall time once the strengths were chosen
+            (checks, compilation and training; not the ``lambda_max`` computation).
     """
 
     strength: str

@@ -173,8 +173,3 @@ def _nan_at(values: Any, rows: np.ndarray) -> np.ndarray:
 def take_rows(tree: Any, sources: jax.Array) -> Any:
     """``tree`` with member ``i`` replaced by member ``sources[i]`` (a gather along the model axis)."""
     return jax.tree.map(lambda a: jnp.take(a, sources, axis=0), tree)
-
-
-def rows(tree: Any, i: int) -> Any:
-    """Member ``i`` of a stacked tree."""
-    return jax.tree.map(lambda a: a[i], tree)
