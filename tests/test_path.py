@@ -134,6 +134,16 @@ def test_group_lasso_top_is_the_largest_unit_gradient():
     assert path.units["first"][0] == 0 and path.units["first"][1] > 0
 
 
+def test_a_top_from_a_stateful_objective_asks_for_a_number():
+    def apply(params, x, *, state, train):
+        return MODEL.apply(params, x), state
+
+    stateful = jreg.objective(apply, jreg.losses.cross_entropy)
+    with pytest.raises(jreg.JregError, match="give top= a number"):
+        jreg.regularization_path(lambda hp: (stateful, optax.sgd(0.1)), PARAMS, TRAIN, model_state={"n": jnp.zeros(())},
+                                 epochs=1, batch_size=8, key=jax.random.key(0))  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -269,8 +269,6 @@ def _top(top: Any, build: Build, params: Params, train: Any, strength: str, fixe
         flags = mask_tree(params, mask)
         zeroed = jax.tree.map(lambda w, on: jnp.zeros_like(w) if on else w, params, flags)
         grads = jax.grad(lambda p: objective(p, batch)[0])(zeroed)
-    except JregError:
-        raise
     except Exception as exc:  # noqa: BLE001 - a stateful objective, say: it needs a given top
         raise JregError(
             f"top={top!r}: the objective of build({{{strength!r}: 0}}) cannot be called as objective(params, train) "
