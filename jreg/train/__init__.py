@@ -24,6 +24,8 @@ regularized objective. Layout (each module imports only those above it)::
     early_stopping  EarlyStopping in the loop
     engine        the compiled epoch for one model or K
     fit, sweep    the front ends
+    population    K models with a compiled transfer between epochs (paths, PBT)
+    path, pbt     regularization paths; population-based training
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from .fit import fit
 from .guard import DivergenceError
 from .history import History, SweepHistory
 from .monitor import EPOCH_LOSS, NETWORK2
+from .path import Path, regularization_path
+from .pbt import PBTResult, pbt
 from .plan import NOISE_SALT, PARTIAL_BATCH
 from .state import TrainState
 from .step import make_step
@@ -65,4 +69,8 @@ __all__ = [
     "sweep",
     "total_cost",
     "ModelParallel",
+    "Path",
+    "PBTResult",
+    "pbt",
+    "regularization_path",
 ]

@@ -1,0 +1,268 @@
+r"""Population-based training (Jaderberg et al., 2017) inside the sweep's compiled program.
+
+``pbt(build, params, train, hparams={...}, explore={...}, every=M, ...)``
+trains K members (a sweep: one compiled program, hyperparameters traced).
+After every ``M``-th epoch (not after the last):
+
+* **exploit**: the members are ranked by the series ``rank_by`` (its latest
+  measurement; higher is better unless the name says cost, loss or error; a
+  diverged member ranks last). Each of the worst ``n = max(1, floor(fraction·K))``
+  copies the whole training state (params, optimizer state, model state, step
+  count) and the hyperparameters of a member drawn uniformly from the best
+  ``n``.
+* **explore**: each copied member multiplies each hyperparameter named in
+  ``explore`` by a factor drawn uniformly from that entry's factors (PBT's
+  ``(0.8, 1.2)``), then clips it to ``bounds``.
+
+Both run as one jitted function of the stacked device state, the ``hp``
+arrays, the K scores and a key (``fold_in(fold_in(key, 1), epoch)``): no
+params leave the device, and since ``hp`` is a traced argument of the epoch
+program, the new values recompile nothing. The same ``key`` gives the same
+run, bit for bit. The data order is the sweep's: every member sees epoch
+``e``'s shuffle from ``fold_in(key, e)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import check_positive_int
+from .._errors import JregError, JregTypeError
+from .._types import ModelState, Params
+from . import population as pop_
+from .engine import Build
+from .history import SweepHistory
+from .loop import Run
+from .state import TrainState
+from .sweep import check_hparams
+
+MINIMIZED = ("cost", "loss", "error")
+
+
+@dataclasses.dataclass
+class PBTResult:
+    """What :func:`jreg.pbt` returns.
+
+    Attributes:
+        params: the final params, stacked along a leading axis of size K (``model_state`` likewise, when given).
+        history: a :class:`SweepHistory`: ``history[series]`` is ``(K, measurements)``; member ``i``'s row is
+            the record of whoever occupied slot ``i`` (after an exploit, the copy's continuation).
+        hparams: ``{name: (K, epochs)}``: the value each member trained with in each epoch.
+        lineage: one entry per copy: ``{"epoch": e, "member": i, "from": j}`` (1-based epoch after which
+            member ``i`` took member ``j``'s state and hyperparameters).
+        best: the index of the best member by ``rank_by`` at the end.
+        rank_by: the series it ranked on; ``maximize`` whether higher was better.
+    """
+
+    params: Params
+    history: SweepHistory
+    hparams: dict[str, np.ndarray]
+    lineage: list[dict[str, int]]
+    best: int
+    rank_by: str
+    maximize: bool
+    model_state: ModelState = None
+
+    def final_hparams(self) -> dict[str, np.ndarray]:
+        """``{name: (K,)}``: each member's hyperparameters in the last epoch."""
+        return {k: v[:, -1] for k, v in self.hparams.items()}
+
+
+def pbt(
+    build: Build,
+    params: Params,
+    train: Any,
+    *,
+    hparams: Mapping[str, Any],
+    explore: Mapping[str, Iterable[float]],
+    every: int,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    fraction: float = 0.25,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    rank_by: str | None = None,
+    maximize: bool | None = None,
+    evaluation: Any = None,
+    model_state: ModelState = None,
+    stacked_params: bool = False,
+    vectorize: str = "auto",
+    monitor: Iterable[str] | str | None = None,
+    partial_batch: str = "include",
+    verbose: bool = False,
+    **unknown: Any,
+) -> PBTResult:
+    """Population-based training of K members in one compiled program (see the module docstring).
+
+    Args:
+        build: ``build(hp) -> (objective, optimizer)``, as for :func:`jreg.sweep`.
+        hparams: the initial population, ``{name: K values}``.
+        explore: ``{name: factors}``: the hyperparameters explore perturbs and the multiplicative factors
+            it draws from, e.g. ``{"lmbda": (0.8, 1.25), "eta": (0.8, 1.25)}``; factors finite and > 0.
+        every: exploit and explore after every ``every``-th epoch (not after the last).
+        fraction: the share of the population replaced each time, in (0, 0.5].
+        bounds: ``{name: (low, high)}`` each explored value is clipped to (default: unbounded).
+        rank_by: the series to rank on (it must be monitored and measured at every exploit epoch); default
+            ``evaluation_accuracy`` with evaluation data, else ``training_accuracy`` when measured, else
+            ``training_cost``.
+        maximize: whether higher is better (default: not when ``rank_by`` names a cost, loss or error).
+        The rest as in :func:`jreg.sweep`.
+    """
+    if unknown:
+        raise JregTypeError(f"pbt() got unexpected keyword argument(s) {sorted(unknown)}")
+    every = check_positive_int(every, "every")
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 0.5):
+        raise JregError(f"fraction must be a number in (0, 0.5] (the share replaced each time), got {fraction!r}")
+    if not isinstance(hparams, Mapping):
+        raise JregTypeError(f"hparams must be a mapping {{name: K values}}, got {type(hparams).__name__}")
+    if check_hparams(hparams)[1] < 2:
+        raise JregError("pbt needs a population of at least 2 members; hparams holds one value per name")
+    factors = _factors(explore, hparams)
+    limits = _bounds(bounds, explore)
+    population = pop_.start(
+        build, params, train, hparams, epochs=epochs, batch_size=batch_size, key=key, evaluation=evaluation,
+        model_state=model_state, stacked_params=stacked_params, vectorize=vectorize, monitor=monitor,
+        partial_batch=partial_batch,
+    )  # fmt: skip
+    for name in explore:
+        if not jnp.issubdtype(population.hp[name].dtype, jnp.floating):
+            raise JregError(f"explore[{name!r}]: only real-valued hyperparameters can be perturbed; give floats")
+    rank_by, maximize = _ranking(rank_by, maximize, population, every)
+    n = max(1, int(fraction * population.models))
+    step = _exploit_explore(population.models, n, factors, limits, maximize)
+    trajectory: list[dict[str, np.ndarray]] = []
+    lineage: list[dict[str, int]] = []
+    pbt_key = jax.random.fold_in(key, 1)
+
+    def transfer(run: Run, population: pop_.Population) -> None:
+        score = jnp.asarray(np.asarray(run.values[rank_by], np.float32))
+        run.state, run.alive, population.hp, losers, donors = step(
+            run.state, run.alive, population.hp, score, jax.random.fold_in(pbt_key, run.epoch)
+        )
+        for i, j in zip(*jax.device_get((losers, donors))):
+            lineage.append({"epoch": run.epoch + 1, "member": int(i), "from": int(j)})
+
+    def due(e: int) -> bool:
+        trajectory.append(jax.device_get(population.hp))  # the values epoch e trained with (before any change)
+        return (e + 1) % every == 0 and e + 1 < population.epochs
+
+    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention)
+    done = pop_.run(population, history, transfer, due, verbose=verbose)
+    last = np.asarray(history[rank_by])[:, -1]
+    ranked = np.where(np.isnan(last), -np.inf, last if maximize else -last)
+    return PBTResult(
+        done.state.params,
+        history,
+        {k: np.stack([np.asarray(t[k]) for t in trajectory], axis=1) for k in population.hp},
+        lineage,
+        int(np.argmax(ranked)),
+        rank_by,
+        maximize,
+        done.state.model_state if population.stateful else None,
+    )
+
+
+def _factors(explore: Any, hparams: Mapping[str, Any]) -> dict[str, jax.Array]:
+    if not isinstance(explore, Mapping) or not explore:
+        raise JregTypeError(
+            f"explore must be a non-empty mapping {{name: factors}}, e.g. {{'lmbda': (0.8, 1.25)}}; got {explore!r}"
+        )
+    pop_.check_names(explore, hparams, "explore")
+    out = {}
+    for name, values in explore.items():
+        try:
+            arr = np.asarray(values, np.float64)
+        except (TypeError, ValueError) as exc:
+            raise JregError(
+                f"explore[{name!r}] must be a sequence of factors, e.g. (0.8, 1.25); got {values!r}"
+            ) from exc
+        if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise JregError(f"explore[{name!r}] must be a non-empty 1-D sequence of finite factors > 0, got {values!r}")
+        out[name] = jnp.asarray(arr, jnp.float32)
+    return out
+
+
+def _bounds(bounds: Any, explore: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    if bounds is None:
+        return {}
+    if not isinstance(bounds, Mapping):
+        raise JregTypeError(f"bounds must be a mapping {{name: (low, high)}}, got {type(bounds).__name__}")
+    pop_.check_names(bounds, explore, "bounds (of explored hyperparameters)")
+    out = {}
+    for name, pair in bounds.items():
+        try:
+            low, high = (float(v) for v in pair)
+        except (TypeError, ValueError) as exc:
+            raise JregError(f"bounds[{name!r}] must be a pair (low, high), got {pair!r}") from exc
+        if np.isnan(low) or np.isnan(high) or low > high:
+            raise JregError(f"bounds[{name!r}] must be (low, high) with low <= high, got {pair!r}")
+        out[name] = (low, high)
+    return out
+
+
+def _ranking(rank_by: Any, maximize: Any, population: pop_.Population, every: int) -> tuple[str, bool]:
+    wanted = population.setup.monitor.wanted
+    if rank_by is None:
+        has_eval = population.setup.evaluation is not None
+        rank_by = next(
+            (s for s in ("evaluation_accuracy", "training_accuracy", "evaluation_cost", "training_cost") if s in wanted
+             and (has_eval or not s.startswith("evaluation"))),
+            None,
+        )  # fmt: skip
+        if rank_by is None:
+            raise JregError(f"pbt: give rank_by= (a monitored series); the monitored series are {sorted(wanted)}")
+    if not isinstance(rank_by, str) or rank_by not in wanted:
+        raise JregError(f"rank_by={rank_by!r} is not a monitored series; the monitored series are {sorted(wanted)}")
+    schedule = population.setup.schedule
+    missed = [e + 1 for e in range(every - 1, population.epochs - 1, every) if not schedule.due(e, population.epochs)]
+    if missed:
+        raise JregError(
+            f"rank_by={rank_by!r} is not measured after epoch(s) {missed[:5]}, where PBT ranks: make every={every} "
+            f"a multiple of the Evaluation's every={schedule.every}"
+        )
+    if maximize is None:
+        maximize = not any(word in rank_by for word in MINIMIZED)
+    return rank_by, bool(maximize)
+
+
+def _exploit_explore(models: int, n: int, factors: dict[str, jax.Array], limits: dict, maximize: bool):
+    """``(state, alive, hp, score, key) -> (state, alive, hp, losers, donors)``, one jitted program.
+
+    The program is compiled once per process for each population size, ``n``, direction, bounds and tree
+    structure (module-level jit, the factors traced), so repeated :func:`pbt` calls reuse it."""
+    bounded = tuple(sorted((k, float(lo), float(hi)) for k, (lo, hi) in limits.items()))
+    del models  # the score's length says it
+
+    def step(state: TrainState, alive: jax.Array, hp: dict[str, jax.Array], score: jax.Array, key: jax.Array):
+        return _step(state, alive, hp, score, key, factors, n=n, maximize=maximize, bounded=bounded)
+
+    return step
+
+
+@functools.partial(jax.jit, static_argnames=("n", "maximize", "bounded"))
+def _step(state, alive, hp, score, key, factors, *, n: int, maximize: bool, bounded: tuple):
+    models = score.shape[0]
+    limits = {k: (lo, hi) for k, lo, hi in bounded}
+    signed = score if maximize else -score
+    signed = jnp.where(jnp.isnan(signed) | ~alive, -jnp.inf, signed)
+    order = jnp.argsort(signed, stable=True)  # worst first
+    losers, best = order[:n], order[models - n :]
+    pick, *perturb = jax.random.split(key, 1 + len(factors))
+    donors = best[jax.random.randint(pick, (n,), 0, n)]
+    sources = jnp.arange(models).at[losers].set(donors)
+    copied = jnp.zeros((models,), bool).at[losers].set(True)
+    hp = {k: v[sources] for k, v in hp.items()}
+    for sub, (name, choices) in zip(perturb, sorted(factors.items())):
+        factor = choices[jax.random.randint(sub, (models,), 0, choices.shape[0])]
+        moved = hp[name] * factor.astype(hp[name].dtype)
+        if name in limits:
+            moved = jnp.clip(moved, *limits[name])
+        hp[name] = jnp.where(copied, moved, hp[name])
+    return pop_.take_rows(state, sources), alive[sources], hp, losers, donors

@@ -1,0 +1,175 @@
+"""A population of K models on the sweep's compiled epoch, with a compiled transfer between epochs.
+
+What :func:`jreg.regularization_path` and :func:`jreg.pbt` share. The population
+is a sweep (``engine.program`` over K models, hyperparameters traced in ``hp``)
+whose host loop calls, after chosen epochs, a *transfer*: a jitted function of
+the stacked device state, the ``alive`` flags and the ``hp`` arrays that moves
+state between members (a warm start from a neighbour; PBT's exploit) and may
+change ``hp`` (PBT's explore). Params never come to the host; since ``hp`` is
+a traced argument of the epoch program, new values recompile nothing.
+
+A member whose training became non-finite is frozen by the engine (as in a
+sweep) and its figures are blanked with NaN until a transfer gives it another
+member's state, which revives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import JregError, JregTypeError
+from .._types import ModelState, Params
+from . import calls
+from .engine import VECTORIZE, Build, program
+from .history import SweepHistory
+from .loop import Hook, Run, progress, record, run_epochs
+from .setup import Setup, prepare
+from .state import TrainState
+from .sweep import _built, _first, check_hparams
+from .validate import check_loop_args
+
+
+@dataclasses.dataclass
+class Population:
+    """A prepared population: checked setup, ``hp`` on the device, the compiled epoch and the initial state."""
+
+    build: Build
+    hp: dict[str, jax.Array]
+    models: int
+    setup: Setup
+    epoch: Callable[..., Any]  # engine.program's jitted epoch
+    state: TrainState
+    epochs: int
+    key: jax.Array
+    stateful: bool
+
+    def init_opt(self, params: Params, hp: dict[str, jax.Array]) -> Any:
+        """Fresh optimizer states for stacked ``params`` under stacked ``hp`` (traced: usable inside a transfer)."""
+        return jax.vmap(lambda h, p: self.build(h)[1].init(p))(hp, params)
+
+
+def check_names(value: Any, allowed: Iterable[str], what: str) -> None:
+    """Every key of the mapping ``value`` names an hyperparameter of the population."""
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise JregError(
+            f"{what} names {unknown}, which are not hyperparameters; the hyperparameters are {sorted(allowed)}"
+        )
+
+
+def start(
+    build: Build,
+    params: Params,
+    train: Any,
+    hparams: Mapping[str, Any],
+    *,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    evaluation: Any,
+    model_state: ModelState,
+    stacked_params: bool,
+    vectorize: str,
+    monitor: Iterable[str] | str | None,
+    partial_batch: str,
+) -> Population:
+    """Check everything (as :func:`jreg.sweep` does) and build the population's epoch and initial state."""
+    if not callable(build):
+        raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
+    if vectorize not in VECTORIZE:
+        raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
+    hp, models = check_hparams(hparams)
+    if vectorize == "auto":
+        vectorize = "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
+    epochs, batch_size = check_loop_args(epochs, batch_size, key, None)
+    model_state = calls.as_model_state(model_state)
+    first = _first(params, stacked_params, models, "params")
+    first_state = _first(model_state, stacked_params, models, "model_state")
+    built = _built(build, hp, models)
+    setup = prepare(
+        built[0][0],
+        first,
+        first_state,
+        train,
+        evaluation,
+        batch_size=batch_size,
+        key=key,
+        partial_batch=partial_batch,
+        monitor=monitor,
+        optimizer=built[0][1],
+    )
+
+    @jax.jit
+    def initial(params, model_state, hp):
+        if not stacked_params:
+            params, model_state = jax.tree.map(
+                lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), (params, model_state)
+            )
+        opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
+        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32))
+
+    state = initial(params, model_state, hp)
+    measured = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)
+    epoch = program(build, setup.plan, measured, models=models, vectorize=vectorize)
+    return Population(build, hp, models, setup, epoch, state, epochs, key, model_state is not None)
+
+
+#: ``transfer(run, population) -> None``: changes ``run.state``, ``run.alive`` and ``population.hp`` on the device
+Transfer = Callable[[Run, Population], None]
+
+
+def run(
+    population: Population,
+    history: SweepHistory,
+    transfer: Transfer | None,
+    due: Callable[[int], bool],
+    *,
+    verbose: bool = False,
+    start_epoch: int = 0,
+    epochs: int | None = None,
+) -> Run:
+    """Epochs ``start_epoch .. epochs - 1``; after each: blank the dead, record, print, then ``transfer`` when due."""
+    pop = population
+
+    def one_epoch(state: TrainState, alive: Any, e: int):
+        evaluate = pop.setup.schedule.due(e, pop.epochs)
+        return pop.epoch(
+            pop.hp,
+            state,
+            alive,
+            pop.setup.train,
+            pop.setup.evaluation,
+            jax.random.fold_in(pop.key, e),
+            evaluate=evaluate,
+        )
+
+    def blank(r: Run) -> None:  # a frozen member's figures are not measurements of training: NaN, as in a sweep
+        dead = np.flatnonzero(~np.asarray(jax.device_get(r.alive)))
+        if dead.size:
+            r.values = {k: _nan_at(v, dead) for k, v in r.values.items()}
+
+    def maybe_transfer(r: Run) -> None:
+        if transfer is not None and due(r.epoch):
+            transfer(r, pop)
+
+    hooks: list[Hook] = [blank, record] + ([progress(pop.setup.monitor)] if verbose else []) + [maybe_transfer]
+    alive = jnp.ones((pop.models,), bool)
+    last = pop.epochs if epochs is None else epochs
+    return run_epochs(one_epoch, Run(pop.state, alive, last, history), start_epoch, hooks, np.asarray)
+
+
+def _nan_at(values: Any, rows: np.ndarray) -> np.ndarray:
+    out = np.array(values, dtype=np.float64 if np.asarray(values).dtype == np.float64 else np.float32)
+    out[rows] = np.nan
+    return out
+
+
+def take_rows(tree: Any, sources: jax.Array) -> Any:
+    """``tree`` with member ``i`` replaced by member ``sources[i]`` (a gather along the model axis)."""
+    return jax.tree.map(lambda a: jnp.take(a, sources, axis=0), tree)

@@ -1,0 +1,168 @@
+"""jreg.regularization_path: sequential warm starts equal fits chained by hand; the population is their pipeline."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jreg
+
+MODEL = jreg.mlp([6, 8, 3])
+DATA_OBJ = jreg.objective(MODEL.apply, jreg.losses.cross_entropy)
+PARAMS = MODEL.init(jax.random.key(0))
+
+
+def toy(n, seed):
+    kx, kp = jax.random.split(jax.random.key(seed))
+    x = jax.random.uniform(kx, (n, 6))
+    return x, jnp.argmax((x - 0.5) @ jax.random.normal(jax.random.key(9), (6, 3)), axis=1)
+
+
+TRAIN, TEST = toy(40, 0), toy(30, 1)
+
+
+CALLS = {"build": 0}
+
+
+def build(hp):  # proximal L1: exact zeros
+    CALLS["build"] += 1
+    return DATA_OBJ, optax.chain(optax.sgd(hp["eta"]), jreg.proximal(jreg.penalties.l1(hp["lmbda"]), hp["eta"]))
+
+
+def close(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(u, v, rtol=2e-5, atol=2e-6)
+
+
+def member(stacked, i):
+    return jax.tree.map(lambda a: a[i], stacked)
+
+
+def test_sequential_mode_equals_fits_warm_started_by_hand():
+    key = jax.random.key(3)
+    path = jreg.regularization_path(
+        build, PARAMS, TRAIN, strengths=[0.003, 0.03], hparams={"eta": 0.5}, mode="sequential", epochs=2,
+        batch_size=8, key=key, evaluation=TEST, monitor=("evaluation_accuracy", "training_cost"),
+    )  # fmt: skip
+    assert path.strengths.tolist() == pytest.approx([0.03, 0.003]) and path.mode == "sequential"
+    params = PARAMS
+    for i, lam in enumerate(path.strengths):
+        params, hist = jreg.fit(
+            *build({"lmbda": lam, "eta": 0.5}), params, TRAIN, epochs=2, batch_size=8,
+            key=jax.random.fold_in(key, i), evaluation=TEST, monitor=("evaluation_accuracy", "training_cost"),
+        )  # fmt: skip
+        close(member(path.params, i), params)
+        for name in hist.keys():
+            np.testing.assert_allclose(path.history[name][i], hist[name], rtol=2e-5, atol=2e-6, err_msg=name)
+            np.testing.assert_allclose(path.metrics[name][i], hist[name][-1], rtol=2e-5, atol=2e-6)
+
+
+@jax.jit
+def prox_gd_epoch(params, lam):
+    """One full-batch proximal gradient step (an epoch at batch size 40), written out in JAX: the reference."""
+    grads = jax.grad(lambda p: DATA_OBJ(p, TRAIN)[0])(params)
+    stepped = jax.tree.map(lambda w, g: w - 0.5 * g, params, grads)
+    return [{"w": jreg.penalties.soft_threshold(layer["w"], 0.5 * lam), "b": layer["b"]} for layer in stepped]
+
+
+def test_population_mode_is_the_pipelined_warm_start_chain():
+    """Full-batch steps (the data order cannot matter): member i = λ0 for E - i·M epochs, then M at each λ1..λi."""
+    strengths, epochs, every = [0.05, 0.02, 0.005], 4, 1
+    CALLS["build"] = 0
+    path = jreg.regularization_path(
+        build, PARAMS, TRAIN, strengths=strengths, hparams={"eta": 0.5}, epochs=epochs, warm_every=every,
+        batch_size=40, key=jax.random.key(0), monitor=(),
+    )  # fmt: skip
+    assert path.mode == "population" and path.warm_every == 1 and len(path) == 3
+    traced, CALLS["build"] = CALLS["build"], 0  # build is traced once per compilation: 3 restarts cost as 1
+    jreg.regularization_path(build, PARAMS, TRAIN, strengths=strengths, hparams={"eta": 0.5}, epochs=2,
+                             warm_every=1, batch_size=40, key=jax.random.key(0), monitor=())  # fmt: skip
+    assert CALLS["build"] == traced
+    for i in range(3):
+        chain = [strengths[0]] * (epochs - i * every) + [lam for lam in strengths[1 : i + 1] for _ in range(every)]
+        params = PARAMS
+        for lam in chain:
+            params = prox_gd_epoch(params, lam)
+        close(member(path.params, i), params)
+    # without restarts (warm_every >= epochs) no member moves to another: every member trained at its own strength
+    flat = jreg.regularization_path(
+        build, PARAMS, TRAIN, strengths=strengths, hparams={"eta": 0.5}, epochs=2, warm_every=2, batch_size=40,
+        key=jax.random.key(0), monitor=(),
+    )  # fmt: skip
+    for i, lam in enumerate(strengths):
+        close(member(flat.params, i), prox_gd_epoch(prox_gd_epoch(PARAMS, lam), lam))
+
+
+def test_lambda_max_top_zeroes_everything_and_sparsity_falls_along_the_path():
+    path = jreg.regularization_path(
+        build, PARAMS, TRAIN, hparams={"eta": 0.5}, n_strengths=5, ratio=0.01, epochs=6, batch_size=8,
+        key=jax.random.key(1), evaluation=TEST, selectors={"weights": None, "first": "0/w"},
+        monitor=("evaluation_accuracy",),
+    )  # fmt: skip
+    top = float(jreg.lambda_max(DATA_OBJ, PARAMS, TRAIN))
+    np.testing.assert_allclose(path.strengths, top * np.geomspace(1, 0.01, 5), rtol=1e-6)
+    w = [member(path.params, 0)[k]["w"] for k in range(2)]
+    assert all(bool(jnp.all(a == 0)) for a in w)
+    assert path.zeros["weights"][0] == path.sizes["weights"] == 6 * 8 + 8 * 3 and path.units["weights"][0] == 0
+    assert np.all(np.diff(path.zeros["weights"]) <= 0) and path.zeros["weights"][-1] < path.sizes["weights"]
+    assert np.all(np.diff(path.units["first"]) >= 0) and path.unit_counts == {"weights": 11, "first": 8}
+    last = member(path.params, 4)
+    assert path.zeros["first"][4] == int(jnp.sum(last[0]["w"] == 0))
+    assert path.units["first"][4] == int(jnp.sum(jnp.any(last[0]["w"] != 0, axis=0)))
+    np.testing.assert_allclose(path.l1["first"][4], float(jnp.sum(jnp.abs(last[0]["w"]))), rtol=1e-5)
+    np.testing.assert_allclose(path.l2["first"][4], float(jnp.linalg.norm(last[0]["w"])), rtol=1e-5)
+    table = path.table().splitlines()
+    assert len(table) == 6 and "weights Df" in table[0] and "evaluation_accuracy" in table[0]
+    assert table[1].split()[1] == "0" and "0/11" in table[1]
+
+
+def test_group_lasso_top_is_the_largest_unit_gradient():
+    def group_build(hp):
+        units = jreg.penalties.group_lasso(hp["c"], mask="0/w")
+        return DATA_OBJ, optax.chain(optax.sgd(0.5), jreg.proximal(units, 0.5))
+
+    path = jreg.regularization_path(
+        group_build, PARAMS, TRAIN, strength="c", top="group_lasso", mask="0/w", n_strengths=2, epochs=20,
+        batch_size=8, key=jax.random.key(1), selectors={"first": "0/w"}, monitor=(),
+    )  # fmt: skip
+    zeroed = [{"w": jnp.zeros_like(PARAMS[0]["w"]), "b": PARAMS[0]["b"]}, PARAMS[1]]
+    g = jax.grad(lambda p: DATA_OBJ(p, TRAIN)[0])(zeroed)[0]["w"]
+    np.testing.assert_allclose(path.strengths[0], float(jnp.max(jnp.linalg.norm(g, axis=0))), rtol=1e-5)
+    assert path.units["first"][0] == 0 and path.units["first"][1] > 0
+
+
+def test_a_top_from_a_stateful_objective_asks_for_a_number():
+    def apply(params, x, *, state, train):
+        return MODEL.apply(params, x), state
+
+    stateful = jreg.objective(apply, jreg.losses.cross_entropy)
+    with pytest.raises(jreg.JregError, match="give top= a number"):
+        jreg.regularization_path(lambda hp: (stateful, optax.sgd(0.1)), PARAMS, TRAIN, model_state={"n": jnp.zeros(())},
+                                 epochs=1, batch_size=8, key=jax.random.key(0))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "both"}, "mode must be one of"),
+        ({"ratio": 1.5}, "ratio must be a number in"),
+        ({"hparams": {"eta": 0.5, "lmbda": 0.1}}, "must not hold 'lmbda'"),
+        ({"warm_every": 0}, "warm_every"),
+        ({"top": "l3"}, "top must be a number or one of"),
+        ({"strengths": [0.1, float("nan")]}, "must be finite"),
+        ({"groups": "blocks"}, "groups must be"),
+        ({"selectors": {}}, "selectors must be a non-empty mapping"),
+        ({"wam_every": 2}, "unexpected keyword"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"hparams": {"eta": "fast"}}, "one finite number"),
+        ({"hparams": {"eta": [0.1, 0.2]}}, "one finite number"),
+        ({"top": "l1", "hparams": {"eta": 0.5}, "key": 3}, "key"),
+    ],
+)
+def test_bad_input_is_a_jreg_error(kwargs, match):
+    kw = dict(hparams={"eta": 0.5}, epochs=1, batch_size=8, key=jax.random.key(0)) | kwargs
+    with pytest.raises((jreg.JregError, jreg.JregTypeError), match=match):
+        jreg.regularization_path(build, PARAMS, TRAIN, **kw)

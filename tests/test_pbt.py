@@ -1,0 +1,117 @@
+"""jreg.pbt: exploit copies the chosen members' whole state, explore stays in bounds, one key one run, no recompiles."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jreg
+from jreg.train.pbt import _exploit_explore
+
+MODEL = jreg.mlp([6, 8, 3])
+PARAMS = MODEL.init(jax.random.key(0))
+CALLS = {"build": 0}
+
+
+def toy(n, seed):
+    kx, _ = jax.random.split(jax.random.key(seed))
+    x = jax.random.uniform(kx, (n, 6))
+    return x, jnp.argmax((x - 0.5) @ jax.random.normal(jax.random.key(9), (6, 3)), axis=1)
+
+
+TRAIN, TEST = toy(40, 0), toy(30, 1)
+HP = {"lmbda": [0.0, 0.01, 0.1, 1.0], "eta": [0.05, 0.3, 1.0, 3.0]}
+EXPLORE = {"lmbda": (0.8, 1.25), "eta": (0.5, 2.0)}
+BOUNDS = {"eta": (0.1, 2.5)}
+
+
+def build(hp):
+    CALLS["build"] += 1
+    obj = jreg.objective(MODEL.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"]))
+    return obj, optax.sgd(hp["eta"], momentum=0.9)  # momentum: an optimizer state to copy
+
+
+def run(epochs=4, key=3, **kw):
+    kw = dict(hparams=HP, explore=EXPLORE, bounds=BOUNDS, every=1, epochs=epochs, batch_size=8,
+              key=jax.random.key(key), evaluation=TEST, monitor=("evaluation_accuracy",)) | kw  # fmt: skip
+    return jreg.pbt(build, PARAMS, TRAIN, **kw)
+
+
+def test_exploit_copies_exactly_the_chosen_members_and_explore_stays_in_its_factors_and_bounds():
+    step = _exploit_explore(4, 2, {k: jnp.asarray(v, jnp.float32) for k, v in EXPLORE.items()}, BOUNDS, True)
+    stacked = jnp.arange(4.0)[:, None] * jnp.ones((4, 3))
+    state = jreg.TrainState(stacked, (stacked + 10, {"m": stacked * 2}), stacked - 1, jnp.arange(4, dtype=jnp.int32))
+    hp = {k: jnp.asarray(v, jnp.float32) for k, v in HP.items()}
+    score = jnp.asarray([0.9, 0.1, jnp.nan, 0.5])  # member 2 diverged: worst; then member 1
+    alive = jnp.asarray([True, True, False, True])
+    new, new_alive, new_hp, losers, donors = step(state, alive, hp, score, jax.random.key(0))
+    assert sorted(np.asarray(losers).tolist()) == [1, 2] and set(np.asarray(donors).tolist()) <= {0, 3}
+    sources = np.arange(4)
+    sources[np.asarray(losers)] = np.asarray(donors)
+    for got, before in zip(jax.tree.leaves(new), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(got, np.asarray(before)[sources])  # params, opt state, model state, step
+    assert np.asarray(new_alive).tolist() == [True] * 4
+    for name, factors in EXPLORE.items():
+        old, got = np.asarray(hp[name])[sources], np.asarray(new_hp[name])
+        for i in range(4):
+            if i in (1, 2):
+                allowed = [np.float32(old[i] * np.float32(f)) for f in factors]
+                if name in BOUNDS:
+                    allowed = [np.clip(a, *BOUNDS[name]) for a in allowed]
+                assert any(np.isclose(got[i], a, rtol=1e-6, atol=0) for a in allowed), (name, i, got[i], allowed)
+            else:
+                assert got[i] == old[i]
+
+
+def test_pbt_lineage_and_hparams_agree_the_same_key_gives_the_same_run_and_exploits_recompile_nothing():
+    CALLS["build"] = 0
+    first = run()
+    calls = CALLS["build"]  # build is traced once per compilation: as many calls for 3 exploits as for 6
+    again = run(epochs=7)
+    assert CALLS["build"] == 2 * calls
+    assert len(again.lineage) == 6 and again.lineage[:3] == first.lineage
+    again = run()
+    assert first.lineage == again.lineage and len(first.lineage) == 3 * 1  # n = floor(0.25 * 4) = 1, 3 exploits
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(a, b)
+    for k in HP:
+        np.testing.assert_array_equal(first.hparams[k], again.hparams[k])
+        assert first.hparams[k].shape == (4, 4)
+    for entry in first.lineage:  # after epoch e, member i trains with j's values, perturbed, from epoch e + 1
+        e, i, j = entry["epoch"], entry["member"], entry["from"]
+        donor = first.hparams["eta"][j, e - 1]
+        allowed = np.clip(donor * np.asarray(EXPLORE["eta"], np.float32), *BOUNDS["eta"])
+        assert np.min(np.abs(first.hparams["eta"][i, e] - allowed)) <= 1e-6 * donor
+        assert np.all(first.hparams["eta"] >= 0.05)
+        # the loser was the worst by evaluation accuracy after epoch e
+        acc = first.history["evaluation_accuracy"][:, e - 1]
+        assert acc[i] == np.min(acc) and acc[j] == np.max(acc)
+    assert first.rank_by == "evaluation_accuracy" and first.maximize
+    best = first.history["evaluation_accuracy"][:, -1]
+    assert best[first.best] == np.max(best)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fraction": 0.0}, "fraction must be a number in"),
+        ({"fraction": 0.75}, "fraction must be a number in"),
+        ({"fraction": True}, "fraction must be a number in"),
+        ({"every": 0}, "every"),
+        ({"explore": {"mu": (0.8, 1.25)}}, "names \\['mu'\\], which are not hyperparameters"),
+        ({"explore": {"eta": (0.8, -1.0)}}, "finite factors > 0"),
+        ({"explore": {}}, "explore must be a non-empty mapping"),
+        ({"bounds": {"eta": (2.0, 1.0)}}, "low <= high"),
+        ({"bounds": {"lmbda": (0.0, 1.0), "mu": (0, 1)}}, "bounds"),
+        ({"rank_by": "training_cost"}, "not a monitored series"),
+        ({"evaluation": jreg.Evaluation(TEST, every=2)}, "not measured after epoch"),
+        ({"explre": {}}, "unexpected keyword"),
+        ({"hparams": {"lmbda": [0.1], "eta": [0.5]}}, "at least 2 members"),
+    ],
+)
+def test_bad_input_is_a_jreg_error(kwargs, match):
+    with pytest.raises((jreg.JregError, jreg.JregTypeError), match=match):
+        run(epochs=3, **kwargs)
