@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         sweep,
         total_cost,
     )
+    from .train.stream import Stream
     from .transforms import sam, with_cutmix, with_mixup
 
 # ``import jreg`` imports neither JAX nor the submodules: each loads on first use, so the command line
@@ -89,6 +90,7 @@ _FROM = {
         ],
         "train",
     ),
+    "Stream": "train",
 }
 
 
@@ -171,4 +173,5 @@ __all__ = [
     "sam",
     "with_cutmix",
     "with_mixup",
+    "Stream",
 ]

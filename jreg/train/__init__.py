@@ -16,6 +16,7 @@ regularized objective. Layout (each module imports only those above it)::
     config        Evaluation, Checkpointing, DataParallel, EMA
     validate      checks before any work: arguments, data, the objective on the data's shapes
     monitor       which series are measured, and measuring them
+    stream        streamed epochs: Stream, chunks prefetched to the device, the compiled chunk scan
     setup         fit's and sweep's common preparation
     checkpointing save, resume, best params
     mesh          data-parallel placement
@@ -38,6 +39,7 @@ from .monitor import EPOCH_LOSS, NETWORK2
 from .plan import NOISE_SALT, PARTIAL_BATCH
 from .state import TrainState
 from .step import make_step
+from .stream import Stream
 from .sweep import sweep
 
 _NOISE_SALT = NOISE_SALT  # the name older code used
@@ -63,4 +65,5 @@ __all__ = [
     "make_step",
     "sweep",
     "total_cost",
+    "Stream",
 ]

@@ -235,8 +235,11 @@ class Writer:
         history: History,
         batch_size: int,
         stopping_state: dict[str, Any] | None,
+        streamed: bool = False,
     ) -> None:
-        """Write ``ckpt-<epoch>.npz`` atomically and keep this run's newest ``config.keep``."""
+        """Write ``ckpt-<epoch>.npz`` atomically and keep this run's newest ``config.keep``.
+
+        ``streamed``: the run trains on a stream (recorded as ``meta["streamed"]``; see :func:`resume`)."""
         meta: dict[str, Any] = {
             "history": history.to_dict(),
             "history_epochs": history.epochs_dict(),
@@ -247,6 +250,8 @@ class Writer:
         }
         if stopping_state is not None:
             meta["early_stopping"] = stopping_state
+        if streamed:
+            meta["streamed"] = True
         opt_state = state.opt_state
         if state.ema is not None:  # the EMA of the params travels beside the optimizer state: (opt_state, ema)
             meta["ema"] = dict(history.ema or {})
@@ -349,6 +354,7 @@ def resume(
     steps_per_epoch: int,
     cost_convention: str = "jreg",
     ema: dict[str, Any] | None = None,
+    streamed: bool = False,
 ) -> Resumed:
     """The run a checkpoint file, or the newest valid one in a folder, holds.
 
@@ -356,7 +362,9 @@ def resume(
     (files written before it was recorded were measured the jreg way), else the history and early stopping
     would compare costs of two conventions. ``ema`` is the resuming run's :meth:`jreg.EMA.meta` (None: no EMA):
     a run with an EMA resumes only from a checkpoint that kept one (and measured with it as this run does),
-    and the EMA continues bit for bit; a run without one only from a checkpoint without one."""
+    and the EMA continues bit for bit; a run without one only from a checkpoint without one. ``streamed``: the
+    resuming run trains on a stream; a streamed run resumes only a streamed run's checkpoint and an in-memory run
+    only an in-memory one (their data orders and step keys differ, so the continuation would not be the run's)."""
     check_resume(resume)
     path = Path(resume)
     if path.is_dir():
@@ -378,6 +386,12 @@ def resume(
         )
     if meta.get("batch_size", batch_size) != batch_size:
         raise JregError(f"resume: batch_size {batch_size} differs from the run's {meta['batch_size']} ({path})")
+    if bool(meta.get("streamed", False)) != streamed:
+        was, now = ("a stream", "in-memory data") if not streamed else ("in-memory data", "a stream")
+        raise JregError(
+            f"resume: {path} was trained on {was}, this run on {now}; the data order and the step keys would "
+            "differ, so it cannot continue that run (resume it with the same kind of train=)"
+        )
     epoch = int(loaded.step or 0)
     if epoch > epochs:
         raise JregError(f"resume: {path} is at epoch {epoch}, beyond epochs={epochs}")
