@@ -60,8 +60,17 @@ def fit(
         train: ``(x, y)``, ``x`` float ``(N, ...)``, ``y`` integer labels ``(N,)``,
             float targets ``(N, classes)`` or regression targets ``(N,)`` /
             ``(N, d)``; or any pytree of arrays sharing the leading example
-            axis, which the objective's ``split`` takes apart.
-        epochs, batch_size: positive ints, ``batch_size <= N``.
+            axis, which the objective's ``split`` takes apart. Or a stream of
+            mini-batches (:class:`jreg.Stream`, or a bare source: a callable
+            ``epoch -> iterable of batches``, a list of batches, a generator
+            factory, a PyTorch ``DataLoader``...; see docs/streaming.md): the
+            source decides the order (no shuffle), steps run in compiled
+            chunks prefetched to the device, only the last batch of an epoch
+            may be smaller, the default series are ``epoch_loss`` and the
+            evaluation series (the whole-training-set series are refused),
+            and a resumed run reopens the source at the first epoch not done.
+        epochs, batch_size: positive ints, ``batch_size <= N`` (for a stream:
+            the size of its batches).
         key: a ``jax.random.key`` for the shuffles (and dropout).
         evaluation: held-out data ``(x, y)`` (validation or test), or a
             :class:`jreg.Evaluation` with the data, the metrics, the

@@ -140,6 +140,9 @@ def sweep(
         params: initial params shared by every model, or, with
             ``stacked_params=True``, params with a leading axis of size K
             (e.g. ``jax.vmap(model.init)(jax.random.split(key, K))`` for seeds).
+        train: in-memory data as in :func:`fit`, or a stream of mini-batches
+            (:class:`jreg.Stream`; docs/streaming.md): every model trains on
+            the same chunks, in one compiled program per chunk.
         hparams: ``{name: K values}``; every entry has the same length K.
         model_state: a stateful model's initial state, shared (or stacked with
             ``stacked_params=True``); each model keeps its own. Then ``sweep``
@@ -211,11 +214,14 @@ def sweep(
 
     state = initial(params, model_state, hp)  # fresh buffers, safe to donate
     monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
-    epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize, ema=ema)
+    epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize, ema=ema, feed=setup.feed)
+    if setup.feed is not None:  # a one-shot iterator gives one epoch
+        setup.feed.check_epochs(epochs)
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
-        return epoch(hp, state, alive, setup.train, setup.evaluation, jax.random.fold_in(key, e), evaluate=due)
+        data = setup.train if setup.feed is None else setup.feed.epoch(e)  # a stream: epoch e opened
+        return epoch(hp, state, alive, data, setup.evaluation, jax.random.fold_in(key, e), evaluate=due)
 
     history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
     hooks: list[Hook] = [_flag_divergence(build, hp, setup, key, ema), record]
@@ -243,7 +249,10 @@ def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: 
             state = jax.tree.map(lambda a, i=i: a[i], run.state)  # frozen: the state the bad epoch started from
             epoch_key = jax.random.fold_in(key, run.epoch)
             keyed = calls.takes_key(objective)
-            found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
+            if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
+                found = setup.feed.found.get(int(i))
+            else:
+                found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
             figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
             step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
             history.diverged[int(i)] = {
