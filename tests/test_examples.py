@@ -56,3 +56,11 @@ def test_regression_with_custom_metrics_and_batched_evaluation():
     assert history.epochs("evaluation_mse") == [5, 10]
     assert history.evaluation_mse[-1] < history.evaluation_mse[0]
     assert np.isfinite(history.evaluation_within_tolerance[-1])
+
+
+def test_streaming_with_checkpoint_and_bit_exact_resume():
+    out = load("streaming").main(["--quick"])
+    assert out["resumed_equal"]
+    history = out["history"]
+    assert {"epoch_loss", "evaluation_accuracy"} <= set(history.to_dict()) and len(history.epoch_loss) == 2
+    assert history.epoch_loss[-1] < history.epoch_loss[0]

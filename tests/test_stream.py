@@ -287,3 +287,21 @@ def test_stream_options_checked():
         jreg.Stream(FIXED, chunk=0)
     with pytest.raises(jreg.JregTypeError, match="Stream.source"):
         jreg.Stream(None)
+
+
+def test_data_parallel_stream_on_four_virtual_devices():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).resolve().parent / "stream_worker.py"
+    path = os.pathsep.join(filter(None, [str(worker.parent.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
+    done = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["devices"] == 4
+    assert measured["gap"] < 1e-5 and measured["loss_gap"] < 1e-5
+    assert measured["shards"] == [[4, 2, 6]]  # a chunk of 4 steps, each batch of 8 split over 4 devices

@@ -328,11 +328,8 @@ class Feed:
             if arr is None:
                 raise JregTypeError(f"{where}: {label} must be an array, got {type(leaf).__name__}")
             if arr.ndim == 0 or arr.shape[1:] != shape:
-                raise JregError(
-                    f"{where}: {label} has shape {tuple(arr.shape)}, the first batch's has (n, {', '.join(map(str, shape))})"
-                    if shape
-                    else f"{where}: {label} has shape {tuple(arr.shape)}, the first batch's has (n,)"
-                )
+                expected = "(n, " + ", ".join(map(str, shape)) + ")" if shape else "(n,)"
+                raise JregError(f"{where}: {label} has shape {tuple(arr.shape)}, the first batch's has {expected}")
             if jax.dtypes.canonicalize_dtype(arr.dtype) != dtype:
                 raise JregTypeError(f"{where}: {label} has dtype {arr.dtype}, the first batch's has {dtype}")
             out.append(arr)
@@ -346,7 +343,7 @@ class Feed:
         return self._cast(out, spec)
 
     def _check_finite(self, stacked: list[np.ndarray], spec: Spec, epoch: int, first: int) -> None:
-        for j, (label, arr) in enumerate(zip(spec.labels, stacked)):
+        for label, arr in zip(spec.labels, stacked):
             if np.issubdtype(arr.dtype, np.floating):
                 bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
                 if bad.any():
@@ -497,7 +494,9 @@ class _Prefetch:
                 item = self.queue.get(timeout=0.1)
             except queue.Empty:
                 if not self.thread.is_alive() and self.queue.empty():
-                    raise JregError(f"train: the stream's reader stopped without finishing epoch {self.epoch + 1}")
+                    raise JregError(
+                        f"train: the stream's reader stopped without finishing epoch {self.epoch + 1}"
+                    ) from None
                 continue
             if item is None:
                 return
