@@ -21,9 +21,9 @@ from jreg.train.stream import Feed  # noqa: E402 - to read how a chunk is laid o
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(48, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 48).astype(np.int32)
-    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 48, 8)]
+    x = rng.normal(size=(54, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 54).astype(np.int32)
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 54, 8)]  # the last holds 6: 4 devices split it unevenly
     model = jreg.mlp([6, 8, 3])
     obj = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy)
     params = model.init(jax.random.key(0))

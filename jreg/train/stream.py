@@ -200,7 +200,8 @@ class Feed:
             )
         self.batch_size, self.rows = batch_size, batch_size // self.processes
         self.callable = callable(self.source) and not hasattr(self.source, "__iter__")
-        self.sharding = None  # the chunk sharding, set by place()
+        self.sharding = self.whole = None  # the chunk sharding and a replicated one, set by place()
+        self.ways = 1  # devices along the data axis
         self.found: dict[Any, tuple[int, str, TrainState]] = {}  # a diverged model's replay: None for fit's one
         opened = self._open(0)
         self.one_shot = opened is self.source
@@ -358,12 +359,17 @@ class Feed:
         from jax.sharding import NamedSharding, PartitionSpec
 
         self.sharding = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
+        self.whole = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+        self.ways = 1 if sharding is None else sharding.mesh.shape[sharding.spec[0]]
 
     def _put(self, arrays: list[np.ndarray]) -> list[jax.Array]:
         """The chunk on the device. The host arrays are fresh (stacked here) and never touched again, so they
         are donated: on CPU the device array may then alias them instead of copying (10x faster measured)."""
         if self.processes > 1 and self.sharding is not None:
             return [jax.make_array_from_process_local_data(self.sharding, a) for a in arrays]
+        if self.sharding is not None and arrays[0].shape[1] % self.ways:
+            # a last batch the mesh cannot split evenly: put it whole; the step's sharding constraint splits it
+            return jax.device_put(arrays, self.whole, donate=True)
         return jax.device_put(arrays, self.sharding, donate=True)
 
     def _produce(self, epoch: int, emit: Callable[[Any], bool]) -> None:
