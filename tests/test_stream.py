@@ -260,6 +260,8 @@ def test_exhausted_after_one_epoch():
 def test_streams_refuse_training_set_series():
     with pytest.raises(jreg.JregError, match="a stream does not hold"):
         fit(FIXED, monitor=("training_cost",))
+    with pytest.raises(jreg.JregError, match="which a stream does not give"):
+        fit(FIXED, evaluation=jreg.Evaluation((XV, YV), cost_convention="network2"))
 
 
 def test_a_raising_source_names_epoch_and_batch_and_keeps_checkpoints(tmp_path):

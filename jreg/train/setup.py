@@ -96,8 +96,13 @@ def prepare(
     classes = validate.are_classes(targets, seen.outputs)
     metrics = default_metrics(objective, classes) if schedule.metrics is None else as_metrics(schedule.metrics)
     validate.check_metric_names(metrics, seen.parts)
-    if feed is not None:  # a stream is not held: no series on the whole training set
+    if feed is not None:  # a stream is not held: no series on the whole training set, no size to scale by
         monitor = stream.monitor_series(monitor, held_out is not None, metrics)
+        if schedule.cost_convention != "jreg":
+            raise JregError(
+                f"Evaluation(cost_convention={schedule.cost_convention!r}) scales the penalty by the training "
+                "set's size, which a stream does not give; use cost_convention='jreg' when streaming"
+            )
     chosen = make_monitor(
         monitor,
         objective,
