@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         sweep,
         total_cost,
     )
+    from .train.stream import Stream
     from .transforms import sam, with_cutmix, with_mixup
 
 # ``import jreg`` imports neither JAX nor the submodules: each loads on first use, so the command line
@@ -102,6 +103,7 @@ _FROM = {
         "train",
     ),
     "ModelParallel": "train",
+    "Stream": "train",
 }
 
 
@@ -192,4 +194,5 @@ __all__ = [
     "PBTResult",
     "pbt",
     "regularization_path",
+    "Stream",
 ]

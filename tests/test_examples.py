@@ -63,3 +63,11 @@ def test_mixed_precision_keeps_float32_params_loss_and_parts():
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((out["params"], out["grads"])))
     assert {v.dtype for v in out["parts"].values()} == {jnp.dtype("float32")}
     assert out["history"].evaluation_accuracy[-1] > 0.3
+
+
+def test_streaming_with_checkpoint_and_bit_exact_resume():
+    out = load("streaming").main(["--quick"])
+    assert out["resumed_equal"]
+    history = out["history"]
+    assert {"epoch_loss", "evaluation_accuracy"} <= set(history.to_dict()) and len(history.epoch_loss) == 2
+    assert history.epoch_loss[-1] < history.epoch_loss[0]

@@ -16,6 +16,7 @@ regularized objective. Layout (each module imports only those above it)::
     config        Evaluation, Checkpointing, DataParallel, ModelParallel, EMA
     validate      checks before any work: arguments, data, the objective on the data's shapes
     monitor       which series are measured, and measuring them
+    stream        streamed epochs: Stream, chunks prefetched to the device, the compiled chunk scan
     setup         fit's and sweep's common preparation
     distributed_checkpoint  orbax folders for runs whose arrays span processes
     checkpointing save, resume, best params
@@ -43,6 +44,7 @@ from .pbt import PBTResult, pbt
 from .plan import NOISE_SALT, PARTIAL_BATCH
 from .state import TrainState
 from .step import make_step
+from .stream import Stream
 from .sweep import sweep
 
 _NOISE_SALT = NOISE_SALT  # the name older code used
@@ -73,4 +75,5 @@ __all__ = [
     "PBTResult",
     "pbt",
     "regularization_path",
+    "Stream",
 ]

@@ -251,11 +251,13 @@ class Writer:
         history: History,
         batch_size: int,
         stopping_state: dict[str, Any] | None,
+        streamed: bool = False,
         *,
         sweep: tuple[dict[str, Any], Any] | None = None,
     ) -> None:
         """Write ``ckpt-<epoch>.npz`` (``.orbax`` across processes) atomically; keep the run's newest ``keep``.
 
+        ``streamed``: the run trains on a stream (recorded as ``meta["streamed"]``; see :func:`resume`).
         ``sweep``: ``(meta, arrays)`` of a :func:`jreg.sweep` checkpoint (``meta["sweep"]`` and the arrays that
         travel beside the optimizer state; see :mod:`jreg.train.sweep_checkpoint`)."""
         meta: dict[str, Any] = {
@@ -267,6 +269,8 @@ class Writer:
         }
         if stopping_state is not None:
             meta["early_stopping"] = stopping_state
+        if streamed:
+            meta["streamed"] = True
         opt_state = state.opt_state
         if state.ema is not None:  # the EMA of the params travels beside the optimizer state: (opt_state, ema)
             meta["ema"] = dict(history.ema or {})
@@ -404,6 +408,7 @@ def resume(
     cost_convention: str = "jreg",
     ema: dict[str, Any] | None = None,
     sweep: Any = None,
+    streamed: bool = False,
 ) -> Resumed:
     """The run a checkpoint file, or the newest valid one in a folder, holds.
 
@@ -412,7 +417,9 @@ def resume(
     would compare costs of two conventions. ``ema`` is the resuming run's :meth:`jreg.EMA.meta` (None: no EMA):
     a run with an EMA resumes only from a checkpoint that kept one (and measured with it as this run does),
     and the EMA continues bit for bit; a run without one only from a checkpoint without one. ``sweep``: see
-    :func:`_load` (the sweep's arrays come back in ``Resumed.sweep``)."""
+    :func:`_load` (the sweep's arrays come back in ``Resumed.sweep``). ``streamed``: the
+    resuming run trains on a stream; a streamed run resumes only a streamed run's checkpoint and an in-memory run
+    only an in-memory one (their data orders and step keys differ, so the continuation would not be the run's)."""
     check_resume(resume)
     path = Path(resume)
     if path.is_dir() and not _is_orbax(path):  # a folder of checkpoints, not one orbax checkpoint
@@ -434,6 +441,12 @@ def resume(
         )
     if meta.get("batch_size", batch_size) != batch_size:
         raise JregError(f"resume: batch_size {batch_size} differs from the run's {meta['batch_size']} ({path})")
+    if bool(meta.get("streamed", False)) != streamed:
+        was, now = ("a stream", "in-memory data") if not streamed else ("in-memory data", "a stream")
+        raise JregError(
+            f"resume: {path} was trained on {was}, this run on {now}; the data order and the step keys would "
+            "differ, so it cannot continue that run (resume it with the same kind of train=)"
+        )
     epoch = int(loaded.step or 0)
     if epoch > epochs:
         raise JregError(f"resume: {path} is at epoch {epoch}, beyond epochs={epochs}")

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import optax
 
-from . import calls, guard
+from . import calls, guard, stream
 from .config import EMA
 from .epoch import run_epoch
 from .monitor import EPOCH_LOSS, Monitor
@@ -40,6 +40,7 @@ def program(
     vectorize: str = "vmap",
     sharding=None,
     ema: EMA | None = None,
+    feed: stream.Feed | None = None,
 ) -> Callable[..., Any]:
     """Jitted ``epoch(hp, state, alive, train, evaluation, key, *, evaluate) -> (state, alive, metrics, ok)``.
 
@@ -48,7 +49,13 @@ def program(
     (:class:`jreg.EMA`; ``state.ema`` then holds the average) every step updates
     the EMA of the params with the model's decay, and ``ema.evaluate`` measures
     the monitored series with the EMA params.
+
+    With ``feed`` (a streamed run, :mod:`jreg.train.stream`) the program takes
+    the opened epoch (``feed.epoch(e)``) in place of ``train`` and runs it in
+    compiled chunks.
     """
+    if feed is not None:
+        return stream.program(build, feed, monitor, models=models, vectorize=vectorize, sharding=sharding, ema=ema)
 
     def train_one(hp, state: TrainState, train, key):
         objective, optimizer = build(hp)

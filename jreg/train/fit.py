@@ -60,8 +60,17 @@ def fit(
         train: ``(x, y)``, ``x`` float ``(N, ...)``, ``y`` integer labels ``(N,)``,
             float targets ``(N, classes)`` or regression targets ``(N,)`` /
             ``(N, d)``; or any pytree of arrays sharing the leading example
-            axis, which the objective's ``split`` takes apart.
-        epochs, batch_size: positive ints, ``batch_size <= N``.
+            axis, which the objective's ``split`` takes apart. Or a stream of
+            mini-batches (:class:`jreg.Stream`, or a bare source: a callable
+            ``epoch -> iterable of batches``, a list of batches, a generator
+            factory, a PyTorch ``DataLoader``...; see docs/streaming.md): the
+            source decides the order (no shuffle), steps run in compiled
+            chunks prefetched to the device, only the last batch of an epoch
+            may be smaller, the default series are ``epoch_loss`` and the
+            evaluation series (the whole-training-set series are refused),
+            and a resumed run reopens the source at the first epoch not done.
+        epochs, batch_size: positive ints, ``batch_size <= N`` (for a stream:
+            the size of its batches).
         key: a ``jax.random.key`` for the shuffles (and dropout).
         evaluation: held-out data ``(x, y)`` (validation or test), or a
             :class:`jreg.Evaluation` with the data, the metrics, the
@@ -166,6 +175,8 @@ def fit(
     )
     begun = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema)
     state, start, history, stopper, writer = begun
+    if setup.feed is not None:  # a one-shot iterator gives one epoch
+        setup.feed.check_epochs(epochs - start)
     history.cost_convention = setup.monitor.cost_convention  # a resumed run's is checked to be the same
     history.ema = None if ema is None else ema.meta()  # likewise
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
@@ -177,12 +188,19 @@ def fit(
         fresh = optimizer.init if opt_state is None and resume is None else None
         state, train_data, held_out, sharding = mesh.place(parallel, batch_size, state, fresh, train_data, held_out)
     epoch = engine.program(
-        lambda hp: (objective, optimizer), setup.plan, setup.monitor, models=None, sharding=sharding, ema=ema
+        lambda hp: (objective, optimizer),
+        setup.plan,
+        setup.monitor,
+        models=None,
+        sharding=sharding,
+        ema=ema,
+        feed=setup.feed,
     )
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
-        return epoch({}, state, alive, train_data, held_out, jax.random.fold_in(key, e), evaluate=due)
+        data = train_data if setup.feed is None else setup.feed.epoch(e)  # a stream: epoch e opened
+        return epoch({}, state, alive, data, held_out, jax.random.fold_in(key, e), evaluate=due)
 
     hooks: list[Hook] = [_divergence(objective, optimizer, setup, train_data, key, ema)]
     hooks += [stopper.annotate] if stopper is not None else []
@@ -190,7 +208,7 @@ def fit(
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
     hooks += [stopper.decide] if stopper is not None else []
-    hooks += [_checkpointer(writer, key, batch_size, stopper)] if writer is not None else []
+    hooks += [_checkpointer(writer, key, batch_size, stopper, setup.feed is not None)] if writer is not None else []
     run = run_epochs(one_epoch, Run(state, None, epochs, history), start, hooks)
 
     if stopper is not None:
@@ -211,6 +229,7 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
             setup.plan.steps,
             setup.monitor.cost_convention,
             None if ema is None else ema.meta(),
+            streamed=setup.feed is not None,
         )
         state, start, history, saved, run = resumed.state, resumed.epoch, resumed.history, resumed.stopping, resumed.run
     writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run)
@@ -253,7 +272,10 @@ def _divergence(objective, optimizer, setup: Setup, train, key, ema: EMA | None 
         if run.ok:
             return
         epoch_key = jax.random.fold_in(key, run.epoch)
-        found = guard.locate(objective, optimizer, setup.plan, run.state, train, epoch_key, keyed, decay)
+        if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
+            found = setup.feed.found.get(None)
+        else:
+            found = guard.locate(objective, optimizer, setup.plan, run.state, train, epoch_key, keyed, decay)
         figures = {k: v for k, v in run.values.items() if setup.monitor.guarded(k)}
         step, quantity, where = guard.describe(found, figures, run.epoch, run.epochs)
         state = run.state if found is None else found[2]
@@ -271,10 +293,10 @@ def _divergence(objective, optimizer, setup: Setup, train, key, ema: EMA | None 
     return hook
 
 
-def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, stopper: Any) -> Hook:
+def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, stopper: Any, streamed: bool) -> Hook:
     def hook(run: Run) -> None:
         if writer.config.due(run.epoch, run.epochs) or run.stop:
             stopping_state = None if stopper is None else stopper.state
-            writer.save(run.state, run.epoch + 1, key, run.history, batch_size, stopping_state)
+            writer.save(run.state, run.epoch + 1, key, run.history, batch_size, stopping_state, streamed)
 
     return hook

@@ -14,7 +14,7 @@ quantity.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -93,11 +93,27 @@ def locate(
 
     ``ema_decay``: the decay of the EMA of the params (:class:`jreg.EMA`), which the replay updates as training did.
     """
+    keys = plan.step_keys(key) if keyed else None
+    steps = ((take(data, idx), None if keys is None else keys[i]) for i, idx in enumerate(plan.batches(key)))
+    return locate_steps(objective, optimizer, state, steps, ema_decay)
+
+
+def locate_steps(
+    objective: Callable[..., Any],
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    steps: Iterable[tuple[Batch, Any]],
+    ema_decay: Any = None,
+    first: int = 0,
+) -> tuple[int, str, TrainState] | None:
+    """Replay ``(batch, key)`` steps from ``state``: ``(step, quantity, state before it)``, or None if all stay finite.
+
+    Steps are numbered from ``first`` (a streamed epoch replays one chunk of it, :mod:`jreg.train.stream`).
+    """
     grad = jax.jit(gradient_fn(objective, with_value=True))
     apply = jax.jit(apply_fn(optimizer, ema_decay=ema_decay))
-    keys = plan.step_keys(key) if keyed else None
-    for i, idx in enumerate(plan.batches(key)):
-        grads, metrics, model_state = grad(state, take(data, idx), None if keys is None else keys[i])
+    for i, (batch, step_key) in enumerate(steps, start=first):
+        grads, metrics, model_state = grad(state, batch, step_key)
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
             return i, f"the loss became {loss}", state

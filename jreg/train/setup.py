@@ -16,7 +16,7 @@ from .._errors import JregError, JregTypeError
 from .._tree import inexact_leaves, path_str
 from .._types import Batch, ModelState, Params
 from ..metrics import as_metrics
-from . import calls, validate
+from . import calls, stream, validate
 from .config import Evaluation, as_evaluation
 from .inputs import check_data, data_size
 from .monitor import Monitor, default_metrics, make_monitor
@@ -32,6 +32,7 @@ class Setup:
     plan: EpochPlan
     monitor: Monitor
     schedule: Evaluation  # when to measure (``every``)
+    feed: stream.Feed | None = None  # a streamed run's source (then ``train`` is None; see jreg.train.stream)
 
 
 def check_model_state(objective: Callable[..., Any], model_state: ModelState) -> ModelState:
@@ -79,7 +80,8 @@ def prepare(
     schedule = as_evaluation(evaluation)
     check_params(params)
     model_state = check_model_state(objective, model_state)
-    train = check_data(train, "train")
+    feed = stream.Feed(stream.as_stream(train), batch_size, partial_batch) if stream.is_stream(train) else None
+    train = check_data(train if feed is None else feed.first, "train")
     held_out = None if schedule.data is None else check_data(schedule.data, "evaluation")
     plan = make_plan(data_size(train), batch_size, partial_batch)
     probe_state = TrainState(params, None, model_state, jnp.asarray(0, jnp.int32))
@@ -94,6 +96,13 @@ def prepare(
     classes = validate.are_classes(targets, seen.outputs)
     metrics = default_metrics(objective, classes) if schedule.metrics is None else as_metrics(schedule.metrics)
     validate.check_metric_names(metrics, seen.parts)
+    if feed is not None:  # a stream is not held: no series on the whole training set, no size to scale by
+        monitor = stream.monitor_series(monitor, held_out is not None, metrics)
+        if schedule.cost_convention != "jreg":
+            raise JregError(
+                f"Evaluation(cost_convention={schedule.cost_convention!r}) scales the penalty by the training "
+                "set's size, which a stream does not give; use cost_convention='jreg' when streaming"
+            )
     chosen = make_monitor(
         monitor,
         objective,
@@ -103,10 +112,12 @@ def prepare(
         batch_size=schedule.batch_size,
         smallest=plan.batch_size,
         cost_convention=schedule.cost_convention,
-        n_train=data_size(train),
+        n_train=None if feed is not None else data_size(train),
     )
     for name, side, data in (("train", "training", train), ("evaluation", "evaluation", held_out)):
         if data is not None:
             _, wanted = chosen.on(side)
             validate.probe_metrics(objective, wanted, probe_state, data, name)
+    if feed is not None:
+        return Setup(None, held_out, model_state, plan, chosen, schedule, feed)
     return Setup(train, held_out, model_state, plan, chosen, schedule)

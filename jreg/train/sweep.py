@@ -147,6 +147,9 @@ def sweep(
         params: initial params shared by every model, or, with
             ``stacked_params=True``, params with a leading axis of size K
             (e.g. ``jax.vmap(model.init)(jax.random.split(key, K))`` for seeds).
+        train: in-memory data as in :func:`fit`, or a stream of mini-batches
+            (:class:`jreg.Stream`; docs/streaming.md): every model trains on
+            the same chunks, in one compiled program per chunk.
         hparams: ``{name: K values}``; every entry has the same length K.
         model_state: a stateful model's initial state, shared (or stacked with
             ``stacked_params=True``); each model keeps its own. Then ``sweep``
@@ -276,11 +279,25 @@ def sweep(
         writer.check_ahead(start, epochs)
     placed = _placed(parallel, state, hp, alive, setup)
     monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
-    epoch = program(build, setup.plan, monitor, models=models, vectorize=vectorize, ema=ema, sharding=placed[-2])
+    if setup.feed is not None and parallel is not None:
+        raise JregError("sweep: parallel=ModelParallel(...) with a stream is not supported yet; pass in-memory data")
+    epoch = program(
+        build,
+        setup.plan,
+        monitor,
+        models=models,
+        vectorize=vectorize,
+        ema=ema,
+        sharding=placed[-2],
+        feed=setup.feed,
+    )
+    if setup.feed is not None:  # a one-shot iterator gives one epoch
+        setup.feed.check_epochs(epochs)
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
-        out = epoch(placed[1], state, alive, *placed[3:5], jax.random.fold_in(key, e), evaluate=due)
+        data = placed[3] if setup.feed is None else setup.feed.epoch(e)  # a stream: epoch e opened
+        out = epoch(placed[1], state, alive, data, placed[4], jax.random.fold_in(key, e), evaluate=due)
         if placed[-1] is not None:
             out = (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
         return out if stopper is None else track.advance(out, e, rule.monitor)
@@ -291,7 +308,7 @@ def sweep(
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
     hooks += [_all_done(models)]
-    hooks += [_checkpointer(writer, key, batch_size, hp, track)] if writer is not None else []
+    hooks += [_checkpointer(writer, key, batch_size, hp, track, setup.feed is not None)] if writer is not None else []
     run = Run(placed[0], placed[2], epochs, history)
     if len(history.diverged) + len(history.stopped) < models:  # a resumed sweep may have finished already
         run = run_epochs(one_epoch, run, start, hooks, np.asarray)
@@ -380,12 +397,14 @@ def _all_done(models: int) -> Hook:
     return hook
 
 
-def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, hp: Any, track: _Tracking) -> Hook:
+def _checkpointer(
+    writer: checkpointing.Writer, key: Any, batch_size: int, hp: Any, track: _Tracking, streamed: bool
+) -> Hook:
     def hook(run: Run) -> None:
         if writer.config.due(run.epoch, run.epochs) or run.stop:
             history: SweepHistory = run.history  # type: ignore[assignment]
             packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
-            writer.save(run.state, run.epoch + 1, key, history, batch_size, None, sweep=packed)
+            writer.save(run.state, run.epoch + 1, key, history, batch_size, None, streamed, sweep=packed)
 
     return hook
 
@@ -404,6 +423,7 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
         setup.monitor.cost_convention,
         None if ema is None else ema.meta(),
         sweep=sweep_checkpoint.template(hp, models, stopper, kept),
+        streamed=setup.feed is not None,
     )
     step, alive, per, best = sweep_checkpoint.unpack(resumed.sweep, resumed.meta["sweep"], stopper, history)
     loaded = resumed.state._replace(step=step)
@@ -431,7 +451,10 @@ def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: 
             state = jax.tree.map(lambda a, i=i: a[i], run.state)  # frozen: the state the bad epoch started from
             epoch_key = jax.random.fold_in(key, run.epoch)
             keyed = calls.takes_key(objective)
-            found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
+            if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
+                found = setup.feed.found.get(int(i))
+            else:
+                found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
             figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
             step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
             history.diverged[int(i)] = {
