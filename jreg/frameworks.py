@@ -330,8 +330,8 @@ def from_nnx(model: Any) -> FrameworkModel:
             )
     graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
     rest = nnx.filter_state(rest, lambda path, v: not isinstance(v, nnx.Intermediate)) if rest else rest
-    params = params.to_pure_dict()
-    model_state = rest.to_pure_dict() if len(jax.tree.leaves(rest)) else None
+    params = nnx.to_pure_dict(params)
+    model_state = nnx.to_pure_dict(rest) if len(jax.tree.leaves(rest)) else None
     tags = sorted({node.key.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)})
     template = rest
 
@@ -349,8 +349,8 @@ def from_nnx(model: Any) -> FrameworkModel:
         m = merge(params, state, train, key)
         y, sown = nnx.capture(m, nnx.Intermediate)(x)
         new_state = nnx.state(m, nnx.Not(nnx.Any(nnx.Param, nnx.RngState, nnx.Intermediate)))
-        new_state = new_state.to_pure_dict() if state is not None and train else state
-        return ((y, sown.to_pure_dict()) if intermediates else y), new_state
+        new_state = nnx.to_pure_dict(new_state) if state is not None and train else state
+        return ((y, nnx.to_pure_dict(sown)) if intermediates else y), new_state
 
     if model_state is None:
 
