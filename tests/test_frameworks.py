@@ -62,7 +62,7 @@ def train_with_jreg(model):
     )
     params, state = out[0], (out[1] if model.stateful else None)
     first = jax.tree.map(lambda a: a[0], (params, state))
-    norms = [float(l2_by_hand(jax.tree.map(lambda a: a[i], params))) for i in range(2)]
+    norms = [float(l2_by_hand(jax.tree.map(lambda a, i=i: a[i], params))) for i in range(2)]
     assert norms[0] < norms[1]  # the L2 model decays
     return first
 
@@ -79,7 +79,9 @@ def epoch_plan():
 def forward(model, params, x, key=None, state=None):
     """The adapted model's outputs (and new state) in training (key given) or evaluation mode."""
     if model.stateful:
-        return model.apply(params, x, state=model.model_state if state is None else state, train=key is not None, key=key)
+        return model.apply(
+            params, x, state=model.model_state if state is None else state, train=key is not None, key=key
+        )
     return model.apply(params, x, key=key), None
 
 
@@ -128,9 +130,7 @@ def test_linen_matches_a_flax_training_loop():
     @jax.jit
     def step(p, s, o, xb, yb, k):
         def loss(p):
-            logits, upd = net.apply(
-                {"params": p, **s}, xb, train=True, mutable=["batch_stats"], rngs={"dropout": k}
-            )
+            logits, upd = net.apply({"params": p, **s}, xb, train=True, mutable=["batch_stats"], rngs={"dropout": k})
             return ce(logits, yb) + l2_by_hand(p), upd
 
         grads, s = jax.grad(loss, has_aux=True)(p)
@@ -318,9 +318,7 @@ def test_equinox_matches_an_equinox_training_loop():
     def step(net, s, o, xb, yb, k):
         def loss(net):
             keys = jax.random.split(k, xb.shape[0])
-            batched = jax.vmap(
-                lambda x, kk: net(x, s, key=kk), axis_name="batch", in_axes=(0, 0), out_axes=(0, None)
-            )
+            batched = jax.vmap(lambda x, kk: net(x, s, key=kk), axis_name="batch", in_axes=(0, 0), out_axes=(0, None))
             logits, s_new = batched(xb, keys)
             return ce(logits, yb) + l2_by_hand(eqx.filter(net, eqx.is_inexact_array)), s_new
 
