@@ -197,6 +197,7 @@ def from_linen(
         params = variables.pop("params")
         return params, (dict(variables) or None)
 
+    init = jax.jit(init)  # one compiled program rather than one per eager op
     try:
         params, model_state = init(key)
     except JregError:
@@ -477,6 +478,7 @@ def from_haiku(transformed: Any, example_x: Any, *, key: jax.Array, train_arg: s
         out = transformed.init(key, example_x, **_flag(flag, inverted, True))
         return out if with_state else (out, None)
 
+    init = jax.jit(init)  # one compiled program rather than one per eager op
     try:
         params, model_state = init(key)
     except Exception as exc:

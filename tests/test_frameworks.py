@@ -97,8 +97,10 @@ def check_modes(model, *, has_state):
     statistics change in training and are read, unchanged, in evaluation."""
     x = X[:BATCH]
     k1, k2 = jax.random.split(jax.random.key(3))
-    (a, sa), (b, _), (a2, _) = (forward(model, model.params, x, k) for k in (k1, k2, k1))
-    (e1, se), (e2, _) = forward(model, model.params, x), forward(model, model.params, x)
+    train = jax.jit(lambda p, x, k: forward(model, p, x, k))  # one compile per mode, not one per eager op
+    evaluate = jax.jit(lambda p, x: forward(model, p, x))
+    (a, sa), (b, _), (a2, _) = (train(model.params, x, k) for k in (k1, k2, k1))
+    (e1, se), (e2, _) = evaluate(model.params, x), evaluate(model.params, x)
     assert not np.allclose(a, b)  # dropout draws from the key
     np.testing.assert_array_equal(a, a2)
     np.testing.assert_array_equal(e1, e2)  # evaluation: deterministic
