@@ -50,7 +50,7 @@ TRAIN_FLAGS = ("train", "training", "is_training")
 EVAL_FLAGS = ("deterministic", "inference", "eval", "evaluation", "use_running_average")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FrameworkModel:
     """A framework's model as jreg takes it; see the module docstring.
 
@@ -329,8 +329,9 @@ def from_nnx(model: Any) -> FrameworkModel:
                 f"the nnx.Dropout at {where!r} was built without rngs=: give it rngs=nnx.Rngs(...) (or your "
                 "model's rngs) so that the adapter can feed it each step's key"
             )
+    model = nnx.clone(model)  # the caller's model stays as it is
+    nnx.pop(model, nnx.Intermediate)  # values sown by earlier calls are not part of the model
     graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    rest = nnx.filter_state(rest, lambda path, v: not isinstance(v, nnx.Intermediate)) if rest else rest
     params = nnx.to_pure_dict(params)
     model_state = nnx.to_pure_dict(rest) if len(jax.tree.leaves(rest)) else None
     tags = sorted({node.key.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)})

@@ -457,3 +457,10 @@ def test_a_missing_framework_is_a_jreg_error(monkeypatch):
         jreg.frameworks.from_linen(object(), X[:1], key=jax.random.key(0))
     with pytest.raises(jreg.JregError, match="pip install flax"):
         jreg.frameworks.from_nnx(object())
+
+
+def test_a_function_among_the_params_is_named_by_its_path():
+    params = {"w": jnp.ones((8, 3)), "act": jax.nn.relu}  # a hostile pytree: a custom_jvp leaf, no framework
+    obj = jreg.objective(lambda p, x: p["act"](x @ p["w"]), jreg.losses.softmax_cross_entropy)
+    with pytest.raises(jreg.JregTypeError, match=r"leaf 'act' is custom_jvp, not an array; params must be a pytree"):
+        jreg.fit(obj, OPT, params, (X, Y), epochs=1, batch_size=BATCH, key=jax.random.key(0))
