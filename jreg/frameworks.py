@@ -488,12 +488,24 @@ def from_haiku(transformed: Any, example_x: Any, *, key: jax.Array, train_arg: s
             f"{type(exc).__name__}: {exc}"
         ) from exc
 
-    def forward(params, state, x, key, train):
-        rng = key if train else None
-        if with_state:
-            return transformed.apply(params, state, rng, x, **_flag(flag, inverted, train))
-        return transformed.apply(params, rng, x, **_flag(flag, inverted, train)), None
+    try:  # hk.without_apply_rng: an apply without rng (then the function must not draw keys)
+        takes_rng = "rng" in inspect.signature(transformed.apply).parameters
+    except (TypeError, ValueError):
+        takes_rng = True
 
+    def forward(params, state, x, key, train):
+        rng = (key if train else None,) if takes_rng else ()
+        if with_state:
+            return transformed.apply(params, state, *rng, x, **_flag(flag, inverted, train))
+        return transformed.apply(params, *rng, x, **_flag(flag, inverted, train)), None
+
+    try:  # training mode, traced once (no compute): without_apply_rng and dropout do not go together
+        jax.eval_shape(lambda p, s, x, k: forward(p, s, x, k, True), params, model_state, example_x, key)
+    except Exception as exc:
+        raise JregError(
+            f"the Haiku function fails in training mode ({_describe_flag(flag, inverted, True)[2:] or 'no flag'}"
+            f"{'' if takes_rng else ', no rng: hk.without_apply_rng'}): {type(exc).__name__}: {exc}"
+        ) from exc
     try:  # evaluation must not need randomness: dropout off there
         jax.eval_shape(lambda p, s, x: forward(p, s, x, None, False), params, model_state, example_x)
     except Exception as exc:

@@ -419,6 +419,12 @@ def test_haiku_stateless_and_dropout_left_on_in_evaluation():
 
     model = jreg.frameworks.from_haiku(hk.transform(f), X[:1], key=jax.random.key(0))
     check_modes(model, has_state=False)
+    with pytest.raises(jreg.JregError, match="training mode.*without_apply_rng"):  # dropout, but no rng to draw
+        jreg.frameworks.from_haiku(hk.without_apply_rng(hk.transform(f)), X[:1], key=jax.random.key(0))
+    g = lambda x: hk.Linear(3)(jax.nn.relu(hk.Linear(16)(x)))  # noqa: E731 - no dropout: no rng needed
+    plain = jreg.frameworks.from_haiku(hk.without_apply_rng(hk.transform(g)), X[:1], key=jax.random.key(0))
+    keyed = jreg.frameworks.from_haiku(hk.transform(g), X[:1], key=jax.random.key(0))
+    np.testing.assert_allclose(plain.apply(plain.params, X[:4]), keyed.apply(plain.params, X[:4], key=KEY))
     always = hk.transform(lambda x: hk.dropout(hk.next_rng_key(), 0.3, hk.Linear(3)(x)))
     with pytest.raises(jreg.JregError, match="evaluation mode"):
         jreg.frameworks.from_haiku(always, X[:1], key=jax.random.key(0))
