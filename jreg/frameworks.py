@@ -17,7 +17,8 @@ Each adapter takes the framework's own object and returns a :class:`FrameworkMod
   params (with its state).
 * ``init(key) -> (params, model_state)`` draws fresh params (linen, Haiku), for
   sweeps over seeds; ``None`` for NNX and Equinox, whose models are built by
-  their constructors (stack the params of several built models instead).
+  their constructors: :func:`stack` stacks the params and states of several
+  adapted models for ``jreg.sweep(..., stacked_params=True)``.
 
 Modes and keys, the same for every framework: given a ``key`` (every training
 step of :func:`jreg.fit` gets a fresh one) the model is in training mode and
@@ -39,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from ._checks import check_key
 from ._errors import JregError, JregTypeError
@@ -114,8 +116,6 @@ def _mode(train: bool | None, key: Any) -> bool:
 
 
 def _stack(arrays: Sequence[Any]) -> Any:
-    import jax.numpy as jnp
-
     return jax.tree.map(lambda *a: jnp.stack(a), *arrays)
 
 
@@ -129,11 +129,15 @@ def stack(models: Sequence[FrameworkModel]) -> tuple[Params, ModelState]:
     models = list(models)
     if not models or not all(isinstance(m, FrameworkModel) for m in models):
         raise JregTypeError("stack takes a non-empty list of models from jreg.frameworks adapters")
-    first = jax.tree.structure((models[0].params, models[0].model_state))
+
+    def shapes(m: FrameworkModel) -> Any:
+        return jax.tree.structure((m.params, m.model_state)), [jnp.shape(a) for a in jax.tree.leaves(m.params)]
+
+    first = shapes(models[0])
     for i, m in enumerate(models[1:], 1):
-        if jax.tree.structure((m.params, m.model_state)) != first:
+        if shapes(m) != first:
             raise JregError(
-                f"models[{i}] has another structure of params or state than models[0]: not one architecture"
+                f"models[{i}] has other params or state (structure or shapes) than models[0]: not one architecture"
             )
     state = None if models[0].model_state is None else _stack([m.model_state for m in models])
     return _stack([m.params for m in models]), state

@@ -217,6 +217,11 @@ def test_linen_without_state_or_dropout_takes_a_deterministic_flag():
     model = jreg.frameworks.from_linen(Net(), X[:1], key=jax.random.key(0))
     check_modes(model, has_state=False)
     assert model.rebuild(model.params) == {"params": model.params}
+    params, state = jreg.frameworks.stack([model, model])
+    assert state is None and params["Dense_0"]["kernel"].shape == (2, 8, 3)
+    narrow = jreg.frameworks.from_linen(nn.Dense(3), X[:1], key=jax.random.key(0))
+    with pytest.raises(jreg.JregError, match="not one architecture"):
+        jreg.frameworks.stack([model, narrow])
 
 
 # ----------------------------------------------------------------------------------------------- flax.nnx
