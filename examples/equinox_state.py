@@ -4,9 +4,10 @@
     python examples/equinox_state.py --quick    # a tiny run (the test suite's)
 
 Equinox keeps a module's arrays and its static parts together; jreg trains
-the arrays: ``eqx.partition(model, eqx.is_inexact_array)`` splits them off,
-``apply`` combines them again. The ``eqx.nn.State`` that
-``eqx.nn.make_with_state`` returns is jreg's *model state*: updated in
+the arrays: ``jreg.frameworks.from_equinox`` splits them off
+(``eqx.partition(model, eqx.is_inexact_array)``) and its ``apply`` combines
+them again. The ``eqx.nn.State`` that ``eqx.nn.make_with_state`` returns is
+jreg's *model state*: updated in
 training mode, read in evaluation mode (``eqx.nn.inference_mode``), one per
 model in a sweep, saved in checkpoints.
 """
@@ -40,20 +41,6 @@ class Net(eqx.Module):
         return self.out(jax.nn.relu(h)), state
 
 
-def jreg_model(model: eqx.Module):
-    """``(apply, params)`` for jreg: the module's arrays are the params; the rest is closed over."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-
-    def apply(params, x, *, state, train, key=None):
-        module = eqx.combine(params, static)
-        if not train:  # running statistics, state unchanged
-            module = eqx.nn.inference_mode(module)
-        batched = jax.vmap(module, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
-        return batched(x, state)
-
-    return apply, params
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=5)
@@ -64,8 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         (x, y), test = (x[:256], y[:256]), (test.x[:512], test.y[:512])
     model, model_state = eqx.nn.make_with_state(Net)(32, jax.random.key(0))
-    apply, params = jreg_model(model)
-    objective = jreg.objective(apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4))
+    adapted = jreg.frameworks.from_equinox(model, state=model_state)  # vmapped over the batch, axis "batch"
+    params = adapted.params
+    objective = jreg.objective(adapted.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4))
     params, model_state, history = jreg.fit(
         objective,
         optax.adam(1e-3),
@@ -78,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation=test,
         verbose=True,
     )
-    trained = eqx.combine(params, eqx.partition(model, eqx.is_inexact_array)[1])  # back to one Equinox module
+    trained, model_state = adapted.rebuild(params, model_state)  # back to one Equinox module and its state
     print(f"test accuracy (inference mode): {100 * history.evaluation_accuracy[-1]:.2f} %")
     return {"model": trained, "model_state": model_state, "history": history}
 

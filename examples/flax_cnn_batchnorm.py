@@ -6,7 +6,8 @@
 The model's BatchNorm running statistics are jreg *model state*: they go into
 ``apply`` with ``state=`` and come back updated in training mode, are read
 (never written) in evaluation mode, and are saved in checkpoints beside the
-params. The step's key reaches dropout through Flax's ``rngs``. The penalty
+params. The step's key reaches dropout through Flax's ``rngs``;
+``jreg.frameworks.from_linen`` does the splitting and the wiring. The penalty
 is the objective's, so the gradient of ``c/2 * sum kernel^2`` lands on the
 kernels alone; biases and BatchNorm's scale and offset are left alone.
 """
@@ -40,20 +41,6 @@ class CNN(nn.Module):
         return nn.Dense(10)(x)
 
 
-def jreg_model(net: nn.Module, example: jax.Array, key: jax.Array):
-    """``(apply, params, model_state)`` for jreg from a linen module with ``batch_stats``."""
-    variables = net.init(key, example, train=False)
-    params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
-
-    def apply(params, x, *, state, train, key=None):
-        variables = {"params": params, **state}
-        if train:  # updated running statistics come back as the new state; the key drives dropout
-            return net.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})
-        return net.apply(variables, x, train=False), state
-
-    return apply, params, model_state
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=5)
@@ -64,8 +51,11 @@ def main(argv: list[str] | None = None) -> dict:
         (x, y), test, epochs, width = (x[:256], y[:256]), (test.x[:512], test.y[:512]), 1, 4
     else:
         epochs, width = args.epochs, 16
-    apply, params, model_state = jreg_model(CNN(width), x[:1], jax.random.key(0))
-    objective = jreg.objective(apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4, mask=S.name("kernel")))
+    model = jreg.frameworks.from_linen(CNN(width), x[:1], key=jax.random.key(0))  # params + batch_stats
+    params, model_state = model.params, model.model_state
+    objective = jreg.objective(
+        model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4, mask=S.name("kernel"))
+    )
     print(jreg.describe(objective.penalty, params))
     params, model_state, history = jreg.fit(
         objective,

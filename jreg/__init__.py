@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         checkpoint,
         conventions,
         data,
+        frameworks,
         initializers,
         io,
         losses,
@@ -67,8 +68,8 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
 # ``import jreg`` imports neither JAX nor the submodules: each loads on first use, so the command line
 # (``jreg demo``) checks its arguments and output folder in a fraction of a second, before JAX loads.
 _SUBMODULES = frozenset(
-    "checkpoint conventions data initializers io losses metrics optim penalties plotting selectors stochastic "
-    "stopping train transforms precision".split()
+    "checkpoint conventions data frameworks initializers io losses metrics optim penalties plotting precision "
+    "selectors stochastic stopping train transforms".split()
 )
 _FROM = {
     **dict.fromkeys(["Checkpoint", "CheckpointError", "load", "load_network2", "save", "save_network2"], "checkpoint"),
@@ -183,6 +184,7 @@ __all__ = [
     "sweep",
     "total_cost",
     "transforms",
+    "frameworks",
     "sam",
     "with_cutmix",
     "with_mixup",

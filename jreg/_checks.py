@@ -113,17 +113,57 @@ def check_params(params: Any, name: str = "params", *, finite: bool = True) -> N
     """
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     if not flat:
-        raise JregError(f"{name} holds no arrays")
+        raise JregError(f"{name} holds no arrays" + _advice_for(params))
     for path, leaf in flat:
         where = path_str(path) or "<root>"
         if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-            raise JregTypeError(
-                f"{name}: leaf {where!r} is {type(leaf).__name__}, not an array; an Equinox module goes in as "
-                "eqx.partition(model, eqx.is_inexact_array)[0], with apply combining it with the static part"
+            hint = _advice_for(params) or (
+                "; params must be a pytree of arrays only (functions and other objects belong in the model, not "
+                "in what is trained)"
             )
+            raise JregTypeError(f"{name}: leaf {where!r} is {type(leaf).__name__}, not an array{hint}")
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
             raise JregTypeError(
                 f"{name}: leaf {where!r} must be floating point to be trained, got {leaf.dtype}{list(leaf.shape)}"
+                + _advice_for(params)
             )
         if finite:
             check_finite(leaf, f"{name}: leaf {where!r}")
+
+
+def framework_advice(obj: Any) -> str | None:
+    """What to do when a framework's model object stands where jreg wants params, or ``None``.
+
+    Looks at class names and their modules only, so it imports no framework (and costs nothing
+    when none is loaded).
+    """
+    for cls in type(obj).__mro__:
+        where, cls_name = getattr(cls, "__module__", "") or "", cls.__name__
+        if where.startswith("equinox") and cls_name == "Module":
+            return (
+                "an Equinox module is not params: use model = jreg.frameworks.from_equinox(module) (with "
+                "state= for eqx.nn.State) and train model.params with model.apply, or split it yourself with "
+                "eqx.partition(module, eqx.is_inexact_array)"
+            )
+        if where.startswith("flax.nnx") and cls_name == "Module":
+            return "a Flax NNX model is not params: use model = jreg.frameworks.from_nnx(model) and train model.params"
+        if where.startswith("flax.linen") and cls_name == "Module":
+            return (
+                "a Flax linen module holds no params: use model = jreg.frameworks.from_linen(module, x[:1], "
+                "key=key) and train model.params"
+            )
+        if where.startswith("haiku") and cls_name in ("Transformed", "TransformedWithState"):
+            return (
+                "a Haiku transformed function is not params: use model = jreg.frameworks.from_haiku(transformed, "
+                "x[:1], key=key) and train model.params"
+            )
+    return None
+
+
+def _advice_for(params: Any) -> str:
+    """``"; <advice>"`` for the first framework object in ``params`` (the root or a node inside), else ``""``."""
+    found = [framework_advice(params)]
+    if found[0] is None:
+        nodes = jax.tree.leaves(params, is_leaf=lambda x: framework_advice(x) is not None)
+        found = [a for a in map(framework_advice, nodes) if a is not None][:1] or [None]
+    return "" if found[0] is None else f"; {found[0]}"

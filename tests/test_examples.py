@@ -71,3 +71,35 @@ def test_streaming_with_checkpoint_and_bit_exact_resume():
     history = out["history"]
     assert {"epoch_loss", "evaluation_accuracy"} <= set(history.to_dict()) and len(history.epoch_loss) == 2
     assert history.epoch_loss[-1] < history.epoch_loss[0]
+
+
+def test_flax_linen_adapter_with_dropout_batchnorm_and_activity():
+    pytest.importorskip("flax")
+    out = load("flax_linen").main(["--quick"])
+    variables = out["variables"]
+    assert set(variables) == {"params", "batch_stats"}
+    assert float(jnp.abs(variables["batch_stats"]["BatchNorm_0"]["mean"]).max()) > 0
+    assert "training_activity_l1" in out["history"]
+    assert 0.2 < out["history"].evaluation_accuracy[-1] <= 1.0
+
+
+def test_flax_nnx_adapter_with_dropout_and_batchnorm():
+    nnx = pytest.importorskip("flax.nnx")
+    out = load("flax_nnx").main(["--quick"])
+    assert isinstance(out["model"], nnx.Module)
+    assert float(jnp.abs(out["model"].norm.mean[...]).max()) > 0  # the running statistics came back
+    assert 0.2 < out["history"].evaluation_accuracy[-1] <= 1.0
+
+
+def test_equinox_adapter_with_dropout():
+    eqx = pytest.importorskip("equinox")
+    out = load("equinox_mlp").main(["--quick"])
+    assert isinstance(out["model"], eqx.Module)
+    assert 0.2 < out["history"].evaluation_accuracy[-1] <= 1.0
+
+
+def test_haiku_adapter_with_dropout_and_batchnorm():
+    pytest.importorskip("haiku")
+    out = load("haiku_mlp").main(["--quick"])
+    assert "linear" in out["params"] and out["model_state"]
+    assert 0.2 < out["history"].evaluation_accuracy[-1] <= 1.0
