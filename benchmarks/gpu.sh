@@ -2,8 +2,8 @@
 # One prepared GPU check, about 5 minutes (at most 8) on one H100/H200 (each step has its own time limit):
 #   1. the device (nvidia-smi, JAX's backend and devices),
 #   2. benchmarks/epoch_speed.py on 50,000 images (network2 skipped: it is CPU-only and slow),
-#   3. benchmarks/sweep_scaling.py, K in {1, 64, 256, 1024, 2048}, 50,000 images, with the
-#      hand-written vmap epoch beside each K,
+#   3. benchmarks/sweep_scaling.py, K in {64, 256, 1024, 2048}, 50,000 images, vectorize "wide"
+#      and "vmap", with the hand-written vmap epoch beside each K,
 #   4. benchmarks/stream_speed.py (streamed vs in-memory epochs, chunks of 64 and 256),
 #   5. the test suite's GPU-relevant subset (everything that trains or differentiates on the
 #      default backend; the sharding, CLI, download and example tests are left out: they run
@@ -40,8 +40,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
 step device 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
     $py -c 'import jax, jaxlib, optax; print(\"jax\", jax.__version__, \"jaxlib\", jaxlib.__version__, \"optax\", optax.__version__); print(jax.default_backend(), jax.devices())'"
 step epoch_speed 80 "$py" benchmarks/epoch_speed.py --skip-network2 --epochs 5
-step sweep_scaling 150 "$py" benchmarks/sweep_scaling.py --ks 1 64 256 1024 2048 --n 50000 --epochs 2 \
-    --vectorize vmap --hand
+step sweep_scaling 240 "$py" benchmarks/sweep_scaling.py --ks 64 256 1024 2048 --n 50000 --epochs 2 \
+    --vectorize wide vmap --hand
 step stream_speed 60 "$py" benchmarks/stream_speed.py --reps 3 --chunks 64,256 --tiled
 # pytest-xdist spreads the compile-bound tests over the CPU cores (one process each, GPU memory
 # allocated as needed rather than 75 % each up front); without xdist the subset takes ~10 minutes.

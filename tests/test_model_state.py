@@ -144,7 +144,7 @@ def test_fit_refuses_a_missing_or_needless_state():
         )
 
 
-@pytest.mark.parametrize("vectorize", ["vmap", "map"])
+@pytest.mark.parametrize("vectorize", ["vmap", "map", "wide"])
 def test_sweep_keeps_one_state_per_model_equal_to_fit(vectorize):
     params, state = init(jax.random.key(0))
     train = toy(40)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from . import calls, guard, stream
@@ -28,7 +29,7 @@ from .state import TrainState
 from .step import make_update
 
 Build = Callable[[Any], tuple[Callable[..., Any], optax.GradientTransformation]]
-VECTORIZE = ("auto", "vmap", "map")
+VECTORIZE = ("auto", "vmap", "map", "wide")
 
 
 def program(
@@ -54,7 +55,8 @@ def program(
     the opened epoch (``feed.epoch(e)``) in place of ``train`` and runs it in
     compiled chunks.
     """
-    if feed is not None:
+    if feed is not None:  # a stream's chunks: "wide" runs as "vmap" there
+        vectorize = "vmap" if vectorize == "wide" else vectorize
         return stream.program(build, feed, monitor, models=models, vectorize=vectorize, sharding=sharding, ema=ema)
 
     def train_one(hp, state: TrainState, train, key):
@@ -64,6 +66,24 @@ def program(
         decay = None if ema is None else ema.decay_of(hp)
         update = make_update(objective, optimizer, with_metrics=True, ema_decay=decay)
         return run_epoch(update, plan, state, train, key, keyed=calls.takes_key(objective), sharding=sharding)
+
+    def train_wide(hp, state: TrainState, train, key):
+        """The K models ``vmap``-ed inside each step of one scan, every weight matrix carried with the model axis
+        second (``(784, K, 30)``): the shared mini-batch meets all K first layers in one wide matmul."""
+        carried = jax.tree.map(_model_axis_second, state)
+        axes = jax.tree.map(lambda a: 1 if a.ndim >= 3 else 0, carried)
+        keyed = calls.takes_key(build(jax.tree.map(lambda v: v[0], hp))[0])
+
+        def one(h, s, batch, k):
+            objective, optimizer = build(h)
+            decay = None if ema is None else ema.decay_of(h)
+            return make_update(objective, optimizer, with_metrics=True, ema_decay=decay)(s, batch, k)
+
+        def update(s, batch, k):
+            return jax.vmap(one, in_axes=(0, axes, None, None), out_axes=(axes, 0))(hp, s, batch, k)
+
+        new, running = run_epoch(update, plan, carried, train, key, keyed=keyed, sharding=sharding)
+        return jax.tree.map(_model_axis_first, new), running
 
     def measure_one(hp, state: TrainState, train, evaluation):
         objective, _ = build(hp)
@@ -78,6 +98,8 @@ def program(
             new, running = train_one(hp, state, train, key)
         elif vectorize == "vmap":
             new, running = jax.vmap(train_one, in_axes=(0, 0, None, None))(hp, state, train, key)
+        elif vectorize == "wide":
+            new, running = train_wide(hp, state, train, key)
         else:
             new, running = jax.lax.map(lambda a: train_one(a[0], a[1], train, key), (hp, state))
         metrics = {EPOCH_LOSS: running["loss"]} if monitor.epoch_loss else {}
@@ -89,3 +111,12 @@ def program(
         return state, alive, metrics, ok
 
     return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))
+
+
+def _model_axis_second(a: jax.Array) -> jax.Array:
+    """A stacked leaf ``(K, n_in, ...)`` carried as ``(n_in, K, ...)`` (vectors and scalars stay ``(K, ...)``)."""
+    return jnp.moveaxis(a, 0, 1) if a.ndim >= 3 else a
+
+
+def _model_axis_first(a: jax.Array) -> jax.Array:
+    return jnp.moveaxis(a, 1, 0) if a.ndim >= 3 else a

@@ -30,7 +30,11 @@ def take(data: Batch, idx: jax.Array, sharding: Any = None) -> Batch:
 def _mean_metrics(stacked: Metrics | None, weights: jax.Array) -> Metrics:
     if not stacked:
         return {}
-    return {k: jnp.sum(v * weights) / jnp.sum(weights) for k, v in stacked.items()}
+    # a step's metric may hold one value per model (the "wide" sweep): weights broadcast over the steps axis
+    return {
+        k: jnp.sum(v * weights.reshape(weights.shape + (1,) * (v.ndim - 1)), axis=0) / jnp.sum(weights)
+        for k, v in stacked.items()
+    }
 
 
 def run_epoch(
@@ -59,7 +63,7 @@ def run_epoch(
     weights = jnp.full((plan.full,), plan.batch_size, jnp.float32)
     if plan.last:
         state, last = update(state, take(data, rest), None if keys is None else keys[plan.full])
-        stacked = {k: jnp.append(v, last[k][None]) for k, v in (stacked or {}).items()}
+        stacked = {k: jnp.concatenate([v, last[k][None]]) for k, v in (stacked or {}).items()}
         weights = jnp.append(weights, jnp.float32(plan.rest))
     return state, _mean_metrics(stacked, weights)
 

@@ -99,9 +99,10 @@ def check_models(parallel: Any, models: int, batch_size: int, vectorize: str) ->
             f"batch_size must be a multiple of the mesh's {parallel.data_axis!r} axis ({ways} devices) to split every "
             f"mini-batch evenly, got {batch_size}"
         )
-    if vectorize == "map":
+    if vectorize in ("map", "wide"):
+        why = "runs the models one after another" if vectorize == "map" else "carries the model axis second"
         raise JregError(
-            "sweep: vectorize='map' runs the models one after another, which cannot split them across devices; "
+            f"sweep: vectorize={vectorize!r} {why}, which cannot split the models across devices; "
             "use vectorize='vmap' (or 'auto') with parallel=ModelParallel(...)"
         )
 

@@ -158,8 +158,18 @@ def sweep(
             ``"vmap"`` batches them (best on GPU/TPU and for large K),
             ``"map"`` runs them one after another inside the same compiled
             program (``lax.map``; faster on CPU, where XLA's small batched
-            matmuls are slow at small K). The per-epoch evaluations are batched
-            either way. ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3,
+            matmuls are slow at small K), ``"wide"`` vmaps the models inside
+            each step of one scan and carries every weight matrix with the
+            model axis second (``(784, K, 30)``), so the mini-batch, the same
+            for every model, meets all K first layers in one wide matmul and
+            the weight gradient is one GEMM (on an H200 a hand-written epoch
+            in that layout is 1.37-1.47x faster than the ``vmap`` one at
+            K >= 1024: docs/benchmarks.md; results equal ``"vmap"``'s up to
+            float reassociation; not with ``parallel``). ``"wide"`` is opt-in:
+            on a CPU it is slower (1.7x ``"vmap"`` at K = 64), and jreg's own
+            ``"wide"`` epoch has not been timed on a GPU yet
+            (``benchmarks/gpu.sh`` does). The per-epoch evaluations are
+            batched either way. ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3,
             ``"vmap"`` otherwise (measured crossover: docs/benchmarks.md).
         evaluation: held-out data, or a :class:`jreg.Evaluation` (metrics,
             evaluation batch size, every k epochs), as in :func:`fit`.
