@@ -160,6 +160,13 @@ def test_a_top_from_a_stateful_objective_asks_for_a_number():
         ({"hparams": {"eta": "fast"}}, "one finite number"),
         ({"hparams": {"eta": [0.1, 0.2]}}, "one finite number"),
         ({"top": "l1", "hparams": {"eta": 0.5}, "key": 3}, "key"),
+        ({"hparams": None}, "give its other hyperparameters in hparams="),  # build needs eta: not a KeyError
+        ({"strength": "c"}, "give its other hyperparameters in hparams="),  # build reads lmbda, not c
+        ({"top": True}, "top must be a number"),
+        ({"selectors": {"w": "9/w"}}, "select no leaf"),
+        ({"mode": "sequential", "warm_every": 2}, "mode='sequential' has none"),
+        ({"ema": object()}, "does not support ema="),
+        ({"callback": print, "checkpoint": None}, "does not support callback=, checkpoint="),
     ],
 )
 def test_bad_input_is_a_jreg_error(kwargs, match):

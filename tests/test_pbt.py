@@ -110,6 +110,8 @@ def test_pbt_lineage_and_hparams_agree_the_same_key_gives_the_same_run_and_explo
         ({"evaluation": jreg.Evaluation(TEST, every=2)}, "not measured after epoch"),
         ({"explre": {}}, "unexpected keyword"),
         ({"hparams": {"lmbda": [0.1], "eta": [0.5]}}, "at least 2 members"),
+        ({"maximize": "no"}, "maximize must be True, False or None"),
+        ({"ema": object(), "callback": print}, "does not support callback=, ema="),
     ],
 )
 def test_bad_input_is_a_jreg_error(kwargs, match):
