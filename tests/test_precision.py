@@ -336,8 +336,15 @@ def test_fit_sweep_and_checkpoint_with_a_policy(tmp_path):
         build, params, train, hparams={"lmbda": [0.0, 0.01]}, epochs=3, batch_size=8, key=jax.random.key(1)
     )
     assert dtypes(swept) == [F32] * 4 and hist.models == 2
-    for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(swept)):  # the sweep's model 1 is the fit
-        np.testing.assert_allclose(b[1], a, rtol=1e-4, atol=1e-5)
+    # The sweep's model 1 is the fit. On the CPU both programs run the same bf16 matmuls: agreement to float
+    # reassociation. On a GPU the batched (vmapped) program and the single-model one pick different bf16 matmul
+    # kernels (accumulation order, bf16 rounding of the products): seen on an H200, the params differ by ~0.5 %,
+    # a few bf16 units of roundoff (2**-9 = 0.2 %) amplified over 15 Adam steps; so off the CPU a bf16 tolerance.
+    # It still tells the models apart: model 0 (lmbda = 0) is off by up to 0.28 in a leaf of norm ~1.
+    rtol, atol = (1e-4, 1e-5) if jax.default_backend() == "cpu" else (2e-2, 1e-2)
+    for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(swept)):
+        np.testing.assert_allclose(b[1], a, rtol=rtol, atol=atol)
+    assert not all(np.allclose(b[0], a, rtol=rtol, atol=atol) for a, b in zip(*map(jax.tree.leaves, (trained, swept))))
     path = jreg.save(tmp_path / "mixed.npz", trained, opt_state=opt_state)
     back = jreg.load(path, params=params, opt_state=opt_state)
     x = test[0]

@@ -91,7 +91,9 @@ class Path:
         params: the trained params, stacked along a leading axis of size K (model states likewise,
             in ``model_state``, when given).
         history: a :class:`SweepHistory`, ``(K, measurements)`` per series (sequential mode: each
-            strength's own fit, epochs 1..E).
+            strength's own fit, epochs 1..E). Unlike a sweep's, its ``diverged`` stays empty: a member whose
+            training became non-finite is frozen and shows NaN figures from that epoch on, until a restart
+            gives it its neighbour's state (population mode).
         mode, warm_every, epochs: how it ran; seconds: its wall time once the strengths were chosen
             (checks, compilation and training; not the ``lambda_max`` computation).
     """
@@ -181,12 +183,14 @@ def regularization_path(
         selectors: ``{name: mask}`` whose norms, zeros and units the path reports (a mask as penalties take
             it); default ``{"weights": None}``, the weight matrices.
         groups: which units :attr:`Path.units` counts: ``"columns"`` (output units) or ``"rows"``.
-        The rest as in :func:`jreg.sweep` (``params`` shared by every member).
+        The rest as in :func:`jreg.sweep` (``params`` shared by every member); the sweep's ``callback``,
+        ``ema``, ``parallel``, ``early_stopping``, ``checkpoint`` and ``resume`` are not supported (a clear error).
     """
-    if unknown:
-        raise JregTypeError(f"regularization_path() got unexpected keyword argument(s) {sorted(unknown)}")
+    pop_.check_unknown(unknown, "regularization_path")
     if mode not in MODES:
         raise JregError(f"mode must be one of {MODES}, got {mode!r}")
+    if warm_every is not None and mode == "sequential":
+        raise JregError("warm_every is population mode's restart period; mode='sequential' has none (leave it out)")
     if groups not in ("columns", "rows"):
         raise JregError(f"groups must be 'columns' or 'rows', got {groups!r}")
     if not isinstance(strength, str):
@@ -244,7 +248,11 @@ def _selectors(selectors: Any, params: Params) -> dict[str, Any]:
     selectors = {"weights": None} if selectors is None else selectors
     if not isinstance(selectors, Mapping) or not selectors:
         raise JregTypeError(f"selectors must be a non-empty mapping {{name: mask}}, got {selectors!r}")
-    return {str(k): jax.tree.leaves(mask_tree(params, m)) for k, m in selectors.items()}
+    out = {str(k): jax.tree.leaves(mask_tree(params, m)) for k, m in selectors.items()}
+    empty = sorted(k for k, flags in out.items() if not any(flags))
+    if empty:
+        raise JregError(f"selectors {empty} select no leaf of params: check the mask(s)")
+    return out
 
 
 def _grid(top: float, n: int, ratio: float) -> np.ndarray:
@@ -254,6 +262,8 @@ def _grid(top: float, n: int, ratio: float) -> np.ndarray:
 
 
 def _top(top: Any, build: Build, params: Params, train: Any, strength: str, fixed: dict, mask: Any, groups: str):
+    if isinstance(top, (bool, np.bool_)):
+        raise JregTypeError(f"top must be a number or one of {TOPS}, got {top!r}")
     if not isinstance(top, str):
         try:
             return float(top)
@@ -262,7 +272,16 @@ def _top(top: Any, build: Build, params: Params, train: Any, strength: str, fixe
     if top not in TOPS:
         raise JregError(f"top must be a number or one of {TOPS}, got {top!r}")
     batch = check_data(train, "train")
-    objective = build({strength: 0.0, **fixed})[0]
+    values = {strength: 0.0, **fixed}
+    try:
+        objective = build(values)[0]
+    except JregError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's build failing: a missing hyperparameter, say
+        raise JregError(
+            f"top={top!r} evaluates build({values}) to find the strongest strength, and it fails "
+            f"({type(exc).__name__}: {exc}); give its other hyperparameters in hparams=, or top= a number"
+        ) from exc
     try:
         if top == "l1":
             return float(lambda_max(objective, params, batch, mask=mask))

@@ -53,7 +53,9 @@ class PBTResult:
     Attributes:
         params: the final params, stacked along a leading axis of size K (``model_state`` likewise, when given).
         history: a :class:`SweepHistory`: ``history[series]`` is ``(K, measurements)``; member ``i``'s row is
-            the record of whoever occupied slot ``i`` (after an exploit, the copy's continuation).
+            the record of whoever occupied slot ``i`` (after an exploit, the copy's continuation). Unlike a
+            sweep's, its ``diverged`` stays empty: a member whose training became non-finite is frozen, shows
+            NaN figures and ranks last, so the next exploit replaces it (when it is among the worst ``n``).
         hparams: ``{name: (K, epochs)}``: the value each member trained with in each epoch.
         lineage: one entry per copy: ``{"epoch": e, "member": i, "from": j}`` (1-based epoch after which
             member ``i`` took member ``j``'s state and hyperparameters).
@@ -113,10 +115,12 @@ def pbt(
             ``evaluation_accuracy`` with evaluation data, else ``training_accuracy`` when measured, else
             ``training_cost``.
         maximize: whether higher is better (default: not when ``rank_by`` names a cost, loss or error).
-        The rest as in :func:`jreg.sweep`.
+        The rest as in :func:`jreg.sweep`; the sweep's ``callback``, ``ema``, ``parallel``, ``early_stopping``,
+        ``checkpoint`` and ``resume`` are not supported (a clear error).
     """
-    if unknown:
-        raise JregTypeError(f"pbt() got unexpected keyword argument(s) {sorted(unknown)}")
+    pop_.check_unknown(unknown, "pbt")
+    if maximize is not None and not isinstance(maximize, (bool, np.bool_)):
+        raise JregTypeError(f"maximize must be True, False or None (from rank_by's name), got {maximize!r}")
     every = check_positive_int(every, "every")
     if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 0.5):
         raise JregError(f"fraction must be a number in (0, 0.5] (the share replaced each time), got {fraction!r}")

@@ -54,6 +54,24 @@ class Population:
         return jax.vmap(lambda h, p: self.build(h)[1].init(p))(hp, params)
 
 
+#: :func:`jreg.sweep` arguments that the population's loop (path, PBT) does not run
+UNSUPPORTED = ("callback", "ema", "parallel", "early_stopping", "checkpoint", "resume")
+
+
+def check_unknown(unknown: Mapping[str, Any], function: str) -> None:
+    """A clear error for keyword arguments ``function`` does not take, naming the sweep's it does not support."""
+    if not unknown:
+        return
+    missing = sorted(k for k in unknown if k in UNSUPPORTED)
+    if missing:
+        raise JregTypeError(
+            f"{function}() does not support {', '.join(f'{k}=' for k in missing)} (jreg.sweep does): its loop "
+            "moves state between members, which these would have to follow; train the chosen member(s) again "
+            "with jreg.fit or jreg.sweep for them"
+        )
+    raise JregTypeError(f"{function}() got unexpected keyword argument(s) {sorted(unknown)}")
+
+
 def check_names(value: Any, allowed: Iterable[str], what: str) -> None:
     """Every key of the mapping ``value`` names an hyperparameter of the population."""
     unknown = sorted(set(value) - set(allowed))
