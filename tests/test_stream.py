@@ -141,9 +141,15 @@ def test_what_is_a_stream():
 @settings(max_examples=3, deadline=None)
 @given(chunk=st.integers(1, 7))
 def test_any_chunk_size_gives_the_same_result(chunk, fixed_run):
+    """Bit for bit on CPU. Off the CPU the per-chunk sum of the losses may be fused differently (seen on an
+    H200: 1 ulp of epoch_loss), so there the figures agree to a few units in the last place."""
     params, history = fit(jreg.Stream(FIXED, chunk=chunk))
-    assert_equal(params, fixed_run[0])
-    np.testing.assert_array_equal(history["epoch_loss"], fixed_run[1]["epoch_loss"])
+    cpu = jax.default_backend() == "cpu"
+    for got, want in zip([*leaves(params), history["epoch_loss"]], [*leaves(fixed_run[0]), fixed_run[1]["epoch_loss"]]):
+        if cpu:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_array_max_ulp(np.asarray(got), np.asarray(want), maxulp=4)
 
 
 @pytest.mark.parametrize("partial_batch", ["include", "drop"])

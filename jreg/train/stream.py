@@ -38,8 +38,9 @@ exception is its ``__cause__``.
 consecutive batches into one host array per leaf (NumPy) and puts it on the
 device (``jax.device_put``; with :class:`jreg.DataParallel` split along the
 batch axis; with several processes each process's source yields its own
-``batch_size // process_count`` rows per batch, assembled by
-``jax.make_array_from_process_local_data``), keeping up to ``prefetch``
+``batch_size // process_count`` rows of every global batch, the rows its
+devices hold (process ``i``'s contiguous block ``i`` for a ``jax.make_mesh``
+mesh), assembled by ``jax.make_array_from_process_local_data``), keeping up to ``prefetch``
 chunks ready. The steps of a chunk run as one compiled ``lax.scan`` of the
 same update :func:`jreg.train.step.make_update` builds for in-memory epochs.
 The last chunk of an epoch, when fewer than ``chunk`` steps remain, is padded
@@ -200,7 +201,7 @@ class Feed:
             )
         self.batch_size, self.rows = batch_size, batch_size // self.processes
         self.callable = callable(self.source) and not hasattr(self.source, "__iter__")
-        self.sharding = self.whole = None  # the chunk sharding and a replicated one, set by place()
+        self.sharding = self.whole = self.by_process = None  # the chunk sharding, a replicated one: place()
         self.ways = 1  # devices along the data axis
         self.found: dict[Any, tuple[int, str, TrainState]] = {}  # a diverged model's replay: None for fit's one
         opened = self._open(0)
@@ -361,12 +362,23 @@ class Feed:
         self.sharding = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
         self.whole = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
         self.ways = 1 if sharding is None else sharding.mesh.shape[sharding.spec[0]]
+        self.by_process = None if sharding is None or self.processes == 1 else _by_process(sharding.mesh)
 
     def _put(self, arrays: list[np.ndarray]) -> list[jax.Array]:
         """The chunk on the device. The host arrays are fresh (stacked here) and never touched again, so they
         are donated: on CPU the device array may then alias them instead of copying (10x faster measured)."""
         if self.processes > 1 and self.sharding is not None:
-            return [jax.make_array_from_process_local_data(self.sharding, a) for a in arrays]
+            if arrays[0].shape[1] * self.processes % self.ways == 0:
+                return [jax.make_array_from_process_local_data(self.sharding, a) for a in arrays]
+            # a last batch the mesh cannot split evenly: each process's rows on its own devices (the same devices
+            # in the same order, so the compiled step takes it); the step's sharding constraint splits it
+            if self.by_process is None:
+                raise JregError(
+                    f"train: a last batch of {arrays[0].shape[1]} rows per process cannot be split over the mesh's "
+                    f"{self.ways} devices along the data axis, and the mesh's devices are not grouped by process; "
+                    "pass partial_batch='drop' or make the last batch's rows a multiple of the devices"
+                )
+            return [jax.make_array_from_process_local_data(self.by_process, a) for a in arrays]
         if self.sharding is not None and arrays[0].shape[1] % self.ways:
             # a last batch the mesh cannot split evenly: put it whole; the step's sharding constraint splits it
             return jax.device_put(arrays, self.whole, donate=True)
@@ -426,6 +438,17 @@ class Feed:
     def epoch(self, epoch: int) -> Opened:
         """Epoch ``epoch``, ready to be read chunk by chunk (:meth:`Opened.chunks`)."""
         return Opened(self, epoch)
+
+
+def _by_process(mesh: Any) -> Any:
+    """A sharding over ``mesh``'s devices, in its order, splitting axis 1 by process (replicated within one), or
+    None when the devices, in that order, are not grouped by process."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = np.asarray(mesh.devices).reshape(jax.process_count(), -1)
+    if any(len({d.process_index for d in row}) != 1 for row in devices):
+        return None
+    return NamedSharding(Mesh(devices, ("process", "local")), PartitionSpec(None, "process"))
 
 
 def _chain(first: Any, it: Iterator) -> Iterator:
