@@ -310,6 +310,15 @@ def test_data_parallel_stream_on_four_virtual_devices():
     assert measured["shards"] == [[4, 2, 6]]  # a chunk of 4 steps, each batch of 8 split over 4 devices
 
 
+def test_a_short_last_chunk_is_padded_to_a_power_of_two_not_to_chunk():
+    feed = jreg.train.stream.Feed(jreg.Stream(FIXED * 3, chunk=64), B, "include")  # 15 batches
+    with feed.epoch(0).chunks() as chunks:
+        assert [(c.count, c.size) for c in chunks] == [(15, 16)]
+    feed = jreg.train.stream.Feed(jreg.Stream(FIXED * 3, chunk=4), B, "include")
+    with feed.epoch(0).chunks() as chunks:
+        assert [(c.count, c.size) for c in chunks] == [(4, 4)] * 3 + [(3, 4)]
+
+
 def test_padded_steps_leave_a_model_state_unchanged():
     def counting(params, batch, *, state, train=True, key=None):
         x, y = batch
@@ -318,5 +327,6 @@ def test_padded_steps_leave_a_model_state_unchanged():
 
     start = {"count": jnp.zeros((), jnp.int32)}
     kw = dict(epochs=2, batch_size=B, key=KEY, model_state=start)
-    _, state, _ = jreg.fit(counting, OPT, {"w": jnp.zeros((5, 3))}, jreg.Stream(FIXED, chunk=3), **kw)
-    assert int(state["count"]) == 2 * len(FIXED)  # 5 batches in chunks of 3: one masked step per epoch
+    seven = FIXED + FIXED[:2]
+    _, state, _ = jreg.fit(counting, OPT, {"w": jnp.zeros((5, 3))}, jreg.Stream(seven, chunk=4), **kw)
+    assert int(state["count"]) == 2 * len(seven)  # 7 batches in chunks of 4: one masked step per epoch

@@ -44,8 +44,9 @@ mesh), assembled by ``jax.make_array_from_process_local_data``), keeping up to `
 chunks ready. The steps of a chunk run as one compiled ``lax.scan`` of the
 same update :func:`jreg.train.step.make_update` builds for in-memory epochs.
 The last chunk of an epoch, when fewer than ``chunk`` steps remain, is padded
-with copies of its last batch that a validity mask turns into no-op steps, so
-no epoch compiles anything new. The thread is a daemon, stops when training
+to the next power of two (at most ``chunk``) with copies of its last batch that
+a validity mask turns into no-op steps, so epochs of the same length compile
+nothing new (and no run more than log2(chunk) + 1 chunk programs). The thread is a daemon, stops when training
 stops (or raises), and is joined with a timeout: it cannot hang a run.
 
 **Keys and steps.** Streams are not shuffled (the source decides the order).
@@ -427,7 +428,9 @@ class Feed:
         count = len(batches)
         stacked = self._cast([np.stack(leaves) for leaves in zip(*batches)], self.spec)
         self._check_finite(stacked, self.spec, epoch, first)
-        size = self.chunk if pad else count
+        # a short chunk is padded to the next power of two (at most ``chunk``): log2(chunk) + 1 programs at most,
+        # and no more than ``count - 1`` wasted steps (padding to ``chunk`` ran 64 steps for a 5-batch epoch)
+        size = min(self.chunk, 1 << (count - 1).bit_length()) if pad else count
         if size > count:  # padded with copies of the last batch: masked no-op steps
             stacked = [np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in stacked]
         arrays = self._put(stacked)
