@@ -285,6 +285,20 @@ def test_a_raising_source_names_epoch_and_batch_and_keeps_checkpoints(tmp_path):
     assert saved.step == 1 and all(np.isfinite(a).all() for a in leaves(saved.params))
 
 
+@pytest.mark.parametrize(
+    "source, match",
+    [
+        (lambda e: None, "source\\(epoch\\) returned NoneType, which is not an iterable of batches"),
+        (lambda e, f: FIXED, r"calling source\(epoch\) for epoch 1 raised TypeError: .*takes the epoch, or nothing"),
+        (lambda *, epoch: FIXED, r"calling source\(\) for epoch 1 raised TypeError"),
+    ],
+    ids=["returns-None", "two-args", "keyword-only"],
+)
+def test_a_callable_source_that_cannot_be_called_or_returns_no_iterable(source, match):
+    with pytest.raises(jreg.JregTypeError, match=match):
+        fit(source)
+
+
 def test_stream_options_checked():
     with pytest.raises(jreg.JregError, match="Stream.chunk"):
         jreg.Stream(FIXED, chunk=0)

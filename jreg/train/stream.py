@@ -213,16 +213,28 @@ class Feed:
     # -- epochs -------------------------------------------------------------------------------------------------
 
     def _open(self, epoch: int) -> Iterator:
-        try:
-            if self.callable:
+        made = self.source
+        if self.callable:
+            call = "source(epoch)" if _arity(self.source) else "source()"
+            try:
                 made = self.source(epoch) if _arity(self.source) else self.source()
-            else:
-                made = self.source
+            except JregError:
+                raise
+            except TypeError as exc:  # most often a signature that is neither (epoch) nor ()
+                raise JregTypeError(
+                    f"train: calling {call} for epoch {epoch + 1} raised TypeError: {exc} (a callable source takes "
+                    "the epoch, or nothing, and returns that epoch's iterable of batches)"
+                ) from exc
+            except Exception as exc:  # noqa: BLE001 - a user's source failing to open
+                raise JregError(
+                    f"train: calling {call} for epoch {epoch + 1} raised {type(exc).__name__}: {exc}"
+                ) from exc
+        try:
             return iter(made)
         except JregError:
             raise
         except TypeError as exc:
-            what = "source(epoch) returned" if self.callable else "the source is"
+            what = f"source(epoch) returned {type(made).__name__}, which is" if self.callable else "the source is"
             raise JregTypeError(
                 f"train: {what} not an iterable of batches (epoch {epoch + 1}): {type(exc).__name__}: {exc}"
             ) from exc
