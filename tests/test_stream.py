@@ -189,6 +189,27 @@ def linear(params, batch):
     return jnp.mean((x @ params["w"]) ** 2), {}
 
 
+def noisy(params, batch, *, key=None):
+    x, y = batch
+    if key is not None:  # dropout-like: the step's key decides the mask
+        x = x * jax.random.bernoulli(key, 0.5, x.shape) * 2.0
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x @ params["w"], y)), {}
+
+
+def test_step_keys_are_the_documented_ones():
+    """Step i of epoch e gets fold_in(fold_in(fold_in(key, e), NOISE_SALT), i) (docs/streaming.md)."""
+    w = {"w": jnp.full((5, 3), 0.1)}
+    params, _ = jreg.fit(noisy, OPT, w, jreg.Stream(FIXED, chunk=2), epochs=1, batch_size=B, key=KEY)
+    step = jreg.make_step(noisy, OPT)
+    base = jax.random.fold_in(jax.random.fold_in(KEY, 0), jreg.train.NOISE_SALT)
+    p = q = (w, OPT.init(w))
+    for i, batch in enumerate(FIXED):
+        p = step(*p, batch, jax.random.fold_in(base, i))[:2]
+        q = step(*q, batch, jax.random.fold_in(base, i + 1))[:2]  # keys off by one step
+    assert_equal(params, p[0], exact=False)
+    assert not np.allclose(leaves(q[0])[0], leaves(params)[0])  # the keys do change the run
+
+
 def test_divergence_names_the_step():
     with pytest.raises(jreg.DivergenceError) as info:
         jreg.fit(
