@@ -8,7 +8,9 @@ The processes run, together:
   span both processes, so the checkpoints are orbax folders (``OUT_DIR/ckpt/ckpt-<epoch>.orbax``);
 * a sweep of K=8 models split over a ``model`` axis of 4 devices, each mini-batch over a ``data`` axis of
   2 (which crosses the two processes);
-* the fit resumed from its epoch-2 checkpoint for one more epoch (restored onto 2 processes).
+* the fit resumed from its epoch-2 checkpoint for one more epoch (restored onto 2 processes);
+* a data-parallel ``fit`` on a stream (``problem()["stream"]``) where each process's source yields only its
+  own half of every global batch (docs/streaming.md), the last batch one that 8 devices cannot split evenly.
 
 Process 0 writes the results (gathered with ``process_allgather``) to ``OUT_DIR/results.npz``. Exit code 3:
 this jaxlib has no gloo CPU collectives (the test skips).
@@ -43,6 +45,21 @@ def problem():
         return jreg.objective(model.apply, jreg.losses.cross_entropy, penalty), optax.sgd(hp["eta"])
 
     hparams = {"lmbda": np.linspace(0.0, 0.01, 8), "eta": np.linspace(0.05, 0.4, 8)}
+
+    def stream(process: int, processes: int) -> jreg.Stream:
+        """54 examples in global batches of 16 (the last holds 6, which 8 devices cannot split evenly), the order
+        seeded by the epoch; process ``process`` yields its contiguous part of every global batch."""
+
+        def source(epoch):
+            order = np.random.default_rng([5, epoch]).permutation(54)
+            for start in range(0, 54, BATCH):
+                idx = order[start : start + BATCH]
+                part = len(idx) // processes
+                idx = idx[process * part : (process + 1) * part]
+                yield x[idx], y[idx]
+
+        return jreg.Stream(source, chunk=2)
+
     common = dict(batch_size=BATCH, key=jax.random.key(1), evaluation=(x[:16], y[:16]))
     return dict(
         train=(x, y),
@@ -52,6 +69,7 @@ def problem():
         build=build,
         hparams=hparams,
         common=common,
+        stream=stream,
     )
 
 
@@ -97,14 +115,25 @@ def main(process_id: int, port: int, out: Path) -> None:
         p["build"], p["params"], p["train"], hparams=p["hparams"], epochs=EPOCHS, parallel=parallel, **p["common"]
     )
     lap("sweep")
+    streamed, streamed_history = jreg.fit(
+        p["objective"], p["optimizer"], p["params"], p["stream"](jax.process_index(), 2), epochs=EPOCHS,
+        parallel=data_parallel, **p["common"],
+    )  # fmt: skip
+    lap("streamed fit")
     local_models = swept[0]["w"].addressable_shards[0].data.shape[0]
-    runs = {"fit": fitted, "resumed": resumed, "sweep": swept}  # each run's leaves, in jax.tree.leaves order
+    runs = {
+        "fit": fitted,
+        "resumed": resumed,
+        "sweep": swept,
+        "streamed": streamed,
+    }  # each run's leaves, in jax.tree.leaves order
     flat = {
         f"{name}/{i:02d}": leaf for name, tree in runs.items() for i, leaf in enumerate(gather(jax.tree.leaves(tree)))
     }
     flat["fit_accuracy"] = np.asarray(history.evaluation_accuracy)
     flat["resumed_accuracy"] = np.asarray(resumed_history.evaluation_accuracy)
     flat["sweep_accuracy"] = np.asarray(sweep_history["evaluation_accuracy"])
+    flat["streamed_loss"] = np.asarray(streamed_history.epoch_loss)
     if jax.process_index() == 0:
         np.savez(out / "results.npz", written=np.array(written), local_models=local_models, **flat)
     multihost_utils.sync_global_devices("jreg test done")

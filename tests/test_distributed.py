@@ -1,9 +1,10 @@
 """Two processes on JAX's distributed runtime (127.0.0.1, gloo CPU collectives, 4 devices each) equal one process.
 
 tests/distributed_worker.py runs in both processes: a data-parallel fit over the 8 devices (its checkpoints are
-orbax folders, since no process holds its arrays whole), the fit resumed on 2 processes, and a sweep whose
-models are split over a model axis. This test compares them with the same runs in this process on one
-device, and restores the 8-device checkpoint here, on one device.
+orbax folders, since no process holds its arrays whole), the fit resumed on 2 processes, a sweep whose
+models are split over a model axis, and a streamed fit where each process feeds its half of every batch. This
+test compares them with the same runs in this process on one device, and restores the 8-device checkpoint
+here, on one device.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def runs(tmp_path_factory):
     reference = {"fit": (seen[EPOCHS - 1], accuracy[:EPOCHS]), "resumed": (params, accuracy)}
     swept, history = jreg.sweep(p["build"], p["params"], p["train"], hparams=p["hparams"], epochs=EPOCHS, **p["common"])
     reference["sweep"] = (swept, history["evaluation_accuracy"])
+    streamed, history = jreg.fit(
+        p["objective"], p["optimizer"], p["params"], p["stream"](0, 1), epochs=EPOCHS, **p["common"]
+    )
+    reference["streamed"] = (streamed, history.epoch_loss)
     return out, got, reference, fit
 
 
@@ -108,6 +113,13 @@ def test_model_sharded_sweep_over_two_processes_equals_one(runs):
     assert gap(got, "sweep", params) < 1e-5
     np.testing.assert_allclose(got["sweep_accuracy"], accuracy, atol=1e-6)
     assert int(got["local_models"]) == 2  # 8 models over a model axis of 4 devices
+
+
+def test_streamed_fit_each_process_feeding_its_half_equals_one(runs):
+    _, got, reference, _ = runs
+    params, loss = reference["streamed"]
+    assert gap(got, "streamed", params) < 1e-5
+    np.testing.assert_allclose(got["streamed_loss"], loss, rtol=1e-6)
 
 
 def test_checkpoints_spanning_processes_are_orbax_folders(runs):

@@ -141,9 +141,15 @@ def test_what_is_a_stream():
 @settings(max_examples=3, deadline=None)
 @given(chunk=st.integers(1, 7))
 def test_any_chunk_size_gives_the_same_result(chunk, fixed_run):
+    """Bit for bit on CPU. Off the CPU the per-chunk sum of the losses may be fused differently (seen on an
+    H200: 1 ulp of epoch_loss), so there the figures agree to a few units in the last place."""
     params, history = fit(jreg.Stream(FIXED, chunk=chunk))
-    assert_equal(params, fixed_run[0])
-    np.testing.assert_array_equal(history["epoch_loss"], fixed_run[1]["epoch_loss"])
+    cpu = jax.default_backend() == "cpu"
+    for got, want in zip([*leaves(params), history["epoch_loss"]], [*leaves(fixed_run[0]), fixed_run[1]["epoch_loss"]]):
+        if cpu:
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_array_max_ulp(np.asarray(got), np.asarray(want), maxulp=4)
 
 
 @pytest.mark.parametrize("partial_batch", ["include", "drop"])
@@ -181,6 +187,27 @@ def _diverging(epoch):
 def linear(params, batch):
     x, _ = batch
     return jnp.mean((x @ params["w"]) ** 2), {}
+
+
+def noisy(params, batch, *, key=None):
+    x, y = batch
+    if key is not None:  # dropout-like: the step's key decides the mask
+        x = x * jax.random.bernoulli(key, 0.5, x.shape) * 2.0
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x @ params["w"], y)), {}
+
+
+def test_step_keys_are_the_documented_ones():
+    """Step i of epoch e gets fold_in(fold_in(fold_in(key, e), NOISE_SALT), i) (docs/streaming.md)."""
+    w = {"w": jnp.full((5, 3), 0.1)}
+    params, _ = jreg.fit(noisy, OPT, w, jreg.Stream(FIXED, chunk=2), epochs=1, batch_size=B, key=KEY)
+    step = jreg.make_step(noisy, OPT)
+    base = jax.random.fold_in(jax.random.fold_in(KEY, 0), jreg.train.NOISE_SALT)
+    p = q = (w, OPT.init(w))
+    for i, batch in enumerate(FIXED):
+        p = step(*p, batch, jax.random.fold_in(base, i))[:2]
+        q = step(*q, batch, jax.random.fold_in(base, i + 1))[:2]  # keys off by one step
+    assert_equal(params, p[0], exact=False)
+    assert not np.allclose(leaves(q[0])[0], leaves(params)[0])  # the keys do change the run
 
 
 def test_divergence_names_the_step():
@@ -279,6 +306,20 @@ def test_a_raising_source_names_epoch_and_batch_and_keeps_checkpoints(tmp_path):
     assert saved.step == 1 and all(np.isfinite(a).all() for a in leaves(saved.params))
 
 
+@pytest.mark.parametrize(
+    "source, match",
+    [
+        (lambda e: None, "source\\(epoch\\) returned NoneType, which is not an iterable of batches"),
+        (lambda e, f: FIXED, r"calling source\(epoch\) for epoch 1 raised TypeError: .*takes the epoch, or nothing"),
+        (lambda *, epoch: FIXED, r"calling source\(\) for epoch 1 raised TypeError"),
+    ],
+    ids=["returns-None", "two-args", "keyword-only"],
+)
+def test_a_callable_source_that_cannot_be_called_or_returns_no_iterable(source, match):
+    with pytest.raises(jreg.JregTypeError, match=match):
+        fit(source)
+
+
 def test_stream_options_checked():
     with pytest.raises(jreg.JregError, match="Stream.chunk"):
         jreg.Stream(FIXED, chunk=0)
@@ -304,6 +345,15 @@ def test_data_parallel_stream_on_four_virtual_devices():
     assert measured["shards"] == [[4, 2, 6]]  # a chunk of 4 steps, each batch of 8 split over 4 devices
 
 
+def test_a_short_last_chunk_is_padded_to_a_power_of_two_not_to_chunk():
+    feed = jreg.train.stream.Feed(jreg.Stream(FIXED * 3, chunk=64), B, "include")  # 15 batches
+    with feed.epoch(0).chunks() as chunks:
+        assert [(c.count, c.size) for c in chunks] == [(15, 16)]
+    feed = jreg.train.stream.Feed(jreg.Stream(FIXED * 3, chunk=4), B, "include")
+    with feed.epoch(0).chunks() as chunks:
+        assert [(c.count, c.size) for c in chunks] == [(4, 4)] * 3 + [(3, 4)]
+
+
 def test_padded_steps_leave_a_model_state_unchanged():
     def counting(params, batch, *, state, train=True, key=None):
         x, y = batch
@@ -312,5 +362,6 @@ def test_padded_steps_leave_a_model_state_unchanged():
 
     start = {"count": jnp.zeros((), jnp.int32)}
     kw = dict(epochs=2, batch_size=B, key=KEY, model_state=start)
-    _, state, _ = jreg.fit(counting, OPT, {"w": jnp.zeros((5, 3))}, jreg.Stream(FIXED, chunk=3), **kw)
-    assert int(state["count"]) == 2 * len(FIXED)  # 5 batches in chunks of 3: one masked step per epoch
+    seven = FIXED + FIXED[:2]
+    _, state, _ = jreg.fit(counting, OPT, {"w": jnp.zeros((5, 3))}, jreg.Stream(seven, chunk=4), **kw)
+    assert int(state["count"]) == 2 * len(seven)  # 7 batches in chunks of 4: one masked step per epoch

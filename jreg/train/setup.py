@@ -83,7 +83,8 @@ def prepare(
     feed = stream.Feed(stream.as_stream(train), batch_size, partial_batch) if stream.is_stream(train) else None
     train = check_data(train if feed is None else feed.first, "train")
     held_out = None if schedule.data is None else check_data(schedule.data, "evaluation")
-    plan = make_plan(data_size(train), batch_size, partial_batch)
+    # a stream's plan is one batch as this process reads it (with several processes: batch_size // processes rows)
+    plan = make_plan(data_size(train), batch_size if feed is None else feed.rows, partial_batch)
     probe_state = TrainState(params, None, model_state, jnp.asarray(0, jnp.int32))
     seen = validate.probe(objective, probe_state, train, "train", key)
     targets = validate.targets_of(objective, train)

@@ -38,13 +38,15 @@ exception is its ``__cause__``.
 consecutive batches into one host array per leaf (NumPy) and puts it on the
 device (``jax.device_put``; with :class:`jreg.DataParallel` split along the
 batch axis; with several processes each process's source yields its own
-``batch_size // process_count`` rows per batch, assembled by
-``jax.make_array_from_process_local_data``), keeping up to ``prefetch``
+``batch_size // process_count`` rows of every global batch, the rows its
+devices hold (process ``i``'s contiguous block ``i`` for a ``jax.make_mesh``
+mesh), assembled by ``jax.make_array_from_process_local_data``), keeping up to ``prefetch``
 chunks ready. The steps of a chunk run as one compiled ``lax.scan`` of the
 same update :func:`jreg.train.step.make_update` builds for in-memory epochs.
 The last chunk of an epoch, when fewer than ``chunk`` steps remain, is padded
-with copies of its last batch that a validity mask turns into no-op steps, so
-no epoch compiles anything new. The thread is a daemon, stops when training
+to the next power of two (at most ``chunk``) with copies of its last batch that
+a validity mask turns into no-op steps, so epochs of the same length compile
+nothing new (and no run more than log2(chunk) + 1 chunk programs). The thread is a daemon, stops when training
 stops (or raises), and is joined with a timeout: it cannot hang a run.
 
 **Keys and steps.** Streams are not shuffled (the source decides the order).
@@ -200,7 +202,7 @@ class Feed:
             )
         self.batch_size, self.rows = batch_size, batch_size // self.processes
         self.callable = callable(self.source) and not hasattr(self.source, "__iter__")
-        self.sharding = self.whole = None  # the chunk sharding and a replicated one, set by place()
+        self.sharding = self.whole = self.by_process = None  # the chunk sharding, a replicated one: place()
         self.ways = 1  # devices along the data axis
         self.found: dict[Any, tuple[int, str, TrainState]] = {}  # a diverged model's replay: None for fit's one
         opened = self._open(0)
@@ -211,16 +213,28 @@ class Feed:
     # -- epochs -------------------------------------------------------------------------------------------------
 
     def _open(self, epoch: int) -> Iterator:
-        try:
-            if self.callable:
+        made = self.source
+        if self.callable:
+            call = "source(epoch)" if _arity(self.source) else "source()"
+            try:
                 made = self.source(epoch) if _arity(self.source) else self.source()
-            else:
-                made = self.source
+            except JregError:
+                raise
+            except TypeError as exc:  # most often a signature that is neither (epoch) nor ()
+                raise JregTypeError(
+                    f"train: calling {call} for epoch {epoch + 1} raised TypeError: {exc} (a callable source takes "
+                    "the epoch, or nothing, and returns that epoch's iterable of batches)"
+                ) from exc
+            except Exception as exc:  # noqa: BLE001 - a user's source failing to open
+                raise JregError(
+                    f"train: calling {call} for epoch {epoch + 1} raised {type(exc).__name__}: {exc}"
+                ) from exc
+        try:
             return iter(made)
         except JregError:
             raise
         except TypeError as exc:
-            what = "source(epoch) returned" if self.callable else "the source is"
+            what = f"source(epoch) returned {type(made).__name__}, which is" if self.callable else "the source is"
             raise JregTypeError(
                 f"train: {what} not an iterable of batches (epoch {epoch + 1}): {type(exc).__name__}: {exc}"
             ) from exc
@@ -361,12 +375,23 @@ class Feed:
         self.sharding = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
         self.whole = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
         self.ways = 1 if sharding is None else sharding.mesh.shape[sharding.spec[0]]
+        self.by_process = None if sharding is None or self.processes == 1 else _by_process(sharding.mesh)
 
     def _put(self, arrays: list[np.ndarray]) -> list[jax.Array]:
         """The chunk on the device. The host arrays are fresh (stacked here) and never touched again, so they
         are donated: on CPU the device array may then alias them instead of copying (10x faster measured)."""
         if self.processes > 1 and self.sharding is not None:
-            return [jax.make_array_from_process_local_data(self.sharding, a) for a in arrays]
+            if arrays[0].shape[1] * self.processes % self.ways == 0:
+                return [jax.make_array_from_process_local_data(self.sharding, a) for a in arrays]
+            # a last batch the mesh cannot split evenly: each process's rows on its own devices (the same devices
+            # in the same order, so the compiled step takes it); the step's sharding constraint splits it
+            if self.by_process is None:
+                raise JregError(
+                    f"train: a last batch of {arrays[0].shape[1]} rows per process cannot be split over the mesh's "
+                    f"{self.ways} devices along the data axis, and the mesh's devices are not grouped by process; "
+                    "pass partial_batch='drop' or make the last batch's rows a multiple of the devices"
+                )
+            return [jax.make_array_from_process_local_data(self.by_process, a) for a in arrays]
         if self.sharding is not None and arrays[0].shape[1] % self.ways:
             # a last batch the mesh cannot split evenly: put it whole; the step's sharding constraint splits it
             return jax.device_put(arrays, self.whole, donate=True)
@@ -415,7 +440,9 @@ class Feed:
         count = len(batches)
         stacked = self._cast([np.stack(leaves) for leaves in zip(*batches)], self.spec)
         self._check_finite(stacked, self.spec, epoch, first)
-        size = self.chunk if pad else count
+        # a short chunk is padded to the next power of two (at most ``chunk``): log2(chunk) + 1 programs at most,
+        # and no more than ``count - 1`` wasted steps (padding to ``chunk`` ran 64 steps for a 5-batch epoch)
+        size = min(self.chunk, 1 << (count - 1).bit_length()) if pad else count
         if size > count:  # padded with copies of the last batch: masked no-op steps
             stacked = [np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in stacked]
         arrays = self._put(stacked)
@@ -426,6 +453,17 @@ class Feed:
     def epoch(self, epoch: int) -> Opened:
         """Epoch ``epoch``, ready to be read chunk by chunk (:meth:`Opened.chunks`)."""
         return Opened(self, epoch)
+
+
+def _by_process(mesh: Any) -> Any:
+    """A sharding over ``mesh``'s devices, in its order, splitting axis 1 by process (replicated within one), or
+    None when the devices, in that order, are not grouped by process."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = np.asarray(mesh.devices).reshape(jax.process_count(), -1)
+    if any(len({d.process_index for d in row}) != 1 for row in devices):
+        return None
+    return NamedSharding(Mesh(devices, ("process", "local")), PartitionSpec(None, "process"))
 
 
 def _chain(first: Any, it: Iterator) -> Iterator:
