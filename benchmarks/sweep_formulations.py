@@ -84,6 +84,7 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int) -> dict[str, float]:
         return xent(z, yb) + 0.5 * lmbda / n * (jnp.sum(p[0]["w"] ** 2) + jnp.sum(p[1]["w"] ** 2))
 
     grads = jax.vmap(jax.grad(loss_one), in_axes=(0, 0, None, None))
+
     def fresh():
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (k, *a.shape)).copy(), params)
 
