@@ -357,6 +357,10 @@ def test_equinox_module_passed_as_params_says_what_to_do():
         jreg.fit(obj, OPT, net, (X, Y), epochs=1, batch_size=BATCH, key=jax.random.key(0))
     with pytest.raises(jreg.JregTypeError, match=r"from_equinox"):  # a module nested in the params too
         jreg.make_step(obj, OPT)({"net": net}, OPT.init(eqx.filter(net, eqx.is_inexact_array)), (X, Y))
+    with pytest.raises(jreg.JregTypeError, match=r"from_equinox"):  # the objective called by hand
+        obj(net, (X, Y))
+    with pytest.raises(jreg.JregTypeError, match=r"from_equinox"):
+        jreg.total_cost(obj, net, (X, Y))
     model = jreg.frameworks.from_equinox(net)  # what the message says works
     jreg.fit(jreg.objective(model.apply, jreg.losses.softmax_cross_entropy), OPT, model.params, (X, Y),
              epochs=1, batch_size=BATCH, key=jax.random.key(0))  # fmt: skip
