@@ -160,6 +160,12 @@ def framework_advice(obj: Any) -> str | None:
     return None
 
 
+def framework_params_advice(params: Any) -> str | None:
+    """:func:`framework_advice` for the first framework object in ``params`` (root or inside), or ``None``."""
+    advice = _advice_for(params)
+    return advice[2:] if advice else None
+
+
 def _advice_for(params: Any) -> str:
     """``"; <advice>"`` for the first framework object in ``params`` (the root or a node inside), else ``""``."""
     found = [framework_advice(params)]

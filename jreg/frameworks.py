@@ -233,7 +233,7 @@ def from_linen(
         result = (y, dict(updated.get("intermediates", {}))) if intermediates else y
         return result, new_state
 
-    dropouts = _linen_dropouts(nn, module, params, model_state, example_x, flag, inverted)
+    dropouts = _linen_dropouts(nn, module, params, model_state, example_x, flag, inverted, rngs_of)
 
     if model_state is None:
 
@@ -255,12 +255,13 @@ def _describe_flag(flag: str | None, inverted: bool, train: bool) -> str:
     return "".join(f", {k}={v}" for k, v in _flag(flag, inverted, train).items())
 
 
-def _linen_dropouts(nn: Any, module: Any, params, state, x, flag, inverted) -> int:
+def _linen_dropouts(nn: Any, module: Any, params, state, x, flag, inverted, rngs_of) -> int:
     """How many ``nn.Dropout`` calls (rate > 0) the module makes; raise if one is off in training or on in eval."""
     name = type(module).__name__
     counts = {}
     for train in (True, False):
-        seen = _linen_dropout_calls(nn, module, {"params": params, **(state or {})}, x, flag, inverted, train)
+        variables = {"params": params, **(state or {})}
+        seen = _linen_dropout_calls(nn, module, variables, x, flag, inverted, train, rngs_of)
         counts[train] = len(seen)
         wrong = [n for n, deterministic in seen if deterministic == train]
         if wrong:
@@ -273,7 +274,7 @@ def _linen_dropouts(nn: Any, module: Any, params, state, x, flag, inverted) -> i
     return counts[True]
 
 
-def _linen_dropout_calls(nn, module, variables, x, flag, inverted, train) -> list[tuple[str, bool]]:
+def _linen_dropout_calls(nn, module, variables, x, flag, inverted, train, rngs_of) -> list[tuple[str, bool]]:
     """``(name, deterministic)`` of each ``nn.Dropout`` call with rate > 0, traced once (no compute) in one mode."""
     seen: list[tuple[str, bool]] = []
 
@@ -285,7 +286,7 @@ def _linen_dropout_calls(nn, module, variables, x, flag, inverted, train) -> lis
         return next_fun(*args, **kwargs)
 
     mutable = [c for c in variables if c != "params"] if train else False
-    rngs = {"dropout": jax.random.key(0)} if train else None
+    rngs = rngs_of(jax.random.key(0)) if train else None  # every stream the adapter feeds in training
 
     def run(v, x, r):
         return module.apply(v, x, rngs=r, mutable=mutable or False, **_flag(flag, inverted, train))
@@ -418,6 +419,7 @@ def from_equinox(
             f"{type(module).__name__} holds eqx.nn.Dropout but its __call__ takes no key: give it a key= "
             "parameter passed on to the dropout layers, or dropout would get no randomness"
         )
+    _check_equinox_state(eqx, module, state, axis_name, per_example)
     params, static = eqx.partition(module, eqx.is_inexact_array)
 
     def forward(params, state, x, key, train):
@@ -452,6 +454,28 @@ def from_equinox(
         return m if model_state is None else (m, model_state)
 
     return FrameworkModel(apply, params, state, rebuild, None, "equinox")
+
+
+def _check_equinox_state(eqx: Any, module: Any, state: Any, axis_name: str, per_example: bool) -> None:
+    """Refuse a stateful module without ``state=`` (or the reverse) and a BatchNorm on another axis name."""
+
+    def found(kind: type) -> list[Any]:
+        return [x for x in jax.tree.leaves(module, is_leaf=lambda x: isinstance(x, kind)) if isinstance(x, kind)]
+
+    indices, name = found(eqx.nn.StateIndex), type(module).__name__
+    if state is None and indices:
+        raise JregError(
+            f"{name} holds stateful layers (eqx.nn.StateIndex: BatchNorm...) but state= was not given: build it "
+            f"with module, state = eqx.nn.make_with_state({name})(...) and pass from_equinox(module, state=state)"
+        )
+    if state is not None and not indices:
+        raise JregError(f"state= was given but {name} holds no stateful layer (eqx.nn.StateIndex): leave state= out")
+    for bn in found(eqx.nn.BatchNorm) if per_example else ():
+        if (bn.axis_name if isinstance(bn.axis_name, (tuple, list)) else (bn.axis_name,)) != (axis_name,):
+            raise JregError(
+                f"{name} holds an eqx.nn.BatchNorm with axis_name={bn.axis_name!r} but the adapter vmaps over the "
+                f"batch as axis_name={axis_name!r}: pass from_equinox(..., axis_name={bn.axis_name!r})"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- haiku

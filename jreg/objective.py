@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _signature
-from ._checks import check_key
+from ._checks import check_key, framework_params_advice
 from ._errors import JregError, JregTypeError
 from ._types import Batch, ModelState, Params
 from .penalties import InputPenalty, OutputPenalty, Penalty
@@ -229,8 +229,14 @@ class Objective:
     ) -> Any:
         if key is not None:
             check_key(key)
-        batch_parts, _, new_state = self.batch_parts(params, batch, key=key, step=step, state=state, train=train)
-        total, parts = combine(batch_parts, self.penalty_parts(params, step=step))
+        try:
+            batch_parts, _, new_state = self.batch_parts(params, batch, key=key, step=step, state=state, train=train)
+            total, parts = combine(batch_parts, self.penalty_parts(params, step=step))
+        except Exception as exc:  # a framework's model object as params: say what to do (looked at only on failure)
+            advice = framework_params_advice(params)
+            if advice is None:
+                raise
+            raise JregTypeError(f"params: {advice}") from exc
         return (total, parts, new_state) if self.stateful else (total, parts)
 
 

@@ -206,6 +206,22 @@ def test_linen_dropout_that_would_be_silently_off_is_refused():
         jreg.frameworks.from_linen(Fixed(), X[:1], key=jax.random.key(0), train_arg="mode")
 
 
+def test_linen_with_a_second_rng_stream():
+    nn = pytest.importorskip("flax.linen")
+
+    class Noisy(nn.Module):  # draws from "noise" in training besides dropout; the adapter feeds both
+        @nn.compact
+        def __call__(self, x, train: bool):
+            h = nn.Dense(4)(x)
+            if train:
+                h = h + jax.random.normal(self.make_rng("noise"), h.shape)
+            return nn.Dropout(0.5, deterministic=not train)(h)
+
+    model = jreg.frameworks.from_linen(Noisy(), X[:1], key=jax.random.key(0), rng_names=("dropout", "noise"))
+    a, b = (model.apply(model.params, X[:2], key=jax.random.key(k)) for k in (1, 2))
+    assert not np.allclose(a, b) and not np.allclose(a, model.apply(model.params, X[:2]))
+
+
 def test_linen_without_state_or_dropout_takes_a_deterministic_flag():
     nn = pytest.importorskip("flax.linen")
 
@@ -357,6 +373,10 @@ def test_equinox_module_passed_as_params_says_what_to_do():
         jreg.fit(obj, OPT, net, (X, Y), epochs=1, batch_size=BATCH, key=jax.random.key(0))
     with pytest.raises(jreg.JregTypeError, match=r"from_equinox"):  # a module nested in the params too
         jreg.make_step(obj, OPT)({"net": net}, OPT.init(eqx.filter(net, eqx.is_inexact_array)), (X, Y))
+    with pytest.raises(jreg.JregTypeError, match=r"from_equinox"):  # the objective called by hand
+        obj(net, (X, Y))
+    with pytest.raises(jreg.JregTypeError, match=r"from_equinox"):
+        jreg.total_cost(obj, net, (X, Y))
     model = jreg.frameworks.from_equinox(net)  # what the message says works
     jreg.fit(jreg.objective(model.apply, jreg.losses.softmax_cross_entropy), OPT, model.params, (X, Y),
              epochs=1, batch_size=BATCH, key=jax.random.key(0))  # fmt: skip
@@ -374,6 +394,17 @@ def test_equinox_dropout_without_a_key_parameter_is_refused():
 
     with pytest.raises(jreg.JregError, match="takes no key"):
         jreg.frameworks.from_equinox(Net(eqx.nn.Linear(8, 3, key=jax.random.key(0)), eqx.nn.Dropout(0.5)))
+
+
+def test_equinox_state_and_batchnorm_axis_mismatches_are_refused():
+    eqx = pytest.importorskip("equinox")
+    net, state = eqx_net(eqx, jax.random.key(0))
+    with pytest.raises(jreg.JregError, match="state= was not given"):
+        jreg.frameworks.from_equinox(net)
+    with pytest.raises(jreg.JregError, match="axis_name='batch'"):
+        jreg.frameworks.from_equinox(net, state=state, axis_name="examples")
+    with pytest.raises(jreg.JregError, match="no stateful layer"):
+        jreg.frameworks.from_equinox(eqx.nn.Linear(8, 3, key=jax.random.key(0)), state=state)
 
 
 # ----------------------------------------------------------------------------------------------- haiku
