@@ -425,7 +425,9 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
         sweep=sweep_checkpoint.template(hp, models, stopper, kept),
         streamed=setup.feed is not None,
     )
-    step, alive, per, best = sweep_checkpoint.unpack(resumed.sweep, resumed.meta["sweep"], stopper, history)
+    step, alive, per, best = sweep_checkpoint.unpack(
+        resumed.sweep, resumed.meta["sweep"], stopper, history, resumed.epoch, resumed.path
+    )
     loaded = resumed.state._replace(step=step)
     if stopper is None and history.stopped:  # resumed without early stopping: as fit, the stopped models go on
         alive = alive.at[np.asarray(sorted(history.stopped))].set(True)
