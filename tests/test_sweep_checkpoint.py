@@ -266,3 +266,19 @@ def test_a_forged_sweep_record_is_a_checkpoint_error(small_checkpoint, tmp_path,
         jreg.sweep(build, PARAMS, TRAIN, epochs=1, early_stopping=SMALL_RULE, resume=forged, **SMALL)
     except jreg.JregError:
         pass
+
+
+@pytest.mark.parametrize("field, value", [("cuts", [0, 99]), ("stopped", [5, -1]), ("best_epoch", [-2, 0])])
+def test_forged_early_stopping_arrays_are_refused(field, value, tmp_path):
+    """The per-model arrays are bounded by the checkpoint's epoch and the scale table (an index JAX would clamp)."""
+    from jreg.train import sweep_checkpoint
+    from jreg.train.history import SweepHistory
+    from jreg.train.sweep_stopping import PerModel, SweepStopper
+
+    stopper = SweepStopper(RULE, 2, 1, False)
+    per = {f: np.zeros(2, np.float32 if f == "best" else np.int32) for f in PerModel._fields}
+    per[field] = np.asarray(value, np.int32)
+    arrays = {"step": np.zeros(2), "alive": np.ones(2, bool), "history": {}, "stopping": per}
+    meta = {"history_epochs": {}, "diverged": {}, "stopped": {}}
+    with pytest.raises(jreg.CheckpointError, match=rf"sweep.stopping.{field}"):
+        sweep_checkpoint.unpack(arrays, meta, stopper, SweepHistory(), 3, tmp_path / "ckpt-000003.npz")

@@ -201,7 +201,19 @@ def unpack(
     history.stopped = {int(k): dict(v) for k, v in meta["stopped"].items()}
     per = best = None
     if stopper is not None:
-        per = PerModel(**{f: jnp.asarray(arrays["stopping"][f]) for f in PerModel._fields})
+        saved = {f: np.asarray(arrays["stopping"][f]) for f in PerModel._fields}
+        bounds = {  # each field's range: the loop indexes the scale table with cuts (JAX would clamp silently)
+            "best_epoch": (-1, epoch - 1),
+            "stopped": (-1, epoch - 1),
+            "wait": (0, epoch),
+            "cuts": (0, len(stopper.table) - 1),
+        }
+        for f, (low, high) in bounds.items():
+            if saved[f].size and (saved[f].min() < low or saved[f].max() > high):
+                raise _bad(path, f"stopping.{f}", f"must lie in [{low}, {high}]", saved[f].tolist())
+        if np.isinf(saved["best"]).any():
+            raise _bad(path, "stopping.best", "must be finite or NaN (no best yet)", saved["best"].tolist())
+        per = PerModel(**{f: jnp.asarray(v) for f, v in saved.items()})
         best = arrays.get("best") if stopper.rule.restore_best else None
         if best is not None:
             best = jax.tree.map(jnp.array, best)
