@@ -6,8 +6,9 @@ The processes run, together:
 
 * a data-parallel ``fit`` over all 8 devices (mesh axis ``data``), checkpointing every epoch: its arrays
   span both processes, so the checkpoints are orbax folders (``OUT_DIR/ckpt/ckpt-<epoch>.orbax``);
-* a sweep of K=8 models split over a ``model`` axis of 4 devices, each mini-batch over a ``data`` axis of
-  2 (which crosses the two processes);
+* a sweep of K=8 models split over a ``model`` axis of 4 devices (which crosses the two processes: each
+  holds 4 models), each mini-batch over a ``data`` axis of 2, with early stopping (``restore_best``) and
+  checkpoints (orbax folders);
 * the fit resumed from its epoch-2 checkpoint for one more epoch (restored onto 2 processes);
 * a data-parallel ``fit`` on a stream (``problem()["stream"]``) where each process's source yields only its
   own half of every global batch (docs/streaming.md), the last batch one that 8 devices cannot split evenly.
@@ -25,6 +26,13 @@ from pathlib import Path
 import numpy as np
 
 EPOCHS, BATCH = 2, 16
+
+
+def stopping():
+    """Every model stops at epoch 2 (no gain can beat min_delta), its params those of epoch 1 (restore_best)."""
+    import jreg
+
+    return jreg.EarlyStopping(patience=1, monitor="evaluation_cost", min_delta=100.0, restore_best=True)
 
 
 def problem():
@@ -109,11 +117,12 @@ def main(process_id: int, port: int, out: Path) -> None:
     )  # fmt: skip
 
     lap("resumed fit")
-    mesh = jax.make_mesh((2, 4), ("data", "model"))
+    mesh = jax.make_mesh((4, 2), ("model", "data"))  # the model axis crosses the processes: 4 models on each
     parallel = jreg.ModelParallel(mesh, model_axis="model", data_axis="data")
     swept, sweep_history = jreg.sweep(
-        p["build"], p["params"], p["train"], hparams=p["hparams"], epochs=EPOCHS, parallel=parallel, **p["common"]
-    )
+        p["build"], p["params"], p["train"], hparams=p["hparams"], epochs=EPOCHS, parallel=parallel,
+        early_stopping=stopping(), checkpoint=jreg.Checkpointing(out / "sweep", keep=1), **p["common"],
+    )  # fmt: skip
     lap("sweep")
     streamed, streamed_history = jreg.fit(
         p["objective"], p["optimizer"], p["params"], p["stream"](jax.process_index(), 2), epochs=EPOCHS,
@@ -121,6 +130,7 @@ def main(process_id: int, port: int, out: Path) -> None:
     )  # fmt: skip
     lap("streamed fit")
     local_models = swept[0]["w"].addressable_shards[0].data.shape[0]
+    process_models = len({s.index[0].start for s in swept[0]["w"].addressable_shards}) * local_models
     runs = {
         "fit": fitted,
         "resumed": resumed,
@@ -135,7 +145,12 @@ def main(process_id: int, port: int, out: Path) -> None:
     flat["sweep_accuracy"] = np.asarray(sweep_history["evaluation_accuracy"])
     flat["streamed_loss"] = np.asarray(streamed_history.epoch_loss)
     if jax.process_index() == 0:
-        np.savez(out / "results.npz", written=np.array(written), local_models=local_models, **flat)
+        flat["sweep_stopped"] = np.asarray(sorted(sweep_history.stopped))
+        flat["sweep_best_epochs"] = np.asarray([v["best_epoch"] for _, v in sorted(sweep_history.stopped.items())])
+        np.savez(
+            out / "results.npz", written=np.array(written), local_models=local_models, process_models=process_models,
+            **flat,
+        )  # fmt: skip
     multihost_utils.sync_global_devices("jreg test done")
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import jax
 
@@ -106,17 +109,35 @@ def main() -> None:
         }
     SWEEP.program = program
 
-    # a model that diverges is frozen and named the same way when the models are split across devices
+    # a model that diverges is frozen and named the same way when the models are split across devices; with
+    # early stopping (every other model stops at epoch 2, keeping its epoch-1 params) and a checkpoint resumed
     wild = {"lmbda": np.zeros(8), "eta": [0.01, 0.02, 1e30, 0.03, 0.01, 0.005, 0.04, 0.02]}
-    one, h1 = jreg.sweep(build, p0, (x, y), hparams=wild, **common)
+    rule = jreg.EarlyStopping(patience=1, monitor="evaluation_cost", min_delta=100.0, restore_best=True)
+    one, h1 = jreg.sweep(build, p0, (x, y), hparams=wild, early_stopping=rule, **common)
     parallel = jreg.ModelParallel(jax.make_mesh((8,), ("model",)))
-    split, hs = jreg.sweep(build, p0, (x, y), hparams=wild, parallel=parallel, **common)
+    folder = Path(tempfile.mkdtemp()) / "ckpt"
+    split, hs = jreg.sweep(
+        build, p0, (x, y), hparams=wild, parallel=parallel, early_stopping=rule,
+        checkpoint=jreg.Checkpointing(folder), **common,
+    )  # fmt: skip
+    resumed, hr = jreg.sweep(
+        build, p0, (x, y), hparams=wild, parallel=parallel, early_stopping=rule, resume=folder / "ckpt-000001.npz",
+        **common,
+    )  # fmt: skip
+    shutil.rmtree(folder.parent)
     finite = lambda tree: [np.asarray(leaf)[np.arange(8) != 2] for leaf in jax.tree.leaves(tree)]  # noqa: E731
     out["diverged"] = {
         "one": {str(k): v for k, v in h1.diverged.items()},
         "split": {str(k): v for k, v in hs.diverged.items()},
         "gap": gap(finite(one), finite(split)),
         "nan_rows": [int(i) for i in np.flatnonzero(np.isnan(np.asarray(hs["training_cost"])).any(axis=1))],
+        "stopped": sorted(hs.stopped) if hs.stopped.keys() == h1.stopped.keys() else "differ",
+        "best_epochs": sorted({v["best_epoch"] for v in hs.stopped.values()}),
+        "resumed_gap": gap(finite(one), finite(resumed)),
+        "resumed_history_gap": float(
+            max(np.nanmax(np.abs(np.asarray(hr[k]) - np.asarray(h1[k])), initial=0.0) for k in h1.keys())
+        ),
+        "resumed_events": hr.stopped.keys() == h1.stopped.keys() and hr.diverged == h1.diverged,
     }
 
     errors = {}

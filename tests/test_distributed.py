@@ -24,7 +24,7 @@ import pytest
 
 import jreg
 
-from .distributed_worker import EPOCHS, problem
+from .distributed_worker import EPOCHS, problem, stopping
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 240  # seconds for both processes together: a hung collective fails the test, never the suite
@@ -83,7 +83,16 @@ def runs(tmp_path_factory):
     params, history = fit(EPOCHS + 1, callback=lambda e, m, params: seen.setdefault(e, jax.device_get(params)))
     accuracy = history.evaluation_accuracy
     reference = {"fit": (seen[EPOCHS - 1], accuracy[:EPOCHS]), "resumed": (params, accuracy)}
-    swept, history = jreg.sweep(p["build"], p["params"], p["train"], hparams=p["hparams"], epochs=EPOCHS, **p["common"])
+    swept, history = jreg.sweep(
+        p["build"],
+        p["params"],
+        p["train"],
+        hparams=p["hparams"],
+        epochs=EPOCHS,
+        early_stopping=stopping(),
+        **p["common"],
+    )
+    assert sorted(history.stopped) == list(range(8))  # every model stops (at epoch 2), its best epoch's params kept
     reference["sweep"] = (swept, history["evaluation_accuracy"])
     streamed, history = jreg.fit(
         p["objective"], p["optimizer"], p["params"], p["stream"](0, 1), epochs=EPOCHS, **p["common"]
@@ -113,6 +122,8 @@ def test_model_sharded_sweep_over_two_processes_equals_one(runs):
     assert gap(got, "sweep", params) < 1e-5
     np.testing.assert_allclose(got["sweep_accuracy"], accuracy, atol=1e-6)
     assert int(got["local_models"]) == 2  # 8 models over a model axis of 4 devices
+    assert int(got["process_models"]) == 4  # the model axis crosses the processes
+    assert got["sweep_stopped"].tolist() == list(range(8)) and got["sweep_best_epochs"].tolist() == [1] * 8
 
 
 def test_streamed_fit_each_process_feeding_its_half_equals_one(runs):
@@ -126,6 +137,7 @@ def test_checkpoints_spanning_processes_are_orbax_folders(runs):
     out, got, _, _ = runs
     assert list(got["written"]) == ["ckpt-000001.orbax", "ckpt-000002.orbax"]  # keep=2, nothing else left
     assert sorted(q.name for q in (out / "resumed").iterdir()) == ["ckpt-000003.orbax"]
+    assert sorted(q.name for q in (out / "sweep").iterdir()) == ["ckpt-000002.orbax"]  # a sweep's too (keep=1)
 
 
 def test_resumed_on_two_processes_equals_the_uninterrupted_run(runs):

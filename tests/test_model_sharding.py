@@ -56,6 +56,12 @@ def test_a_diverged_model_is_flagged_as_on_one_device(measured):
     assert list(got["split"]) == ["2"] and got["split"] == got["one"]  # the same epoch, step and quantity
     assert got["nan_rows"] == [2]  # its series blanked, the others' kept
     assert got["gap"] < 1e-5  # the other seven models trained as on one device
+    assert got["stopped"] == [0, 1, 3, 4, 5, 6, 7] and got["best_epochs"] == [1]  # early stopping, restore_best
+
+
+def test_early_stopping_and_a_checkpoint_resumed_on_the_mesh_equal_one_device(measured):
+    got = measured["diverged"]
+    assert got["resumed_events"] and got["resumed_gap"] < 1e-5 and got["resumed_history_gap"] < 1e-5
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,7 @@ def sweep(
     writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run_id)
     if writer is not None:
         writer.check_ahead(start, epochs)
-    placed = _placed(parallel, state, hp, alive, setup)
+    placed = _placed(parallel, state, hp, alive, setup, track)
     monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
     if setup.feed is not None and parallel is not None:
         raise JregError("sweep: parallel=ModelParallel(...) with a stream is not supported yet; pass in-memory data")
@@ -331,16 +331,20 @@ def sweep(
     return params, history
 
 
-def _placed(parallel: ModelParallel | None, state: TrainState, hp: Any, alive: Any, setup: Setup) -> tuple:
+def _placed(
+    parallel: ModelParallel | None, state: TrainState, hp: Any, alive: Any, setup: Setup, track: _Tracking
+) -> tuple:
     """``(state, hp, alive, train, evaluation, batch sharding, gather)`` on the mesh of ``parallel``, or as they are.
 
-    ``gather`` replicates the epoch's figures on every device (None: no mesh)."""
+    ``gather`` replicates the epoch's figures on every device (None: no mesh). The early-stopping state in
+    ``track`` (fresh or resumed) is split over the models as the state is, and read back through ``gather``."""
     if parallel is None:
         return state, hp, alive, setup.train, setup.evaluation, None, None
-    state, (hp, alive), (train, held_out), batch = mesh.place_models(
-        parallel, state, (hp, alive), (setup.train, setup.evaluation)
+    state, (hp, alive, track.per, track.best), (train, held_out), batch = mesh.place_models(
+        parallel, state, (hp, alive, track.per, track.best), (setup.train, setup.evaluation)
     )
-    return state, hp, alive, train, held_out, batch, mesh.gathered(parallel)
+    track.gather = mesh.gathered(parallel)
+    return state, hp, alive, train, held_out, batch, track.gather
 
 
 def _check_checkpoint(checkpoint: Any, resume: Any) -> Checkpointing | None:
@@ -363,6 +367,7 @@ class _Tracking:
     per: Any
     best: Any
     verbose: bool = False
+    gather: Any = None  # models split across processes: their state replicated before the host reads it
 
     def advance(self, out: tuple, e: int, monitored: str) -> tuple:
         """After the compiled epoch, still on the device: each model's patience state, cuts, best params, stop."""
@@ -378,6 +383,8 @@ class _Tracking:
                 self.per, self.best, kept, metrics[monitored], alive, jnp.int32(e)
             )
             state = state._replace(lr_scale=scale) if stopper.scaled else state
+        if self.gather is not None:  # the flags and scales joined to the figures: readable by every process
+            metrics, ok = self.gather((metrics, ok))
         return state, alive, metrics, ok
 
     def hook(self, run: Run) -> None:
@@ -385,7 +392,7 @@ class _Tracking:
         stopper = self.stopper
         assert stopper is not None
         history: SweepHistory = run.history  # type: ignore[assignment]
-        per = jax.device_get(self.per)
+        per = jax.device_get(self.per if self.gather is None else self.gather(self.per))
         for i in np.flatnonzero(per.stopped >= 0):
             if int(i) not in history.stopped and int(i) not in history.diverged:
                 history.stopped[int(i)] = stopper.record(per, int(i))
@@ -435,7 +442,9 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
         sweep=sweep_checkpoint.template(hp, models, stopper, kept),
         streamed=setup.feed is not None,
     )
-    step, alive, per, best = sweep_checkpoint.unpack(resumed.sweep, resumed.meta["sweep"], stopper, history)
+    step, alive, per, best = sweep_checkpoint.unpack(
+        resumed.sweep, resumed.meta["sweep"], stopper, history, resumed.epoch, resumed.path
+    )
     loaded = resumed.state._replace(step=step)
     if stopper is None and history.stopped:  # resumed without early stopping: as fit, the stopped models go on
         alive = alive.at[np.asarray(sorted(history.stopped))].set(True)

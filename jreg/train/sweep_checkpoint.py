@@ -13,6 +13,8 @@ stopped and when, and the epochs each series was measured at.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,37 @@ from .state import TrainState
 from .sweep_stopping import PerModel, SweepStopper
 
 _DTYPES = ("float32", "float64")
+_MODEL = re.compile(r"[0-9]{1,9}")  # a model's number as a JSON key (ASCII digits only: int() takes others too)
+
+
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: each event's fields as :func:`pack` writes them, and what each must be (the history and the loop read them)
+_EVENTS = {
+    "diverged": {
+        "epoch": lambda v: _whole(v, 1),
+        "step": lambda v: v is None or _whole(v, 1),
+        "quantity": lambda v: isinstance(v, str),
+    },
+    "stopped": {
+        "epochs": lambda v: _whole(v, 1),
+        "reason": lambda v: isinstance(v, str),
+        "best_epoch": lambda v: v is None or _whole(v, 1),
+        "best": lambda v: v is None or _real(v),
+        "monitor": lambda v: isinstance(v, str),
+    },
+}
+
+
+def _event_ok(field: str, event: Any) -> bool:
+    rules = _EVENTS[field]
+    return isinstance(event, dict) and set(event) == set(rules) and all(ok(event[k]) for k, ok in rules.items())
 
 
 def _numbers(values: Any) -> list[Any]:
@@ -110,15 +143,24 @@ def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept
                 "restore_best, or start the sweep again"
             )
         at, dtypes = meta.get("history_epochs"), meta.get("history_dtypes")
+        if not isinstance(at, dict):
+            raise _bad(path, "history_epochs", "must be an object of named lists of epochs", at)
         ckpt.check_history(None, at, f"resume: {path}: meta 'sweep'")
-        if not isinstance(dtypes, dict) or set(dtypes) != set(at or {}) or not set(dtypes.values()) <= set(_DTYPES):
+        if not isinstance(dtypes, dict) or set(dtypes) != set(at) or not set(dtypes.values()) <= set(_DTYPES):
             raise _bad(path, "history_dtypes", f"must give each series' dtype, one of {_DTYPES}", dtypes)
         for field in ("diverged", "stopped"):
             events = meta.get(field)
             if not isinstance(events, dict) or not all(
-                k.isdigit() and int(k) < models and isinstance(v, dict) for k, v in events.items()
+                _MODEL.fullmatch(k) and int(k) < models and _event_ok(field, v) for k, v in events.items()
             ):
-                raise _bad(path, field, f"must map model numbers below {models} to objects", events)
+                raise _bad(
+                    path,
+                    field,
+                    f"must map model numbers below {models} to objects with {sorted(_EVENTS[field])}",
+                    events,
+                )
+        if set(meta["diverged"]) & set(meta["stopped"]):
+            raise _bad(path, "stopped", "names a model that also diverged", meta["stopped"])
         out: dict[str, Any] = {
             "step": np.zeros((models,), np.int32),
             "alive": np.zeros((models,), bool),
@@ -136,10 +178,21 @@ def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept
 
 
 def unpack(
-    arrays: dict[str, Any], meta: dict[str, Any], stopper: SweepStopper | None, history: SweepHistory
+    arrays: dict[str, Any],
+    meta: dict[str, Any],
+    stopper: SweepStopper | None,
+    history: SweepHistory,
+    epoch: int,
+    path: Path,
 ) -> tuple[Any, Any, PerModel | None, Any]:
-    """``(step, alive, per, best)`` from a checkpoint's sweep arrays; fills ``history`` (series, events)."""
+    """``(step, alive, per, best)`` from a checkpoint's sweep arrays; fills ``history`` (series, events).
+
+    ``epoch``: the checkpoint's; the history and the events it records may not lie beyond it."""
     at = meta["history_epochs"]
+    ckpt.check_history(None, at, f"resume: {path}: meta 'sweep'", epoch)
+    for field, name in (("diverged", "epoch"), ("stopped", "epochs")):
+        if any(v[name] > epoch for v in meta[field].values()):
+            raise _bad(path, field, f"names an epoch beyond the checkpoint's ({epoch})", meta[field])
     for name, values in arrays["history"].items():
         values = np.asarray(values)
         history.series[name] = [values[:, j] for j in range(values.shape[1])]
@@ -148,7 +201,19 @@ def unpack(
     history.stopped = {int(k): dict(v) for k, v in meta["stopped"].items()}
     per = best = None
     if stopper is not None:
-        per = PerModel(**{f: jnp.asarray(arrays["stopping"][f]) for f in PerModel._fields})
+        saved = {f: np.asarray(arrays["stopping"][f]) for f in PerModel._fields}
+        bounds = {  # each field's range: the loop indexes the scale table with cuts (JAX would clamp silently)
+            "best_epoch": (-1, epoch - 1),
+            "stopped": (-1, epoch - 1),
+            "wait": (0, epoch),
+            "cuts": (0, len(stopper.table) - 1),
+        }
+        for f, (low, high) in bounds.items():
+            if saved[f].size and (saved[f].min() < low or saved[f].max() > high):
+                raise _bad(path, f"stopping.{f}", f"must lie in [{low}, {high}]", saved[f].tolist())
+        if np.isinf(saved["best"]).any():
+            raise _bad(path, "stopping.best", "must be finite or NaN (no best yet)", saved["best"].tolist())
+        per = PerModel(**{f: jnp.asarray(v) for f, v in saved.items()})
         best = arrays.get("best") if stopper.rule.restore_best else None
         if best is not None:
             best = jax.tree.map(jnp.array, best)
