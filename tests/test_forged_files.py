@@ -595,6 +595,8 @@ def mutate(data, doc):
             if len(leaves) >= 2:
                 a, b = data.draw(st.sampled_from(leaves)), data.draw(st.sampled_from(leaves))
                 ia, ib = get(doc, a)["leaf"], get(doc, b)["leaf"]
+                if not (type(ia) is int and type(ib) is int):  # an earlier change replaced one: nothing to renumber
+                    continue
                 if data.draw(st.booleans()):
                     get(doc, a)["leaf"], get(doc, b)["leaf"] = ib, ia
                 else:
