@@ -29,9 +29,9 @@ from . import calls
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs
-from .setup import Setup, prepare
+from .setup import Setup
 from .state import TrainState
-from .sweep import _built, _first, check_hparams
+from .sweep import check_hparams, default_vectorize, prepare_models
 from .validate import check_loop_args
 
 
@@ -103,24 +103,22 @@ def start(
     if vectorize not in VECTORIZE:
         raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
     hp, models = check_hparams(hparams)
-    if vectorize == "auto":
-        vectorize = "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
+    vectorize = default_vectorize(vectorize, models)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, None)
     model_state = calls.as_model_state(model_state)
-    first = _first(params, stacked_params, models, "params")
-    first_state = _first(model_state, stacked_params, models, "model_state")
-    built = _built(build, hp, models)
-    setup = prepare(
-        built[0][0],
-        first,
-        first_state,
+    setup = prepare_models(
+        build,
+        params,
+        model_state,
         train,
         evaluation,
+        hp,
+        models,
+        stacked_params=stacked_params,
         batch_size=batch_size,
         key=key,
         partial_batch=partial_batch,
         monitor=monitor,
-        optimizer=built[0][1],
     )
 
     @jax.jit

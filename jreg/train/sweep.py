@@ -99,6 +99,49 @@ def _first(tree: Any, stacked: bool, models: int, name: str) -> Any:
     return jax.tree.map(lambda a: a[0], tree)
 
 
+def default_vectorize(vectorize: str, models: int) -> str:
+    """``vectorize`` checked, ``"auto"`` resolved: ``"map"`` on a CPU for K = 2 or 3, ``"vmap"`` otherwise."""
+    if vectorize not in VECTORIZE:
+        raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
+    if vectorize == "auto":
+        return "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
+    return vectorize
+
+
+def prepare_models(
+    build: Build,
+    params: Params,
+    model_state: ModelState,
+    train: Any,
+    evaluation: Any,
+    hp: dict[str, jax.Array],
+    models: int,
+    *,
+    stacked_params: bool,
+    batch_size: int,
+    key: Any,
+    partial_batch: str,
+    monitor: Iterable[str] | str | None,
+) -> Setup:
+    """What every K-model front end checks before any work: each model built with concrete values, the data
+    and model 0's objective, optimizer, params and state (a stacked leading axis checked) on the data."""
+    first = _first(params, stacked_params, models, "params")
+    first_state = _first(model_state, stacked_params, models, "model_state")
+    built = _built(build, hp, models)
+    return prepare(
+        built[0][0],
+        first,
+        first_state,
+        train,
+        evaluation,
+        batch_size=batch_size,
+        key=key,
+        partial_batch=partial_batch,
+        monitor=monitor,
+        optimizer=built[0][1],
+    )
+
+
 def sweep(
     build: Build,
     params: Params,
@@ -234,25 +277,23 @@ def sweep(
     checkpoint = _check_checkpoint(checkpoint, resume)
     if parallel is not None and vectorize == "auto":
         vectorize = "vmap"  # the models split across devices, batched on each
-    if vectorize == "auto":
-        vectorize = "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
+    vectorize = default_vectorize(vectorize, models)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
     mesh.check_models(parallel, models, batch_size, vectorize)
     model_state = calls.as_model_state(model_state)
-    first = _first(params, stacked_params, models, "params")
-    first_state = _first(model_state, stacked_params, models, "model_state")
-    built = _built(build, hp, models)
-    setup = prepare(
-        built[0][0],
-        first,
-        first_state,
+    setup = prepare_models(
+        build,
+        params,
+        model_state,
         train,
         evaluation,
+        hp,
+        models,
+        stacked_params=stacked_params,
         batch_size=batch_size,
         key=key,
         partial_batch=partial_batch,
         monitor=monitor,
-        optimizer=built[0][1],
     )
     rule = stopping_hooks.check(early_stopping, setup.monitor.wanted, "sweep")
     stopper = None
