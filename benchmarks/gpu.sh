@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# One prepared GPU check, about 5 minutes (at most 8) on one H100/H200 (each step has its own time limit):
+# One prepared GPU check, about 6 minutes (at most 8.5) on one H100/H200 (each step has its own time
+# limit), the most wanted figures first:
 #   1. the device (nvidia-smi, JAX's backend and devices),
 #   2. benchmarks/epoch_speed.py on 50,000 images (network2 skipped: it is CPU-only and slow),
-#   3. benchmarks/sweep_scaling.py, K in {64, 256, 1024, 2048}, 50,000 images, vectorize "wide"
-#      and "vmap", with the hand-written vmap epoch beside each K,
-#   4. benchmarks/stream_speed.py (streamed vs in-memory epochs, chunks of 64 and 256),
-#   5. the test suite's GPU-relevant subset (everything that trains or differentiates on the
+#   3. benchmarks/sweep_formulations.py at K = 2048 with the loop unrolled 1 and 8 steps: the
+#      single-model epochs (hand-written scan, jreg.fit) and the K-model ones (hand-written vmap,
+#      the same with the model axis second, jreg.sweep with vectorize "vmap" and "wide"),
+#   4. the test suite's GPU-relevant subset (everything that trains or differentiates on the
 #      default backend; the sharding, CLI, download and example tests are left out: they run
 #      on CPU devices or in subprocesses), at "highest" matmul precision, since the tests
 #      compare with NumPy/float64 references to ~1e-6 and the GPU's default float32 dots
 #      round their inputs (TF32); the benchmarks keep the default precision a user gets.
-#   6. benchmarks/sweep_formulations.py at K = 2048 (which formulation of a K-model epoch is fastest).
+#   5. benchmarks/sweep_scaling.py, K in {64, 256, 1024, 2048}, 50,000 images, jreg's default
+#      sweep, with the hand-written vmap epoch beside each K,
+#   6. benchmarks/stream_speed.py (streamed vs in-memory epochs, chunks of 64 and 256).
 # Every figure is written to a file in OUTDIR (default: $OUT if set, else ./gpu-results).
 #
 #     JREG_DATA_DIR=/path/to/mnist bash benchmarks/gpu.sh [OUTDIR]
@@ -40,9 +43,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
 step device 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
     $py -c 'import jax, jaxlib, optax; print(\"jax\", jax.__version__, \"jaxlib\", jaxlib.__version__, \"optax\", optax.__version__); print(jax.default_backend(), jax.devices())'"
 step epoch_speed 80 "$py" benchmarks/epoch_speed.py --skip-network2 --epochs 5
-step sweep_scaling 240 "$py" benchmarks/sweep_scaling.py --ks 64 256 1024 2048 --n 50000 --epochs 2 \
-    --vectorize wide vmap --hand
-step stream_speed 60 "$py" benchmarks/stream_speed.py --reps 3 --chunks 64,256 --tiled
+step sweep_formulations 170 "$py" benchmarks/sweep_formulations.py --ks 2048 --reps 2 --unrolls 1 8 \
+    --only vmap vmap-mid jreg-vmap jreg-wide
 # pytest-xdist spreads the compile-bound tests over the CPU cores (one process each, GPU memory
 # allocated as needed rather than 75 % each up front); without xdist the subset takes ~10 minutes.
 xdist=$("$py" -c 'import xdist' 2>/dev/null && echo "-n 12")
@@ -52,6 +54,8 @@ JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false step te
     tests/test_model_state.py tests/test_early_stopping.py tests/test_checkpoint.py \
     tests/test_stream.py tests/test_sweep_stopping.py tests/test_sweep_checkpoint.py tests/test_precision.py \
     tests/test_frameworks.py tests/test_path.py tests/test_pbt.py
-step sweep_formulations 90 "$py" benchmarks/sweep_formulations.py --ks 2048 --reps 2 --no-single
+step sweep_scaling 130 "$py" benchmarks/sweep_scaling.py --ks 64 256 1024 2048 --n 50000 --epochs 2 \
+    --vectorize vmap --hand
+step stream_speed 60 "$py" benchmarks/stream_speed.py --reps 3 --chunks 64,256 --tiled
 echo "figures in $out/: $(ls "$out" | tr '\n' ' ')"
 exit $status

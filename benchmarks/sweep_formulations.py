@@ -3,7 +3,8 @@
 Workload as benchmarks/sweep_scaling.py: [784, 30, 10] sigmoid, cross-entropy, l2(λ/n) with a
 different λ per model, η = 0.5, mini-batch 10, the same data order for every model.
 
-    python benchmarks/sweep_formulations.py [--ks 64 1024 2048] [--n 50000] [--reps 3]
+    python benchmarks/sweep_formulations.py [--ks 64 1024 2048] [--n 50000] [--reps 3] [--unrolls 1 8]
+        [--only vmap mid jreg-vmap jreg-wide ...] [--no-single]
 
 Formulations (each one jitted epoch: lax.scan over the mini-batches, params donated):
   vmap      jax.vmap(jax.grad(loss)) over stacked params (K, 784, 30): the hand-written baseline
@@ -14,9 +15,11 @@ Formulations (each one jitted epoch: lax.scan over the mini-batches, params dona
             K weight matrices in one wide matmul without a transpose
   mid-fold  as mid, with each model's learning rate folded into its loss (grad of Σ η_k L_k), so
             the update is w - g: a dot followed by one subtraction (XLA may fuse it into the GEMM)
-  jreg      jreg.sweep(monitor=()), vectorize="vmap"
+  jreg-vmap jreg.sweep(monitor=()), vectorize="vmap"
+  jreg-wide jreg.sweep(monitor=()), vectorize="wide"
 and, for one model, the epoch of: a hand-written scan; the same with the loss value stacked per
-step (what jreg's guard reads); with a running scalar sum of the loss; jreg.fit(monitor=()).
+step (the guard's series before issue 14); with a running scalar sum of the loss; jreg.fit(monitor=()).
+Each runs once per --unrolls value (lax.scan's unroll; jreg's `unroll=`), suffixed "/u<n>".
 Prints seconds per epoch and ms per model-epoch (median of --reps warm epochs).
 """
 
@@ -66,16 +69,20 @@ def batches(x, y, key):
     return x[perm].reshape(-1, 10, x.shape[1]), y[perm].reshape(-1, 10)
 
 
-def scan_epoch(x, y, step):
+def scan_epoch(x, y, step, unroll: int = 1):
     @functools.partial(jax.jit, donate_argnums=0)
     def epoch(ps, key):
-        return jax.lax.scan(step, ps, batches(x, y, key))[0]
+        return jax.lax.scan(step, ps, batches(x, y, key), unroll=unroll)[0]
 
     return epoch
 
 
-def sweeps(x, y, k: int, params, lmbdas, reps: int) -> dict[str, float]:
+def sweeps(x, y, k: int, params, lmbdas, reps: int, unroll: int = 1, only=None) -> dict[str, float]:
     n = x.shape[0]
+
+    def want(name: str) -> bool:
+        return only is None or name in only
+
     etas = jnp.full((k,), ETA, jnp.float32)
     out = {}
 
@@ -89,11 +96,9 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int) -> dict[str, float]:
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (k, *a.shape)).copy(), params)
 
     stacked = fresh()
-    out["vmap"] = timed(
-        scan_epoch(x, y, lambda ps, b: (jax.tree.map(lambda w, d: w - ETA * d, ps, grads(ps, lmbdas, *b)), None)),
-        stacked,
-        reps,
-    )
+    if want("vmap"):
+        step = lambda ps, b: (jax.tree.map(lambda w, d: w - ETA * d, ps, grads(ps, lmbdas, *b)), None)  # noqa: E731
+        out["vmap"] = timed(scan_epoch(x, y, step, unroll), stacked, reps)
 
     def loss_all(p, xb, yb, scale, mid: bool):
         w1 = p[0]["w"]
@@ -121,19 +126,20 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int) -> dict[str, float]:
 
     mid_axes = axes(stacked)
     grads_mid = jax.vmap(jax.grad(loss_one), in_axes=(mid_axes, 0, None, None), out_axes=mid_axes)
-    out["vmap-mid"] = timed(
-        scan_epoch(x, y, lambda ps, b: (jax.tree.map(lambda w, d: w - ETA * d, ps, grads_mid(ps, lmbdas, *b)), None)),
-        to_mid(fresh()),
-        reps,
-    )
-    out["einsum"] = timed(scan_epoch(x, y, einsum_step(False, False)), fresh(), reps)
+    if want("vmap-mid"):
+        step = lambda ps, b: (jax.tree.map(lambda w, d: w - ETA * d, ps, grads_mid(ps, lmbdas, *b)), None)  # noqa: E731
+        out["vmap-mid"] = timed(scan_epoch(x, y, step, unroll), to_mid(fresh()), reps)
+    if want("einsum"):
+        out["einsum"] = timed(scan_epoch(x, y, einsum_step(False, False), unroll), fresh(), reps)
 
     def fresh_mid():
         s = fresh()
         return [{"w": jnp.transpose(s[0]["w"], (1, 0, 2)).copy(), "b": s[0]["b"]}, s[1]]
 
-    out["mid"] = timed(scan_epoch(x, y, einsum_step(True, False)), fresh_mid(), reps)
-    out["mid-fold"] = timed(scan_epoch(x, y, einsum_step(True, True)), fresh_mid(), reps)
+    if want("mid"):
+        out["mid"] = timed(scan_epoch(x, y, einsum_step(True, False), unroll), fresh_mid(), reps)
+    if want("mid-fold"):
+        out["mid-fold"] = timed(scan_epoch(x, y, einsum_step(True, True), unroll), fresh_mid(), reps)
 
     model = jreg.mlp([784, 30, 10])
 
@@ -141,7 +147,7 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int) -> dict[str, float]:
         obj = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"] / n))
         return obj, optax.sgd(ETA)
 
-    def run(epochs):
+    def run(epochs, vectorize):
         t = time.perf_counter()
         trained, _ = jreg.sweep(
             build,
@@ -152,18 +158,21 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int) -> dict[str, float]:
             batch_size=10,
             key=jax.random.key(1),
             monitor=(),
-            vectorize="vmap",
+            vectorize=vectorize,
+            unroll=unroll,
         )
         jax.block_until_ready(trained)
         return time.perf_counter() - t
 
-    run(1)
-    one = min(run(1) for _ in range(2))
-    out["jreg"] = (run(1 + reps) - one) / reps
+    for vectorize in ("vmap", "wide"):
+        if want(f"jreg-{vectorize}"):
+            run(1, vectorize)
+            one = min(run(1, vectorize) for _ in range(2))
+            out[f"jreg-{vectorize}"] = (run(1 + reps, vectorize) - one) / reps
     return out
 
 
-def single(x, y, params, reps: int) -> dict[str, float]:
+def single(x, y, params, reps: int, unroll: int = 1) -> dict[str, float]:
     n = x.shape[0]
 
     def loss(p, xb, yb):
@@ -184,15 +193,15 @@ def single(x, y, params, reps: int) -> dict[str, float]:
 
     @functools.partial(jax.jit, donate_argnums=0)
     def stacked_epoch(ps, key):
-        ps, losses = jax.lax.scan(stacked, ps, batches(x, y, key))
+        ps, losses = jax.lax.scan(stacked, ps, batches(x, y, key), unroll=unroll)
         return ps, jnp.all(jnp.isfinite(losses))
 
     @functools.partial(jax.jit, donate_argnums=0)
     def running_epoch(ps, key):
-        (ps, total), _ = jax.lax.scan(running, (ps, jnp.float32(0)), batches(x, y, key))
+        (ps, total), _ = jax.lax.scan(running, (ps, jnp.float32(0)), batches(x, y, key), unroll=unroll)
         return ps, jnp.isfinite(total)
 
-    out = {"hand scan": timed(scan_epoch(x, y, plain), jax.tree.map(jnp.copy, params), reps)}
+    out = {"hand scan": timed(scan_epoch(x, y, plain, unroll), jax.tree.map(jnp.copy, params), reps)}
     out["+ loss per step"] = timed(lambda s, k: stacked_epoch(s[0], k), (jax.tree.map(jnp.copy, params), 0), reps)
     out["+ running loss"] = timed(lambda s, k: running_epoch(s[0], k), (jax.tree.map(jnp.copy, params), 0), reps)
     model = jreg.mlp([784, 30, 10])
@@ -201,7 +210,15 @@ def single(x, y, params, reps: int) -> dict[str, float]:
     def fit(epochs):
         t = time.perf_counter()
         p, _ = jreg.fit(
-            obj, optax.sgd(ETA), params, (x, y), epochs=epochs, batch_size=10, key=jax.random.key(1), monitor=()
+            obj,
+            optax.sgd(ETA),
+            params,
+            (x, y),
+            epochs=epochs,
+            batch_size=10,
+            key=jax.random.key(1),
+            monitor=(),
+            unroll=unroll,
         )
         jax.block_until_ready(p)
         return time.perf_counter() - t
@@ -218,17 +235,22 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-single", action="store_true")
+    ap.add_argument("--unrolls", type=int, nargs="+", default=[1], help="lax.scan unroll / jreg's unroll= values")
+    ap.add_argument("--only", nargs="+", help="sweep formulations to time (default: all)")
     args = ap.parse_args()
     x, y = data(args.n)
     params = jreg.mlp([784, 30, 10]).init(jax.random.key(0))
     print(f"[784, 30, 10], batch 10, {x.shape[0]} images; jax {jax.__version__} on {jax.devices()[0].device_kind}")
     if not args.no_single:
-        for name, s in single(x, y, params, args.reps).items():
-            print(f"single  {name:>16}: {s:.4f} s / epoch", flush=True)
+        for u in args.unrolls:
+            for name, s in single(x, y, params, args.reps, u).items():
+                print(f"single  {name + f'/u{u}':>19}: {s:.4f} s / epoch", flush=True)
     for k in args.ks:
         lmbdas = jnp.asarray(np.linspace(0, 5, k), jnp.float32)
-        for name, s in sweeps(x, y, k, params, lmbdas, args.reps).items():
-            print(f"K={k:<5} {name:>9}: {s:.4f} s / epoch, {1000 * s / k:.3f} ms / model-epoch", flush=True)
+        for u in args.unrolls:
+            for name, s in sweeps(x, y, k, params, lmbdas, args.reps, u, args.only).items():
+                label = f"{name}/u{u}"
+                print(f"K={k:<5} {label:>13}: {s:.4f} s / epoch, {1000 * s / k:.3f} ms / model-epoch", flush=True)
 
 
 if __name__ == "__main__":

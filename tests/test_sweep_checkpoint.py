@@ -118,7 +118,11 @@ def test_resume_in_a_new_process_is_bit_exact(folder, tmp_path):
         """
     )
     # the new process runs on this one's backend (a GPU here gives a GPU there, not memory taken up front)
-    env = {**os.environ, "JAX_PLATFORMS": jax.default_backend(), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    # ("gpu" is no JAX_PLATFORMS value a CUDA-only jaxlib takes: it asks for ROCm too; the GPU is found unasked)
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    env.pop("JAX_PLATFORMS", None)
+    if jax.default_backend() == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     # bit for bit on CPU (what the docs promise); elsewhere reductions may be ordered otherwise from run to run

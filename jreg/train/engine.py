@@ -26,7 +26,7 @@ from .epoch import run_epoch
 from .monitor import EPOCH_LOSS, Monitor
 from .plan import EpochPlan
 from .state import TrainState
-from .step import make_update
+from .step import apply_fn, gradient_fn, make_update
 
 Build = Callable[[Any], tuple[Callable[..., Any], optax.GradientTransformation]]
 VECTORIZE = ("auto", "vmap", "map", "wide")
@@ -42,6 +42,7 @@ def program(
     sharding=None,
     ema: EMA | None = None,
     feed: stream.Feed | None = None,
+    unroll: int | None = None,
 ) -> Callable[..., Any]:
     """Jitted ``epoch(hp, state, alive, train, evaluation, key, *, evaluate) -> (state, alive, metrics, ok)``.
 
@@ -54,10 +55,19 @@ def program(
     With ``feed`` (a streamed run, :mod:`jreg.train.stream`) the program takes
     the opened epoch (``feed.epoch(e)``) in place of ``train`` and runs it in
     compiled chunks.
+
+    ``unroll``: training steps per iteration of the compiled loop over mini-batches (``None``: 8 for a
+    small step, else 1, :func:`jreg.train.epoch.auto_unroll`; a stream's chunks: 1). The arithmetic is
+    the same either way.
+    When no running loss is monitored, the steps do not keep a per-step loss series: one flag per
+    model, whether every step's loss stayed finite, is what the divergence guard reads.
     """
     if feed is not None:  # a stream's chunks: "wide" runs as "vmap" there
         vectorize = "vmap" if vectorize == "wide" else vectorize
-        return stream.program(build, feed, monitor, models=models, vectorize=vectorize, sharding=sharding, ema=ema)
+        return stream.program(
+            build, feed, monitor, models=models, vectorize=vectorize, sharding=sharding, ema=ema, unroll=unroll
+        )
+    finite_only = not monitor.epoch_loss  # the guard needs only whether every step's loss was finite
 
     def train_one(hp, state: TrainState, train, key):
         objective, optimizer = build(hp)
@@ -65,7 +75,10 @@ def program(
         # become inf or NaN while its gradient stays finite); it costs little beside the gradient
         decay = None if ema is None else ema.decay_of(hp)
         update = make_update(objective, optimizer, with_metrics=True, ema_decay=decay)
-        return run_epoch(update, plan, state, train, key, keyed=calls.takes_key(objective), sharding=sharding)
+        keyed = calls.takes_key(objective)
+        return run_epoch(
+            update, plan, state, train, key, keyed=keyed, sharding=sharding, finite_only=finite_only, unroll=unroll
+        )
 
     def train_wide(hp, state: TrainState, train, key):
         """The K models ``vmap``-ed inside each step of one scan, every weight matrix carried with the model axis
@@ -74,15 +87,28 @@ def program(
         axes = jax.tree.map(lambda a: 1 if a.ndim >= 3 else 0, carried)
         keyed = calls.takes_key(build(jax.tree.map(lambda v: v[0], hp))[0])
 
-        def one(h, s, batch, k):
-            objective, optimizer = build(h)
+        def grad_one(h, s, batch, k):
+            return gradient_fn(build(h)[0], with_value=True)(s, batch, k)
+
+        def apply_one(h, s, grads, model_state):
             decay = None if ema is None else ema.decay_of(h)
-            return make_update(objective, optimizer, with_metrics=True, ema_decay=decay)(s, batch, k)
+            return apply_fn(build(h)[1], ema_decay=decay)(s, grads, model_state)
 
         def update(s, batch, k):
-            return jax.vmap(one, in_axes=(0, axes, None, None), out_axes=(axes, 0))(hp, s, batch, k)
+            # two vmaps, not one: the gradient leaves in the carry's layout (one transpose of each weight
+            # gradient), so the update (params, gradients, optimizer state all with the model axis second)
+            # needs none; one vmap around both would move the params to the model-axis-first layout and back
+            grads, metrics, model_state = jax.vmap(
+                grad_one, in_axes=(0, axes, None, None), out_axes=(axes.params, 0, axes.model_state)
+            )(hp, s, batch, k)
+            new = jax.vmap(apply_one, in_axes=(0, axes, axes.params, axes.model_state), out_axes=axes)(
+                hp, s, grads, model_state
+            )
+            return new, metrics
 
-        new, running = run_epoch(update, plan, carried, train, key, keyed=keyed, sharding=sharding)
+        new, running = run_epoch(
+            update, plan, carried, train, key, keyed=keyed, sharding=sharding, finite_only=finite_only, unroll=unroll
+        )
         return jax.tree.map(_model_axis_first, new), running
 
     def measure_one(hp, state: TrainState, train, evaluation):
@@ -103,11 +129,12 @@ def program(
         else:
             new, running = jax.lax.map(lambda a: train_one(a[0], a[1], train, key), (hp, state))
         metrics = {EPOCH_LOSS: running["loss"]} if monitor.epoch_loss else {}
+        loss = jnp.where(running["finite"], 0.0, jnp.nan) if finite_only else running["loss"]
         if evaluate:
             measure = measure_one if models is None else jax.vmap(measure_one, in_axes=(0, 0, None, None))
             metrics.update(measure(hp, new, train, evaluation))
         check = check_one if models is None else jax.vmap(check_one)
-        state, ok, alive = check(state, new, running["loss"], metrics, alive)
+        state, ok, alive = check(state, new, loss, metrics, alive)
         return state, alive, metrics, ok
 
     return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.extend.core import jaxprs_in_params
 
 from .._checks import check_key, check_optimizer, check_positive_int
 from .._types import Batch, Metrics
@@ -46,26 +47,87 @@ def run_epoch(
     *,
     keyed: bool,
     sharding: Any = None,
+    finite_only: bool = False,
+    unroll: int | None = 1,
 ) -> tuple[TrainState, Metrics]:
-    """One epoch of ``update`` steps over ``data`` as the plan says; metrics averaged over the examples seen."""
+    """One epoch of ``update`` steps over ``data`` as the plan says; metrics averaged over the examples seen.
+
+    ``finite_only``: no per-step series; the epoch's metrics are ``{"finite": b}``, whether every step's
+    loss was finite (one boolean per model carried through the scan: what the divergence guard needs when
+    no running loss is monitored, without writing a value per step).
+    ``unroll``: steps per iteration of the scan's loop (``lax.scan``'s ``unroll``: the same arithmetic,
+    fewer loop iterations); ``None`` picks it from the step's size (:func:`auto_unroll`).
+    """
     full, rest = plan.order(key)
     keys = plan.step_keys(key) if keyed else None
+    first = take(data, full[0]), None if keys is None else keys[0]
     if state.model_state is not None:  # the state is a scan carry: its type may not change (checked at trace time)
-        after, _ = jax.eval_shape(update, state, take(data, full[0]), None if keys is None else keys[0])
+        after, _ = jax.eval_shape(update, state, *first)
         calls.check_state_roundtrip(state.model_state, after.model_state)
+    if unroll is None:
+        unroll = auto_unroll(update, state, first, plan.full)
+    xs = (full, None if keys is None else keys[: plan.full])
+    if finite_only:
+        return _run_finite(update, plan, state, data, xs, rest, keys, first, sharding, unroll)
 
     def body(state, xs):
         idx, k = xs
         state, metrics = update(state, take(data, idx, sharding), k)
         return state, (metrics or None)
 
-    state, stacked = jax.lax.scan(body, state, (full, None if keys is None else keys[: plan.full]))
+    state, stacked = jax.lax.scan(body, state, xs, unroll=unroll)
     weights = jnp.full((plan.full,), plan.batch_size, jnp.float32)
     if plan.last:
         state, last = update(state, take(data, rest), None if keys is None else keys[plan.full])
         stacked = {k: jnp.concatenate([v, last[k][None]]) for k, v in (stacked or {}).items()}
         weights = jnp.append(weights, jnp.float32(plan.rest))
     return state, _mean_metrics(stacked, weights)
+
+
+def _run_finite(update, plan, state, data, xs, rest, keys, first, sharding, unroll):
+    def body(carry, xs):
+        state, finite = carry
+        idx, k = xs
+        state, metrics = update(state, take(data, idx, sharding), k)
+        return (state, finite & jnp.isfinite(metrics["loss"])), None
+
+    loss = jax.eval_shape(update, state, *first)[1]["loss"]  # one per model in the "wide" sweep
+    (state, finite), _ = jax.lax.scan(body, (state, jnp.ones(loss.shape, bool)), xs, unroll=unroll)
+    if plan.last:
+        state, last = update(state, take(data, rest), None if keys is None else keys[plan.full])
+        finite &= jnp.isfinite(last["loss"])
+    return state, {"finite": finite}
+
+
+#: the most operations (counted through nested jaxprs) a step may have for the epoch to unroll its loop
+UNROLL_MAX_OPS = 400
+#: steps per loop iteration for such a step
+UNROLL = 8
+
+
+def auto_unroll(update: Update, state: TrainState, first: tuple[Batch, Any], steps: int) -> int:
+    """:data:`UNROLL` when the step is small (at most :data:`UNROLL_MAX_OPS` operations) and the epoch
+    has at least ``2 * UNROLL`` full steps, else 1.
+
+    A small step is bound by the loop's per-iteration cost (on a GPU, kernel launches and the
+    loop's host round trip), which unrolling divides; a large one would only compile longer.
+    """
+    if steps < 2 * UNROLL:
+        return 1
+    jaxpr = jax.make_jaxpr(update)(state, *first)
+    return UNROLL if _count_ops(jaxpr.jaxpr, UNROLL_MAX_OPS + 1) <= UNROLL_MAX_OPS else 1
+
+
+def _count_ops(jaxpr: Any, limit: int) -> int:
+    """Operations in ``jaxpr`` and the jaxprs nested in it (stops counting past ``limit``)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += 1
+        for sub in jaxprs_in_params(eqn.params):
+            count += _count_ops(sub, limit - count)
+        if count > limit:
+            break
+    return count
 
 
 def make_epoch(
@@ -76,6 +138,7 @@ def make_epoch(
     partial_batch: str = "include",
     donate: bool = False,
     metrics: bool = True,
+    unroll: int | None = None,
 ) -> Callable[..., Any]:
     """One epoch of mini-batch training as one compiled call.
 
@@ -111,11 +174,16 @@ def make_epoch(
     ``metrics=False`` the steps take the gradient only and the epoch returns
     ``{}``: on small networks computing the loss value every step costs a few
     percent of the epoch (see docs/benchmarks.md).
+
+    ``unroll``: training steps per iteration of the compiled loop, as in
+    :func:`jreg.fit` (``None``: 8 for a small step, else 1; the same
+    arithmetic either way).
     """
     calls.check_objective(objective)
     check_optimizer(optimizer)
     batch_size = check_positive_int(batch_size, "batch_size")
     check_partial_batch(partial_batch)
+    unroll = None if unroll is None else check_positive_int(unroll, "unroll")
     update = make_update(objective, optimizer, with_metrics=metrics)
     keyed, stateful = calls.takes_key(objective), calls.is_stateful(objective)
 
@@ -123,7 +191,7 @@ def make_epoch(
         calls.check_state_given(stateful, model_state)
         plan = make_plan(data_size(train), batch_size, partial_batch)
         state = TrainState(params, opt_state, model_state, None if step is None else jnp.asarray(step, jnp.int32))
-        state, out = run_epoch(update, plan, state, train, key, keyed=keyed)
+        state, out = run_epoch(update, plan, state, train, key, keyed=keyed, unroll=unroll)
         if stateful:
             return state.params, state.opt_state, state.model_state, out
         return state.params, state.opt_state, out

@@ -576,6 +576,7 @@ def program(
     vectorize: str = "vmap",
     sharding: Any = None,
     ema: Any = None,
+    unroll: int | None = None,
 ) -> Callable[..., Any]:
     """``epoch(hp, state, alive, opened, evaluation, key, *, evaluate) -> (state, alive, metrics, ok)``.
 
@@ -610,7 +611,9 @@ def program(
                 loss = jnp.where(ok, loss, 0.0)
             return new, loss
 
-        new, losses = jax.lax.scan(body, state, (batches, valid, jnp.arange(size, dtype=jnp.int32)))
+        xs = (batches, valid, jnp.arange(size, dtype=jnp.int32))
+        # a streamed epoch is bound by the host feeding it; its loop is unrolled only when asked
+        new, losses = jax.lax.scan(body, state, xs, unroll=1 if unroll is None else unroll)
         loss_sum = jnp.sum(losses) * rows
         state, ok, alive = guard.check(state, new, [loss_sum], alive)
         acc = acc + jnp.where(alive, loss_sum, 0.0)

@@ -24,7 +24,7 @@ from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .setup import Setup, check_checkpointing, prepare
 from .state import TrainState
 from .sweep_stopping import SweepStopper
-from .validate import check_loop_args
+from .validate import check_loop_args, check_unroll
 
 
 def check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:
@@ -164,6 +164,7 @@ def sweep(
     early_stopping: EarlyStopping | None = None,
     checkpoint: Checkpointing | None = None,
     resume: Any = None,
+    unroll: int | None = None,
     **unknown: Any,
 ) -> tuple[Params, SweepHistory] | tuple[Params, ModelState, SweepHistory]:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
@@ -254,6 +255,7 @@ def sweep(
             other ``hparams`` (values or K), another key, batch size, cost
             convention or EMA setting is refused; so is a checkpoint of
             :func:`fit` (and ``fit`` refuses a sweep's).
+        unroll: as in :func:`fit` (the K models' steps are unrolled together).
         The rest as in :func:`fit`.
 
     Returns:
@@ -279,6 +281,7 @@ def sweep(
         vectorize = "vmap"  # the models split across devices, batched on each
     vectorize = default_vectorize(vectorize, models)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
+    unroll = check_unroll(unroll)
     mesh.check_models(parallel, models, batch_size, vectorize)
     model_state = calls.as_model_state(model_state)
     setup = prepare_models(
@@ -341,6 +344,7 @@ def sweep(
         ema=ema,
         sharding=placed[-2],
         feed=setup.feed,
+        unroll=unroll,
     )
     if setup.feed is not None:  # a one-shot iterator gives one epoch
         setup.feed.check_epochs(epochs)
