@@ -105,3 +105,61 @@ def test_mixing_refuses_an_absurd_class_count_before_any_work(no_one_hot):
     for transform in (jreg.with_mixup, jreg.with_cutmix):
         with pytest.raises(jreg.JregError, match="classes must be at most 2147483647"):
             transform(objective, 0.2, classes=2**40)
+
+
+# --------------------------------------------------------------------------- 2. errors name the user's argument
+
+
+@functools.cache
+def _problem():
+    model = jreg.mlp([3, 2])
+    x = jax.random.uniform(jax.random.key(1), (8, 3))
+    return (
+        jreg.objective(model.apply, jreg.losses.softmax_cross_entropy),
+        model.init(jax.random.key(0)),
+        (x, (x[:, 0] > 0.5).astype(jnp.int32)),
+    )
+
+
+FOLDER, MESH = object(), object()  # stand-ins for the test's folder and a one-device mesh
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(checkpoint_dir=""), jreg.JregError, r"^checkpoint_dir must be a non-empty path"),
+        (dict(checkpoint_dir="ck\0x"), jreg.JregError, r"^checkpoint_dir .*NUL"),
+        (dict(checkpoint_dir=b"ck"), jreg.JregTypeError, r"^checkpoint_dir must be a path as str or os.PathLike"),
+        (dict(checkpoint_dir=3), jreg.JregTypeError, r"^checkpoint_dir must be a folder path, got int"),
+        (dict(checkpoint_dir=FOLDER, checkpoint_every=0), jreg.JregError, r"^checkpoint_every must be a positive"),
+        (dict(checkpoint_dir=FOLDER, checkpoint_every=True), jreg.JregTypeError, r"^checkpoint_every must be a pos"),
+        (dict(checkpoint_dir=FOLDER, keep=-1), jreg.JregError, r"^keep must be a positive integer"),
+        (dict(checkpoint_every=1.5), jreg.JregTypeError, r"^checkpoint_every must be a positive integer"),
+        (dict(mesh="cpu"), jreg.JregTypeError, r"^mesh must be a jax.sharding.Mesh"),
+        (dict(mesh=MESH, data_axis="batch"), jreg.JregError, r"^data_axis 'batch' is not an axis of the mesh"),
+    ],
+)
+def test_fits_older_keywords_are_named_in_their_errors_before_any_work(kwargs, error, match, tmp_path):
+    folder = tmp_path / "ck"
+    fill = {id(FOLDER): folder, id(MESH): jax.make_mesh((1,), ("data",))}
+    kwargs = {k: fill.get(id(v), v) for k, v in kwargs.items()}
+    objective, params, data = _problem()
+    with pytest.raises(error, match=match) as caught:
+        jreg.fit(objective, optax.sgd(0.1), params, data, epochs=1, batch_size=4, key=jax.random.key(0), **kwargs)
+    assert "Checkpointing." not in str(caught.value)  # the internal name never shows for a keyword
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(dir=""), jreg.JregError, r"^Checkpointing.dir must be a non-empty path"),
+        (dict(dir=3), jreg.JregTypeError, r"^Checkpointing.dir must be a folder path, got int"),
+        (dict(dir="ck", every=0), jreg.JregError, r"^Checkpointing.every must be a positive integer"),
+        (dict(dir="ck", every=2.0), jreg.JregTypeError, r"^Checkpointing.every must be a positive integer"),
+        (dict(dir="ck", keep=0), jreg.JregError, r"^Checkpointing.keep must be a positive integer"),
+    ],
+)
+def test_checkpointing_names_its_own_fields(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        jreg.Checkpointing(**kwargs)
