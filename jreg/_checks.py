@@ -7,6 +7,7 @@ skipped there (shape checks always run, since shapes are static).
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from pathlib import Path
@@ -52,6 +53,33 @@ def check_positive_int(value: Any, name: str) -> int:
     if value <= 0:
         raise JregError(f"{name} must be a positive integer, got {value}")
     return int(value)
+
+
+MAX_CLASSES = 2**31 - 1
+"""The most classes a one-hot encoding takes: labels are int32 in JAX by default, so more are never used."""
+
+MAX_ONE_HOT_ELEMENTS = 2**31
+"""The most elements a one-hot array may have (labels x classes): 8 GiB as float32."""
+
+
+def check_classes(value: Any, name: str = "classes") -> int:
+    """``value`` as a number of classes: a positive ``int`` (not bool), at most :data:`MAX_CLASSES`."""
+    classes = check_positive_int(value, name)
+    if classes > MAX_CLASSES:
+        raise JregError(f"{name} must be at most {MAX_CLASSES} (2**31 - 1: labels are int32), got {classes}")
+    return classes
+
+
+def check_one_hot_size(classes: int, labels: Any, name: str = "classes") -> None:
+    """Raise unless one-hot encoding ``labels`` (an array) in ``classes`` columns stays within
+    :data:`MAX_ONE_HOT_ELEMENTS`, so an absurd count is refused before the array is allocated."""
+    count = math.prod(int(d) for d in labels.shape)
+    if count * classes > MAX_ONE_HOT_ELEMENTS:
+        raise JregError(
+            f"{name}={classes} for {count} labels makes a one-hot array of {count * classes} elements, over the "
+            f"{MAX_ONE_HOT_ELEMENTS} (2**31, 8 GiB as float32) jreg allows; one-hot smaller batches, or give "
+            f"jreg's losses the integer labels"
+        )
 
 
 def check_path(value: Any, name: str = "path") -> Path:

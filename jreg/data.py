@@ -421,7 +421,11 @@ def load_mnist_small() -> MNISTSmall:
 
 
 def one_hot(labels: Any, classes: int = 10) -> jax.Array:
-    """Integer labels ``(N,)`` -> float32 one-hot targets ``(N, classes)`` (range-checked)."""
+    """Integer labels ``(N,)`` -> float32 one-hot targets ``(N, classes)`` (range-checked).
+
+    As :func:`jreg.losses.one_hot`: ``classes`` a positive ``int`` of at most
+    ``2**31 - 1``, and at most ``2**31`` elements in all, else a :class:`JregError`.
+    """
     from .losses import one_hot as _one_hot
 
     return _one_hot(labels, classes)

@@ -36,14 +36,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_nonnegative_scalar, check_positive_int, is_concrete
+from ._checks import check_classes, check_nonnegative_scalar, check_one_hot_size, is_concrete
 from ._errors import JregError, JregTypeError
 
 
 def one_hot(labels: Any, classes: int, dtype: Any = jnp.float32) -> jax.Array:
     """Integer labels ``(N,)`` -> one-hot targets ``(N, classes)`` of ``dtype`` (any numeric or bool dtype),
-    checking the range."""
-    classes = check_positive_int(classes, "classes")
+    checking the range.
+
+    ``classes`` is a positive ``int`` (not bool) of at most ``2**31 - 1``, and
+    ``labels.size * classes`` at most ``2**31`` elements (8 GiB as float32):
+    a larger count is a :class:`JregError` before anything is allocated.
+    """
+    classes = check_classes(classes, "classes")
     labels = _as_array(labels, "labels")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise JregTypeError(f"labels must be integers, got dtype {labels.dtype}")
@@ -53,6 +58,7 @@ def one_hot(labels: Any, classes: int, dtype: Any = jnp.float32) -> jax.Array:
         raise JregTypeError(f"dtype must be a numeric or bool dtype such as jnp.float32, got {dtype!r}") from exc
     if not (jnp.issubdtype(resolved, jnp.number) or jnp.issubdtype(resolved, jnp.bool_)):
         raise JregTypeError(f"dtype must be a numeric or bool dtype such as jnp.float32, got {resolved}")
+    check_one_hot_size(classes, labels, "classes")
     _check_label_range(labels, classes, "labels")
     return jax.nn.one_hot(labels, classes, dtype=resolved)
 

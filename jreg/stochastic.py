@@ -41,7 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _signature
-from ._checks import check_key, check_nonnegative_scalar, check_positive_int, is_concrete
+from ._checks import (
+    check_classes,
+    check_key,
+    check_nonnegative_scalar,
+    check_one_hot_size,
+    check_positive_int,
+    is_concrete,
+)
 from ._errors import JregError, JregTypeError
 from .penalties import Mask, mask_tree
 
@@ -222,7 +229,8 @@ def mix_targets(
             raise JregError(f"y given as integer labels must have shape ({y.shape[0]},), got {y.shape}")
         if classes is None:
             raise JregError("mixing integer labels needs classes= (the number of classes) to make soft targets")
-        classes = check_positive_int(classes, "classes")
+        classes = check_classes(classes, "classes")
+        check_one_hot_size(classes, y, "classes")
         if is_concrete(y) and y.size:
             lo, hi = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
             if lo < 0 or hi >= classes:

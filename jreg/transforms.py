@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_key, check_nonnegative_scalar, check_positive_int, is_concrete
+from ._checks import check_classes, check_key, check_nonnegative_scalar, is_concrete
 from ._errors import JregError, JregTypeError
 from ._types import Batch, ModelState, Params
 from .objective import Objective
@@ -101,7 +101,7 @@ def _mixed(objective: Any, alpha: Any, method: str, classes: Any, shape: Any) ->
     _check_objective(objective, name)
     check_nonnegative_scalar(alpha, "alpha")
     if classes is not None:
-        classes = check_positive_int(classes, "classes")
+        classes = check_classes(classes, "classes")
     if getattr(objective.loss, "weighted_targets", False) is True:
         raise JregError(f"{name} mixes plain targets; a weighted loss's (targets, weights) pairs are not supported")
     if shape is not None:

@@ -173,3 +173,53 @@ def test_bad_input_is_a_jreg_error(kwargs, match):
     kw = dict(hparams={"eta": 0.5}, epochs=1, batch_size=8, key=jax.random.key(0)) | kwargs
     with pytest.raises((jreg.JregError, jreg.JregTypeError), match=match):
         jreg.regularization_path(build, PARAMS, TRAIN, **kw)
+
+
+def l2_build(hp):  # plain SGD on an L2 penalty: unstable once eta * lmbda > 2
+    objective = jreg.objective(MODEL.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"]))
+    return objective, optax.sgd(hp["eta"])
+
+
+def l2_path(build, strengths, mode="population", epochs=3):
+    return jreg.regularization_path(
+        build, PARAMS, TRAIN, strengths=strengths, hparams={"eta": 0.5}, epochs=epochs, mode=mode, batch_size=8,
+        warm_every=1 if mode == "population" else None, key=jax.random.key(0), monitor=("training_cost",),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["population", "sequential"])
+def test_a_diverged_strength_is_recorded_as_a_sweep_records_it(mode):
+    """λ = 1e6 diverges in epoch 1 at the step fit's guard names; in population mode each restart then hands
+    the frozen state down the path, and each member it reaches is recorded as frozen from the next epoch."""
+    path = l2_path(l2_build, [1e6, 0.1, 0.01], mode)
+    with pytest.raises(jreg.DivergenceError) as alone:  # strength 0's first epoch, trained alone
+        key = jax.random.key(0) if mode == "population" else jax.random.fold_in(jax.random.key(0), 0)
+        jreg.fit(*l2_build({"lmbda": 1e6, "eta": 0.5}), PARAMS, TRAIN, epochs=1, batch_size=8, key=key)
+    first = {"epoch": 1, "step": alone.value.step + 1, "quantity": alone.value.quantity}
+    cost = path.history["training_cost"]
+    assert np.all(np.isnan(cost[0]))
+    if mode == "sequential":  # each strength is its own fit, warm-started from the previous one's final params
+        assert path.history.diverged == {0: first}
+        assert np.all(np.isfinite(cost[1:]))
+        return
+    assert path.history.diverged == {
+        0: first,
+        1: {"epoch": 2, "step": None, "quantity": "the state it took after epoch 1 was a frozen (diverged) member's"},
+        2: {"epoch": 3, "step": None, "quantity": "the state it took after epoch 2 was a frozen (diverged) member's"},
+    }
+    assert np.isfinite(cost[1, 0]) and np.all(np.isnan(cost[1, 1:]))
+    assert np.all(np.isfinite(cost[2, :2])) and np.isnan(cost[2, 2])
+    assert path.history.run(1).training_cost == [float(cost[1, 0])]  # cut before its frozen epochs, as in a sweep
+
+
+def test_a_member_revived_by_a_restart_that_diverges_again_keeps_its_latest_record():
+    """The weakest strength trains with a learning rate of 1e30 and diverges every epoch: each restart revives
+    it with its neighbour's state, and the next epoch freezes it again. The record is the latest, without
+    "revived"; nothing else is recorded."""
+    build = lambda hp: l2_build({"lmbda": hp["lmbda"], "eta": jnp.where(hp["lmbda"] < 1e-3, 1e30, 0.5)})  # noqa: E731
+    path = l2_path(build, [0.1, 0.01, 1e-4], epochs=2)
+    record = path.history.diverged
+    assert list(record) == [2] and record[2]["epoch"] == 2 and "revived" not in record[2]
+    assert isinstance(record[2]["step"], int) and record[2]["quantity"]
+    cost = path.history["training_cost"]
+    assert np.all(np.isnan(cost[2])) and np.all(np.isfinite(cost[:2]))

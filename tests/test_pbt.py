@@ -133,3 +133,36 @@ def test_an_exploited_member_continues_as_an_exact_copy_of_its_donor():
     assert not np.allclose(result.params[0]["w"][other], result.params[0]["w"][j], rtol=1e-3)
     for k in HP:
         assert result.hparams[k][i, 1] == result.hparams[k][j, 1] == result.hparams[k][j, 0] != result.hparams[k][i, 0]
+
+
+def test_a_diverged_member_is_recorded_as_a_sweep_records_it_and_its_replacement_revives_it():
+    """Member 2's learning rate of 1e30 makes its loss non-finite in epoch 1: it is frozen, recorded with the
+    step fit's guard names for the same training, ranks last, and the exploit after epoch 1 replaces it."""
+    eta = [0.05, 0.3, 1e30, 3.0]
+    result = run(epochs=2, hparams={"lmbda": HP["lmbda"], "eta": eta}, explore={"eta": (1.0,)}, bounds=None)
+    with pytest.raises(jreg.DivergenceError) as alone:  # the same member trained alone, on the same data order
+        jreg.fit(*build({"lmbda": HP["lmbda"][2], "eta": eta[2]}), PARAMS, TRAIN, epochs=1, batch_size=8,
+                 key=jax.random.key(3))  # fmt: skip
+    assert alone.value.epoch == 0 and alone.value.step is not None
+    record = result.history.diverged
+    assert list(record) == [2]
+    assert record[2] == {"epoch": 1, "step": alone.value.step + 1, "quantity": alone.value.quantity, "revived": 1}
+    assert result.lineage == [{"epoch": 1, "member": 2, "from": result.lineage[0]["from"]}]
+    accuracy = result.history["evaluation_accuracy"]
+    assert (
+        np.isnan(accuracy[2, 0]) and np.all(np.isfinite(accuracy[2, 1:])) and np.all(np.isfinite(accuracy[[0, 1, 3]]))
+    )
+    assert len(result.history.run(2).evaluation_accuracy) == 2  # revived: the slot's whole row, NaN while frozen
+    assert np.all(np.isfinite(jax.tree.leaves(result.params)[0]))
+
+
+def test_a_stream_is_refused_before_any_work():
+    def stream(epoch):
+        yield TRAIN
+
+    with pytest.raises(jreg.JregTypeError, match="not a stream of batches"):
+        jreg.pbt(build, PARAMS, stream, hparams=HP, explore=EXPLORE, every=1, epochs=2, batch_size=8,
+                 key=jax.random.key(0))  # fmt: skip
+    with pytest.raises(jreg.JregTypeError, match="not a stream of batches"):
+        jreg.regularization_path(build, PARAMS, stream, strengths=[0.1, 0.01], hparams={"eta": 0.5}, epochs=1,
+                                 batch_size=8, key=jax.random.key(0))  # fmt: skip

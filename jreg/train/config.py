@@ -110,11 +110,9 @@ class Checkpointing:
     keep: int = 3
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dir, (str, os.PathLike)):
-            raise JregTypeError(f"Checkpointing.dir must be a folder path, got {type(self.dir).__name__}")
-        check_path(self.dir, "Checkpointing.dir")  # not empty (the current folder by accident), no NUL
-        check_positive_int(self.every, "checkpoint_every")
-        check_positive_int(self.keep, "keep")
+        check_checkpointing(
+            self.dir, self.every, self.keep, ("Checkpointing.dir", "Checkpointing.every", "Checkpointing.keep")
+        )
 
     @property
     def folder(self) -> Path:
@@ -122,6 +120,18 @@ class Checkpointing:
 
     def due(self, epoch: int, epochs: int) -> bool:
         return (epoch + 1) % self.every == 0 or epoch + 1 == epochs
+
+
+def check_checkpointing(folder: Any, every: Any, keep: Any, names: tuple[str, str, str]) -> None:
+    """Check a checkpoint folder, period and count, each error naming the argument as the user gave it.
+
+    ``names``: ``Checkpointing``'s fields, or fit's older keywords ``checkpoint_dir``, ``checkpoint_every``, ``keep``.
+    """
+    if not isinstance(folder, (str, os.PathLike, bytes, bytearray)):  # bytes: check_path says to decode them
+        raise JregTypeError(f"{names[0]} must be a folder path, got {type(folder).__name__}")
+    check_path(folder, names[0])  # not empty (the current folder by accident), no NUL
+    check_positive_int(every, names[1])
+    check_positive_int(keep, names[2])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,13 +312,13 @@ def from_legacy(checkpoint: Any, parallel: Any, legacy: dict[str, Any], where: s
         raise JregError(f"give either checkpoint=Checkpointing(...) or {sorted(ck)}, not both")
     if par and parallel is not None:
         raise JregError(f"give either parallel=DataParallel(...) or {sorted(par)}, not both")
-    if ck.get("checkpoint_dir") is not None:
-        if not isinstance(ck["checkpoint_dir"], (str, os.PathLike)):
-            raise JregTypeError(f"checkpoint_dir must be a folder path, got {type(ck['checkpoint_dir']).__name__}")
-        checkpoint = Checkpointing(ck["checkpoint_dir"], ck.get("checkpoint_every", 1), ck.get("keep", 3))
+    every, keep = ck.get("checkpoint_every", 1), ck.get("keep", 3)
+    if ck.get("checkpoint_dir") is not None:  # checked here, so that errors name the keywords the user gave
+        check_checkpointing(ck["checkpoint_dir"], every, keep, ("checkpoint_dir", "checkpoint_every", "keep"))
+        checkpoint = Checkpointing(ck["checkpoint_dir"], every, keep)
     else:  # validated even when unused, as before
-        check_positive_int(ck.get("checkpoint_every", 1), "checkpoint_every")
-        check_positive_int(ck.get("keep", 3), "keep")
+        check_positive_int(every, "checkpoint_every")
+        check_positive_int(keep, "keep")
     if par.get("mesh") is not None:
         parallel = DataParallel(par["mesh"], par.get("data_axis", "data"), par.get("param_specs"))
     if checkpoint is not None and not isinstance(checkpoint, Checkpointing):

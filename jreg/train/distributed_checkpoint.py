@@ -14,11 +14,23 @@ A resume restores the arrays onto the current run's layout (the template's shard
 whatever the run was placed on), whatever the saving run's mesh and number of processes was. Runs whose
 arrays one process holds whole keep the ``.npz`` format. orbax-checkpoint is an optional dependency
 (``pip install 'jreg[orbax]'``), imported only when such a checkpoint is written or read.
+
+A save interrupted by a crash leaves orbax's temporary folder, ``ckpt-<epoch>.orbax.orbax-checkpoint-tmp``
+(older orbax versions add ``-<timestamp>``). orbax removes it itself when the same checkpoint is saved again;
+besides, each completed save removes (on the first process) the temporaries in its folder that record this run's
+id in their ``meta`` item and are older than the save: saves of one run follow each other, so such a folder is an
+earlier, interrupted save of this run, never a live one. Any other folder with such a name (another run's, or one
+interrupted before its record was written) is left alone and named once in a :class:`jreg.JregWarning`, as
+:class:`jreg.train.checkpointing.Writer` does with the ``.npz`` temporary files.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +38,12 @@ import jax
 import numpy as np
 
 from .. import checkpoint as ckpt
-from .._errors import JregError
+from .._errors import JregError, JregWarning
 
 SUFFIX = ".orbax"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's (atomicity_types.TMP_DIR_SUFFIX), stable since orbax 0.1
+_TEMPORARY = re.compile(r"ckpt-[0-9]+\.orbax\.orbax-checkpoint-tmp(?:-[0-9]+)?")
+_reported: set[tuple[str, str]] = set()  # temporaries already named in a warning: (folder, name)
 
 
 def needed(tree: Any) -> bool:
@@ -68,18 +83,72 @@ def save(
     key: Any = None,
     meta: Any = None,
 ) -> None:
-    """Write the folder ``path`` (every process calls this together); an existing one is replaced."""
+    """Write the folder ``path`` (every process calls this together); an existing one is replaced.
+
+    Once it is written, abandoned temporaries of this run beside it are removed (:func:`clean_temporaries`,
+    ``meta["run"]`` naming the run)."""
     ocp = _orbax()
     record = {"step": step, "key": _key_bits(key), "meta": meta}
     arrays = {"params": params, "opt_state": opt_state, "model_state": model_state}
     args = ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record))
+    started = time.time()
     _checkpointer(ocp).save(Path(path).absolute(), args=args, force=True)
+    run = meta.get("run") if isinstance(meta, dict) else None
+    clean_temporaries(Path(path).parent, run if isinstance(run, str) else None, started)
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
+def temporary_run(path: Path) -> str | None:
+    """The run id that the orbax temporary folder ``path`` records in its ``meta`` item (finalized or not)."""
+    for item in ("meta", "meta" + TMP_SUFFIX):
+        record = read_record(path, item)
+        meta = None if record is None else record["meta"]
+        if isinstance(meta, dict) and isinstance(meta.get("run"), str):
+            return meta["run"]
+    return None
+
+
+def clean_temporaries(folder: Path, run: str | None, before: float) -> None:
+    """Remove the orbax temporaries in ``folder`` that ``run`` left (interrupted saves); warn once about others.
+
+    Removed: a real folder (not a link) named as orbax names a jreg checkpoint's temporary, whose ``meta`` item
+    records ``run`` and last changed before ``before`` (the start of the save just completed). Only the first
+    process removes (the processes share the folder)."""
+    if jax.process_index() != 0:
+        return
+    try:
+        names = sorted(p.name for p in folder.iterdir() if _TEMPORARY.fullmatch(p.name))
+    except OSError:
+        return
+    kept = []
+    for name in names:
+        path = folder / name
+        if run is not None and _stale_of(path, run, before):
+            shutil.rmtree(path, ignore_errors=True)
+        elif (str(folder), name) not in _reported:
+            kept.append(name)
+    if kept:
+        _reported.update((str(folder), name) for name in kept)
+        warnings.warn(
+            f"checkpoint: left {len(kept)} temporary orbax folder(s) in {folder} alone: {', '.join(kept)} (not "
+            "recorded as this run's: another run's, a save interrupted before it recorded its run, or one still "
+            "running); remove them by hand once no save into this folder is running",
+            JregWarning,
+            stacklevel=3,
+        )
+
+
+def _stale_of(path: Path, run: str, before: float) -> bool:
+    try:
+        changed = path.lstat().st_mtime
+    except OSError:
+        return False
+    return not path.is_symlink() and path.is_dir() and changed < before and temporary_run(path) == run
+
+
+def read_record(path: Path, item: str = "meta") -> dict[str, Any] | None:
     """The JSON record of the folder ``path`` (step, key bits, meta), read without orbax; None if unreadable."""
     try:
-        record = json.loads((Path(path) / "meta" / "metadata").read_text())
+        record = json.loads((Path(path) / item / "metadata").read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and {"step", "key", "meta"} <= set(record) else None

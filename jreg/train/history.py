@@ -137,8 +137,12 @@ class SweepHistory(History):
         return int(np.shape(first[0])[0]) if first else 0
 
     def run(self, i: int) -> History:
-        """Model ``i``'s history (up to the epoch before it diverged, or the epoch it stopped at, if it did)."""
+        """Model ``i``'s history (up to the epoch before it diverged, or the epoch it stopped at, if it did).
+
+        A member of :func:`jreg.pbt` or :func:`jreg.regularization_path` that a transfer revived after it
+        diverged (``"revived"`` in its record) keeps its whole row, NaN while it was frozen."""
         bad, stopped = self.diverged.get(i), self.stopped.get(i)
+        bad = None if bad is not None and "revived" in bad else bad
         last = None if bad is None else bad["epoch"] - 1
         last = stopped["epochs"] if stopped is not None else last
         out = History(cost_convention=self.cost_convention, ema=self.ema)

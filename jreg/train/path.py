@@ -91,9 +91,13 @@ class Path:
         params: the trained params, stacked along a leading axis of size K (model states likewise,
             in ``model_state``, when given).
         history: a :class:`SweepHistory`, ``(K, measurements)`` per series (sequential mode: each
-            strength's own fit, epochs 1..E). Unlike a sweep's, its ``diverged`` stays empty: a member whose
-            training became non-finite is frozen and shows NaN figures from that epoch on, until a restart
-            gives it its neighbour's state (population mode).
+            strength's own fit, epochs 1..E). A member whose training became non-finite is frozen (at the
+            state its bad epoch started from) and shows NaN figures from that epoch on, until a restart gives
+            it its neighbour's state (population mode); as in a sweep, ``history.diverged[i]`` records it
+            (``{"epoch", "step", "quantity"}``, 1-based, the member's latest divergence; sequential mode: in
+            epochs of that strength's own fit), with ``"revived": e`` once a restart after epoch ``e``
+            revived it. A member that a restart gives a frozen neighbour's state is frozen too (recorded with
+            ``"step": None`` and the next epoch, its first NaN figures).
         mode, warm_every, epochs: how it ran; seconds: its wall time once the strengths were chosen
             (checks, compilation and training; not the ``lambda_max`` computation).
     """
@@ -354,6 +358,7 @@ def _sequential(build, params, train, hp, epochs, verbose, common):
     for k in runs[0].keys():
         for j, epoch in enumerate(runs[0].epochs(k)):
             history.append({k: np.concatenate([np.asarray(r.series[k][j]) for r in runs])}, epoch)
+    history.diverged = {i: r.diverged[0] for i, r in enumerate(runs) if 0 in r.diverged}  # epochs of its own fit
     return jax.tree.map(lambda *a: jnp.concatenate(a), *finals), history
 
 

@@ -53,9 +53,11 @@ class PBTResult:
     Attributes:
         params: the final params, stacked along a leading axis of size K (``model_state`` likewise, when given).
         history: a :class:`SweepHistory`: ``history[series]`` is ``(K, measurements)``; member ``i``'s row is
-            the record of whoever occupied slot ``i`` (after an exploit, the copy's continuation). Unlike a
-            sweep's, its ``diverged`` stays empty: a member whose training became non-finite is frozen, shows
-            NaN figures and ranks last, so the next exploit replaces it (when it is among the worst ``n``).
+            the record of whoever occupied slot ``i`` (after an exploit, the copy's continuation). A member
+            whose training became non-finite is frozen (at the state its bad epoch started from), shows NaN
+            figures and ranks last, so the next exploit replaces it (when it is among the worst ``n``); as in
+            a sweep, ``history.diverged[i]`` records it (``{"epoch", "step", "quantity"}``, 1-based, the
+            slot's latest divergence), with ``"revived": e`` once the exploit after epoch ``e`` replaced it.
         hparams: ``{name: (K, epochs)}``: the value each member trained with in each epoch.
         lineage: one entry per copy: ``{"epoch": e, "member": i, "from": j}`` (1-based epoch after which
             member ``i`` took member ``j``'s state and hyperparameters).

@@ -10,7 +10,14 @@ a traced argument of the epoch program, new values recompile nothing.
 
 A member whose training became non-finite is frozen by the engine (as in a
 sweep) and its figures are blanked with NaN until a transfer gives it another
-member's state, which revives it.
+member's state, which revives it. As a sweep does, the history records it:
+``history.diverged[i] = {"epoch", "step", "quantity"}`` (1-based; the epoch is
+replayed step by step to name the step), the slot's latest divergence; a
+transfer that revives the slot adds ``"revived": e``, the 1-based epoch after
+which it took another member's state (a record without it: the slot ended
+frozen). A live member that a transfer gives a frozen member's state is frozen
+too: its record has the next epoch (its first NaN figures), ``"step": None``
+and a ``quantity`` that says so.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
-from . import calls
+from . import calls, guard, stream
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs
@@ -102,6 +109,11 @@ def start(
         raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
     if vectorize not in VECTORIZE:
         raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
+    if stream.is_stream(train):  # the population's epoch and its divergence replay read the data whole
+        raise JregTypeError(
+            "train: jreg.pbt and jreg.regularization_path train on data held in memory (a pair (x, y) or a pytree "
+            f"of arrays), not a stream of batches ({type(train).__name__}); jreg.fit and jreg.sweep take streams"
+        )
     hp, models = check_hparams(hparams)
     vectorize = default_vectorize(vectorize, models)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, None)
@@ -174,10 +186,52 @@ def run(
         if transfer is not None and due(r.epoch):
             transfer(r, pop)
 
-    hooks: list[Hook] = [blank, record] + ([progress(pop.setup.monitor)] if verbose else []) + [maybe_transfer]
+    diverged, transferred = _divergence(pop)
+    hooks: list[Hook] = [diverged, blank, record] + ([progress(pop.setup.monitor)] if verbose else [])
+    hooks += [maybe_transfer, transferred]
     alive = jnp.ones((pop.models,), bool)
     last = pop.epochs if epochs is None else epochs
     return run_epochs(one_epoch, Run(pop.state, alive, last, history), start_epoch, hooks, np.asarray)
+
+
+def _divergence(pop: Population) -> tuple[Hook, Hook]:
+    """Two hooks: record the members that diverged this epoch (first), and what the transfer changed (last):
+    a frozen member it revived, or a live one it gave a frozen member's state."""
+    flags = {"before": np.ones((pop.models,), bool), "trained": np.ones((pop.models,), bool)}
+
+    def diverged(r: Run) -> None:
+        history: SweepHistory = r.history  # type: ignore[assignment]
+        flags["trained"] = np.asarray(jax.device_get(r.alive), bool).reshape(-1)  # frozen by the engine or not
+        for i in np.flatnonzero(flags["before"] & ~flags["trained"]):  # a frozen member's epochs stay non-finite
+            history.diverged[int(i)] = _where(pop, r, int(i))
+
+    def transferred(r: Run) -> None:
+        history: SweepHistory = r.history  # type: ignore[assignment]
+        now = np.asarray(jax.device_get(r.alive), bool).reshape(-1)
+        for i in np.flatnonzero(now & ~flags["trained"]):
+            if int(i) in history.diverged:
+                history.diverged[int(i)].setdefault("revived", r.epoch + 1)
+        for i in np.flatnonzero(~now & flags["trained"]):  # its figures are NaN from the next epoch on
+            history.diverged[int(i)] = {
+                "epoch": r.epoch + 2,
+                "step": None,
+                "quantity": f"the state it took after epoch {r.epoch + 1} was a frozen (diverged) member's",
+            }
+        flags["before"] = now
+
+    return diverged, transferred
+
+
+def _where(pop: Population, r: Run, i: int) -> dict[str, Any]:
+    """Member ``i``'s divergence in epoch ``r.epoch``: its epoch replayed from the frozen state to name the step."""
+    values = {k: v[i] for k, v in pop.hp.items()}  # the values this epoch trained with (before any transfer)
+    objective, optimizer = pop.build(values)
+    state = jax.tree.map(lambda a: a[i], r.state)  # frozen: the state the bad epoch started from
+    key = jax.random.fold_in(pop.key, r.epoch)
+    found = guard.locate(objective, optimizer, pop.setup.plan, state, pop.setup.train, key, calls.takes_key(objective))
+    figures = {k: v[i] for k, v in r.values.items() if pop.setup.monitor.guarded(k)}
+    step, quantity, _ = guard.describe(found, figures, r.epoch, r.epochs)
+    return {"epoch": r.epoch + 1, "step": None if step is None else step + 1, "quantity": quantity}
 
 
 def _nan_at(values: Any, rows: np.ndarray) -> np.ndarray:
