@@ -3,9 +3,10 @@
 # limit), the most wanted figures first:
 #   1. the device (nvidia-smi, JAX's backend and devices),
 #   2. benchmarks/epoch_speed.py on 50,000 images (network2 skipped: it is CPU-only and slow),
-#   3. benchmarks/sweep_formulations.py at K = 2048 with the loop unrolled 1 and 8 steps: the
-#      single-model epochs (hand-written scan, jreg.fit) and the K-model ones (hand-written vmap,
-#      the same with the model axis second, jreg.sweep with vectorize "vmap" and "wide"),
+#   3. benchmarks/sweep_formulations.py at K = 2048 with the loop unrolled 8 steps: the
+#      single-model epochs (hand-written scan, jreg.fit) and the K-model ones (hand-written vmap
+#      with the model axis second, with and without the per-step loss value the guard reads,
+#      jreg.sweep with vectorize "wide" and "vmap", the plain hand-written vmap),
 #   4. the test suite's GPU-relevant subset (everything that trains or differentiates on the
 #      default backend; the sharding, CLI, download and example tests are left out: they run
 #      on CPU devices or in subprocesses), at "highest" matmul precision, since the tests
@@ -43,8 +44,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
 step device 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
     $py -c 'import jax, jaxlib, optax; print(\"jax\", jax.__version__, \"jaxlib\", jaxlib.__version__, \"optax\", optax.__version__); print(jax.default_backend(), jax.devices())'"
 step epoch_speed 80 "$py" benchmarks/epoch_speed.py --skip-network2 --epochs 5
-step sweep_formulations 170 "$py" benchmarks/sweep_formulations.py --ks 2048 --reps 2 --unrolls 1 8 \
-    --only vmap vmap-mid jreg-vmap jreg-wide
+step sweep_formulations 200 "$py" benchmarks/sweep_formulations.py --ks 2048 --reps 2 --unrolls 8 \
+    --only vmap-mid vmap-mid-loss jreg-wide jreg-vmap vmap
 # pytest-xdist spreads the compile-bound tests over the CPU cores (one process each, GPU memory
 # allocated as needed rather than 75 % each up front); without xdist the subset takes ~10 minutes.
 xdist=$("$py" -c 'import xdist' 2>/dev/null && echo "-n 12")

@@ -9,6 +9,8 @@ different λ per model, η = 0.5, mini-batch 10, the same data order for every m
 Formulations (each one jitted epoch: lax.scan over the mini-batches, params donated):
   vmap      jax.vmap(jax.grad(loss)) over stacked params (K, 784, 30): the hand-written baseline
   vmap-mid  the same vmap, with every weight matrix stored (784, K, 30): the model axis second
+  vmap-mid-loss  vmap-mid with each model's loss value computed every step and folded into one
+            finite flag per model (what jreg's divergence guard reads): the value's price at large K
   einsum    every model's layers as one einsum over a model axis (K, 784, 30); grad of the sum of
             the K losses (the models are independent, so it is each model's own gradient)
   mid       as einsum, with the first layer stored (784, K, 30): the shared mini-batch meets all
@@ -129,6 +131,19 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int, unroll: int = 1, only=None) 
     if want("vmap-mid"):
         step = lambda ps, b: (jax.tree.map(lambda w, d: w - ETA * d, ps, grads_mid(ps, lmbdas, *b)), None)  # noqa: E731
         out["vmap-mid"] = timed(scan_epoch(x, y, step, unroll), to_mid(fresh()), reps)
+    if want("vmap-mid-loss"):
+        values_mid = jax.vmap(jax.value_and_grad(loss_one), in_axes=(mid_axes, 0, None, None), out_axes=(0, mid_axes))
+
+        def step_loss(carry, b):
+            ps, finite = carry
+            value, g = values_mid(ps, lmbdas, *b)
+            return (jax.tree.map(lambda w, d: w - ETA * d, ps, g), finite & jnp.isfinite(value)), None
+
+        @functools.partial(jax.jit, donate_argnums=0)
+        def epoch_loss(carry, key):
+            return jax.lax.scan(step_loss, carry, batches(x, y, key), unroll=unroll)[0]
+
+        out["vmap-mid-loss"] = timed(epoch_loss, (to_mid(fresh()), jnp.ones((k,), bool)), reps)
     if want("einsum"):
         out["einsum"] = timed(scan_epoch(x, y, einsum_step(False, False), unroll), fresh(), reps)
 

@@ -56,9 +56,9 @@ def program(
     the opened epoch (``feed.epoch(e)``) in place of ``train`` and runs it in
     compiled chunks.
 
-    ``unroll``: training steps per iteration of the compiled loop over mini-batches (``None``: 8 for a
-    small step, else 1, :func:`jreg.train.epoch.auto_unroll`; a stream's chunks: 1). The arithmetic is
-    the same either way.
+    ``unroll``: training steps per iteration of the compiled loop over mini-batches (``None``: on an
+    accelerator 8 for a small step, else 1, :func:`jreg.train.epoch.auto_unroll`; on a CPU and for a
+    stream's chunks 1).
     When no running loss is monitored, the steps do not keep a per-step loss series: one flag per
     model, whether every step's loss stayed finite, is what the divergence guard reads.
     """

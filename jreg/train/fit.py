@@ -16,11 +16,12 @@ from ..stopping import EarlyStopping
 from . import calls, checkpointing, config, engine, guard, mesh
 from . import early_stopping as stopping_hooks
 from .config import EMA, Checkpointing, DataParallel, Evaluation
+from .epoch import check_unroll
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .setup import Setup, check_checkpointing, prepare
 from .state import TrainState, copy
-from .validate import check_loop_args, check_unroll
+from .validate import check_loop_args
 
 
 def fit(
@@ -122,13 +123,20 @@ def fit(
             ``returned`` fit returns it instead of the live params. It is
             checked for divergence, checkpointed and resumed bit for bit.
         unroll: training steps per iteration of the compiled loop over
-            mini-batches (``lax.scan``'s ``unroll``). ``None`` (default): 8
-            when one step is small (at most 400 operations, e.g. an MLP) and
-            an epoch has at least 16 steps, else 1. The arithmetic is the same
-            either way (bit-identical on a CPU, tested); unrolling cuts the
-            loop's per-step cost, which dominates tiny models (on a GPU a
-            step of [784, 30, 10] takes a few microseconds), and a large
-            value only lengthens compilation. Pass 1 to turn it off.
+            mini-batches (``lax.scan``'s ``unroll``, 1 to 64). ``None``
+            (default): on a GPU or TPU 8 when one step is small (at most 400
+            operations, e.g. an MLP) and an epoch has at least 16 steps, else
+            1; on a CPU 1. Unrolling cuts the loop's per-step cost, which
+            dominates tiny models on a GPU ([784, 30, 10]: 14-20 % of an
+            epoch, docs/benchmarks.md); a larger value only lengthens
+            compilation. The arithmetic of each step is the same, but XLA
+            may fuse an unrolled body's running averages (an EMA of the
+            params, BatchNorm statistics) differently, so those can differ
+            in the last bits from ``unroll=1`` (plain SGD or Adam on a CPU
+            stays bit-identical, tested); resume a run with the ``unroll``
+            it was saved with to continue it bit for bit. A stream's chunks
+            are unrolled only when ``unroll`` is given (a streamed epoch is
+            bound by the host feeding it).
         **legacy: the older keywords ``checkpoint_dir``, ``checkpoint_every``,
             ``keep`` (:class:`jreg.Checkpointing`) and ``mesh``, ``data_axis``,
             ``param_specs`` (:class:`jreg.DataParallel`) still work.

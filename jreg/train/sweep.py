@@ -19,12 +19,13 @@ from . import calls, checkpointing, guard, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
 from .config import EMA, Checkpointing, ModelParallel, as_ema, check_decay
 from .engine import VECTORIZE, Build, program
+from .epoch import check_unroll
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .setup import Setup, check_checkpointing, prepare
 from .state import TrainState
 from .sweep_stopping import SweepStopper
-from .validate import check_loop_args, check_unroll
+from .validate import check_loop_args
 
 
 def check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:

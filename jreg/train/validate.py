@@ -181,8 +181,3 @@ def are_classes(targets: Any, outputs: jax.ShapeDtypeStruct | None) -> bool:
         return False
     y = np.asarray(targets, np.float64)
     return bool(np.all((y >= 0) & (y <= 1)) and np.allclose(y.sum(axis=-1), 1.0, atol=1e-3))
-
-
-def check_unroll(unroll: Any) -> int | None:
-    """``unroll`` (training steps per iteration of the compiled loop): ``None`` or a positive int."""
-    return None if unroll is None else check_positive_int(unroll, "unroll")
