@@ -1,0 +1,152 @@
+"""Issue 14's CPU speed targets, measured side by side in one run, interleaved round by round.
+
+    JREG_DATA_DIR=/path/to/mnist python benchmarks/cpu_targets.py [--n 20000] [--k 64] [--rounds 3]
+
+Workload of the issue: [784, 30, 10] sigmoid, cross-entropy, l2(λ/n), η = 0.5, mini-batch 10, the same
+data order for every model, the first N MNIST training images. Each round times, one after the other:
+
+  hand-scan     one model, a hand-written jitted epoch (lax.scan, donated params; benchmarks/epoch_speed.py)
+  fit/u1, fit/u8        jreg.fit(monitor=()), unroll=1 and unroll=8
+  hand-vmap     K models, a hand-written jitted epoch (jax.vmap of the gradient inside lax.scan;
+                benchmarks/sweep_scaling.py)
+  sweep-vmap/u1, sweep-vmap/u8, sweep-wide/u8   jreg.sweep(monitor=()), K models
+
+jreg's epochs are timed between two ``callback`` calls (after compilation and the first epoch), the
+hand-written ones around each warm call; each figure is the minimum over a round's epochs. Prints the
+per-round figures and the targets' ratios (minimum over rounds and median of the per-round ratios):
+sweep ms per model-epoch / fit epoch (target <= 0.5), sweep / hand-vmap (<= 0.8), fit / hand-scan (<= 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jreg
+
+sys.path.insert(0, str(Path(__file__).parent))
+import epoch_speed  # noqa: E402
+import sweep_scaling  # noqa: E402
+
+ETA = 0.5
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20_000)
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement")
+    args = ap.parse_args()
+    train, _, _ = jreg.data.load_mnist(download=False)
+    x, y = jnp.asarray(train.x[: args.n]), jnp.asarray(train.y[: args.n])
+    n, k = x.shape[0], args.k
+    model = jreg.mlp([784, 30, 10])
+    params = model.init(jax.random.key(0))
+    lmbdas = np.linspace(0, 5, k)
+    epoch_speed.N = n  # the hand-written single-model loss reads the module's N for its l2(λ/n)
+    hand = epoch_speed.hand_jax_epoch_fn()
+
+    def hand_scan() -> float:
+        p = jax.tree.map(jnp.array, params)
+        p = jax.block_until_ready(hand(p, x, y, jax.random.key(0)))
+        times = []
+        for e in range(args.epochs):
+            t = time.perf_counter()
+            p = jax.block_until_ready(hand(p, x, y, jax.random.key(e + 1)))
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    def between_epochs(run) -> float:
+        stamps: list[float] = []
+        run(lambda *a: stamps.append(time.perf_counter()))
+        return float(np.diff(stamps).min())
+
+    def fit(unroll: int) -> float:
+        obj = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(5.0 / n))
+        return between_epochs(
+            lambda cb: jreg.fit(
+                obj,
+                optax.sgd(ETA),
+                params,
+                (x, y),
+                epochs=args.epochs + 1,
+                batch_size=10,
+                key=jax.random.key(1),
+                monitor=(),
+                unroll=unroll,
+                callback=cb,
+            )
+        )
+
+    def build(hp):
+        return jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"] / n)), optax.sgd(
+            ETA
+        )
+
+    def sweep(vectorize: str, unroll: int) -> float:
+        return between_epochs(
+            lambda cb: jreg.sweep(
+                build,
+                params,
+                (x, y),
+                hparams={"lmbda": lmbdas},
+                epochs=args.epochs + 1,
+                batch_size=10,
+                key=jax.random.key(1),
+                monitor=(),
+                vectorize=vectorize,
+                unroll=unroll,
+                callback=cb,
+            )
+        )
+
+    def hand_vmap() -> float:
+        return sweep_scaling.hand_seconds(params, x, y, k, args.epochs)[1]  # median of warm epochs
+
+    runs = {
+        "hand-scan": hand_scan,
+        "fit/u1": lambda: fit(1),
+        "fit/u8": lambda: fit(8),
+        "hand-vmap": hand_vmap,
+        "sweep-vmap/u1": lambda: sweep("vmap", 1),
+        "sweep-vmap/u8": lambda: sweep("vmap", 8),
+        "sweep-wide/u8": lambda: sweep("wide", 8),
+    }
+    print(f"[784, 30, 10], batch 10, {n} images, K = {k}; jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(args.rounds):
+        for name, run in runs.items():
+            seconds[name].append(run())
+        print(f"round {r + 1}: " + ", ".join(f"{name} {s[-1]:.4f}" for name, s in seconds.items()), flush=True)
+
+    def per_model(name: str) -> list[float]:
+        return [s / k if name.startswith(("sweep", "hand-vmap")) else s for s in seconds[name]]
+
+    def ratio(a: str, b: str) -> str:
+        per_round = [u / v for u, v in zip(per_model(a), per_model(b))]
+        return f"{min(per_model(a)) / min(per_model(b)):.3f} (median of rounds {statistics.median(per_round):.3f})"
+
+    print("seconds per epoch (min over rounds; sweeps and hand-vmap: ms per model-epoch):")
+    for name in runs:
+        scale = 1000 if name.startswith(("sweep", "hand-vmap")) else 1
+        unit = "ms / model-epoch" if scale == 1000 else "s / epoch"
+        print(f"  {name:>14}: {scale * min(per_model(name)):.4f} {unit}")
+    for fit_name in ("fit/u1", "fit/u8"):
+        print(f"{fit_name} / hand-scan (target <= 0.8): {ratio(fit_name, 'hand-scan')}")
+    for sweep_name in ("sweep-vmap/u1", "sweep-vmap/u8", "sweep-wide/u8"):
+        print(f"{sweep_name} per model / hand-vmap (target <= 0.8): {ratio(sweep_name, 'hand-vmap')}")
+        for fit_name in ("fit/u1", "fit/u8"):
+            print(f"{sweep_name} per model / {fit_name} epoch (target <= 0.5): {ratio(sweep_name, fit_name)}")
+
+
+if __name__ == "__main__":
+    main()
