@@ -70,22 +70,19 @@ def main() -> None:
         run(lambda *a: stamps.append(time.perf_counter()))
         return float(np.diff(stamps).min())
 
+    def loop_options(unroll: int, callback) -> dict:
+        return dict(
+            epochs=args.epochs + 1,
+            batch_size=10,
+            key=jax.random.key(1),
+            monitor=(),
+            unroll=unroll,
+            callback=callback,
+        )
+
     def fit(unroll: int) -> float:
         obj = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(5.0 / n))
-        return between_epochs(
-            lambda cb: jreg.fit(
-                obj,
-                optax.sgd(ETA),
-                params,
-                (x, y),
-                epochs=args.epochs + 1,
-                batch_size=10,
-                key=jax.random.key(1),
-                monitor=(),
-                unroll=unroll,
-                callback=cb,
-            )
-        )
+        return between_epochs(lambda cb: jreg.fit(obj, optax.sgd(ETA), params, (x, y), **loop_options(unroll, cb)))
 
     def build(hp):
         return jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"] / n)), optax.sgd(
@@ -93,19 +90,10 @@ def main() -> None:
         )
 
     def sweep(vectorize: str, unroll: int) -> float:
+        hparams = {"lmbda": lmbdas}
         return between_epochs(
             lambda cb: jreg.sweep(
-                build,
-                params,
-                (x, y),
-                hparams={"lmbda": lmbdas},
-                epochs=args.epochs + 1,
-                batch_size=10,
-                key=jax.random.key(1),
-                monitor=(),
-                vectorize=vectorize,
-                unroll=unroll,
-                callback=cb,
+                build, params, (x, y), hparams=hparams, vectorize=vectorize, **loop_options(unroll, cb)
             )
         )
 
