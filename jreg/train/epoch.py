@@ -61,8 +61,9 @@ def run_epoch(
     ``finite_only``: no per-step series; the epoch's metrics are ``{"finite": b}``, whether every step's
     loss was finite (one boolean per model carried through the scan: what the divergence guard needs when
     no running loss is monitored, without writing a value per step).
-    ``unroll``: steps per iteration of the scan's loop (``lax.scan``'s ``unroll``: the same arithmetic,
-    fewer loop iterations); ``None`` picks it from the step's size (:func:`auto_unroll`).
+    ``unroll``: steps per iteration of the scan's loop (``lax.scan``'s ``unroll``: the same operations per
+    step in fewer loop iterations, though XLA may fuse running averages across the unrolled steps and round
+    them differently); ``None`` picks it from the backend and the step's size (:func:`auto_unroll`).
     """
     full, rest = plan.order(key)
     keys = plan.step_keys(key) if keyed else None
