@@ -32,13 +32,13 @@ import numpy as np
 
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
-from . import calls, guard, stream
+from . import calls, stream
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs
 from .setup import Setup
 from .state import TrainState
-from .sweep import check_hparams, default_vectorize, prepare_models
+from .sweep import check_hparams, default_vectorize, locate_member, prepare_models
 from .validate import check_loop_args
 
 
@@ -203,7 +203,8 @@ def _divergence(pop: Population) -> tuple[Hook, Hook]:
         history: SweepHistory = r.history  # type: ignore[assignment]
         flags["trained"] = np.asarray(jax.device_get(r.alive), bool).reshape(-1)  # frozen by the engine or not
         for i in np.flatnonzero(flags["before"] & ~flags["trained"]):  # a frozen member's epochs stay non-finite
-            history.diverged[int(i)] = _where(pop, r, int(i))
+            values = {k: v[i] for k, v in pop.hp.items()}  # the values this epoch trained with (before any transfer)
+            history.diverged[int(i)] = locate_member(pop.build, values, pop.setup, r, int(i), pop.key)[0]
 
     def transferred(r: Run) -> None:
         history: SweepHistory = r.history  # type: ignore[assignment]
@@ -220,18 +221,6 @@ def _divergence(pop: Population) -> tuple[Hook, Hook]:
         flags["before"] = now
 
     return diverged, transferred
-
-
-def _where(pop: Population, r: Run, i: int) -> dict[str, Any]:
-    """Member ``i``'s divergence in epoch ``r.epoch``: its epoch replayed from the frozen state to name the step."""
-    values = {k: v[i] for k, v in pop.hp.items()}  # the values this epoch trained with (before any transfer)
-    objective, optimizer = pop.build(values)
-    state = jax.tree.map(lambda a: a[i], r.state)  # frozen: the state the bad epoch started from
-    key = jax.random.fold_in(pop.key, r.epoch)
-    found = guard.locate(objective, optimizer, pop.setup.plan, state, pop.setup.train, key, calls.takes_key(objective))
-    figures = {k: v[i] for k, v in r.values.items() if pop.setup.monitor.guarded(k)}
-    step, quantity, _ = guard.describe(found, figures, r.epoch, r.epochs)
-    return {"epoch": r.epoch + 1, "step": None if step is None else step + 1, "quantity": quantity}
 
 
 def _nan_at(values: Any, rows: np.ndarray) -> np.ndarray:

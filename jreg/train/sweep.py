@@ -501,6 +501,27 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
     return loaded, alive, resumed.epoch, resumed.run
 
 
+def locate_member(
+    build: Build, values: dict[str, Any], setup: Setup, run: Run, i: int, key: Any, ema: EMA | None = None
+) -> tuple[dict[str, Any], Any]:
+    """``(record, found)`` for member ``i`` of ``run``, which diverged in epoch ``run.epoch`` training with the
+    hyperparameters ``values``: its epoch replayed from the frozen state (the state that epoch started from) to
+    name the step, and the record ``{"epoch", "step", "quantity"}`` (1-based) that ``history.diverged`` keeps;
+    ``found`` is :func:`jreg.train.guard.locate`'s result (None when no step went bad)."""
+    objective, optimizer = build(values)
+    if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
+        found = setup.feed.found.get(int(i))
+    else:
+        decay = None if ema is None else ema.decay_of(values)
+        state = jax.tree.map(lambda a: a[i], run.state)
+        epoch_key = jax.random.fold_in(key, run.epoch)
+        keyed = calls.takes_key(objective)
+        found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
+    figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
+    step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
+    return {"epoch": run.epoch + 1, "step": None if step is None else step + 1, "quantity": quantity}, found
+
+
 def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any, ema: EMA | None = None) -> Hook:
     """Record each newly diverged model (replaying its epoch to name the step) and blank its figures with NaN."""
 
@@ -510,23 +531,9 @@ def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: 
         for i in np.flatnonzero(~ok):
             if int(i) in history.diverged:
                 continue
-            values = {k: v[i] for k, v in hp.items()}
-            objective, optimizer = build(values)
-            decay = None if ema is None else ema.decay_of(values)
-            state = jax.tree.map(lambda a, i=i: a[i], run.state)  # frozen: the state the bad epoch started from
-            epoch_key = jax.random.fold_in(key, run.epoch)
-            keyed = calls.takes_key(objective)
-            if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
-                found = setup.feed.found.get(int(i))
-            else:
-                found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
-            figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
-            step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
-            history.diverged[int(i)] = {
-                "epoch": run.epoch + 1,
-                "step": None if step is None else step + 1,
-                "quantity": quantity,
-            }
+            history.diverged[int(i)], found = locate_member(
+                build, {k: v[i] for k, v in hp.items()}, setup, run, i, key, ema
+            )
             if found is not None:  # frozen at the last finite state, as fit's DivergenceError holds it
                 run.state = jax.tree.map(lambda a, b, i=i: a.at[i].set(b), run.state, found[2])
         dead = sorted(history.diverged)
