@@ -8,7 +8,8 @@ objectives and training work on any params pytree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -132,6 +133,10 @@ def mlp(
             params.append({"w": jnp.asarray(w, dtype), "b": jnp.asarray(b, dtype)})
         return params
 
+    # without a policy the layers may take the weight gradient as aᵀ·g (a "wide" sweep, see _dense); with one,
+    # mixed_precision's loss scaling differentiates apply in forward mode, which that rule does not support
+    matmul = _dense if policy is None else _plain_matmul
+
     # with both rates concretely 0 a key changes nothing: skip the key split (and the dropout calls' work)
     stochastic = not all(is_concrete(r) and float(np.asarray(r)) == 0.0 for r in (drop_rate, input_drop_rate))
 
@@ -145,7 +150,7 @@ def mlp(
         hidden = []
         last = len(params) - 1
         for layer, p in enumerate(params):
-            z = a @ p["w"] + p["b"]
+            z = matmul(a, p["w"]) + p["b"]
             if layer < last:
                 a = activation(z)
                 hidden.append(a)
@@ -156,6 +161,83 @@ def mlp(
 
     # One compiled program instead of one compile per eager op (about 1 s saved on first use).
     return Model(jax.jit(init_fn), apply_fn if policy is None else mixed_precision(apply_fn, policy))
+
+
+def _left_product_state() -> Any:
+    """A JAX config state (part of every trace and jit cache key), or ``None`` where this JAX has no such API.
+
+    A trace-time switch must be part of the cache keys: a jitted function traced outside the context (a user's
+    ``jax.jit(model.apply)``) must not be reused inside it, nor the other way round, or results would depend
+    on what ran before. ``jax._src.config.bool_state`` is not public; without it the rule is never used
+    (``"wide"`` sweeps then take JAX's own rule: slower on a CPU, the same results up to rounding).
+    """
+    try:
+        from jax._src import config as jax_config
+
+        return jax_config.bool_state(
+            "jreg_left_product_weight_gradients",
+            False,
+            "jreg (internal): jreg's dense layers take the weight gradient of a @ w as aT @ g while tracing",
+            include_in_jit_key=True,
+            include_in_trace_context=True,
+        )
+    except Exception:  # another JAX's private API: go without the rule
+        return None
+
+
+_LEFT_PRODUCTS = _left_product_state()
+
+
+@contextlib.contextmanager
+def left_product_weight_gradients() -> Iterator[None]:
+    """While tracing inside this context, jreg's dense layers take the gradient of ``a @ w`` for ``w`` as
+    ``aᵀ · g`` (a custom VJP) instead of JAX's ``transpose(gᵀ · a)``.
+
+    Used by ``jreg.sweep(vectorize="wide")``, whose weights are carried with the model axis second,
+    ``(n_in, K, n_out)``: vmapped over the K models, ``aᵀ · g`` is one matmul whose output already has that
+    layout, while JAX's rule makes a ``(K·n_out, n_in)`` product that the update then reads transposed
+    (on a CPU that transposed read cost more than the matmul itself). The values are the same products,
+    summed in another order (last bits). Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) cannot
+    go through a custom VJP: the caller retraces without this context when it meets one. The switch is part
+    of JAX's trace and jit cache keys, so no trace made inside is reused outside, nor the other way round.
+    """
+    if _LEFT_PRODUCTS is None:
+        yield
+        return
+    with _LEFT_PRODUCTS(True):
+        yield
+
+
+def _left_products_on() -> bool:
+    return _LEFT_PRODUCTS is not None and bool(_LEFT_PRODUCTS.value)
+
+
+def _plain_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
+    return a @ w
+
+
+def _dense(a: jax.Array, w: jax.Array) -> jax.Array:
+    """``a @ w``; under :func:`left_product_weight_gradients`, with the weight gradient ``aᵀ · g``."""
+    return _left_product_matmul(a, w) if _left_products_on() else a @ w
+
+
+@jax.custom_vjp
+def _left_product_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
+    return a @ w
+
+
+def _left_product_fwd(a: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return a @ w, (a, w)
+
+
+def _left_product_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    a, w = res
+    rows = a.reshape(-1, a.shape[-1])  # one example (n_in,) is one row: its gradient is an outer product
+    dw = rows.T @ g.reshape(-1, g.shape[-1])
+    return (g @ w.T).astype(a.dtype), dw.astype(w.dtype)
+
+
+_left_product_matmul.defvjp(_left_product_fwd, _left_product_bwd)
 
 
 def _check_mlp_input(params: Params, x: Any, sizes: tuple[int, ...]) -> None:

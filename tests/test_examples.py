@@ -103,3 +103,14 @@ def test_haiku_adapter_with_dropout_and_batchnorm():
     out = load("haiku_mlp").main(["--quick"])
     assert "linear" in out["params"] and out["model_state"]
     assert 0.2 < out["history"].evaluation_accuracy[-1] <= 1.0
+
+
+def test_sweep_grid_trains_each_grid_point_in_one_wide_sweep(capsys):
+    out = load("sweep_grid").main(["--quick"])
+    history, grid = out["history"], out["grid"]
+    assert history.models == 4 and len(grid["lmbda"]) == 4
+    accuracy = history["evaluation_accuracy"]
+    assert accuracy.shape == (4, 3) and np.all(np.isfinite(accuracy))
+    assert out["best"] == int(np.argmax(np.nanmax(accuracy, axis=1)))
+    assert all(leaf.shape[0] == 4 for leaf in jax.tree.leaves(out["params"]))
+    assert "best: λ =" in capsys.readouterr().out

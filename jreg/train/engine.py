@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..nn import left_product_weight_gradients
 from . import calls, guard, stream
 from .config import EMA
 from .epoch import run_epoch
@@ -88,7 +89,15 @@ def program(
         keyed = calls.takes_key(build(jax.tree.map(lambda v: v[0], hp))[0])
 
         def grad_one(h, s, batch, k):
-            return gradient_fn(build(h)[0], with_value=True)(s, batch, k)
+            grad = gradient_fn(build(h)[0], with_value=True)
+            try:
+                # jreg's dense layers then give each weight gradient as aᵀ·g: vmapped, one matmul whose output
+                # is already in the carry's (n_in, K, n_out) layout (JAX's own rule leaves it transposed)
+                with left_product_weight_gradients():
+                    return grad(s, batch, k)
+            except Exception:  # noqa: BLE001 - e.g. forward-mode autodiff through the model, which a custom
+                pass  # VJP cannot take (a jax.jvp in the user's loss): trace again with JAX's rule; a genuine
+            return grad(s, batch, k)  # error comes back from this second trace
 
         def apply_one(h, s, grads, model_state):
             decay = None if ema is None else ema.decay_of(h)

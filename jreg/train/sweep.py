@@ -210,10 +210,14 @@ def sweep(
             the weight gradient is one GEMM (on an H200 a hand-written epoch
             in that layout is 1.37-1.47x faster than the ``vmap`` one at
             K >= 1024: docs/benchmarks.md; results equal ``"vmap"``'s up to
-            float reassociation; not with ``parallel``). ``"wide"`` is opt-in:
-            on an H200 at K = 2048 it took 0.90 ms per model-epoch against
-            1.15 for ``"vmap"``; on a CPU it is about as fast as ``"vmap"``
-            (1.06x at K = 64). The per-epoch evaluations are
+            float reassociation; not with ``parallel``). There jreg's own
+            layers (:func:`jreg.mlp` without a mixed-precision policy) take
+            each weight gradient as ``aᵀ·g``, one matmul whose output is
+            already in that layout. ``"wide"`` is opt-in (its results differ
+            from ``"vmap"``'s in the last bits): on a 2-core CPU at K = 64 it
+            took 31-36 ms per model-epoch against 45-53 for ``"vmap"``, and
+            is faster from K = 4 on; on an H200 at K = 2048, before the
+            ``aᵀ·g`` gradients, 0.90 ms against 1.15. The per-epoch evaluations are
             batched either way. ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3,
             ``"vmap"`` otherwise (measured crossover: docs/benchmarks.md).
         evaluation: held-out data, or a :class:`jreg.Evaluation` (metrics,
