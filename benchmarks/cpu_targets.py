@@ -9,7 +9,7 @@ data order for every model, the first N MNIST training images. Each round times,
   fit/u1, fit/u8        jreg.fit(monitor=()), unroll=1 and unroll=8
   hand-vmap     K models, a hand-written jitted epoch (jax.vmap of the gradient inside lax.scan;
                 benchmarks/sweep_scaling.py)
-  sweep-vmap/u1, sweep-vmap/u8, sweep-wide/u8   jreg.sweep(monitor=()), K models
+  sweep-vmap/u1, sweep-vmap/u8, sweep-wide/u1, sweep-wide/u8   jreg.sweep(monitor=()), K models
 
 jreg's epochs are timed between two ``callback`` calls (after compilation and the first epoch), the
 hand-written ones around each warm call; each figure is the minimum over a round's epochs. Prints the
@@ -107,6 +107,7 @@ def main() -> None:
         "hand-vmap": hand_vmap,
         "sweep-vmap/u1": lambda: sweep("vmap", 1),
         "sweep-vmap/u8": lambda: sweep("vmap", 8),
+        "sweep-wide/u1": lambda: sweep("wide", 1),
         "sweep-wide/u8": lambda: sweep("wide", 8),
     }
     print(f"[784, 30, 10], batch 10, {n} images, K = {k}; jax {jax.__version__} on {jax.devices()[0].device_kind}")
@@ -130,7 +131,7 @@ def main() -> None:
         print(f"  {name:>14}: {scale * min(per_model(name)):.4f} {unit}")
     for fit_name in ("fit/u1", "fit/u8"):
         print(f"{fit_name} / hand-scan (target <= 0.8): {ratio(fit_name, 'hand-scan')}")
-    for sweep_name in ("sweep-vmap/u1", "sweep-vmap/u8", "sweep-wide/u8"):
+    for sweep_name in ("sweep-vmap/u1", "sweep-vmap/u8", "sweep-wide/u1", "sweep-wide/u8"):
         print(f"{sweep_name} per model / hand-vmap (target <= 0.8): {ratio(sweep_name, 'hand-vmap')}")
         for fit_name in ("fit/u1", "fit/u8"):
             print(f"{sweep_name} per model / {fit_name} epoch (target <= 0.5): {ratio(sweep_name, fit_name)}")

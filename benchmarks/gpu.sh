@@ -5,8 +5,9 @@
 #   2. benchmarks/epoch_speed.py on 50,000 images (network2 skipped: it is CPU-only and slow),
 #   3. benchmarks/sweep_formulations.py at K = 2048 with the loop unrolled 8 steps: the
 #      single-model epochs (hand-written scan, jreg.fit) and the K-model ones (hand-written vmap
-#      with the model axis second, with and without the per-step loss value the guard reads,
-#      jreg.sweep with vectorize "wide" and "vmap", the plain hand-written vmap),
+#      with the model axis second, with and without the per-step loss value the guard reads, and
+#      with the weight gradients taken as aᵀ·g; jreg.sweep with vectorize "wide" and "vmap", the
+#      plain hand-written vmap),
 #   4. the test suite's GPU-relevant subset (everything that trains or differentiates on the
 #      default backend; the sharding, CLI, download and example tests are left out: they run
 #      on CPU devices or in subprocesses), at "highest" matmul precision, since the tests
@@ -45,7 +46,7 @@ step device 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,
     $py -c 'import jax, jaxlib, optax; print(\"jax\", jax.__version__, \"jaxlib\", jaxlib.__version__, \"optax\", optax.__version__); print(jax.default_backend(), jax.devices())'"
 step epoch_speed 80 "$py" benchmarks/epoch_speed.py --skip-network2 --epochs 5
 step sweep_formulations 200 "$py" benchmarks/sweep_formulations.py --ks 2048 --reps 2 --unrolls 8 \
-    --only vmap-mid vmap-mid-loss jreg-wide jreg-vmap vmap
+    --only vmap-mid vmap-mid-left vmap-mid-loss jreg-wide jreg-vmap vmap
 # pytest-xdist spreads the compile-bound tests over the CPU cores (one process each, GPU memory
 # allocated as needed rather than 75 % each up front); without xdist the subset takes ~10 minutes.
 xdist=$("$py" -c 'import xdist' 2>/dev/null && echo "-n 12")
@@ -54,7 +55,7 @@ JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false step te
     tests/test_identities.py tests/test_train.py tests/test_sweep.py tests/test_evaluate.py \
     tests/test_model_state.py tests/test_early_stopping.py tests/test_checkpoint.py \
     tests/test_stream.py tests/test_sweep_stopping.py tests/test_sweep_checkpoint.py tests/test_precision.py \
-    tests/test_frameworks.py tests/test_path.py tests/test_pbt.py
+    tests/test_frameworks.py tests/test_path.py tests/test_pbt.py tests/test_wide_gradients.py
 step sweep_scaling 130 "$py" benchmarks/sweep_scaling.py --ks 64 256 1024 2048 --n 50000 --epochs 2 \
     --vectorize vmap --hand
 step stream_speed 60 "$py" benchmarks/stream_speed.py --reps 3 --chunks 64,256 --tiled

@@ -9,6 +9,8 @@ different λ per model, η = 0.5, mini-batch 10, the same data order for every m
 Formulations (each one jitted epoch: lax.scan over the mini-batches, params donated):
   vmap      jax.vmap(jax.grad(loss)) over stacked params (K, 784, 30): the hand-written baseline
   vmap-mid  the same vmap, with every weight matrix stored (784, K, 30): the model axis second
+  vmap-mid-left  vmap-mid whose matmuls take the weight gradient as aᵀ·g (a custom VJP, what jreg's
+            "wide" sweep does with jreg.mlp): one GEMM whose output is already in the (784, K·30) layout
   vmap-mid-loss  vmap-mid with each model's loss value computed every step and folded into one
             finite flag per model (what jreg's divergence guard reads): the value's price at large K
   einsum    every model's layers as one einsum over a model axis (K, 784, 30); grad of the sum of
@@ -131,6 +133,21 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int, unroll: int = 1, only=None) 
     if want("vmap-mid"):
         step = lambda ps, b: (jax.tree.map(lambda w, d: w - ETA * d, ps, grads_mid(ps, lmbdas, *b)), None)  # noqa: E731
         out["vmap-mid"] = timed(scan_epoch(x, y, step, unroll), to_mid(fresh()), reps)
+    if want("vmap-mid-left"):
+
+        @jax.custom_vjp
+        def left(a, w):
+            return a @ w
+
+        left.defvjp(lambda a, w: (a @ w, (a, w)), lambda res, g: (g @ res[1].T, res[0].T @ g))
+
+        def loss_left(p, lmbda, xb, yb):
+            z = left(jax.nn.sigmoid(left(xb, p[0]["w"]) + p[0]["b"]), p[1]["w"]) + p[1]["b"]
+            return xent(z, yb) + 0.5 * lmbda / n * (jnp.sum(p[0]["w"] ** 2) + jnp.sum(p[1]["w"] ** 2))
+
+        grads_left = jax.vmap(jax.grad(loss_left), in_axes=(mid_axes, 0, None, None), out_axes=mid_axes)
+        step = lambda ps, b: (jax.tree.map(lambda w, d: w - ETA * d, ps, grads_left(ps, lmbdas, *b)), None)  # noqa: E731
+        out["vmap-mid-left"] = timed(scan_epoch(x, y, step, unroll), to_mid(fresh()), reps)
     if want("vmap-mid-loss"):
         values_mid = jax.vmap(jax.value_and_grad(loss_one), in_axes=(mid_axes, 0, None, None), out_axes=(0, mid_axes))
 
