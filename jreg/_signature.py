@@ -7,14 +7,17 @@ module, which would then receive a ``key`` it never asked for).
 
 from __future__ import annotations
 
-import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+# Weakly keyed: a function built inside a traced program (an objective closing over a sweep's traced
+# hyperparameters) must not be kept alive by this cache, or the tracers it closes over leak.
+_CACHE: weakref.WeakKeyDictionary[Callable[..., Any], frozenset[str]] = weakref.WeakKeyDictionary()
 
-@functools.lru_cache(maxsize=512)
-def _kwargs_of(fn: Callable[..., Any]) -> frozenset[str]:
+
+def _parameters(fn: Callable[..., Any]) -> frozenset[str]:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin or C callable without a signature: positional use only
@@ -22,12 +25,22 @@ def _kwargs_of(fn: Callable[..., Any]) -> frozenset[str]:
     return frozenset(n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
+def _kwargs_of(fn: Callable[..., Any]) -> frozenset[str]:
+    try:
+        return _CACHE[fn]
+    except (KeyError, TypeError):  # not seen yet, or not weakly referenceable / hashable
+        pass
+    names = _parameters(fn)
+    try:
+        _CACHE[fn] = names
+    except TypeError:  # not weakly referenceable (a builtin) or unhashable: computed each time
+        pass
+    return names
+
+
 def accepts(fn: Callable[..., Any], name: str) -> bool:
     """True when ``fn`` has a parameter ``name`` that can be passed by keyword."""
-    try:
-        return name in _kwargs_of(fn)
-    except TypeError:  # an unhashable callable
-        return name in _kwargs_of.__wrapped__(fn)
+    return name in _kwargs_of(fn)
 
 
 def call(fn: Callable[..., Any], *args: Any, **optional: Any) -> Any:

@@ -9,6 +9,7 @@ objectives and training work on any params pytree.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -133,10 +134,6 @@ def mlp(
             params.append({"w": jnp.asarray(w, dtype), "b": jnp.asarray(b, dtype)})
         return params
 
-    # without a policy the layers may take the weight gradient as aᵀ·g (a "wide" sweep, see _dense); with one,
-    # mixed_precision's loss scaling differentiates apply in forward mode, which that rule does not support
-    matmul = _dense if policy is None else _plain_matmul
-
     # with both rates concretely 0 a key changes nothing: skip the key split (and the dropout calls' work)
     stochastic = not all(is_concrete(r) and float(np.asarray(r)) == 0.0 for r in (drop_rate, input_drop_rate))
 
@@ -150,7 +147,7 @@ def mlp(
         hidden = []
         last = len(params) - 1
         for layer, p in enumerate(params):
-            z = matmul(a, p["w"]) + p["b"]
+            z = _dense(a, p["w"]) + p["b"]  # a "wide" sweep's weight gradients: aᵀ·g (see _dense)
             if layer < last:
                 a = activation(z)
                 hidden.append(a)
@@ -174,18 +171,26 @@ def _left_product_state() -> Any:
     try:
         from jax._src import config as jax_config
 
-        return jax_config.bool_state(
-            "jreg_left_product_weight_gradients",
-            False,
-            "jreg (internal): jreg's dense layers take the weight gradient of a @ w as aT @ g while tracing",
-            include_in_jit_key=True,
-            include_in_trace_context=True,
-        )
+        state = jax_config.config_states.get(_LEFT_PRODUCTS_NAME)  # jreg.nn imported again (a reload)
+        if state is None:
+            state = jax_config.bool_state(
+                _LEFT_PRODUCTS_NAME,
+                False,
+                "jreg (internal): jreg's dense layers take the weight gradient of a @ w as aT @ g while tracing",
+                include_in_jit_key=True,
+                include_in_trace_context=True,
+            )
+        state.set_global(False)  # not from its environment variable: only the context turns it on
+        return state
     except Exception:  # another JAX's private API: go without the rule
         return None
 
 
+_LEFT_PRODUCTS_NAME = "jreg_left_product_weight_gradients"
 _LEFT_PRODUCTS = _left_product_state()
+# Only left_product_weight_gradients() turns the rule on: the config state alone (set globally by its
+# environment variable or jax.config.update) is not enough, so it never changes fit or a vmap sweep.
+_IN_CONTEXT = threading.local()
 
 
 @contextlib.contextmanager
@@ -197,23 +202,27 @@ def left_product_weight_gradients() -> Iterator[None]:
     ``(n_in, K, n_out)``: vmapped over the K models, ``aᵀ · g`` is one matmul whose output already has that
     layout, while JAX's rule makes a ``(K·n_out, n_in)`` product that the update then reads transposed
     (on a CPU that transposed read cost more than the matmul itself). The values are the same products,
-    summed in another order (last bits). Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) cannot
-    go through a custom VJP: the caller retraces without this context when it meets one. The switch is part
-    of JAX's trace and jit cache keys, so no trace made inside is reused outside, nor the other way round.
+    summed in another order (last bits). Reverse mode of any order goes through it (a gradient of a
+    gradient, mixed precision's loss scaling under ``jax.grad``); pure forward mode (``jax.jvp``,
+    ``jax.jacfwd``) cannot go through a custom VJP: the caller retraces without this context when it meets
+    one. A model vmapped over single examples inside the loss gets a per-example ``(n_in, n_out)`` product
+    summed afterwards (slower, same values). The switch is part of JAX's trace and jit cache keys, so no
+    trace made inside is reused outside, nor the other way round; it is per thread.
     """
     if _LEFT_PRODUCTS is None:
         yield
         return
-    with _LEFT_PRODUCTS(True):
-        yield
+    outer = getattr(_IN_CONTEXT, "on", False)
+    _IN_CONTEXT.on = True
+    try:
+        with _LEFT_PRODUCTS(True):
+            yield
+    finally:
+        _IN_CONTEXT.on = outer
 
 
 def _left_products_on() -> bool:
-    return _LEFT_PRODUCTS is not None and bool(_LEFT_PRODUCTS.value)
-
-
-def _plain_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
-    return a @ w
+    return _LEFT_PRODUCTS is not None and getattr(_IN_CONTEXT, "on", False) and bool(_LEFT_PRODUCTS.value)
 
 
 def _dense(a: jax.Array, w: jax.Array) -> jax.Array:

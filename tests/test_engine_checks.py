@@ -253,3 +253,29 @@ def test_an_optimizer_that_cannot_update_fails_before_training_named():
     needs_value = optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau())  # its update wants value=
     with pytest.raises(jreg.JregError, match=r"^optimizer: one training step fails on these params: TypeError"):
         jreg.fit(obj, needs_value, params, toy(), **KW)
+
+
+@pytest.mark.parametrize("entry", ["fit", "sweep"])
+def test_a_model_whose_gradient_fails_is_named_not_blamed_on_the_optimizer(entry):
+    """The one-step check before training: a model that runs forward but whose backward pass fails (here a
+    custom VJP with a wrongly shaped cotangent) is the objective's gradient failing, named as such with
+    JAX's message, not an optimizer that cannot update."""
+    model = jreg.mlp([6, 8, 3])
+
+    @jax.custom_vjp
+    def identity(z):
+        return z
+
+    identity.defvjp(lambda z: (z, None), lambda _, g: (g[:, :1],))
+
+    def apply(p, x, *, key=None, intermediates=False):
+        return identity(model.apply(p, x))
+
+    obj = jreg.objective(apply, jreg.losses.cross_entropy)
+    params = model.init(jax.random.key(0))
+    pattern = r"^train: the objective's gradient fails on a training mini-batch of shapes x \(10, 6\)"
+    with pytest.raises(jreg.JregError, match=pattern):
+        if entry == "fit":
+            jreg.fit(obj, optax.sgd(0.1), params, toy(), **KW)
+        else:
+            jreg.sweep(lambda hp: (obj, optax.sgd(hp["eta"])), params, toy(), hparams={"eta": [0.1, 0.2]}, **KW)

@@ -210,3 +210,21 @@ def test_wide_is_refused_with_model_parallel():
             vectorize="wide",
             parallel=jreg.ModelParallel(mesh),
         )
+
+
+@pytest.mark.parametrize("vectorize", ["vmap", "wide"])
+def test_a_sweep_leaks_no_tracer(vectorize):
+    """The objectives ``build`` makes inside the traced program (closing over traced hyperparameters) are
+    not kept alive by jreg's signature cache: ``jax.checking_leaks`` finds no leaked tracer."""
+    params = MODEL.init(jax.random.key(0))
+    with jax.checking_leaks():
+        jreg.sweep(
+            build,
+            params,
+            toy(20),
+            hparams={"lmbda": [0.0, 0.1], "eta": [0.1, 0.2]},
+            epochs=1,
+            batch_size=10,
+            key=jax.random.key(0),
+            vectorize=vectorize,
+        )

@@ -66,11 +66,37 @@ def test_the_rule_applies_only_inside_the_context_and_the_context_always_resets(
     with pytest.raises(ZeroDivisionError), nn.left_product_weight_gradients():
         _ = 1 / 0
     assert "custom_vjp" not in str(jax.make_jaxpr(_dense_loss)(a, w))
-    policy_model = jreg.mlp([3, 4], policy="bf16")  # loss scaling differentiates in forward mode: plain matmul
+    policy_model = jreg.mlp([3, 4], policy="f16")  # loss scaling's jvp: linearized and transposed under grad
     params = policy_model.init(jax.random.key(0))
     with nn.left_product_weight_gradients():
         jaxpr = jax.make_jaxpr(lambda p: jnp.sum(policy_model.apply(p, a)))(params)
-    assert "custom_vjp" not in str(jaxpr)
+    assert "custom_vjp" in str(jaxpr)
+
+
+def test_only_the_context_turns_the_rule_on():
+    """Neither the config state's environment variable nor ``jax.config.update`` on it turns the rule on
+    outside the context (it would change ``fit``'s bits and break forward mode); a reload keeps the rule."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, jax, jax.numpy as jnp, jreg\n"
+        "from jreg import nn\n"
+        "m = jreg.mlp([3, 4]); p = m.init(jax.random.key(0))\n"
+        "jax.jvp(lambda q: m.apply(q, jnp.ones((2, 3))), (p,), (p,))\n"
+        "jax.config.update('jreg_left_product_weight_gradients', True)\n"
+        "jax.jvp(lambda q: m.apply(q, jnp.ones((2, 3))), (p,), (p,))\n"
+        "jax.config.update('jreg_left_product_weight_gradients', False)\n"
+        "assert importlib.reload(nn)._LEFT_PRODUCTS is not None\n"
+        "f = lambda a, w: jnp.sum(nn._dense(a, w))\n"
+        "with nn.left_product_weight_gradients():\n"
+        "    assert 'custom_vjp' in str(jax.make_jaxpr(f)(jnp.ones((2, 3)), jnp.ones((3, 4))))\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "JREG_LEFT_PRODUCT_WEIGHT_GRADIENTS": "1", "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
 def _sweep_both(build, params, **kwargs):

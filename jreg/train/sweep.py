@@ -211,7 +211,7 @@ def sweep(
             in that layout is 1.37-1.47x faster than the ``vmap`` one at
             K >= 1024: docs/benchmarks.md; results equal ``"vmap"``'s up to
             float reassociation; not with ``parallel``). There jreg's own
-            layers (:func:`jreg.mlp` without a mixed-precision policy) take
+            layers (those of :func:`jreg.mlp`) take
             each weight gradient as ``aᵀ·g``, one matmul whose output is
             already in that layout. ``"wide"`` is opt-in (its results differ
             from ``"vmap"``'s in the last bits): on a 2-core CPU at K = 64 it

@@ -25,7 +25,7 @@ from . import calls
 from .evaluate import make_chunk
 from .inputs import leaf_labels
 from .state import TrainState
-from .step import make_update
+from .step import gradient_fn, make_update
 
 
 def check_loop_args(epochs: Any, batch_size: Any, key: Any, callback: Any) -> tuple[int, int]:
@@ -119,11 +119,21 @@ def probe_update(
     def one_step(s, b, k):
         return update(TrainState(s.params, optimizer.init(s.params), s.model_state, s.step), b, k)[0]
 
+    step_key = key if calls.takes_key(objective) else None
     try:
-        jax.eval_shape(one_step, state, batch, key if calls.takes_key(objective) else None)
+        jax.eval_shape(one_step, state, batch, step_key)
     except JregError as exc:
         raise _named(exc, "train", data) from exc
-    except Exception as exc:  # noqa: BLE001 - an optimizer that cannot update these params
+    except Exception as exc:  # noqa: BLE001 - whose fault: the gradient's (a model or loss that fails only in
+        try:  # training mode, with a key, or backward) or the optimizer's; traced again only on a failure
+            jax.eval_shape(gradient_fn(objective, with_value=False), state, batch, step_key)
+        except JregError as grad_exc:
+            raise _named(grad_exc, "train", data) from grad_exc
+        except Exception as grad_exc:  # noqa: BLE001
+            raise JregError(
+                f"train: the objective's gradient fails on a training mini-batch of shapes {_shapes(batch)}: "
+                f"{type(grad_exc).__name__}: {grad_exc}"
+            ) from grad_exc
         raise JregError(
             f"optimizer: one training step fails on these params: {type(exc).__name__}: {exc} (jreg calls "
             "optimizer.update(grads, opt_state, params); transformations that need more arguments, such as "
