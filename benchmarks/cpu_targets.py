@@ -7,6 +7,7 @@ data order for every model, the first N MNIST training images. Each round times,
 
   hand-scan     one model, a hand-written jitted epoch (lax.scan, donated params; benchmarks/epoch_speed.py)
   fit/u1, fit/u8        jreg.fit(monitor=()), unroll=1 and unroll=8
+  k1-vmap/u1, k1-vmap/u8   the same single model as jreg.sweep(vectorize="vmap") of K = 1
   hand-vmap     K models, a hand-written jitted epoch (jax.vmap of the gradient inside lax.scan;
                 benchmarks/sweep_scaling.py)
   sweep-vmap/u1, sweep-vmap/u8, sweep-wide/u1, sweep-wide/u8   jreg.sweep(monitor=()), K models
@@ -97,6 +98,12 @@ def main() -> None:
             )
         )
 
+    def sweep_one(unroll: int) -> float:  # the single model as a K = 1 vmapped sweep
+        hparams = {"lmbda": [5.0]}
+        return between_epochs(
+            lambda cb: jreg.sweep(build, params, (x, y), hparams=hparams, vectorize="vmap", **loop_options(unroll, cb))
+        )
+
     def hand_vmap() -> float:
         return sweep_scaling.hand_seconds(params, x, y, k, args.epochs)[1]  # median of warm epochs
 
@@ -104,6 +111,8 @@ def main() -> None:
         "hand-scan": hand_scan,
         "fit/u1": lambda: fit(1),
         "fit/u8": lambda: fit(8),
+        "k1-vmap/u1": lambda: sweep_one(1),
+        "k1-vmap/u8": lambda: sweep_one(8),
         "hand-vmap": hand_vmap,
         "sweep-vmap/u1": lambda: sweep("vmap", 1),
         "sweep-vmap/u8": lambda: sweep("vmap", 8),
@@ -129,7 +138,7 @@ def main() -> None:
         scale = 1000 if name.startswith(("sweep", "hand-vmap")) else 1
         unit = "ms / model-epoch" if scale == 1000 else "s / epoch"
         print(f"  {name:>14}: {scale * min(per_model(name)):.4f} {unit}")
-    for fit_name in ("fit/u1", "fit/u8"):
+    for fit_name in ("fit/u1", "fit/u8", "k1-vmap/u1", "k1-vmap/u8"):
         print(f"{fit_name} / hand-scan (target <= 0.8): {ratio(fit_name, 'hand-scan')}")
     for sweep_name in ("sweep-vmap/u1", "sweep-vmap/u8", "sweep-wide/u1", "sweep-wide/u8"):
         print(f"{sweep_name} per model / hand-vmap (target <= 0.8): {ratio(sweep_name, 'hand-vmap')}")

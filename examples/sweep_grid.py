@@ -7,7 +7,7 @@ Every model is Nielsen's network with L2 of strength λ/n and SGD with learning 
 shuffles of the embedded 1,000 MNIST training images (offline), evaluated on 1,000 test images each epoch.
 Each model stops on its own when its held-out accuracy has not improved for 10 epochs, keeping its best
 params; the others go on. ``vectorize="wide"`` carries the K models' weights with the model axis second,
-so the shared mini-batch meets all 64 first layers in one wide matmul (on a CPU about 0.7x the time of a
+so the shared mini-batch meets all 64 first layers in one wide matmul (on a CPU 0.7-0.8x the time of a
 hand-written ``jax.vmap`` sweep at K = 64: docs/benchmarks.md). Prints the best (λ, η) and, per λ, the
 best accuracy over η.
 """

@@ -215,7 +215,7 @@ def sweep(
             each weight gradient as ``aᵀ·g``, one matmul whose output is
             already in that layout. ``"wide"`` is opt-in (its results differ
             from ``"vmap"``'s in the last bits): on a 2-core CPU at K = 64 it
-            took 31-36 ms per model-epoch against 45-53 for ``"vmap"``, and
+            took 30-36 ms per model-epoch against 44-53 for ``"vmap"``, and
             is faster from K = 4 on; on an H200 at K = 2048, before the
             ``aᵀ·g`` gradients, 0.90 ms against 1.15. The per-epoch evaluations are
             batched either way. ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3,
