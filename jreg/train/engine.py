@@ -89,15 +89,18 @@ def program(
         keyed = calls.takes_key(build(jax.tree.map(lambda v: v[0], hp))[0])
 
         def grad_one(h, s, batch, k):
+            # jreg's dense layers give each weight gradient as aᵀ·g here: vmapped, one matmul whose output is
+            # already in the carry's (n_in, K, n_out) layout (JAX's own rule leaves it transposed). A trace that
+            # fails with it (forward-mode autodiff through the model, a jax.jvp in the user's loss, which a custom
+            # VJP cannot take) is traced again with JAX's rule, outside the except clause, so that a genuine error
+            # reaches the user once, unchained.
             grad = gradient_fn(build(h)[0], with_value=True)
             try:
-                # jreg's dense layers then give each weight gradient as aᵀ·g: vmapped, one matmul whose output
-                # is already in the carry's (n_in, K, n_out) layout (JAX's own rule leaves it transposed)
                 with left_product_weight_gradients():
                     return grad(s, batch, k)
-            except Exception:  # noqa: BLE001 - e.g. forward-mode autodiff through the model, which a custom
-                pass  # VJP cannot take (a jax.jvp in the user's loss): trace again with JAX's rule; a genuine
-            return grad(s, batch, k)  # error comes back from this second trace
+            except Exception:  # noqa: BLE001
+                pass
+            return grad(s, batch, k)
 
         def apply_one(h, s, grads, model_state):
             decay = None if ema is None else ema.decay_of(h)
