@@ -11,7 +11,8 @@ once per round, rounds interleaved. Groups:
            and of K = 64 stacked (64, 784, 30) matrices
   dW       the first layer's weight gradient ``xᵀ δ`` ((10, 784)ᵀ · (10, 30)) in each form XLA can be given:
            JAX's (a transposed left operand, XLA's Eigen dot), ``xᵀ`` already in memory (XNNPACK's dot),
-           and the transposed product ``δᵀ x`` (30, 784)
+           and the transposed product ``δᵀ x`` (30, 784); then the largest difference between the first two
+           (their last bits differ)
   wide     forward matmul, weight gradient and update of K = 64 first layers: stacked (64, 784, 30) einsums
            against one (784, 64·30) matrix
   epochs   (with --epochs, MNIST) a hand-written single-model epoch on 20,000 images with its params carried
@@ -130,6 +131,17 @@ def main() -> None:
         print(f"  {name:>30}: {best[name]:7.2f} µs per {'model-' if k > 1 else ''}iteration")
     for name in epochs:
         print(f"  {name:>30}: {1000 * best[name]:7.2f} ms per epoch ({args.n} images)")
+    print(f"the weight-gradient forms' largest difference (one product): {gradient_forms_differ():.3g}")
+
+
+def gradient_forms_differ() -> float:
+    """Largest |difference| between JAX's form of ``xᵀ δ`` (Eigen's dot) and the same product with ``xᵀ`` in
+    memory (XNNPACK's): the kernels sum in different orders, so their last bits differ."""
+    x = jax.random.uniform(jax.random.key(0), (10, 784))
+    d = jax.random.normal(jax.random.key(1), (10, 30))
+    eigen = jax.jit(lambda x, d: x.T @ d)(x, d)
+    xnnpack = jax.jit(lambda x, d: jax.lax.optimization_barrier(x.T) @ d)(x, d)
+    return float(jnp.max(jnp.abs(eigen - xnnpack)))
 
 
 if __name__ == "__main__":
