@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         conventions,
         data,
         frameworks,
+        hparams,
         initializers,
         io,
         losses,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         transforms,
     )
     from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
+    from .hparams import choice, grid, loguniform, sample, uniform
     from .nn import Model, mlp
     from .objective import Objective, objective
     from .optim import decoupled_weight_decay, lambda_max, proximal, shrink_perturb, unit_norm
@@ -51,6 +53,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         ModelParallel,
         Path,
         PBTResult,
+        Result,
         SweepHistory,
         TrainState,
         accuracy,
@@ -68,7 +71,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
 # ``import jreg`` imports neither JAX nor the submodules: each loads on first use, so the command line
 # (``jreg demo``) checks its arguments and output folder in a fraction of a second, before JAX loads.
 _SUBMODULES = frozenset(
-    "checkpoint conventions data frameworks initializers io losses metrics optim penalties plotting precision "
+    "checkpoint conventions data frameworks hparams initializers io losses metrics optim penalties plotting precision "
     "selectors stochastic stopping train transforms".split()
 )
 _FROM = {
@@ -77,6 +80,7 @@ _FROM = {
     **dict.fromkeys(["Objective", "objective"], "objective"),
     **dict.fromkeys(["decoupled_weight_decay", "lambda_max", "proximal", "shrink_perturb", "unit_norm"], "optim"),
     "describe": "penalties",
+    **dict.fromkeys(["choice", "grid", "loguniform", "sample", "uniform"], "hparams"),
     **dict.fromkeys(["Policy", "mixed_precision"], "precision"),
     "EarlyStopping": "stopping",
     **dict.fromkeys(["sam", "with_cutmix", "with_mixup"], "transforms"),
@@ -88,6 +92,7 @@ _FROM = {
             "EMA",
             "Evaluation",
             "History",
+            "Result",
             "SweepHistory",
             "TrainState",
             "accuracy",
@@ -194,7 +199,14 @@ __all__ = [
     "ModelParallel",
     "Path",
     "PBTResult",
+    "Result",
     "pbt",
+    "grid",
+    "sample",
+    "loguniform",
+    "uniform",
+    "choice",
+    "hparams",
     "regularization_path",
     "Stream",
 ]

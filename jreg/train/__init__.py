@@ -37,11 +37,12 @@ from .epoch import make_epoch
 from .evaluate import accuracy, total_cost
 from .fit import fit
 from .guard import DivergenceError
-from .history import History, SweepHistory
+from .history import Best, History, Records, SweepHistory
 from .monitor import EPOCH_LOSS, NETWORK2
 from .path import Path, regularization_path
 from .pbt import PBTResult, pbt
 from .plan import NOISE_SALT, PARTIAL_BATCH
+from .result import Result
 from .state import TrainState
 from .step import make_step
 from .stream import Stream
@@ -57,10 +58,13 @@ __all__ = [
     "DivergenceError",
     "EMA",
     "Evaluation",
+    "Best",
     "History",
+    "Records",
     "MONITORS",
     "NOISE_SALT",
     "PARTIAL_BATCH",
+    "Result",
     "SweepHistory",
     "TrainState",
     "VECTORIZE",

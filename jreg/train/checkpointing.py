@@ -20,6 +20,7 @@ made in one place, :func:`save_state` (and :func:`load_state` when reading).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -62,9 +63,43 @@ def numbered(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found, key=lambda item: (item[0], item[1].name))
 
 
+AUTO = "auto"
+
+
+def resolve(resume: Any, checkpoint: Checkpointing | None, where: str) -> Any:
+    """``resume`` as the run reads it: a :class:`jreg.Result` becomes its :class:`Snapshot`; ``"auto"`` becomes
+    ``checkpoint``'s folder when that holds checkpoints (a re-run of a preemptible job continues where the last
+    one stopped, after the usual checks that they are this run's) and None when it holds none (a fresh start).
+    A folder literally named ``auto`` is passed as ``"./auto"``."""
+    if hasattr(resume, "snapshot") and hasattr(resume, "history"):  # a jreg.Result
+        snapshot = resume.snapshot
+        if not isinstance(snapshot, Snapshot):
+            raise JregError(
+                f"{where}: resume={type(resume).__name__}(...) holds no run to continue (only the results of "
+                "jreg.fit and jreg.sweep do, not a member taken out with select() or a path or PBT result)"
+            )
+        return snapshot
+    if not (isinstance(resume, str) and resume == AUTO):
+        return resume
+    if checkpoint is None:
+        raise JregError(
+            f"{where}: resume='auto' resumes from the checkpoint folder when it holds checkpoints; pass "
+            "checkpoint=jreg.Checkpointing('folder') too"
+        )
+    try:
+        held = checkpoint.folder.is_dir() and bool(numbered(checkpoint.folder))
+    except OSError as exc:
+        raise JregError(f"resume='auto': cannot read the folder {checkpoint.folder} ({exc.strerror or exc})") from exc
+    return checkpoint.folder if held else None
+
+
 def check_resume(resume: Any) -> None:
-    if resume is not None and not isinstance(resume, (str, os.PathLike)):
-        raise JregTypeError(f"resume must be a checkpoint file or folder path, got {type(resume).__name__}")
+    if resume is None or isinstance(resume, Snapshot):
+        return
+    if not isinstance(resume, (str, os.PathLike)):
+        raise JregTypeError(
+            f"resume must be a jreg.Result, a checkpoint file or folder path, or 'auto', got {type(resume).__name__}"
+        )
     if resume is not None:
         check_path(resume, "resume")  # not empty, no NUL character
 
@@ -97,7 +132,7 @@ def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkp
     except OSError as exc:
         raise JregError(f"{argument}: cannot read the folder {folder} ({exc.strerror or exc})") from exc
     held += [BEST] if (folder / BEST).exists() or (folder / BEST).is_symlink() else []  # a dangling link too
-    if not held or (resume is not None and _same_folder(Path(resume), folder)):
+    if not held or (isinstance(resume, (str, os.PathLike)) and _same_folder(Path(resume), folder)):
         return
     raise JregError(
         f"{argument}: the folder {folder} already holds checkpoints ({_listing(held)}); a run never writes into "
@@ -260,26 +295,8 @@ class Writer:
         ``streamed``: the run trains on a stream (recorded as ``meta["streamed"]``; see :func:`resume`).
         ``sweep``: ``(meta, arrays)`` of a :func:`jreg.sweep` checkpoint (``meta["sweep"]`` and the arrays that
         travel beside the optimizer state; see :mod:`jreg.train.sweep_checkpoint`)."""
-        meta: dict[str, Any] = {
-            **history.checkpoint_meta(),
-            "batch_size": batch_size,
-            "global_step": None if state.step is None or np.ndim(state.step) else int(state.step),
-            "run": self.run,
-            "cost_convention": history.cost_convention,
-        }
-        if stopping_state is not None:
-            meta["early_stopping"] = stopping_state
-        if streamed:
-            meta["streamed"] = True
-        opt_state = state.opt_state
-        if state.ema is not None:  # the EMA of the params travels beside the optimizer state: (opt_state, ema)
-            meta["ema"] = dict(history.ema or {})
-            opt_state = (state.opt_state, state.ema)
-        if sweep is not None:  # a sweep's own arrays beside those: (opt_state section as fit's, arrays)
-            meta["sweep"] = sweep[0]
-            opt_state = (opt_state, sweep[1])
+        arrays, meta = payload(state, key, history, batch_size, stopping_state, streamed, self.run, sweep)
         self.clean_temps()
-        arrays = (state.params, opt_state, state.model_state)
         path = self.folder / f"ckpt-{epoch:06d}{dc.SUFFIX if dc.needed(arrays) else '.npz'}"
         self._publish(path, lambda: save_state(path, *arrays, step=epoch, key=key, meta=meta))
         mine = [p for e, p in numbered(self.folder) if e <= epoch and self.ours(p)]  # the file just written is last
@@ -291,6 +308,71 @@ class Writer:
         path = self.folder / BEST
         meta = {"best": True, "run": self.run}
         self._publish(path, lambda: ckpt.save(path, params, model_state=model_state, step=epoch, key=key, meta=meta))
+
+
+def payload(
+    state: TrainState,
+    key: Any,
+    history: History,
+    batch_size: int,
+    stopping_state: dict[str, Any] | None,
+    streamed: bool,
+    run: str,
+    sweep: tuple[dict[str, Any], Any] | None = None,
+) -> tuple[tuple[Params, Any, ModelState], dict[str, Any]]:
+    """``((params, optimizer-state section, model state), meta)``: what a checkpoint of this state holds.
+
+    The optimizer-state section is ``opt_state``, ``(opt_state, ema)`` with an EMA of the params, and
+    ``(that, sweep arrays)`` for a sweep. One function for the files :class:`Writer` saves and the
+    :class:`Snapshot` a :class:`jreg.Result` keeps, so both resume the same way."""
+    meta: dict[str, Any] = {
+        **history.checkpoint_meta(),
+        "batch_size": batch_size,
+        "global_step": None if state.step is None or np.ndim(state.step) else int(state.step),
+        "run": run,
+        "cost_convention": history.cost_convention,
+    }
+    if stopping_state is not None:
+        meta["early_stopping"] = stopping_state
+    if streamed:
+        meta["streamed"] = True
+    opt_state = state.opt_state
+    if state.ema is not None:  # the EMA of the params travels beside the optimizer state: (opt_state, ema)
+        meta["ema"] = dict(history.ema or {})
+        opt_state = (state.opt_state, state.ema)
+    if sweep is not None:  # a sweep's own arrays beside those: (opt_state section as fit's, arrays)
+        meta["sweep"] = sweep[0]
+        opt_state = (opt_state, sweep[1])
+    return (state.params, opt_state, state.model_state), meta
+
+
+class Snapshot(NamedTuple):
+    """A finished run's state in memory, as a checkpoint of its last epoch would hold it (kept by
+    :class:`jreg.Result` so that ``resume=result`` continues the run exactly as ``resume=<its checkpoint>``).
+
+    ``best``: the best epoch's ``(params, model_state)`` of a fit with ``restore_best`` (what ``best.npz`` holds
+    beside the checkpoints), else None."""
+
+    arrays: tuple[Params, Any, ModelState]
+    epoch: int
+    key: Any
+    meta: dict[str, Any]
+    best: Any = None
+
+    @classmethod
+    def take(cls, state: TrainState, epoch: int, key: Any, *args: Any, best: Any = None, **kwargs: Any) -> Snapshot:
+        """The snapshot of ``state`` after ``epoch`` epochs (the rest as :func:`payload`'s). The meta goes through
+        JSON as a file's does, so a resumed run reads exactly what it would read from the file."""
+        arrays, meta = payload(state, key, *args, **kwargs)
+        return cls(arrays, int(epoch), key, json.loads(json.dumps(meta)), best)
+
+    def checkpoint(self) -> ckpt.Checkpoint:
+        """The snapshot as :func:`jreg.load` would return its file (fresh buffers: a resumed run may donate them)."""
+        params, opt_state, model_state = jax.tree.map(jnp.array, self.arrays)
+        return ckpt.Checkpoint(params, opt_state, self.epoch, self.key, self.meta, model_state)
+
+
+IN_MEMORY = "the jreg.Result passed as resume="
 
 
 def _is_orbax(path: Path) -> bool:
@@ -335,7 +417,7 @@ class Resumed(NamedTuple):
     history: History
     stopping: Any  # the saved early-stopping state, if any
     run: str  # the run's id, carried over (a new one for a checkpoint written before run ids)
-    path: Path  # the file resumed from
+    path: Path | str  # the file resumed from (IN_MEMORY for a Result)
     meta: Any = None  # the checkpoint's meta, checked (a sweep reads its own fields there)
     sweep: Any = None  # a sweep checkpoint's own arrays (see Writer.save's ``sweep``), None for fit's
 
@@ -365,6 +447,21 @@ def _load(path: Path, template: TrainState, sweep: Any = None) -> ckpt.Checkpoin
             raise JregError(f"resume: {path} was written by jreg.fit (one model), not by jreg.sweep")
         opt_state = (opt_state, sweep(path, meta["sweep"]))
     return load_state(path, template.params, opt_state, template.model_state)
+
+
+def _from_snapshot(snapshot: Snapshot, sweep: Any) -> ckpt.Checkpoint:
+    """The in-memory run as :func:`_load` reads a file: a sweep's result only to a sweep, a fit's only to fit."""
+    meta = snapshot.meta
+    swept = "sweep" in meta
+    if swept and sweep is None:
+        raise JregError(
+            "resume: that result was returned by jreg.sweep (K models at once); continue it with jreg.sweep"
+        )
+    if sweep is not None:
+        if not swept:
+            raise JregError("resume: that result was returned by jreg.fit (one model), not by jreg.sweep")
+        sweep(IN_MEMORY, meta["sweep"])  # the checks: this sweep's K, hyperparameters and early stopping
+    return snapshot.checkpoint()
 
 
 def _newest_valid(folder: Path, template: TrainState, sweep: Any = None) -> tuple[Path, ckpt.Checkpoint]:
@@ -421,8 +518,9 @@ def resume(
     resuming run trains on a stream; a streamed run resumes only a streamed run's checkpoint and an in-memory run
     only an in-memory one (their data orders and step keys differ, so the continuation would not be the run's)."""
     check_resume(resume)
-    path = Path(resume)
-    if path.is_dir() and not _is_orbax(path):  # a folder of checkpoints, not one orbax checkpoint
+    if isinstance(resume, Snapshot):  # a Result's run, in memory: read as its last checkpoint would be
+        path, loaded = IN_MEMORY, _from_snapshot(resume, sweep)
+    elif (path := Path(resume)).is_dir() and not _is_orbax(path):  # a folder of checkpoints, not one orbax one
         path, loaded = _newest_valid(path, template, sweep)
     else:  # a file named explicitly: exactly that one, no fallback
         loaded = _load(path, template, sweep)

@@ -19,6 +19,7 @@ from .config import EMA, Checkpointing, DataParallel, Evaluation
 from .epoch import check_unroll
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
+from .result import Result
 from .setup import Setup, check_checkpointing, prepare
 from .state import TrainState, copy
 from .validate import check_loop_args
@@ -47,8 +48,8 @@ def fit(
     ema: EMA | None = None,
     unroll: int | None = None,
     **legacy: Any,
-) -> tuple[Params, History] | tuple[Params, ModelState, History]:
-    """Train for ``epochs`` epochs of shuffled mini-batches; return ``(params, history)``.
+) -> Result:
+    """Train for ``epochs`` epochs of shuffled mini-batches; return a :class:`jreg.Result`.
 
     Each epoch, and the monitoring after it, is one compiled call (see
     :func:`make_epoch`); epoch ``e`` shuffles with ``jax.random.fold_in(key, e)``,
@@ -77,8 +78,8 @@ def fit(
         evaluation: held-out data ``(x, y)`` (validation or test), or a
             :class:`jreg.Evaluation` with the data, the metrics, the
             evaluation batch size and how often to measure.
-        model_state: a stateful model's initial state (BatchNorm statistics):
-            then ``fit`` returns ``(params, model_state, history)``.
+        model_state: a stateful model's initial state (BatchNorm statistics);
+            the trained state comes back as ``result.model_state``.
         opt_state: optimizer state to continue from (default ``optimizer.init(params)``).
         monitor: which series to measure (default: all that apply: the costs
             on the training and held-out data, and each metric on both, which
@@ -99,13 +100,17 @@ def fit(
             (``ckpt-*.npz``, ``best.npz``) is refused before any work unless
             ``resume`` is that folder or a file in it, and a run deletes or
             overwrites only its own checkpoints (see docs/reliability.md).
-        resume: a checkpoint file, or a folder of them (the newest valid one
-            by epoch number is taken; a damaged newer one is skipped with a
-            :class:`jreg.JregWarning`), to continue from: ``epochs`` stays the
-            run's total, the shuffles go on from the saved epoch, and the
-            result is bit-identical on CPU to the uninterrupted run.
-            ``params`` (and ``model_state``) serve as the structure template
-            and ``key`` must be the run's key.
+        resume: the run to continue: a :class:`jreg.Result` of an earlier
+            ``fit`` (in memory: params, optimizer and model state, epoch count,
+            early-stopping and learning-rate-scale state), a checkpoint file,
+            or a folder of them (the newest valid one by epoch number is taken;
+            a damaged newer one is skipped with a :class:`jreg.JregWarning`),
+            or ``"auto"``: ``checkpoint``'s folder when it holds checkpoints, a
+            fresh start when it holds none (a preemptible job re-runs one
+            unchanged command). ``epochs`` stays the run's total, the shuffles
+            go on from the saved epoch, and the result is bit-identical on CPU
+            to the uninterrupted run. ``params`` (and ``model_state``) serve as
+            the structure template and ``key`` must be the run's key.
         early_stopping: an :class:`jreg.EarlyStopping`: stop when its
             monitored series has not improved for ``patience`` measurements, or, with
             ``lr_factor``, cut the learning rate each time and stop once it has
@@ -149,8 +154,13 @@ def fit(
     reached after the epoch, in evaluation batches (:class:`jreg.Evaluation`).
 
     Returns:
-        The trained params and a :class:`History` (the whole run's, when
-        resumed); ``(params, model_state, history)`` with ``model_state``.
+        A :class:`jreg.Result`: ``result.params``, ``result.opt_state`` (the
+        optimizer state after the last epoch), ``result.model_state`` (None
+        for a stateless model) and ``result.history`` (a :class:`History`, the
+        whole run's when resumed). ``fit(..., resume=result)`` continues it.
+        Unpacking it as jreg 0.2's ``(params, history)`` or ``(params,
+        model_state, history)`` still works for one release, with a
+        ``DeprecationWarning``.
 
     Raises:
         DivergenceError: when the params, the optimizer or model state, a
@@ -166,6 +176,7 @@ def fit(
         raise JregError(
             f"ema: EMA.decay={ema.decay!r} names a hyperparameter, which only jreg.sweep has; give fit a number"
         )
+    resume = checkpointing.resolve(resume, checkpoint, "fit")
     checkpointing.check_resume(resume)
     if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
         checkpointing.check_folder(checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint")
@@ -197,9 +208,10 @@ def fit(
         setup.feed.check_epochs(epochs - start)
     history.cost_convention = setup.monitor.cost_convention  # a resumed run's is checked to be the same
     history.ema = None if ema is None else ema.meta()  # likewise
+    finish = _finisher(key, batch_size, setup.feed is not None, writer, model_state is not None, ema)
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
         history.stopped = stopper.record(start)
-        return _result(state, stopper, model_state, history, ema)
+        return finish(state, start, stopper, history)
 
     train_data, held_out, sharding = setup.train, setup.evaluation, None
     if parallel is not None:
@@ -232,7 +244,7 @@ def fit(
 
     if stopper is not None:
         history.stopped = stopper.record(run.epoch + 1)
-    return _result(run.state, stopper, model_state, history, ema)
+    return finish(run.state, run.epoch + 1 if run.epoch >= start else start, stopper, history)
 
 
 def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema=None):
@@ -267,19 +279,36 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
         every=setup.schedule.every,
         ema=ema is not None and ema.returned,
     )
-    if resumed is not None:
+    if isinstance(resume, checkpointing.Snapshot):  # a Result: its best params are in memory
+        stopper.best = resume.best if rule.restore_best and stopper.state["best_epoch"] is not None else None
+    elif resumed is not None:
         stopper.restore(resumed.path.parent, state.params, state.model_state, run)
     return state._replace(lr_scale=stopper.lr_scale()), start, history, stopper, writer
 
 
-def _result(state: TrainState, stopper: Any, model_state: ModelState, history: History, ema: EMA | None) -> Any:
-    """``(params, history)``, or ``(params, model_state, history)`` for a stateful run; the best epoch's if kept.
+def _finisher(key: Any, batch_size: int, streamed: bool, writer: Any, stateful: bool, ema: EMA | None) -> Any:
+    """``finish(state, epochs done, stopper, history) -> Result``: the params (the best epoch's if kept, the EMA's
+    with ``EMA(returned=True)``), the optimizer and model state, and the snapshot ``resume=`` continues from."""
+    run = checkpointing.new_run() if writer is None else writer.run
 
-    ``params`` are the EMA's with ``EMA(returned=True)``."""
-    best = None if stopper is None else stopper.best
-    params = state.ema if ema is not None and ema.returned else state.params
-    params, final_state = jax.tree.map(jnp.asarray, best if best is not None else (params, state.model_state))
-    return (params, final_state, history) if model_state is not None else (params, history)
+    def finish(state: TrainState, epochs_done: int, stopper: Any, history: History) -> Result:
+        best = None if stopper is None else stopper.best
+        params = state.ema if ema is not None and ema.returned else state.params
+        params, final_state = jax.tree.map(jnp.asarray, best if best is not None else (params, state.model_state))
+        stopping = None if stopper is None else stopper.state
+        snapshot = checkpointing.Snapshot.take(
+            state, epochs_done, key, history, batch_size, stopping, streamed, run, best=best
+        )
+        return Result(
+            params=params,
+            history=history,
+            opt_state=state.opt_state,
+            model_state=final_state,
+            snapshot=snapshot,
+            stateful=stateful,
+        )
+
+    return finish
 
 
 def _divergence(objective, optimizer, setup: Setup, train, key, ema: EMA | None = None) -> Hook:

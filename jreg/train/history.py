@@ -1,14 +1,93 @@
-"""Per-epoch series of a run (:class:`History`) or of K models (:class:`SweepHistory`)."""
+"""Per-epoch series of a run (:class:`History`) or of K models (:class:`SweepHistory`).
+
+Both answer the same questions the same way: ``history[name]`` (a list for one model, ``(K, measurements)``
+for K), :meth:`History.epochs`, :meth:`History.best`, :meth:`History.summary`, Keras's ``history.history``
+dict; a sweep's per-member ``stopped`` and ``diverged`` records index like its series (an int, a negative int,
+a slice, a list or a boolean mask of members).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .. import checkpoint
+from .._errors import JregError
+
+#: the series :meth:`History.best` watches by default when no early stopping chose one, in this order
+DEFAULT_MONITORS = ("evaluation_accuracy", "evaluation_cost", "epoch_loss", "training_cost")
+
+
+def maximized(monitor: str) -> bool:
+    """Whether higher is better for series ``monitor`` (as :class:`jreg.EarlyStopping`'s ``mode="auto"``)."""
+    return "accuracy" in monitor
+
+
+class Best(NamedTuple):
+    """What :meth:`History.best` returns: per model, the best measurement of ``monitor``.
+
+    One model: ``epoch`` (1-based) and ``value`` are scalars, ``member`` is None. K models: ``epoch`` is an int
+    array ``(K,)`` (0 for a member with no finite measurement), ``value`` a float array ``(K,)`` (NaN there),
+    and ``member`` the index of the best member overall."""
+
+    epoch: Any
+    value: Any
+    monitor: str
+    maximize: bool
+    member: int | None = None
+
+
+class Records(dict):
+    """Per-member records of a sweep (``history.stopped``, ``history.diverged``): ``{member: record}``.
+
+    It is a dict of the members that have a record, and it also indexes like the series: ``records[i]`` is
+    member ``i``'s record or None (``i`` may be negative), ``records[:3]``, ``records[[0, 2]]`` and
+    ``records[mask]`` give lists of records-or-None. :meth:`mask` and :meth:`field` give arrays over all
+    members."""
+
+    def __init__(self, items: Any = (), members: Any = None):
+        super().__init__(items)
+        self._members = members  # a callable giving K, the number of members
+
+    @property
+    def members(self) -> int:
+        counted = self._members() if callable(self._members) else 0
+        return max(counted, max((int(k) + 1 for k in self), default=0))
+
+    def _index(self, i: Any) -> int:
+        k = self.members
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise JregError(f"a member index must be an int, a slice, a list or a boolean mask, got {i!r}")
+        if not -k <= int(i) < k:
+            raise IndexError(f"member {int(i)} is out of range for {k} members")
+        return int(i) % k
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [super(Records, self).get(j) for j in range(self.members)[i]]
+        if isinstance(i, (list, tuple, np.ndarray)):
+            chosen = np.asarray(i)
+            if chosen.dtype == bool:
+                if chosen.shape != (self.members,):
+                    raise JregError(f"a boolean mask of members must have shape ({self.members},), got {chosen.shape}")
+                chosen = np.flatnonzero(chosen)
+            return [self[int(j)] for j in chosen.tolist()]
+        return super().get(self._index(i))
+
+    def mask(self) -> np.ndarray:
+        """``(K,)`` bool: which members have a record."""
+        out = np.zeros(self.members, bool)
+        out[list(self)] = True
+        return out
+
+    def field(self, name: str, fill: Any = np.nan) -> np.ndarray:
+        """``(K,)`` array of each record's ``name`` (``fill`` where a member has none, or it is None)."""
+        values = [fill if (r := super(Records, self).get(j)) is None or r.get(name) is None else r[name]
+                  for j in range(self.members)]  # fmt: skip
+        return np.asarray(values)
 
 
 @dataclasses.dataclass
@@ -93,6 +172,62 @@ class History:
         """What a checkpoint's ``meta`` records of this history: ``{"history": ..., "history_epochs": ...}``."""
         return {"history": self.to_dict(), "history_epochs": self.epochs_dict()}
 
+    @property
+    def history(self) -> dict[str, list[Any]]:
+        """Keras's ``History.history``: ``{series name: [one value per measurement]}`` (for K models, a list of
+        K such lists)."""
+        return {k: np.asarray(self[k]).tolist() for k in self.series}
+
+    def _monitor(self, monitor: str | None) -> str:
+        """The series :meth:`best` watches: ``monitor``, else early stopping's, else the first of
+        :data:`DEFAULT_MONITORS` measured."""
+        if monitor is None:
+            chosen = self._stopping_monitor()
+            if chosen is None:
+                chosen = next((m for m in DEFAULT_MONITORS if m in self.series), None)
+            if chosen is None:
+                raise JregError(f"best: no series to rank by in this history (it has {sorted(self.series)}); pass "
+                                "monitor='<series>' or monitor one of " + ", ".join(DEFAULT_MONITORS))  # fmt: skip
+            return chosen
+        if monitor not in self.series:
+            raise JregError(f"best: monitor={monitor!r} was not measured; this history has {sorted(self.series)}")
+        return monitor
+
+    def _stopping_monitor(self) -> str | None:
+        stopped = self.stopped
+        return stopped.get("monitor") if isinstance(stopped, dict) else None
+
+    def best(self, monitor: str | None = None) -> Best:
+        """The best measurement of ``monitor`` (default: what early stopping watched, else the first measured of
+        evaluation accuracy, evaluation cost, ``epoch_loss``, training cost): its 1-based epoch and value;
+        higher is better for an accuracy, lower otherwise. NaN measurements (a stopped or diverged member's)
+        never count."""
+        monitor = self._monitor(monitor)
+        values, epochs = np.asarray(self[monitor], np.float64), np.asarray(self.epochs(monitor))
+        maximize = maximized(monitor)
+        finite = np.isfinite(values)
+        if not finite.any():
+            return Best(None, float("nan"), monitor, maximize)
+        ranked = np.where(finite, values, -np.inf if maximize else np.inf)
+        i = int(np.argmax(ranked) if maximize else np.argmin(ranked))
+        return Best(int(epochs[i]), float(values[i]), monitor, maximize)
+
+    def summary(self) -> str:
+        """A compact table: per series, its last and best measurement (and epoch)."""
+        rows = [("series", "last", "best", "at epoch")]
+        for name in sorted(self.series):
+            values = np.asarray(self[name], np.float64)
+            best = self.best(name)
+            rows.append((name, f"{values[-1]:.6g}" if len(values) else "-", f"{best.value:.6g}", str(best.epoch)))
+        text = _table(rows)
+        if self.stopped:
+            text += f"\nstopped after epoch {self.stopped['epochs']}: {self.stopped['reason']}"
+        return text
+
+    def __repr__(self) -> str:
+        stopped = "" if not self.stopped else f", stopped={self.stopped['epochs']}"
+        return f"History(epochs={len(self)}, series={sorted(self.series)}{stopped})"
+
     @classmethod
     def from_dicts(cls, series: dict[str, list[Any]] | None, at: dict[str, list[int]] | None = None) -> History:
         """The history :meth:`to_dict` and :meth:`epochs_dict` describe (as a checkpoint saves them), checked."""
@@ -123,6 +258,64 @@ class SweepHistory(History):
     diverged: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     #: early stopping: ``{model: {"epochs", "reason", "best_epoch", "best", "monitor"}}`` (see :class:`History`)
     stopped: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)  # type: ignore[assignment]
+    #: K, the number of models (None: read from the series)
+    size: int | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("stopped", "diverged"):  # per-member records that index like the series
+            value = Records(value or {}, lambda: self.models)
+        super().__setattr__(name, value)
+
+    def _stopping_monitor(self) -> str | None:
+        return next((r.get("monitor") for r in self.stopped.values() if r.get("monitor")), None)
+
+    def best(self, monitor: str | None = None) -> Best:
+        """Per member, the best measurement of ``monitor`` (default as for :meth:`History.best`): ``epoch`` and
+        ``value`` are ``(K,)`` arrays (epoch 0 and NaN for a member with no finite measurement) and ``member``
+        is the index of the best member overall. NaN measurements (after a member stopped or diverged) never
+        count."""
+        monitor = self._monitor(monitor)
+        values, epochs = np.asarray(self[monitor], np.float64), np.asarray(self.epochs(monitor))
+        maximize = maximized(monitor)
+        finite = np.isfinite(values)
+        ranked = np.where(finite, values, -np.inf if maximize else np.inf)
+        at = np.argmax(ranked, axis=1) if maximize else np.argmin(ranked, axis=1)
+        any_finite = finite.any(axis=1)
+        best_values = np.where(any_finite, values[np.arange(len(values)), at], np.nan)
+        best_epochs = np.where(any_finite, epochs[at], 0) if epochs.size else np.zeros(len(values), int)
+        member = None
+        if any_finite.any():
+            scores = np.where(any_finite, best_values, -np.inf if maximize else np.inf)
+            member = int(np.argmax(scores) if maximize else np.argmin(scores))
+        return Best(best_epochs.astype(int), best_values, monitor, maximize, member)
+
+    def summary(self, hparams: dict[str, Any] | None = None) -> str:
+        """A compact table, one row per member: its hyperparameters (when given), the best measurement of the
+        default monitor and its epoch, the last of every series, and whether it stopped or diverged."""
+        names = sorted(self.series)
+        try:
+            best = self.best()
+        except JregError:
+            best = None
+        hp = {k: np.asarray(v).reshape(self.models, -1)[:, -1] for k, v in (hparams or {}).items()}
+        head = ["member", *hp, *([f"best {best.monitor}", "at"] if best else []), *names, "status"]
+        rows = [tuple(head)]
+        for i in range(self.models):
+            status = "stopped" if i in self.stopped else "diverged" if i in self.diverged else ""
+            cells = [str(i), *(f"{hp[k][i]:.4g}" for k in hp)]
+            cells += [f"{best.value[i]:.6g}", str(best.epoch[i])] if best else []
+            cells += [_last(self[n][i]) for n in names]
+            rows.append((*cells, status))
+        return _table(rows)
+
+    def __repr__(self) -> str:
+        events = f", stopped={len(self.stopped)}, diverged={len(self.diverged)}"
+        return f"SweepHistory(models={self.models}, epochs={len(self)}, series={sorted(self.series)}{events})"
+
+    @property
+    def history(self) -> dict[str, list[Any]]:
+        """Keras's ``History.history`` for each member: ``{series name: K lists of values}``."""
+        return {k: self[k].tolist() for k in self.series}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """Nothing: a sweep checkpoint keeps its series as arrays (:mod:`jreg.train.sweep_checkpoint`)."""
@@ -133,6 +326,8 @@ class SweepHistory(History):
 
     @property
     def models(self) -> int:
+        if self.size is not None:
+            return self.size
         first = next(iter(self.series.values()), [])
         return int(np.shape(first[0])[0]) if first else 0
 
@@ -155,3 +350,15 @@ class SweepHistory(History):
         elif bad is not None:
             out.stopped = {"epochs": last, "reason": f"diverged in epoch {bad['epoch']}: {bad['quantity']}"}
         return out
+
+
+def _last(values: Any) -> str:
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    return f"{finite[-1]:.6g}" if finite.size else "nan"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(r, widths)))
+                     for r in rows)  # fmt: skip

@@ -40,39 +40,40 @@ from . import population as pop_
 from .engine import Build
 from .history import SweepHistory
 from .loop import Run
+from .result import Result
 from .state import TrainState
 from .sweep import check_hparams
 
 MINIMIZED = ("cost", "loss", "error")
 
 
-@dataclasses.dataclass
-class PBTResult:
-    """What :func:`jreg.pbt` returns.
+@dataclasses.dataclass(eq=False, kw_only=True)
+class PBTResult(Result):
+    """What :func:`jreg.pbt` returns: a :class:`jreg.Result` of K members (``params``, ``opt_state``,
+    ``model_state``, ``history``) with the population's own record.
 
     Attributes:
-        params: the final params, stacked along a leading axis of size K (``model_state`` likewise, when given).
+        params: the final params, stacked along a leading axis of size K (``opt_state`` and ``model_state``
+            likewise).
         history: a :class:`SweepHistory`: ``history[series]`` is ``(K, measurements)``; member ``i``'s row is
             the record of whoever occupied slot ``i`` (after an exploit, the copy's continuation). A member
             whose training became non-finite is frozen (at the state its bad epoch started from), shows NaN
             figures and ranks last, so the next exploit replaces it (when it is among the worst ``n``); as in
             a sweep, ``history.diverged[i]`` records it (``{"epoch", "step", "quantity"}``, 1-based, the
             slot's latest divergence), with ``"revived": e`` once the exploit after epoch ``e`` replaced it.
-        hparams: ``{name: (K, epochs)}``: the value each member trained with in each epoch.
+        hparams: ``{name: (K, epochs)}``: the value each member trained with in each epoch (the last column is
+            :meth:`final_hparams`).
         lineage: one entry per copy: ``{"epoch": e, "member": i, "from": j}`` (1-based epoch after which
             member ``i`` took member ``j``'s state and hyperparameters).
-        best: the index of the best member by ``rank_by`` at the end.
+        best: the index of the best member by ``rank_by`` at the end (``result.select(result.best)`` takes it
+            out).
         rank_by: the series it ranked on; ``maximize`` whether higher was better.
     """
 
-    params: Params
-    history: SweepHistory
-    hparams: dict[str, np.ndarray]
     lineage: list[dict[str, int]]
-    best: int
+    best: int  # type: ignore[assignment]
     rank_by: str
     maximize: bool
-    model_state: ModelState = None
 
     def final_hparams(self) -> dict[str, np.ndarray]:
         """``{name: (K,)}``: each member's hyperparameters in the last epoch."""
@@ -164,14 +165,16 @@ def pbt(
     last = np.asarray(history[rank_by])[:, -1]
     ranked = np.where(np.isnan(last), -np.inf, last if maximize else -last)
     return PBTResult(
-        done.state.params,
-        history,
-        {k: np.stack([np.asarray(t[k]) for t in trajectory], axis=1) for k in population.hp},
-        lineage,
-        int(np.argmax(ranked)),
-        rank_by,
-        maximize,
-        done.state.model_state if population.stateful else None,
+        params=done.state.params,
+        history=history,
+        opt_state=done.state.opt_state,
+        hparams={k: np.stack([np.asarray(t[k]) for t in trajectory], axis=1) for k in population.hp},
+        lineage=lineage,
+        best=int(np.argmax(ranked)),
+        rank_by=rank_by,
+        maximize=maximize,
+        model_state=done.state.model_state if population.stateful else None,
+        stateful=population.stateful,
     )
 
 

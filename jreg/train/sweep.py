@@ -22,6 +22,7 @@ from .engine import VECTORIZE, Build, program
 from .epoch import check_unroll
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
+from .result import Result
 from .setup import Setup, check_checkpointing, prepare
 from .state import TrainState
 from .sweep_stopping import SweepStopper
@@ -88,6 +89,33 @@ def _built(build: Build, hp: dict[str, jax.Array], models: int) -> list[tuple[Ca
         calls.check_objective(pair[0])
         check_optimizer(pair[1])
     return built
+
+
+SEED = "seed"
+
+
+def seeded(init: Callable[[jax.Array], Params], hp: dict[str, jax.Array], model_state: Any, stacked: bool) -> Params:
+    """Params stacked along the models: member ``i`` is ``init(jax.random.key(hp["seed"][i]))``."""
+    if SEED not in hp:
+        raise JregError(
+            f"params is an init function of a key ({getattr(init, '__name__', init)!r}): add a seed to hparams "
+            "(e.g. hparams=jreg.grid(lmbda=[...], seed=range(3))) so each member has its own initialization, "
+            "or pass initialized params"
+        )
+    if stacked:
+        raise JregError("stacked_params=True: params must already be stacked; an init function stacks them itself")
+    seeds = np.asarray(hp[SEED])
+    if not np.issubdtype(seeds.dtype, np.integer) or np.any(seeds < 0):
+        raise JregError(f"hparams['seed'] must hold non-negative integers, got {seeds.tolist()}")
+    made: dict[int, Params] = {}
+    for s in dict.fromkeys(seeds.tolist()):  # each distinct seed once (a grid repeats them)
+        try:
+            made[s] = init(jax.random.key(s))
+        except JregError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's init: say which call failed
+            raise JregError(f"params: init(jax.random.key({s})) failed: {type(exc).__name__}: {exc}") from exc
+    return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *[made[s] for s in seeds.tolist()])
 
 
 def _first(tree: Any, stacked: bool, models: int, name: str) -> Any:
@@ -167,7 +195,7 @@ def sweep(
     resume: Any = None,
     unroll: int | None = None,
     **unknown: Any,
-) -> tuple[Params, SweepHistory] | tuple[Params, ModelState, SweepHistory]:
+) -> Result:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
 
     ``build(hp) -> (objective, optimizer)`` receives one model's hyperparameters
@@ -189,16 +217,21 @@ def sweep(
 
     Args:
         build: ``build(hp) -> (objective, optimizer)``.
-        params: initial params shared by every model, or, with
-            ``stacked_params=True``, params with a leading axis of size K
-            (e.g. ``jax.vmap(model.init)(jax.random.split(key, K))`` for seeds).
+        params: initial params shared by every model; or, with
+            ``stacked_params=True``, params with a leading axis of size K;
+            or an init function of a key (``model.init``) with a ``seed``
+            entry in ``hparams``: member ``i`` starts from
+            ``init(jax.random.key(seed[i]))``, so 3 seeds x 8 strengths is
+            ``hparams=jreg.grid(lmbda=[...], seed=range(3))`` (the seed is
+            passed to ``build`` too, which may ignore it). The data order and
+            dropout noise stay shared by every member, as without seeds.
         train: in-memory data as in :func:`fit`, or a stream of mini-batches
             (:class:`jreg.Stream`; docs/streaming.md): every model trains on
             the same chunks, in one compiled program per chunk.
         hparams: ``{name: K values}``; every entry has the same length K.
         model_state: a stateful model's initial state, shared (or stacked with
-            ``stacked_params=True``); each model keeps its own. Then ``sweep``
-            returns ``(params, model_state, history)``.
+            ``stacked_params=True``); each model keeps its own
+            (``result.model_state``).
         vectorize: how the K models' training steps share the program:
             ``"vmap"`` batches them (best on GPU/TPU and for large K),
             ``"map"`` runs them one after another inside the same compiled
@@ -254,7 +287,8 @@ def sweep(
             holds the stacked state, the ``alive`` flags, the early-stopping
             state and best params, the history (``diverged`` and ``stopped``
             included), the hyperparameters, and the EMA if kept.
-        resume: a sweep checkpoint file or folder, as in :func:`fit`: the
+        resume: a sweep's :class:`jreg.Result`, a sweep checkpoint file or
+            folder, or ``"auto"``, as in :func:`fit`: the
             sweep goes on bit for bit on CPU as if never interrupted (with the
             same ``vectorize``), in this process or another. Resuming with
             other ``hparams`` (values or K), another key, batch size, cost
@@ -264,9 +298,13 @@ def sweep(
         The rest as in :func:`fit`.
 
     Returns:
-        Params stacked along a leading axis of size K (and the model states,
-        likewise, when given), and a :class:`SweepHistory` whose series have
-        shape ``(K, measurements)``.
+        A :class:`jreg.Result` of K models: ``params``, ``opt_state`` and
+        ``model_state`` stacked along a leading axis of size K, ``hparams``
+        (``{name: (K,)}``), and a :class:`SweepHistory` whose series have
+        shape ``(K, measurements)`` and whose ``stopped``/``diverged`` records
+        index like them. ``result.best()`` ranks the members,
+        ``result.select(k)`` takes member ``k`` out, ``sweep(...,
+        resume=result)`` continues the sweep.
     """
     if unknown:
         raise JregTypeError(f"sweep() got unexpected keyword argument(s) {sorted(unknown)}")
@@ -281,6 +319,11 @@ def sweep(
             raise JregError(f"ema: EMA.decay={ema.decay!r} names no hparams entry; the entries are {sorted(hp)}")
         for i, value in enumerate(np.asarray(hp[ema.decay]).tolist()):
             check_decay(value, f"hparams[{ema.decay!r}][{i}] (the EMA decay)")
+    if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
+        raise JregTypeError(
+            f"checkpoint must be a jreg.Checkpointing('folder', every=..., keep=...), got {checkpoint!r}"
+        )
+    resume = checkpointing.resolve(resume, checkpoint, "sweep")
     checkpoint = _check_checkpoint(checkpoint, resume)
     if parallel is not None and vectorize == "auto":
         vectorize = "vmap"  # the models split across devices, batched on each
@@ -289,6 +332,8 @@ def sweep(
     unroll = check_unroll(unroll)
     mesh.check_models(parallel, models, batch_size, vectorize)
     model_state = calls.as_model_state(model_state)
+    if callable(params) and not isinstance(params, (list, tuple, dict)):  # an init function: one init per seed
+        params, stacked_params = seeded(params, hp, model_state, stacked_params), True
     setup = prepare_models(
         build,
         params,
@@ -324,7 +369,9 @@ def sweep(
 
     state = initial(params, model_state, hp)  # fresh buffers, safe to donate
     alive = jnp.ones((models,), bool)
-    history = SweepHistory(cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta())
+    history = SweepHistory(
+        cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta(), size=models
+    )
     track = _Tracking(stopper, None if stopper is None else stopper.initial(), None, verbose)
     if stopper is not None:
         track.best = stopper.initial_best(state)
@@ -376,9 +423,20 @@ def sweep(
     final_state = run.state.model_state
     if track.best is not None:
         params, final_state = stopper.result(track.best, track.per, (params, final_state))  # type: ignore[union-attr]
-    if model_state is not None:
-        return params, final_state, history
-    return params, history
+    done = run.epoch + 1 if run.epoch >= start else start
+    packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
+    streamed = setup.feed is not None
+    run_id = run_id if writer is None else writer.run
+    snapshot = checkpointing.Snapshot.take(run.state, done, key, history, batch_size, None, streamed, run_id, packed)
+    return Result(
+        params=params,
+        history=history,
+        opt_state=run.state.opt_state,
+        model_state=final_state,
+        hparams={k: np.asarray(v) for k, v in hp.items()},
+        snapshot=snapshot,
+        stateful=model_state is not None,
+    )
 
 
 def _placed(
