@@ -11,6 +11,7 @@ import optax
 
 from .._checks import check_optimizer
 from .._errors import JregError
+from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
 from . import calls, checkpointing, config, engine, guard, mesh
@@ -24,6 +25,7 @@ from .state import TrainState, copy
 from .validate import check_loop_args
 
 
+@checked("fit", passthrough=config.LEGACY)
 def fit(
     objective: Callable[..., Any],
     optimizer: optax.GradientTransformation,
