@@ -141,7 +141,8 @@ def fit(
             bound by the host feeding it).
         **legacy: the older keywords ``checkpoint_dir``, ``checkpoint_every``,
             ``keep`` (:class:`jreg.Checkpointing`) and ``mesh``, ``data_axis``,
-            ``param_specs`` (:class:`jreg.DataParallel`) still work.
+            ``param_specs`` (:class:`jreg.DataParallel`) still work for this
+            release, each group with a ``DeprecationWarning`` showing the new form.
 
     Randomness and steps: epoch ``e`` shuffles with ``fold_in(key, e)``; a
     stochastic model (dropout, noise) gets one key per mini-batch derived from
