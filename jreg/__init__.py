@@ -124,7 +124,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names only (``__all__``): not the imports and helpers this file needs (``sys``, ``Any``...)."""
+    return sorted(__all__)
 
 
 class _Package(types.ModuleType):

@@ -204,6 +204,38 @@ def publish(path: Path, data: bytes, overwrite: bool = False) -> Path:
         tmp.unlink(missing_ok=True)
 
 
+def epoch_progress(epochs: int, lmbdas: Sequence[float], quiet: bool = False, stream: Any = None) -> tuple[Any, Any]:
+    """``(callback, close)`` showing the demo's progress on ``stream`` (default ``sys.stderr``).
+
+    On a terminal a tqdm bar; elsewhere (a log file, CI) one plain line per epoch, with no carriage return,
+    instead of tqdm's hundreds of redraws; nothing with ``quiet``."""
+    from .io import interactive
+
+    stream = sys.stderr if stream is None else stream
+
+    def accuracies(metrics: dict[str, Any]) -> str:
+        accs = metrics["evaluation_accuracy"]
+        return "test acc " + "  ".join(f"λ={lm:g}: {100 * a:.2f}%" for lm, a in zip(lmbdas, accs))
+
+    if quiet:
+        return (lambda epoch, metrics: None), (lambda: None)
+    if not interactive(stream):
+
+        def line(epoch: int, metrics: dict[str, Any]) -> None:
+            print(f"training: epoch {epoch + 1}/{epochs}: {accuracies(metrics)}", file=stream, flush=True)
+
+        return line, (lambda: None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=epochs, unit="epoch", desc="training", file=stream)
+
+    def update(epoch: int, metrics: dict[str, Any]) -> None:
+        bar.set_postfix_str(accuracies(metrics))
+        bar.update(1)
+
+    return update, bar.close
+
+
 def weight_norm(params: Any) -> float:
     """``sqrt(sum w^2)`` over the weight matrices (the leaves an L2 penalty touches by default)."""
     from .penalties import l2
@@ -216,7 +248,6 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     import jax
     import optax
-    from tqdm.auto import tqdm
 
     import jreg
     from jreg import plotting
@@ -231,13 +262,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         penalty = jreg.penalties.l2(hp["lmbda"] / n)
         return jreg.objective(model.apply, jreg.losses.cross_entropy, penalty), optax.sgd(args.eta)
 
-    bar = tqdm(total=args.epochs, unit="epoch", disable=args.quiet, desc="training", file=sys.stderr)
-
-    def progress(epoch: int, metrics: dict[str, np.ndarray]) -> None:
-        accs = metrics["evaluation_accuracy"]
-        bar.set_postfix_str("test acc " + "  ".join(f"λ={lm:g}: {100 * a:.2f}%" for lm, a in zip(lmbdas, accs)))
-        bar.update(1)
-
+    progress, done = epoch_progress(args.epochs, lmbdas, quiet=args.quiet)
     trained, history = jreg.sweep(
         build,
         params,
@@ -249,7 +274,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         evaluation=test,
         callback=progress,
     )
-    bar.close()
+    done()
     elapsed = time.perf_counter() - started
 
     runs = [_run_summary(lm, history, i, trained) for i, lm in enumerate(lmbdas)]

@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 import urllib.error
@@ -45,7 +46,7 @@ import numpy as np
 
 from ._checks import check_key, check_positive_int
 from ._errors import JregError, JregTypeError
-from .io import _file_mode
+from .io import _file_mode, interactive
 
 #: The four standard MNIST files and the SHA-256 of their decompressed bytes.
 SHA256 = {
@@ -221,16 +222,20 @@ def _search_path(data_dir: str | os.PathLike[str] | None) -> list[tuple[str, Pat
 
 
 def _fetch(url: str, destination: Path, timeout: float, progress: bool) -> None:
-    """Stream ``url`` into ``destination``, with a progress bar; raise on a short read."""
+    """Stream ``url`` into ``destination``, with a progress bar; raise on a short read.
+
+    The bar is drawn only on a terminal; on a log file or in CI, one line when the transfer ends instead."""
     from tqdm.auto import tqdm
 
+    bar_shown = progress and interactive(sys.stderr)
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - https mirrors, or the user's
         total = response.headers.get("Content-Length")
         total = int(total) if total is not None else None
         received = 0
+        name = url.rsplit("/", 1)[-1]
         with (
             open(destination, "wb") as out,
-            tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=not progress) as bar,
+            tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not bar_shown, file=sys.stderr) as bar,
         ):
             while chunk := response.read(1 << 16):
                 out.write(chunk)
@@ -240,6 +245,8 @@ def _fetch(url: str, destination: Path, timeout: float, progress: bool) -> None:
             os.fsync(out.fileno())
     if total is not None and received != total:
         raise MNISTError(f"{url}: transfer cut short ({received} of {total} bytes)")
+    if progress and not bar_shown:
+        print(f"downloaded {name}: {received} bytes from {url}", file=sys.stderr, flush=True)
 
 
 def download(

@@ -78,12 +78,17 @@ class FrameworkModel:
         return self.model_state is not None
 
 
+#: the ``jreg[...]`` extra that installs each package an adapter needs
+EXTRAS = {"flax": "flax", "equinox": "equinox", "dm-haiku": "haiku"}
+
+
 def _require(module: str, package: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         raise JregError(
-            f"this adapter needs {package}: pip install {package} (importing {module} failed: {exc})"
+            f"this adapter needs {package}, which is not installed: pip install 'jreg[{EXTRAS[package]}]' "
+            f"(or pip install {package}; importing {module} failed: {exc})"
         ) from exc
 
 

@@ -126,3 +126,11 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
     text = json.dumps(obj, indent=2, default=default, allow_nan=True) + "\n"
     return write_bytes(path, text.encode())
+
+
+def interactive(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal (a progress bar may redraw itself there), not a log file, pipe or CI log."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False

@@ -28,10 +28,12 @@ from typing import Any
 
 from ._checks import check_nonnegative_scalar, check_positive_int
 from ._errors import JregError, JregTypeError
+from ._signature import checked_init
 
 MODES = ("auto", "max", "min")
 
 
+@checked_init
 @dataclasses.dataclass(frozen=True)
 class EarlyStopping:
     """When to stop training, and optionally when to cut the learning rate, from a monitored series.

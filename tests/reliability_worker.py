@@ -32,7 +32,7 @@ def main() -> None:
         trained, _ = jreg.fit(obj, opt, params, train, epochs=10, **common)
         jreg.save(target, trained)
     elif mode == "first":
-        jreg.fit(obj, opt, params, train, epochs=5, checkpoint_dir=target, **common)
+        jreg.fit(obj, opt, params, train, epochs=5, checkpoint=jreg.Checkpointing(target), **common)
     elif mode == "second":
         trained, history = jreg.fit(obj, opt, params, train, epochs=10, resume=target, **common)
         assert len(history) == 10, len(history)

@@ -38,13 +38,14 @@ def main() -> None:
     for name, opt in (("sgd", optax.sgd(0.5)), ("adam", optax.adam(1e-3))):
         one, h1 = jreg.fit(obj, opt, p0, (x, y), **common)
         mesh = jax.make_mesh((8,), ("data",))
-        dp, h8 = jreg.fit(obj, opt, p0, (x, y), mesh=mesh, **common)
+        dp, h8 = jreg.fit(obj, opt, p0, (x, y), parallel=jreg.DataParallel(mesh), **common)
         out[f"{name}_data_parallel_gap"] = gap(one, dp)
         out[f"{name}_accuracy"] = [h1.evaluation_accuracy, h8.evaluation_accuracy]
         out[f"{name}_sharding"] = list(dp[0]["w"].sharding.spec)
     mesh2 = jax.make_mesh((4, 2), ("data", "model"))
     specs = [{"w": P(None, "model"), "b": P("model")}, P()]
-    tp, _ = jreg.fit(obj, optax.sgd(0.5), p0, (x, y), mesh=mesh2, param_specs=specs, **common)
+    parallel = jreg.DataParallel(mesh2, param_specs=specs)
+    tp, _ = jreg.fit(obj, optax.sgd(0.5), p0, (x, y), parallel=parallel, **common)
     sgd_one, _ = jreg.fit(obj, optax.sgd(0.5), p0, (x, y), **common)
     out["model_sharded_gap"] = gap(sgd_one, tp)
     out["model_sharded_spec"] = list(tp[0]["w"].sharding.spec)
@@ -61,7 +62,8 @@ def main() -> None:
     hlo = jax.jit(epoch).lower(p0, optax.sgd(0.5).init(p0), (x, y), jax.random.key(0)).compile().as_text()
     out["all_reduce_in_program"] = "all-reduce" in hlo
     try:
-        jreg.fit(obj, optax.sgd(0.5), p0, (x, y), mesh=mesh, epochs=1, batch_size=12, key=jax.random.key(0))
+        parallel = jreg.DataParallel(mesh)
+        jreg.fit(obj, optax.sgd(0.5), p0, (x, y), parallel=parallel, epochs=1, batch_size=12, key=jax.random.key(0))
     except jreg.JregError as e:
         out["indivisible_error"] = str(e)
     print(json.dumps(out))

@@ -4,6 +4,7 @@ damaged checkpoints (issue 12, item 1)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -59,15 +60,15 @@ def dead_pid() -> int:
 
 def test_the_probe_a_second_run_in_a_used_folder_is_refused_before_any_work_and_touches_nothing(tmp_path):
     ck = tmp_path / "ck"
-    fit(5, checkpoint_dir=ck, keep=3)
+    fit(5, checkpoint=jreg.Checkpointing(ck, keep=3))
     before = snapshot(ck)
     assert sorted(before) == ["ckpt-000003.npz", "ckpt-000004.npz", "ckpt-000005.npz"]
     seen = []
-    with pytest.raises(jreg.JregError) as info:
+    with pytest.raises(jreg.JregError) as info, pytest.warns(DeprecationWarning, match="jreg.Checkpointing"):
         jreg.fit(
             counting_objective(seen), OPT, PARAMS, DATA, epochs=2, batch_size=4, key=jax.random.key(9),
             checkpoint_dir=ck, keep=3,
-        )  # fmt: skip
+        )  # fmt: skip  # the older keyword: the error names it
     message = str(info.value)
     assert message.startswith(f"checkpoint_dir: the folder {ck} already holds checkpoints")
     assert "ckpt-000003.npz, ckpt-000004.npz, ckpt-000005.npz" in message
@@ -79,14 +80,14 @@ def test_the_probe_a_second_run_in_a_used_folder_is_refused_before_any_work_and_
     # a file of its own in an unrelated folder does not make it "used"; resuming from the folder itself is allowed
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    fit(1, checkpoint_dir=tmp_path / "other")
+    fit(1, checkpoint=jreg.Checkpointing(tmp_path / "other"))
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["ckpt-000001.npz", "notes.txt"]
-    fit(6, checkpoint_dir=ck, resume=ck, keep=3)
-    fit(7, checkpoint_dir=ck, resume=ck / "ckpt-000006.npz", keep=3)
+    fit(6, checkpoint=jreg.Checkpointing(ck, keep=3), resume=ck)
+    fit(7, checkpoint=jreg.Checkpointing(ck, keep=3), resume=ck / "ckpt-000006.npz")
     assert sorted(p.name for p in ck.iterdir()) == ["ckpt-000005.npz", "ckpt-000006.npz", "ckpt-000007.npz"]
     # resuming from another folder does not make a used one free
     with pytest.raises(jreg.JregError, match="already holds checkpoints"):
-        fit(3, checkpoint_dir=ck, resume=tmp_path / "other")
+        fit(3, checkpoint=jreg.Checkpointing(ck), resume=tmp_path / "other")
 
 
 def test_a_long_listing_is_shortened_and_best_npz_counts(tmp_path):
@@ -94,11 +95,11 @@ def test_a_long_listing_is_shortened_and_best_npz_counts(tmp_path):
         jreg.save(tmp_path / f"ckpt-{e:06d}.npz", PARAMS, step=e)
     jreg.save(tmp_path / "best.npz", PARAMS)
     with pytest.raises(jreg.JregError, match=r"\(ckpt-000001.npz … best.npz \(5 files\)\)"):
-        fit(1, checkpoint_dir=tmp_path)
+        fit(1, checkpoint=jreg.Checkpointing(tmp_path))
     for p in tmp_path.glob("ckpt-*"):
         p.unlink()
     with pytest.raises(jreg.JregError, match=r"already holds checkpoints \(best.npz\)"):
-        fit(1, checkpoint_dir=tmp_path)
+        fit(1, checkpoint=jreg.Checkpointing(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -113,35 +114,37 @@ def test_a_long_listing_is_shortened_and_best_npz_counts(tmp_path):
 )
 def test_a_folder_or_resume_that_is_not_a_path_is_a_type_error_before_any_work(kwargs, match):
     seen = []
-    with pytest.raises(jreg.JregTypeError, match=match):
+    legacy = "checkpoint_dir" in kwargs  # the older keyword: deprecated, and named in the error
+    older = pytest.warns(DeprecationWarning, match="jreg.Checkpointing") if legacy else contextlib.nullcontext()
+    with pytest.raises(jreg.JregTypeError, match=match), older:
         jreg.fit(counting_objective(seen), OPT, PARAMS, DATA, epochs=1, **KW, **kwargs)
     assert seen == []
 
 
 def test_restore_best_in_a_used_folder_is_refused(tmp_path):
     stop = jreg.EarlyStopping(patience=50, monitor="training_cost", restore_best=True)
-    fit(3, checkpoint_dir=tmp_path, early_stopping=stop)
+    fit(3, checkpoint=jreg.Checkpointing(tmp_path), early_stopping=stop)
     assert (tmp_path / "best.npz").exists()
     before = snapshot(tmp_path)
     with pytest.raises(jreg.JregError, match="already holds checkpoints"):
-        fit(3, checkpoint_dir=tmp_path, early_stopping=stop, key=jax.random.key(5))
+        fit(3, checkpoint=jreg.Checkpointing(tmp_path), early_stopping=stop, key=jax.random.key(5))
     assert snapshot(tmp_path) == before
     # resuming it is allowed, and keeps its own best.npz up to date
-    fit(5, checkpoint_dir=tmp_path, resume=tmp_path, early_stopping=stop)
+    fit(5, checkpoint=jreg.Checkpointing(tmp_path), resume=tmp_path, early_stopping=stop)
     assert jreg.load(tmp_path / "best.npz").meta["run"] == jreg.load(tmp_path / "ckpt-000005.npz").meta["run"]
 
 
 def test_resume_in_the_same_folder_prunes_only_its_own_files(tmp_path):
     ck, other = tmp_path / "ck", tmp_path / "other"
-    fit(5, checkpoint_dir=ck, keep=3)
-    fit(2, checkpoint_dir=other, key=jax.random.key(9), keep=3)  # another run: ckpt-000001, ckpt-000002
+    fit(5, checkpoint=jreg.Checkpointing(ck, keep=3))
+    fit(2, checkpoint=jreg.Checkpointing(other, keep=3), key=jax.random.key(9))  # another run: ckpt-000001, ckpt-000002
     for name in ("ckpt-000001.npz", "ckpt-000002.npz"):
         shutil.copy(other / name, ck / name)  # copied in: older by epoch number, sorted first by name
     (ck / "ckpt-7.npz").write_bytes(b"not ours either")  # a ckpt-*.npz name fit never writes
     foreign = {n: b for n, b in snapshot(ck).items() if n in ("ckpt-000001.npz", "ckpt-000002.npz", "ckpt-7.npz")}
     run = jreg.load(ck / "ckpt-000005.npz").meta["run"]
     with pytest.warns(jreg.JregWarning, match="skipped ckpt-7.npz, which cannot be read"):
-        fit(8, checkpoint_dir=ck, resume=ck, keep=3)
+        fit(8, checkpoint=jreg.Checkpointing(ck, keep=3), resume=ck)
     after = snapshot(ck)
     assert sorted(after) == sorted([*foreign, "ckpt-000006.npz", "ckpt-000007.npz", "ckpt-000008.npz"])
     assert all(after[n] == b for n, b in foreign.items())  # byte-identical
@@ -149,23 +152,23 @@ def test_resume_in_the_same_folder_prunes_only_its_own_files(tmp_path):
 
 
 def test_the_newest_checkpoint_is_the_highest_epoch_number_not_the_last_name(tmp_path):
-    fit(3, checkpoint_dir=tmp_path, keep=3)
+    fit(3, checkpoint=jreg.Checkpointing(tmp_path, keep=3))
     (tmp_path / "ckpt-000001.npz").rename(tmp_path / "ckpt-1.npz")  # sorts after ckpt-000003.npz as a string
     seen = []
     fit(3, resume=tmp_path, callback=lambda epoch, metrics: seen.append(epoch))
     assert seen == []  # resumed from epoch 3 (not 1): nothing left to train
-    fit(5, resume=tmp_path, checkpoint_dir=tmp_path, keep=2)  # pruning by epoch number too
+    fit(5, resume=tmp_path, checkpoint=jreg.Checkpointing(tmp_path, keep=2))  # pruning by epoch number too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000004.npz", "ckpt-000005.npz"]
 
 
 def test_a_file_the_run_would_overwrite_but_did_not_write_is_refused_before_training(tmp_path):
-    fit(5, checkpoint_dir=tmp_path, keep=3)
+    fit(5, checkpoint=jreg.Checkpointing(tmp_path, keep=3))
     (tmp_path / "ckpt-000007.npz").write_bytes(b"someone else's")
     before = snapshot(tmp_path)
     seen = []
     with pytest.raises(jreg.JregError, match=r"would write .*ckpt-000007.npz, which exists and cannot be read"):
         jreg.fit(
-            counting_objective(seen), OPT, PARAMS, DATA, epochs=8, **KW, checkpoint_dir=tmp_path,
+            counting_objective(seen), OPT, PARAMS, DATA, epochs=8, **KW, checkpoint=jreg.Checkpointing(tmp_path),
             resume=tmp_path / "ckpt-000005.npz",
         )  # fmt: skip
     assert snapshot(tmp_path) == before
@@ -186,7 +189,7 @@ def test_stray_temporary_files_are_removed_only_when_their_writer_is_dead(tmp_pa
         (tmp_path / name).write_bytes(b"half a write")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit(3, checkpoint_dir=tmp_path)
+        fit(3, checkpoint=jreg.Checkpointing(tmp_path))
     names = sorted(p.name for p in tmp_path.iterdir())
     assert gone not in names and all(k in names for k in kept) and unrelated in names
     ours = [w for w in caught if issubclass(w.category, jreg.JregWarning)]
@@ -210,7 +213,7 @@ def test_atomic_write_names_its_writer(tmp_path):
 
 def test_resume_falls_back_past_a_damaged_newest_checkpoint_and_says_so(tmp_path):
     ck = tmp_path / "ck"
-    fit(4, checkpoint_dir=ck, keep=3)
+    fit(4, checkpoint=jreg.Checkpointing(ck, keep=3))
     newest = ck / "ckpt-000004.npz"
     damaged = newest.read_bytes()[:200]  # truncated
     newest.write_bytes(damaged)
@@ -228,16 +231,24 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint_and_says_so(tmp_path
         warnings.simplefilter("ignore", jreg.JregWarning)
         # resuming into the same folder would overwrite the damaged file, which the run cannot vouch for: refused
         with pytest.raises(jreg.JregError, match="ckpt-000004.npz, which exists and cannot be read"):
-            fit(6, resume=ck, checkpoint_dir=ck)
+            fit(6, resume=ck, checkpoint=jreg.Checkpointing(ck))
     assert newest.read_bytes() == damaged
 
 
 def test_a_readable_checkpoint_that_does_not_fit_is_an_error_not_a_fallback(tmp_path):
-    fit(3, checkpoint_dir=tmp_path)
+    fit(3, checkpoint=jreg.Checkpointing(tmp_path))
     (tmp_path / "ckpt-000009.npz").mkdir()  # damaged: skipped
     wide = jreg.mlp([4, 5, 2])
     wide_obj = jreg.objective(wide.apply, jreg.losses.softmax_cross_entropy)
-    jreg.fit(wide_obj, OPT, wide.init(jax.random.key(0)), DATA, epochs=4, **KW, checkpoint_dir=tmp_path / "wide")
+    jreg.fit(
+        wide_obj,
+        OPT,
+        wide.init(jax.random.key(0)),
+        DATA,
+        epochs=4,
+        **KW,
+        checkpoint=jreg.Checkpointing(tmp_path / "wide"),
+    )
     shutil.copy(tmp_path / "wide" / "ckpt-000004.npz", tmp_path / "ckpt-000004.npz")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -247,7 +258,7 @@ def test_a_readable_checkpoint_that_does_not_fit_is_an_error_not_a_fallback(tmp_
 
 
 def test_resume_with_every_checkpoint_damaged_lists_what_it_tried(tmp_path):
-    fit(3, checkpoint_dir=tmp_path, keep=2)
+    fit(3, checkpoint=jreg.Checkpointing(tmp_path, keep=2))
     (tmp_path / "ckpt-000002.npz").write_bytes(os.urandom(300))
     (tmp_path / "ckpt-000003.npz").write_bytes(b"")
     (tmp_path / "ckpt-000009.npz").mkdir()
@@ -269,8 +280,8 @@ def reference(tmp_path_factory):
     if not _REF:
         root = tmp_path_factory.mktemp("reference")
         _REF["straight"] = fit(EPOCHS)[0]
-        fit(3, checkpoint_dir=root / "a", keep=3)
-        fit(3, checkpoint_dir=root / "b", keep=3, key=jax.random.key(9))
+        fit(3, checkpoint=jreg.Checkpointing(root / "a", keep=3))
+        fit(3, checkpoint=jreg.Checkpointing(root / "b", keep=3), key=jax.random.key(9))
         _REF["a"] = {e: (root / "a" / f"ckpt-{e:06d}.npz").read_bytes() for e in (1, 2, 3)}
         _REF["b"] = {e: (root / "b" / f"ckpt-{e:06d}.npz").read_bytes() for e in (1, 2, 3)}
     return _REF
@@ -349,7 +360,7 @@ def test_resuming_a_broken_folder_gives_the_right_result_or_a_jreg_error_and_los
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jreg.JregWarning)
         try:
-            params, history = fit(EPOCHS, resume=folder, checkpoint_dir=folder, keep=keep)
+            params, history = fit(EPOCHS, resume=folder, checkpoint=jreg.Checkpointing(folder, keep=keep))
         except jreg.JregError as exc:
             assert str(exc)
             assert not expect_success, f"refused a resumable folder: {exc}"

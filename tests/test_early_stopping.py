@@ -166,8 +166,9 @@ def test_resume_continues_the_schedule_bit_for_bit(tmp_path, restore_best):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        jreg.fit(OBJ, optax.sgd(0.5), PARAMS, TRAIN, checkpoint_dir=tmp_path, callback=crash, **run)
-    resumed, h2 = jreg.fit(OBJ, optax.sgd(0.5), PARAMS, TRAIN, checkpoint_dir=tmp_path, resume=tmp_path, **run)
+        jreg.fit(OBJ, optax.sgd(0.5), PARAMS, TRAIN, checkpoint=jreg.Checkpointing(tmp_path), callback=crash, **run)
+    ck = jreg.Checkpointing(tmp_path)
+    resumed, h2 = jreg.fit(OBJ, optax.sgd(0.5), PARAMS, TRAIN, checkpoint=ck, resume=tmp_path, **run)
     jax.tree.map(np.testing.assert_array_equal, straight, resumed)
     assert h1.to_dict() == h2.to_dict()
     assert h1.stopped is not None and h1.stopped == h2.stopped

@@ -7,6 +7,7 @@ what was expected and what came. The CLI reports every user error as one line on
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -424,3 +425,178 @@ def test_demo_overwrite_replaces_its_two_files_and_nothing_else(tmp_path, capsys
     assert (tmp_path / "overfitting.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "notes.txt").read_text() == "a user's notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "overfitting.png", "results.json"]
+
+
+# --------------------------------------------------------------------------- keywords: misspelt, missing, legacy
+
+OBJ = jreg.objective(MODEL.apply, jreg.losses.softmax_cross_entropy)
+DATA = (jnp.ones((8, 4)), jnp.arange(8) % 3)
+
+
+def build(hp):
+    return OBJ, optax.sgd(0.1)
+
+
+#: each front end called with what it requires (its checks run before any work)
+FRONT_ENDS = {
+    "fit": (lambda **kw: jreg.fit(OBJ, optax.sgd(0.1), PARAMS, DATA, **kw), dict(epochs=1, batch_size=4)),
+    "sweep": (lambda **kw: jreg.sweep(build, PARAMS, DATA, **kw), dict(hparams={"a": [1.0]}, epochs=1, batch_size=4)),
+    "regularization_path": (
+        lambda **kw: jreg.regularization_path(build, PARAMS, DATA, **kw),
+        dict(epochs=1, batch_size=4),
+    ),
+    "pbt": (
+        lambda **kw: jreg.pbt(build, PARAMS, DATA, **kw),
+        dict(hparams={"a": [1.0, 2.0]}, explore={"a": (0.8, 1.25)}, every=1, epochs=2, batch_size=4),
+    ),
+}
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+@pytest.mark.parametrize(
+    "wrong, right", [("epoch", "epochs"), ("batchsize", "batch_size"), ("evaluaton", "evaluation"), ("kye", "key")]
+)
+def test_a_misspelt_keyword_says_did_you_mean(front_end, wrong, right):
+    call, required = FRONT_ENDS[front_end]
+    kw = {**required, "key": jax.random.key(0)}
+    kw[wrong] = kw.pop(right, None)
+    with pytest.raises(
+        jreg.JregTypeError,
+        match=rf"^{front_end}\(\) got unexpected keyword argument\(s\) \['{wrong}'\]: did you mean '{right}'\?$",
+    ):
+        call(**kw)
+
+
+def test_several_misspelt_keywords_are_all_named_and_a_stranger_lists_the_real_ones():
+    call, _ = FRONT_ENDS["fit"]
+    with pytest.raises(
+        jreg.JregTypeError,
+        match=r"\['batchsize', 'epoch'\]: did you mean 'batch_size' \(for 'batchsize'\), 'epochs' \(for 'epoch'\)\?",
+    ):
+        call(epoch=1, batchsize=4, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"\['zzz'\]; its keyword arguments are batch_size, callback, "):
+        call(epochs=1, batch_size=4, key=jax.random.key(0), zzz=1)  # still a TypeError for `except TypeError`
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+@pytest.mark.parametrize("left_out", ["key", "epochs", "batch_size"])
+def test_a_missing_required_keyword_names_it_and_the_fix(front_end, left_out):
+    call, required = FRONT_ENDS[front_end]
+    kw = {**required, "key": jax.random.key(0)}
+    del kw[left_out]
+    fix = {
+        "key": r"key= is required: pass a JAX PRNG key, e\.g\. key=jax\.random\.key\(0\)",
+        "epochs": r"epochs= is required: .* e\.g\. epochs=30",
+        "batch_size": r"batch_size= is required: .* batch_size=10",
+    }
+    with pytest.raises(jreg.JregTypeError, match=rf"^{front_end}\(\): {fix[left_out]}"):
+        call(**kw)
+
+
+def test_missing_or_surplus_positional_arguments_show_the_call():
+    with pytest.raises(
+        jreg.JregTypeError,
+        match=r"^fit\(\) is missing the argument\(s\) params, train: call fit\(objective, optimizer, params, train, "
+        r"\*, epochs=\.\.\., batch_size=\.\.\., key=\.\.\., \.\.\.\)",
+    ):
+        jreg.fit(OBJ, optax.sgd(0.1), epochs=1, batch_size=4, key=jax.random.key(0))
+    with pytest.raises(
+        jreg.JregTypeError,
+        match=r"fit\(\) takes 4 positional argument\(s\) .* but 6 were given; "
+        r"pass the others by keyword \(epochs=, batch_size=, key=\.\.\.\)",
+    ):
+        jreg.fit(OBJ, optax.sgd(0.1), PARAMS, DATA, 1, 4)
+    with pytest.raises(jreg.JregTypeError, match=r"sweep\(\): hparams= is required: pass \{name: K values\}"):
+        jreg.sweep(build, PARAMS, DATA, epochs=1, batch_size=4, key=jax.random.key(0))
+    with pytest.raises(jreg.JregTypeError, match=r"fit\(\) got 'train' twice"):
+        jreg.fit(OBJ, optax.sgd(0.1), PARAMS, DATA, train=DATA, epochs=1, batch_size=4, key=jax.random.key(0))
+
+
+def test_make_step_and_make_epoch_say_did_you_mean():
+    with pytest.raises(jreg.JregTypeError, match=r"^make_step\(\) .*\['donat'\]: did you mean 'donate'\?"):
+        jreg.make_step(OBJ, optax.sgd(0.1), donat=True)
+    with pytest.raises(jreg.JregTypeError, match=r"^make_epoch\(\) .*did you mean 'partial_batch'\?"):
+        jreg.make_epoch(OBJ, optax.sgd(0.1), 4, partial_batches="drop")
+    with pytest.raises(jreg.JregTypeError, match=r"^make_step\(\) is missing the argument\(s\) optimizer"):
+        jreg.make_step(OBJ)
+
+
+def test_unsupported_and_older_keywords_keep_their_own_errors():
+    """pbt/path name the sweep options they refuse; fit's older keywords still reach fit (and warn)."""
+    call, required = FRONT_ENDS["pbt"]
+    with pytest.raises(jreg.JregTypeError, match=r"pbt\(\) does not support callback="):
+        call(**required, key=jax.random.key(0), callback=print)
+    call, required = FRONT_ENDS["regularization_path"]
+    with pytest.raises(jreg.JregTypeError, match=r"regularization_path\(\) does not support ema="):
+        call(**required, key=jax.random.key(0), ema=jreg.EMA())
+    with pytest.raises(jreg.JregError, match="keep must be a positive integer"), pytest.warns(DeprecationWarning):
+        FRONT_ENDS["fit"][0](epochs=1, batch_size=4, key=jax.random.key(0), keep=0)
+
+
+def test_the_front_ends_keep_their_readable_signatures():
+    import inspect
+
+    sig = inspect.signature(jreg.fit)
+    assert list(sig.parameters)[:7] == ["objective", "optimizer", "params", "train", "epochs", "batch_size", "key"]
+    assert sig.parameters["key"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert sig.parameters["key"].default is inspect.Parameter.empty  # required, as the docs say
+    for fn in (jreg.sweep, jreg.regularization_path, jreg.pbt, jreg.make_step, jreg.make_epoch):
+        assert (
+            "key" not in inspect.signature(fn).parameters
+            or inspect.signature(fn).parameters["key"].default is inspect.Parameter.empty
+        )
+    assert jreg.fit.__name__ == "fit" and "Train for ``epochs`` epochs" in jreg.fit.__doc__
+
+
+# --------------------------------------------------------------------------- the package's names
+
+
+def test_dir_of_jreg_lists_only_public_names():
+    names = dir(jreg)
+    for private in ("sys", "Any", "importlib", "types", "annotations", "TYPE_CHECKING", "_Package", "_FROM"):
+        assert private not in names
+    assert not [n for n in names if n.startswith("_") and n != "__version__"]
+    assert names == sorted(jreg.__all__)
+    assert {"fit", "sweep", "regularization_path", "pbt", "Evaluation", "JregError"} <= set(names)
+    assert all(hasattr(jreg, n) for n in names)  # each one loads
+
+
+# --------------------------------------------------------------------------- the demo's progress
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_demo_progress_is_one_plain_line_per_epoch_off_a_terminal():
+    stream = io.StringIO()  # a log file or a CI log: not a terminal
+    update, close = cli.epoch_progress(3, [0.0, 0.1], stream=stream)
+    for epoch in range(3):
+        update(epoch, {"evaluation_accuracy": np.array([0.5, 0.25 * epoch])})
+    close()
+    text = stream.getvalue()
+    assert "\r" not in text
+    assert text.splitlines() == [
+        "training: epoch 1/3: test acc λ=0: 50.00%  λ=0.1: 0.00%",
+        "training: epoch 2/3: test acc λ=0: 50.00%  λ=0.1: 25.00%",
+        "training: epoch 3/3: test acc λ=0: 50.00%  λ=0.1: 50.00%",
+    ]
+    terminal = _Terminal()
+    update, close = cli.epoch_progress(3, [0.0], stream=terminal)
+    update(0, {"evaluation_accuracy": np.array([0.5])})
+    close()
+    assert "\r" in terminal.getvalue()  # a terminal gets tqdm's bar
+    quiet = io.StringIO()
+    update, close = cli.epoch_progress(3, [0.0], quiet=True, stream=quiet)
+    update(0, {"evaluation_accuracy": np.array([0.5])})
+    close()
+    assert quiet.getvalue() == ""
+
+
+def test_the_demo_under_a_captured_stderr_prints_one_line_per_epoch(tmp_path, capsys):
+    argv = ["demo", "--epochs", "3", "--hidden", "5", "--lmbda", "0.1", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line.split(":")[1] for line in err.splitlines()] == [" epoch 1/3", " epoch 2/3", " epoch 3/3"]

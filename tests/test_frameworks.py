@@ -491,14 +491,29 @@ def test_framework_objects_as_params_point_at_their_adapter():
 def test_a_missing_framework_is_a_jreg_error(monkeypatch):
     for mod in ("equinox", "haiku", "flax", "flax.linen", "flax.nnx"):
         monkeypatch.setitem(sys.modules, mod, None)  # import fails as if not installed
-    with pytest.raises(jreg.JregError, match="pip install equinox"):
+    with pytest.raises(jreg.JregError, match=r"pip install 'jreg\[equinox\]' \(or pip install equinox"):
         jreg.frameworks.from_equinox(object())
-    with pytest.raises(jreg.JregError, match="pip install dm-haiku"):
+    with pytest.raises(jreg.JregError, match=r"pip install 'jreg\[haiku\]' \(or pip install dm-haiku"):
         jreg.frameworks.from_haiku(object(), X[:1], key=jax.random.key(0))
-    with pytest.raises(jreg.JregError, match="pip install flax"):
+    with pytest.raises(jreg.JregError, match=r"pip install 'jreg\[flax\]' \(or pip install flax"):
         jreg.frameworks.from_linen(object(), X[:1], key=jax.random.key(0))
-    with pytest.raises(jreg.JregError, match="pip install flax"):
+    with pytest.raises(jreg.JregError, match=r"pip install 'jreg\[flax\]'"):
         jreg.frameworks.from_nnx(object())
+
+
+def test_every_framework_extra_is_declared_in_pyproject():
+    """The extra an error names exists, with the package; jreg[all] holds every runtime extra, test them all."""
+    import pathlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for package, extra in jreg.frameworks.EXTRAS.items():
+        assert [r for r in extras[extra] if r.startswith(package + ">")], (extra, extras[extra])
+    assert extras["orbax"] == [r for r in extras["orbax"] if r.startswith("orbax-checkpoint")]  # no test tools
+    assert extras["all"] == ["jreg[flax,equinox,haiku,orbax]"] and "jreg[all]" in extras["test"]
+    runtime = {r for name, reqs in extras.items() if name not in ("test", "all") for r in reqs}
+    assert not runtime & {"pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "ruff>=0.5"}
 
 
 def test_a_function_among_the_params_is_named_by_its_path():

@@ -78,9 +78,7 @@ def test_fit_checkpoints_every_k_epochs_and_keeps_the_last_n(tmp_path):
         epochs=7,
         batch_size=10,
         key=jax.random.key(0),
-        checkpoint_dir=tmp_path,
-        checkpoint_every=2,
-        keep=2,
+        checkpoint=jreg.Checkpointing(tmp_path, every=2, keep=2),
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000006.npz", "ckpt-000007.npz"]
     last = jreg.load(tmp_path / "ckpt-000007.npz", params=params, opt_state=opt.init(params))
@@ -95,7 +93,7 @@ def test_resume_in_process_matches_and_checks_its_inputs(tmp_path):
     opt = optax.adam(1e-2)
     kw = dict(batch_size=10, key=jax.random.key(3))
     straight, hs = jreg.fit(obj, opt, params, train, epochs=4, **kw)
-    jreg.fit(obj, opt, params, train, epochs=2, checkpoint_dir=tmp_path, **kw)
+    jreg.fit(obj, opt, params, train, epochs=2, checkpoint=jreg.Checkpointing(tmp_path), **kw)
     resumed, hr = jreg.fit(obj, opt, params, train, epochs=4, resume=tmp_path, **kw)
     assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)))
     assert hr.to_dict() == hs.to_dict()
@@ -121,8 +119,9 @@ def test_divergence_names_epoch_step_and_quantity_and_keeps_finite_params(tmp_pa
     # plain SGD with l2(c) is unstable once eta * c > 2: here eta * c = 5, the weights grow x4 in size per step
     with pytest.raises(jreg.DivergenceError) as info:
         jreg.fit(
-            obj, optax.sgd(5e4), params, train, epochs=3, batch_size=10, key=jax.random.key(1), checkpoint_dir=tmp_path
-        )
+            obj, optax.sgd(5e4), params, train, epochs=3, batch_size=10, key=jax.random.key(1),
+            checkpoint=jreg.Checkpointing(tmp_path),
+        )  # fmt: skip
     err = info.value
     assert err.step is not None and f"epoch {err.epoch + 1} of 3, step {err.step + 1}" in str(err)
     assert "the loss became inf" in err.quantity or "gradient" in err.quantity

@@ -182,7 +182,9 @@ def test_fit_verbose_prints_each_epoch(capsys):
         evaluation=toy(20, 1),
         verbose=True,
     )
-    lines = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert "\r" not in out  # plain lines (capsys is not a terminal): fit never redraws a bar
     assert len(lines) == 2 and lines[1].startswith("Epoch 2/2: training cost")
     assert "evaluation accuracy" in lines[0]
 

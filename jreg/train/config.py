@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ import numpy as np
 
 from .._checks import check_path, check_positive_int
 from .._errors import JregError, JregTypeError
+from .._signature import checked_init
 from ..conventions import check_cost_convention
 from ..metrics import Metric, as_metrics
 
 
+@checked_init
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
     """What is measured after each epoch, on what, how often, and in batches of how many examples.
@@ -91,6 +94,7 @@ def as_evaluation(evaluation: Any) -> Evaluation:
     return evaluation if isinstance(evaluation, Evaluation) else Evaluation(evaluation)
 
 
+@checked_init
 @dataclasses.dataclass(frozen=True)
 class Checkpointing:
     """Checkpoints during :func:`jreg.fit`: ``ckpt-<epoch>.npz`` in ``dir`` every ``every`` epochs and after the last.
@@ -134,6 +138,7 @@ def check_checkpointing(folder: Any, every: Any, keep: Any, names: tuple[str, st
     check_positive_int(keep, names[2])
 
 
+@checked_init
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
     """Data-parallel training on a mesh: each mini-batch is split along ``data_axis``.
@@ -160,6 +165,7 @@ class DataParallel:
             )
 
 
+@checked_init
 @dataclasses.dataclass(frozen=True)
 class ModelParallel:
     """A sweep's K models split across a mesh: ``K / mesh.shape[model_axis]`` models on each device group.
@@ -204,6 +210,7 @@ class ModelParallel:
             raise JregError(f"data_axis and model_axis must be two different mesh axes, got {self.model_axis!r} twice")
 
 
+@checked_init
 @dataclasses.dataclass(frozen=True)
 class EMA:
     """An exponential moving average of the params, kept during training (Polyak & Juditsky 1992).
@@ -290,7 +297,7 @@ def as_ema(ema: Any) -> EMA | None:
     raise JregTypeError(f"ema must be a jreg.EMA(decay=...), got {ema!r}")
 
 
-#: fit's older keywords, still accepted: each belongs to one option object.
+#: fit's older keywords, still accepted for one release with a DeprecationWarning: each belongs to one option object.
 LEGACY = {
     "checkpoint_dir": "checkpoint",
     "checkpoint_every": "checkpoint",
@@ -301,13 +308,28 @@ LEGACY = {
 }
 
 
-def from_legacy(checkpoint: Any, parallel: Any, legacy: dict[str, Any], where: str = "fit") -> tuple[Any, Any]:
-    """Fold the older keywords (``checkpoint_dir=``, ``mesh=``...) into their option objects."""
+def from_legacy(
+    checkpoint: Any, parallel: Any, legacy: dict[str, Any], where: str = "fit", stacklevel: int = 4
+) -> tuple[Any, Any]:
+    """Fold the older keywords (``checkpoint_dir=``, ``mesh=``...) into their option objects.
+
+    Each group used emits a :class:`DeprecationWarning` showing the new form, attributed ``stacklevel``
+    frames up (4: the caller of ``fit``, through its argument check)."""
     unknown = sorted(set(legacy) - set(LEGACY))
     if unknown:
         raise JregTypeError(f"{where}() got unexpected keyword argument(s) {unknown}")
     ck = {k: v for k, v in legacy.items() if LEGACY[k] == "checkpoint"}
     par = {k: v for k, v in legacy.items() if LEGACY[k] == "parallel"}
+    if ck:
+        new = [repr(ck.get("checkpoint_dir", "folder"))]
+        new += [f"every={ck['checkpoint_every']!r}"] if "checkpoint_every" in ck else []
+        new += [f"keep={ck['keep']!r}"] if "keep" in ck else []
+        _deprecated(where, ck, f"checkpoint=jreg.Checkpointing({', '.join(new)})", stacklevel)
+    if par:
+        new = ["mesh"]
+        new += [f"data_axis={par['data_axis']!r}"] if "data_axis" in par else []
+        new += ["param_specs=specs"] if "param_specs" in par else []
+        _deprecated(where, par, f"parallel=jreg.DataParallel({', '.join(new)})", stacklevel)
     if ck and checkpoint is not None:
         raise JregError(f"give either checkpoint=Checkpointing(...) or {sorted(ck)}, not both")
     if par and parallel is not None:
@@ -328,3 +350,12 @@ def from_legacy(checkpoint: Any, parallel: Any, legacy: dict[str, Any], where: s
     if parallel is not None and not isinstance(parallel, DataParallel):
         raise JregTypeError(f"parallel must be a jreg.DataParallel(mesh, ...), got {parallel!r}")
     return checkpoint, parallel
+
+
+def _deprecated(where: str, given: dict[str, Any], new: str, stacklevel: int) -> None:
+    old = ", ".join(f"{k}=" for k in given)
+    warnings.warn(
+        f"{where}({old}) is deprecated and will be removed in the next release: pass {new} instead",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )

@@ -13,6 +13,7 @@ from jax.extend.core import jaxprs_in_params
 
 from .._checks import check_key, check_optimizer, check_positive_int
 from .._errors import JregError
+from .._signature import checked
 from .._types import Batch, Metrics
 from . import calls
 from .inputs import data_size
@@ -160,6 +161,7 @@ def _count_ops(jaxpr: Any, limit: int) -> int:
     return count
 
 
+@checked("make_epoch")
 def make_epoch(
     objective: Callable[..., Any],
     optimizer: optax.GradientTransformation,

@@ -11,6 +11,7 @@ import optax
 
 from .._checks import check_optimizer
 from .._errors import JregError
+from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
 from . import calls, checkpointing, config, engine, guard, mesh
@@ -25,6 +26,7 @@ from .state import TrainState, copy
 from .validate import check_loop_args
 
 
+@checked("fit", passthrough=config.LEGACY)
 def fit(
     objective: Callable[..., Any],
     optimizer: optax.GradientTransformation,
@@ -144,7 +146,8 @@ def fit(
             bound by the host feeding it).
         **legacy: the older keywords ``checkpoint_dir``, ``checkpoint_every``,
             ``keep`` (:class:`jreg.Checkpointing`) and ``mesh``, ``data_axis``,
-            ``param_specs`` (:class:`jreg.DataParallel`) still work.
+            ``param_specs`` (:class:`jreg.DataParallel`) still work for this
+            release, each group with a ``DeprecationWarning`` showing the new form.
 
     Randomness and steps: epoch ``e`` shuffles with ``fold_in(key, e)``; a
     stochastic model (dropout, noise) gets one key per mini-batch derived from

@@ -60,6 +60,7 @@ import numpy as np
 
 from .._checks import check_positive_int
 from .._errors import JregError, JregTypeError
+from .._signature import checked
 from .._types import ModelState, Params
 from ..optim import lambda_max
 from ..penalties import mask_tree
@@ -141,6 +142,7 @@ class Path:
         return "\n".join(lines)
 
 
+@checked("regularization_path", passthrough=pop_.UNSUPPORTED)
 def regularization_path(
     build: Build,
     params: Params,

@@ -35,6 +35,7 @@ import numpy as np
 
 from .._checks import check_positive_int
 from .._errors import JregError, JregTypeError
+from .._signature import checked
 from .._types import ModelState, Params
 from . import population as pop_
 from .engine import Build
@@ -80,6 +81,7 @@ class PBTResult(Result):
         return {k: v[:, -1] for k, v in self.hparams.items()}
 
 
+@checked("pbt", passthrough=pop_.UNSUPPORTED)
 def pbt(
     build: Build,
     params: Params,

@@ -21,6 +21,7 @@ import optax
 
 from .._checks import check_key, check_optimizer, check_params
 from .._errors import JregError, JregTypeError
+from .._signature import checked
 from .._types import Batch, Metrics, ModelState, OptState, Params
 from . import calls
 from .state import TrainState
@@ -95,6 +96,7 @@ def make_update(
     return update
 
 
+@checked("make_step")
 def make_step(
     objective: Callable[..., Any], optimizer: optax.GradientTransformation, *, donate: bool = False
 ) -> Callable[..., Any]:

@@ -91,6 +91,7 @@ import numpy as np
 
 from .._checks import check_positive_int
 from .._errors import JregError, JregTypeError
+from .._signature import checked_init
 from .._tree import all_finite
 from . import calls, guard
 from .inputs import leaf_labels
@@ -106,6 +107,7 @@ PREFETCH = 2
 _JOIN_TIMEOUT = 5.0
 
 
+@checked_init
 @dataclasses.dataclass(frozen=True)
 class Stream:
     """A source of mini-batches for :func:`jreg.fit` / :func:`jreg.sweep`, with how it is fed.

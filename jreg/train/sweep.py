@@ -13,6 +13,7 @@ import optax
 
 from .._checks import check_optimizer
 from .._errors import JregError, JregTypeError
+from .._signature import checked
 from .._types import ModelState, Params
 from ..stopping import EarlyStopping
 from . import calls, checkpointing, guard, mesh, sweep_checkpoint
@@ -171,6 +172,7 @@ def prepare_models(
     )
 
 
+@checked("sweep")
 def sweep(
     build: Build,
     params: Params,
