@@ -9,8 +9,9 @@ weight matrices instead (then lambda_max zeroes the output layer too, where the 
 layer's gradient is exactly 0). Four ways to get the same 8 models (80 model-epochs each):
 
 * population path: jreg.regularization_path (one compiled program; every epoch each
-  member restarts from its stronger neighbour: the pipelined warm-start chain);
-* sequential path: mode="sequential", 10 epochs per strength from the previous one's params;
+  member restarts from its weaker neighbour: the pipelined warm-start chain, from dense
+  to sparse; it used to run from the strong end down: docs/results.md section 11);
+* sequential path: mode="sequential", 10 epochs per strength from the weaker one's params;
 * cold sweep: jreg.sweep over the 8 strengths, every model from the init;
 * cold fits: jreg.fit once per strength, each from the init (8 compilations).
 

@@ -32,7 +32,9 @@ proximal method of the Adam-preconditioned problem (whose threshold would be
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -69,6 +71,25 @@ def _check_rate(learning_rate: Any) -> None:
         check_nonnegative_scalar(learning_rate, "learning_rate")
 
 
+#: while :func:`applied_proximal` runs: the penalties that :func:`proximal` steps applied (traced or not)
+_APPLIED: contextvars.ContextVar[list[Penalty] | None] = contextvars.ContextVar("jreg_applied", default=None)
+
+
+@contextlib.contextmanager
+def applied_proximal() -> Iterator[list[Penalty]]:
+    """Collect the penalties of the :func:`proximal` steps that run (or are traced) inside the block.
+
+    How jreg tells what an opaque optax chain regularizes: it traces one
+    ``optimizer.update`` (``jax.eval_shape``, nothing computed) inside the block.
+    """
+    seen: list[Penalty] = []
+    token = _APPLIED.set(seen)
+    try:
+        yield seen
+    finally:
+        _APPLIED.reset(token)
+
+
 def proximal(penalty: Penalty, learning_rate: LearningRate) -> optax.GradientTransformation:
     """An optax transformation that applies ``penalty``'s proximal map after the preceding step.
 
@@ -78,7 +99,9 @@ def proximal(penalty: Penalty, learning_rate: LearningRate) -> optax.GradientTra
     the step count); the transformation returns the update that lands there.
     Needs ``params`` in ``update`` (optax passes them through ``chain``).
     Coefficient schedules in ``penalty`` are evaluated at the same step count.
-    Leave the penalty *out* of the objective when you use this.
+    Leave the penalty *out* of the objective when you use this: jreg's front ends
+    warn (:class:`jreg.JregWarning`) when the objective holds a term of the same
+    kind on the same leaves.
     """
     if not isinstance(penalty, Penalty):
         raise JregTypeError(f"penalty must be a jreg Penalty (with proximal maps), got {type(penalty).__name__}")
@@ -90,6 +113,9 @@ def proximal(penalty: Penalty, learning_rate: LearningRate) -> optax.GradientTra
     def update(updates: Any, state: ScheduleState, params: Any = None) -> tuple[Any, ScheduleState]:
         if params is None:
             raise JregError("jreg.proximal needs params: call update(updates, state, params)")
+        seen = _APPLIED.get()
+        if seen is not None and all(p is not penalty for p in seen):
+            seen.append(penalty)
         stepped = optax.apply_updates(params, updates)
         proxed = penalty.prox(stepped, _rate(learning_rate, state.count), step=state.count)
         new_updates = jax.tree.map(lambda new, old: (new - old).astype(old.dtype), proxed, params)

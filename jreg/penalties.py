@@ -362,6 +362,10 @@ class Term:
         scale: a multiplier from scaling the penalty (``2 * l2(c)``).
         prox: optional proximal map ``prox(leaf, t, *coefs) -> leaf`` of ``t * fn(., *coefs)``:
             ``argmin_v  fn(v, *coefs) * t + 1/2 ||v - leaf||^2``.
+        kind: which catalog penalty made the term (``"l1"``, ``"l2"``, ``"elastic_net"``, ``"group_lasso"``),
+            ``None`` for one made with :func:`term`: what :func:`jreg.regularization_path` reads to find a
+            strength's ``λ_max``, and what tells the same penalty in an objective and in :func:`jreg.proximal`.
+        groups: the group lasso's ``groups`` (``"columns"`` or ``"rows"``); ``None`` for other kinds.
     """
 
     name: str
@@ -370,6 +374,8 @@ class Term:
     mask: Mask = None
     scale: Any = 1.0
     prox: Callable[..., jax.Array] | None = None
+    kind: str | None = None
+    groups: str | None = None
 
     @property
     def scheduled(self) -> bool:
@@ -613,12 +619,18 @@ def _centered_prox(prox: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     return centered
 
 
-def _term_maybe_centered(fn, prox, coefs, center, mask, name) -> Penalty:
+def _kind(penalty: Penalty, kind: str, groups: str | None = None) -> Penalty:
+    """``penalty`` with its terms marked as the catalog's ``kind`` (see :attr:`Term.kind`)."""
+    return Penalty(tuple(dataclasses.replace(t, kind=kind, groups=groups) for t in penalty.terms))
+
+
+def _term_maybe_centered(fn, prox, coefs, center, mask, name, kind) -> Penalty:
     if center is None:
-        return term(fn, *coefs, mask=mask, name=name, prox=prox)
+        return _kind(term(fn, *coefs, mask=mask, name=name, prox=prox), kind)
     if isinstance(center, (Center, ByPath, ByShape)) or is_schedule(center):
         raise JregTypeError(f"center must be a pytree of arrays matching params, got {type(center).__name__}")
-    return term(_centered(fn), *coefs, Center(center), mask=mask, name=name, prox=_centered_prox(prox))
+    centered = term(_centered(fn), *coefs, Center(center), mask=mask, name=name, prox=_centered_prox(prox))
+    return _kind(centered, kind)
 
 
 def l2(c: Any, *, mask: Mask = None, name: str = "l2", center: Any = None) -> Penalty:
@@ -638,7 +650,7 @@ def l2(c: Any, *, mask: Mask = None, name: str = "l2", center: Any = None) -> Pe
     that subtree; a number: the same center for every entry, e.g. ``1.0`` for normalization
     scales); each entry must broadcast to its leaf's shape without changing it.
     """
-    return _term_maybe_centered(_l2, _prox_l2, (c,), center, mask, name)
+    return _term_maybe_centered(_l2, _prox_l2, (c,), center, mask, name, "l2")
 
 
 def l1(c: Any, *, mask: Mask = None, name: str = "l1", center: Any = None) -> Penalty:
@@ -648,7 +660,7 @@ def l1(c: Any, *, mask: Mask = None, name: str = "l1", center: Any = None) -> Pe
     With ``center=params0`` (as :func:`l2`'s): ``R = c * sum |w - w0|``, proximal map
     ``w0 + soft_threshold(w - w0, t c)`` (weights snap exactly back to ``w0``).
     """
-    return _term_maybe_centered(_l1, _prox_l1, (c,), center, mask, name)
+    return _term_maybe_centered(_l1, _prox_l1, (c,), center, mask, name, "l1")
 
 
 def elastic_net(c1: Any, c2: Any, *, mask: Mask = None, name: str = "elastic_net", center: Any = None) -> Penalty:
@@ -657,7 +669,7 @@ def elastic_net(c1: Any, c2: Any, *, mask: Mask = None, name: str = "elastic_net
     Proximal map of ``t R``: ``soft_threshold(w, t c1) / (1 + t c2)``. With ``center=params0``
     (as :func:`l2`'s) both parts measure ``w - w0`` and the map is ``w0 + prox(w - w0)``.
     """
-    return _term_maybe_centered(_elastic, _prox_elastic, (c1, c2), center, mask, name)
+    return _term_maybe_centered(_elastic, _prox_elastic, (c1, c2), center, mask, name, "elastic_net")
 
 
 def sum(*penalties: Penalty) -> Penalty:  # noqa: A001 - public name asked for: jreg.penalties.sum
@@ -710,7 +722,7 @@ def group_lasso(c: Any, *, groups: str = "columns", mask: Mask = None, name: str
         factor = jnp.maximum(0.0, 1.0 - t * c / jnp.where(norms > 0, norms, 1.0))
         return w * jnp.where(norms > 0, factor, 0.0)
 
-    return term(fn, c, mask=mask, name=name, prox=prox)
+    return _kind(term(fn, c, mask=mask, name=name, prox=prox), "group_lasso", groups)
 
 
 def max_norm(c: Any, *, groups: str = "columns", mask: Mask = None, name: str = "max_norm") -> Penalty:

@@ -1,6 +1,9 @@
-"""jreg.regularization_path: sequential warm starts equal fits chained by hand; the population is their pipeline."""
+"""jreg.regularization_path: sequential warm starts (weak to strong) equal fits chained by hand; the population is
+their pipeline; no member copies a zeroed layer; the top is the build's penalty's λ_max."""
 
 from __future__ import annotations
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,9 @@ import optax
 import pytest
 
 import jreg
+
+# the toy's members are near chance on its 30 test points: the path's warning about that is not what these test
+pytestmark = pytest.mark.filterwarnings("ignore:every member of the path is useless:jreg.JregWarning")
 
 MODEL = jreg.mlp([6, 8, 3])
 DATA_OBJ = jreg.objective(MODEL.apply, jreg.losses.cross_entropy)
@@ -49,7 +55,8 @@ def test_sequential_mode_equals_fits_warm_started_by_hand():
     )  # fmt: skip
     assert path.strengths.tolist() == pytest.approx([0.03, 0.003]) and path.mode == "sequential"
     params = PARAMS
-    for i, lam in enumerate(path.strengths):
+    for i in reversed(range(2)):  # from the weakest strength (from PARAMS) to the strongest (from the weaker's)
+        lam = path.strengths[i]
         params, hist = jreg.fit(
             *build({"lmbda": lam, "eta": 0.5}), params, TRAIN, epochs=2, batch_size=8,
             key=jax.random.fold_in(key, i), evaluation=TEST, monitor=("evaluation_accuracy", "training_cost"),
@@ -69,7 +76,8 @@ def prox_gd_epoch(params, lam):
 
 
 def test_population_mode_is_the_pipelined_warm_start_chain():
-    """Full-batch steps (the data order cannot matter): member i = λ0 for E - i·M epochs, then M at each λ1..λi."""
+    """Full-batch steps (the data order cannot matter): member i = λ2 (the weakest) for E - (2-i)·M epochs, then
+    M at each λ1..λi: from dense to sparse."""
     strengths, epochs, every = [0.05, 0.02, 0.005], 4, 1
     CALLS["build"] = 0
     path = jreg.regularization_path(
@@ -79,7 +87,9 @@ def test_population_mode_is_the_pipelined_warm_start_chain():
     assert path.mode == "population" and path.warm_every == 1 and len(path) == 3
     traced, CALLS["build"] = CALLS["build"], 0
     for i in range(3):
-        chain = [strengths[0]] * (epochs - i * every) + [lam for lam in strengths[1 : i + 1] for _ in range(every)]
+        chain = [strengths[2]] * (epochs - (2 - i) * every) + [
+            lam for lam in strengths[i:2][::-1] for _ in range(every)
+        ]
         params = PARAMS
         for lam in chain:
             params = prox_gd_epoch(params, lam)
@@ -189,37 +199,144 @@ def l2_path(build, strengths, mode="population", epochs=3):
 
 @pytest.mark.parametrize("mode", ["population", "sequential"])
 def test_a_diverged_strength_is_recorded_as_a_sweep_records_it(mode):
-    """λ = 1e6 diverges in epoch 1 at the step fit's guard names; in population mode each restart then hands
-    the frozen state down the path, and each member it reaches is recorded as frozen from the next epoch."""
+    """λ = 1e6 (the strongest) diverges in its first epoch at the step fit's guard names; weaker members never
+    take its state (the path runs weak to strong). In population mode each restart revives it with its weaker
+    neighbour's state and it diverges again: its record is the latest, without "revived"."""
     path = l2_path(l2_build, [1e6, 0.1, 0.01], mode)
-    with pytest.raises(jreg.DivergenceError) as alone:  # strength 0's first epoch, trained alone
-        key = jax.random.key(0) if mode == "population" else jax.random.fold_in(jax.random.key(0), 0)
-        jreg.fit(*l2_build({"lmbda": 1e6, "eta": 0.5}), PARAMS, TRAIN, epochs=1, batch_size=8, key=key)
-    first = {"epoch": 1, "step": alone.value.step + 1, "quantity": alone.value.quantity}
     cost = path.history["training_cost"]
-    assert np.all(np.isnan(cost[0]))
-    if mode == "sequential":  # each strength is its own fit, warm-started from the previous one's final params
-        assert path.history.diverged == {0: first}
-        assert np.all(np.isfinite(cost[1:]))
+    assert np.all(np.isnan(cost[0])) and np.all(np.isfinite(cost[1:]))
+    assert list(path.history.diverged) == [0]
+    record = path.history.diverged[0]
+    if mode == "population":
+        assert record["epoch"] == 3 and "revived" not in record and isinstance(record["step"], int)
         return
-    assert path.history.diverged == {
-        0: first,
-        1: {"epoch": 2, "step": None, "quantity": "the state it took after epoch 1 was a frozen (diverged) member's"},
-        2: {"epoch": 3, "step": None, "quantity": "the state it took after epoch 2 was a frozen (diverged) member's"},
-    }
-    assert np.isfinite(cost[1, 0]) and np.all(np.isnan(cost[1, 1:]))
-    assert np.all(np.isfinite(cost[2, :2])) and np.isnan(cost[2, 2])
+    with pytest.raises(jreg.DivergenceError) as alone:  # its own fit, from the weaker strength's final params
+        jreg.fit(*l2_build({"lmbda": 1e6, "eta": 0.5}), member(path.params, 1), TRAIN, epochs=1, batch_size=8,
+                 key=jax.random.fold_in(jax.random.key(0), 0))  # fmt: skip
+    assert record == {"epoch": 1, "step": alone.value.step + 1, "quantity": alone.value.quantity}
+
+
+def test_a_frozen_member_handed_up_the_path_is_recorded_as_frozen():
+    """The weakest strength trains with a learning rate of 1e30 and diverges in epoch 1; it never restarts, and
+    each restart then hands the frozen state to the next stronger member, recorded as frozen from the next epoch."""
+    build = lambda hp: l2_build({"lmbda": hp["lmbda"], "eta": jnp.where(hp["lmbda"] < 1e-3, 1e30, 0.5)})  # noqa: E731
+    path = l2_path(build, [0.1, 0.01, 1e-4])
+    record = path.history.diverged
+    assert record[2]["epoch"] == 1 and isinstance(record[2]["step"], int) and "revived" not in record[2]
+    assert record[1] == {
+        "epoch": 2, "step": None, "quantity": "the state it took after epoch 1 was a frozen (diverged) member's"
+    }  # fmt: skip
+    assert record[0] == {
+        "epoch": 3, "step": None, "quantity": "the state it took after epoch 2 was a frozen (diverged) member's"
+    }  # fmt: skip
+    cost = path.history["training_cost"]
+    assert np.all(np.isnan(cost[2])) and np.isfinite(cost[1, 0]) and np.all(np.isnan(cost[1, 1:]))
+    assert np.all(np.isfinite(cost[0, :2])) and np.isnan(cost[0, 2])
     assert path.history.run(1).training_cost == [float(cost[1, 0])]  # cut before its frozen epochs, as in a sweep
 
 
-def test_a_member_revived_by_a_restart_that_diverges_again_keeps_its_latest_record():
-    """The weakest strength trains with a learning rate of 1e30 and diverges every epoch: each restart revives
-    it with its neighbour's state, and the next epoch freezes it again. The record is the latest, without
-    "revived"; nothing else is recorded."""
-    build = lambda hp: l2_build({"lmbda": hp["lmbda"], "eta": jnp.where(hp["lmbda"] < 1e-3, 1e30, 0.5)})  # noqa: E731
-    path = l2_path(build, [0.1, 0.01, 1e-4], epochs=2)
-    record = path.history.diverged
-    assert list(record) == [2] and record[2]["epoch"] == 2 and "revived" not in record[2]
-    assert isinstance(record[2]["step"], int) and record[2]["quantity"]
-    cost = path.history["training_cost"]
-    assert np.all(np.isnan(cost[2])) and np.all(np.isfinite(cost[:2]))
+def inverse_build(hp):  # the coefficient is 1 / hp: the "weaker" label 0.01 zeroes every weight at once
+    return DATA_OBJ, optax.chain(optax.sgd(0.5), jreg.proximal(jreg.penalties.l1(1.0 / hp["lmbda"]), 0.5))
+
+
+@pytest.mark.parametrize("mode", ["population", "sequential"])
+def test_no_member_warm_starts_from_a_neighbour_with_a_zeroed_layer(mode):
+    """Member 1 (coefficient 100) is all zero after one step: member 0 never takes its params. In population mode
+    it keeps its own state, in sequential mode it starts from PARAMS: either way, 3 epochs from PARAMS."""
+    path = jreg.regularization_path(
+        inverse_build, PARAMS, TRAIN, strengths=[100.0, 0.01], epochs=3, batch_size=40, mode=mode,
+        warm_every=1 if mode == "population" else None, key=jax.random.key(0), monitor=(),
+    )  # fmt: skip
+    assert all(bool(jnp.all(layer["w"] == 0)) for layer in member(path.params, 1))
+    expected = PARAMS
+    for _ in range(3):
+        expected = prox_gd_epoch(expected, 0.01)
+    close(member(path.params, 0), expected)
+
+
+def l1_units(hp):
+    return jreg.penalties.group_lasso(hp["c"])
+
+
+def test_a_penalty_without_lambda_max_needs_top_before_any_training():
+    CALLS["build"] = 0
+
+    def counted(hp):
+        CALLS["build"] += 1
+        return l2_build(hp)
+
+    with pytest.raises(jreg.JregError, match=r"top: hp\['lmbda'\] scales l2 term 'l2' in the objective.*give top="):
+        jreg.regularization_path(counted, PARAMS, TRAIN, hparams={"eta": 0.5}, epochs=1, batch_size=8,
+                                 key=jax.random.key(0))  # fmt: skip
+    assert CALLS["build"] == 2  # built at strengths 1 and 2 to read it, never trained
+    with pytest.raises(jreg.JregError, match="scales no jreg penalty"):
+        jreg.regularization_path(lambda hp: (DATA_OBJ, optax.sgd(hp["lmbda"])), PARAMS, TRAIN, epochs=1,
+                                 batch_size=8, key=jax.random.key(0))  # fmt: skip
+    with pytest.raises(jreg.JregError, match="top='l1', but"):
+        group = lambda hp: (DATA_OBJ, optax.chain(optax.sgd(0.5), jreg.proximal(l1_units(hp), 0.5)))  # noqa: E731
+        jreg.regularization_path(group, PARAMS, TRAIN, strength="c", top="l1", epochs=1, batch_size=8,
+                                 key=jax.random.key(0))  # fmt: skip
+    path = jreg.regularization_path(l2_build, PARAMS, TRAIN, hparams={"eta": 0.5}, top=0.1, n_strengths=2, epochs=1,
+                                    batch_size=8, key=jax.random.key(0), monitor=())  # fmt: skip
+    np.testing.assert_allclose(path.strengths, [0.1, 1e-4])  # a given top works for L2  # the default ratio is 1e-3
+
+
+def test_the_top_is_read_from_the_build_in_the_strength_s_units():
+    top = float(jreg.lambda_max(DATA_OBJ, PARAMS, TRAIN))
+    builds = {  # in jreg.proximal, scaled by 1/10; in the objective (a subgradient: no exact zeros, same λ_max)
+        10 * top: lambda hp: (DATA_OBJ, optax.chain(optax.sgd(0.5), jreg.proximal(jreg.penalties.l1(hp["lmbda"] / 10), 0.5))),  # noqa: E501
+        top: lambda hp: (jreg.objective(MODEL.apply, jreg.losses.cross_entropy, jreg.penalties.l1(hp["lmbda"])), optax.sgd(0.5)),  # noqa: E501
+    }  # fmt: skip
+    for expected, b in builds.items():
+        path = jreg.regularization_path(b, PARAMS, TRAIN, n_strengths=1, epochs=1, batch_size=8,
+                                        key=jax.random.key(0), monitor=())  # fmt: skip
+        np.testing.assert_allclose(path.strengths, [expected], rtol=1e-5)
+
+
+def test_a_strength_in_the_objective_and_in_proximal_warns_once():
+    def twice(hp):
+        objective = jreg.objective(MODEL.apply, jreg.losses.cross_entropy, jreg.penalties.l1(hp["lmbda"]))
+        return objective, build(hp)[1]
+
+    with pytest.warns(jreg.JregWarning) as caught:
+        jreg.regularization_path(twice, PARAMS, TRAIN, hparams={"eta": 0.5}, strengths=[0.01], epochs=1,
+                                 batch_size=8, key=jax.random.key(0), monitor=())  # fmt: skip
+    said = [str(w.message) for w in caught if "proximal" in str(w.message)]
+    assert len(said) == 1 and "hp['lmbda'] is applied both in the objective and in jreg.proximal" in said[0]
+    with pytest.warns(jreg.JregWarning, match="l1 term 'l1' on .*is applied by jreg.proximal too"):
+        jreg.fit(*twice({"lmbda": 0.01, "eta": 0.5}), PARAMS, TRAIN, epochs=1, batch_size=8, key=jax.random.key(0))
+    with warnings.catch_warnings():  # the penalty in one place: no warning
+        warnings.simplefilter("error", jreg.JregWarning)
+        jreg.fit(*build({"lmbda": 0.01, "eta": 0.5}), PARAMS, TRAIN, epochs=1, batch_size=8, key=jax.random.key(0))
+        jreg.fit(*l2_build({"lmbda": 0.01, "eta": 0.5}), PARAMS, TRAIN, epochs=1, batch_size=8, key=jax.random.key(0))
+
+
+def test_a_path_of_useless_members_warns():
+    with pytest.warns(jreg.JregWarning, match="every member of the path is useless: .* 2 with a weight layer all zero"):
+        jreg.regularization_path(build, PARAMS, TRAIN, hparams={"eta": 0.5}, strengths=[100.0, 50.0], epochs=1,
+                                 batch_size=8, key=jax.random.key(0), monitor=())  # fmt: skip
+
+
+def test_every_member_is_near_a_cold_fit_at_its_strength_on_embedded_mnist():
+    """The issue's trial: an L1 path (proximal SGD, [784, 16, 10], 600 embedded MNIST images, 8 epochs, 6 strengths,
+    the default top and ratio). Each member is within 3 points of a cold-started model at its strength (a sweep:
+    fits from the init), the weakest within 3 points of the unregularized one, the strongest all zero."""
+    (x, y), (xt, yt) = jreg.data.load_mnist_small()
+    train, test = (x[:600], y[:600]), (xt[:2000], yt[:2000])
+    model = jreg.mlp([784, 16, 10])
+    params, objective = model.init(jax.random.key(0)), jreg.objective(model.apply, jreg.losses.cross_entropy)
+
+    def l1_build(hp):
+        return objective, optax.chain(optax.sgd(0.5), jreg.proximal(jreg.penalties.l1(hp["lmbda"]), 0.5))
+
+    common = dict(epochs=8, batch_size=10, key=jax.random.key(1), evaluation=test, monitor=("evaluation_accuracy",))
+    paths = {mode: jreg.regularization_path(l1_build, params, train, n_strengths=6, mode=mode, **common)
+             for mode in ("population", "sequential")}  # fmt: skip
+    strengths = paths["population"].strengths
+    out = jreg.sweep(l1_build, params, train, hparams={"lmbda": [*strengths, 0.0]}, **common)
+    cold = np.asarray((out[1] if isinstance(out, tuple) else out.history)["evaluation_accuracy"])[:, -1]
+    assert cold[-2] >= cold[-1] - 0.03 and cold[-1] > 0.75  # the default ratio reaches the unregularized model
+    for mode, path in paths.items():
+        accuracy = path.metrics["evaluation_accuracy"]
+        assert np.all(accuracy >= cold[:-1] - 0.03), (mode, accuracy, cold)
+        assert path.zeros["weights"][0] == path.sizes["weights"]  # λ_max: every weight 0

@@ -1,46 +1,63 @@
-r"""Regularization paths: one penalty strength per member, warm-started, returned glmnet-style.
+r"""Regularization paths: one penalty strength per member, warm-started from dense to sparse, glmnet's report.
 
 ``regularization_path(build, params, train, strength="lmbda", ...)`` trains
-one model per strength ``λ_0 > λ_1 > ... > λ_{K-1}`` (from ``λ_max``, at
-which an L1 or group-lasso penalty zeroes every selected weight, down to
-``ratio · λ_max``, geometrically, as glmnet's ``lambda_min_ratio``), and
-reports per strength the final monitored figures, the weight norms, the
-exact zeros and the units left of each selector (:class:`Path`).
+one model per strength ``λ_0 > λ_1 > ... > λ_{K-1}`` (by default from
+``λ_max``, at which the build's L1 or group-lasso penalty zeroes every selected
+weight, down to ``ratio · λ_max``, geometrically, as glmnet's
+``lambda_min_ratio``), and reports per strength (strongest first) the final
+monitored figures, the weight norms, the exact zeros and the units left of
+each selector (:class:`Path`).
+
+The direction: from weak to strong. For the lasso, glmnet runs from
+``λ_max`` down, each solution warm-starting the next (a convex problem: the
+start only shortens the way). A network is not convex, and a warm start decides
+where training ends: started from the strong end, every weaker member inherits
+layers that are all zero, whose hidden units get identical gradients and can
+never become different again (an L1 path on 600 MNIST images, [784, 16, 10],
+ended at 13 % accuracy where a cold-started fit at the same strength reaches
+90 %). So the path runs as LassoNet's does, from dense to sparse: the weakest
+strength trains from ``params`` (a cold start, the model nearest the
+unregularized one), and each stronger strength starts from its weaker
+neighbour's params, which the stronger penalty then thins out. And a member
+never warm-starts from a neighbour that has a layer (a weight leaf of rank >= 2)
+whose weights are all zero: it keeps its own state instead (population mode) or
+starts from ``params`` (sequential mode). Every member is then within a few
+points of a cold-started fit at its strength (tests/test_path.py checks it on the
+embedded MNIST subset).
 
 Two modes:
 
-* ``mode="sequential"``: glmnet's warm start, literally. Strength ``i`` is a
-  fresh fit (new optimizer state, step 0) of ``epochs`` epochs starting from
-  strength ``i-1``'s final params (strength 0 from ``params``), its data order
+* ``mode="sequential"``: the warm start, literally. Strength ``i`` is a fresh
+  fit (new optimizer state, step 0) of ``epochs`` epochs starting from strength
+  ``i+1``'s final params (the weakest, ``K-1``, from ``params``), its data order
   from ``fold_in(key, i)``: exactly
   ``fit(*build({strength: λ_i}), previous, ..., key=fold_in(key, i))`` (up to
   float reassociation), in one compiled program reused for every strength.
 * ``mode="population"`` (default): every strength trains at once in one
   compiled program (a sweep), and every ``warm_every = M`` epochs each member
-  ``i > 0`` restarts from its stronger neighbour ``i-1``'s params and model
-  state (fresh optimizer state and step count, as a new fit). Member 0 never
-  restarts. Unrolled, member ``i`` ends as: strength ``λ_0`` from ``params``
-  for ``E - i·M`` epochs, then ``M`` epochs at each of ``λ_1, ..., λ_i`` in
-  turn, each started from the previous one's params: the sequential warm-started
-  path with ``M`` epochs per strength, computed as a pipeline (stage ``s``
-  computes step ``s - j`` of the chain for every member ``j`` at once),
-  preceded by extra epochs at ``λ_0``. Members with ``i·M >= E`` never reach
-  the path's start and begin mid-way (from ``params`` at ``λ_{i-S+1}``, ``S``
-  the number of stages); choose ``M <= E / K`` for the full chain (the
-  default, ``max(1, E // K)``). It costs ``K·E`` model-epochs, the same as
-  ``K`` cold-started fits of ``E`` epochs, in one program. With
-  ``warm_every >= epochs`` no restart happens: it is :func:`jreg.sweep`.
+  ``i < K-1`` restarts from its weaker neighbour ``i+1``'s params and model
+  state (fresh optimizer state and step count, as a new fit). The weakest
+  member never restarts. Unrolled, member ``i`` ends as: strength ``λ_{K-1}``
+  from ``params`` for ``E - (K-1-i)·M`` epochs, then ``M`` epochs at each of
+  ``λ_{K-2}, ..., λ_i`` in turn, each started from the previous one's params:
+  the sequential warm-started path with ``M`` epochs per strength, computed as a
+  pipeline, preceded by extra epochs at the weakest strength. Members with
+  ``(K-1-i)·M >= E`` begin mid-way; choose ``M <= E / K`` for the full chain
+  (the default, ``max(1, E // K)``). It costs ``K·E`` model-epochs, the same as
+  ``K`` cold-started fits of ``E`` epochs, in one program. With ``warm_every >=
+  epochs`` no restart happens: it is :func:`jreg.sweep`.
 
-The transfer (gather member ``i-1`` into member ``i``, re-initialize the
+The transfer (gather member ``i+1`` into member ``i``, re-initialize the
 optimizer state) is one jitted function of the stacked device state: no
 params leave the device, nothing is recompiled.
 
-For a network a warm start is not what it is for the lasso: the problem is not
-convex, so the previous solution does not just shorten the way, it changes where
-training ends. The path starts where the penalized weights are all zero, and every
-weaker strength inherits a sparse network that regrows from there rather than from
-the random initialization (experiment 11, docs/results.md: on MNIST [784, 30, 10]
-the cold-started models were more accurate at every strength, at equal compute).
+Before any training, the build is read (:mod:`jreg.train.strength`): which
+penalty terms ``hp[strength]`` scales, in the objective and in
+:func:`jreg.proximal`. The default ``top`` is their ``λ_max`` (L1 and group lasso
+only); a penalty without one (L2...) needs ``top=`` a number (a
+:class:`jreg.JregError` otherwise), and a strength applied in both places warns
+(:class:`jreg.JregWarning`). So does a path whose members are all useless: at
+chance accuracy, or with a layer all zero.
 
 Exact zeros need a proximal optimizer (``optax.chain(optax.sgd(η),
 jreg.proximal(jreg.penalties.l1(hp["lmbda"]), η))``): a subgradient step
@@ -49,8 +66,10 @@ almost never lands on 0.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -59,19 +78,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_positive_int
-from .._errors import JregError, JregTypeError
+from .._errors import JregError, JregTypeError, JregWarning
 from .._signature import checked
 from .._types import ModelState, Params
-from ..optim import lambda_max
 from ..penalties import mask_tree
 from . import population as pop_
+from . import strength as strength_
 from .engine import Build
 from .history import SweepHistory
 from .inputs import check_data
 from .loop import Run
 from .state import TrainState
 from .sweep import _built, check_hparams
-from .validate import check_loop_args
+from .validate import check_loop_args, targets_of
 
 MODES = ("population", "sequential")
 TOPS = ("l1", "group_lasso")
@@ -154,8 +173,8 @@ def regularization_path(
     strength: str = "lmbda",
     strengths: Iterable[float] | None = None,
     n_strengths: int = 10,
-    top: float | str = "l1",
-    ratio: float = 1e-2,
+    top: float | str | None = None,
+    ratio: float = 1e-3,
     mask: Any = None,
     groups: str = "columns",
     hparams: Mapping[str, float] | None = None,
@@ -178,17 +197,28 @@ def regularization_path(
         strength: the name of the hyperparameter the path varies.
         strengths: the values, in any order (sorted strongest first); else ``n_strengths`` values from
             ``top`` down to ``top * ratio``, geometric.
-        top: the strongest value: a number, or ``"l1"`` / ``"group_lasso"`` for the smallest strength at which
-            that penalty (with ``mask``, and ``groups`` for the group lasso) zeroes every selected weight:
-            :func:`jreg.lambda_max` for L1, ``max_units ||dJ/dw_unit||_2`` for the group lasso, computed on the
-            whole training set at ``params`` with the selected weights zeroed, the objective of
-            ``build({strength: 0, ...})`` (stateless objectives only; else give a number).
+        top: the strongest value. By default (``None``) the ``λ_max`` of the penalty ``hp[strength]`` scales
+            in the build (found in the objective's penalty and in :func:`jreg.proximal`): the smallest strength
+            at which it keeps every selected weight at zero, :func:`jreg.lambda_max` for L1,
+            ``max_units ||dJ/dw_unit||_2`` for the group lasso (its own ``groups``), computed on the whole
+            training set at ``params`` with the selected weights zeroed, the objective of
+            ``build({strength: 0, ...})``, and converted to the strength's units (``l1(hp["lmbda"] / n)``:
+            ``n`` times it). Only L1 and group-lasso terms have one: for another penalty (L2, ...), give a
+            number (else a :class:`jreg.JregError` before any training). ``"l1"`` / ``"group_lasso"`` ask for
+            the same, and check that the build's penalty is that kind.
+        ratio: the weakest strength is ``top * ratio`` (default ``1e-3``: on MNIST, from all-zero to within
+            about a point of the unregularized model's accuracy).
+        mask: the weights the default ``top`` zeroes (default: those of the build's penalty terms).
         hparams: the other hyperparameters, one value each, shared by every member.
         mode: ``"population"`` (default) or ``"sequential"``.
         warm_every: population mode's restart period ``M`` in epochs (default ``max(1, epochs // K)``).
         selectors: ``{name: mask}`` whose norms, zeros and units the path reports (a mask as penalties take
             it); default ``{"weights": None}``, the weight matrices.
         groups: which units :attr:`Path.units` counts: ``"columns"`` (output units) or ``"rows"``.
+
+    Warns (:class:`jreg.JregWarning`) when ``hp[strength]`` is applied both in the objective and in
+    :func:`jreg.proximal` (the penalty acts twice), and when every member ends useless: at chance accuracy
+    (the most frequent class's share, plus a point) or with a layer whose weights are all zero.
         The rest as in :func:`jreg.sweep` (``params`` shared by every member); the sweep's ``callback``,
         ``ema``, ``parallel``, ``early_stopping``, ``checkpoint`` and ``resume`` are not supported (a clear error).
     """
@@ -201,34 +231,62 @@ def regularization_path(
         raise JregError(f"groups must be 'columns' or 'rows', got {groups!r}")
     if not isinstance(strength, str):
         raise JregTypeError(f"strength must be the name of a hyperparameter (str), got {strength!r}")
+    _check_top(top)
     fixed = _fixed(hparams, strength)
     selectors = _selectors(selectors, params)
     epochs, _ = check_loop_args(epochs, batch_size, key, None)
-    if strengths is None:
-        n_strengths = check_positive_int(n_strengths, "n_strengths")
-        if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
-            raise JregError(f"ratio must be a number in (0, 1) (glmnet's lambda_min_ratio), got {ratio!r}")
-        values = _grid(_top(top, build, params, train, strength, fixed, mask, groups), n_strengths, ratio)
-    else:
-        values = np.sort(np.asarray(check_hparams({strength: strengths})[0][strength], np.float64))[::-1]
+    found = strength_.uses(build, strength, fixed, params)  # the terms hp[strength] scales, before any training
+    values = _values(strengths, n_strengths, ratio, top, found, build, params, train, strength, fixed, mask)
     models = len(values)
     if warm_every is None:
         warm_every = max(1, epochs // models)
     warm_every = check_positive_int(warm_every, "warm_every")
     hp = {strength: values, **{k: np.full(models, v) for k, v in fixed.items()}}
+    doubled = strength_.warn_strength_twice(found, strength)
     started = time.perf_counter()
     common = dict(batch_size=batch_size, key=key, evaluation=evaluation, model_state=model_state,
                   vectorize=vectorize, monitor=monitor, partial_batch=partial_batch)  # fmt: skip
-    if mode == "population":
-        state, history = _population(build, params, train, hp, epochs, warm_every, verbose, common)
-    else:
-        state, history = _sequential(build, params, train, hp, epochs, verbose, common)
+    layers = pop_.weight_layers(params)
+    with strength_.quiet() if doubled else contextlib.nullcontext():  # said once, in the path's words
+        if mode == "population":
+            state, history, setup = _population(build, params, train, hp, epochs, warm_every, verbose, common, layers)
+        else:
+            state, history, setup = _sequential(build, params, train, hp, epochs, verbose, common, layers)
     jax.block_until_ready(state.params)
     seconds = time.perf_counter() - started
-    return _summarize(
+    path = _summarize(
         strength, values, state, history, selectors, groups, mode, warm_every if mode == "population" else None,
         epochs, seconds, model_state is not None,
     )  # fmt: skip
+    _warn_useless(path, setup, build({strength: values[-1], **fixed})[0], layers)
+    return path
+
+
+def _check_top(top: Any) -> None:
+    if top is None or (isinstance(top, str) and top in TOPS):
+        return
+    if isinstance(top, (bool, np.bool_)):
+        raise JregTypeError(f"top must be a number or one of {TOPS} (or left out), got {top!r}")
+    if isinstance(top, str):
+        raise JregError(f"top must be a number or one of {TOPS} (or left out), got {top!r}")
+    try:
+        float(top)
+    except (TypeError, ValueError) as exc:
+        raise JregTypeError(f"top must be a number or one of {TOPS} (or left out), got {top!r}") from exc
+
+
+def _values(strengths, n_strengths, ratio, top, found, build, params, train, strength, fixed, mask) -> np.ndarray:
+    """The strengths, strongest first: given, or ``n_strengths`` from ``top`` down to ``top * ratio``."""
+    if strengths is not None:
+        return np.sort(np.asarray(check_hparams({strength: strengths})[0][strength], np.float64))[::-1]
+    n_strengths = check_positive_int(n_strengths, "n_strengths")
+    if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio < 1):
+        raise JregError(f"ratio must be a number in (0, 1) (glmnet's lambda_min_ratio), got {ratio!r}")
+    if top is not None and not isinstance(top, str):
+        return _grid(float(top), n_strengths, ratio)
+    at_zero = lambda: strength_.built(build, {strength: 0.0, **fixed}, "at strength 0 for its λ_max")[0]  # noqa: E731
+    batch = check_data(train, "train")
+    return _grid(strength_.top(found, top, strength, at_zero, params, batch, mask), n_strengths, ratio)
 
 
 def _fixed(hparams: Any, strength: str) -> dict[str, float]:
@@ -267,59 +325,18 @@ def _grid(top: float, n: int, ratio: float) -> np.ndarray:
     return top * np.geomspace(1.0, ratio, n) if n > 1 else np.asarray([top])
 
 
-def _top(top: Any, build: Build, params: Params, train: Any, strength: str, fixed: dict, mask: Any, groups: str):
-    if isinstance(top, (bool, np.bool_)):
-        raise JregTypeError(f"top must be a number or one of {TOPS}, got {top!r}")
-    if not isinstance(top, str):
-        try:
-            return float(top)
-        except (TypeError, ValueError) as exc:
-            raise JregTypeError(f"top must be a number or one of {TOPS}, got {top!r}") from exc
-    if top not in TOPS:
-        raise JregError(f"top must be a number or one of {TOPS}, got {top!r}")
-    batch = check_data(train, "train")
-    values = {strength: 0.0, **fixed}
-    try:
-        objective = build(values)[0]
-    except JregError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a user's build failing: a missing hyperparameter, say
-        raise JregError(
-            f"top={top!r} evaluates build({values}) to find the strongest strength, and it fails "
-            f"({type(exc).__name__}: {exc}); give its other hyperparameters in hparams=, or top= a number"
-        ) from exc
-    try:
-        if top == "l1":
-            return float(lambda_max(objective, params, batch, mask=mask))
-        flags = mask_tree(params, mask)
-        zeroed = jax.tree.map(lambda w, on: jnp.zeros_like(w) if on else w, params, flags)
-        grads = jax.grad(lambda p: objective(p, batch)[0])(zeroed)
-    except Exception as exc:  # noqa: BLE001 - a stateful objective, say: it needs a given top
-        raise JregError(
-            f"top={top!r}: the objective of build({{{strength!r}: 0}}) cannot be called as objective(params, train) "
-            f"({type(exc).__name__}: {exc}); give top= a number"
-        ) from exc
-    picked = [_unit_norms(g, groups) for g, on in zip(jax.tree.leaves(grads), jax.tree.leaves(flags)) if on]
-    if not picked or any(g is None for g in picked):
-        raise JregError("top='group_lasso': the mask must select weight leaves of rank >= 2")
-    return float(max(jnp.max(g) for g in picked))
-
-
-def _unit_norms(g: jax.Array, groups: str) -> jax.Array | None:
-    if g.ndim < 2:
-        return None
-    axis = g.ndim - 1 if groups == "columns" else g.ndim - 2
-    return jnp.sqrt(jnp.sum(jnp.square(g), axis=tuple(a for a in range(g.ndim) if a != axis)))
-
-
-def _population(build, params, train, hp, epochs, warm_every, verbose, common):
+def _population(build, params, train, hp, epochs, warm_every, verbose, common, layers):
     population = pop_.start(build, params, train, hp, epochs=epochs, stacked_params=False, **common)
     models = population.models
 
     @jax.jit
     def inherit(state: TrainState, alive: jax.Array, hp: dict[str, jax.Array]):
-        sources = jnp.maximum(jnp.arange(models) - 1, 0)
-        fresh = jnp.arange(models) > 0
+        index = jnp.arange(models)
+        weaker = jnp.minimum(index + 1, models - 1)
+        # from the weaker neighbour (dense to sparse), never from one with a layer all zero: its units could not
+        # become different again; the weakest member, and one whose neighbour has a zeroed layer, keep their state
+        fresh = (index < models - 1) & ~pop_.zeroed_layers(state.params, layers)[weaker]
+        sources = jnp.where(fresh, weaker, index)
         params, model_state = pop_.take_rows((state.params, state.model_state), sources)
         opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
         step = jnp.where(fresh, 0, state.step)
@@ -331,37 +348,79 @@ def _population(build, params, train, hp, epochs, warm_every, verbose, common):
 
     history = SweepHistory(cost_convention=population.setup.monitor.cost_convention)
     due = lambda e: (e + 1) % warm_every == 0 and e + 1 < epochs  # noqa: E731
-    return pop_.run(population, history, transfer, due, verbose=verbose).state, history
+    return pop_.run(population, history, transfer, due, verbose=verbose).state, history, population.setup
 
 
 def _where_rows(flags: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     return jnp.where(flags.reshape((-1,) + (1,) * (jnp.ndim(new) - 1)), new, old)
 
 
-def _sequential(build, params, train, hp, epochs, verbose, common):
+def _sequential(build, params, train, hp, epochs, verbose, common, layers):
     models = len(next(iter(hp.values())))
     _built(build, check_hparams(hp)[0], models)  # every strength's build checked before any training
     key = common.pop("key")
-    first = {k: v[:1] for k, v in hp.items()}
-    population = pop_.start(build, params, train, first, epochs=epochs, stacked_params=False, key=key, **common)
+    weakest = {k: v[-1:] for k, v in hp.items()}
+    population = pop_.start(build, params, train, weakest, epochs=epochs, stacked_params=False, key=key, **common)
     history = SweepHistory(cost_convention=population.setup.monitor.cost_convention)
-    finals, runs = [], []
     state = population.state
-    for i in range(models):
+    cold = jax.tree.map(jnp.copy, (state.params, state.model_state))  # ``params``: the weakest strength's start
+    finals, runs = [None] * models, [None] * models
+    for i in reversed(range(models)):  # weak to strong: dense to sparse
         population.hp = {k: jnp.asarray(v[i : i + 1], population.hp[k].dtype) for k, v in hp.items()}
         population.key = jax.random.fold_in(key, i)
-        if i:  # a fresh fit from the previous strength's final params and model state
-            opt_state = population.init_opt(state.params, population.hp)
-            state = TrainState(state.params, opt_state, state.model_state, jnp.zeros((1,), jnp.int32))
+        if i < models - 1:  # a fresh fit from the weaker strength's final params, or from params if a layer is zero
+            zeroed = bool(pop_.zeroed_layers(state.params, layers)[0])
+            start = jax.tree.map(jnp.copy, cold) if zeroed else (state.params, state.model_state)
+            opt_state = population.init_opt(start[0], population.hp)
+            state = TrainState(start[0], opt_state, start[1], jnp.zeros((1,), jnp.int32))
         population.state = state
-        runs.append(SweepHistory(cost_convention=history.cost_convention))
-        state = pop_.run(population, runs[-1], None, lambda e: False, verbose=verbose).state
-        finals.append(jax.tree.map(jnp.copy, state))
+        runs[i] = SweepHistory(cost_convention=history.cost_convention)
+        state = pop_.run(population, runs[i], None, lambda e: False, verbose=verbose).state
+        finals[i] = jax.tree.map(jnp.copy, state)
     for k in runs[0].keys():
         for j, epoch in enumerate(runs[0].epochs(k)):
             history.append({k: np.concatenate([np.asarray(r.series[k][j]) for r in runs])}, epoch)
     history.diverged = {i: r.diverged[0] for i, r in enumerate(runs) if 0 in r.diverged}  # epochs of its own fit
-    return jax.tree.map(lambda *a: jnp.concatenate(a), *finals), history
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *finals), history, population.setup
+
+
+def _warn_useless(path: Path, setup: Any, objective: Any, layers: list[bool]) -> None:
+    """A :class:`jreg.JregWarning` when every member is at chance accuracy or has a layer all zero."""
+    zeroed = np.asarray(pop_.zeroed_layers(path.params, layers)) if any(layers) else np.zeros(len(path), bool)
+    chance, said = np.zeros(len(path), bool), ""
+    for series, data in (("evaluation_accuracy", setup.evaluation), ("training_accuracy", setup.train)):
+        share = _majority(objective, data) if series in path.metrics and data is not None else None
+        if share is not None:  # NaN (a frozen member) counts as useless
+            chance, said = ~(path.metrics[series] > share + 0.01), f"{series} <= {share:.3f} + 0.01"
+            break
+    if not np.all(zeroed | chance):
+        return
+    measured = said or "no accuracy measured"
+    warnings.warn(
+        f"every member of the path is useless: {int(np.sum(chance))} of {len(path)} at chance ({measured}), "
+        f"{int(np.sum(zeroed))} with a weight layer all zero, over strengths {path.strengths[0]:.4g} .. "
+        f"{path.strengths[-1]:.4g}; start weaker (a smaller top or ratio) or train more (epochs, learning rate)",
+        JregWarning,
+        stacklevel=3,
+    )
+
+
+def _majority(objective: Any, data: Any) -> float | None:
+    """The most frequent class's share of the targets (a constant model's accuracy), or None if not classes."""
+    try:
+        targets = targets_of(objective, data)
+        y = None if targets is None else np.asarray(targets)
+    except Exception:  # noqa: BLE001 - targets jreg cannot read: no chance level, no warning about it
+        return None
+    if y is None or y.size == 0:
+        return None
+    if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
+        labels = y
+    elif np.issubdtype(y.dtype, np.floating) and y.ndim == 2 and y.shape[1] >= 2:
+        labels = np.argmax(y, axis=1)
+    else:
+        return None
+    return float(np.max(np.bincount(labels - labels.min())) / labels.size)
 
 
 def _summarize(strength, values, state, history, selectors, groups, mode, warm_every, epochs, seconds, stateful):

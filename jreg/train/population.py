@@ -32,6 +32,7 @@ import numpy as np
 
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
+from ..penalties import mask_tree
 from . import calls, stream
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
@@ -232,3 +233,19 @@ def _nan_at(values: Any, rows: np.ndarray) -> np.ndarray:
 def take_rows(tree: Any, sources: jax.Array) -> Any:
     """``tree`` with member ``i`` replaced by member ``sources[i]`` (a gather along the model axis)."""
     return jax.tree.map(lambda a: jnp.take(a, sources, axis=0), tree)
+
+
+def weight_layers(params: Params) -> list[bool]:
+    """Per leaf of (unstacked) ``params``: a weight matrix or kernel (the default mask, rank >= 2), a layer."""
+    flags = jax.tree.leaves(mask_tree(params, None))
+    return [bool(on) and jnp.ndim(w) >= 2 for w, on in zip(jax.tree.leaves(params), flags)]
+
+
+def zeroed_layers(stacked: Params, layers: list[bool]) -> jax.Array:
+    """``(K,)``: whether each member of the ``stacked`` params has a layer (``layers``) whose weights are all 0."""
+    leaves = jax.tree.leaves(stacked)
+    out = jnp.zeros((leaves[0].shape[0],), bool)
+    for a, on in zip(leaves, layers):
+        if on:
+            out = out | jnp.all(a.reshape(a.shape[0], -1) == 0, axis=1)
+    return out

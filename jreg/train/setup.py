@@ -16,7 +16,8 @@ from .._errors import JregError, JregTypeError
 from .._tree import inexact_leaves, path_str
 from .._types import Batch, ModelState, Params
 from ..metrics import as_metrics
-from . import calls, stream, validate
+from ..optim import applied_proximal
+from . import calls, stream, strength, validate
 from .config import Evaluation, as_evaluation
 from .inputs import check_data, data_size
 from .monitor import Monitor, default_metrics, make_monitor
@@ -93,7 +94,9 @@ def prepare(
         held_out_seen = validate.probe(objective, probe_state, held_out, "evaluation", key)
         validate.check_labels(validate.targets_of(objective, held_out), held_out_seen.outputs, "evaluation")
     if optimizer is not None:
-        validate.probe_update(objective, optimizer, probe_state, train, plan.batch_size, key)
+        with applied_proximal() as proxed:
+            validate.probe_update(objective, optimizer, probe_state, train, plan.batch_size, key)
+        strength.warn_twice(objective, proxed, params)  # the same penalty in the objective and jreg.proximal
     classes = validate.are_classes(targets, seen.outputs)
     metrics = default_metrics(objective, classes) if schedule.metrics is None else as_metrics(schedule.metrics)
     validate.check_metric_names(metrics, seen.parts)
