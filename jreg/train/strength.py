@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 import dataclasses
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -33,7 +33,6 @@ from .._errors import JregError, JregWarning
 from ..objective import Objective
 from ..optim import applied_proximal
 from ..penalties import ByPath, ByShape, Center, Penalty, Term, is_schedule, mask_tree
-from .engine import Build
 
 #: the kinds with a strength at which they zero every selected weight (``λ_max``)
 KINDS_WITH_TOP = ("l1", "group_lasso")
@@ -69,6 +68,9 @@ def terms_of(objective: Any, optimizer: Any, params: Any) -> tuple[list[tuple[st
 def _objective_terms(objective: Any) -> list[tuple[str, Term]]:
     penalty = objective.penalty if isinstance(objective, Objective) else None
     return list(zip(penalty.names(), penalty.terms)) if isinstance(penalty, Penalty) else []
+
+
+Build = Callable[[Any], tuple[Any, Any]]  # build(hp) -> (objective, optimizer), as jreg.train.engine.Build
 
 
 def built(build: Build, values: dict[str, float], why: str) -> tuple[Any, Any]:
