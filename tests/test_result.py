@@ -173,3 +173,32 @@ def test_history_best_summary_and_keras_dict_for_one_model():
     assert "evaluation_accuracy" in result.history.summary() and repr(result.history).startswith("History(epochs=3")
     with pytest.raises(jreg.JregError, match="was not measured"):
         result.history.best("training_top5")
+
+
+def test_path_and_pbt_results_are_results_with_their_own_fields():
+    def build(hp):
+        return jreg.objective(MODEL.apply, jreg.losses.cross_entropy), optax.chain(
+            optax.sgd(0.5), jreg.proximal(jreg.penalties.l1(hp["lmbda"]), 0.5)
+        )
+
+    path = jreg.regularization_path(build, PARAMS, TRAIN, strengths=[0.01, 0.001], epochs=2, batch_size=8,
+                                    key=jax.random.key(1), monitor=())  # fmt: skip
+    assert isinstance(path, jreg.Result) and len(path) == 2 and path.models == 2
+    assert path.hparams["lmbda"].tolist() == pytest.approx([0.01, 0.001])
+    assert jax.tree.leaves(path.opt_state) == [] or jax.tree.leaves(path.opt_state)[0].shape[0] == 2
+    same(path.select(1).params, jax.tree.map(lambda a: a[1], path.params))
+    with pytest.raises(TypeError):
+        params, history = path
+
+    def pbt_build(hp):
+        return jreg.objective(MODEL.apply, jreg.losses.cross_entropy), optax.sgd(hp["eta"], momentum=0.9)
+
+    result = jreg.pbt(pbt_build, PARAMS, TRAIN, hparams={"eta": [0.1, 0.3, 1.0, 3.0]}, explore={"eta": (0.8, 1.25)},
+                      every=1, epochs=2, batch_size=8, key=jax.random.key(2), evaluation=TEST,
+                      monitor=("evaluation_accuracy",))  # fmt: skip
+    assert isinstance(result, jreg.Result) and len(result) == 4 and isinstance(result.best, int)
+    assert jax.tree.leaves(result.opt_state)[0].shape[0] == 4  # momentum traces, one per member
+    same(result.select(result.best).params, jax.tree.map(lambda a: a[result.best], result.params))
+    with pytest.raises(jreg.JregError, match="holds no run to continue"):
+        jreg.sweep(pbt_build, PARAMS, TRAIN, hparams={"eta": [0.1, 0.3, 1.0, 3.0]}, epochs=3, batch_size=8,
+                   key=jax.random.key(2), resume=result)  # fmt: skip

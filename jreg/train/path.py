@@ -88,6 +88,7 @@ from .engine import Build
 from .history import SweepHistory
 from .inputs import check_data
 from .loop import Run
+from .result import Result
 from .state import TrainState
 from .sweep import _built, check_hparams
 from .validate import check_loop_args, targets_of
@@ -96,9 +97,10 @@ MODES = ("population", "sequential")
 TOPS = ("l1", "group_lasso")
 
 
-@dataclasses.dataclass
-class Path:
-    """A regularization path: per strength (strongest first) the final figures, norms, zeros and units.
+@dataclasses.dataclass(eq=False, kw_only=True, repr=False)
+class Path(Result):
+    """A regularization path: a :class:`jreg.Result` of K members, one per strength (strongest first), with the
+    final figures, norms, zeros and units of each (``len(path)`` is K).
 
     Attributes:
         strength: the name of the hyperparameter that varies.
@@ -108,8 +110,8 @@ class Path:
         zeros: ``{selector: (K,)}``: weights exactly 0; ``sizes[selector]`` the weights selected.
         units: ``{selector: (K,)}``: units (columns, or rows with ``groups="rows"``, of the selected
             leaves of rank >= 2) with some weight non-zero; ``unit_counts[selector]`` all units.
-        params: the trained params, stacked along a leading axis of size K (model states likewise,
-            in ``model_state``, when given).
+        params: the trained params, stacked along a leading axis of size K (``opt_state`` likewise, and
+            ``model_state`` when given); ``hparams`` is ``{strength: strengths}``.
         history: a :class:`SweepHistory`, ``(K, measurements)`` per series (sequential mode: each
             strength's own fit, epochs 1..E). A member whose training became non-finite is frozen (at the
             state its bad epoch started from) and shows NaN figures from that epoch on, until a restart gives
@@ -131,13 +133,15 @@ class Path:
     sizes: dict[str, int]
     units: dict[str, np.ndarray]
     unit_counts: dict[str, int]
-    params: Params
-    history: SweepHistory
     mode: str
     warm_every: int | None
     epochs: int
     seconds: float
-    model_state: ModelState = None
+
+    __iter__ = None  # type: ignore[assignment]  # never a tuple: no old form to unpack
+
+    def __getitem__(self, i: Any) -> Any:
+        raise TypeError("a Path is not indexable; take member k out with path.select(k)")
 
     def __len__(self) -> int:
         return len(self.strengths)
@@ -346,7 +350,7 @@ def _population(build, params, train, hp, epochs, warm_every, verbose, common, l
     def transfer(run: Run, population: pop_.Population) -> None:
         run.state, run.alive = inherit(run.state, run.alive, population.hp)
 
-    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention)
+    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention, size=population.models)
     due = lambda e: (e + 1) % warm_every == 0 and e + 1 < epochs  # noqa: E731
     return pop_.run(population, history, transfer, due, verbose=verbose).state, history, population.setup
 
@@ -361,7 +365,7 @@ def _sequential(build, params, train, hp, epochs, verbose, common, layers):
     key = common.pop("key")
     weakest = {k: v[-1:] for k, v in hp.items()}
     population = pop_.start(build, params, train, weakest, epochs=epochs, stacked_params=False, key=key, **common)
-    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention)
+    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention, size=models)
     state = population.state
     cold = jax.tree.map(jnp.copy, (state.params, state.model_state))  # ``params``: the weakest strength's start
     finals, runs = [None] * models, [None] * models
@@ -374,7 +378,7 @@ def _sequential(build, params, train, hp, epochs, verbose, common, layers):
             opt_state = population.init_opt(start[0], population.hp)
             state = TrainState(start[0], opt_state, start[1], jnp.zeros((1,), jnp.int32))
         population.state = state
-        runs[i] = SweepHistory(cost_convention=history.cost_convention)
+        runs[i] = SweepHistory(cost_convention=history.cost_convention, size=1)
         state = pop_.run(population, runs[i], None, lambda e: False, verbose=verbose).state
         finals[i] = jax.tree.map(jnp.copy, state)
     for k in runs[0].keys():
@@ -437,8 +441,11 @@ def _summarize(strength, values, state, history, selectors, groups, mode, warm_e
         units[name] = sum(grouped) if grouped else np.zeros(len(values), int)
         counts[name] = int(sum(_units_of(a, groups) for a, on in zip(leaves, flags) if on and a.ndim >= 3))
     return Path(
-        strength, values, metrics, l2, l1, zeros, sizes, units, counts, state.params, history, mode, warm_every,
-        epochs, seconds, state.model_state if stateful else None,
+        params=state.params, history=history, opt_state=state.opt_state,
+        model_state=state.model_state if stateful else None, hparams={strength: np.asarray(values)},
+        stateful=stateful, strength=strength, strengths=values, metrics=metrics, l2=l2, l1=l1, zeros=zeros,
+        sizes=sizes, units=units, unit_counts=counts, mode=mode, warm_every=warm_every, epochs=epochs,
+        seconds=seconds,
     )  # fmt: skip
 
 

@@ -48,7 +48,7 @@ from .sweep import check_hparams
 MINIMIZED = ("cost", "loss", "error")
 
 
-@dataclasses.dataclass(eq=False, kw_only=True)
+@dataclasses.dataclass(eq=False, kw_only=True, repr=False)
 class PBTResult(Result):
     """What :func:`jreg.pbt` returns: a :class:`jreg.Result` of K members (``params``, ``opt_state``,
     ``model_state``, ``history``) with the population's own record.
@@ -75,6 +75,14 @@ class PBTResult(Result):
     best: int  # type: ignore[assignment]
     rank_by: str
     maximize: bool
+
+    __iter__ = None  # type: ignore[assignment]  # never a tuple: no old form to unpack
+
+    def __getitem__(self, i: Any) -> Any:
+        raise TypeError("a PBTResult is not indexable; take member k out with result.select(k)")
+
+    def __len__(self) -> int:
+        return int(self.models or 0)
 
     def final_hparams(self) -> dict[str, np.ndarray]:
         """``{name: (K,)}``: each member's hyperparameters in the last epoch."""
@@ -162,7 +170,7 @@ def pbt(
         trajectory.append(jax.device_get(population.hp))  # the values epoch e trained with (before any change)
         return (e + 1) % every == 0 and e + 1 < population.epochs
 
-    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention)
+    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention, size=population.models)
     done = pop_.run(population, history, transfer, due, verbose=verbose)
     last = np.asarray(history[rank_by])[:, -1]
     ranked = np.where(np.isnan(last), -np.inf, last if maximize else -last)
