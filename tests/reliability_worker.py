@@ -4,6 +4,7 @@ python reliability_worker.py straight OUT            # 10 epochs, params saved t
 python reliability_worker.py first CKPT_DIR          # 5 of 10 epochs, checkpointing
 python reliability_worker.py second CKPT_DIR OUT     # resume from CKPT_DIR to 10 epochs, params to OUT
 python reliability_worker.py slow-save PATH          # save step 1, then step 2 with a write that stalls
+python reliability_worker.py auto CKPT_DIR OUT       # 10 epochs, resume="auto" (re-run after kill -9), params to OUT
 """
 
 from __future__ import annotations
@@ -29,14 +30,23 @@ def main() -> None:
     obj, opt, params, train = setup()
     common = dict(batch_size=10, key=jax.random.key(7))
     if mode == "straight":
-        trained, _ = jreg.fit(obj, opt, params, train, epochs=10, **common)
-        jreg.save(target, trained)
+        jreg.save(target, jreg.fit(obj, opt, params, train, epochs=10, **common).params)
     elif mode == "first":
         jreg.fit(obj, opt, params, train, epochs=5, checkpoint=jreg.Checkpointing(target), **common)
     elif mode == "second":
-        trained, history = jreg.fit(obj, opt, params, train, epochs=10, resume=target, **common)
-        assert len(history) == 10, len(history)
-        jreg.save(sys.argv[3], trained)
+        result = jreg.fit(obj, opt, params, train, epochs=10, resume=target, **common)
+        assert len(result.history) == 10, len(result.history)
+        jreg.save(sys.argv[3], result.params)
+    elif mode == "auto":  # one unchanged command, re-run after a kill: resumes when the folder holds checkpoints
+
+        def announce(epoch, metrics):
+            print(f"EPOCH {epoch + 1}", flush=True)
+
+        ckpt = jreg.Checkpointing(target, every=1)
+        result = jreg.fit(obj, opt, params, train, epochs=10, checkpoint=ckpt, resume="auto", callback=announce,
+                          **common)  # fmt: skip
+        assert len(result.history) == 10, len(result.history)
+        jreg.save(sys.argv[3], result.params)
     elif mode == "slow-save":
         jreg.save(target, params, step=1)
 

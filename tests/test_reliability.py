@@ -46,6 +46,27 @@ def test_same_seed_same_params_bit_for_bit_in_separate_processes(tmp_path):
     assert bits_equal(tmp_path / "a.npz", tmp_path / "b.npz")
 
 
+@pytest.mark.slow
+def test_a_killed_job_rerun_with_resume_auto_ends_bit_identical(tmp_path):
+    """A preemptible job: the same command, killed with SIGKILL mid-run and run again, equals one straight run."""
+    worker("straight", str(tmp_path / "straight.npz"))
+    command = [sys.executable, str(WORKER), "auto", str(tmp_path / "ckpt"), str(tmp_path / "auto.npz")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        while (line := proc.stdout.readline()) and line.strip() != "EPOCH 4":
+            pass
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "auto.npz").exists()
+    assert any(p.name.startswith("ckpt-") for p in (tmp_path / "ckpt").iterdir())
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)  # the same command again
+    assert done.returncode == 0, done.stderr[-4000:]
+    first = int(done.stdout.split()[1])
+    assert 2 <= first <= 5, done.stdout  # it went on from a checkpoint (epoch 3 or 4), not from epoch 1
+    assert bits_equal(tmp_path / "straight.npz", tmp_path / "auto.npz")
+
+
 def test_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "model.npz"
     proc = subprocess.Popen([sys.executable, str(WORKER), "slow-save", str(path)], stdout=subprocess.PIPE, text=True)
