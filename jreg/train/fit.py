@@ -134,9 +134,8 @@ def fit(
             (default): on a GPU or TPU 8 when one step is small (at most 400
             operations, e.g. an MLP) and an epoch has at least 16 steps, else
             1; on a CPU 1. Unrolling cuts the loop's per-step cost, which
-            dominates tiny models on a GPU ([784, 30, 10]: 14-20 % of an
-            epoch, docs/benchmarks.md); a larger value only lengthens
-            compilation. The arithmetic of each step is the same, but XLA
+            dominates tiny models on a GPU (docs/benchmarks.md measures it);
+            a larger value only lengthens compilation. The arithmetic of each step is the same, but XLA
             may fuse an unrolled body's running averages (an EMA of the
             params, BatchNorm statistics) differently, so those can differ
             in the last bits from ``unroll=1`` (plain SGD or Adam on a CPU

@@ -242,19 +242,15 @@ def sweep(
             each step of one scan and carries every weight matrix with the
             model axis second (``(784, K, 30)``), so the mini-batch, the same
             for every model, meets all K first layers in one wide matmul and
-            the weight gradient is one GEMM (on an H200 a hand-written epoch
-            in that layout is 1.37-1.47x faster than the ``vmap`` one at
-            K >= 1024: docs/benchmarks.md; results equal ``"vmap"``'s up to
-            float reassociation; not with ``parallel``). There jreg's own
-            layers (those of :func:`jreg.mlp`) take
-            each weight gradient as ``aᵀ·g``, one matmul whose output is
-            already in that layout. ``"wide"`` is opt-in (its results differ
-            from ``"vmap"``'s in the last bits): on a 2-core CPU at K = 64 it
-            took 30-36 ms per model-epoch against 44-53 for ``"vmap"``, and
-            is faster from K = 4 on; on an H200 at K = 2048, before the
-            ``aᵀ·g`` gradients, 0.90 ms against 1.15. The per-epoch evaluations are
-            batched either way. ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3,
-            ``"vmap"`` otherwise (measured crossover: docs/benchmarks.md).
+            the weight gradient is one GEMM (results equal ``"vmap"``'s up
+            to float reassociation; not with ``parallel``). There jreg's own
+            layers (those of :func:`jreg.mlp`) take each weight gradient as
+            ``aᵀ·g``, one matmul whose output is already in that layout.
+            ``"wide"`` is opt-in (its results differ from ``"vmap"``'s in the
+            last bits). The per-epoch evaluations are batched either way.
+            ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3, ``"vmap"``
+            otherwise. docs/scaling.md says which is fastest where, with the
+            measurements (docs/benchmarks.md) behind each rule.
         evaluation: held-out data, or a :class:`jreg.Evaluation` (metrics,
             evaluation batch size, every k epochs), as in :func:`fit`.
         ema: a :class:`jreg.EMA`, as in :func:`fit`, for every model: one
