@@ -88,9 +88,9 @@ from .engine import Build
 from .history import SweepHistory
 from .inputs import check_data
 from .loop import Run
+from .prepare import built_models, check_hparams
 from .result import Result
 from .state import TrainState
-from .sweep import _built, check_hparams
 from .validate import check_loop_args, targets_of
 
 MODES = ("population", "sequential")
@@ -361,7 +361,7 @@ def _where_rows(flags: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
 
 def _sequential(build, params, train, hp, epochs, verbose, common, layers):
     models = len(next(iter(hp.values())))
-    _built(build, check_hparams(hp)[0], models)  # every strength's build checked before any training
+    built_models(build, check_hparams(hp)[0], models)  # every strength's build checked before any training
     key = common.pop("key")
     weakest = {k: v[-1:] for k, v in hp.items()}
     population = pop_.start(build, params, train, weakest, epochs=epochs, stacked_params=False, key=key, **common)

@@ -41,9 +41,9 @@ from . import population as pop_
 from .engine import Build
 from .history import SweepHistory
 from .loop import Run
+from .prepare import check_hparams
 from .result import Result
 from .state import TrainState
-from .sweep import check_hparams
 
 MINIMIZED = ("cost", "loss", "error")
 

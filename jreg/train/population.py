@@ -37,9 +37,10 @@ from . import calls, stream
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs
+from .prepare import check_hparams, default_vectorize, initial_state, prepare_models
 from .setup import Setup
 from .state import TrainState
-from .sweep import check_hparams, default_vectorize, locate_member, prepare_models
+from .sweep import locate_member
 from .validate import check_loop_args
 
 
@@ -134,16 +135,7 @@ def start(
         monitor=monitor,
     )
 
-    @jax.jit
-    def initial(params, model_state, hp):
-        if not stacked_params:
-            params, model_state = jax.tree.map(
-                lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), (params, model_state)
-            )
-        opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
-        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32))
-
-    state = initial(params, model_state, hp)
+    state = initial_state(build, hp, models, stacked_params)(params, model_state)
     measured = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)
     epoch = program(build, setup.plan, measured, models=models, vectorize=vectorize)
     return Population(build, hp, models, setup, epoch, state, epochs, key, model_state is not None)

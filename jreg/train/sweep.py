@@ -9,9 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from .._checks import check_optimizer
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
@@ -23,153 +21,12 @@ from .engine import VECTORIZE, Build, program
 from .epoch import check_unroll
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
+from .prepare import check_hparams, default_vectorize, initial_state, prepare_models, seeded
 from .result import Result
-from .setup import Setup, check_checkpointing, prepare
+from .setup import Setup, check_checkpointing
 from .state import TrainState
 from .sweep_stopping import SweepStopper
 from .validate import check_loop_args
-
-
-def check_hparams(hparams: Any) -> tuple[dict[str, jax.Array], int]:
-    """``({name: (K,) array}, K)`` from ``{name: K values}``; finite reals, one value per model each."""
-    if not isinstance(hparams, Mapping) or not hparams:
-        raise JregTypeError(
-            "hparams must be a non-empty mapping from names to 1-D arrays of values, one per model, "
-            f"e.g. {{'lmbda': [0.0, 0.1]}}; got {hparams!r}"
-        )
-    out, sizes = {}, set()
-    for name, values in hparams.items():
-        try:
-            arr = np.asarray(values)
-        except (ValueError, TypeError) as exc:  # ragged or otherwise not an array
-            raise JregError(f"hparams[{name!r}] must be a 1-D array of numbers, one per model ({exc})") from exc
-        if arr.ndim != 1 or arr.size == 0:
-            raise JregError(f"hparams[{name!r}] must be a non-empty 1-D array (one value per model), got {arr.shape}")
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise JregTypeError(f"hparams[{name!r}] must hold real numbers, got dtype {arr.dtype}")
-        if not np.all(np.isfinite(arr)):
-            raise JregError(f"hparams[{name!r}] must be finite, got {arr.tolist()}")
-        dtype = np.float32 if np.issubdtype(arr.dtype, np.floating) else np.int32
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = arr.astype(dtype)
-        if not np.all(np.isfinite(cast)) or (dtype == np.int32 and not np.array_equal(cast, arr)):
-            raise JregError(f"hparams[{name!r}] holds values beyond the range of {np.dtype(dtype).name}")
-        sizes.add(arr.size)
-        out[name] = jnp.asarray(cast)
-    if len(sizes) != 1:
-        lengths = {k: int(v.shape[0]) for k, v in out.items()}
-        raise JregError(f"every hparams entry must hold one value per model (same length), got lengths {lengths}")
-    return out, sizes.pop()
-
-
-def _built(build: Build, hp: dict[str, jax.Array], models: int) -> list[tuple[Callable[..., Any], Any]]:
-    """Build each model once with concrete values (validation runs, the types are checked), then once traced."""
-    built = []
-    for i in range(models):
-        values = {k: v[i] for k, v in hp.items()}
-        try:
-            built.append(build(values))
-        except JregError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a user's build failing: say for which model
-            shown = ", ".join(f"{k!r}: {float(v):g}" for k, v in values.items())
-            raise JregError(f"build(hp) fails for model {i}, hp = {{{shown}}}: {type(exc).__name__}: {exc}") from exc
-    try:  # under the sweep the hyperparameters are traced: float(hp["eta"]) and friends fail there
-        jax.make_jaxpr(lambda h: (build(h), jnp.zeros(()))[1])({k: v[0] for k, v in hp.items()})
-    except JregError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise JregError(
-            "build(hp) must work with traced hyperparameters (the sweep traces them so that one program serves "
-            "every value): pass hp[...] to penalties and optax as it is, do not convert it with float() or int(); "
-            f"it fails with {type(exc).__name__}: {exc}"
-        ) from exc
-    for i, pair in enumerate(built):
-        if not (isinstance(pair, tuple) and len(pair) == 2) or isinstance(pair, optax.GradientTransformation):
-            raise JregTypeError(f"build must return (objective, optimizer), got {type(pair).__name__} for model {i}")
-        calls.check_objective(pair[0])
-        check_optimizer(pair[1])
-    return built
-
-
-SEED = "seed"
-
-
-def seeded(init: Callable[[jax.Array], Params], hp: dict[str, jax.Array], model_state: Any, stacked: bool) -> Params:
-    """Params stacked along the models: member ``i`` is ``init(jax.random.key(hp["seed"][i]))``."""
-    if SEED not in hp:
-        raise JregError(
-            f"params is an init function of a key ({getattr(init, '__name__', init)!r}): add a seed to hparams "
-            "(e.g. hparams=jreg.grid(lmbda=[...], seed=range(3))) so each member has its own initialization, "
-            "or pass initialized params"
-        )
-    if stacked:
-        raise JregError("stacked_params=True: params must already be stacked; an init function stacks them itself")
-    seeds = np.asarray(hp[SEED])
-    if not np.issubdtype(seeds.dtype, np.integer) or np.any(seeds < 0):
-        raise JregError(f"hparams['seed'] must hold non-negative integers, got {seeds.tolist()}")
-    made: dict[int, Params] = {}
-    for s in dict.fromkeys(seeds.tolist()):  # each distinct seed once (a grid repeats them)
-        try:
-            made[s] = init(jax.random.key(s))
-        except JregError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the user's init: say which call failed
-            raise JregError(f"params: init(jax.random.key({s})) failed: {type(exc).__name__}: {exc}") from exc
-    return jax.tree.map(lambda *a: jnp.stack([jnp.asarray(x) for x in a]), *[made[s] for s in seeds.tolist()])
-
-
-def _first(tree: Any, stacked: bool, models: int, name: str) -> Any:
-    """Model 0's tree from a stacked one (checking the leading axis), or the shared tree itself."""
-    if not stacked or tree is None:
-        return tree
-    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(tree)}
-    if sizes != {models}:
-        raise JregError(f"stacked_params=True needs a leading axis of size {models} on every leaf of {name}")
-    return jax.tree.map(lambda a: a[0], tree)
-
-
-def default_vectorize(vectorize: str, models: int) -> str:
-    """``vectorize`` checked, ``"auto"`` resolved: ``"map"`` on a CPU for K = 2 or 3, ``"vmap"`` otherwise."""
-    if vectorize not in VECTORIZE:
-        raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
-    if vectorize == "auto":
-        return "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
-    return vectorize
-
-
-def prepare_models(
-    build: Build,
-    params: Params,
-    model_state: ModelState,
-    train: Any,
-    evaluation: Any,
-    hp: dict[str, jax.Array],
-    models: int,
-    *,
-    stacked_params: bool,
-    batch_size: int,
-    key: Any,
-    partial_batch: str,
-    monitor: Iterable[str] | str | None,
-) -> Setup:
-    """What every K-model front end checks before any work: each model built with concrete values, the data
-    and model 0's objective, optimizer, params and state (a stacked leading axis checked) on the data."""
-    first = _first(params, stacked_params, models, "params")
-    first_state = _first(model_state, stacked_params, models, "model_state")
-    built = _built(build, hp, models)
-    return prepare(
-        built[0][0],
-        first,
-        first_state,
-        train,
-        evaluation,
-        batch_size=batch_size,
-        key=key,
-        partial_batch=partial_batch,
-        monitor=monitor,
-        optimizer=built[0][1],
-    )
 
 
 @checked("sweep")
@@ -352,20 +209,9 @@ def sweep(
         stopper = SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
-    scaled = stopper is not None and stopper.scaled
-
-    @jax.jit
-    def initial(params, model_state, hp):
-        if not stacked_params:
-            params, model_state = jax.tree.map(
-                lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), (params, model_state)
-            )
-        opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)
-        averaged = None if ema is None else jax.tree.map(jnp.copy, params)  # the EMA starts at the initial params
-        scale = jnp.ones((models,), jnp.float32) if scaled else None  # early stopping's per-model lr cuts
-        return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32), scale, averaged)
-
-    state = initial(params, model_state, hp)  # fresh buffers, safe to donate
+    scaled = stopper is not None and stopper.scaled  # early stopping's per-model lr cuts
+    initial = initial_state(build, hp, models, stacked_params, ema is not None, scaled)
+    state = initial(params, model_state)  # fresh buffers, safe to donate
     alive = jnp.ones((models,), bool)
     history = SweepHistory(
         cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta(), size=models
