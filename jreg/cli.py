@@ -263,7 +263,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         return jreg.objective(model.apply, jreg.losses.cross_entropy, penalty), optax.sgd(args.eta)
 
     progress, done = epoch_progress(args.epochs, lmbdas, quiet=args.quiet)
-    trained, history = jreg.sweep(
+    result = jreg.sweep(
         build,
         params,
         (x, y),
@@ -276,6 +276,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
     )
     done()
     elapsed = time.perf_counter() - started
+    trained, history = result.params, result.history
 
     runs = [_run_summary(lm, history, i, trained) for i, lm in enumerate(lmbdas)]
     results = {

@@ -95,3 +95,24 @@ def test_seeds_times_strengths_in_one_call_each_member_its_own_fit():
         jreg.sweep(build, MODEL.init, TRAIN, hparams={"lmbda": [0.0, 0.1]}, **kw)
     with pytest.raises(jreg.JregError, match="non-negative integers"):
         jreg.sweep(build, MODEL.init, TRAIN, hparams={"lmbda": [0.0, 0.1], "seed": [0.5, 1.0]}, **kw)
+
+
+def test_seeds_with_a_shared_model_state_give_each_member_its_own_copy():
+    def init(key):
+        return {"w": 0.3 * jax.random.normal(key, (6, 3)), "b": jnp.zeros(3)}
+
+    def apply(params, x, *, state, train):
+        mean = x.mean(axis=0) if train else state["mean"]
+        state = {"mean": 0.8 * state["mean"] + 0.2 * x.mean(axis=0)} if train else state
+        return (x - mean) @ params["w"] + params["b"], state
+
+    def stateful_build(hp):
+        return jreg.objective(apply, jreg.losses.softmax_cross_entropy), optax.sgd(0.3)
+
+    state = {"mean": jnp.zeros(6)}
+    result = jreg.sweep(stateful_build, init, TRAIN, hparams=jreg.grid(seed=[1, 2]), model_state=state, epochs=1,
+                        batch_size=8, key=jax.random.key(0), monitor=())  # fmt: skip
+    assert result.model_state["mean"].shape == (2, 6)
+    alone = jreg.fit(*stateful_build({}), init(jax.random.key(2)), TRAIN, model_state=state, epochs=1, batch_size=8,
+                     key=jax.random.key(0), monitor=())  # fmt: skip
+    np.testing.assert_allclose(result.select(1).params["w"], alone.params["w"], rtol=2e-5, atol=2e-6)

@@ -14,14 +14,14 @@ from .._errors import JregError
 from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
-from . import calls, checkpointing, config, engine, guard, mesh
+from . import calls, checkpointing, config, divergence, engine, mesh
 from . import early_stopping as stopping_hooks
 from .config import EMA, Checkpointing, DataParallel, Evaluation
 from .epoch import check_unroll
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .result import Result
-from .setup import Setup, check_checkpointing, prepare
+from .setup import check_checkpointing, prepare
 from .state import TrainState, copy
 from .validate import check_loop_args
 
@@ -235,7 +235,7 @@ def fit(
         data = train_data if setup.feed is None else setup.feed.epoch(e)  # a stream: epoch e opened
         return epoch({}, state, alive, data, held_out, jax.random.fold_in(key, e), evaluate=due)
 
-    hooks: list[Hook] = [_divergence(objective, optimizer, setup, train_data, key, ema)]
+    hooks: list[Hook] = [divergence.single(objective, optimizer, setup, train_data, key, ema)]
     hooks += [stopper.annotate] if stopper is not None else []
     hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []
@@ -311,36 +311,6 @@ def _finisher(key: Any, batch_size: int, streamed: bool, writer: Any, stateful: 
         )
 
     return finish
-
-
-def _divergence(objective, optimizer, setup: Setup, train, key, ema: EMA | None = None) -> Hook:
-    """Raise :class:`DivergenceError` when the epoch came out non-finite, naming the step (by replay)."""
-    keyed = calls.takes_key(objective)
-    decay = None if ema is None else ema.decay
-
-    def hook(run: Run) -> None:
-        if run.ok:
-            return
-        epoch_key = jax.random.fold_in(key, run.epoch)
-        if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
-            found = setup.feed.found.get(None)
-        else:
-            found = guard.locate(objective, optimizer, setup.plan, run.state, train, epoch_key, keyed, decay)
-        figures = {k: v for k, v in run.values.items() if setup.monitor.guarded(k)}
-        step, quantity, where = guard.describe(found, figures, run.epoch, run.epochs)
-        state = run.state if found is None else found[2]
-        raise guard.DivergenceError(
-            f"training diverged ({where}): {quantity}. The last finite params are in error.params. {guard.ADVICE}",
-            epoch=run.epoch,
-            step=step,
-            quantity=quantity,
-            params=state.params,
-            opt_state=state.opt_state,
-            model_state=state.model_state,
-            history=run.history,
-        )
-
-    return hook
 
 
 def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, stopper: Any, streamed: bool) -> Hook:

@@ -33,14 +33,13 @@ import numpy as np
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
 from ..penalties import mask_tree
-from . import calls, stream
+from . import calls, divergence, stream
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs
 from .prepare import check_hparams, default_vectorize, initial_state, prepare_models
 from .setup import Setup
 from .state import TrainState
-from .sweep import locate_member
 from .validate import check_loop_args
 
 
@@ -179,41 +178,12 @@ def run(
         if transfer is not None and due(r.epoch):
             transfer(r, pop)
 
-    diverged, transferred = _divergence(pop)
+    diverged, transferred = divergence.population(pop)
     hooks: list[Hook] = [diverged, blank, record] + ([progress(pop.setup.monitor)] if verbose else [])
     hooks += [maybe_transfer, transferred]
     alive = jnp.ones((pop.models,), bool)
     last = pop.epochs if epochs is None else epochs
     return run_epochs(one_epoch, Run(pop.state, alive, last, history), start_epoch, hooks, np.asarray)
-
-
-def _divergence(pop: Population) -> tuple[Hook, Hook]:
-    """Two hooks: record the members that diverged this epoch (first), and what the transfer changed (last):
-    a frozen member it revived, or a live one it gave a frozen member's state."""
-    flags = {"before": np.ones((pop.models,), bool), "trained": np.ones((pop.models,), bool)}
-
-    def diverged(r: Run) -> None:
-        history: SweepHistory = r.history  # type: ignore[assignment]
-        flags["trained"] = np.asarray(jax.device_get(r.alive), bool).reshape(-1)  # frozen by the engine or not
-        for i in np.flatnonzero(flags["before"] & ~flags["trained"]):  # a frozen member's epochs stay non-finite
-            values = {k: v[i] for k, v in pop.hp.items()}  # the values this epoch trained with (before any transfer)
-            history.diverged[int(i)] = locate_member(pop.build, values, pop.setup, r, int(i), pop.key)[0]
-
-    def transferred(r: Run) -> None:
-        history: SweepHistory = r.history  # type: ignore[assignment]
-        now = np.asarray(jax.device_get(r.alive), bool).reshape(-1)
-        for i in np.flatnonzero(now & ~flags["trained"]):
-            if int(i) in history.diverged:
-                history.diverged[int(i)].setdefault("revived", r.epoch + 1)
-        for i in np.flatnonzero(~now & flags["trained"]):  # its figures are NaN from the next epoch on
-            history.diverged[int(i)] = {
-                "epoch": r.epoch + 2,
-                "step": None,
-                "quantity": f"the state it took after epoch {r.epoch + 1} was a frozen (diverged) member's",
-            }
-        flags["before"] = now
-
-    return diverged, transferred
 
 
 def _nan_at(values: Any, rows: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
 from ..stopping import EarlyStopping
-from . import calls, checkpointing, guard, mesh, sweep_checkpoint
+from . import calls, checkpointing, divergence, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
 from .config import EMA, Checkpointing, ModelParallel, as_ema, check_decay
 from .engine import VECTORIZE, Build, program
@@ -189,6 +189,8 @@ def sweep(
     model_state = calls.as_model_state(model_state)
     if callable(params) and not isinstance(params, (list, tuple, dict)):  # an init function: one init per seed
         params, stacked_params = seeded(params, hp, model_state, stacked_params), True
+        if model_state is not None:  # a shared initial state: each member keeps its own copy
+            model_state = jax.tree.map(lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), model_state)
     setup = prepare_models(
         build,
         params,
@@ -253,7 +255,7 @@ def sweep(
             out = (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
         return out if stopper is None else track.advance(out, e, rule.monitor)
 
-    hooks: list[Hook] = [_flag_divergence(build, hp, setup, key, ema)]
+    hooks: list[Hook] = [divergence.members(build, hp, setup, key, ema)]
     hooks += [track.hook] if stopper is not None else []
     hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []
@@ -352,7 +354,7 @@ class _Tracking:
                     print(f"Epoch {run.epoch + 1}: model {int(i)} stopped: {stopper.reason}", flush=True)
         before = sorted(i for i, v in history.stopped.items() if v["epochs"] <= run.epoch)
         if before:
-            run.values = {k: _blank(v, before) for k, v in run.values.items()}
+            run.values = {k: divergence.blank(v, before) for k, v in run.values.items()}
 
 
 def _all_done(models: int) -> Hook:
@@ -405,51 +407,3 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
         track.per, track.best = per, best if best is not None else track.best
         loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
     return loaded, alive, resumed.epoch, resumed.run
-
-
-def locate_member(
-    build: Build, values: dict[str, Any], setup: Setup, run: Run, i: int, key: Any, ema: EMA | None = None
-) -> tuple[dict[str, Any], Any]:
-    """``(record, found)`` for member ``i`` of ``run``, which diverged in epoch ``run.epoch`` training with the
-    hyperparameters ``values``: its epoch replayed from the frozen state (the state that epoch started from) to
-    name the step, and the record ``{"epoch", "step", "quantity"}`` (1-based) that ``history.diverged`` keeps;
-    ``found`` is :func:`jreg.train.guard.locate`'s result (None when no step went bad)."""
-    objective, optimizer = build(values)
-    if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
-        found = setup.feed.found.get(int(i))
-    else:
-        decay = None if ema is None else ema.decay_of(values)
-        state = jax.tree.map(lambda a: a[i], run.state)
-        epoch_key = jax.random.fold_in(key, run.epoch)
-        keyed = calls.takes_key(objective)
-        found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
-    figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
-    step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
-    return {"epoch": run.epoch + 1, "step": None if step is None else step + 1, "quantity": quantity}, found
-
-
-def _flag_divergence(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any, ema: EMA | None = None) -> Hook:
-    """Record each newly diverged model (replaying its epoch to name the step) and blank its figures with NaN."""
-
-    def hook(run: Run) -> None:
-        history: SweepHistory = run.history  # type: ignore[assignment]
-        ok = np.asarray(run.ok)
-        for i in np.flatnonzero(~ok):
-            if int(i) in history.diverged:
-                continue
-            history.diverged[int(i)], found = locate_member(
-                build, {k: v[i] for k, v in hp.items()}, setup, run, i, key, ema
-            )
-            if found is not None:  # frozen at the last finite state, as fit's DivergenceError holds it
-                run.state = jax.tree.map(lambda a, b, i=i: a.at[i].set(b), run.state, found[2])
-        dead = sorted(history.diverged)
-        if dead:
-            run.values = {k: _blank(v, dead) for k, v in run.values.items()}
-
-    return hook
-
-
-def _blank(values: np.ndarray, dead: list[int]) -> np.ndarray:
-    values = np.array(values, dtype=np.float64 if np.asarray(values).dtype == np.float64 else np.float32)
-    values[dead] = np.nan
-    return values

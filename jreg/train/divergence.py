@@ -1,0 +1,131 @@
+"""Divergence on the host, one place for every front end: after the compiled epoch says a model went
+non-finite (:mod:`jreg.train.guard` checks inside the program), name the step by replaying the epoch and
+record it.
+
+* :func:`single` (``fit``): raise :class:`jreg.DivergenceError` with the last finite state.
+* :func:`members` (``sweep``): record each newly diverged member in ``history.diverged``, freeze it at its last
+  finite state, blank its figures with NaN while the others go on.
+* :func:`population` (paths, PBT): the same record, plus what a transfer between members changed (a frozen
+  member revived, a live one given a frozen member's state).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import calls, guard
+from .config import EMA
+from .engine import Build
+from .history import SweepHistory
+from .loop import Hook, Run
+from .setup import Setup
+
+
+def single(objective, optimizer, setup: Setup, train, key, ema: EMA | None = None) -> Hook:
+    """Raise :class:`DivergenceError` when the epoch came out non-finite, naming the step (by replay)."""
+    keyed = calls.takes_key(objective)
+    decay = None if ema is None else ema.decay
+
+    def hook(run: Run) -> None:
+        if run.ok:
+            return
+        epoch_key = jax.random.fold_in(key, run.epoch)
+        if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
+            found = setup.feed.found.get(None)
+        else:
+            found = guard.locate(objective, optimizer, setup.plan, run.state, train, epoch_key, keyed, decay)
+        figures = {k: v for k, v in run.values.items() if setup.monitor.guarded(k)}
+        step, quantity, where = guard.describe(found, figures, run.epoch, run.epochs)
+        state = run.state if found is None else found[2]
+        raise guard.DivergenceError(
+            f"training diverged ({where}): {quantity}. The last finite params are in error.params. {guard.ADVICE}",
+            epoch=run.epoch,
+            step=step,
+            quantity=quantity,
+            params=state.params,
+            opt_state=state.opt_state,
+            model_state=state.model_state,
+            history=run.history,
+        )
+
+    return hook
+
+
+def locate_member(
+    build: Build, values: dict[str, Any], setup: Setup, run: Run, i: int, key: Any, ema: EMA | None = None
+) -> tuple[dict[str, Any], Any]:
+    """``(record, found)`` for member ``i`` of ``run``, which diverged in epoch ``run.epoch`` training with the
+    hyperparameters ``values``: its epoch replayed from the frozen state (the state that epoch started from) to
+    name the step, and the record ``{"epoch", "step", "quantity"}`` (1-based) that ``history.diverged`` keeps;
+    ``found`` is :func:`jreg.train.guard.locate`'s result (None when no step went bad)."""
+    objective, optimizer = build(values)
+    if setup.feed is not None:  # a stream: the failing chunk was replayed as the epoch ran
+        found = setup.feed.found.get(int(i))
+    else:
+        decay = None if ema is None else ema.decay_of(values)
+        state = jax.tree.map(lambda a: a[i], run.state)
+        epoch_key = jax.random.fold_in(key, run.epoch)
+        keyed = calls.takes_key(objective)
+        found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
+    figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
+    step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
+    return {"epoch": run.epoch + 1, "step": None if step is None else step + 1, "quantity": quantity}, found
+
+
+def members(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any, ema: EMA | None = None) -> Hook:
+    """Record each newly diverged model (replaying its epoch to name the step) and blank its figures with NaN."""
+
+    def hook(run: Run) -> None:
+        history: SweepHistory = run.history  # type: ignore[assignment]
+        ok = np.asarray(run.ok)
+        for i in np.flatnonzero(~ok):
+            if int(i) in history.diverged:
+                continue
+            history.diverged[int(i)], found = locate_member(
+                build, {k: v[i] for k, v in hp.items()}, setup, run, i, key, ema
+            )
+            if found is not None:  # frozen at the last finite state, as fit's DivergenceError holds it
+                run.state = jax.tree.map(lambda a, b, i=i: a.at[i].set(b), run.state, found[2])
+        dead = sorted(history.diverged)
+        if dead:
+            run.values = {k: blank(v, dead) for k, v in run.values.items()}
+
+    return hook
+
+
+def blank(values: np.ndarray, dead: list[int]) -> np.ndarray:
+    values = np.array(values, dtype=np.float64 if np.asarray(values).dtype == np.float64 else np.float32)
+    values[dead] = np.nan
+    return values
+
+
+def population(pop: Any) -> tuple[Hook, Hook]:
+    """Two hooks: record the members that diverged this epoch (first), and what the transfer changed (last):
+    a frozen member it revived, or a live one it gave a frozen member's state."""
+    flags = {"before": np.ones((pop.models,), bool), "trained": np.ones((pop.models,), bool)}
+
+    def diverged(r: Run) -> None:
+        history: SweepHistory = r.history  # type: ignore[assignment]
+        flags["trained"] = np.asarray(jax.device_get(r.alive), bool).reshape(-1)  # frozen by the engine or not
+        for i in np.flatnonzero(flags["before"] & ~flags["trained"]):  # a frozen member's epochs stay non-finite
+            values = {k: v[i] for k, v in pop.hp.items()}  # the values this epoch trained with (before any transfer)
+            history.diverged[int(i)] = locate_member(pop.build, values, pop.setup, r, int(i), pop.key)[0]
+
+    def transferred(r: Run) -> None:
+        history: SweepHistory = r.history  # type: ignore[assignment]
+        now = np.asarray(jax.device_get(r.alive), bool).reshape(-1)
+        for i in np.flatnonzero(now & ~flags["trained"]):
+            if int(i) in history.diverged:
+                history.diverged[int(i)].setdefault("revived", r.epoch + 1)
+        for i in np.flatnonzero(~now & flags["trained"]):  # its figures are NaN from the next epoch on
+            history.diverged[int(i)] = {
+                "epoch": r.epoch + 2,
+                "step": None,
+                "quantity": f"the state it took after epoch {r.epoch + 1} was a frozen (diverged) member's",
+            }
+        flags["before"] = now
+
+    return diverged, transferred
