@@ -97,7 +97,8 @@ def child(eval_batch: int, epochs: int) -> None:
     else:
         kw["evaluation"] = jreg.Evaluation(test, batch_size=eval_batch or None)
     started = time.perf_counter()
-    params, history = jreg.fit(objective, optax.adam(1e-3), init(jax.random.key(0)), (x, y), **kw)
+    result = jreg.fit(objective, optax.adam(1e-3), init(jax.random.key(0)), (x, y), **kw)
+    params, history = result.params, result.history
     jax.block_until_ready(params)
     seconds = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux

@@ -58,7 +58,7 @@ def main() -> None:
 
     def fit_seconds(epochs: int) -> float:
         t = time.perf_counter()
-        p, _ = jreg.fit(
+        p = jreg.fit(
             obj,
             opt,
             model.init(jax.random.key(0)),
@@ -67,7 +67,7 @@ def main() -> None:
             batch_size=10,
             key=jax.random.key(0),
             monitor=(),
-        )
+        ).params
         jax.block_until_ready(p)
         return time.perf_counter() - t
 

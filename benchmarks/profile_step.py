@@ -48,10 +48,10 @@ def main() -> None:
     def run() -> None:
         options = dict(epochs=epochs, batch_size=10, key=jax.random.key(1), monitor=())
         if args.fit:
-            trained, _ = jreg.fit(*build({"lmbda": 5.0}), params, (x, y), **options)
+            trained = jreg.fit(*build({"lmbda": 5.0}), params, (x, y), **options).params
         else:
             hparams = {"lmbda": np.linspace(0, 5, k)}
-            trained, _ = jreg.sweep(build, params, (x, y), hparams=hparams, vectorize=args.vectorize, **options)
+            trained = jreg.sweep(build, params, (x, y), hparams=hparams, vectorize=args.vectorize, **options).params
         jax.block_until_ready(trained)
 
     run()  # compile

@@ -181,7 +181,7 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int, unroll: int = 1, only=None) 
 
     def run(epochs, vectorize):
         t = time.perf_counter()
-        trained, _ = jreg.sweep(
+        trained = jreg.sweep(
             build,
             params,
             (x, y),
@@ -192,7 +192,7 @@ def sweeps(x, y, k: int, params, lmbdas, reps: int, unroll: int = 1, only=None) 
             monitor=(),
             vectorize=vectorize,
             unroll=unroll,
-        )
+        ).params
         jax.block_until_ready(trained)
         return time.perf_counter() - t
 
@@ -241,7 +241,7 @@ def single(x, y, params, reps: int, unroll: int = 1) -> dict[str, float]:
 
     def fit(epochs):
         t = time.perf_counter()
-        p, _ = jreg.fit(
+        p = jreg.fit(
             obj,
             optax.sgd(ETA),
             params,
@@ -251,7 +251,7 @@ def single(x, y, params, reps: int, unroll: int = 1) -> dict[str, float]:
             key=jax.random.key(1),
             monitor=(),
             unroll=unroll,
-        )
+        ).params
         jax.block_until_ready(p)
         return time.perf_counter() - t
 

@@ -61,7 +61,7 @@ def main() -> None:
 
     def seconds(mode: str, k: int, epochs: int) -> float:
         t = time.perf_counter()
-        trained, _ = jreg.sweep(
+        trained = jreg.sweep(
             build,
             params,
             (x, y),
@@ -71,7 +71,7 @@ def main() -> None:
             key=jax.random.key(1),
             monitor=(),
             vectorize=mode,
-        )
+        ).params
         jax.block_until_ready(trained)
         return time.perf_counter() - t
 

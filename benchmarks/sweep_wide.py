@@ -31,7 +31,7 @@ def build(hp):
 
 def run(mode, epochs):
     t = time.perf_counter()
-    p, _ = jreg.sweep(
+    p = jreg.sweep(
         build,
         params,
         (x, y),
@@ -41,7 +41,7 @@ def run(mode, epochs):
         key=jax.random.key(1),
         monitor=(),
         vectorize=mode,
-    )
+    ).params
     jax.block_until_ready(p)
     return time.perf_counter() - t
 

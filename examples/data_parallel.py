@@ -53,7 +53,7 @@ def main() -> None:
     model = jreg.mlp([784, 100, 10])
     objective = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(5.0 / n))
     batch_size = 10 * devices  # 10 examples per device and step
-    params, history = jreg.fit(
+    history = jreg.fit(
         objective,
         optax.sgd(0.5),
         model.init(jax.random.key(0)),
@@ -65,7 +65,7 @@ def main() -> None:
         monitor=("evaluation_accuracy",),
         parallel=jreg.DataParallel(mesh),
         verbose=jax.process_index() == 0,
-    )
+    ).history
     if jax.process_index() == 0:
         print(
             f"{jax.process_count()} process(es), {devices} devices, mini-batch {batch_size}: "

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     objective = jreg.objective(
         model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4, mask=S.name("weight"))
     )
-    params, history = jreg.fit(
+    result = jreg.fit(
         objective,
         optax.adam(3e-3),
         model.params,
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation=test,
         verbose=True,
     )
-    trained = model.rebuild(params)  # an MLP again
-    print(f"test accuracy: {100 * history.evaluation_accuracy[-1]:.2f} %")
-    return {"model": trained, "history": history}
+    trained = model.rebuild(result.params)  # an MLP again
+    print(f"test accuracy: {100 * result.history.evaluation_accuracy[-1]:.2f} %")
+    return {"model": trained, "history": result.history}
 
 
 if __name__ == "__main__":

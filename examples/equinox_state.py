@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     adapted = jreg.frameworks.from_equinox(model, state=model_state)  # vmapped over the batch, axis "batch"
     params = adapted.params
     objective = jreg.objective(adapted.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4))
-    params, model_state, history = jreg.fit(
+    result = jreg.fit(
         objective,
         optax.adam(1e-3),
         params,
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation=test,
         verbose=True,
     )
-    trained, model_state = adapted.rebuild(params, model_state)  # back to one Equinox module and its state
-    print(f"test accuracy (inference mode): {100 * history.evaluation_accuracy[-1]:.2f} %")
-    return {"model": trained, "model_state": model_state, "history": history}
+    trained, model_state = adapted.rebuild(result.params, result.model_state)  # one Equinox module and its state
+    print(f"test accuracy (inference mode): {100 * result.history.evaluation_accuracy[-1]:.2f} %")
+    return {"model": trained, "model_state": model_state, "history": result.history}
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4, mask=S.name("kernel"))
     )
     print(jreg.describe(objective.penalty, params))
-    params, model_state, history = jreg.fit(
+    result = jreg.fit(
         objective,
         optax.adam(1e-3),
         params,
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation=jreg.Evaluation(test, batch_size=500),
         verbose=True,
     )
-    print(f"test accuracy (running BatchNorm statistics): {100 * history.evaluation_accuracy[-1]:.2f} %")
-    return {"params": params, "model_state": model_state, "history": history}
+    print(f"test accuracy (running BatchNorm statistics): {100 * result.history.evaluation_accuracy[-1]:.2f} %")
+    return {"params": result.params, "model_state": result.model_state, "history": result.history}
 
 
 if __name__ == "__main__":

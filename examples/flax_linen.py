@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         activity=jreg.penalties.l1(1e-5),
     )
     print(jreg.describe(objective.penalty, model.params))
-    params, model_state, history = jreg.fit(
+    result = jreg.fit(
         objective,
         optax.adam(3e-3),
         model.params,
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation=test,
         verbose=True,
     )
-    variables = model.rebuild(params, model_state)  # {"params": ..., "batch_stats": ...}, for MLP.apply
-    print(f"test accuracy: {100 * history.evaluation_accuracy[-1]:.2f} %")
-    return {"variables": variables, "history": history}
+    variables = model.rebuild(result.params, result.model_state)  # {"params": ..., "batch_stats": ...}, for MLP.apply
+    print(f"test accuracy: {100 * result.history.evaluation_accuracy[-1]:.2f} %")
+    return {"variables": variables, "history": result.history}
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4, mask=S.name("kernel"))
     )
     print(jreg.describe(objective.penalty, model.params))
-    params, model_state, history = jreg.fit(
+    result = jreg.fit(
         objective,
         optax.adam(3e-3),
         model.params,
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation=test,
         verbose=True,
     )
-    trained = model.rebuild(params, model_state)  # an MLP again
+    trained = model.rebuild(result.params, result.model_state)  # an MLP again
     trained.eval()
-    print(f"test accuracy: {100 * history.evaluation_accuracy[-1]:.2f} %")
-    return {"model": trained, "history": history}
+    print(f"test accuracy: {100 * result.history.evaluation_accuracy[-1]:.2f} %")
+    return {"model": trained, "history": result.history}
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(1e-4, mask=S.name("w"))
     )
     print(jreg.describe(objective.penalty, model.params))
-    params, model_state, history = jreg.fit(
+    result = jreg.fit(
         objective,
         optax.adam(3e-3),
         model.params,
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
         evaluation=test,
         verbose=True,
     )
-    print(f"test accuracy: {100 * history.evaluation_accuracy[-1]:.2f} %")
-    return {"params": params, "model_state": model_state, "history": history}
+    print(f"test accuracy: {100 * result.history.evaluation_accuracy[-1]:.2f} %")
+    return {"params": result.params, "model_state": result.model_state, "history": result.history}
 
 
 if __name__ == "__main__":

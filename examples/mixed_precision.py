@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"  loss {total.dtype}, parts " + ", ".join(f"{k}: {v.dtype}" for k, v in parts.items()))
 
-    trained, history = jreg.fit(
+    result = jreg.fit(
         objective, optimizer, params, train, epochs=epochs, batch_size=10, key=jax.random.key(1), evaluation=test
     )
+    trained, history = result.params, result.history
     accuracy = float(history.evaluation_accuracy[-1])
     print(f"  after {epochs} epoch(s): evaluation accuracy {accuracy:.4f}")
     assert all(a.dtype == np.float32 for a in jax.tree.leaves(trained))  # the master weights stayed float32

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=256,
         every=10 if not args.quick else 5,
     )
-    params, history = jreg.fit(
+    result = jreg.fit(
         objective,
         optax.adam(3e-3),
         model.init(jax.random.key(2)),
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         early_stopping=jreg.EarlyStopping(patience=5, monitor="evaluation_mse", restore_best=True),
         verbose=True,
     )
+    params, history = result.params, result.history
     last = history.epochs("evaluation_mse")[-1]
     print(
         f"after epoch {last}: held-out MSE {history.evaluation_mse[-1]:.4f}, MAE {history.evaluation_mae[-1]:.4f}, "

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = jreg.Stream(numpy_batches(x, y, 10, seed=7), chunk=args.chunk)
     kw = dict(batch_size=10, key=jax.random.key(1), evaluation=test)
     with tempfile.TemporaryDirectory() as folder:
-        params, history = jreg.fit(
+        result = jreg.fit(
             objective,
             optax.sgd(0.5),
             model.init(jax.random.key(0)),
@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
             **kw,
         )
         # continue from the checkpoint after the first epoch: the same result, bit for bit
-        resumed, _ = jreg.fit(
+        resumed = jreg.fit(
             objective, optax.sgd(0.5), model.init(jax.random.key(0)), source, epochs=args.epochs,
             resume=f"{folder}/ckpt-000001.npz", **kw,
-        )  # fmt: skip
+        ).params  # fmt: skip
+    params, history = result.params, result.history
     same = all(bool((a == b).all()) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(resumed)))
     print(
         f"streamed {args.epochs} epochs: test accuracy {100 * history.evaluation_accuracy[-1]:.2f} %, "

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> dict:
     train, test = jreg.data.load_mnist_small()
     held_out = (test.x[:1000], test.y[:1000])
     n_lambda, n_eta, epochs = (2, 2, 3) if args.quick else (8, 8, args.epochs)
-    lambdas, etas = np.geomspace(0.1, 10.0, n_lambda), np.geomspace(0.05, 1.0, n_eta)
-    grid = {"lmbda": np.repeat(lambdas, n_eta), "eta": np.tile(etas, n_lambda)}  # K = n_lambda * n_eta
+    # every λ with every η: K = n_lambda * n_eta members, η varying fastest
+    grid = jreg.grid(lmbda=np.geomspace(0.1, 10.0, n_lambda), eta=np.geomspace(0.05, 1.0, n_eta))
     model = jreg.mlp([784, 30, 10])
     n = train.x.shape[0]
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
         objective = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"] / n))
         return objective, optax.sgd(hp["eta"])
 
-    params, history = jreg.sweep(
+    result = jreg.sweep(
         build,
         model.init(jax.random.key(0)),
         (train.x, train.y),
@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> dict:
         early_stopping=jreg.EarlyStopping(patience=10, restore_best=True),
         vectorize="wide",
     )
-    accuracy = history["evaluation_accuracy"]  # (K, epochs), NaN after a model stopped
-    best_each = np.nanmax(accuracy, axis=1)
-    best = int(np.argmax(best_each))
-    print(f"{len(best_each)} models, {epochs} epochs at most; stopped early: {len(history.stopped)}")
-    print(f"best: λ = {grid['lmbda'][best]:.3g}, η = {grid['eta'][best]:.3g}, accuracy {best_each[best]:.4f}")
-    for i, lmbda in enumerate(lambdas):
-        row = best_each[i * n_eta : (i + 1) * n_eta]
+    # per model its best epoch's held-out accuracy (NaN after a model stopped never counts); .member: the best model
+    best = result.best("evaluation_accuracy")
+    k = best.member
+    print(f"{result.models} models, {epochs} epochs at most; stopped early: {len(result.history.stopped)}")
+    print(f"best: λ = {grid['lmbda'][k]:.3g}, η = {grid['eta'][k]:.3g}, accuracy {best.value[k]:.4f}")
+    etas = grid.axes["eta"]
+    for lmbda, row in zip(grid.axes["lmbda"], best.value.reshape(grid.shape)):  # (n_lambda, n_eta)
         print(f"  λ = {lmbda:6.3g}: best accuracy over η {row.max():.4f} (η = {etas[int(row.argmax())]:.3g})")
-    return {"params": params, "history": history, "best": best, "grid": grid}
+    return {"params": result.params, "history": result.history, "best": k, "grid": grid, "result": result}
 
 
 if __name__ == "__main__":

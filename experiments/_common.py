@@ -66,18 +66,18 @@ def sweep_seeds(
     batch_size: int,
     monitor: Sequence[str] | None = None,
     init: Any = None,
-) -> list[tuple[Any, jreg.SweepHistory]]:
+) -> list[jreg.Result]:
     """One sweep over ``hparams`` per seed: seed s initializes with key(s) and shuffles with key(1000 + s).
 
     ``init(key) -> stacked params`` gives each model its own initial params (default: ``model.init``, shared).
-    Returns ``(stacked trained params, history)`` per seed.
+    Returns one :class:`jreg.Result` per seed (``.params`` stacked, ``.history``, ``.select(i)`` model i).
     """
     results = []
     for seed in range(seeds):
         key = jax.random.key(seed)
         params = model.init(key) if init is None else init(key)
         started = time.perf_counter()
-        trained, history = jreg.sweep(
+        result = jreg.sweep(
             build,
             params,
             train,
@@ -89,18 +89,14 @@ def sweep_seeds(
             monitor=monitor,
             stacked_params=init is not None,
         )
-        print(f"  seed {seed}: {epochs} epochs x {history.models} models in {time.perf_counter() - started:.1f} s")
-        results.append((trained, history))
+        print(f"  seed {seed}: {epochs} epochs x {result.models} models in {time.perf_counter() - started:.1f} s")
+        results.append(result)
     return results
 
 
 def weight_norm(params: Any) -> float:
     """sqrt(sum w^2) over the weight matrices: l2(1) is 1/2 sum w^2."""
     return float(jax.numpy.sqrt(2 * jreg.penalties.l2(1.0)(params)))
-
-
-def model_params(stacked: Any, i: int) -> Any:
-    return jax.tree.map(lambda a: a[i], stacked)
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:

@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 import optax
-from _common import epochs, full_data, mean_std, model_params, parser, pct, save, weight_norm
+from _common import epochs, full_data, mean_std, parser, pct, save, weight_norm
 
 import jreg
 
@@ -70,7 +70,7 @@ def main() -> None:
             return objective, optimizer
 
         started = time.perf_counter()
-        trained, history = jreg.sweep(
+        result = jreg.sweep(
             build,
             initial,
             train,
@@ -84,10 +84,10 @@ def main() -> None:
         seconds.append(time.perf_counter() - started)
         print(f"  seed {seed}: {n_epochs} epochs x {len(ROWS)} models in {seconds[-1]:.1f} s", flush=True)
         for i, row in enumerate(ROWS):
-            per_row[row].append(history.run(i))
-            assert i not in history.diverged, f"{row} diverged: {history.diverged[i]}"
+            per_row[row].append(result.history.run(i))
+            assert i not in result.history.diverged, f"{row} diverged: {result.history.diverged[i]}"
         if seed == 0:
-            norms = {row: weight_norm(model_params(trained, i)) for i, row in enumerate(ROWS)}
+            norms = {row: weight_norm(result.select(i).params) for i, row in enumerate(ROWS)}
 
     summary = {}
     for row, runs in per_row.items():

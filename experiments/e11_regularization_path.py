@@ -81,16 +81,16 @@ def main() -> None:
     strengths = path.strengths.tolist()
 
     started = time.perf_counter()
-    swept, history = jreg.sweep(build, params, train, hparams={"lmbda": strengths}, monitor=watched, **common)
-    jax.block_until_ready(swept)
+    swept = jreg.sweep(build, params, train, hparams={"lmbda": strengths}, monitor=watched, **common)
+    jax.block_until_ready(swept.params)
     times["cold sweep"] = time.perf_counter() - started
-    rows["cold sweep"] = _rows(strengths, swept, history["evaluation_accuracy"][:, -1])
+    rows["cold sweep"] = _rows(strengths, swept.params, swept.history["evaluation_accuracy"][:, -1])
 
     started, fitted, accs = time.perf_counter(), [], []
     for lam in strengths:
-        trained, h = jreg.fit(*build({"lmbda": lam}), params, train, monitor=watched, **common)
-        fitted.append(trained)
-        accs.append(h["evaluation_accuracy"][-1])
+        fit = jreg.fit(*build({"lmbda": lam}), params, train, monitor=watched, **common)
+        fitted.append(fit.params)
+        accs.append(fit.history["evaluation_accuracy"][-1])
     times["cold fits"] = time.perf_counter() - started
     rows["cold fits"] = _rows(strengths, jax.tree.map(lambda *a: np.stack(a), *fitted), np.asarray(accs))
 

@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 import optax
-from _common import epochs, full_data, mean_std, model_params, parser, pct, save
+from _common import epochs, full_data, mean_std, parser, pct, save
 
 import jreg
 
@@ -49,7 +49,7 @@ def main() -> None:
         return obj, optax.sgd(hp["eta"])
 
     warm_up(model, train, test)  # JAX's one-time start-up costs, outside every timed method
-    grid = {"lmbda": [lam for lam in LMBDAS for _ in ETAS], "eta": ETAS * len(LMBDAS)}
+    grid = jreg.grid(lmbda=LMBDAS, eta=ETAS)  # every λ with every η: 8 members
     common = dict(epochs=n_epochs, batch_size=10, evaluation=validation, monitor=("evaluation_accuracy",))
     per_seed: dict[str, list] = {"grid": [], "pbt": []}
     times: dict[str, list[float]] = {"grid": [], "pbt": []}
@@ -57,11 +57,11 @@ def main() -> None:
     for seed in range(args.seeds):
         params, key = model.init(jax.random.key(seed)), jax.random.key(1000 + seed)
         started = time.perf_counter()
-        swept, history = jreg.sweep(build, params, train, hparams=grid, key=key, **common)
-        jax.block_until_ready(swept)
+        swept = jreg.sweep(build, params, train, hparams=grid, key=key, **common)
+        jax.block_until_ready(swept.params)
         times["grid"].append(time.perf_counter() - started)
-        best = int(np.nanargmax(history["evaluation_accuracy"][:, -1]))
-        per_seed["grid"].append(_chosen(model, swept, best, history, {k: v[best] for k, v in grid.items()}, test))
+        best = int(np.nanargmax(swept.history["evaluation_accuracy"][:, -1]))  # by final validation accuracy
+        per_seed["grid"].append(_chosen(model, swept, best, {k: v[best] for k, v in grid.items()}, test))
 
         started = time.perf_counter()
         result = jreg.pbt(build, params, train, hparams=grid, explore=EXPLORE, bounds=BOUNDS, every=args.every,
@@ -69,9 +69,9 @@ def main() -> None:
         jax.block_until_ready(result.params)
         times["pbt"].append(time.perf_counter() - started)
         final = {k: float(v[result.best]) for k, v in result.final_hparams().items()}
-        per_seed["pbt"].append(_chosen(model, result.params, result.best, result.history, final, test))
+        per_seed["pbt"].append(_chosen(model, result, result.best, final, test))
         per_seed["pbt"][-1]["copies"] = len(result.lineage)
-        curves = curves or (history, result)
+        curves = curves or (swept.history, result)
         for method in per_seed:
             c = per_seed[method][-1]
             print(f"seed {seed} {method:>4}: best member {c['member']} (λ = {c['lmbda']:.3g}, η = {c['eta']:.3g}) "
@@ -106,13 +106,13 @@ def warm_up(model, train, test) -> None:
              key=jax.random.key(99), evaluation=jreg.data.Split(test.x[:100], test.y[:100]))  # fmt: skip
 
 
-def _chosen(model, stacked, i, history, hp, test) -> dict:
+def _chosen(model, result, i, hp, test) -> dict:
     return {
         "member": i,
         "lmbda": float(hp["lmbda"]),
         "eta": float(hp["eta"]),
-        "validation_accuracy": float(history["evaluation_accuracy"][i, -1]),
-        "test_accuracy": float(jreg.accuracy(model.apply, model_params(stacked, i), test)),
+        "validation_accuracy": float(result.history["evaluation_accuracy"][i, -1]),
+        "test_accuracy": float(jreg.accuracy(model.apply, result.select(i).params, test)),
     }
 
 

@@ -47,7 +47,7 @@ def main() -> None:
     )
     summary, runs = {}, {}
     for i, lmbda in enumerate(LMBDAS):
-        per_seed = [h.run(i) for _, h in histories]
+        per_seed = [r.history.run(i) for r in histories]
         summary[f"lmbda={lmbda:g}"] = {
             "final_test_accuracy": mean_std([h["evaluation_accuracy"][-1] for h in per_seed]),
             "best_test_accuracy": mean_std([max(h["evaluation_accuracy"]) for h in per_seed]),
@@ -69,7 +69,7 @@ def main() -> None:
             "epochs": n_epochs,
             "seeds": args.seeds,
             "n": n,
-            "cost_convention": histories[0][1].cost_convention,  # as the history records it
+            "cost_convention": histories[0].history.cost_convention,  # as the history records it
             "book": {"lmbda=0": "about 95.5 %", "lmbda=5": "about 96.5 %"},
             "summary": summary,
             "histories_seed0": runs,

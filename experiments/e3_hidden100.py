@@ -13,7 +13,7 @@ book's figures are validation accuracies) and adds the final test accuracy.
 from __future__ import annotations
 
 import optax
-from _common import full_data, mean_std, model_params, parser, pct, save, sweep_seeds
+from _common import full_data, mean_std, parser, pct, save, sweep_seeds
 
 import jreg
 
@@ -57,7 +57,7 @@ def main() -> None:
             batch_size=10,
             monitor=("evaluation_accuracy", "training_cost"),
         )
-        per_seed = [h.run(0) for _, h in results]
+        per_seed = [r.history.run(0) for r in results]
         summary[label] = {
             "epochs": n_epochs,
             "book": book,
@@ -66,7 +66,7 @@ def main() -> None:
         }
         if on == "validation":  # the trained params on the test images too
             summary[label]["final_test_accuracy"] = mean_std(
-                [float(jreg.accuracy(model.apply, model_params(trained, 0), test)) for trained, _ in results]
+                [float(jreg.accuracy(model.apply, r.select(0).params, test)) for r in results]
             )
         runs[label] = per_seed[0].to_dict()
         print(f"{label}: final {on} accuracy {pct(summary[label][f'final_{on}_accuracy'])} (book {book})")

@@ -52,7 +52,7 @@ def main() -> None:
     )
     summary, runs = {}, {}
     for i, name in enumerate(INITS):
-        per_seed = [h.run(i) for _, h in results]
+        per_seed = [r.history.run(i) for r in results]
         summary[name] = {
             "validation_accuracy_epoch_1": mean_std([h["evaluation_accuracy"][0] for h in per_seed]),
             "final_validation_accuracy": mean_std([h["evaluation_accuracy"][-1] for h in per_seed]),

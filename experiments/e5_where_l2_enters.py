@@ -37,7 +37,7 @@ def main() -> None:
         n = x.shape[0]
         model = jreg.mlp([784, 30, 10], init="large", dtype=jnp.float64)
         penalty = jreg.penalties.l2(lmbda / n)
-        trained, _ = jreg.fit(
+        trained = jreg.fit(
             jreg.objective(model.apply, jreg.losses.cross_entropy, penalty),
             optax.sgd(eta),
             model.init(jax.random.key(0)),
@@ -46,7 +46,7 @@ def main() -> None:
             batch_size=10,
             key=jax.random.key(1),
             monitor=(),
-        )
+        ).params
         batch = (x[:10], y[:10])
         w1, b1 = trained[0]["w"], trained[0]["b"]
         hidden = jax.nn.sigmoid(batch[0] @ w1 + b1)

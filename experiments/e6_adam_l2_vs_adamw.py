@@ -16,7 +16,7 @@ c = 1 and 10, where its decay (lr·c·w per step) starts to matter.
 from __future__ import annotations
 
 import optax
-from _common import epochs, full_data, mean_std, model_params, parser, save, sweep_seeds, weight_norm
+from _common import epochs, full_data, mean_std, parser, save, sweep_seeds, weight_norm
 
 import jreg
 
@@ -57,8 +57,8 @@ def main() -> None:
         summary[f"{method} c={c:g}"] = {
             "method": method,
             "c": c,
-            "final_test_accuracy": mean_std([h["evaluation_accuracy"][i, -1] for _, h in results]),
-            "weight_norm": mean_std([weight_norm(model_params(p, i)) for p, _ in results]),
+            "final_test_accuracy": mean_std([r.history["evaluation_accuracy"][i, -1] for r in results]),
+            "weight_norm": mean_std([weight_norm(r.select(i).params) for r in results]),
         }
     print(f"{'method':>9} {'c':>7} {'test accuracy':>18} {'weight norm':>16}")
     for s in summary.values():
@@ -67,7 +67,9 @@ def main() -> None:
             f"{s['method']:>9} {s['c']:>7g} {100 * a['mean']:>11.2f} ± {100 * a['std']:.2f} "
             f"{w['mean']:>10.2f} ± {w['std']:.2f}"
         )
-    runs = {f"{m} c={c:g}": results[0][1].run(i).to_dict() for i, (m, c) in enumerate(configs) if c in (0.0, 1e-2, 1.0)}
+    runs = {
+        f"{m} c={c:g}": results[0].history.run(i).to_dict() for i, (m, c) in enumerate(configs) if c in (0.0, 1e-2, 1.0)
+    }
     jreg.plotting.plot_histories(
         runs,
         args.out / "curves.png",

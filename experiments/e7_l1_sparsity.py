@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from _common import epochs, full_data, model_params, parser, save
+from _common import epochs, full_data, parser, save
 
 import jreg
 
@@ -39,7 +39,7 @@ def main() -> None:
     params = model.init(jax.random.key(0))
     summary = {}
     for method, build in (("proximal", prox_build), ("subgradient", sub_build)):
-        trained, history = jreg.sweep(
+        result = jreg.sweep(
             build,
             params,
             train,
@@ -51,12 +51,12 @@ def main() -> None:
             monitor=("evaluation_accuracy",),
         )
         for i, c in enumerate(STRENGTHS):
-            ws = [p["w"] for p in model_params(trained, i)]
+            ws = [p["w"] for p in result.select(i).params]
             total = sum(w.size for w in ws)
             summary[f"{method} c={c:g}"] = {
                 "method": method,
                 "c": c,
-                "test_accuracy": float(history["evaluation_accuracy"][i, -1]),
+                "test_accuracy": float(result.history["evaluation_accuracy"][i, -1]),
                 "exact_zeros": float(sum(jnp.sum(w == 0) for w in ws) / total),
                 "below_1e-3": float(sum(jnp.sum(jnp.abs(w) < 1e-3) for w in ws) / total),
             }

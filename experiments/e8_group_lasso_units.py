@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from _common import epochs, full_data, model_params, parser, save
+from _common import epochs, full_data, parser, save
 
 import jreg
 
@@ -35,7 +35,7 @@ def main() -> None:
         units = jreg.penalties.group_lasso(hp["c"], mask="0/w")
         return data_obj, optax.chain(optax.sgd(ETA), jreg.proximal(units, ETA))
 
-    trained, history = jreg.sweep(
+    result = jreg.sweep(
         build,
         model.init(jax.random.key(0)),
         train,
@@ -48,12 +48,12 @@ def main() -> None:
     )
     summary = {}
     for i, c in enumerate(strengths):
-        w = model_params(trained, i)[0]["w"]
+        w = result.select(i).params[0]["w"]
         left = int(jnp.sum(jnp.any(w != 0, axis=0)))
         summary[f"c={c:g}"] = {
             "c": c,
             "units_left": left,
-            "test_accuracy": float(history["evaluation_accuracy"][i, -1]),
+            "test_accuracy": float(result.history["evaluation_accuracy"][i, -1]),
         }
         print(
             f"c = {c:<8g} units left {left:>3} / 100   test accuracy {100 * summary[f'c={c:g}']['test_accuracy']:.2f}%"

@@ -45,7 +45,7 @@ def main() -> None:
         model = jreg.mlp(sizes, drop_rate=drop_rate)
         obj = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(LMBDA / n))
         started = time.perf_counter()
-        params, history = jreg.fit(
+        result = jreg.fit(
             obj,
             optax.sgd(ETA),
             model.init(jax.random.key(seed)),
@@ -57,6 +57,7 @@ def main() -> None:
             monitor=("evaluation_accuracy",),
             early_stopping=stopping,
         )
+        params, history = result.params, result.history
         if seed == 0:
             curves[name] = history.to_dict()
         row = {

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import jax
@@ -114,3 +116,29 @@ def test_sweep_grid_trains_each_grid_point_in_one_wide_sweep(capsys):
     assert out["best"] == int(np.argmax(np.nanmax(accuracy, axis=1)))
     assert all(leaf.shape[0] == 4 for leaf in jax.tree.leaves(out["params"]))
     assert "best: λ =" in capsys.readouterr().out
+
+
+def test_readme_quickstart_sweeps_seeds_and_resumes(capsys):
+    pytest.importorskip("flax")
+    out = load("readme_quickstart").main(["--quick"])
+    result, best = out["result"], out["best"]
+    assert result.models == 12 and sorted(set(result.hparams["seed"].tolist())) == [0, 1, 2]
+    assert result.history["evaluation_accuracy"].shape == (12, 3)  # 2 epochs, then 1 more resumed
+    assert best.models is None and set(best.hparams) == {"lmbda", "seed"}
+    assert "not penalized: Dense_0/bias" in capsys.readouterr().out  # the audit: L2 on the kernels only
+
+
+def test_readme_snippets_run_as_written(tmp_path, monkeypatch):
+    """README.md's first snippet is examples/readme_quickstart.py's (run above in its quick form); every other
+    python block runs as written, in order, in one namespace."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    source = (EXAMPLES / "readme_quickstart.py").read_text()
+    region = textwrap.dedent(source.split("    # --- README\n")[1])
+    region = region.replace("epochs=epochs", "epochs=20").replace("epochs=more", "epochs=30")
+    assert blocks[0].endswith(region), "README.md's first snippet differs from examples/readme_quickstart.py"
+    monkeypatch.chdir(tmp_path)  # the snippets write checkpoints and model.npz into the current folder
+    namespace: dict = {}
+    for i, block in enumerate(blocks[1:], 2):
+        exec(compile(block, f"README.md python block {i}", "exec"), namespace)
+    assert namespace["result"].history.epochs("evaluation_accuracy")[-1] == 15

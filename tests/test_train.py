@@ -278,9 +278,9 @@ def test_objective_and_make_step_bad_arguments():
 
 def test_readme_quickstart_runs_as_written():
     readme = (ROOT / "README.md").read_text()
-    quickstart = readme[readme.index("## Quickstart") :]
+    quickstart = readme[readme.index("## One step, by hand") :]
     blocks = re.findall(r"```python\n(.*?)```", quickstart, re.S)
-    assert blocks, "README.md's Quickstart section has no python block"
+    assert blocks, "README.md's 'One step, by hand' section has no python block"
     namespace: dict = {}
     exec(compile(blocks[0], "README quickstart", "exec"), namespace)
     assert float(namespace["metrics"]["loss"]) > 0
