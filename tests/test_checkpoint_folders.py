@@ -120,14 +120,15 @@ def test_a_folder_or_resume_that_is_not_a_path_is_a_type_error_before_any_work(k
 
 def test_restore_best_in_a_used_folder_is_refused(tmp_path):
     stop = jreg.EarlyStopping(patience=50, monitor="training_cost", restore_best=True)
-    fit(3, checkpoint_dir=tmp_path, early_stopping=stop)
+    watched = ("training_cost",)
+    fit(3, checkpoint_dir=tmp_path, early_stopping=stop, monitor=watched)
     assert (tmp_path / "best.npz").exists()
     before = snapshot(tmp_path)
     with pytest.raises(jreg.JregError, match="already holds checkpoints"):
-        fit(3, checkpoint_dir=tmp_path, early_stopping=stop, key=jax.random.key(5))
+        fit(3, checkpoint_dir=tmp_path, early_stopping=stop, key=jax.random.key(5), monitor=watched)
     assert snapshot(tmp_path) == before
     # resuming it is allowed, and keeps its own best.npz up to date
-    fit(5, checkpoint_dir=tmp_path, resume=tmp_path, early_stopping=stop)
+    fit(5, checkpoint_dir=tmp_path, resume=tmp_path, early_stopping=stop, monitor=watched)
     assert jreg.load(tmp_path / "best.npz").meta["run"] == jreg.load(tmp_path / "ckpt-000005.npz").meta["run"]
 
 

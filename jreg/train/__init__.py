@@ -48,7 +48,8 @@ from .stream import Stream
 from .sweep import sweep
 
 _NOISE_SALT = NOISE_SALT  # the name older code used
-#: network2.py's four series and the running loss (more series come from metrics)
+#: network2.py's four series and the running loss (more series come from metrics); the default
+#: (``monitor=None``) is the running loss and the evaluation series, ``NETWORK2`` asks for network2.py's four
 MONITORS = (*NETWORK2, EPOCH_LOSS)
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "Evaluation",
     "History",
     "MONITORS",
+    "NETWORK2",
     "NOISE_SALT",
     "PARTIAL_BATCH",
     "SweepHistory",
