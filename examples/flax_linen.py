@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=32,
         key=jax.random.key(1),
         evaluation=test,
+        # the default series and training_cost, which comes with its parts (training_l2, training_activity_l1...)
+        monitor=("epoch_loss", "training_cost", "evaluation_cost", "evaluation_accuracy"),
         verbose=True,
     )
     variables = model.rebuild(result.params, result.model_state)  # {"params": ..., "batch_stats": ...}, for MLP.apply

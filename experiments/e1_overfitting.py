@@ -39,7 +39,15 @@ def main() -> None:
 
     evaluation = jreg.Evaluation(test, cost_convention=args.cost_convention)
     histories = sweep_seeds(
-        model, build, {"lmbda": LMBDAS}, train, evaluation, seeds=args.seeds, epochs=epochs, batch_size=10
+        model,
+        build,
+        {"lmbda": LMBDAS},
+        train,
+        evaluation,
+        seeds=args.seeds,
+        epochs=epochs,
+        batch_size=10,
+        monitor=jreg.train.NETWORK2,  # network2.py's four series: the training-set ones are asked for
     )
     summary, runs = {}, {}
     for i, lmbda in enumerate(LMBDAS):

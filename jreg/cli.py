@@ -272,6 +272,7 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size,
         key=jax.random.key(args.seed + 1),
         evaluation=test,
+        monitor=jreg.train.NETWORK2,  # the table and results.json read training_cost and training_accuracy
         callback=progress,
     )
     done()

@@ -11,8 +11,9 @@ Nielsen (*Neural Networks and Deep Learning*, ch. 3) suggests two rules:
 ``EarlyStopping(patience=n)`` is the first; ``EarlyStopping(patience=n,
 lr_factor=0.5, min_lr_scale=1/128)`` (or :meth:`EarlyStopping.nielsen`) the
 second. :func:`jreg.fit` applies it: the monitored value must be one of fit's
-monitors (``"evaluation_accuracy"`` by default, so pass validation data as
-``evaluation``). The learning-rate scale is a traced input of the compiled
+monitored series; by default the run picks ``"evaluation_accuracy"`` when it
+measures it, else ``"evaluation_cost"``, so pass validation data as
+``evaluation``. The learning-rate scale is a traced input of the compiled
 epoch that multiplies every update the optimizer returns, so changing it
 recompiles nothing; for optimizers whose update is proportional to their
 learning rate (SGD, momentum, Nesterov, Adam, AdamW, RMSProp, and
@@ -41,8 +42,16 @@ class EarlyStopping:
     Attributes:
         patience: ``n`` of no-improvement-in-n: epochs without a new best before the rule fires.
         monitor: the series to watch, one of :func:`jreg.fit`'s monitored
-            series (default ``"evaluation_accuracy"``); with
-            ``Evaluation(every=k)`` the rule counts measurements, not epochs.
+            series; with ``Evaluation(every=k)`` the rule counts
+            measurements, not epochs. ``None`` (default): chosen by
+            :func:`jreg.fit` / :func:`jreg.sweep` from what the run measures:
+            ``"evaluation_accuracy"`` when it is measured (class targets and
+            the default metrics), else ``"evaluation_cost"``. Without
+            evaluation data that is an error, not a silent switch to the
+            training loss (which keeps falling while the model overfits):
+            pass held-out data as ``evaluation``, or name a training series,
+            e.g. ``monitor="epoch_loss"``. ``history.stopped["monitor"]``
+            says which series was watched.
         mode: ``"max"`` (higher is better), ``"min"``, or ``"auto"``: ``max``
             for series whose name contains ``accuracy``, ``min`` for every
             other (costs, losses, ``evaluation_mse``...); give ``"max"`` for a
@@ -57,7 +66,7 @@ class EarlyStopping:
     """
 
     patience: int = 10
-    monitor: str = "evaluation_accuracy"
+    monitor: str | None = None
     mode: str = "auto"
     min_delta: float = 0.0
     lr_factor: float | None = None
@@ -66,8 +75,8 @@ class EarlyStopping:
 
     def __post_init__(self) -> None:
         check_positive_int(self.patience, "patience")
-        if not isinstance(self.monitor, str):
-            raise JregTypeError(f"monitor must be the name of a monitored series, got {self.monitor!r}")
+        if self.monitor is not None and not isinstance(self.monitor, str):
+            raise JregTypeError(f"monitor must be the name of a monitored series or None, got {self.monitor!r}")
         if self.mode not in MODES:
             raise JregError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_nonnegative_scalar(self.min_delta, "min_delta")
@@ -82,15 +91,27 @@ class EarlyStopping:
             raise JregTypeError(f"restore_best must be a bool, got {self.restore_best!r}")
 
     @classmethod
-    def nielsen(cls, patience: int = 10, monitor: str = "evaluation_accuracy", **kwargs: Any) -> EarlyStopping:
+    def nielsen(cls, patience: int = 10, monitor: str | None = None, **kwargs: Any) -> EarlyStopping:
         """Nielsen's schedule: halve η after each ``patience`` epochs without improvement; stop at η₀/128."""
         return cls(patience=patience, monitor=monitor, lr_factor=0.5, min_lr_scale=1 / 128, **kwargs)
+
+    def watching(self, monitor: str) -> EarlyStopping:
+        """The same rule on series ``monitor`` (what fit and sweep apply once they have chosen the default)."""
+        return dataclasses.replace(self, monitor=monitor)
+
+    def _named(self) -> str:
+        if self.monitor is None:
+            raise JregError(
+                "EarlyStopping(monitor=None) leaves the series to fit/sweep, which pick it from what the run "
+                "measures; to apply the rule yourself, name the series: EarlyStopping(monitor='evaluation_accuracy')"
+            )
+        return self.monitor
 
     @property
     def maximize(self) -> bool:
         if self.mode != "auto":
             return self.mode == "max"
-        return "accuracy" in self.monitor
+        return "accuracy" in self._named()
 
     def initial_state(self) -> dict[str, Any]:
         """The state before the first epoch (JSON-ready, saved in checkpoints)."""
@@ -102,6 +123,7 @@ class EarlyStopping:
         ``event`` is ``"improved"``, ``"lr_cut"``, ``"stop"`` or ``None``.
         A NaN value never counts as an improvement.
         """
+        self._named()
         state = dict(state)
         best = state["best"]
         comparable = not math.isnan(value)

@@ -73,7 +73,9 @@ def main() -> None:
     def hparams(k):
         return {"lmbda": np.linspace(0.0, 0.02, k), "eta": np.linspace(0.005, 0.05, k)}
 
-    common = dict(epochs=2, batch_size=16, key=jax.random.key(1), evaluation=(x[:24], y[:24]))
+    common = dict(
+        epochs=2, batch_size=16, key=jax.random.key(1), evaluation=(x[:24], y[:24]), monitor=jreg.train.NETWORK2
+    )
     captured = {}
     program = SWEEP.program
 

@@ -72,6 +72,7 @@ def test_fit_and_sweep_take_a_dict_batch_with_two_inputs_and_weights():
         batch_size=8,
         key=jax.random.key(2),
         evaluation=ev,
+        monitor=jreg.train.NETWORK2,
     )
     assert set(hist.keys()) >= {"training_cost", "evaluation_cost", "training_accuracy", "evaluation_accuracy"}
     assert hist.training_cost[-1] < hist.training_cost[0]
@@ -97,9 +98,9 @@ def test_fit_and_sweep_take_a_dict_batch_with_two_inputs_and_weights():
 
 def test_accuracy_by_default_only_when_the_targets_are_classes():
     train = two_inputs(32)
-    kw = dict(epochs=1, batch_size=8, key=jax.random.key(0))
+    kw = dict(epochs=1, batch_size=8, key=jax.random.key(0), evaluation=train)
     _, weighted = jreg.fit(OBJ, optax.sgd(0.1), init(jax.random.key(0)), train, **kw)
-    assert "training_accuracy" in weighted  # a weighted loss: accuracy on its plain labels
+    assert "evaluation_accuracy" in weighted  # a weighted loss: accuracy on its plain labels
 
     def loss(outputs, targets):  # targets as a dict: nothing says they are classes
         return targets["weight"] * losses.softmax_cross_entropy(outputs, targets["label"])
@@ -108,7 +109,7 @@ def test_accuracy_by_default_only_when_the_targets_are_classes():
         apply, loss, split=lambda b: ((b["a"], b["b"]), {"label": b["label"], "weight": b["weight"]})
     )
     _, hist = jreg.fit(as_dict, optax.sgd(0.1), init(jax.random.key(0)), train, **kw)
-    assert "training_accuracy" not in hist and "training_cost" in hist
+    assert "evaluation_accuracy" not in hist and "evaluation_cost" in hist
 
 
 @pytest.mark.parametrize("target_shape, out", [((40,), 1), ((40, 1), 1), ((40, 3), 3)])

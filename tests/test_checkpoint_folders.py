@@ -107,9 +107,12 @@ def test_a_long_listing_is_shortened_and_best_npz_counts(tmp_path):
     [
         (dict(checkpoint_dir=5), "checkpoint_dir must be a folder path, got int"),
         (dict(checkpoint_dir=["ck"]), "checkpoint_dir must be a folder path, got list"),
-        (dict(checkpoint=jreg.Checkpointing("ck"), resume=5), "resume must be a checkpoint file or folder path"),
-        (dict(resume=["ck"]), "resume must be a checkpoint file or folder path, got list"),
-        (dict(resume=b"ck"), "resume must be a checkpoint file or folder path, got bytes"),
+        (
+            dict(checkpoint=jreg.Checkpointing("ck"), resume=5),
+            "resume must be a jreg.Result, a checkpoint file or folder path, or .auto.",
+        ),
+        (dict(resume=["ck"]), "resume must be a jreg.Result, a checkpoint file or folder path, or .auto., got list"),
+        (dict(resume=b"ck"), "resume must be a jreg.Result, a checkpoint file or folder path, or .auto., got bytes"),
     ],
 )
 def test_a_folder_or_resume_that_is_not_a_path_is_a_type_error_before_any_work(kwargs, match):
@@ -123,14 +126,15 @@ def test_a_folder_or_resume_that_is_not_a_path_is_a_type_error_before_any_work(k
 
 def test_restore_best_in_a_used_folder_is_refused(tmp_path):
     stop = jreg.EarlyStopping(patience=50, monitor="training_cost", restore_best=True)
-    fit(3, checkpoint=jreg.Checkpointing(tmp_path), early_stopping=stop)
+    watched = ("training_cost",)
+    fit(3, checkpoint=jreg.Checkpointing(tmp_path), early_stopping=stop, monitor=watched)
     assert (tmp_path / "best.npz").exists()
     before = snapshot(tmp_path)
     with pytest.raises(jreg.JregError, match="already holds checkpoints"):
-        fit(3, checkpoint=jreg.Checkpointing(tmp_path), early_stopping=stop, key=jax.random.key(5))
+        fit(3, checkpoint=jreg.Checkpointing(tmp_path), early_stopping=stop, key=jax.random.key(5), monitor=watched)
     assert snapshot(tmp_path) == before
     # resuming it is allowed, and keeps its own best.npz up to date
-    fit(5, checkpoint=jreg.Checkpointing(tmp_path), resume=tmp_path, early_stopping=stop)
+    fit(5, checkpoint=jreg.Checkpointing(tmp_path), resume=tmp_path, early_stopping=stop, monitor=watched)
     assert jreg.load(tmp_path / "best.npz").meta["run"] == jreg.load(tmp_path / "ckpt-000005.npz").meta["run"]
 
 

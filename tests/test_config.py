@@ -48,7 +48,11 @@ def test_older_keywords_still_work_and_equal_the_option_objects(tmp_path):
         (dict(checkpoint_every=1.5), jreg.JregTypeError, "checkpoint_every must be a positive integer"),
         (dict(mesh="cpu"), jreg.JregTypeError, "mesh must be a jax.sharding.Mesh"),
         (dict(evaluation=jreg.Evaluation(every=2), monitor=("evaluation_cost",)), jreg.JregError, "evaluation data"),
-        (dict(resume=3), jreg.JregTypeError, "resume must be a checkpoint file or folder path"),
+        (
+            dict(resume=3),
+            jreg.JregTypeError,
+            "resume must be a jreg.Result, a checkpoint file or folder path, or .auto.",
+        ),
     ],
 )
 def test_bad_options_fail_before_any_work(kwargs, error, match):
@@ -138,7 +142,7 @@ def test_option_objects_name_a_misspelt_or_missing_field(make, match):
 
 def test_option_objects_keep_their_signatures_and_still_work():
     assert list(inspect.signature(jreg.Evaluation).parameters) == [
-        "data", "metrics", "batch_size", "every", "cost_convention"
+        "data", "metrics", "batch_size", "every", "cost_convention", "default_metrics"
     ]  # fmt: skip
     assert list(inspect.signature(jreg.Checkpointing).parameters) == ["dir", "every", "keep"]
     assert jreg.Checkpointing("ck", 2, 1) == jreg.Checkpointing(dir="ck", every=2, keep=1)

@@ -69,7 +69,7 @@ def train(cost, convention=None, *, batch_size=None, epochs=2, **kw):
     ev = jreg.Evaluation(EVAL, batch_size=batch_size, **({} if convention is None else {"cost_convention": convention}))
     return jreg.fit(
         objective(cost), optax.sgd(0.5), params(cost), TRAIN, epochs=epochs, batch_size=10,
-        key=jax.random.key(3), evaluation=ev, **kw,
+        key=jax.random.key(3), evaluation=ev, **{"monitor": jreg.train.NETWORK2, **kw},
     )  # fmt: skip
 
 
@@ -130,7 +130,7 @@ def test_sweep_agrees_with_fit():
         obj = jreg.objective(model(cost).apply, LOSSES[cost], jreg.penalties.l2(hp["lmbda"] / N_TRAIN))
         return obj, optax.sgd(0.5)
 
-    kw = dict(epochs=2, batch_size=10, key=jax.random.key(3), evaluation=ev)
+    kw = dict(epochs=2, batch_size=10, key=jax.random.key(3), evaluation=ev, monitor=jreg.train.NETWORK2)
     trained, hist = jreg.sweep(build, params(cost), TRAIN, hparams={"lmbda": lmbdas}, **kw)
     assert hist.cost_convention == "network2" and hist.run(1).cost_convention == "network2"
     for i, lmbda in enumerate(lmbdas):

@@ -26,7 +26,9 @@ def events(stopper, values):
 
 
 def test_no_improvement_in_n():
-    state, out = events(EarlyStopping(patience=3), [0.5, 0.6, 0.6, 0.59, 0.61, 0.6, 0.6, 0.6, 0.7])
+    state, out = events(
+        EarlyStopping(patience=3, monitor="evaluation_accuracy"), [0.5, 0.6, 0.6, 0.59, 0.61, 0.6, 0.6, 0.6, 0.7]
+    )
     assert out == ["improved", "improved", None, None, "improved", None, None, "stop"]
     assert state["best"] == 0.61 and state["best_epoch"] == 4
     assert "no improvement in evaluation_accuracy for 3 epochs" in state["stopped"]
@@ -42,14 +44,16 @@ def test_costs_are_minimized_and_min_delta_counts():
 
 
 def test_nan_is_never_an_improvement():
-    _, out = events(EarlyStopping(patience=2), [float("nan"), 0.5, float("nan"), float("nan")])
+    _, out = events(
+        EarlyStopping(patience=2, monitor="evaluation_accuracy"), [float("nan"), 0.5, float("nan"), float("nan")]
+    )
     assert out == [None, "improved", None, "stop"]
 
 
 @given(st.integers(1, 12))
 def test_nielsen_schedule_halves_seven_times_then_stops(patience):
     """On a plateau after the first epoch: a cut every `patience` epochs, the 7th (eta0/128) ends the run."""
-    stopper = EarlyStopping.nielsen(patience)
+    stopper = EarlyStopping.nielsen(patience, monitor="evaluation_accuracy")
     state, out = events(stopper, [0.9] * 1000)
     assert out.count("lr_cut") == 6 and out[-1] == "stop"
     assert len(out) == 1 + 7 * patience

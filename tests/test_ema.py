@@ -106,7 +106,7 @@ def test_fit_returns_the_ema_of_its_sgd_steps():
 def test_monitored_figures_are_the_ema_params_figures():
     x, y = DATA
     held = toy(20, seed=3)
-    kwargs = dict(epochs=2, batch_size=BATCH, key=KEY, evaluation=held)
+    kwargs = dict(epochs=2, batch_size=BATCH, key=KEY, evaluation=held, monitor=jreg.train.NETWORK2)
     ema_params, history = jreg.fit(OBJ, optax.sgd(ETA), PARAMS, DATA, ema=jreg.EMA(0.7), **kwargs)
     assert history.ema["evaluate"] is True
     np.testing.assert_allclose(history["evaluation_accuracy"][-1], jreg.accuracy(MODEL.apply, ema_params, held))

@@ -46,8 +46,9 @@ def test_restore_best_refuses_a_best_file_from_a_later_part_of_the_run(tmp_path)
     _, params, obj = setup()
     stop = jreg.EarlyStopping(patience=50, monitor="training_cost", restore_best=True)
     kw = dict(
-        batch_size=10, key=jax.random.key(0), early_stopping=stop, checkpoint=jreg.Checkpointing(tmp_path, keep=10)
-    )
+        batch_size=10, key=jax.random.key(0), early_stopping=stop, checkpoint=jreg.Checkpointing(tmp_path, keep=10),
+        monitor=("training_cost",),
+    )  # fmt: skip
     jreg.fit(obj, optax.sgd(0.5), params, toy(), epochs=6, **kw)
     with pytest.raises(jreg.JregError, match=r"holds later checkpoints of this run"):  # refused first for that
         jreg.fit(obj, optax.sgd(0.5), params, toy(), epochs=6, resume=tmp_path / "ckpt-000003.npz", **kw)
@@ -217,6 +218,7 @@ def test_a_weighted_loss_keeps_accuracy_on_the_plain_targets():
                 "mse": jreg.metrics.unweighted(jreg.metrics.mse),
             }
         ),
+        monitor=("training_accuracy", "training_mse"),
     )
     np.testing.assert_allclose(hist.training_accuracy[-1], jreg.accuracy(model.apply, params, (x, y)), rtol=1e-6)
     _, default = jreg.fit(
@@ -227,8 +229,9 @@ def test_a_weighted_loss_keeps_accuracy_on_the_plain_targets():
         epochs=1,
         batch_size=10,
         key=jax.random.key(1),
+        evaluation={"x": x, "y": y, "w": w},
     )
-    assert "training_accuracy" in default
+    assert "evaluation_accuracy" in default  # accuracy by default, on the plain labels
 
 
 def test_early_stopping_says_measurements_when_evaluating_every_k_epochs():
@@ -243,6 +246,7 @@ def test_early_stopping_says_measurements_when_evaluating_every_k_epochs():
         batch_size=10,
         key=jax.random.key(0),
         evaluation=jreg.Evaluation(every=3),
+        monitor=("training_cost",),
         early_stopping=stop,
     )
     assert "for 2 measurements (every 3 epochs)" in hist.stopped["reason"]

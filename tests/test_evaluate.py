@@ -86,9 +86,11 @@ def test_total_cost_in_batches_equals_all_at_once():
 def test_fit_reports_named_metrics_on_both_sets_with_the_documented_reductions():
     train, test = toy(40), toy(25, seed=3)
     ev = jreg.Evaluation(test, metrics=METRICS, batch_size=7)
+    every = tuple(f"{p}_{m}" for p in ("training", "evaluation") for m in ("cost", *METRICS))  # both sets, asked
     params, hist = jreg.fit(
-        FULL_OBJ, optax.sgd(0.5), PARAMS, train, epochs=2, batch_size=10, key=jax.random.key(0), evaluation=ev
-    )
+        FULL_OBJ, optax.sgd(0.5), PARAMS, train, epochs=2, batch_size=10, key=jax.random.key(0), evaluation=ev,
+        monitor=every,
+    )  # fmt: skip
     for prefix, data in (("training", train), ("evaluation", test)):
         want = full_batch(FULL_OBJ, params, data)
         for name in ("accuracy", "errors", "mean_logit"):
@@ -159,6 +161,7 @@ def test_monitor_and_metric_errors():
             PARAMS,
             toy(),
             evaluation=jreg.Evaluation(metrics={"bad": lambda o, t: o}, batch_size=10),
+            monitor=("training_bad",),
             **kw,
         )
     with pytest.raises(jreg.JregError, match="names must be identifiers"):

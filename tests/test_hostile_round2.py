@@ -50,6 +50,7 @@ def fit_checkpoint(tmp_path_factory) -> Path:
         batch_size=4,
         key=jax.random.key(0),
         checkpoint=jreg.Checkpointing(folder),
+        monitor=("training_cost",),
         early_stopping=jreg.EarlyStopping(patience=3, monitor="training_cost"),
     )
     return folder / "ckpt-000002.npz"

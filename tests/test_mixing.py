@@ -237,7 +237,8 @@ def test_fit_and_sweep_train_with_mixup_without_plumbing():
     params = model.init(jax.random.key(0))
     obj = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(0.01))
     opt, run = optax.sgd(0.5), dict(epochs=2, batch_size=8, key=jax.random.key(15))
-    _, history = jreg.fit(jreg.with_cutmix(obj, 1.0, shape=4), opt, params, (x, y), **run)
+    watched = ("training_cost", "training_accuracy")
+    _, history = jreg.fit(jreg.with_cutmix(obj, 1.0, shape=4), opt, params, (x, y), monitor=watched, **run)
     assert np.all(np.isfinite(history.training_cost)) and "training_accuracy" in history.series
     plain, _ = jreg.fit(obj, opt, params, (x, y), **run)
     swept, _ = jreg.sweep(

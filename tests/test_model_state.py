@@ -163,11 +163,15 @@ def test_sweep_keeps_one_state_per_model_equal_to_fit(vectorize):
         key=jax.random.key(5),
         model_state=state,
         vectorize=vectorize,
+        monitor=("training_cost",),
     )
     assert s["mean"].shape == (2, 6) and s["count"].tolist() == [10, 10]
     for i in range(2):
         obj, opt = build({k: v[i] for k, v in hp.items()})
-        pi, si, hi = jreg.fit(obj, opt, params, train, epochs=2, batch_size=8, key=jax.random.key(5), model_state=state)
+        pi, si, hi = jreg.fit(
+            obj, opt, params, train, epochs=2, batch_size=8, key=jax.random.key(5), model_state=state,
+            monitor=("training_cost",),
+        )  # fmt: skip
         leaves_close(jax.tree.map(lambda a, i=i: a[i], p), pi, rtol=2e-5, atol=2e-6)
         leaves_close(jax.tree.map(lambda a, i=i: a[i], s), si, rtol=2e-5, atol=2e-6)
         np.testing.assert_allclose(hist["training_cost"][i], hi.training_cost, rtol=2e-5)

@@ -310,7 +310,8 @@ def test_z_loss_traced_coefficient_and_schedule():
 
 def test_z_loss_trains_with_fit():
     obj = jreg.objective(MODEL.apply, jreg.losses.cross_entropy, output_penalty=P.z_loss(1e-2))
-    params, history = jreg.fit(obj, optax.sgd(0.1), PARAMS, (X, Y), epochs=2, batch_size=3, key=jax.random.key(0))
+    kw = dict(epochs=2, batch_size=3, key=jax.random.key(0), monitor=("training_cost",))  # with its parts
+    params, history = jreg.fit(obj, optax.sgd(0.1), PARAMS, (X, Y), **kw)
     assert len(history["training_z_loss"]) == 2 and np.all(np.isfinite(history["training_z_loss"]))
 
 

@@ -306,8 +306,9 @@ def test_an_overflowing_step_is_skipped_and_the_guard_stays_quiet():
     assert not bool(jnp.all(jnp.isfinite(grads["w"])))  # the scaled cotangent overflowed
     opt = precision.skip_nonfinite(optax.sgd(0.1), max_consecutive=100)
     trained, history = jreg.fit(
-        obj, opt, params, (x, jnp.zeros(8, jnp.int32)), epochs=2, batch_size=4, key=jax.random.key(0)
-    )
+        obj, opt, params, (x, jnp.zeros(8, jnp.int32)), epochs=2, batch_size=4, key=jax.random.key(0),
+        monitor=("training_cost",),
+    )  # fmt: skip
     np.testing.assert_array_equal(trained["w"], params["w"])  # every step skipped, nothing diverged
     assert np.all(np.isfinite(history.training_cost))  # the forward pass (and so the cost) stayed finite
     with pytest.raises(jreg.DivergenceError):  # without skipping, the infinite gradient reaches the params
@@ -328,7 +329,8 @@ def test_fit_sweep_and_checkpoint_with_a_policy(tmp_path):
         return jreg.objective(MIXED.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"])), opt
 
     obj = build({"lmbda": 0.01})[0]
-    trained, history = jreg.fit(obj, opt, params, train, epochs=3, batch_size=8, key=jax.random.key(1))
+    kw = dict(epochs=3, batch_size=8, key=jax.random.key(1), monitor=("training_cost",))
+    trained, history = jreg.fit(obj, opt, params, train, **kw)
     assert dtypes(trained) == [F32] * 4 and history.training_cost[-1] < history.training_cost[0]
     opt_state = opt.init(trained)
     assert all(d in (F32, np.dtype("int32")) for d in dtypes(opt_state))

@@ -159,7 +159,9 @@ def test_stateful_model_both_passes_start_from_the_same_state():
 def test_fit_and_sweep_over_rho():
     """fit with SAM equals the reference (full batch: one step an epoch); a sweep over rho with rho = 0 is plain fit."""
     run = dict(epochs=3, batch_size=12, key=jax.random.key(5))
-    trained, history = jreg.fit(jreg.sam(OBJ, 0.2), optax.sgd(ETA), PARAMS, (X, Y), **run)
+    trained, history = jreg.fit(
+        jreg.sam(OBJ, 0.2), optax.sgd(ETA), PARAMS, (X, Y), monitor=("training_accuracy",), **run
+    )
     assert_trees_close(trained, reference_steps(OBJ, 0.2, 3), rtol=1e-4, atol=1e-5)
     assert "training_accuracy" in history.series
     plain, _ = jreg.fit(OBJ, optax.sgd(ETA), PARAMS, (X, Y), **run)

@@ -66,7 +66,9 @@ def test_fit_feeds_the_global_step_across_epochs_and_partial_batches():
     x, y = train = _data()
     obj = jreg.objective(MODEL.apply, L.cross_entropy, P.l2(RAMP))
     key = jax.random.key(3)
-    fitted, hist = jreg.fit(obj, optax.sgd(0.3), PARAMS, train, epochs=3, batch_size=16, key=key)
+    fitted, hist = jreg.fit(
+        obj, optax.sgd(0.3), PARAMS, train, epochs=3, batch_size=16, key=key, monitor=("training_cost",)
+    )
     step = jreg.make_step(obj, optax.sgd(0.3))
     p, s, t = PARAMS, optax.sgd(0.3).init(PARAMS), 0
     for e in range(3):

@@ -165,7 +165,8 @@ def test_fit_with_dropout_is_reproducible_and_monitors_in_eval_mode():
     obj = jreg.objective(model.apply, L.cross_entropy)
     params = model.init(KEY)
     train = _data()
-    run = lambda key: jreg.fit(obj, optax.sgd(0.5), params, train, epochs=3, batch_size=8, key=key)  # noqa: E731
+    kw = dict(epochs=3, batch_size=8, monitor=jreg.train.NETWORK2[:2])  # the training-set series, asked for
+    run = lambda key: jreg.fit(obj, optax.sgd(0.5), params, train, key=key, **kw)  # noqa: E731
     p1, h1 = run(jax.random.key(4))
     p2, h2 = run(jax.random.key(4))
     p3, _ = run(jax.random.key(5))
@@ -205,11 +206,12 @@ def test_sweep_over_traced_drop_rates_equals_one_fit_per_rate():
         return jreg.objective(model.apply, L.cross_entropy), optax.sgd(0.3)
 
     swept, hist = jreg.sweep(
-        build, params, train, hparams={"drop": rates}, epochs=2, batch_size=8, key=KEY, vectorize="vmap"
-    )
+        build, params, train, hparams={"drop": rates}, epochs=2, batch_size=8, key=KEY, vectorize="vmap",
+        monitor=("training_cost",),
+    )  # fmt: skip
     for i, r in enumerate(rates):
         obj, opt = build({"drop": r})
-        alone, h = jreg.fit(obj, opt, params, train, epochs=2, batch_size=8, key=KEY)
+        alone, h = jreg.fit(obj, opt, params, train, epochs=2, batch_size=8, key=KEY, monitor=("training_cost",))
         jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), swept, alone)
         np.testing.assert_allclose(hist["training_cost"][i], h.training_cost, rtol=1e-5)
 

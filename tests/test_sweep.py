@@ -52,6 +52,7 @@ def test_sweep_over_seeds_with_stacked_params():
         epochs=2,
         batch_size=10,
         key=jax.random.key(1),
+        monitor=("training_cost",),
     )
     obj, opt = build({"lmbda": 0.01, "eta": 0.5})
     for i in range(2):
@@ -124,6 +125,7 @@ def test_sweep_history_to_dict_is_json_ready():
         epochs=2,
         batch_size=10,
         key=jax.random.key(0),
+        monitor=("training_cost",),
     )
     d = hist.to_dict()
     assert isinstance(d["training_cost"], list) and np.shape(d["training_cost"]) == (1, 2)

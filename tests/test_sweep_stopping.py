@@ -109,7 +109,8 @@ def test_a_series_that_is_not_measured_is_refused_before_any_work():
             epochs=2,
             batch_size=7,
             key=KEY,
-            early_stopping=jreg.EarlyStopping(patience=2),  # no evaluation data: evaluation_accuracy is not measured
+            # no evaluation data: evaluation_accuracy is not measured
+            early_stopping=jreg.EarlyStopping(patience=2, monitor="evaluation_accuracy"),
         )
     with pytest.raises(jreg.JregTypeError, match=r"early_stopping must be a jreg.EarlyStopping"):
         jreg.sweep(build, PARAMS, TRAIN, hparams=HP["schedule"], epochs=2, batch_size=7, key=KEY, early_stopping=3)

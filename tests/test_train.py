@@ -97,10 +97,11 @@ def test_fit_history_and_learning():
         batch_size=10,
         key=jax.random.key(0),
         evaluation=test,
+        monitor=jreg.train.NETWORK2,  # the training-set series are measured when asked
         callback=lambda e, m: seen.append(e),
     )
     assert seen == list(range(15))
-    assert "epoch_loss" not in hist  # opt-in
+    assert "epoch_loss" not in hist  # not asked for
     for k in (
         "training_cost",
         "training_accuracy",
@@ -185,8 +186,8 @@ def test_fit_verbose_prints_each_epoch(capsys):
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert "\r" not in out  # plain lines (capsys is not a terminal): fit never redraws a bar
-    assert len(lines) == 2 and lines[1].startswith("Epoch 2/2: training cost")
-    assert "evaluation accuracy" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("Epoch 2/2: epoch loss")  # the default series
+    assert "evaluation cost" in lines[0] and "evaluation accuracy" in lines[0]
 
 
 def test_fit_with_a_plain_function_objective_monitors_costs():
@@ -195,7 +196,10 @@ def test_fit_with_a_plain_function_objective_monitors_costs():
     def plain(p, batch):
         return obj(p, batch)
 
-    _, hist = jreg.fit(plain, optax.sgd(0.5), params, toy(), epochs=1, batch_size=10, key=jax.random.key(0))
+    kw = dict(epochs=1, batch_size=10, key=jax.random.key(0))
+    _, hist = jreg.fit(plain, optax.sgd(0.5), params, toy(), evaluation=toy(20, 1), **kw)
+    assert "evaluation_cost" in hist and "evaluation_accuracy" not in hist  # the default: costs, no accuracy
+    _, hist = jreg.fit(plain, optax.sgd(0.5), params, toy(), monitor=("training_cost",), **kw)
     assert "training_cost" in hist and "training_accuracy" not in hist
 
 

@@ -49,7 +49,8 @@ from .stream import Stream
 from .sweep import sweep
 
 _NOISE_SALT = NOISE_SALT  # the name older code used
-#: network2.py's four series and the running loss (more series come from metrics)
+#: network2.py's four series and the running loss (more series come from metrics); the default
+#: (``monitor=None``) is the running loss and the evaluation series, ``NETWORK2`` asks for network2.py's four
 MONITORS = (*NETWORK2, EPOCH_LOSS)
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "History",
     "Records",
     "MONITORS",
+    "NETWORK2",
     "NOISE_SALT",
     "PARTIAL_BATCH",
     "Result",

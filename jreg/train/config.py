@@ -39,13 +39,21 @@ class Evaluation:
     Attributes:
         data: held-out data (validation or test), a batch like the training
             data; ``None`` to monitor the training data only.
-        metrics: ``{name: metric}`` measured on the training data (series
-            ``training_<name>``) and on ``data`` (``evaluation_<name>``); a
-            metric is ``f(outputs, targets)`` per example or per batch, or a
-            :class:`jreg.metrics.Metric` (see :mod:`jreg.metrics`). ``None``
-            (default): accuracy when the targets are classes (integer labels,
-            or one-hot rows), nothing else. Always measured besides: the
-            objective's cost (``training_cost`` with its parts, ``evaluation_cost``).
+        metrics: ``{name: metric}`` measured on ``data`` (series
+            ``evaluation_<name>``) and, when ``monitor=`` asks for it, on the
+            whole training set (``training_<name>``); a metric is
+            ``f(outputs, targets)`` per example or per batch, or a
+            :class:`jreg.metrics.Metric` (see :mod:`jreg.metrics`). They are
+            measured *besides* the default metrics (a metric of yours named
+            like a default one replaces it): ``{"top2": f}`` on class targets
+            gives ``evaluation_accuracy`` and ``evaluation_top2``. Measured by
+            default besides: the objective's cost (``evaluation_cost``; the
+            training-set ``training_cost`` with its parts when asked).
+        default_metrics: ``True`` (default): the default metrics are
+            measured, accuracy when the targets are classes (integer labels,
+            or one-hot rows), nothing else. ``False``: only ``metrics``
+            (``Evaluation(data, metrics={"top2": f}, default_metrics=False)``
+            replaces accuracy by ``top2``).
         batch_size: examples per evaluation batch. Default ``None``: as many
             as keep one batch's intermediate values within 64 MiB (measured by
             tracing the evaluation, nothing computed; in a sweep of K models,
@@ -75,8 +83,11 @@ class Evaluation:
     batch_size: int | None = None
     every: int = 1
     cost_convention: str = "jreg"
+    default_metrics: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.default_metrics, bool):
+            raise JregTypeError(f"Evaluation.default_metrics must be True or False, got {self.default_metrics!r}")
         if self.batch_size is not None:
             check_positive_int(self.batch_size, "Evaluation.batch_size")
         check_positive_int(self.every, "Evaluation.every")

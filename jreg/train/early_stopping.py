@@ -13,19 +13,35 @@ from .._errors import JregError, JregTypeError
 from ..stopping import EarlyStopping
 from . import checkpointing
 from .loop import Run
+from .monitor import EPOCH_LOSS, Monitor
+
+#: what ``EarlyStopping(monitor=None)`` watches: the first of these the run measures
+DEFAULT_WATCHED = ("evaluation_accuracy", "evaluation_cost")
 
 
-def check(early_stopping: Any, wanted: frozenset[str], where: str = "fit") -> EarlyStopping | None:
+def check(early_stopping: Any, monitor: Monitor, where: str = "fit") -> EarlyStopping | None:
+    """The rule with its series chosen (``monitor=None``: :data:`DEFAULT_WATCHED`) and checked to be measured."""
     if early_stopping is None:
         return None
     if not isinstance(early_stopping, EarlyStopping):
         raise JregTypeError(
             f"early_stopping must be a jreg.EarlyStopping, e.g. EarlyStopping(patience=10), got {early_stopping!r}"
         )
+    wanted = monitor.wanted
+    if early_stopping.monitor is None:
+        watched = next((name for name in DEFAULT_WATCHED if name in wanted), None)
+        if watched is None:
+            why = monitor.fix(DEFAULT_WATCHED[0] if monitor.has_evaluation else DEFAULT_WATCHED[1])
+            raise JregError(
+                f"EarlyStopping() watches evaluation_accuracy, or evaluation_cost without it, which this {where} "
+                f"does not monitor (it monitors {sorted(wanted)}): {why}; or name the series to watch, e.g. "
+                f"EarlyStopping(monitor={EPOCH_LOSS!r}) for the training loss"
+            )
+        return early_stopping.watching(watched)
     if early_stopping.monitor not in wanted:
         raise JregError(
             f"early_stopping watches {early_stopping.monitor!r}, which this {where} does not monitor (it monitors "
-            f"{sorted(wanted)}); pass evaluation data or add it to monitor"
+            f"{sorted(wanted)}): {monitor.fix(early_stopping.monitor)}"
         )
     return early_stopping
 

@@ -71,9 +71,9 @@ def fit(
             factory, a PyTorch ``DataLoader``...; see docs/streaming.md): the
             source decides the order (no shuffle), steps run in compiled
             chunks prefetched to the device, only the last batch of an epoch
-            may be smaller, the default series are ``epoch_loss`` and the
-            evaluation series (the whole-training-set series are refused),
-            and a resumed run reopens the source at the first epoch not done.
+            may be smaller, the default series are those of in-memory data
+            (the whole-training-set series are refused when asked for), and
+            a resumed run reopens the source at the first epoch not done.
         epochs, batch_size: positive ints, ``batch_size <= N`` (for a stream:
             the size of its batches).
         key: a ``jax.random.key`` for the shuffles (and dropout).
@@ -83,12 +83,21 @@ def fit(
         model_state: a stateful model's initial state (BatchNorm statistics);
             the trained state comes back as ``result.model_state``.
         opt_state: optimizer state to continue from (default ``optimizer.init(params)``).
-        monitor: which series to measure (default: all that apply: the costs
-            on the training and held-out data, and each metric on both, which
-            for classification is network2.py's four series), and
-            ``epoch_loss``, the mean mini-batch objective during the epoch
-            (opt-in: it needs the loss value at every step, a few percent of an
-            epoch on small networks). ``monitor=()`` trains fastest.
+        monitor: which series to measure. Default (``None``): ``epoch_loss``,
+            the mean mini-batch objective during the epoch, taken from the
+            training steps themselves, and with held-out data the evaluation
+            series (``evaluation_cost``, ``evaluation_accuracy`` for class
+            targets, ``evaluation_<metric>`` for each metric); the same names
+            whether ``train`` is in memory or a stream. The whole-training-set
+            series (``training_cost`` with its parts ``training_data``,
+            ``training_penalty``, ``training_<term>``; ``training_accuracy``;
+            ``training_<metric>``) take a second pass over the training set
+            after every epoch and are measured only when named here, e.g.
+            ``monitor=jreg.train.NETWORK2`` (network2.py's four series:
+            training and evaluation cost and accuracy); a stream refuses
+            them. ``monitor=()`` trains fastest (without held-out data the
+            default cost 5 % of an epoch more on Nielsen's [784, 30, 10] and
+            nothing measurable on a small CNN: docs/benchmarks.md).
         partial_batch: ``"include"`` or ``"drop"`` the last partial mini-batch.
         verbose: print one line per epoch.
         callback: ``callback(epoch, metrics)`` after each epoch with the
@@ -114,7 +123,9 @@ def fit(
             to the uninterrupted run. ``params`` (and ``model_state``) serve as
             the structure template and ``key`` must be the run's key.
         early_stopping: an :class:`jreg.EarlyStopping`: stop when its
-            monitored series has not improved for ``patience`` measurements, or, with
+            monitored series (by default ``evaluation_accuracy`` when measured,
+            else ``evaluation_cost``; without evaluation data, name one) has
+            not improved for ``patience`` measurements, or, with
             ``lr_factor``, cut the learning rate each time and stop once it has
             fallen to ``min_lr_scale`` of its start (Nielsen's schedule:
             ``EarlyStopping.nielsen(10)``). The history then has a
@@ -198,7 +209,7 @@ def fit(
         monitor=monitor,
         optimizer=optimizer,
     )
-    rule = stopping_hooks.check(early_stopping, setup.monitor.wanted)
+    rule = stopping_hooks.check(early_stopping, setup.monitor)
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
     state = TrainState.create(

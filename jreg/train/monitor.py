@@ -1,11 +1,20 @@
 """Which series a run measures after each epoch, and the compiled function that measures them.
 
-Series names: ``training_cost`` (with its parts ``training_data``,
-``training_penalty``, ``training_<term>``) and ``evaluation_cost``; one
-``training_<metric>`` and ``evaluation_<metric>`` per metric (by default
-``accuracy`` when the targets are classes); and ``epoch_loss``, the mean
-mini-batch objective during the epoch (opt-in: it needs the loss value at
-every step).
+Series names: ``epoch_loss``, the mean mini-batch objective during the
+epoch (taken from the training steps themselves, whose loss the divergence
+guard computes anyway); ``evaluation_cost`` and one ``evaluation_<metric>`` per
+metric (by default ``accuracy`` when the targets are classes) on the held-out
+data; ``training_cost`` (with its parts ``training_data``,
+``training_penalty``, ``training_<term>``) and one ``training_<metric>`` per
+metric on the whole training set.
+
+The default (``monitor=None``) is :func:`default_series`: ``epoch_loss`` and,
+with held-out data, every evaluation series, the same names whether the
+training data are in memory or streamed. The training-set series take a
+second pass over the training set after every epoch (for a small network as
+long as a third of the epoch), so they are measured only when ``monitor=``
+names them (:data:`NETWORK2` names network2.py's four series); a stream, which
+is not held, refuses them.
 
 Costs follow the :class:`jreg.Evaluation`'s ``cost_convention``: the
 objective as it is (``"jreg"``), or network2.py's ``total_cost``, whose
@@ -29,8 +38,9 @@ from .evaluate import MEMORY_BUDGET, evaluate
 from .inputs import data_size
 
 EPOCH_LOSS = "epoch_loss"
-#: network2.py's four series (``monitor_*`` flags), the default for classification.
+#: network2.py's four series (its ``monitor_*`` flags): ``fit(..., monitor=jreg.train.NETWORK2)``.
 NETWORK2 = ("training_cost", "training_accuracy", "evaluation_cost", "evaluation_accuracy")
+SIDES = ("training", "evaluation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +54,12 @@ class Monitor:
     memory: int = MEMORY_BUDGET  # the automatic evaluation batch's budget (a sweep's models share one)
     cost_convention: str = "jreg"  # how a cost counts the params' penalty (jreg.conventions.COST_CONVENTIONS)
     n_train: int | None = None  # the training set's size, for cost_convention="network2"
+    # what the run could measure, for the hints of series it does not (Monitor.fix)
+    has_evaluation: bool = False
+    streamed: bool = False
+    classes: bool = False
+    objective_metrics: bool = True  # the objective is one from jreg.objective (metrics need its apply)
+    default_metrics: bool = True  # Evaluation(default_metrics=...): the default metrics were kept
 
     @property
     def epoch_loss(self) -> bool:
@@ -93,9 +109,51 @@ class Monitor:
             return None
         return penalty_scale(self.cost_convention, self.n_train, data_size(data, "evaluation data"))
 
+    def fix(self, name: str) -> str:
+        """Why series ``name`` is not measured in this run, and what measures it (for error messages)."""
+        side, _, what = name.partition("_")
+        if name in self.wanted:
+            return f"{name!r} is measured"
+        if side == "evaluation" and not self.has_evaluation:
+            return "evaluation data is needed: pass held-out data, evaluation=(x_val, y_val)"
+        if side == "training" and self.streamed:
+            return (
+                "it is measured on the whole training set, which a stream does not hold; watch "
+                f"{EPOCH_LOSS!r} (the mean training objective over each epoch) or an evaluation series instead"
+            )
+        if side in SIDES and what not in ("cost", *self.metrics):
+            return self.missing_metric(what)
+        if side in SIDES or name == EPOCH_LOSS:
+            asked = sorted(self.wanted | {name})
+            return f"monitor= leaves it out; ask for it: monitor={asked}"
+        return f"there is no such series; this run can measure {sorted(self.available)}"
+
+    def missing_metric(self, what: str) -> str:
+        """Why metric ``what`` is not one of this run's, and how to measure it."""
+        ask = f"give it: Evaluation(data, metrics={{{what!r}: f}})"
+        if what == "accuracy" and not self.objective_metrics:
+            return "accuracy needs an objective from jreg.objective (its apply gives the outputs)"
+        if what == "accuracy" and self.classes and not self.default_metrics:
+            return (
+                "Evaluation(default_metrics=False) dropped the default accuracy; keep it with "
+                "default_metrics=True (metrics= then adds to it)"
+            )
+        if what == "accuracy" and not self.classes:
+            return f"the targets are not classes (integer labels or one-hot rows), so accuracy is not measured; {ask}"
+        return f"{what!r} is not one of this run's metrics {sorted(self.metrics)}; {ask}"
+
+    @property
+    def available(self) -> frozenset[str]:
+        """Every series this run could measure."""
+        sides = [
+            s for s in SIDES if (s != "training" or not self.streamed) and (s != "evaluation" or self.has_evaluation)
+        ]
+        return frozenset({EPOCH_LOSS} | {f"{p}_{m}" for p in sides for m in ("cost", *self.metrics)})
+
     def shown(self, values: dict[str, Any]) -> list[str]:
-        """The series a progress line shows, in network2.py's order (costs and metrics, not parts)."""
-        names = [f"{p}_{m}" for p in ("training", "evaluation") for m in ("cost", *self.metrics)] + [EPOCH_LOSS]
+        """The series a progress line shows: the running loss, then network2.py's order (costs and metrics, not
+        parts)."""
+        names = [EPOCH_LOSS] + [f"{p}_{m}" for p in SIDES for m in ("cost", *self.metrics)]
         return [n for n in names if n in values]
 
 
@@ -111,6 +169,14 @@ def default_metrics(objective: Any, classes: bool) -> dict[str, Metric]:
     return {"accuracy": Metric(unweighted(accuracy_metric) if weighted_targets(objective) else accuracy_metric)}
 
 
+def default_series(metrics: Iterable[str], has_evaluation: bool) -> tuple[str, ...]:
+    """What ``monitor=None`` measures: ``epoch_loss`` and, with held-out data, every evaluation series.
+
+    The same for in-memory and streamed training data; the training-set series are measured only when asked.
+    """
+    return (EPOCH_LOSS, *((f"evaluation_{m}" for m in ("cost", *metrics)) if has_evaluation else ()))
+
+
 def make_monitor(
     monitor: Iterable[str] | str | None,
     objective: Any,
@@ -122,8 +188,16 @@ def make_monitor(
     smallest: int = 1,
     cost_convention: str = "jreg",
     n_train: int | None = None,
+    streamed: bool = False,
+    defaults: bool = True,
+    given: Iterable[str] = (),
 ) -> Monitor:
-    """Resolve ``fit``'s ``monitor=`` against what this run can measure; a clear error otherwise."""
+    """Resolve ``fit``'s ``monitor=`` against what this run can measure; a clear error otherwise.
+
+    ``streamed``: the training data are a stream (no training-set series); ``defaults``: the default metrics
+    were kept (``Evaluation.default_metrics``), for the hints; ``given``: the names of the metrics the user gave
+    (``Evaluation.metrics``), which the default monitoring would leave unmeasured without evaluation data.
+    """
     if metrics and not isinstance(objective, Objective):
         raise JregError("metrics need an objective from jreg.objective (its apply gives the outputs)")
     if cost_convention != "jreg" and not isinstance(objective, Objective):
@@ -133,11 +207,26 @@ def make_monitor(
         )
     if cost_convention != "jreg" and n_train is None:
         raise JregError(f"cost_convention={cost_convention!r} needs the training set's size")
-    options = dict(cost_convention=cost_convention, n_train=n_train)
-    sides = ("training", "evaluation") if has_evaluation else ("training",)
-    available = {f"{p}_{m}" for p in sides for m in ("cost", *metrics)}
+    options = dict(
+        cost_convention=cost_convention,
+        n_train=n_train,
+        has_evaluation=has_evaluation,
+        streamed=streamed,
+        classes=classes,
+        objective_metrics=isinstance(objective, Objective),
+        default_metrics=defaults,
+    )
+    given = sorted(given)
+    if monitor is None and given and not has_evaluation:
+        asked = [EPOCH_LOSS, *(f"training_{m}" for m in given)]
+        raise JregError(
+            f"Evaluation(metrics=...) gives {given} but no evaluation data, and the default monitoring measures "
+            "metrics on the evaluation data only (on the whole training set they take a second pass over it "
+            f"after every epoch); pass held-out data, Evaluation((x_val, y_val), metrics=...), or ask for the "
+            f"training-set series: monitor={asked}"
+        )
     if monitor is None:
-        return Monitor(frozenset(available), metrics, batch_size, smallest, **options)
+        return Monitor(frozenset(default_series(metrics, has_evaluation)), metrics, batch_size, smallest, **options)
     if isinstance(monitor, str):
         monitor = (monitor,)
     try:
@@ -146,19 +235,12 @@ def make_monitor(
         raise JregError(f"monitor must be a sequence of series names, got {monitor!r}") from exc
     if not all(isinstance(name, str) for name in wanted):
         raise JregError(f"monitor must be a sequence of series names (str), got {monitor!r}")
-    known = set(NETWORK2) | {EPOCH_LOSS} | {f"{p}_{m}" for p in ("training", "evaluation") for m in metrics}
+    known = set(NETWORK2) | {EPOCH_LOSS} | {f"{p}_{m}" for p in SIDES for m in metrics}
     unknown = wanted - known
     if unknown:
         raise JregError(f"monitor must name some of {sorted(known)}, got unknown {sorted(unknown)}")
-    missing = wanted - available - {EPOCH_LOSS}
+    probe = Monitor(frozenset(), metrics, batch_size, smallest, **options)
+    missing = sorted(wanted - probe.available)
     if missing:
-        if not has_evaluation and any(m.startswith("evaluation_") for m in missing):
-            why = "evaluation data is needed"
-        elif not isinstance(objective, Objective):
-            why = "accuracy needs an objective from jreg.objective"
-        elif not classes:
-            why = "the targets are not classes (integer labels or one-hot rows); give metrics to measure others"
-        else:
-            why = "no such metric was given"
-        raise JregError(f"monitor asks for {sorted(missing)}, but {why}")
+        raise JregError(f"monitor asks for {missing}, but {probe.fix(missing[0])}")
     return Monitor(frozenset(wanted), metrics, batch_size, smallest, **options)

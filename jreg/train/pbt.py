@@ -41,6 +41,7 @@ from . import population as pop_
 from .engine import Build
 from .history import SweepHistory
 from .loop import Run
+from .monitor import EPOCH_LOSS
 from .prepare import check_hparams
 from .result import Result
 from .state import TrainState
@@ -125,8 +126,9 @@ def pbt(
         fraction: the share of the population replaced each time, in (0, 0.5].
         bounds: ``{name: (low, high)}`` each explored value is clipped to (default: unbounded).
         rank_by: the series to rank on (it must be monitored and measured at every exploit epoch); default
-            ``evaluation_accuracy`` with evaluation data, else ``training_accuracy`` when measured, else
-            ``training_cost``.
+            the first measured of ``evaluation_accuracy``, ``training_accuracy``, ``evaluation_cost``,
+            ``training_cost`` and ``epoch_loss`` (with the default ``monitor``: ``evaluation_accuracy`` or
+            ``evaluation_cost`` with evaluation data, else ``epoch_loss``).
         maximize: whether higher is better (default: not when ``rank_by`` names a cost, loss or error).
         The rest as in :func:`jreg.sweep`; the sweep's ``callback``, ``ema``, ``parallel``, ``early_stopping``,
         ``checkpoint`` and ``resume`` are not supported (a clear error).
@@ -230,11 +232,8 @@ def _ranking(rank_by: Any, maximize: Any, population: pop_.Population, every: in
     wanted = population.setup.monitor.wanted
     if rank_by is None:
         has_eval = population.setup.evaluation is not None
-        rank_by = next(
-            (s for s in ("evaluation_accuracy", "training_accuracy", "evaluation_cost", "training_cost") if s in wanted
-             and (has_eval or not s.startswith("evaluation"))),
-            None,
-        )  # fmt: skip
+        order = ("evaluation_accuracy", "training_accuracy", "evaluation_cost", "training_cost", EPOCH_LOSS)
+        rank_by = next((s for s in order if s in wanted and (has_eval or not s.startswith("evaluation"))), None)
         if rank_by is None:
             raise JregError(f"pbt: give rank_by= (a monitored series); the monitored series are {sorted(wanted)}")
     if not isinstance(rank_by, str) or rank_by not in wanted:

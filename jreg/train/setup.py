@@ -98,10 +98,11 @@ def prepare(
             validate.probe_update(objective, optimizer, probe_state, train, plan.batch_size, key)
         strength.warn_twice(objective, proxed, params)  # the same penalty in the objective and jreg.proximal
     classes = validate.are_classes(targets, seen.outputs)
-    metrics = default_metrics(objective, classes) if schedule.metrics is None else as_metrics(schedule.metrics)
+    # the user's metrics add to the default ones (accuracy for classes) unless Evaluation(default_metrics=False)
+    metrics = default_metrics(objective, classes) if schedule.default_metrics else {}
+    metrics = {**metrics, **as_metrics(schedule.metrics)}
     validate.check_metric_names(metrics, seen.parts)
     if feed is not None:  # a stream is not held: no series on the whole training set, no size to scale by
-        monitor = stream.monitor_series(monitor, held_out is not None, metrics)
         if schedule.cost_convention != "jreg":
             raise JregError(
                 f"Evaluation(cost_convention={schedule.cost_convention!r}) scales the penalty by the training "
@@ -117,6 +118,9 @@ def prepare(
         smallest=plan.batch_size,
         cost_convention=schedule.cost_convention,
         n_train=None if feed is not None else data_size(train),
+        streamed=feed is not None,
+        defaults=schedule.default_metrics,
+        given=as_metrics(schedule.metrics),
     )
     for name, side, data in (("train", "training", train), ("evaluation", "evaluation", held_out)):
         if data is not None:

@@ -55,11 +55,12 @@ key ``fold_in(fold_in(fold_in(key, e), NOISE_SALT), i)``; the global step
 count carried in the training state continues across epochs (it feeds
 penalty schedules).
 
-**Monitoring.** A stream is not held, so the series measured on the whole
-training set (``training_cost``, ``training_<metric>``) are refused with a
-clear error; the default series are ``epoch_loss`` (the mean of the training
-objective over the epoch's examples, measured at every step anyway) and the
-evaluation series when held-out data are given.
+**Monitoring.** The default series are those of in-memory training data:
+``epoch_loss`` (the mean of the training objective over the epoch's examples,
+measured at every step anyway) and the evaluation series when held-out data
+are given. A stream is not held, so the series measured on the whole training
+set (``training_cost``, ``training_<metric>``), which in-memory data measure
+when ``monitor=`` asks for them, are refused with a clear error.
 
 **Divergence.** The finiteness check runs after every chunk inside the
 compiled program (a model that goes non-finite keeps its state from the start
@@ -82,7 +83,7 @@ import inspect
 import queue
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -702,24 +703,3 @@ def program(
         return state, (None if models is None else alive), metrics, ok
 
     return epoch
-
-
-def monitor_series(monitor: Iterable[str] | str | None, has_evaluation: bool, metrics: Iterable[str]) -> Any:
-    """The series a streamed run measures: ``monitor`` checked (no training-set series), or the default."""
-    if monitor is None:
-        names = [EPOCH_LOSS]
-        if has_evaluation:
-            names += ["evaluation_cost", *(f"evaluation_{m}" for m in metrics)]
-        return tuple(names)
-    names = (monitor,) if isinstance(monitor, str) else monitor
-    try:
-        names = tuple(names)
-    except TypeError:
-        return monitor  # make_monitor says what is wrong
-    training = sorted(n for n in names if isinstance(n, str) and n.startswith("training_"))
-    if training:
-        raise JregError(
-            f"monitor asks for {training}, measured on the whole training set, which a stream does not hold; "
-            f"monitor {EPOCH_LOSS!r} (the mean training objective over each epoch) and evaluation series instead"
-        )
-    return names

@@ -121,8 +121,15 @@ def sweep(
             mini-batch too); K must be a multiple of the model axis's size.
             Results equal the single-device sweep up to float reassociation
             (docs/scaling.md).
+        monitor: which series to measure for every model, as in :func:`fit`:
+            by default ``epoch_loss`` (from the training steps) and, with
+            held-out data, the evaluation series; the same names for in-memory
+            and streamed data. The whole-training-set series (``training_cost``
+            and its parts, ``training_<metric>``) are measured only when named
+            (``monitor=jreg.train.NETWORK2``); ``monitor=()`` trains fastest.
         early_stopping: a :class:`jreg.EarlyStopping`, applied to each model
-            on its own, as :func:`fit` applies it: each keeps its own best
+            on its own, as :func:`fit` applies it (its default series likewise:
+            ``evaluation_accuracy`` when measured, else ``evaluation_cost``): each keeps its own best
             value, patience count and (with ``lr_factor``, Nielsen's schedule)
             learning-rate scale, on the device as ``(K,)`` arrays updated by a
             small jitted function after each measured epoch (no loop over the
@@ -205,7 +212,7 @@ def sweep(
         partial_batch=partial_batch,
         monitor=monitor,
     )
-    rule = stopping_hooks.check(early_stopping, setup.monitor.wanted, "sweep")
+    rule = stopping_hooks.check(early_stopping, setup.monitor, "sweep")
     stopper = None
     if rule is not None:
         stopper = SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)
