@@ -168,6 +168,46 @@ def _newest_valid(folder: Path, template: TrainState, sweep: Any = None) -> tupl
     raise ckpt.CheckpointError(f"resume: no valid checkpoint in {folder}; tried, newest first: {tried}")
 
 
+def _check_measured_alike(
+    meta: dict[str, Any], path: Any, batch_size: int, cost_convention: str, streamed: bool
+) -> None:
+    """Refuse a checkpoint whose history was measured otherwise than this run measures: another cost convention,
+    batch size, or kind of data (a stream or arrays in memory)."""
+    saved_convention = meta.get("cost_convention", "jreg")
+    if saved_convention != cost_convention:
+        raise JregError(
+            f"resume: {path} measured its costs with cost_convention={saved_convention!r}, this run with "
+            f"{cost_convention!r}; one history cannot mix them (give Evaluation(cost_convention="
+            f"{saved_convention!r}) to continue it)"
+        )
+    if meta.get("batch_size", batch_size) != batch_size:
+        raise JregError(f"resume: batch_size {batch_size} differs from the run's {meta['batch_size']} ({path})")
+    if bool(meta.get("streamed", False)) != streamed:
+        was, now = ("a stream", "in-memory data") if not streamed else ("in-memory data", "a stream")
+        raise JregError(
+            f"resume: {path} was trained on {was}, this run on {now}; the data order and the step keys would "
+            "differ, so it cannot continue that run (resume it with the same kind of train=)"
+        )
+
+
+def _check_ema(path: Any, saved_ema: dict[str, Any] | None, ema: dict[str, Any] | None) -> None:
+    """Refuse a checkpoint whose EMA setting (kept or not, ``evaluate``, ``decay``) is not this run's."""
+    if (saved_ema is None) != (ema is None):
+        kept = "kept an EMA of the params" if saved_ema is not None else "kept no EMA of the params"
+        wants = "keeps one (ema=jreg.EMA(...))" if ema is not None else "keeps none"
+        raise JregError(f"resume: {path} {kept}, but this run {wants}; resume it with the same ema= setting")
+    if ema is not None and saved_ema is not None and saved_ema.get("evaluate") != ema["evaluate"]:
+        raise JregError(
+            f"resume: {path} measured its history with EMA.evaluate={saved_ema.get('evaluate')!r}, this run with "
+            f"{ema['evaluate']!r}; one history cannot mix figures of the live and the averaged params"
+        )
+    if ema is not None and saved_ema is not None and saved_ema.get("decay") != ema["decay"]:
+        raise JregError(
+            f"resume: {path} averaged the params with EMA.decay={saved_ema.get('decay')!r}, this run with "
+            f"{ema['decay']!r}; the average would not continue bit for bit (resume with the same decay)"
+        )
+
+
 def resume(
     resume: Any,
     template: TrainState,
@@ -203,21 +243,7 @@ def resume(
         has = "holds" if loaded.model_state is not None else "holds no"
         raise JregError(f"resume: {path} {has} model state, but this run's objective does not match it")
     meta = ckpt.check_run_meta(loaded.meta, path, loaded.step)
-    saved_convention = meta.get("cost_convention", "jreg")
-    if saved_convention != cost_convention:
-        raise JregError(
-            f"resume: {path} measured its costs with cost_convention={saved_convention!r}, this run with "
-            f"{cost_convention!r}; one history cannot mix them (give Evaluation(cost_convention="
-            f"{saved_convention!r}) to continue it)"
-        )
-    if meta.get("batch_size", batch_size) != batch_size:
-        raise JregError(f"resume: batch_size {batch_size} differs from the run's {meta['batch_size']} ({path})")
-    if bool(meta.get("streamed", False)) != streamed:
-        was, now = ("a stream", "in-memory data") if not streamed else ("in-memory data", "a stream")
-        raise JregError(
-            f"resume: {path} was trained on {was}, this run on {now}; the data order and the step keys would "
-            "differ, so it cannot continue that run (resume it with the same kind of train=)"
-        )
+    _check_measured_alike(meta, path, batch_size, cost_convention, streamed)
     epoch = int(loaded.step or 0)
     if epoch > epochs:
         raise JregError(f"resume: {path} is at epoch {epoch}, beyond epochs={epochs}")
@@ -228,20 +254,7 @@ def resume(
         opt_state, arrays = opt_state
     if saved_ema is not None:
         opt_state, ema_params = opt_state
-    if (saved_ema is None) != (ema is None):
-        kept = "kept an EMA of the params" if saved_ema is not None else "kept no EMA of the params"
-        wants = "keeps one (ema=jreg.EMA(...))" if ema is not None else "keeps none"
-        raise JregError(f"resume: {path} {kept}, but this run {wants}; resume it with the same ema= setting")
-    if ema is not None and saved_ema is not None and saved_ema.get("evaluate") != ema["evaluate"]:
-        raise JregError(
-            f"resume: {path} measured its history with EMA.evaluate={saved_ema.get('evaluate')!r}, this run with "
-            f"{ema['evaluate']!r}; one history cannot mix figures of the live and the averaged params"
-        )
-    if ema is not None and saved_ema is not None and saved_ema.get("decay") != ema["decay"]:
-        raise JregError(
-            f"resume: {path} averaged the params with EMA.decay={saved_ema.get('decay')!r}, this run with "
-            f"{ema['decay']!r}; the average would not continue bit for bit (resume with the same decay)"
-        )
+    _check_ema(path, saved_ema, ema)
     history.ema = ema
     step = meta.get("global_step")
     step = epoch * steps_per_epoch if step is None else int(step)
