@@ -519,7 +519,7 @@ def test_network2_deep_nesting_and_a_folder(tmp_path):
 
 def test_network2_size_cap_is_checked_before_reading(tmp_path, monkeypatch):
     path = jreg.save_network2(tmp_path / "net.json", PARAMS)
-    monkeypatch.setattr(ckpt, "NETWORK2_MAX_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(ckpt.network2, "NETWORK2_MAX_BYTES", path.stat().st_size - 1)
     with pytest.raises(CheckpointError, match=r"net\.json: \d+ bytes, more than the \d+ a network2 JSON model may"):
         jreg.load_network2(path)
 

@@ -19,7 +19,8 @@ regularized objective. Layout (each module imports only those above it)::
     stream        streamed epochs: Stream, chunks prefetched to the device, the compiled chunk scan
     setup         fit's and sweep's common preparation
     distributed_checkpoint  orbax folders for runs whose arrays span processes
-    checkpointing save, resume, best params
+    checkpoint_folder  a run's checkpoint folder: folder rules, Writer, Snapshot (a Result's checkpoint)
+    resume        resuming from a file, a folder or a Result (bit-exact); best params
     mesh          data-parallel placement; a sweep's models across devices
     loop          the host loop and its hooks
     early_stopping  EarlyStopping in the loop

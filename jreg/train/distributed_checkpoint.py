@@ -8,7 +8,7 @@ into a temporary folder and renames it when complete, so a checkpoint folder is 
 holds two items: ``state`` (params, optimizer state, model state; orbax's ``StandardSave``) and ``meta``
 (a JSON object, orbax's ``JsonSave``): ``{"step": epoch, "key": [bits], "meta": {...}}``, the same
 ``meta`` as a ``.npz`` checkpoint's (run id, history, batch size, global step...). The folder rules of
-:mod:`jreg.train.checkpointing` apply unchanged: run ids, only the run's own checkpoints pruned.
+:mod:`jreg.train.checkpoint_folder` apply unchanged: run ids, only the run's own checkpoints pruned.
 
 A resume restores the arrays onto the current run's layout (the template's shardings: one device, or
 whatever the run was placed on), whatever the saving run's mesh and number of processes was. Runs whose
@@ -21,7 +21,7 @@ besides, each completed save removes (on the first process) the temporaries in i
 id in their ``meta`` item and are older than the save: saves of one run follow each other, so such a folder is an
 earlier, interrupted save of this run, never a live one. Any other folder with such a name (another run's, or one
 interrupted before its record was written) is left alone and named once in a :class:`jreg.JregWarning`, as
-:class:`jreg.train.checkpointing.Writer` does with the ``.npz`` temporary files.
+:class:`jreg.train.checkpoint_folder.Writer` does with the ``.npz`` temporary files.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 from .. import checkpoint as ckpt
 from .._errors import JregError, JregTypeError
 from ..stopping import EarlyStopping
-from . import checkpointing
+from . import checkpoint_folder
 from .loop import Run
 from .monitor import EPOCH_LOSS, Monitor
+from .resume import load_best
 
 #: what ``EarlyStopping(monitor=None)`` watches: the first of these the run measures
 DEFAULT_WATCHED = ("evaluation_accuracy", "evaluation_cost")
@@ -53,7 +54,7 @@ class Stopper:
         self,
         rule: EarlyStopping,
         state: dict[str, Any],
-        writer: checkpointing.Writer | None,
+        writer: checkpoint_folder.Writer | None,
         key: Any,
         verbose: bool,
         every: int = 1,
@@ -127,7 +128,7 @@ class Stopper:
     def restore(self, where: Path, params: Any, model_state: Any, run: str) -> None:
         """On resume with ``restore_best``: the best params so far, from ``best.npz`` in ``where``."""
         if self.rule.restore_best and self.state["best_epoch"] is not None:
-            self.best = checkpointing.load_best(where, params, model_state, self.state["best_epoch"] + 1, run)
-            best = where / checkpointing.BEST
+            self.best = load_best(where, params, model_state, self.state["best_epoch"] + 1, run)
+            best = where / checkpoint_folder.BEST
             if self.writer is not None and self.writer.folder.resolve() == where.resolve():
                 self.writer.adopt(best)  # the run's own best.npz, even one written before run ids

@@ -14,8 +14,9 @@ from .._errors import JregError
 from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
-from . import calls, checkpointing, config, divergence, engine, mesh
+from . import calls, checkpoint_folder, config, divergence, engine, mesh
 from . import early_stopping as stopping_hooks
+from . import resume as resuming
 from .config import EMA, Checkpointing, DataParallel, Evaluation
 from .epoch import check_unroll
 from .history import History
@@ -189,10 +190,12 @@ def fit(
         raise JregError(
             f"ema: EMA.decay={ema.decay!r} names a hyperparameter, which only jreg.sweep has; give fit a number"
         )
-    resume = checkpointing.resolve(resume, checkpoint, "fit")
-    checkpointing.check_resume(resume)
+    resume = resuming.resolve(resume, checkpoint, "fit")
+    resuming.check_resume(resume)
     if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
-        checkpointing.check_folder(checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint")
+        checkpoint_folder.check_folder(
+            checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint"
+        )
     calls.check_objective(objective)
     check_optimizer(optimizer)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
@@ -262,9 +265,9 @@ def fit(
 
 def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema=None):
     """``(state, first epoch, history, stopper, writer)``: a fresh run, or the one ``resume`` points at."""
-    start, history, saved, run, resumed = 0, History(), None, checkpointing.new_run(), None
+    start, history, saved, run, resumed = 0, History(), None, checkpoint_folder.new_run(), None
     if resume is not None:
-        resumed = checkpointing.resume(
+        resumed = resuming.resume(
             resume,
             state,
             key,
@@ -276,7 +279,7 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
             streamed=setup.feed is not None,
         )
         state, start, history, saved, run = resumed.state, resumed.epoch, resumed.history, resumed.stopping, resumed.run
-    writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run)
+    writer = None if checkpoint is None else checkpoint_folder.Writer(checkpoint, run)
     if writer is not None:
         writer.check_ahead(start, epochs)
     if rule is None:
@@ -292,7 +295,7 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
         every=setup.schedule.every,
         ema=ema is not None and ema.returned,
     )
-    if isinstance(resume, checkpointing.Snapshot):  # a Result: its best params are in memory
+    if isinstance(resume, checkpoint_folder.Snapshot):  # a Result: its best params are in memory
         stopper.best = resume.best if rule.restore_best and stopper.state["best_epoch"] is not None else None
     elif resumed is not None:
         stopper.restore(resumed.path.parent, state.params, state.model_state, run)
@@ -302,14 +305,14 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
 def _finisher(key: Any, batch_size: int, streamed: bool, writer: Any, stateful: bool, ema: EMA | None) -> Any:
     """``finish(state, epochs done, stopper, history) -> Result``: the params (the best epoch's if kept, the EMA's
     with ``EMA(returned=True)``), the optimizer and model state, and the snapshot ``resume=`` continues from."""
-    run = checkpointing.new_run() if writer is None else writer.run
+    run = checkpoint_folder.new_run() if writer is None else writer.run
 
     def finish(state: TrainState, epochs_done: int, stopper: Any, history: History) -> Result:
         best = None if stopper is None else stopper.best
         params = state.ema if ema is not None and ema.returned else state.params
         params, final_state = jax.tree.map(jnp.asarray, best if best is not None else (params, state.model_state))
         stopping = None if stopper is None else stopper.state
-        snapshot = checkpointing.Snapshot.take(
+        snapshot = checkpoint_folder.Snapshot.take(
             state, epochs_done, key, history, batch_size, stopping, streamed, run, best=best
         )
         return Result(
@@ -324,7 +327,7 @@ def _finisher(key: Any, batch_size: int, streamed: bool, writer: Any, stateful: 
     return finish
 
 
-def _checkpointer(writer: checkpointing.Writer, key: Any, batch_size: int, stopper: Any, streamed: bool) -> Hook:
+def _checkpointer(writer: checkpoint_folder.Writer, key: Any, batch_size: int, stopper: Any, streamed: bool) -> Hook:
     def hook(run: Run) -> None:
         if writer.config.due(run.epoch, run.epochs) or run.stop:
             stopping_state = None if stopper is None else stopper.state

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._errors import JregError
 from .._types import ModelState, OptState, Params
-from .checkpointing import Snapshot
+from .checkpoint_folder import Snapshot
 from .history import Best, History, SweepHistory
 
 _OLD_FORM = {

@@ -14,8 +14,9 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
 from ..stopping import EarlyStopping
-from . import calls, checkpointing, divergence, mesh, sweep_checkpoint
+from . import calls, checkpoint_folder, divergence, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
+from . import resume as resuming
 from .config import EMA, Checkpointing, ModelParallel, as_ema, check_decay
 from .engine import VECTORIZE, Build, program
 from .epoch import check_unroll
@@ -185,7 +186,7 @@ def sweep(
         raise JregTypeError(
             f"checkpoint must be a jreg.Checkpointing('folder', every=..., keep=...), got {checkpoint!r}"
         )
-    resume = checkpointing.resolve(resume, checkpoint, "sweep")
+    resume = resuming.resolve(resume, checkpoint, "sweep")
     checkpoint = _check_checkpoint(checkpoint, resume)
     if parallel is not None and vectorize == "auto":
         vectorize = "vmap"  # the models split across devices, batched on each
@@ -228,12 +229,12 @@ def sweep(
     track = _Tracking(stopper, None if stopper is None else stopper.initial(), None, verbose)
     if stopper is not None:
         track.best = stopper.initial_best(state)
-    start, run_id = 0, checkpointing.new_run()
+    start, run_id = 0, checkpoint_folder.new_run()
     if resume is not None:
         state, alive, start, run_id = _resumed(
             resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history
         )
-    writer = None if checkpoint is None else checkpointing.Writer(checkpoint, run_id)
+    writer = None if checkpoint is None else checkpoint_folder.Writer(checkpoint, run_id)
     if writer is not None:
         writer.check_ahead(start, epochs)
     placed = _placed(parallel, state, hp, alive, setup, track)
@@ -280,7 +281,9 @@ def sweep(
     packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
     streamed = setup.feed is not None
     run_id = run_id if writer is None else writer.run
-    snapshot = checkpointing.Snapshot.take(run.state, done, key, history, batch_size, None, streamed, run_id, packed)
+    snapshot = checkpoint_folder.Snapshot.take(
+        run.state, done, key, history, batch_size, None, streamed, run_id, packed
+    )
     return Result(
         params=params,
         history=history,
@@ -314,9 +317,9 @@ def _check_checkpoint(checkpoint: Any, resume: Any) -> Checkpointing | None:
         raise JregTypeError(
             f"checkpoint must be a jreg.Checkpointing('folder', every=..., keep=...), got {checkpoint!r}"
         )
-    checkpointing.check_resume(resume)
+    resuming.check_resume(resume)
     if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
-        checkpointing.check_folder(checkpoint, resume)
+        checkpoint_folder.check_folder(checkpoint, resume)
     return checkpoint
 
 
@@ -376,7 +379,7 @@ def _all_done(models: int) -> Hook:
 
 
 def _checkpointer(
-    writer: checkpointing.Writer, key: Any, batch_size: int, hp: Any, track: _Tracking, streamed: bool
+    writer: checkpoint_folder.Writer, key: Any, batch_size: int, hp: Any, track: _Tracking, streamed: bool
 ) -> Hook:
     def hook(run: Run) -> None:
         if writer.config.due(run.epoch, run.epochs) or run.stop:
@@ -391,7 +394,7 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
     """``(state, alive, first epoch, run id)`` of the sweep ``resume`` points at; ``track`` and ``history`` filled."""
     stopper = track.stopper
     kept = (state.params, state.model_state) if stopper is None else stopper.kept(state)  # best params' template
-    resumed = checkpointing.resume(
+    resumed = resuming.resume(
         resume,
         state,
         key,

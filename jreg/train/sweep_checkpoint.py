@@ -1,7 +1,7 @@
 """Checkpoints of :func:`jreg.sweep`: fit's files and folder rules, with the sweep's own state beside them.
 
 A sweep checkpoint is a ``ckpt-<epoch>.npz`` written by
-:class:`jreg.train.checkpointing.Writer` (atomic, with the run's id, pruning
+:class:`jreg.train.checkpoint_folder.Writer` (atomic, with the run's id, pruning
 only its own files): the stacked params, optimizer state (and EMA) and model
 state in fit's sections, and beside the optimizer state the sweep's arrays:
 each model's step count, its ``alive`` flag, the history's series as
@@ -112,7 +112,7 @@ def _bad(path: Path, field: str, what: str, value: Any) -> ckpt.CheckpointError:
 
 
 def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept: Any, epochs_done: Any = None) -> Any:
-    """``sweep(path, meta) -> template`` for :func:`jreg.train.checkpointing.resume`: checks that the checkpoint
+    """``sweep(path, meta) -> template`` for :func:`jreg.train.resume.resume`: checks that the checkpoint
     is this sweep's (K, the hyperparameters, early stopping), then says what arrays it holds."""
 
     def read(path: Path, meta: Any) -> dict[str, Any]:
