@@ -184,22 +184,9 @@ def fit(
             values is ever written. The check runs inside the compiled epoch,
             once per epoch.
     """
-    checkpoint, parallel = config.from_legacy(checkpoint, parallel, legacy)
-    ema = config.as_ema(ema)
-    if ema is not None and isinstance(ema.decay, str):
-        raise JregError(
-            f"ema: EMA.decay={ema.decay!r} names a hyperparameter, which only jreg.sweep has; give fit a number"
-        )
-    resume = resuming.resolve(resume, checkpoint, "fit")
-    resuming.check_resume(resume)
-    if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
-        checkpoint_folder.check_folder(
-            checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint"
-        )
-    calls.check_objective(objective)
-    check_optimizer(optimizer)
-    epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
-    unroll = check_unroll(unroll)
+    checkpoint, parallel, ema, resume, epochs, batch_size, unroll = _checked(
+        objective, optimizer, checkpoint, parallel, ema, resume, epochs, batch_size, key, callback, unroll, legacy
+    )
     setup = prepare(
         objective,
         params,
@@ -249,6 +236,41 @@ def fit(
         data = train_data if setup.feed is None else setup.feed.epoch(e)  # a stream: epoch e opened
         return epoch({}, state, alive, data, held_out, jax.random.fold_in(key, e), evaluate=due)
 
+    hooks = _hooks(objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback)
+    run = run_epochs(one_epoch, Run(state, None, epochs, history), start, hooks)
+
+    if stopper is not None:
+        history.stopped = stopper.record(run.epoch + 1)
+    return finish(run.state, run.epoch + 1 if run.epoch >= start else start, stopper, history)
+
+
+def _checked(objective, optimizer, checkpoint, parallel, ema, resume, epochs, batch_size, key, callback, unroll,
+             legacy):  # fmt: skip
+    """Every argument of :func:`fit` that needs no data checked, before any work: ``(checkpoint, parallel, ema,
+    resume, epochs, batch_size, unroll)`` (the older keywords translated, ``resume`` resolved)."""
+    checkpoint, parallel = config.from_legacy(checkpoint, parallel, legacy, stacklevel=5)  # the caller of fit
+    ema = config.as_ema(ema)
+    if ema is not None and isinstance(ema.decay, str):
+        raise JregError(
+            f"ema: EMA.decay={ema.decay!r} names a hyperparameter, which only jreg.sweep has; give fit a number"
+        )
+    resume = resuming.resolve(resume, checkpoint, "fit")
+    resuming.check_resume(resume)
+    if checkpoint is not None:  # a folder holding another run's checkpoints is refused before any work
+        checkpoint_folder.check_folder(
+            checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint"
+        )
+    calls.check_objective(objective)
+    check_optimizer(optimizer)
+    epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
+    unroll = check_unroll(unroll)
+    return checkpoint, parallel, ema, resume, epochs, batch_size, unroll
+
+
+def _hooks(objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback):
+    """The host loop's hooks after each epoch, in their documented order (docs/architecture.md): divergence,
+    early stopping's annotation, the record, progress, the user's callback, early stopping's decision, the
+    checkpoint."""
     hooks: list[Hook] = [divergence.single(objective, optimizer, setup, train_data, key, ema)]
     hooks += [stopper.annotate] if stopper is not None else []
     hooks += [record]
@@ -256,11 +278,7 @@ def fit(
     hooks += [user_callback(callback)] if callback is not None else []
     hooks += [stopper.decide] if stopper is not None else []
     hooks += [_checkpointer(writer, key, batch_size, stopper, setup.feed is not None)] if writer is not None else []
-    run = run_epochs(one_epoch, Run(state, None, epochs, history), start, hooks)
-
-    if stopper is not None:
-        history.stopped = stopper.record(run.epoch + 1)
-    return finish(run.state, run.epoch + 1 if run.epoch >= start else start, stopper, history)
+    return hooks
 
 
 def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema=None):

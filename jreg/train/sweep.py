@@ -169,50 +169,13 @@ def sweep(
         ``result.select(k)`` takes member ``k`` out, ``sweep(...,
         resume=result)`` continues the sweep.
     """
-    if unknown:
-        raise JregTypeError(f"sweep() got unexpected keyword argument(s) {sorted(unknown)}")
-    if not callable(build):
-        raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
-    if vectorize not in VECTORIZE:
-        raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
-    hp, models = check_hparams(hparams)
-    ema = as_ema(ema)
-    if ema is not None and isinstance(ema.decay, str):
-        if ema.decay not in hp:
-            raise JregError(f"ema: EMA.decay={ema.decay!r} names no hparams entry; the entries are {sorted(hp)}")
-        for i, value in enumerate(np.asarray(hp[ema.decay]).tolist()):
-            check_decay(value, f"hparams[{ema.decay!r}][{i}] (the EMA decay)")
-    if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
-        raise JregTypeError(
-            f"checkpoint must be a jreg.Checkpointing('folder', every=..., keep=...), got {checkpoint!r}"
-        )
-    resume = resuming.resolve(resume, checkpoint, "sweep")
-    checkpoint = _check_checkpoint(checkpoint, resume)
-    if parallel is not None and vectorize == "auto":
-        vectorize = "vmap"  # the models split across devices, batched on each
-    vectorize = default_vectorize(vectorize, models)
-    epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
-    unroll = check_unroll(unroll)
-    mesh.check_models(parallel, models, batch_size, vectorize)
-    model_state = calls.as_model_state(model_state)
-    if callable(params) and not isinstance(params, (list, tuple, dict)):  # an init function: one init per seed
-        params, stacked_params = seeded(params, hp, model_state, stacked_params), True
-        if model_state is not None:  # a shared initial state: each member keeps its own copy
-            model_state = jax.tree.map(lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), model_state)
-    setup = prepare_models(
-        build,
-        params,
-        model_state,
-        train,
-        evaluation,
-        hp,
-        models,
-        stacked_params=stacked_params,
-        batch_size=batch_size,
-        key=key,
-        partial_batch=partial_batch,
-        monitor=monitor,
+    hp, models, ema, checkpoint, resume, vectorize, epochs, batch_size, unroll = _checked(
+        build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll, unknown
     )
+    params, model_state, stacked_params, setup = _prepared(
+        build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,
+        monitor,
+    )  # fmt: skip
     rule = stopping_hooks.check(early_stopping, setup.monitor, "sweep")
     stopper = None
     if rule is not None:
@@ -263,16 +226,77 @@ def sweep(
             out = (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
         return out if stopper is None else track.advance(out, e, rule.monitor)
 
-    hooks: list[Hook] = [divergence.members(build, hp, setup, key, ema)]
-    hooks += [track.hook] if stopper is not None else []
-    hooks += [record]
-    hooks += [progress(setup.monitor)] if verbose else []
-    hooks += [user_callback(callback)] if callback is not None else []
-    hooks += [_all_done(models)]
-    hooks += [_checkpointer(writer, key, batch_size, hp, track, setup.feed is not None)] if writer is not None else []
+    hooks = _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback)
     run = Run(placed[0], placed[2], epochs, history)
     if len(history.diverged) + len(history.stopped) < models:  # a resumed sweep may have finished already
         run = run_epochs(one_epoch, run, start, hooks, np.asarray)
+    return _result(run, start, hp, setup, track, key, batch_size, run_id if writer is None else writer.run, ema,
+                   model_state is not None)  # fmt: skip
+
+
+def _prepared(build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key,
+              partial_batch, monitor):  # fmt: skip
+    """``(params, model_state, stacked_params, setup)``: an init function made into one init per seed, then
+    :func:`jreg.train.prepare.prepare_models`'s checks of the builds, the params and the data."""
+    model_state = calls.as_model_state(model_state)
+    if callable(params) and not isinstance(params, (list, tuple, dict)):  # an init function: one init per seed
+        params, stacked_params = seeded(params, hp, model_state, stacked_params), True
+        if model_state is not None:  # a shared initial state: each member keeps its own copy
+            model_state = jax.tree.map(lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), model_state)
+    setup = prepare_models(
+        build,
+        params,
+        model_state,
+        train,
+        evaluation,
+        hp,
+        models,
+        stacked_params=stacked_params,
+        batch_size=batch_size,
+        key=key,
+        partial_batch=partial_batch,
+        monitor=monitor,
+    )
+    return params, model_state, stacked_params, setup
+
+
+def _checked(build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll,
+             unknown):  # fmt: skip
+    """Every argument of :func:`sweep` that needs no data checked, before any work: ``(hp, models, ema,
+    checkpoint, resume, vectorize, epochs, batch_size, unroll)``."""
+    if unknown:
+        raise JregTypeError(f"sweep() got unexpected keyword argument(s) {sorted(unknown)}")
+    if not callable(build):
+        raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
+    if vectorize not in VECTORIZE:
+        raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
+    hp, models = check_hparams(hparams)
+    ema = as_ema(ema)
+    if ema is not None and isinstance(ema.decay, str):
+        if ema.decay not in hp:
+            raise JregError(f"ema: EMA.decay={ema.decay!r} names no hparams entry; the entries are {sorted(hp)}")
+        for i, value in enumerate(np.asarray(hp[ema.decay]).tolist()):
+            check_decay(value, f"hparams[{ema.decay!r}][{i}] (the EMA decay)")
+    if checkpoint is not None and not isinstance(checkpoint, Checkpointing):
+        raise JregTypeError(
+            f"checkpoint must be a jreg.Checkpointing('folder', every=..., keep=...), got {checkpoint!r}"
+        )
+    resume = resuming.resolve(resume, checkpoint, "sweep")
+    checkpoint = _check_checkpoint(checkpoint, resume)
+    if parallel is not None and vectorize == "auto":
+        vectorize = "vmap"  # the models split across devices, batched on each
+    vectorize = default_vectorize(vectorize, models)
+    epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
+    unroll = check_unroll(unroll)
+    mesh.check_models(parallel, models, batch_size, vectorize)
+    return hp, models, ema, checkpoint, resume, vectorize, epochs, batch_size, unroll
+
+
+def _result(run: Run, start: int, hp: Any, setup: Setup, track: _Tracking, key: Any, batch_size: int, run_id: str,
+            ema: EMA | None, stateful: bool) -> Result:  # fmt: skip
+    """The sweep's :class:`Result`: the params (each member's best epoch's with ``restore_best``, the EMAs with
+    ``EMA(returned=True)``), the state, and the snapshot ``resume=result`` continues from."""
+    stopper, history = track.stopper, run.history
     params = run.state.ema if ema is not None and ema.returned else run.state.params
     final_state = run.state.model_state
     if track.best is not None:
@@ -280,7 +304,6 @@ def sweep(
     done = run.epoch + 1 if run.epoch >= start else start
     packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
     streamed = setup.feed is not None
-    run_id = run_id if writer is None else writer.run
     snapshot = checkpoint_folder.Snapshot.take(
         run.state, done, key, history, batch_size, None, streamed, run_id, packed
     )
@@ -291,8 +314,21 @@ def sweep(
         model_state=final_state,
         hparams={k: np.asarray(v) for k, v in hp.items()},
         snapshot=snapshot,
-        stateful=model_state is not None,
+        stateful=stateful,
     )
+
+
+def _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback) -> list[Hook]:
+    """The host loop's hooks after each epoch, in their documented order (docs/architecture.md): divergence,
+    early stopping, the record, progress, the user's callback, the end when every member is done, the checkpoint."""
+    hooks: list[Hook] = [divergence.members(build, hp, setup, key, ema)]
+    hooks += [track.hook] if track.stopper is not None else []
+    hooks += [record]
+    hooks += [progress(setup.monitor)] if verbose else []
+    hooks += [user_callback(callback)] if callback is not None else []
+    hooks += [_all_done(models)]
+    hooks += [_checkpointer(writer, key, batch_size, hp, track, setup.feed is not None)] if writer is not None else []
+    return hooks
 
 
 def _placed(
