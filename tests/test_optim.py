@@ -620,3 +620,20 @@ def test_shrink_perturb_needs_params():
     tx = jreg.shrink_perturb(0.5, 0.1, 2, KEY)
     with pytest.raises(jreg.JregError, match="shrink_perturb needs params"):
         tx.update(W0, tx.init(W0))
+
+
+# --------------------------------------------------------------------------- issue 15's review
+# Cases an independent review of issue 15's regularizers found: each gave a raw exception, a silent wrong
+# result, or accepted a resume it should refuse.
+
+
+@pytest.mark.parametrize("call", ["peak", "eps"])
+def test_strictly_positive_arguments_say_greater_than_zero(call):
+    with pytest.raises(jreg.JregError, match=r"> 0") as info:
+        if call == "peak":
+            jreg.decoupled_weight_decay(
+                optax.sgd(0.1), 1e-3, optax.linear_schedule(0.1, 0.0, 10), mode="independent", peak=-1.0
+            )
+        else:
+            jreg.optim.unit_norm(eps=-1.0)
+    assert ">= 0" not in str(info.value)

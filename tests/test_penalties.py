@@ -615,3 +615,36 @@ def test_vmap_over_the_width_scaled_base():
 def test_hostile_width_rules(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+# --------------------------------------------------------------------------- issue 15's review
+# Cases an independent review of issue 15's regularizers found: each gave a raw exception, a silent wrong
+# result, or accepted a resume it should refuse.
+
+MLP_4_5_3 = jreg.mlp([4, 5, 3])
+PARAMS_4_5_3 = MLP_4_5_3.init(jax.random.key(0))
+
+
+@pytest.mark.parametrize("bad", [jreg.penalties.l2(0.1), 3, "z"])
+def test_output_penalty_of_the_wrong_type_is_a_jreg_error(bad):
+    with pytest.raises(jreg.JregTypeError, match="output_penalty"):
+        jreg.objective(MLP_4_5_3.apply, jreg.losses.softmax_cross_entropy, output_penalty=bad)
+
+
+@pytest.mark.parametrize("base, exponent", [(1e-30, 500.0), (1.0, 400.0)])
+def test_width_scaled_coefficients_that_overflow_are_refused(base, exponent):
+    with pytest.raises(jreg.JregError, match="overflows float32"):
+        jreg.penalties.l2(jreg.penalties.width_scaled(base, exponent))(PARAMS_4_5_3)
+
+
+@pytest.mark.parametrize(
+    "rule, match",
+    [
+        (lambda s: None, "must return a number"),
+        (lambda s: s[5], "the rule failed for leaf"),
+        (lambda s: 1e300, "float32"),
+    ],
+)
+def test_by_shape_rules_that_fail_or_return_no_number_name_the_leaf(rule, match):
+    with pytest.raises(jreg.JregError, match=match):
+        jreg.penalties.l2(jreg.penalties.by_shape(rule))(PARAMS_4_5_3)
