@@ -16,3 +16,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("jreg")
+
+
+@pytest.fixture
+def no_one_hot(monkeypatch):
+    """jax.nn.one_hot must not be reached: the count is refused before anything is allocated."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("jax.nn.one_hot was called with an absurd class count")
+
+    monkeypatch.setattr(jax.nn, "one_hot", refuse)

@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 import jreg
 from jreg import stochastic
+from jreg._checks import MAX_CLASSES
 from jreg.stochastic import cutmix, mix_targets, mixup
 
 from .conftest import VARIANTS
@@ -354,3 +355,24 @@ def test_with_cutmix_checks_its_image_shape_at_once():
     for bad in ("x", (2, "2"), (2,), 0):
         with pytest.raises(jreg.JregError, match="shape"):
             jreg.with_cutmix(obj, 1.0, shape=bad)
+
+
+# --------------------------------------------------------------------------- class counts (issue 14)
+
+LABELS = jnp.array([0, 2, 1])
+
+
+def test_mixing_refuses_an_absurd_class_count_before_any_work(no_one_hot):
+    key, x = jax.random.key(0), jnp.ones((3, 4))
+    for classes in (2**40, MAX_CLASSES + 1):
+        with pytest.raises(jreg.JregError, match="classes must be at most"):
+            mixup(key, x, LABELS, 0.2, classes=classes)
+        with pytest.raises(jreg.JregError, match="classes must be at most"):
+            mix_targets(LABELS, 0.5, jnp.arange(3), classes=classes)
+    with pytest.raises(jreg.JregError, match="classes=1073741824 for 3 labels"):
+        mix_targets(LABELS, 0.5, jnp.arange(3), classes=2**30)
+    model = jreg.mlp([4, 3])
+    objective = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy)
+    for transform in (jreg.with_mixup, jreg.with_cutmix):
+        with pytest.raises(jreg.JregError, match="classes must be at most 2147483647"):
+            transform(objective, 0.2, classes=2**40)
