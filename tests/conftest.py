@@ -1,6 +1,29 @@
-"""Shared fixtures: every core test runs with and without ``jax.jit``."""
+"""Shared fixtures, and the two tiers of the suite.
+
+Layout: one test file per module or promise of the package (``test_penalties.py`` for ``jreg/penalties``,
+``test_unroll.py`` for the epoch loop's ``unroll``, ``test_hostile.py`` for "random input gives a result or a
+jreg error", ...); a review's cases go into the file of what they test. Core tests take a ``variant`` fixture
+parametrized over ``VARIANTS``: the function as is ("nojit") and under ``jax.jit`` ("jit").
+
+Two tiers, marked here by rule (``pytest_collection_modifyitems``), never by hand in the test files:
+
+* the full suite, ``python -m pytest -q -n 2`` (the README's command and ``.ci/run``): every test;
+* the fast tier, ``python -m pytest -q -m "not slow" -n 2``: every test not marked ``slow``.
+
+A test is ``slow`` when (1) its file is in ``SLOW_FILES`` (subprocesses, several processes, a local server, whole
+scripts; with ``-m "not slow"`` these files are not even imported), (2) it reads the real MNIST files (its code
+names ``SHARED``, the ``../shared/data/mnist`` folder), (3) it is the "nojit" variant of a test whose code (or
+its file's helpers it calls) trains, naming ``fit``, ``sweep``, ``pbt``, ``make_step``, ``make_epoch``,
+``make_update`` or ``run_epoch``: its "jit" variant checks the same thing in the fast tier, or (4) it is listed
+in ``SLOW_TESTS`` (measured slow with ``--durations``, each with its reason). A ``@pytest.mark.slow`` written in
+a test file still counts.
+"""
 
 from __future__ import annotations
+
+import inspect
+import types
+from pathlib import Path
 
 import jax
 import pytest
@@ -16,3 +39,138 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("jreg")
+
+
+@pytest.fixture
+def no_one_hot(monkeypatch):
+    """jax.nn.one_hot must not be reached: the count is refused before anything is allocated."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("jax.nn.one_hot was called with an absurd class count")
+
+    monkeypatch.setattr(jax.nn, "one_hot", refuse)
+
+
+# --------------------------------------------------------------------------- the two tiers
+
+SLOW_FILES = {
+    "test_distributed.py": "several jax.distributed processes",
+    "test_model_sharding.py": "worker subprocesses with several host devices",
+    "test_sharding.py": "worker subprocesses with several host devices",
+    "test_reliability.py": "child processes killed mid-save, a whole training run each",
+    "test_experiments.py": "runs each experiment script in a subprocess",
+    "test_examples.py": "runs each example script",
+    "test_download.py": "a local HTTP server, retries and timeouts",
+}
+
+# Tests measured slow outside the files above: "file::name" (all its parameters) -> the time of its slowest
+# parameter (call or setup) in ``pytest -q -m "not slow" -n 2 --durations=60`` on the shared 2-core machine under
+# load (every test of 20 s or more there).
+SLOW_TESTS: dict[str, str] = {
+    "test_checkpoint.py::test_fit_resumes_from_a_checkpoint_written_before_the_engine": "25 s",
+    "test_cli_io.py::test_python_dash_m_jreg_demo": "23 s",
+    "test_cost_convention.py::test_the_default_is_unchanged_and_training_is_not_affected": "23 s",
+    "test_early_stopping.py::test_the_halving_schedule_is_exactly_a_smaller_learning_rate": "44 s",
+    "test_ema.py::test_monitored_figures_are_the_ema_params_figures": "24 s",
+    "test_ema.py::test_resume_continues_the_ema_bit_for_bit": "29 s",
+    "test_ema.py::test_sweep_over_decays_equals_one_fit_per_decay": "35 s",
+    "test_evaluate.py::test_batched_figures_equal_full_batch_ones": "86 s",
+    "test_frameworks_state.py::test_equinox_model_with_batchnorm_state": "24 s",
+    "test_frameworks_state.py::test_flax_linen_cnn_with_batchnorm_and_dropout": "42 s",
+    "test_function_penalties.py::test_input_gradient_of_a_linear_quadratic_model_has_its_closed_form": "22 s",
+    "test_function_penalties.py::test_jacobian_norm_of_a_linear_model_is_its_frobenius_norm": "40 s",
+    "test_function_penalties.py::test_training_with_function_space_penalties_lowers_them": "21 s",
+    "test_hostile.py::test_sweep_with_random_hyperparameters": "61 s",
+    "test_hostile_engine.py::test_stateful_fit_and_step_with_random_model_state": "48 s",
+    "test_hparams.py::test_seeds_times_strengths_in_one_call_each_member_its_own_fit": "25 s",
+    "test_identities.py::test_identity1_output_gradient_unchanged_by_penalty": "24 s",
+    "test_identities.py::test_identity2_weight_gradient_gains_lambda_over_n_w": "21 s",
+    "test_identities.py::test_identity3_sgd_step_is_network2_update": "36 s",
+    "test_identities.py::test_identity4_coupled_l2_equals_decoupled_weight_decay_under_sgd": "39 s",
+    "test_mixing.py::test_cutmix_on_flat_and_grayscale_images": "21 s",
+    "test_mixing.py::test_fit_and_sweep_train_with_mixup_without_plumbing": "33 s",
+    "test_path.py::test_every_member_is_near_a_cold_fit_at_its_strength_on_embedded_mnist": "36 s",
+    "test_penalties.py::test_objective_gradients_against_finite_differences": "34 s",
+    "test_result.py::test_a_sweep_continues_from_its_result_and_refuses_a_fits": "22 s",
+    "test_sam.py::test_fit_and_sweep_over_rho": "21 s",
+    "test_stochastic.py::test_fit_with_dropout_is_reproducible_and_monitors_in_eval_mode": "23 s",
+    "test_stochastic.py::test_sweep_over_traced_drop_rates_equals_one_fit_per_rate": "25 s",
+    "test_stream.py::test_data_parallel_stream_on_four_virtual_devices": "26 s",
+    "test_sweep.py::test_a_diverging_model_is_frozen_and_flagged_while_the_others_go_on": "23 s",
+    "test_sweep.py::test_a_sweep_leaks_no_tracer": "34 s",
+    "test_sweep.py::test_sweep_equals_one_fit_per_model": "25 s",
+    "test_sweep.py::test_wide_equals_vmap_with_dropout_momentum_ema_and_a_partial_batch": "30 s",
+    "test_sweep_checkpoint.py::test_resume_in_a_new_process_is_bit_exact": "33 s",
+    "test_sweep_checkpoint.py::test_resume_is_bit_exact_with_stopped_and_diverged_models": "24 s",
+    "test_sweep_stopping.py::test_each_model_equals_fit_with_the_same_early_stopping": "36 s",
+    "test_train.py::test_fit_history_and_learning": "22 s",
+    "test_unroll.py::test_auto_unroll_unrolls_small_steps_of_long_epochs_on_accelerators_only": "28 s",
+    "test_unroll.py::test_fit_unrolled_equals_fit_step_by_step": "23 s",
+    "test_unroll.py::test_make_epoch_unrolled_equals_step_by_step": "50 s",
+    "test_wide_gradients.py::test_a_wide_sweep_with_an_input_gradient_penalty_differentiates_through_the_rule": "23 s",
+}
+
+TRAINING = frozenset({"fit", "sweep", "pbt", "make_step", "make_epoch", "make_update", "run_epoch"})
+
+
+def _names(code: types.CodeType, module=None, seen=None) -> set[str]:
+    """The global and attribute names a function's code uses: nested functions and lambdas included, and the
+    code of the test module's own helper functions it calls (``train`` calling ``jreg.fit``)."""
+    seen = set() if seen is None else seen
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const, module, seen)
+    for name in sorted(names - seen):
+        helper = getattr(module, name, None)
+        if isinstance(helper, types.FunctionType) and helper.__module__ == getattr(module, "__name__", None):
+            seen.add(name)
+            names |= _names(helper.__code__, module, seen)
+    return names
+
+
+def _deselects_slow(config) -> bool:
+    """Whether the -m expression leaves out every test marked slow (e.g. ``-m "not slow"``)."""
+    markexpr = config.getoption("markexpr", default="")
+    if not markexpr:
+        return False
+    try:
+        from _pytest.mark.expression import Expression
+
+        return not Expression.compile(markexpr).evaluate(lambda name: name == "slow")
+    except Exception:  # another pytest: collect everything, the marks still deselect
+        return False
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    if collection_path.name in SLOW_FILES and _deselects_slow(config):
+        return True  # not even imported: collecting costs time too
+    return None
+
+
+def _slow_reason(item) -> str | None:
+    path = Path(str(item.fspath))
+    if path.name in SLOW_FILES:
+        return SLOW_FILES[path.name]
+    name = f"{path.name}::{item.originalname}"
+    if name in SLOW_TESTS:
+        return SLOW_TESTS[name]
+    function = getattr(item, "function", None)
+    function = getattr(getattr(function, "hypothesis", None), "inner_test", function)  # @given wraps the test
+    code = getattr(inspect.unwrap(function), "__code__", None) if function is not None else None
+    if code is None:
+        return None
+    names = _names(code, getattr(item, "module", None))
+    if "SHARED" in names:
+        return "reads the real MNIST files (../shared/data/mnist)"
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "variant" in callspec.params and "nojit" in callspec.id.split("-"):
+        if names & TRAINING:
+            return "the nojit variant of a training test (its jit variant stays in the fast tier)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _slow_reason(item) is not None:
+            item.add_marker(pytest.mark.slow)

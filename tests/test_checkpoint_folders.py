@@ -5,10 +5,13 @@ damaged checkpoints (issue 12, item 1)."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -452,3 +455,162 @@ def test_a_dangling_best_npz_link_makes_the_folder_used(tmp_path):
             **KW,
         )
     assert seen == [] and (tmp_path / "best.npz").is_symlink()
+
+
+# --------------------------------------------------------------------------- errors name the user's argument
+# fit's older keywords (checkpoint_dir, not Checkpointing.dir) are checked under their own names (issue 14).
+
+
+@functools.cache
+def _problem():
+    model = jreg.mlp([3, 2])
+    x = jax.random.uniform(jax.random.key(1), (8, 3))
+    return (
+        jreg.objective(model.apply, jreg.losses.softmax_cross_entropy),
+        model.init(jax.random.key(0)),
+        (x, (x[:, 0] > 0.5).astype(jnp.int32)),
+    )
+
+
+FOLDER, MESH = object(), object()  # stand-ins for the test's folder and a one-device mesh
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(checkpoint_dir=""), jreg.JregError, r"^checkpoint_dir must be a non-empty path"),
+        (dict(checkpoint_dir="ck\0x"), jreg.JregError, r"^checkpoint_dir .*NUL"),
+        (dict(checkpoint_dir=b"ck"), jreg.JregTypeError, r"^checkpoint_dir must be a path as str or os.PathLike"),
+        (dict(checkpoint_dir=3), jreg.JregTypeError, r"^checkpoint_dir must be a folder path, got int"),
+        (dict(checkpoint_dir=FOLDER, checkpoint_every=0), jreg.JregError, r"^checkpoint_every must be a positive"),
+        (dict(checkpoint_dir=FOLDER, checkpoint_every=True), jreg.JregTypeError, r"^checkpoint_every must be a pos"),
+        (dict(checkpoint_dir=FOLDER, keep=-1), jreg.JregError, r"^keep must be a positive integer"),
+        (dict(checkpoint_every=1.5), jreg.JregTypeError, r"^checkpoint_every must be a positive integer"),
+        (dict(mesh="cpu"), jreg.JregTypeError, r"^mesh must be a jax.sharding.Mesh"),
+        (dict(mesh=MESH, data_axis="batch"), jreg.JregError, r"^data_axis 'batch' is not an axis of the mesh"),
+    ],
+)
+def test_fits_older_keywords_are_named_in_their_errors_before_any_work(kwargs, error, match, tmp_path):
+    folder = tmp_path / "ck"
+    fill = {id(FOLDER): folder, id(MESH): jax.make_mesh((1,), ("data",))}
+    kwargs = {k: fill.get(id(v), v) for k, v in kwargs.items()}
+    objective, params, data = _problem()
+    with pytest.raises(error, match=match) as caught:
+        jreg.fit(objective, optax.sgd(0.1), params, data, epochs=1, batch_size=4, key=jax.random.key(0), **kwargs)
+    assert "Checkpointing." not in str(caught.value)  # the internal name never shows for a keyword
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(dir=""), jreg.JregError, r"^Checkpointing.dir must be a non-empty path"),
+        (dict(dir=3), jreg.JregTypeError, r"^Checkpointing.dir must be a folder path, got int"),
+        (dict(dir="ck", every=0), jreg.JregError, r"^Checkpointing.every must be a positive integer"),
+        (dict(dir="ck", every=2.0), jreg.JregTypeError, r"^Checkpointing.every must be a positive integer"),
+        (dict(dir="ck", keep=0), jreg.JregError, r"^Checkpointing.keep must be a positive integer"),
+    ],
+)
+def test_checkpointing_names_its_own_fields(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        jreg.Checkpointing(**kwargs)
+
+
+# --------------------------------------------------------------------------- orbax temporaries (issue 14)
+# Temporary folders of interrupted orbax saves are removed only when they are the run's own and cannot be live.
+
+RUN, OTHER = "a" * 32, "b" * 32
+
+
+@pytest.fixture
+def orbax():
+    pytest.importorskip("orbax.checkpoint")
+    from jreg.train import distributed_checkpoint
+
+    return distributed_checkpoint
+
+
+def _tree(path: Path) -> dict[str, bytes | None]:
+    """Every entry under ``path`` (links not followed) with a file's bytes: to prove nothing changed."""
+    out: dict[str, bytes | None] = {".": None}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = Path(root, name)
+            out[str(full.relative_to(path))] = full.read_bytes() if full.is_file() and not full.is_symlink() else None
+    return out
+
+
+def _temporary(folder: Path, source: Path, name: str, run: str | None, finalized_meta: bool = True) -> Path:
+    """A crashed save's temporary: the checkpoint ``source`` copied under ``name``, recording ``run``."""
+    path = folder / name
+    shutil.copytree(source, path)
+    record = json.loads((path / "meta" / "metadata").read_text())
+    if run is None:  # interrupted before its record was written
+        shutil.rmtree(path / "meta")
+        return path
+    record["meta"]["run"] = run
+    (path / "meta" / "metadata").write_text(json.dumps(record))
+    if not finalized_meta:  # orbax had not yet renamed the item's own temporary folder
+        (path / "meta").rename(path / "meta.orbax-checkpoint-tmp")
+    return path
+
+
+def test_a_save_removes_only_its_own_runs_stale_orbax_temporaries(orbax, tmp_path):
+    folder, scratch = tmp_path / "ck", tmp_path / "scratch"
+    folder.mkdir()
+    scratch.mkdir()
+    params = {"w": jnp.arange(3.0)}
+    orbax.save(scratch / "ckpt-000001.orbax", params, step=1, meta={"run": RUN})
+    source = scratch / "ckpt-000001.orbax"
+    stale = [
+        _temporary(folder, source, "ckpt-000002.orbax.orbax-checkpoint-tmp", RUN),
+        _temporary(folder, source, "ckpt-000004.orbax.orbax-checkpoint-tmp-1764201600", RUN, finalized_meta=False),
+    ]
+    kept = [
+        _temporary(folder, source, "ckpt-000005.orbax.orbax-checkpoint-tmp", OTHER),  # another run's
+        _temporary(folder, source, "ckpt-000006.orbax.orbax-checkpoint-tmp", None),  # no record: whose?
+        _temporary(folder, source, "ckpt-000007.orbax.orbax-checkpoint-tmp.mine", RUN),  # not orbax's name
+        _temporary(folder, source, "model.orbax.orbax-checkpoint-tmp", RUN),  # not a jreg checkpoint's
+        _temporary(folder, source, "ckpt-000008.orbax.orbax-checkpoint-tmp", RUN),  # changed after the save began
+    ]
+    future = time.time() + 3600
+    os.utime(kept[-1], (future, future))
+    target = tmp_path / "elsewhere"
+    _temporary(tmp_path, source, "elsewhere", RUN)
+    (folder / "ckpt-000009.orbax.orbax-checkpoint-tmp").symlink_to(target, target_is_directory=True)  # a link
+    (folder / "ckpt-000010.orbax.orbax-checkpoint-tmp").write_text("a file")
+    before = {p.name: _tree(p) for p in [*kept, target]}
+    with pytest.warns(jreg.JregWarning, match=r"left 5 temporary orbax folder\(s\) in .*ck alone: ckpt-000005") as w:
+        orbax.save(folder / "ckpt-000003.orbax", params, step=3, meta={"run": RUN})
+    for name in ("ckpt-000005", "ckpt-000006", "ckpt-000008", "ckpt-000009", "ckpt-000010"):
+        assert name in str(w[0].message)
+    assert not any(p.exists() for p in stale)
+    assert {p.name: _tree(p) for p in [*kept, target]} == before
+    assert (folder / "ckpt-000009.orbax.orbax-checkpoint-tmp").is_symlink()
+    assert (folder / "ckpt-000010.orbax.orbax-checkpoint-tmp").read_text() == "a file"
+    assert orbax.damage(folder / "ckpt-000003.orbax") is None
+    with warnings.catch_warnings():  # each left-alone temporary is named once, not at every save
+        warnings.simplefilter("error")
+        orbax.save(folder / "ckpt-000004.orbax", params, step=4, meta={"run": RUN})
+    assert {p.name: _tree(p) for p in [*kept, target]} == before
+
+
+def test_a_resumed_run_removes_the_temporary_its_crashed_predecessor_left(orbax, tmp_path, monkeypatch):
+    """Through fit: the resumed run carries the crashed run's id, so its next save clears that run's temporary."""
+    monkeypatch.setattr(orbax, "needed", lambda tree: True)  # one process: write orbax folders all the same
+    objective, params, data = _problem()
+    folder = tmp_path / "ck"
+    kw = dict(batch_size=4, key=jax.random.key(0), checkpoint=jreg.Checkpointing(folder, keep=5))
+    jreg.fit(objective, optax.sgd(0.1), params, data, epochs=1, **kw)
+    first = folder / "ckpt-000001.orbax"
+    run = orbax.read_record(first)["meta"]["run"]
+    crashed = _temporary(folder, first, "ckpt-000007.orbax.orbax-checkpoint-tmp", run, finalized_meta=False)
+    foreign = _temporary(folder, first, "ckpt-000008.orbax.orbax-checkpoint-tmp", OTHER)
+    with pytest.warns(jreg.JregWarning, match="ckpt-000008.orbax.orbax-checkpoint-tmp"):
+        jreg.fit(objective, optax.sgd(0.1), params, data, epochs=2, resume=folder, **kw)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ckpt-000001.orbax",
+        "ckpt-000002.orbax",
+        "ckpt-000008.orbax.orbax-checkpoint-tmp",
+    ]
+    assert not crashed.exists() and orbax.read_record(foreign)["meta"]["run"] == OTHER

@@ -261,3 +261,31 @@ def test_restore_best_keeps_the_best_epochs_ema():
     costs = history["evaluation_cost"]
     # the returned params are the EMA of the best epoch: the cost measured on it is that epoch's figure
     np.testing.assert_allclose(OBJ(best, held)[0], min(costs), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- issue 15's review
+# Cases an independent review of issue 15's regularizers found: each gave a raw exception, a silent wrong
+# result, or accepted a resume it should refuse.
+
+MLP_4_5_3 = jreg.mlp([4, 5, 3])
+PARAMS_4_5_3 = MLP_4_5_3.init(jax.random.key(0))
+X16 = jax.random.normal(jax.random.key(1), (16, 4))
+Y16 = jnp.arange(16) % 3
+
+
+def test_resuming_with_another_ema_decay_is_refused(tmp_path):
+    obj = jreg.objective(MLP_4_5_3.apply, jreg.losses.softmax_cross_entropy)
+    kw = dict(batch_size=8, key=KEY, evaluation=(X16, Y16))
+    jreg.fit(
+        obj,
+        optax.sgd(0.1),
+        PARAMS_4_5_3,
+        (X16, Y16),
+        epochs=1,
+        checkpoint=jreg.Checkpointing(tmp_path),
+        ema=jreg.EMA(0.9),
+        **kw,
+    )
+    with pytest.raises(jreg.JregError, match=r"EMA.decay=0.9, this run with 0.1"):
+        jreg.fit(obj, optax.sgd(0.1), PARAMS_4_5_3, (X16, Y16), epochs=2, resume=tmp_path, ema=jreg.EMA(0.1), **kw)
+    jreg.fit(obj, optax.sgd(0.1), PARAMS_4_5_3, (X16, Y16), epochs=2, resume=tmp_path, ema=jreg.EMA(0.9), **kw)

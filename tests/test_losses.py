@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jreg
 from jreg import losses
+from jreg._checks import MAX_CLASSES, MAX_ONE_HOT_ELEMENTS, check_one_hot_size
 
 from .conftest import VARIANTS
 
@@ -161,3 +162,61 @@ def test_quadratic_takes_regression_targets_without_broadcasting(variant):
         losses.quadratic(a, y[:2])
     with pytest.raises(jreg.JregTypeError, match=r"must be float values of the outputs' shape \(3,\)"):
         losses.quadratic(a[:, 0], jnp.array([0, 1, 2]))
+
+
+# --------------------------------------------------------------------------- class counts (issue 14)
+# A number of classes is bounded before any allocation: jreg.losses.one_hot and jreg.data.one_hot refuse
+# more classes than int32 labels address, and a one-hot array over MAX_ONE_HOT_ELEMENTS, naming its size.
+
+LABELS = jnp.array([0, 2, 1])
+
+
+ONE_HOTS = [jreg.losses.one_hot, jreg.data.one_hot]
+
+
+@pytest.mark.parametrize("one_hot", ONE_HOTS, ids=["losses", "data"])
+@pytest.mark.parametrize("classes", [2**40, np.int64(2**31), MAX_CLASSES + 1])
+def test_one_hot_refuses_more_classes_than_int32_labels_address(one_hot, classes, no_one_hot):
+    with pytest.raises(jreg.JregError, match=rf"classes must be at most 2147483647 .*got {int(classes)}$"):
+        one_hot(LABELS, classes)
+    with pytest.raises(jreg.JregError, match="classes must be at most"):
+        jax.jit(lambda y: one_hot(y, classes))(LABELS)
+
+
+@pytest.mark.parametrize("one_hot", ONE_HOTS, ids=["losses", "data"])
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_one_hot_refuses_an_array_over_the_element_limit_naming_its_size(one_hot, jit, no_one_hot):
+    classes = 2**30  # 3 labels: 3 * 2**30 elements, 12 GiB as float32
+    call = (lambda y: one_hot(y, classes)) if not jit else jax.jit(lambda y: one_hot(y, classes))
+    with pytest.raises(jreg.JregError, match=r"classes=1073741824 for 3 labels makes a one-hot array of 3221225472"):
+        call(LABELS)
+
+
+def test_one_hot_at_the_limit_is_accepted_and_bool_classes_still_refused():
+    # traced abstractly: the shapes are computed, nothing is allocated
+    out = jax.eval_shape(lambda y: jreg.losses.one_hot(y, 2**30), jax.ShapeDtypeStruct((2,), jnp.int32))
+    assert out.shape == (2, 2**30)
+    with pytest.raises(jreg.JregError, match="one-hot array of 2147483650 elements"):
+        jax.eval_shape(lambda y: jreg.losses.one_hot(y, 2**30 + 1), jax.ShapeDtypeStruct((2,), jnp.int32))
+    with pytest.raises(jreg.JregTypeError, match="classes must be a positive integer, got bool"):
+        jreg.data.one_hot(LABELS, True)
+    np.testing.assert_array_equal(jreg.data.one_hot(LABELS, 3), np.eye(3)[[0, 2, 1]])  # ordinary use unchanged
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 2**20), classes=st.integers(1, 2**64))
+def test_the_class_count_rule_is_exactly_the_documented_one(n, classes):
+    """Refused iff classes > 2**31 - 1 or n * classes > 2**31 (the shape traced, nothing allocated)."""
+    refused = classes > MAX_CLASSES or n * classes > MAX_ONE_HOT_ELEMENTS
+    labels = jax.ShapeDtypeStruct((n,), jnp.int32)
+    if refused:
+        with pytest.raises(jreg.JregError, match="classes"):
+            jax.eval_shape(lambda y: jreg.losses.one_hot(y, classes), labels)
+    else:
+        assert jax.eval_shape(lambda y: jreg.losses.one_hot(y, classes), labels).shape == (n, classes)
+
+
+def test_check_one_hot_size_counts_every_label_axis():
+    check_one_hot_size(2**20, np.empty((32, 64)))  # exactly 2**31
+    with pytest.raises(jreg.JregError, match="for 2049 labels"):
+        check_one_hot_size(2**20, np.empty((2049, 1)))

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jreg
+from jreg import stochastic
+from jreg._checks import MAX_CLASSES
 from jreg.stochastic import cutmix, mix_targets, mixup
 
 from .conftest import VARIANTS
@@ -290,3 +292,88 @@ def test_hostile_random_input_gives_a_result_or_a_jreg_error(x, y, alpha, classe
             assert str(e)
             continue
         assert xm.shape == x.shape and ym.shape[0] == x.shape[0]
+
+
+# --------------------------------------------------------------------------- issue 15's review
+# Cases an independent review of issue 15's regularizers found: each gave a raw exception, a silent wrong
+# result, or accepted a resume it should refuse.
+
+KEY = jax.random.key(2)
+MLP_4_5_3 = jreg.mlp([4, 5, 3])
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        ((KEY, 0.5, "4", 4), jreg.JregError),
+        ((3, 0.5, 4, 4), jreg.JregTypeError),
+        ((KEY, "a", 4, 4), jreg.JregTypeError),
+        ((KEY, 0.5, 0, 4), jreg.JregError),
+        ((KEY, 0.5, -3, 4), jreg.JregError),
+        ((KEY, 0.5, 2.5, 4), jreg.JregError),
+        ((KEY, float("nan"), 4, 4), jreg.JregError),
+        ((KEY, 1.5, 4, 4), jreg.JregError),
+    ],
+)
+def test_cutmix_box_checks_its_arguments(args, error):
+    with pytest.raises(error):
+        stochastic.cutmix_box(*args)
+
+
+def test_cutmix_box_with_good_arguments_still_works():
+    box, lam = stochastic.cutmix_box(KEY, 0.75, 8, 8)
+    assert box.shape == (8, 8) and float(lam) == pytest.approx(1 - float(box.sum()) / 64)
+
+
+@pytest.mark.parametrize(
+    "lam, perm, error",
+    [
+        (0.5, list(range(4)), jreg.JregTypeError),
+        (0.5, jnp.arange(4.0), jreg.JregTypeError),
+        (0.5, jnp.arange(4) + 10, jreg.JregError),
+        (0.5, jnp.array([0, 0, 1, 2]), jreg.JregError),
+        (jnp.array([0.1, 0.2, 0.3, 0.4]), jnp.arange(4), jreg.JregTypeError),
+        (-1.0, jnp.arange(4), jreg.JregError),
+        (float("nan"), jnp.arange(4), jreg.JregError),
+        ("0.5", jnp.arange(4), jreg.JregTypeError),
+    ],
+)
+def test_mix_targets_checks_lam_and_perm(lam, perm, error):
+    with pytest.raises(error):
+        stochastic.mix_targets(jnp.arange(4) % 3, lam, perm, classes=3)
+
+
+def test_mix_targets_under_jit_still_takes_traced_values():
+    got = jax.jit(lambda lam, perm: stochastic.mix_targets(jnp.arange(4) % 3, lam, perm, classes=3))(
+        0.25, jnp.array([1, 0, 3, 2])
+    )
+    want = 0.25 * np.eye(3)[[0, 1, 2, 0]] + 0.75 * np.eye(3)[[1, 0, 0, 2]]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_with_cutmix_checks_its_image_shape_at_once():
+    obj = jreg.objective(MLP_4_5_3.apply, jreg.losses.softmax_cross_entropy)
+    for bad in ("x", (2, "2"), (2,), 0):
+        with pytest.raises(jreg.JregError, match="shape"):
+            jreg.with_cutmix(obj, 1.0, shape=bad)
+
+
+# --------------------------------------------------------------------------- class counts (issue 14)
+
+LABELS = jnp.array([0, 2, 1])
+
+
+def test_mixing_refuses_an_absurd_class_count_before_any_work(no_one_hot):
+    key, x = jax.random.key(0), jnp.ones((3, 4))
+    for classes in (2**40, MAX_CLASSES + 1):
+        with pytest.raises(jreg.JregError, match="classes must be at most"):
+            mixup(key, x, LABELS, 0.2, classes=classes)
+        with pytest.raises(jreg.JregError, match="classes must be at most"):
+            mix_targets(LABELS, 0.5, jnp.arange(3), classes=classes)
+    with pytest.raises(jreg.JregError, match="classes=1073741824 for 3 labels"):
+        mix_targets(LABELS, 0.5, jnp.arange(3), classes=2**30)
+    model = jreg.mlp([4, 3])
+    objective = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy)
+    for transform in (jreg.with_mixup, jreg.with_cutmix):
+        with pytest.raises(jreg.JregError, match="classes must be at most 2147483647"):
+            transform(objective, 0.2, classes=2**40)
