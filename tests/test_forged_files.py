@@ -688,8 +688,9 @@ def resume_fields_are_checked(meta, path, step):
     assert len(history) >= 0
     state = meta.get("early_stopping")
     if state is not None:
-        stopper = Stopper.resumed(jreg.EarlyStopping(patience=2), state, step, path, writer=None, key=None, verbose=0)
-        jreg.EarlyStopping(patience=2).update(stopper.state, step, 0.5)
+        rule = jreg.EarlyStopping(patience=2, monitor="evaluation_accuracy")  # a rule applied by hand names its series
+        stopper = Stopper.resumed(rule, state, step, path, writer=None, key=None, verbose=0)
+        rule.update(stopper.state, step, 0.5)
 
 
 @relaxed

@@ -4,6 +4,8 @@ the data checked on model 0 (:func:`jreg.train.setup.prepare`), and the stacked 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -84,6 +86,12 @@ def built_models(build: Build, hp: dict[str, jax.Array], models: int) -> list[tu
 
 
 SEED = "seed"
+
+
+def is_init_function(params: Any) -> bool:
+    """Whether ``params`` is an init function of a key (a function, a method, a jitted function, a
+    ``functools.partial``), not params: a callable pytree (an Equinox module) holds params and is passed as it is."""
+    return inspect.isroutine(params) or isinstance(params, (functools.partial, jax.stages.Wrapped))
 
 
 def seeded(init: Callable[[jax.Array], Params], hp: dict[str, jax.Array], model_state: Any, stacked: bool) -> Params:

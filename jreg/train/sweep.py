@@ -22,7 +22,7 @@ from .engine import VECTORIZE, Build, program
 from .epoch import check_unroll
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
-from .prepare import check_hparams, default_vectorize, initial_state, prepare_models, seeded
+from .prepare import check_hparams, default_vectorize, initial_state, is_init_function, prepare_models, seeded
 from .result import Result
 from .setup import Setup, check_checkpointing
 from .state import TrainState
@@ -239,7 +239,7 @@ def _prepared(build, params, model_state, train, evaluation, hp, models, stacked
     """``(params, model_state, stacked_params, setup)``: an init function made into one init per seed, then
     :func:`jreg.train.prepare.prepare_models`'s checks of the builds, the params and the data."""
     model_state = calls.as_model_state(model_state)
-    if callable(params) and not isinstance(params, (list, tuple, dict)):  # an init function: one init per seed
+    if is_init_function(params):  # one init per seed (a callable model, an Equinox module, is params)
         params, stacked_params = seeded(params, hp, model_state, stacked_params), True
         if model_state is not None:  # a shared initial state: each member keeps its own copy
             model_state = jax.tree.map(lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), model_state)
