@@ -33,11 +33,11 @@ import numpy as np
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
 from ..penalties import mask_tree
-from . import calls, divergence, stream
+from . import divergence, stream
 from .engine import VECTORIZE, Build, program
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs
-from .prepare import check_hparams, default_vectorize, initial_state, prepare_models
+from .prepare import check_hparams, default_vectorize, initial_state, prepared_models
 from .setup import Setup
 from .state import TrainState
 from .validate import check_loop_args
@@ -118,22 +118,10 @@ def start(
     hp, models = check_hparams(hparams)
     vectorize = default_vectorize(vectorize, models)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, None)
-    model_state = calls.as_model_state(model_state)
-    setup = prepare_models(
-        build,
-        params,
-        model_state,
-        train,
-        evaluation,
-        hp,
-        models,
-        stacked_params=stacked_params,
-        batch_size=batch_size,
-        key=key,
-        partial_batch=partial_batch,
-        monitor=monitor,
-    )
-
+    params, model_state, stacked_params, setup = prepared_models(
+        build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,
+        monitor,
+    )  # fmt: skip
     state = initial_state(build, hp, models, stacked_params)(params, model_state)
     measured = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)
     epoch = program(build, setup.plan, measured, models=models, vectorize=vectorize)

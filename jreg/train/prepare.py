@@ -190,3 +190,29 @@ def initial_state(
         return TrainState(params, opt_state, model_state, jnp.zeros((models,), jnp.int32), scale, averaged)
 
     return lambda params, model_state: initial(params, model_state, hp)
+
+
+def prepared_models(build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key,
+                    partial_batch, monitor):  # fmt: skip
+    """``(params, model_state, stacked_params, setup)``: an init function made into one init per seed, then
+    :func:`prepare_models`'s checks of the builds, the params and the data."""
+    model_state = calls.as_model_state(model_state)
+    if is_init_function(params):  # one init per seed (a callable model, an Equinox module, is params)
+        params, stacked_params = seeded(params, hp, model_state, stacked_params), True
+        if model_state is not None:  # a shared initial state: each member keeps its own copy
+            model_state = jax.tree.map(lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), model_state)
+    setup = prepare_models(
+        build,
+        params,
+        model_state,
+        train,
+        evaluation,
+        hp,
+        models,
+        stacked_params=stacked_params,
+        batch_size=batch_size,
+        key=key,
+        partial_batch=partial_batch,
+        monitor=monitor,
+    )
+    return params, model_state, stacked_params, setup

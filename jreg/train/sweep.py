@@ -14,7 +14,7 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
 from ..stopping import EarlyStopping
-from . import calls, checkpoint_folder, divergence, mesh, sweep_checkpoint
+from . import checkpoint_folder, divergence, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
 from . import resume as resuming
 from .config import EMA, Checkpointing, ModelParallel, as_ema, check_decay
@@ -22,7 +22,7 @@ from .engine import VECTORIZE, Build, program
 from .epoch import check_unroll
 from .history import SweepHistory
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
-from .prepare import check_hparams, default_vectorize, initial_state, is_init_function, prepare_models, seeded
+from .prepare import check_hparams, default_vectorize, initial_state, prepared_models
 from .result import Result
 from .setup import Setup, check_checkpointing
 from .state import TrainState
@@ -172,7 +172,7 @@ def sweep(
     hp, models, ema, checkpoint, resume, vectorize, epochs, batch_size, unroll = _checked(
         build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll, unknown
     )
-    params, model_state, stacked_params, setup = _prepared(
+    params, model_state, stacked_params, setup = prepared_models(
         build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,
         monitor,
     )  # fmt: skip
@@ -232,32 +232,6 @@ def sweep(
         run = run_epochs(one_epoch, run, start, hooks, np.asarray)
     return _result(run, start, hp, setup, track, key, batch_size, run_id if writer is None else writer.run, ema,
                    model_state is not None)  # fmt: skip
-
-
-def _prepared(build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key,
-              partial_batch, monitor):  # fmt: skip
-    """``(params, model_state, stacked_params, setup)``: an init function made into one init per seed, then
-    :func:`jreg.train.prepare.prepare_models`'s checks of the builds, the params and the data."""
-    model_state = calls.as_model_state(model_state)
-    if is_init_function(params):  # one init per seed (a callable model, an Equinox module, is params)
-        params, stacked_params = seeded(params, hp, model_state, stacked_params), True
-        if model_state is not None:  # a shared initial state: each member keeps its own copy
-            model_state = jax.tree.map(lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), model_state)
-    setup = prepare_models(
-        build,
-        params,
-        model_state,
-        train,
-        evaluation,
-        hp,
-        models,
-        stacked_params=stacked_params,
-        batch_size=batch_size,
-        key=key,
-        partial_batch=partial_batch,
-        monitor=monitor,
-    )
-    return params, model_state, stacked_params, setup
 
 
 def _checked(build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll,
