@@ -22,11 +22,6 @@ from .._types import ModelState, OptState, Params
 from .checkpoint_folder import Snapshot
 from .history import Best, History, SweepHistory
 
-_OLD_FORM = {
-    False: "params, history = jreg.fit(...)",
-    True: "params, model_state, history = jreg.fit(...)",
-}
-
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class Result:
@@ -103,7 +98,8 @@ class Result:
     # -- jreg 0.2's tuples, for one release ---------------------------------------------------------------
 
     def _legacy(self) -> tuple:
-        old = _OLD_FORM[self.stateful].replace("fit", "fit" if self.models is None else "sweep")
+        front = "fit" if self.models is None else "sweep"
+        old = f"params, {'model_state, ' * self.stateful}history = jreg.{front}(...)"
         new = "result = jreg.fit(...); result.params, result.history" + (", result.model_state" * self.stateful)
         warnings.warn(
             f"jreg front ends return a jreg.Result: unpacking it as `{old}` is deprecated and will stop working in "
