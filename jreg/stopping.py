@@ -19,19 +19,31 @@ recompiles nothing; for optimizers whose update is proportional to their
 learning rate (SGD, momentum, Nesterov, Adam, AdamW, RMSProp, and
 :func:`jreg.decoupled_weight_decay` of them) that is exactly ``η ← factor · η``.
 It is *not* exact for :func:`jreg.proximal` (its threshold keeps ``η₀ λ``).
+
+The rule itself is one function over ``(K,)`` arrays, :func:`advance`, that
+every caller applies: :meth:`EarlyStopping.update` (and so :func:`jreg.fit`)
+for one model on the host in float64, :func:`jreg.sweep` for K models under
+``jit`` in float32, the device's dtype. The learning-rate scales are one
+table, :func:`schedule` (float64 products of ``lr_factor``), and the words a
+stop is recorded with one function, :func:`reason`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
 
 from ._checks import check_nonnegative_scalar, check_positive_int
 from ._errors import JregError, JregTypeError
 from ._signature import checked_init
 
 MODES = ("auto", "max", "min")
+#: the most learning-rate cuts :func:`schedule` tabulates by default (:func:`jreg.sweep` keeps the table on the device)
+MAX_CUTS = 100_000
 
 
 @checked_init
@@ -121,38 +133,106 @@ class EarlyStopping:
         """Apply epoch ``epoch``'s (0-based) monitored ``value``: ``(new state, event)``.
 
         ``event`` is ``"improved"``, ``"lr_cut"``, ``"stop"`` or ``None``.
-        A NaN value never counts as an improvement.
+        A NaN value never counts as an improvement. The rule is :func:`advance`'s for one model, in float64.
         """
         self._named()
+        value = float(value)
+        scales, last = schedule(self, state["lr_scale"], most=1)  # the next cut's scale, and whether it stops
+        has_best = state["best"] is not None
+        per = PerModel(
+            best=np.asarray([state["best"] if has_best else math.nan], np.float64),
+            best_epoch=np.asarray([0 if has_best else -1]),
+            wait=np.asarray([min(state["wait"], self.patience)]),  # a saved count may be any size; this decides alike
+            cuts=np.zeros(1, np.int64),
+            stopped=np.full(1, -1),
+        )
+        per, _, stop, improved = advance(self, per, np.asarray([value]), np.ones(1, bool), epoch, last)
         state = dict(state)
-        best = state["best"]
-        comparable = not math.isnan(value)
-        if best is None:
-            improved = comparable
-        elif self.maximize:
-            improved = comparable and value > best + self.min_delta
-        else:
-            improved = comparable and value < best - self.min_delta
-        if improved:
-            state.update(best=float(value), best_epoch=int(epoch), wait=0)
+        if improved[0]:
+            state.update(best=value, best_epoch=int(epoch), wait=0)
             return state, "improved"
-        state["wait"] += 1
-        if state["wait"] < self.patience:
-            return state, None
-        if self.lr_factor is None:
-            state["stopped"] = f"no improvement in {self.monitor} for {self.patience} epochs"
+        cut = int(per.cuts[0])
+        state["wait"] = 0 if cut else state["wait"] + 1
+        if cut:
+            state["lr_scale"] = float(scales[cut])
+        if stop[0]:
+            state["stopped"] = reason(self, state["lr_scale"])
             return state, "stop"
-        state["lr_scale"] *= float(self.lr_factor)
-        state["wait"] = 0
-        if state["lr_scale"] <= float(self.min_lr_scale) * (1 + 1e-12):
-            inverse = 1 / state["lr_scale"]
-            shown = f"1/{round(inverse)}" if abs(inverse - round(inverse)) < 1e-9 else f"{state['lr_scale']:g}"
-            state["stopped"] = (
-                f"the learning rate fell to {shown} of its starting value "
-                f"(no improvement in {self.monitor} for {self.patience} epochs each time)"
-            )
-            return state, "stop"
-        return state, "lr_cut"
+        return state, "lr_cut" if cut else None
+
+
+class PerModel(NamedTuple):
+    """The rule's state for K models, ``(K,)`` arrays (0-based epochs, -1: none yet), as :func:`advance` takes it."""
+
+    best: Any  # the best monitored value (NaN before the first); its dtype is the rule's (float32 on the device)
+    best_epoch: Any  # integers, from here on
+    wait: Any  # measurements since the best (or since the last cut)
+    cuts: Any  # learning-rate cuts so far
+    stopped: Any  # the epoch the model stopped at
+
+
+def advance(rule: EarlyStopping, per: PerModel, value: Any, alive: Any, epoch: Any, last: int) -> tuple:
+    """The rule, for K models at once: ``(per, alive, stop, improved)`` after a measurement ``value`` (``(K,)``, in
+    ``per.best``'s dtype) at epoch ``epoch``.
+
+    Only the models ``alive`` count it. A model improves when it beats its best by more than ``min_delta`` (NaN
+    never does); after ``patience`` measurements without, the rule fires: it stops the model, or with
+    ``lr_factor`` cuts its learning rate (``cuts + 1``, the count restarting) and stops it at cut ``last``
+    (:func:`schedule`'s). NumPy arrays on the host (:meth:`EarlyStopping.update`), JAX arrays under ``jit``.
+    """
+    xp = np if isinstance(per.best, np.ndarray) else jnp
+    delta = xp.asarray(rule.min_delta, per.best.dtype)
+    better = value > per.best + delta if rule.maximize else value < per.best - delta
+    improved = alive & ~xp.isnan(value) & ((per.best_epoch < 0) | better)
+    wait = xp.where(improved, 0, xp.where(alive, per.wait + 1, per.wait))
+    fire = alive & ~improved & (wait >= rule.patience)
+    cuts = per.cuts
+    if rule.lr_factor is None:
+        stop = fire
+    else:
+        cuts = cuts + fire.astype(cuts.dtype)
+        wait = xp.where(fire, 0, wait)
+        stop = fire & (cuts >= last)
+    per = PerModel(
+        xp.where(improved, value, per.best),
+        xp.where(improved, epoch, per.best_epoch).astype(per.best_epoch.dtype),
+        wait.astype(per.wait.dtype),
+        cuts,
+        xp.where(stop, epoch, per.stopped).astype(per.stopped.dtype),
+    )
+    return per, alive & ~stop, stop, improved
+
+
+def schedule(rule: EarlyStopping, start: float = 1.0, most: int = MAX_CUTS) -> tuple[np.ndarray, int]:
+    """``(scales, last)``: ``scales[c]`` is the learning-rate scale after ``c`` cuts from ``start`` (float64
+    products of ``lr_factor``), ``last`` the cut that stops the run (the first whose scale is at most
+    ``min_lr_scale``): ``len(scales) - 1``, or ``len(scales)`` when it lies beyond ``most`` cuts.
+
+    Without ``lr_factor``: ``([start], 0)`` (the rule stops rather than cuts).
+    """
+    scales = [float(start)]
+    if rule.lr_factor is None:
+        return np.asarray(scales), 0
+    limit = float(rule.min_lr_scale) * (1 + 1e-12)
+    while len(scales) <= most:
+        scales.append(scales[-1] * float(rule.lr_factor))
+        if scales[-1] <= limit:
+            return np.asarray(scales), len(scales) - 1
+    return np.asarray(scales), len(scales)
+
+
+def reason(rule: EarlyStopping, scale: float, every: int = 1) -> str:
+    """Why a run stopped, in words: the rule fired, or (``lr_factor``) the learning rate fell to ``scale``.
+
+    ``every > 1`` (``Evaluation(every=...)``): the rule counted measurements, not epochs, and says so.
+    """
+    unit = f"{rule.patience} epochs" if every <= 1 else f"{rule.patience} measurements (every {every} epochs)"
+    if rule.lr_factor is None:
+        return f"no improvement in {rule.monitor} for {unit}"
+    inverse = 1 / scale
+    shown = f"1/{round(inverse)}" if abs(inverse - round(inverse)) < 1e-9 else f"{scale:g}"
+    cause = f"no improvement in {rule.monitor} for {unit} each time"
+    return f"the learning rate fell to {shown} of its starting value ({cause})"
 
 
 __all__ = ["EarlyStopping"]

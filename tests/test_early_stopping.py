@@ -61,6 +61,43 @@ def test_nielsen_schedule_halves_seven_times_then_stops(patience):
     assert "fell to 1/128 of its starting value" in state["stopped"]
 
 
+#: one rule for 1 and K models: the sweep's jitted update (K = 3) against EarlyStopping.update for each model
+_K_RULES = [
+    EarlyStopping(patience=2, monitor="evaluation_accuracy"),
+    EarlyStopping(patience=1, monitor="evaluation_cost", lr_factor=0.5, min_lr_scale=1 / 8),
+]
+_K_STOPPERS = []
+
+
+@given(
+    st.integers(0, len(_K_RULES) - 1),
+    st.lists(st.lists(st.sampled_from([0.25, 0.5, 0.75, 1.0, float("nan")]), min_size=3, max_size=3), max_size=12),
+)
+def test_the_sweeps_rule_for_k_models_is_updates_rule_for_each(which, values):
+    from jreg.train.early_stopping import SweepStopper
+
+    rule = _K_RULES[which]
+    if not _K_STOPPERS:  # built once: each jits its update
+        _K_STOPPERS.extend(SweepStopper(r, 3, 1, False) for r in _K_RULES)
+    stopper = _K_STOPPERS[which]
+    per, alive, states = stopper.initial(), jnp.ones(3, bool), [rule.initial_state() for _ in range(3)]
+    for e, row in enumerate(values):
+        scales = np.asarray(stopper.lr_scale(per)) if stopper.scaled else np.ones(3)
+        per, _, alive, _ = stopper.advance(per, None, None, jnp.asarray(row, jnp.float32), alive, jnp.int32(e))
+        for i in range(3):
+            assert scales[i] == states[i]["lr_scale"]
+            if states[i]["stopped"] is None:
+                states[i], _ = rule.update(states[i], e, row[i])
+    host = jax.device_get(per)
+    for i, state in enumerate(states):
+        assert bool(alive[i]) == (state["stopped"] is None)
+        got = stopper.record(host, i) if not alive[i] else None
+        if got is not None:
+            assert got["reason"] == state["stopped"] and got["best"] == state["best"]
+            assert got["best_epoch"] == (None if state["best_epoch"] is None else state["best_epoch"] + 1)
+        assert int(host.wait[i]) == state["wait"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

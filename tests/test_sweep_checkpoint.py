@@ -275,9 +275,10 @@ def test_a_forged_sweep_record_is_a_checkpoint_error(small_checkpoint, tmp_path,
 @pytest.mark.parametrize("field, value", [("cuts", [0, 99]), ("stopped", [5, -1]), ("best_epoch", [-2, 0])])
 def test_forged_early_stopping_arrays_are_refused(field, value, tmp_path):
     """The per-model arrays are bounded by the checkpoint's epoch and the scale table (an index JAX would clamp)."""
+    from jreg.stopping import PerModel
     from jreg.train import sweep_checkpoint
+    from jreg.train.early_stopping import SweepStopper
     from jreg.train.history import SweepHistory
-    from jreg.train.sweep_stopping import PerModel, SweepStopper
 
     stopper = SweepStopper(RULE, 2, 1, False)
     per = {f: np.zeros(2, np.float32 if f == "best" else np.int32) for f in PerModel._fields}

@@ -117,10 +117,13 @@ def test_a_series_that_is_not_measured_is_refused_before_any_work():
 
 
 def test_a_schedule_too_fine_for_the_table_is_refused():
-    from jreg.train.sweep_stopping import MAX_CUTS, scale_table
+    from jreg.stopping import MAX_CUTS, schedule
+    from jreg.train.early_stopping import SweepStopper
 
     rule = jreg.EarlyStopping(patience=1, lr_factor=1 - 1e-9, min_lr_scale=0.5, monitor="training_cost")
     with pytest.raises(jreg.JregError, match=f"more than {MAX_CUTS} learning-rate cuts"):
-        scale_table(rule)
-    table = scale_table(jreg.EarlyStopping.nielsen(3))
+        SweepStopper(rule, 2, 1, False)
+    scales, last = schedule(jreg.EarlyStopping.nielsen(3))
+    assert scales.tolist() == [2.0**-c for c in range(8)] and last == 7
+    table = SweepStopper(jreg.EarlyStopping.nielsen(3, monitor="training_cost"), 2, 1, False).table
     assert table.dtype == np.float32 and table.tolist() == [2.0**-c for c in range(8)]

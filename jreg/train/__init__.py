@@ -23,7 +23,7 @@ regularized objective. Layout (each module imports only those above it)::
     resume        resuming from a file, a folder or a Result (bit-exact); best params
     mesh          data-parallel placement; a sweep's models across devices
     loop          the host loop and its hooks
-    early_stopping  EarlyStopping in the loop
+    early_stopping  EarlyStopping in the loop: the rule of jreg.stopping for fit (1 model) and sweep (K)
     engine        the compiled epoch for one model or K
     fit, sweep    the front ends
     population    K models with a compiled transfer between epochs (paths, PBT)

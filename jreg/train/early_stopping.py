@@ -1,4 +1,15 @@
-"""Early stopping in the host loop: the patience state, learning-rate cuts, best params, and resuming them."""
+"""Early stopping in the engine: the series watched (:func:`check`), fit's hooks (:class:`Stopper`) and sweep's
+(:class:`SweepStopper`), both applying the one rule of :mod:`jreg.stopping` (:func:`jreg.stopping.advance`).
+
+fit keeps one model's state as the JSON dict its checkpoints store (``{best, best_epoch, wait, lr_scale,
+stopped}``) and applies the rule on the host through :meth:`jreg.EarlyStopping.update` (float64). A sweep keeps
+K models' state as ``(K,)`` arrays on the device (:class:`jreg.stopping.PerModel`) and applies the rule in one
+small jitted function right after each measured epoch: the best params are a copy of the stacked params kept
+with ``where(improved, params, best)`` (only with ``restore_best``), and a stopped model leaves the sweep's
+``alive`` flags, so the compiled epoch freezes it exactly as it freezes a diverged one. Its learning-rate
+scales are :func:`jreg.stopping.schedule`'s table (float64 products, then float32), indexed by each model's
+cuts, so the scales and the epoch a schedule stops at are fit's exactly.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +18,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import checkpoint as ckpt
+from .. import stopping
 from .._errors import JregError, JregTypeError
-from ..stopping import EarlyStopping
+from ..stopping import MAX_CUTS, EarlyStopping, PerModel
 from . import checkpoint_folder
 from .loop import Run
 from .monitor import EPOCH_LOSS, Monitor
 from .resume import load_best
+from .state import TrainState
 
 #: what ``EarlyStopping(monitor=None)`` watches: the first of these the run measures
 DEFAULT_WATCHED = ("evaluation_accuracy", "evaluation_cost")
@@ -97,8 +111,7 @@ class Stopper:
             return
         self.state, event = rule.update(self.state, run.epoch, run.values[rule.monitor])
         if event == "stop" and self.every > 1:  # the rule counted measurements, not epochs: say so
-            unit = f"{rule.patience} measurements (every {self.every} epochs)"
-            self.state["stopped"] = self.state["stopped"].replace(f"{rule.patience} epochs", unit)
+            self.state["stopped"] = stopping.reason(rule, self.state["lr_scale"], self.every)
         if event == "improved" and rule.restore_best:
             params = run.state.ema if self.ema else run.state.params
             self.best = jax.device_get((params, run.state.model_state))
@@ -132,3 +145,70 @@ class Stopper:
             best = where / checkpoint_folder.BEST
             if self.writer is not None and self.writer.folder.resolve() == where.resolve():
                 self.writer.adopt(best)  # the run's own best.npz, even one written before run ids
+
+
+class SweepStopper:
+    """Early stopping for K models: the initial state, the jitted update, and what the history records."""
+
+    def __init__(self, rule: EarlyStopping, models: int, every: int, returned_ema: bool):
+        self.rule, self.models, self.every = rule, models, every
+        self.returned_ema = returned_ema  # the best params are the EMA's (EMA(returned=True))
+        scales, self.last = stopping.schedule(rule)
+        if self.last >= len(scales):
+            raise JregError(
+                f"early_stopping: lr_factor={rule.lr_factor} and min_lr_scale={rule.min_lr_scale} take more than "
+                f"{MAX_CUTS} learning-rate cuts before the schedule stops; jreg.sweep keeps a table of the scales: "
+                "use a smaller lr_factor or a larger min_lr_scale"
+            )
+        self.table = scales.astype(np.float32)  # the scale after c cuts, as the device applies it
+        self.scaled = rule.lr_factor is not None
+        self.reason = stopping.reason(rule, float(scales[-1]), every)  # the same words for every model
+        self.advance = jax.jit(self._advance, donate_argnums=(0, 1))
+
+    def initial(self) -> PerModel:
+        k = self.models
+        minus = jnp.full((k,), -1, jnp.int32)
+        return PerModel(jnp.full((k,), jnp.nan, jnp.float32), minus, jnp.zeros((k,), jnp.int32), minus * 0, minus + 0)
+
+    def kept(self, state: TrainState) -> Any:
+        """What the best params are taken from: ``(params or EMA, model_state)``."""
+        return (state.ema if self.returned_ema else state.params, state.model_state)
+
+    def initial_best(self, state: TrainState) -> Any:
+        """The best params' buffer (one copy of the stacked params; model state too), or None without restore_best."""
+        return jax.tree.map(jnp.copy, self.kept(state)) if self.rule.restore_best else None
+
+    def lr_scale(self, per: PerModel) -> jax.Array | None:
+        """Each model's learning-rate scale (``(K,)`` float32), or None without ``lr_factor``."""
+        return jnp.asarray(self.table)[per.cuts] if self.scaled else None
+
+    def _advance(self, per: PerModel, best: Any, kept: Any, value: jax.Array, alive: jax.Array, epoch: Any):
+        """``(per, best, alive, lr_scale)`` after epoch ``epoch``'s monitored ``value`` (``(K,)``) for the models
+        alive; ``kept`` is :meth:`kept` of the epoch's state (the best params are taken from it)."""
+        value = value.astype(jnp.float32)
+        per, alive, _, improved = stopping.advance(self.rule, per, value, alive, epoch, self.last)
+        if best is not None:
+
+            def keep(b: jax.Array, n: jax.Array) -> jax.Array:
+                return jnp.where(improved.reshape((-1,) + (1,) * (n.ndim - 1)), n, b)
+
+            best = jax.tree.map(keep, best, kept)
+        return per, best, alive, self.lr_scale(per)
+
+    def record(self, per: Any, i: int) -> dict[str, Any]:
+        """``history.stopped[i]`` (fit's ``history.stopped`` fields) from the host copy of the state."""
+        best_epoch = int(per.best_epoch[i])
+        return {
+            "epochs": int(per.stopped[i]) + 1,
+            "reason": self.reason,
+            "best_epoch": None if best_epoch < 0 else best_epoch + 1,
+            "best": None if best_epoch < 0 else float(per.best[i]),
+            "monitor": self.rule.monitor,
+        }
+
+    def result(self, best: Any, per: PerModel, final: Any) -> Any:
+        """Each model's best ``(params, model_state)`` where it had a best epoch, else its final ones."""
+        if best is None:
+            return final
+        has = per.best_epoch >= 0
+        return jax.tree.map(lambda b, f: jnp.where(has.reshape((-1,) + (1,) * (f.ndim - 1)), b, f), best, final)

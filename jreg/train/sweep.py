@@ -26,7 +26,6 @@ from .prepare import check_hparams, default_vectorize, initial_state, prepared_m
 from .result import Result
 from .setup import Setup, check_checkpointing
 from .state import TrainState
-from .sweep_stopping import SweepStopper
 from .validate import check_loop_args
 
 
@@ -179,7 +178,7 @@ def sweep(
     rule = stopping_hooks.check(early_stopping, setup.monitor, "sweep")
     stopper = None
     if rule is not None:
-        stopper = SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)
+        stopper = stopping_hooks.SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
     scaled = stopper is not None and stopper.scaled  # early stopping's per-model lr cuts
@@ -337,7 +336,7 @@ def _check_checkpoint(checkpoint: Any, resume: Any) -> Checkpointing | None:
 class _Tracking:
     """Early stopping's per-model state on the device between epochs (``per``, ``best``) and its host hook."""
 
-    stopper: SweepStopper | None
+    stopper: stopping_hooks.SweepStopper | None
     per: Any
     best: Any
     verbose: bool = False

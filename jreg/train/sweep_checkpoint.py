@@ -24,9 +24,10 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from .._errors import JregError
+from ..stopping import PerModel
+from .early_stopping import SweepStopper
 from .history import SweepHistory
 from .state import TrainState
-from .sweep_stopping import PerModel, SweepStopper
 
 _DTYPES = ("float32", "float64")
 _MODEL = re.compile(r"[0-9]{1,9}")  # a model's number as a JSON key (ASCII digits only: int() takes others too)
