@@ -283,3 +283,52 @@ def test_a_model_whose_gradient_fails_is_named_not_blamed_on_the_optimizer(entry
             jreg.fit(obj, optax.sgd(0.1), params, toy(), **KW)
         else:
             jreg.sweep(lambda hp: (obj, optax.sgd(hp["eta"])), params, toy(), hparams={"eta": [0.1, 0.2]}, **KW)
+
+
+@pytest.mark.parametrize(
+    "opt_state, match",
+    [
+        ({}, "does not have the structure of optimizer.init"),
+        ("s", "does not have the structure of optimizer.init"),
+        (optax.sgd(0.1).init({"w": jnp.zeros(3)}), "does not have the structure of optimizer.init"),
+    ],
+)
+def test_fit_checks_a_given_opt_state_against_the_optimizers_init(tmp_path, opt_state, match):
+    _, params, obj = setup()
+    with pytest.raises(jreg.JregError, match=match):
+        folder = jreg.Checkpointing(tmp_path / "run")
+        jreg.fit(obj, optax.adam(1e-3), params, toy(20), opt_state=opt_state, checkpoint=folder, **KW)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_fit_names_the_opt_state_leaf_of_a_wrong_shape_or_dtype():
+    _, params, obj = setup()
+    good = optax.adam(1e-3).init(params)
+    bad_shape = jax.tree.map(lambda a: a[..., :1] if a.ndim else a, good)
+    with pytest.raises(jreg.JregError, match=r"opt_state.*must have shape"):
+        jreg.fit(obj, optax.adam(1e-3), params, toy(20), opt_state=bad_shape, **KW)
+    bad_dtype = jax.tree.map(lambda a: a.astype(jnp.float16) if a.dtype == jnp.float32 else a, good)
+    with pytest.raises(jreg.JregError, match=r"dtype float16"):
+        jreg.fit(obj, optax.adam(1e-3), params, toy(20), opt_state=bad_dtype, **KW)
+    junk = jax.tree.map(lambda a: "count" if a.ndim == 0 else a, good)  # Adam's step count a string
+    with pytest.raises(jreg.JregTypeError, match=r"opt_state\[0\]\.count must be an array"):
+        jreg.fit(obj, optax.adam(1e-3), params, toy(20), opt_state=junk, **KW)
+    nested = jax.tree.map(lambda a: a.tolist(), good)  # lists are nodes of the tree: another structure
+    with pytest.raises(jreg.JregError, match=r"does not have the structure"):
+        jreg.fit(obj, optax.adam(1e-3), params, toy(20), opt_state=nested, **KW)
+    jreg.fit(obj, optax.adam(1e-3), params, toy(20), opt_state=good, **KW)  # the right one trains
+
+
+@pytest.mark.parametrize("dtype", [object, str, np.complex64])
+def test_make_step_and_make_epoch_name_a_batch_leaf_of_a_non_real_dtype(dtype):
+    _, params, obj = setup()
+    optimizer = optax.sgd(0.1)
+    x, y = toy(10)
+    bad = (np.asarray(x).astype(dtype), y)
+    step = jreg.make_step(obj, optimizer)
+    real = r"x must hold real numbers, got dtype|x must be floating point"  # jreg.mlp names complex inputs itself
+    with pytest.raises(jreg.JregTypeError, match=real):
+        step(params, optimizer.init(params), bad)
+    epoch = jreg.make_epoch(obj, optimizer, batch_size=5)
+    with pytest.raises(jreg.JregTypeError, match=real):
+        epoch(params, optimizer.init(params), bad, jax.random.key(0))

@@ -24,7 +24,7 @@ from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .result import Result
 from .setup import check_checkpointing, prepare
 from .state import TrainState, copy
-from .validate import check_loop_args
+from .validate import check_loop_args, check_opt_state
 
 
 @checked("fit", passthrough=config.LEGACY)
@@ -200,6 +200,7 @@ def fit(
         optimizer=optimizer,
     )
     rule = stopping_hooks.check(early_stopping, setup.monitor)
+    check_opt_state(optimizer, params, opt_state)
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
     state = TrainState.create(

@@ -33,6 +33,18 @@ def leaf_labels(data: Any) -> list[str]:
     return [path_str(p) or "data" for p, _ in flat]
 
 
+def check_leaf_types(data: Any, name: str) -> None:
+    """Every leaf of ``data`` an array of real numbers (or booleans): no lists, strings, objects or complex."""
+    for label, leaf in zip(leaf_labels(data), jax.tree.leaves(data)):
+        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+            raise JregTypeError(f"{name}: {label} must be an array, got {type(leaf).__name__}")
+        dtype = leaf.dtype
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            raise JregTypeError(f"{name}: {label} must hold real numbers, got PRNG keys ({dtype})")
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(dtype, np.complexfloating):
+            raise JregTypeError(f"{name}: {label} must hold real numbers, got dtype {dtype}")
+
+
 def check_data(data: Any, name: str) -> Batch:
     """``data`` as device arrays after checking it: arrays sharing a non-empty leading axis, finite floats."""
     if data is None:
@@ -41,15 +53,10 @@ def check_data(data: Any, name: str) -> Batch:
     if not leaves:
         raise JregError(f"{name} holds no arrays")
     labels = leaf_labels(data)
+    check_leaf_types(data, name)
     for label, leaf in zip(labels, leaves):
-        if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-            raise JregTypeError(f"{name}: {label} must be an array, got {type(leaf).__name__}")
         if len(leaf.shape) == 0:
             raise JregError(f"{name}: {label} must have a leading batch axis, got a scalar")
-        if not (np.issubdtype(leaf.dtype, np.number) or leaf.dtype == bool) or np.issubdtype(
-            leaf.dtype, np.complexfloating
-        ):
-            raise JregTypeError(f"{name}: {label} must hold real numbers, got dtype {leaf.dtype}")
     sizes = [leaf.shape[0] for leaf in leaves]
     if len(set(sizes)) > 1:
         if labels == ["x", "y"]:

@@ -24,6 +24,7 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import Batch, Metrics, ModelState, OptState, Params
 from . import calls
+from .inputs import check_leaf_types
 from .state import TrainState
 
 #: ``update(state, batch, key) -> (state, metrics)``
@@ -152,15 +153,22 @@ def make_step(
     return checked
 
 
-def call_checked(jitted: Callable[..., Any], params, opt_state, data, key, step, model_state) -> Any:
+def call_checked(
+    jitted: Callable[..., Any], params, opt_state, data, key, step, model_state, name: str = "batch"
+) -> Any:
     """``jitted(params, opt_state, data, key, step, model_state=...)``; a failure to trace caused by bad
-    ``params`` becomes a jreg error naming the leaf (:func:`explain_failure`)."""
+    ``params`` or by a leaf of ``data`` (called ``name``) that is no array of real numbers becomes a jreg error
+    naming the leaf (checked only after a failure: the hot path pays nothing)."""
     try:
         return jitted(params, opt_state, data, key, step, model_state=calls.as_model_state(model_state))
     except JregError:
         raise
     except Exception as exc:
         explain_failure(exc, params)
+        try:
+            check_leaf_types(data, name)
+        except JregError as bad:
+            raise bad from exc
         raise
 
 

@@ -141,6 +141,42 @@ def probe_update(
         ) from exc
 
 
+def check_opt_state(optimizer: Any, params: Any, opt_state: Any) -> None:
+    """A given ``opt_state`` must have the structure, shapes and dtypes of ``optimizer.init(params)`` (checked on
+    shapes alone, before any work): another optimizer's state, a state for other params or junk is a jreg error."""
+    if opt_state is None:
+        return
+    try:
+        expected = jax.eval_shape(optimizer.init, params)
+    except Exception:  # noqa: BLE001 - the optimizer's own failure is named by probe_update, with its context
+        return
+    want, got = jax.tree.structure(expected), jax.tree.structure(opt_state)
+    hint = "pass the opt_state of a run of this optimizer on these params (result.opt_state), or leave it out"
+    if want != got:
+        raise JregError(
+            f"opt_state does not have the structure of optimizer.init(params): expected {_brief(want)}, "
+            f"got {_brief(got)}; {hint}"
+        )
+    paths = jax.tree_util.tree_flatten_with_path(expected)[0]
+    for (path, leaf), value in zip(paths, jax.tree.leaves(opt_state)):
+        shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+        if shape is None or dtype is None:
+            raise JregTypeError(
+                f"opt_state{jax.tree_util.keystr(path)} must be an array of shape {tuple(leaf.shape)} and dtype "
+                f"{leaf.dtype}, got {type(value).__name__}; {hint}"
+            )
+        if tuple(shape) != tuple(leaf.shape) or np.dtype(dtype) != np.dtype(leaf.dtype):
+            raise JregError(
+                f"opt_state{jax.tree_util.keystr(path)} must have shape {tuple(leaf.shape)} and dtype {leaf.dtype} "
+                f"(as optimizer.init(params) gives), got shape {tuple(shape)} and dtype {dtype}; {hint}"
+            )
+
+
+def _brief(treedef: Any, most: int = 160) -> str:
+    text = str(treedef)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
 def check_metric_names(metrics: dict[str, Metric], parts: tuple[str, ...]) -> None:
     """A metric may not take the name of one of the cost's parts (its series would replace that part's)."""
     taken = sorted(set(metrics) & set(parts))
