@@ -276,7 +276,7 @@ def test_a_forged_sweep_record_is_a_checkpoint_error(small_checkpoint, tmp_path,
 def test_forged_early_stopping_arrays_are_refused(field, value, tmp_path):
     """The per-model arrays are bounded by the checkpoint's epoch and the scale table (an index JAX would clamp)."""
     from jreg.train import sweep_checkpoint
-    from jreg.train.history import SweepHistory
+    from jreg.train.history import History
     from jreg.train.sweep_stopping import PerModel, SweepStopper
 
     stopper = SweepStopper(RULE, 2, 1, False)
@@ -285,4 +285,4 @@ def test_forged_early_stopping_arrays_are_refused(field, value, tmp_path):
     arrays = {"step": np.zeros(2), "alive": np.ones(2, bool), "history": {}, "stopping": per}
     meta = {"history_epochs": {}, "diverged": {}, "stopped": {}}
     with pytest.raises(jreg.CheckpointError, match=rf"sweep.stopping.{field}"):
-        sweep_checkpoint.unpack(arrays, meta, stopper, SweepHistory(), 3, tmp_path / "ckpt-000003.npz")
+        sweep_checkpoint.unpack(arrays, meta, stopper, History(models=2), 3, tmp_path / "ckpt-000003.npz")

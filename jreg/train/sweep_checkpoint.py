@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from .._errors import JregError
-from .history import SweepHistory
+from .history import History
 from .state import TrainState
 from .sweep_stopping import PerModel, SweepStopper
 
@@ -82,7 +82,7 @@ def pack(
     hp: dict[str, Any],
     state: TrainState,
     alive: Any,
-    history: SweepHistory,
+    history: History,
     stopper: SweepStopper | None,
     per: PerModel | None,
     best: Any,
@@ -181,7 +181,7 @@ def unpack(
     arrays: dict[str, Any],
     meta: dict[str, Any],
     stopper: SweepStopper | None,
-    history: SweepHistory,
+    history: History,
     epoch: int,
     path: Path,
 ) -> tuple[Any, Any, PerModel | None, Any]:
