@@ -54,7 +54,6 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         Path,
         PBTResult,
         Result,
-        SweepHistory,
         TrainState,
         accuracy,
         fit,
@@ -93,7 +92,6 @@ _FROM = {
             "Evaluation",
             "History",
             "Result",
-            "SweepHistory",
             "TrainState",
             "accuracy",
             "fit",
@@ -114,6 +112,8 @@ _FROM = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "SweepHistory":  # deprecated for one release: jreg.History holds K models too (not cached)
+        return importlib.import_module(".train.history", __name__).sweep_history("jreg.")
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     if name in _FROM:
@@ -172,7 +172,6 @@ __all__ = [
     "JregWarning",
     "Model",
     "Objective",
-    "SweepHistory",
     "accuracy",
     "data",
     "fit",

@@ -159,7 +159,7 @@ def test_stopped_indexes_like_the_series_and_best_and_select_pick_a_member():
     assert member.history.best().value == best.value[best.member]
     assert len(result.summary().splitlines()) == 5 and "eta" in result.summary()
     print(result.summary(), repr(result), result.select(0).history.summary(), sep="\n")
-    assert "SweepHistory(models=4" in repr(history)
+    assert repr(history).startswith("History(models=4, epochs=") and history.models == result.models == 4
     np.testing.assert_array_equal(np.asarray(history.history["evaluation_cost"]), costs)
 
 

@@ -278,7 +278,7 @@ def test_forged_early_stopping_arrays_are_refused(field, value, tmp_path):
     from jreg.stopping import PerModel
     from jreg.train import sweep_checkpoint
     from jreg.train.early_stopping import SweepStopper
-    from jreg.train.history import SweepHistory
+    from jreg.train.history import History
 
     stopper = SweepStopper(RULE, 2, 1, False)
     per = {f: np.zeros(2, np.float32 if f == "best" else np.int32) for f in PerModel._fields}
@@ -286,4 +286,4 @@ def test_forged_early_stopping_arrays_are_refused(field, value, tmp_path):
     arrays = {"step": np.zeros(2), "alive": np.ones(2, bool), "history": {}, "stopping": per}
     meta = {"history_epochs": {}, "diverged": {}, "stopped": {}}
     with pytest.raises(jreg.CheckpointError, match=rf"sweep.stopping.{field}"):
-        sweep_checkpoint.unpack(arrays, meta, stopper, SweepHistory(), 3, tmp_path / "ckpt-000003.npz")
+        sweep_checkpoint.unpack(arrays, meta, stopper, History(models=2), 3, tmp_path / "ckpt-000003.npz")

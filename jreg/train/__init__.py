@@ -11,7 +11,7 @@ regularized objective. Layout (each module imports only those above it)::
     step          gradient_fn, apply_fn, make_update, make_step
     epoch         run_epoch (lax.scan), make_epoch
     evaluate      evaluation in batches: cost, parts, metrics; accuracy, total_cost
-    history       History, SweepHistory
+    history       History (one model or K)
     guard         the finiteness check, DivergenceError, the step-by-step replay
     config        Evaluation, Checkpointing, DataParallel, ModelParallel, EMA
     validate      checks before any work: arguments, data, the objective on the data's shapes
@@ -32,13 +32,16 @@ regularized objective. Layout (each module imports only those above it)::
 
 from __future__ import annotations
 
+from typing import Any
+
 from .config import EMA, Checkpointing, DataParallel, Evaluation, ModelParallel
 from .engine import VECTORIZE
 from .epoch import make_epoch
 from .evaluate import accuracy, total_cost
 from .fit import fit
 from .guard import DivergenceError
-from .history import Best, History, Records, SweepHistory
+from .history import Best, History, Records
+from .history import sweep_history as _sweep_history
 from .monitor import EPOCH_LOSS, NETWORK2
 from .path import Path, regularization_path
 from .pbt import PBTResult, pbt
@@ -68,7 +71,6 @@ __all__ = [
     "NOISE_SALT",
     "PARTIAL_BATCH",
     "Result",
-    "SweepHistory",
     "TrainState",
     "VECTORIZE",
     "accuracy",
@@ -84,3 +86,9 @@ __all__ = [
     "regularization_path",
     "Stream",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SweepHistory":  # deprecated for one release: jreg.History holds K models too
+        return _sweep_history("jreg.train.")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ import numpy as np
 from . import calls, guard
 from .config import EMA
 from .engine import Build
-from .history import SweepHistory
+from .history import History
 from .loop import Hook, Run
 from .setup import Setup
 
@@ -79,7 +79,7 @@ def members(build: Build, hp: dict[str, jax.Array], setup: Setup, key: Any, ema:
     """Record each newly diverged model (replaying its epoch to name the step) and blank its figures with NaN."""
 
     def hook(run: Run) -> None:
-        history: SweepHistory = run.history  # type: ignore[assignment]
+        history: History = run.history
         ok = np.asarray(run.ok)
         for i in np.flatnonzero(~ok):
             if int(i) in history.diverged:
@@ -108,14 +108,14 @@ def population(pop: Any) -> tuple[Hook, Hook]:
     flags = {"before": np.ones((pop.models,), bool), "trained": np.ones((pop.models,), bool)}
 
     def diverged(r: Run) -> None:
-        history: SweepHistory = r.history  # type: ignore[assignment]
+        history: History = r.history
         flags["trained"] = np.asarray(jax.device_get(r.alive), bool).reshape(-1)  # frozen by the engine or not
         for i in np.flatnonzero(flags["before"] & ~flags["trained"]):  # a frozen member's epochs stay non-finite
             values = {k: v[i] for k, v in pop.hp.items()}  # the values this epoch trained with (before any transfer)
             history.diverged[int(i)] = locate_member(pop.build, values, pop.setup, r, int(i), pop.key)[0]
 
     def transferred(r: Run) -> None:
-        history: SweepHistory = r.history  # type: ignore[assignment]
+        history: History = r.history
         now = np.asarray(jax.device_get(r.alive), bool).reshape(-1)
         for i in np.flatnonzero(now & ~flags["trained"]):
             if int(i) in history.diverged:

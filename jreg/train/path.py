@@ -85,7 +85,7 @@ from ..penalties import mask_tree
 from . import population as pop_
 from . import strength as strength_
 from .engine import Build
-from .history import SweepHistory
+from .history import History
 from .inputs import check_data
 from .loop import Run
 from .prepare import built_models, check_hparams
@@ -112,7 +112,7 @@ class Path(Result):
             leaves of rank >= 2) with some weight non-zero; ``unit_counts[selector]`` all units.
         params: the trained params, stacked along a leading axis of size K (``opt_state`` likewise, and
             ``model_state`` when given); ``hparams`` is ``{strength: strengths}``.
-        history: a :class:`SweepHistory`, ``(K, measurements)`` per series (sequential mode: each
+        history: a K-model :class:`History`, ``(K, measurements)`` per series (sequential mode: each
             strength's own fit, epochs 1..E). A member whose training became non-finite is frozen (at the
             state its bad epoch started from) and shows NaN figures from that epoch on, until a restart gives
             it its neighbour's state (population mode); as in a sweep, ``history.diverged[i]`` records it
@@ -350,7 +350,7 @@ def _population(build, params, train, hp, epochs, warm_every, verbose, common, l
     def transfer(run: Run, population: pop_.Population) -> None:
         run.state, run.alive = inherit(run.state, run.alive, population.hp)
 
-    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention, size=population.models)
+    history = History(cost_convention=population.setup.monitor.cost_convention, models=population.models)
     due = lambda e: (e + 1) % warm_every == 0 and e + 1 < epochs  # noqa: E731
     return pop_.run(population, history, transfer, due, verbose=verbose).state, history, population.setup
 
@@ -365,7 +365,7 @@ def _sequential(build, params, train, hp, epochs, verbose, common, layers):
     key = common.pop("key")
     weakest = {k: v[-1:] for k, v in hp.items()}
     population = pop_.start(build, params, train, weakest, epochs=epochs, stacked_params=False, key=key, **common)
-    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention, size=models)
+    history = History(cost_convention=population.setup.monitor.cost_convention, models=models)
     state = population.state
     cold = jax.tree.map(jnp.copy, (state.params, state.model_state))  # ``params``: the weakest strength's start
     finals, runs = [None] * models, [None] * models
@@ -378,7 +378,7 @@ def _sequential(build, params, train, hp, epochs, verbose, common, layers):
             opt_state = population.init_opt(start[0], population.hp)
             state = TrainState(start[0], opt_state, start[1], jnp.zeros((1,), jnp.int32))
         population.state = state
-        runs[i] = SweepHistory(cost_convention=history.cost_convention, size=1)
+        runs[i] = History(cost_convention=history.cost_convention, models=1)
         state = pop_.run(population, runs[i], None, lambda e: False, verbose=verbose).state
         finals[i] = jax.tree.map(jnp.copy, state)
     for k in runs[0].keys():

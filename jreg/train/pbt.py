@@ -39,7 +39,7 @@ from .._signature import checked
 from .._types import ModelState, Params
 from . import population as pop_
 from .engine import Build
-from .history import SweepHistory
+from .history import History
 from .loop import Run
 from .monitor import EPOCH_LOSS
 from .prepare import check_hparams
@@ -57,7 +57,7 @@ class PBTResult(Result):
     Attributes:
         params: the final params, stacked along a leading axis of size K (``opt_state`` and ``model_state``
             likewise).
-        history: a :class:`SweepHistory`: ``history[series]`` is ``(K, measurements)``; member ``i``'s row is
+        history: a K-model :class:`History`: ``history[series]`` is ``(K, measurements)``; member ``i``'s row is
             the record of whoever occupied slot ``i`` (after an exploit, the copy's continuation). A member
             whose training became non-finite is frozen (at the state its bad epoch started from), shows NaN
             figures and ranks last, so the next exploit replaces it (when it is among the worst ``n``); as in
@@ -172,7 +172,7 @@ def pbt(
         trajectory.append(jax.device_get(population.hp))  # the values epoch e trained with (before any change)
         return (e + 1) % every == 0 and e + 1 < population.epochs
 
-    history = SweepHistory(cost_convention=population.setup.monitor.cost_convention, size=population.models)
+    history = History(cost_convention=population.setup.monitor.cost_convention, models=population.models)
     done = pop_.run(population, history, transfer, due, verbose=verbose)
     last = np.asarray(history[rank_by])[:, -1]
     ranked = np.where(np.isnan(last), -np.inf, last if maximize else -last)

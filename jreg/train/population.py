@@ -35,7 +35,7 @@ from .._types import ModelState, Params
 from ..penalties import mask_tree
 from . import divergence, stream
 from .engine import VECTORIZE, Build, program
-from .history import SweepHistory
+from .history import History
 from .loop import Hook, Run, progress, record, run_epochs
 from .prepare import check_hparams, default_vectorize, initial_state, prepared_models
 from .setup import Setup
@@ -134,7 +134,7 @@ Transfer = Callable[[Run, Population], None]
 
 def run(
     population: Population,
-    history: SweepHistory,
+    history: History,
     transfer: Transfer | None,
     due: Callable[[int], bool],
     *,

@@ -20,7 +20,7 @@ import numpy as np
 from .._errors import JregError
 from .._types import ModelState, OptState, Params
 from .checkpoint_folder import Snapshot
-from .history import Best, History, SweepHistory
+from .history import Best, History
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -30,7 +30,7 @@ class Result:
     Attributes:
         params: the trained params (the best epoch's with ``EarlyStopping(restore_best=True)``, the EMA's with
             ``EMA(returned=True)``); for K models stacked along a leading axis of size K.
-        history: a :class:`History` (one model) or :class:`SweepHistory` (K models).
+        history: a :class:`History`, of one model or of K (``history.models``).
         opt_state: the optimizer's state after the last epoch run (what ``fit(opt_state=...)`` takes to go on).
         model_state: a stateful model's state (BatchNorm statistics), None for a stateless model.
         hparams: K models: ``{name: (K,) array}``, each member's hyperparameters; None for one model.
@@ -57,7 +57,7 @@ class Result:
     @property
     def models(self) -> int | None:
         """K for a result of K models, None for one model."""
-        return self.history.models if isinstance(self.history, SweepHistory) else None
+        return self.history.models
 
     def best(self, monitor: str | None = None) -> Best:
         """``self.history.best(monitor)``: per model, the best epoch and value (see :meth:`History.best`)."""
@@ -65,7 +65,7 @@ class Result:
 
     def select(self, k: int) -> Result:
         """Member ``k`` of a K-model result as a single-model :class:`Result` (params, optimizer and model
-        state, its :meth:`SweepHistory.run` history, ``hparams`` as ``{name: float}``)."""
+        state, its :meth:`History.run` history, ``hparams`` as ``{name: float}``)."""
         models = self.models
         if models is None:
             raise JregError("select: this result holds one model; select(k) takes a member out of a sweep's result")
@@ -85,7 +85,7 @@ class Result:
 
     def summary(self) -> str:
         """A compact table of the history (one row per member for K models, with their hyperparameters)."""
-        if isinstance(self.history, SweepHistory):
+        if self.history.models is not None:
             return self.history.summary(self.hparams)
         return self.history.summary()
 

@@ -20,7 +20,7 @@ from . import resume as resuming
 from .config import EMA, Checkpointing, ModelParallel, as_ema, check_decay
 from .engine import VECTORIZE, Build, program
 from .epoch import check_unroll
-from .history import SweepHistory
+from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .prepare import check_hparams, default_vectorize, initial_state, prepared_models
 from .result import Result
@@ -162,7 +162,7 @@ def sweep(
     Returns:
         A :class:`jreg.Result` of K models: ``params``, ``opt_state`` and
         ``model_state`` stacked along a leading axis of size K, ``hparams``
-        (``{name: (K,)}``), and a :class:`SweepHistory` whose series have
+        (``{name: (K,)}``), and a K-model :class:`History` whose series have
         shape ``(K, measurements)`` and whose ``stopped``/``diverged`` records
         index like them. ``result.best()`` ranks the members,
         ``result.select(k)`` takes member ``k`` out, ``sweep(...,
@@ -185,8 +185,8 @@ def sweep(
     initial = initial_state(build, hp, models, stacked_params, ema is not None, scaled)
     state = initial(params, model_state)  # fresh buffers, safe to donate
     alive = jnp.ones((models,), bool)
-    history = SweepHistory(
-        cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta(), size=models
+    history = History(
+        cost_convention=setup.monitor.cost_convention, ema=None if ema is None else ema.meta(), models=models
     )
     track = _Tracking(stopper, None if stopper is None else stopper.initial(), None, verbose)
     if stopper is not None:
@@ -364,7 +364,7 @@ class _Tracking:
         """Record the models that stopped this epoch; blank the figures of those that stopped before."""
         stopper = self.stopper
         assert stopper is not None
-        history: SweepHistory = run.history  # type: ignore[assignment]
+        history: History = run.history
         per = jax.device_get(self.per if self.gather is None else self.gather(self.per))
         for i in np.flatnonzero(per.stopped >= 0):
             if int(i) not in history.stopped and int(i) not in history.diverged:
@@ -380,7 +380,7 @@ def _all_done(models: int) -> Hook:
     """End the sweep once every model has stopped or diverged."""
 
     def hook(run: Run) -> None:
-        history: SweepHistory = run.history  # type: ignore[assignment]
+        history: History = run.history
         if len(history.diverged) + len(history.stopped) >= models:
             run.stop = True
 
@@ -392,7 +392,7 @@ def _checkpointer(
 ) -> Hook:
     def hook(run: Run) -> None:
         if writer.config.due(run.epoch, run.epochs) or run.stop:
-            history: SweepHistory = run.history  # type: ignore[assignment]
+            history: History = run.history
             packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
             writer.save(run.state, run.epoch + 1, key, history, batch_size, None, streamed, sweep=packed)
 

@@ -26,7 +26,7 @@ from .. import checkpoint as ckpt
 from .._errors import JregError
 from ..stopping import PerModel
 from .early_stopping import SweepStopper
-from .history import SweepHistory
+from .history import History
 from .state import TrainState
 
 _DTYPES = ("float32", "float64")
@@ -83,7 +83,7 @@ def pack(
     hp: dict[str, Any],
     state: TrainState,
     alive: Any,
-    history: SweepHistory,
+    history: History,
     stopper: SweepStopper | None,
     per: PerModel | None,
     best: Any,
@@ -182,7 +182,7 @@ def unpack(
     arrays: dict[str, Any],
     meta: dict[str, Any],
     stopper: SweepStopper | None,
-    history: SweepHistory,
+    history: History,
     epoch: int,
     path: Path,
 ) -> tuple[Any, Any, PerModel | None, Any]:
