@@ -198,7 +198,8 @@ def _values_like(outputs: Any, targets: Any, name: str = "targets") -> tuple[jax
         raise JregError("outputs must have a leading batch axis, got a scalar")
     if jnp.issubdtype(targets.dtype, jnp.integer) and outputs.ndim >= 2:
         y, valid = targets_like(outputs, targets, name)
-        return y, valid if valid.ndim == 1 else valid.reshape(valid.shape[0], -1).all(axis=-1)
+        # all of an example's positions valid; not reshape(n, -1), which cannot infer its axis when n is 0
+        return y, valid if valid.ndim == 1 else valid.all(axis=tuple(range(1, valid.ndim)))
     if not jnp.issubdtype(targets.dtype, jnp.floating):
         raise JregTypeError(
             f"{name} must be float values of the outputs' shape {tuple(outputs.shape)} (or integer class labels "

@@ -106,6 +106,17 @@ def _outputs(outputs: Any) -> jax.Array:
     return outputs
 
 
+def _check_values_per_example(outputs: jax.Array, metric: str) -> None:
+    """A metric averages each example's values: outputs with an axis of size 0 after the batch axis hold none
+    (``(N, 0)``, ``(N, 0, classes)``), and a mean over no values is undefined (it would be NaN). A batch of 0
+    examples is fine: it gives ``(0,)`` values."""
+    if 0 in tuple(outputs.shape[1:]):
+        raise JregError(
+            f"{metric}: outputs of shape {tuple(outputs.shape)} hold no value per example (an axis of size 0 after "
+            "the batch axis), and the mean over no values is undefined"
+        )
+
+
 def accuracy(outputs: jax.Array, targets: Any) -> jax.Array:
     """1.0 where the largest output is the true class, else 0.0, per example.
 
@@ -116,6 +127,7 @@ def accuracy(outputs: jax.Array, targets: Any) -> jax.Array:
     outputs = _outputs(outputs)
     if outputs.ndim < 2 or outputs.shape[-1] < 2:
         raise JregError(f"accuracy needs outputs (batch, classes) with at least 2 classes, got {tuple(outputs.shape)}")
+    _check_values_per_example(outputs, "accuracy")
     targets_like(outputs, targets)  # shape and range checks
     return _per_example_mean((jnp.argmax(outputs, axis=-1) == labels_of(targets)).astype(jnp.float32))
 
@@ -128,9 +140,10 @@ def top_k_accuracy(k: int) -> Callable[[jax.Array, Any], jax.Array]:
         outputs = _outputs(outputs)
         if outputs.ndim < 2:
             raise JregError(f"top_k_accuracy needs outputs (batch, classes), got {tuple(outputs.shape)}")
-        targets_like(outputs, targets)
         if k > outputs.shape[-1]:
             raise JregError(f"top_k_accuracy: k must be at most the number of classes {outputs.shape[-1]}, got {k}")
+        _check_values_per_example(outputs, "top_k_accuracy")
+        targets_like(outputs, targets)
         _, best = jax.lax.top_k(outputs, k)
         return _per_example_mean(jnp.any(best == labels_of(targets)[..., None], axis=-1).astype(jnp.float32))
 
@@ -144,6 +157,7 @@ def mse(outputs: jax.Array, targets: Any) -> jax.Array:
     shape (``(N,)`` fits outputs ``(N, 1)``), or integer labels (one-hot).
     """
     outputs = _outputs(outputs)
+    _check_values_per_example(outputs, "mse")
     y, _ = _values_like(outputs, targets)
     return _per_example_mean((outputs - y) ** 2)
 
@@ -151,6 +165,7 @@ def mse(outputs: jax.Array, targets: Any) -> jax.Array:
 def mae(outputs: jax.Array, targets: Any) -> jax.Array:
     """Mean absolute error per example, ``mean_j |a_j - y_j|``; targets as for :func:`mse`."""
     outputs = _outputs(outputs)
+    _check_values_per_example(outputs, "mae")
     y, _ = _values_like(outputs, targets)
     return _per_example_mean(jnp.abs(outputs - y))
 

@@ -5,6 +5,7 @@ and the structured ones: :func:`group_lasso`, :func:`max_norm`, :func:`nuclear_n
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -169,7 +170,8 @@ def nuclear_norm(c: Any, *, mask: Mask = None, name: str = "nuclear_norm") -> Pe
 
     Proximal map of ``t R``: soft-threshold the singular values at ``t c``.
     The gradient ``U V^T`` needs distinct nonzero singular values (as any
-    SVD derivative).
+    SVD derivative). ``W`` is the leaf as a matrix ``(everything else, output units)`` (a vector ``(n,)`` the
+    row ``(1, n)``, a scalar ``1 x 1``); an empty one (an axis of size 0) has no singular value: ``R = 0``.
     """
 
     def fn(w, c):
@@ -183,8 +185,12 @@ def nuclear_norm(c: Any, *, mask: Mask = None, name: str = "nuclear_norm") -> Pe
 
 
 def _matrix(w: jax.Array) -> jax.Array:
-    """A kernel as a matrix ``(everything else, output units)``."""
-    return w.reshape(-1, w.shape[-1])
+    """A kernel as a matrix ``(everything else, output units)``: a vector ``(n,)`` is the row ``(1, n)``, a scalar
+    the ``1 x 1`` matrix, and a leaf with a zero-size axis an empty matrix (``(3, 0)`` stays ``(3, 0)``: the rows are
+    counted, not inferred, since ``reshape(-1, 0)`` cannot infer them)."""
+    if w.ndim == 0:
+        return w.reshape(1, 1)
+    return w.reshape(math.prod(w.shape[:-1]), w.shape[-1])
 
 
 def _svd_matrix(w: jax.Array) -> jax.Array:
@@ -204,7 +210,8 @@ def spectral_norm(c: Any, *, iterations: int = 20, mask: Mask = None, name: str 
 
     ``iterations`` power-iteration steps from a fixed start vector (so the value
     is deterministic and differentiable through the iterations); ``W`` is a
-    kernel flattened to ``(everything else, output units)``.
+    kernel flattened to ``(everything else, output units)`` (a vector ``(n,)`` the row ``(1, n)``, a scalar
+    ``1 x 1``). An empty ``W`` (an axis of size 0) is the zero map: ``sigma_max = 0``, ``R = 0``.
     """
     iterations = check_positive_int(iterations, "iterations")
 
@@ -249,7 +256,8 @@ def spectral_target(
     ``sigma_max`` is computed exactly as :func:`spectral_norm` does: ``iterations``
     power-iteration steps from a fixed start vector, differentiated through, on the kernel
     flattened to ``(everything else, output units)``. ``target`` is a coefficient like ``c``
-    (finite, ``>= 0``; a scalar, per-leaf pytree, :func:`by_path` or traced).
+    (finite, ``>= 0``; a scalar, per-leaf pytree, :func:`by_path` or traced). On an empty ``W`` (an axis of
+    size 0: the zero map, ``sigma_max = 0``) ``R = c * target^2``, a constant with no gradient.
     """
     iterations = check_positive_int(iterations, "iterations")
     if isinstance(exponent, bool) or not isinstance(exponent, (int, float, np.integer, np.floating)):
@@ -269,7 +277,10 @@ def spectral_target(
 
 def orthogonality(c: Any, *, mask: Mask = None, name: str = "orthogonality") -> Penalty:
     """``R = c * ||W^T W - I||_F^2`` for each weight ``W`` (kernels flattened to ``(.., n_out)``):
-    pushes the output units' weight vectors toward an orthonormal set."""
+    pushes the output units' weight vectors toward an orthonormal set.
+
+    A layer with no inputs, ``(0, n_out)``, gives ``c * n_out`` (``n_out`` empty weight vectors, none of norm 1,
+    a constant with no gradient); one with no output units, ``(n_in, 0)``, gives 0."""
 
     def fn(w, c):
         m = _matrix(w)

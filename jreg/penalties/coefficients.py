@@ -106,7 +106,8 @@ def width_scaled(base: Any, exponent: float = 1.0, *, vectors: Any = 0.0) -> ByS
     express other parametrizations; ``exponent=0`` is a plain ``base``.
 
     ``base`` and ``vectors`` are non-negative scalars (``base`` may be traced, so ``jax.vmap``
-    sweeps it); ``exponent`` a finite real number. Example: ``l2(width_scaled(1e-6))``.
+    sweeps it); ``exponent`` a finite real number. A leaf with ``fan_in`` 0 (``(0, n)``) holds no weight and gets 0
+    (``0^exponent`` would be infinite for a negative exponent). Example: ``l2(width_scaled(1e-6))``.
     """
     check_nonnegative_scalar(base, "width_scaled: base")
     check_nonnegative_scalar(vectors, "width_scaled: vectors")
@@ -119,6 +120,8 @@ def width_scaled(base: Any, exponent: float = 1.0, *, vectors: Any = 0.0) -> ByS
     def rule(shape: tuple[int, ...]) -> Any:
         if len(shape) < 2:
             return vectors
+        if fan_in(shape) == 0:  # an empty leaf: no weight for the coefficient to weigh (and 0^exponent < 0 is inf)
+            return base * 0.0
         try:
             scale = float(fan_in(shape)) ** exponent
         except OverflowError:

@@ -35,6 +35,14 @@ class InputPenalty:
     c: Any
 
     def __call__(self, forward: Callable[..., Any], loss: Callable[..., Any], x: Any, y: Any, *, key=None, step=None):
+        shape = getattr(x, "shape", None)
+        if shape is not None and (len(shape) == 0 or shape[0] == 0):
+            # a mean over the batch's examples: none (or no batch axis) leaves it undefined (it would be NaN);
+            # an objective refuses an empty batch before it gets here, a direct call is refused here
+            raise JregError(
+                f"{self.name}: x (the inputs) must have a leading batch axis holding at least one example, "
+                f"got shape {tuple(shape)}"
+            )
         (c,) = _at_step(self.name, (self.c,), step)
         return self.fn(forward, loss, x, y, key, c)
 
@@ -135,6 +143,11 @@ def z_loss(c: Any, *, name: str = "z_loss") -> OutputPenalty:
         if not hasattr(z, "ndim") or z.ndim < 2 or not jnp.issubdtype(z.dtype, jnp.floating):
             what = f"shape {tuple(z.shape)} dtype {z.dtype}" if hasattr(z, "ndim") else type(z).__name__
             raise JregError(f"{name}: the model's outputs must be floating logits (batch, ..., classes), got {what}")
+        if z.size == 0:  # log Z of no classes is -inf, a mean over no examples NaN: neither is a penalty
+            raise JregError(
+                f"{name}: the model's outputs (logits) of shape {tuple(z.shape)} have an axis of size 0: z_loss needs "
+                "at least one example and one class"
+            )
         wide = z.astype(jnp.float32) if jnp.finfo(z.dtype).bits < 32 else z
         log_z = jax.nn.logsumexp(wide, axis=-1)
         return (c * jnp.mean(jnp.square(log_z))).astype(z.dtype)
