@@ -109,6 +109,8 @@ def _load(path: Path, template: TrainState, sweep: Any = None) -> ckpt.Checkpoin
     the header's ``meta["sweep"]`` first (it raises :class:`JregError` for a checkpoint of another sweep); the
     section then holds ``(that, arrays)``. A sweep's checkpoint is refused to fit and fit's to a sweep."""
     meta = _header_meta(path)
+    if meta is not None:  # what decides the template (ema, sweep) is checked before it is used
+        ckpt.check_run_meta(meta, path)
     opt_state = template.opt_state
     if _saved_ema(meta) is not None:
         opt_state = (template.opt_state, template.params)
