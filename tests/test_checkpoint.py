@@ -223,10 +223,13 @@ def test_network2_json_written_by_hand_in_the_books_layout(tmp_path):
     "content, match",
     [
         ("not json", "not a network2 JSON model"),
-        (json.dumps({"sizes": [2, 1]}), "needs 'sizes', 'weights' and 'biases'"),
-        (json.dumps({"sizes": [2, 1], "weights": [[[1.0, 2.0]]], "biases": [[[1.0], [2.0]]]}), r"layer 0 must have"),
+        (json.dumps({"sizes": [2, 1]}), "must be an object with 'sizes', 'weights' and 'biases'"),
+        (
+            json.dumps({"sizes": [2, 1], "weights": [[[1.0, 2.0]]], "biases": [[[1.0], [2.0]]]}),
+            r"'biases\[0\]' must be layer 0's 1 biases, \(1, 1\) .*\(not of that shape\)",
+        ),
         (json.dumps({"sizes": [2, 1], "weights": [[["a", 2.0]]], "biases": [[[1.0]]]}), "not numeric"),
-        (json.dumps({"sizes": [2, 3, 1], "weights": [[[1.0, 2.0]]], "biases": [[[1.0]]]}), "does not match"),
+        (json.dumps({"sizes": [2, 3, 1], "weights": [[[1.0, 2.0]]], "biases": [[[1.0]]]}), "one per layer of 'sizes'"),
     ],
 )
 def test_bad_network2_files(tmp_path, content, match):

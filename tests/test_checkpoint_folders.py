@@ -614,3 +614,55 @@ def test_a_resumed_run_removes_the_temporary_its_crashed_predecessor_left(orbax,
         "ckpt-000008.orbax.orbax-checkpoint-tmp",
     ]
     assert not crashed.exists() and orbax.read_record(foreign)["meta"]["run"] == OTHER
+
+
+# --------------------------------------------------------------------------- the folder rules, both formats (issue 28)
+# A run's folder holds ckpt-<epoch>.npz files or ckpt-<epoch>.orbax folders; which folder a resume path continues the
+# run in, and what makes a folder used, is one rule for both (checkpoint_folder.folder_of, held, is_checkpoint).
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".orbax"])
+def test_the_folder_rules_are_the_same_for_npz_files_and_orbax_folders(tmp_path, suffix):
+    from jreg.train.checkpoint_folder import check_folder, folder_of, held, is_checkpoint
+
+    ck, other = tmp_path / "ck", tmp_path / "other"
+    for folder in (ck, other):
+        folder.mkdir()
+        entry = folder / f"ckpt-000002{suffix}"
+        entry.mkdir() if suffix == ".orbax" else entry.write_bytes(b"")
+    (ck / "notes.txt").write_text("mine")
+    (ck / "ckpt-000009.npz.bak").write_text("not a checkpoint's name")
+    mine, theirs = ck / f"ckpt-000002{suffix}", other / f"ckpt-000002{suffix}"
+    assert held(ck) == [mine.name] and is_checkpoint(mine) and folder_of(mine) == ck and folder_of(ck) == ck
+    for resume in (ck, mine, str(mine), ck / "ckpt-000001.npz", ck / "ckpt-000001.orbax"):  # the folder, or one in it
+        check_folder(jreg.Checkpointing(ck), resume)
+    for resume in (None, other, theirs, tmp_path):  # a fresh run, or another folder's run: refused
+        with pytest.raises(jreg.JregError, match=rf"the folder .*ck already holds checkpoints \({mine.name}\)"):
+            check_folder(jreg.Checkpointing(ck), resume)
+    link = ck / f"ckpt-000003{suffix}"
+    link.symlink_to(theirs, target_is_directory=suffix == ".orbax")
+    assert held(ck) == [mine.name, link.name] and not is_checkpoint(link)  # a link counts, and is never a run's own
+
+
+def test_resuming_its_own_orbax_checkpoint_by_path_into_its_own_folder_is_accepted(orbax, tmp_path, monkeypatch):
+    """Issue 28, item 5: refused with "already holds checkpoints" before (the orbax checkpoint is a folder, and was
+    compared with the run folder itself). Now as with a .npz file: it continues the run, bit for bit."""
+    monkeypatch.setattr(orbax, "needed", lambda tree: True)  # one process: write orbax folders all the same
+    objective, params, data = _problem()
+    folder = tmp_path / "ck"
+    kw = dict(batch_size=4, key=jax.random.key(0))
+    straight = jreg.fit(objective, optax.sgd(0.1), params, data, epochs=3, **kw)
+    jreg.fit(objective, optax.sgd(0.1), params, data, epochs=2, checkpoint=jreg.Checkpointing(folder, keep=5), **kw)
+    resumed = jreg.fit(
+        objective, optax.sgd(0.1), params, data, epochs=3, resume=folder / "ckpt-000002.orbax",
+        checkpoint=jreg.Checkpointing(folder, keep=5), **kw,
+    )  # fmt: skip
+    assert same(resumed.params, straight.params) and resumed.history.epoch_loss == straight.history.epoch_loss
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt-000001.orbax", "ckpt-000002.orbax", "ckpt-000003.orbax"]
+    used = tmp_path / "used"
+    shutil.copytree(folder / "ckpt-000001.orbax", used / "ckpt-000001.orbax")
+    with pytest.raises(jreg.JregError, match=r"the folder .*used already holds checkpoints \(ckpt-000001\.orbax\)"):
+        jreg.fit(
+            objective, optax.sgd(0.1), params, data, epochs=4, resume=folder / "ckpt-000003.orbax",
+            checkpoint=jreg.Checkpointing(used), **kw,
+        )  # fmt: skip

@@ -13,10 +13,13 @@ import io
 import json
 import math
 import os
+import re
+import shutil
 import struct
 import time
 import zipfile
 import zlib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +34,8 @@ from jreg import checkpoint as ckpt
 from jreg.checkpoint import CheckpointError
 from jreg.train.early_stopping import Stopper
 from jreg.train.history import History
+from jreg.train.resume import resume as resume_run
+from jreg.train.state import TrainState
 
 relaxed = settings(
     max_examples=int(os.environ.get("JREG_HOSTILE_EXAMPLES", "60")),
@@ -295,8 +300,8 @@ MALFORMED_META = [
     ("early_stopping.best_epoch", 5, r"meta 'early_stopping\.best_epoch' must be an epoch before the 2 run"),
     ("early_stopping.best_epoch", None, r"meta 'early_stopping\.best_epoch' must be null exactly when 'best' is"),
     ("early_stopping.wait", -1, r"meta 'early_stopping\.wait' must be a non-negative integer"),
-    ("early_stopping.lr_scale", 0, r"meta 'early_stopping\.lr_scale' must be a positive finite number"),
-    ("early_stopping.stopped", 3, r"meta 'early_stopping\.stopped' must be null or a string"),
+    ("early_stopping.lr_scale", 0, r"meta 'early_stopping\.lr_scale' must be a number in \[2\*\*-126, 1\]"),
+    ("early_stopping.stopped", 3, r"meta 'early_stopping\.stopped' must be a string or null"),
 ]
 
 
@@ -327,9 +332,9 @@ def test_a_malformed_history_or_early_stopping_state(fitted, tmp_path, field, va
 @pytest.mark.parametrize(
     "field, value, match",
     [
-        ("global_step", "abc", r"meta 'global_step' must be null or an integer in \[0, 2\*\*31\)"),
-        ("global_step", -4, r"meta 'global_step' must be null or an integer"),
-        ("global_step", 2**40, r"meta 'global_step' must be null or an integer"),
+        ("global_step", "abc", r"meta 'global_step' must be an integer in \[0, 2\*\*31\) or null, got 'abc'"),
+        ("global_step", -4, r"meta 'global_step' must be an integer in \[0, 2\*\*31\) or null, got -4"),
+        ("global_step", 2**40, r"meta 'global_step' must be an integer in \[0, 2\*\*31\) or null, got 1099511627776"),
         ("batch_size", 8.5, r"meta 'batch_size' must be a positive integer"),
         ("batch_size", True, r"meta 'batch_size' must be a positive integer"),
     ],
@@ -481,26 +486,29 @@ def network2_file(tmp_path, **change):
 def test_network2_fewer_biases_than_layers(tmp_path):
     data = json.loads(jreg.save_network2(tmp_path / "net.json", PARAMS).read_text())
     path = network2_file(tmp_path, biases=data["biases"][:1])
-    with pytest.raises(CheckpointError, match=r"net\.json: 'sizes' \[4, 3, 2\] does not match 1 biases"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"net\.json: .*'biases' must be a list of 2 matrices, one per layer of 'sizes' \[4, 3, 2\]",
+    ):
         jreg.load_network2(path)
 
 
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"sizes": [4.0, 3, 2]}, "'sizes' must be a list of at least two positive integers"),
-        ({"sizes": [4, 3, True]}, "'sizes' must be a list of at least two positive integers"),
-        ({"sizes": [4, 0, 2]}, "'sizes' must be a list of at least two positive integers"),
-        ({"sizes": "4,3,2"}, "'sizes' must be a list of at least two positive integers"),
-        ({"weights": 5}, "does not match weights 5"),
-        ({"cost": 5}, "'cost' must be the cost's name"),
-        ({"biases": [[["0.5"]] * 3, [[0.1]] * 2]}, r"layer 0 .*its biases are not numeric"),
-        ({"biases": [[[True]] * 3, [[0.1]] * 2]}, r"layer 0 .*its biases are not numeric"),
-        ({"biases": [[[None]] * 3, [[0.1]] * 2]}, r"layer 0 .*its biases are not numeric"),
-        ({"biases": [[[0.1]] * 3, [[float("nan")]] * 2]}, r"layer 1 .*its biases are not all finite numbers"),
-        ({"biases": [[[0.1]] * 3, [[10**400]] * 2]}, r"layer 1 .*its biases are not all finite numbers"),
-        ({"biases": [[[[0.1]]]] * 3 + [[[0.1]] * 2]}, r"does not match 4 biases"),
-        ({"biases": [[[[0.1]]] * 3, [[0.1]] * 2]}, r"layer 0 .*its biases are not numeric"),
+        ({"sizes": [4.0, 3, 2]}, r"'sizes' must be a list of at least 2 positive integers, got \[4\.0, 3, 2\]"),
+        ({"sizes": [4, 3, True]}, r"'sizes' must be a list of at least 2 positive integers, got \[4, 3, True\]"),
+        ({"sizes": [4, 0, 2]}, r"'sizes' must be a list of at least 2 positive integers, got \[4, 0, 2\]"),
+        ({"sizes": "4,3,2"}, "'sizes' must be a list of at least 2 positive integers, got '4,3,2'"),
+        ({"weights": 5}, r"'weights' must be a list of 2 matrices, one per layer of 'sizes' \[4, 3, 2\], got 5"),
+        ({"cost": 5}, "'cost' must be the cost's name .*, got 5"),
+        ({"biases": [[["0.5"]] * 3, [[0.1]] * 2]}, r"'biases\[0\]' must be layer 0's 3 biases.*\(not numeric\)"),
+        ({"biases": [[[True]] * 3, [[0.1]] * 2]}, r"'biases\[0\]' must be layer 0's 3 biases.*\(not numeric\)"),
+        ({"biases": [[[None]] * 3, [[0.1]] * 2]}, r"'biases\[0\]' must be layer 0's 3 biases.*\(not numeric\)"),
+        ({"biases": [[[0.1]] * 3, [[float("nan")]] * 2]}, r"'biases\[1\]' .*\(not all finite: NaN or infinity\)"),
+        ({"biases": [[[0.1]] * 3, [[10**400]] * 2]}, r"'biases\[1\]' .*\(a number beyond float64's range\)"),
+        ({"biases": [[[[0.1]]]] * 3 + [[[0.1]] * 2]}, r"'biases' must be a list of 2 matrices"),
+        ({"biases": [[[[0.1]]] * 3, [[0.1]] * 2]}, r"'biases\[0\]' must be layer 0's 3 biases.*\(not numeric\)"),
     ],
 )
 def test_network2_wrong_types(tmp_path, change, match):
@@ -716,3 +724,254 @@ def test_mutated_network2_files_give_the_model_they_describe_or_a_checkpoint_err
         np.testing.assert_array_equal(p["w"], jnp.asarray(w.T, jnp.float32))
         np.testing.assert_array_equal(p["b"], jnp.asarray(b, jnp.float32))
     assert math.isfinite(sum(float(jnp.sum(p["w"])) for p in params))
+
+
+# --------------------------------------------------------------------------- orbax run records (issue 28, item 1)
+# A checkpoint of a run spanning processes is an orbax folder whose run record (meta/metadata: step, key bits and
+# the same meta) jreg reads itself. Every field is checked, with the checks the .npz header and network2 use, before
+# any is used: a forged one is a CheckpointError naming the record's file, the field and the value.
+
+
+@pytest.fixture(scope="module")
+def orbaxed(fitted, tmp_path_factory):
+    """The fit checkpoint of ``fitted`` (history, early stopping, Adam state, key) written as an orbax folder."""
+    pytest.importorskip("orbax.checkpoint")
+    from jreg.train import distributed_checkpoint as dc
+
+    opt_state = ADAM.init(PARAMS)
+    loaded = jreg.load(fitted["path"], params=PARAMS, opt_state=opt_state)
+    path = tmp_path_factory.mktemp("orbax") / "ckpt-000002.orbax"
+    dc.save(path, loaded.params, opt_state=loaded.opt_state, step=loaded.step, key=loaded.key, meta=loaded.meta)
+    record = json.loads((path / "meta" / "metadata").read_text())
+    assert record["step"] == 2 and record["key"] == [0, 1] and record["meta"] == loaded.meta
+    return {"path": path, "record": record, "loaded": loaded, "opt_state": opt_state, "dc": dc}
+
+
+def orbax_copy(orbaxed, folder, record) -> os.PathLike:
+    """A copy of the orbax checkpoint in ``folder`` (made once) whose run record is ``record`` (a JSON text)."""
+    path = folder / "ckpt-000002.orbax"
+    if not path.exists():
+        shutil.copytree(orbaxed["path"], path)
+    (path / "meta" / "metadata").write_text(record)
+    return path
+
+
+def resume_from(path):
+    """What jreg.fit's resume reads of ``path`` (``jreg.train.resume.resume``: no training, no compilation)."""
+    template = TrainState(PARAMS, ADAM.init(PARAMS), None, jnp.asarray(0, jnp.int32))
+    return resume_run(path, template, jax.random.key(1), batch_size=8, epochs=4, steps_per_epoch=3)
+
+
+RECORD = r"ckpt-000002\.orbax/meta/metadata: not a readable orbax checkpoint: its run record "
+KEY_RULE = r"'key' must be null or a list of 1 to 262144 integers in \[0, 2\*\*32\), got "
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [  # the issue's four (each a raw OverflowError, ValueError or TypeError before), then more of the kind
+        ("key", [-1, -2], KEY_RULE + r"\[-1, -2\]"),
+        ("key", ["a", "b"], KEY_RULE + r"\['a', 'b'\]"),
+        ("key", {"a": 1}, KEY_RULE + r"\{'a': 1\}"),
+        ("key", [2**40, 0], KEY_RULE + r"\[1099511627776, 0\]"),
+        ("key", [2**32, 0], KEY_RULE + r"\[4294967296, 0\]"),
+        ("key", [0.0, 1.0], KEY_RULE + r"\[0\.0, 1\.0\]"),
+        ("key", [True, False], KEY_RULE + r"\[True, False\]"),
+        ("key", [[0, 1]], KEY_RULE + r"\[\[0, 1\]\]"),
+        ("key", [], KEY_RULE + r"\[\]"),
+        ("key", [0] * 262_145, KEY_RULE + r"\[0, 0, 0"),
+        ("key", "01", KEY_RULE + "'01'"),
+        ("key", 10**400, KEY_RULE + "1000"),
+        ("step", -1, r"'step' must be a non-negative integer or null, got -1"),
+        ("step", 2.0, r"'step' must be a non-negative integer or null, got 2\.0"),
+        ("step", "2", r"'step' must be a non-negative integer or null, got '2'"),
+        ("step", True, r"'step' must be a non-negative integer or null, got True"),
+        ("step", [2], r"'step' must be a non-negative integer or null, got \[2\]"),
+        ("step", {"epoch": 2}, r"'step' must be a non-negative integer or null, got \{'epoch': 2\}"),
+        ("", [1, 2], r"must be an object with 'step', 'key' and 'meta', got \[1, 2\]"),
+        ("", {"step": 2, "key": [0, 1]}, r"must be an object with 'step', 'key' and 'meta', got \{'step': 2"),
+    ],
+)
+def test_a_forged_orbax_record_field_is_a_checkpoint_error_naming_it(orbaxed, tmp_path, field, value, match):
+    record = value if not field else {**orbaxed["record"], field: value}
+    path = orbax_copy(orbaxed, tmp_path, json.dumps(record))
+    for read in (
+        lambda: orbaxed["dc"].load(path, params=PARAMS, opt_state=orbaxed["opt_state"]),
+        lambda: resume_from(path),
+    ):
+        with pytest.raises(CheckpointError, match=RECORD + match):
+            read()
+    assert orbaxed["dc"].damage(path) is not None  # a forged record is damage: a folder resume skips it, saying why
+
+
+def test_fit_refuses_a_forged_orbax_key_naming_the_field(orbaxed, fitted, tmp_path):
+    """The issue's case through fit itself: it was ``OverflowError: Python integer -1 out of bounds for uint32``."""
+    path = orbax_copy(orbaxed, tmp_path, json.dumps({**orbaxed["record"], "key": [-1, -2]}))
+    with pytest.raises(CheckpointError, match=RECORD + KEY_RULE + r"\[-1, -2\]"):
+        jreg.fit(fitted["obj"], ADAM, PARAMS, fitted["data"], epochs=4, resume=path, **fitted["run"])
+
+
+def test_the_orbax_record_as_written_loads_and_resumes(orbaxed, tmp_path):
+    path = orbax_copy(orbaxed, tmp_path, json.dumps(orbaxed["record"]))
+    loaded = orbaxed["dc"].load(path, params=PARAMS, opt_state=orbaxed["opt_state"])
+    assert same(loaded.params, orbaxed["loaded"].params) and loaded.step == 2 and loaded.meta == orbaxed["loaded"].meta
+    np.testing.assert_array_equal(loaded.key, jax.random.key_data(jax.random.key(1)))
+    resumed = resume_from(path)
+    assert resumed.epoch == 2 and int(resumed.state.step) == 6 and same(resumed.state.params, orbaxed["loaded"].params)
+    for key in (None, [7]):  # null, and a key of one word (another run's), are well-formed: a resume says "differs"
+        path = orbax_copy(orbaxed, tmp_path, json.dumps({**orbaxed["record"], "key": key}))
+        assert orbaxed["dc"].damage(path) is None
+        with pytest.raises(jreg.JregError, match=r"resume: key differs from the one .*ckpt-000002\.orbax was trained"):
+            resume_from(path)
+
+
+def test_a_record_file_that_is_not_a_record(orbaxed, tmp_path, monkeypatch):
+    """Not JSON, not UTF-8, nested beyond the parser, a folder, a FIFO (read, it would block for ever), too large
+    (checked before reading, as a .npz header's 64 MiB), missing; and a record without its arrays (state/)."""
+    path = orbax_copy(orbaxed, tmp_path, "{not json")
+    record, dc = path / "meta" / "metadata", orbaxed["dc"]
+
+    def refused(match):
+        with pytest.raises(CheckpointError, match=match):
+            dc.load(path, params=PARAMS, opt_state=orbaxed["opt_state"])
+        assert re.search(match, dc.damage(path))  # damage: a folder resume skips it, saying why
+
+    refused(r"ckpt-000002\.orbax/meta/metadata: not an orbax run record \(Expecting property name")
+    record.write_bytes(b'{"step": 2, "key": [0, 1], "meta": "\xff"}')
+    refused(r"metadata: not an orbax run record \('utf-8' codec can't decode")
+    record.write_text('{"step": 2, "key": [0, 1], "meta": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    refused(r"metadata: not an orbax run record \(nested too deeply\)")
+    record.unlink()
+    refused(
+        r"ckpt-000002\.orbax/meta/metadata: not a readable orbax checkpoint \(its run record, meta/metadata, is "
+        "missing\\)"
+    )
+    record.mkdir()
+    refused(r"metadata: is a folder, not an orbax run record file")
+    record.rmdir()
+    os.mkfifo(record)
+    refused(r"metadata: is not a regular file, so not an orbax run record")
+    record.unlink()
+    record.write_text(json.dumps(orbaxed["record"]))
+    monkeypatch.setattr(ckpt, "MAX_HEADER_BYTES", record.stat().st_size - 1)
+    refused(
+        r"metadata: \d+ bytes, more than the \d+ an orbax run record may take \(jreg\.checkpoint\.MAX_HEADER_BYTES\)"
+    )
+    monkeypatch.undo()
+    shutil.rmtree(path / "state")
+    refused(r"ckpt-000002\.orbax: not a readable orbax checkpoint \(its arrays, state/, are missing\)")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's event loop, closing
+def test_damaged_orbax_arrays_are_a_checkpoint_error_or_load_intact(orbaxed, tmp_path):
+    """orbax's own files (state/, metadata, commit markers) junk, empty or gone: what orbax cannot read is a
+    CheckpointError naming the folder; what it does not need still loads, intact."""
+    files = sorted(p.relative_to(orbaxed["path"]) for p in orbaxed["path"].rglob("*") if p.is_file())
+    assert len(files) >= 6
+    outcomes = set()
+    for name in files:
+        if name == Path("meta/metadata"):
+            continue
+        for damage in ("junk", "empty", "gone"):
+            path = tmp_path / f"{damage}-{len(outcomes)}" / "ckpt-000002.orbax"
+            shutil.copytree(orbaxed["path"], path)
+            target = path / name
+            target.unlink() if damage == "gone" else target.write_bytes(b"\x00{[junk" * (damage == "junk"))
+            try:
+                loaded = orbaxed["dc"].load(path, params=PARAMS, opt_state=orbaxed["opt_state"])
+            except CheckpointError as e:
+                assert str(path) in str(e)
+                outcomes.add("refused")
+            else:
+                assert same(loaded.params, orbaxed["loaded"].params) and same(
+                    loaded.opt_state, orbaxed["loaded"].opt_state
+                )
+                outcomes.add("loaded")
+            shutil.rmtree(path.parent)
+    assert outcomes == {"refused", "loaded"}
+
+
+NEW_META = [  # run-state fields that went unchecked before issue 28 (a raw error, or a silent misreading)
+    ("early_stopping.best", 10**400, r"meta 'early_stopping\.best' must be a number or null \(within a float's range"),
+    ("early_stopping.lr_scale", 10**400, r"meta 'early_stopping\.lr_scale' must be a number in \[2\*\*-126, 1\]"),
+    ("early_stopping.lr_scale", 1e300, r"meta 'early_stopping\.lr_scale' must be a number in \[2\*\*-126, 1\]"),
+    ("early_stopping.lr_scale", 5e-324, r"meta 'early_stopping\.lr_scale' must be a number in \[2\*\*-126, 1\]"),
+    ("early_stopping.wait", 10**400, r"meta 'early_stopping\.wait' must be at most the 2 epochs run"),
+    ("run", "run-1", r"meta 'run' must be a run id \(32 lowercase hex digits\), got 'run-1'"),
+    ("run", 7, r"meta 'run' must be a run id \(32 lowercase hex digits\), got 7"),
+    ("cost_convention", ["jreg"], r"meta 'cost_convention' must be one of \['jreg', 'network2'\], got \['jreg'\]"),
+    ("cost_convention", "book", r"meta 'cost_convention' must be one of \['jreg', 'network2'\], got 'book'"),
+    ("streamed", "no", r"meta 'streamed' must be true or false, got 'no'"),
+    ("streamed", 0, r"meta 'streamed' must be true or false, got 0"),
+    ("ema", 5, r"meta 'ema' must be null or an object, got 5"),
+    ("ema", {"decay": 1.5, "evaluate": True}, r"meta 'ema\.decay' must be a number in \[0, 1\) or the name of an"),
+    ("ema", {"decay": 0.9, "evaluate": "yes"}, r"meta 'ema\.evaluate' must be true or false, got 'yes'"),
+]
+
+
+@pytest.mark.parametrize("kind", ["npz", "orbax"])
+@pytest.mark.parametrize("field, value, match", MALFORMED_META + NEW_META)
+def test_every_run_state_field_is_checked_alike_in_both_formats(fitted, orbaxed, tmp_path, kind, field, value, match):
+    """The same meta, forged the same way, in a .npz header or an orbax record: the same CheckpointError on resume."""
+    if kind == "npz":
+        path = tmp_path / "ckpt-000002.npz"
+        forge(fitted["path"], path, set_meta(field, value))
+    else:
+        record = copy.deepcopy(orbaxed["record"])
+        set_meta(field, value)(record)
+        path = orbax_copy(orbaxed, tmp_path, json.dumps(record))
+    name = re.escape(path.name)
+    with pytest.raises(CheckpointError, match=rf"{name}: {match}"):
+        resume_from(path)
+
+
+ORBAX_VALUES = st.one_of(
+    JSON_VALUES,
+    st.integers(-(2**70), 2**70),
+    st.lists(st.integers(-(2**40), 2**40), max_size=4),
+    st.lists(st.sampled_from([0, 1, 2**32 - 1, 2**32, -1, 2**64, 1.0, True, None, "1", [0]]), max_size=4),
+    st.sampled_from([10**400, float("inf"), float("nan"), -0.0, "x" * 1000, [0] * 262_144, [0] * 262_145]),
+)
+
+
+@relaxed
+@given(data=st.data(), field=st.sampled_from(["step", "key", "meta", None]))
+def test_mutated_orbax_records_give_the_saved_run_or_a_checkpoint_error(orbaxed, tmp_path, data, field):
+    """Every field replaced by hostile JSON (wrong types, out-of-range and huge integers, huge lists, nested junk,
+    nesting beyond the parser) and the record mutated as the .npz headers above: load gives exactly what the record
+    says, or a CheckpointError naming the file; a resume gives the saved run or a jreg error naming it. Quickly."""
+    doc = copy.deepcopy(orbaxed["record"])
+    if field is not None:
+        doc[field] = copy.deepcopy(data.draw(ORBAX_VALUES, label=field))
+    deep = None
+    if field is None or data.draw(st.booleans(), label="and mutated"):
+        doc, deep = mutate(data, doc)
+    path = orbax_copy(orbaxed, tmp_path, dump(doc, deep))
+    started = time.perf_counter()
+    try:
+        loaded = orbaxed["dc"].load(path, params=PARAMS, opt_state=orbaxed["opt_state"])
+        event("loaded")
+    except jreg.JregError as e:
+        assert isinstance(e, CheckpointError) and str(path) in str(e), str(e)
+        loaded = None
+        event("refused on load")
+    if loaded is not None:  # then the record is well-formed, and load returned exactly what it says
+        record = json.loads((path / "meta" / "metadata").read_text())
+        step, key = record["step"], record["key"]
+        assert loaded.step == step and (step is None or (type(step) is int and step >= 0))
+        if key is None:
+            assert loaded.key is None
+        else:
+            assert 1 <= len(key) <= orbaxed["dc"].KEY_MAX_WORDS and all(type(k) is int and 0 <= k < 2**32 for k in key)
+            assert loaded.key.dtype == np.uint32 and loaded.key.tolist() == key
+        assert json_equal(loaded.meta, record["meta"])
+        assert same(loaded.params, orbaxed["loaded"].params) and same(loaded.opt_state, orbaxed["loaded"].opt_state)
+    try:
+        resumed = resume_from(path)
+        event("resumed")
+    except jreg.JregError as e:
+        assert str(path) in str(e), str(e)
+    else:
+        assert loaded is not None and resumed.epoch == (loaded.step or 0) <= 4
+        assert same(resumed.state.params, orbaxed["loaded"].params) and 0 <= int(resumed.state.step) < 2**31
+        resume_fields_are_checked(resumed.meta, path, resumed.epoch)
+    assert time.perf_counter() - started < 30

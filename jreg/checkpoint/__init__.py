@@ -2,7 +2,8 @@
 
 One module per concern (each imports only those above it)::
 
-    common     the format's name, CheckpointError, Checkpoint (what load returns), the header's limits
+    common     the format's name, CheckpointError, Checkpoint (what load returns), the header's limits, and the
+               field checks every format shares (Fields, read_json: the .npz header, meta, network2, orbax's record)
     tree       a pytree as plain JSON and back
     header     the checks on a file's JSON header, field by field
     archive    the zip read as foreign bytes: members only when named, sizes checked first

@@ -3,7 +3,6 @@ before anything is allocated, each ``.npy`` header checked against the JSON head
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import MAX_HEADER_BYTES, CheckpointError, _regular_file
+from .common import MAX_HEADER_BYTES, CheckpointError, _regular_file, parse_json
 from .header import _Header
 
 # --------------------------------------------------------------------------- reading: foreign bytes, checked first
@@ -148,12 +147,7 @@ class _Archive:
         blob = self.read("__header__.npy", "the jreg header", None, None, MAX_HEADER_BYTES)
         if blob.dtype != np.uint8 or blob.ndim != 1:
             raise CheckpointError(f"{self.path}: not a jreg checkpoint (its header is not a byte array)")
-        try:
-            parsed = json.loads(blob.tobytes().decode())
-        except RecursionError as exc:
-            raise CheckpointError(f"{self.path}: corrupted checkpoint header (nested too deeply)") from exc
-        except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError, or an integer of too many digits
-            raise CheckpointError(f"{self.path}: corrupted checkpoint header ({exc})") from exc
+        parsed = parse_json(blob.tobytes(), f"{self.path}: corrupted checkpoint header")
         return _Header(self.path).check(parsed)
 
 

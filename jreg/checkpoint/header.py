@@ -1,5 +1,5 @@
 """The checks on a checkpoint's JSON header: every field, tree description, leaf shape and dtype, and the key,
-each complaint naming the file and the field."""
+each complaint naming the file, the field and the value (the shared :class:`~jreg.checkpoint.common.Fields`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .common import FORMAT, FORMAT_VERSION, MAX_DIMS, MAX_TREE_DEPTH, CheckpointError, _is_int, _short
+from .common import FORMAT, FORMAT_VERSION, MAX_TREE_DEPTH, CheckpointError, Fields, _is_int
 
 _DTYPE_NAME = re.compile(r"[A-Za-z0-9_<>=|]{1,40}")
 
@@ -39,21 +39,17 @@ def _stored_dtype(dtype: np.dtype) -> np.dtype:
 
 
 class _Header:
-    """Checks a parsed JSON header; every complaint names the file and the field."""
+    """Checks a parsed JSON header; every complaint names the file, the field and the value."""
 
     def __init__(self, path: Path):
         self.path = path
-
-    def fail(self, field: str, what: str, value: Any = None) -> CheckpointError:
-        got = "" if value is None else f", got {_short(value)}"
-        return CheckpointError(f"{self.path}: not a valid jreg checkpoint header: '{field}' {what}{got}")
+        self.fields = Fields(path, "not a valid jreg checkpoint header: ")
+        self.fail = self.fields.fail
 
     def check(self, header: Any) -> dict[str, Any]:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise CheckpointError(f"{self.path}: not a jreg checkpoint (its header's format is not {FORMAT!r})")
-        version = header.get("format_version")
-        if not _is_int(version) or version < 1:
-            raise self.fail("format_version", "must be a positive integer", version)
+        version = self.fields.integer(header.get("format_version"), "format_version", low=1)
         if version > FORMAT_VERSION:
             raise CheckpointError(
                 f"{self.path}: checkpoint format {version} is newer than this jreg reads ({FORMAT_VERSION})"
@@ -61,11 +57,9 @@ class _Header:
         for field in ("params", "opt_state", "step", "key", "meta"):
             if field not in header:
                 raise self.fail(field, "is missing")
-        if "jreg_version" in header and not isinstance(header["jreg_version"], str):
-            raise self.fail("jreg_version", "must be a string", header["jreg_version"])
-        step = header["step"]
-        if step is not None and (not _is_int(step) or step < 0):
-            raise self.fail("step", "must be a non-negative integer or null", step)
+        if "jreg_version" in header:
+            self.fields.string(header["jreg_version"], "jreg_version")
+        self.fields.integer(header["step"], "step", low=0, null=True)
         self.section(header["params"], "params", required=True)
         for name in ("opt_state", "model_state"):  # model_state: absent in files written before it existed
             self.section(header.get(name), name, required=False)
@@ -74,20 +68,16 @@ class _Header:
         return header
 
     def section(self, info: Any, name: str, required: bool) -> None:
-        if info is None and not required:
+        if self.fields.obj(info, name, ("tree", "leaves"), null=not required) is None:
             return
-        if not isinstance(info, dict) or "tree" not in info or "leaves" not in info:
-            raise self.fail(name, "must be an object with 'tree' and 'leaves'", info)
         entries = info["leaves"]
         if not isinstance(entries, list):
             raise self.fail(f"{name}.leaves", "must be a list", entries)
         for i, entry in enumerate(entries):
             where = f"{name}.leaves[{i}]"
-            if not isinstance(entry, dict) or not {"path", "shape", "dtype"} <= set(entry):
-                raise self.fail(where, "must be an object with 'path', 'shape' and 'dtype'", entry)
-            if not isinstance(entry["path"], str):
-                raise self.fail(f"{where}.path", "must be a string", entry["path"])
-            self.shape(entry["shape"], f"{where}.shape")
+            self.fields.obj(entry, where, ("path", "shape", "dtype"))
+            self.fields.string(entry["path"], f"{where}.path")
+            self.fields.shape(entry["shape"], f"{where}.shape")
             if _leaf_dtype(entry["dtype"]) is None:
                 raise self.fail(f"{where}.dtype", "must name a numeric dtype", entry["dtype"])
         if info["tree"] is not None:  # None: custom pytree nodes, restorable only into a template
@@ -95,10 +85,6 @@ class _Header:
             self.tree(info["tree"], used, f"{name}.tree", 0)
             if not all(used):
                 raise self.fail(f"{name}.tree", f"names {sum(used)} of the {len(entries)} leaves listed")
-
-    def shape(self, shape: Any, field: str) -> None:
-        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_is_int(n) and n >= 0 for n in shape):
-            raise self.fail(field, f"must be a list of at most {MAX_DIMS} non-negative integers", shape)
 
     def tree(self, node: Any, used: list[bool], field: str, depth: int) -> None:
         """A tree description: each node one kind, each leaf index an int in range, used exactly once."""
@@ -144,7 +130,7 @@ class _Header:
         elif impl is not None:
             raise self.fail("key.impl", "must be null for a raw (untyped) key", impl)
         if "shape" in key or "dtype" in key:  # recorded since issue 12; older files leave them out
-            self.shape(key.get("shape"), "key.shape")
+            self.fields.shape(key.get("shape"), "key.shape")
             dtype = _leaf_dtype(key.get("dtype"))
             if dtype is None or dtype.kind == "V":
                 raise self.fail("key.dtype", "must name an integer or float dtype", key.get("dtype"))

@@ -15,7 +15,7 @@ import numpy as np
 from .. import io
 from .._checks import check_path
 from .._errors import JregError, JregTypeError
-from .common import CheckpointError, _is_int, _regular_file, _short
+from .common import Fields, read_json
 
 
 def save_network2(path: str | os.PathLike[str], params: Any, cost: str = "CrossEntropyCost") -> Path:
@@ -70,20 +70,20 @@ def _only_numbers(value: Any, depth: int) -> bool:
     return type(value) is list and depth > 0 and all(_only_numbers(v, depth - 1) for v in value)
 
 
-def _network2_array(value: Any, shapes: Sequence[tuple[int, ...]], what: str, path: Path, rule: str) -> np.ndarray:
+def _network2_array(value: Any, shapes: Sequence[tuple[int, ...]], field: str, fields: Fields, rule: str) -> np.ndarray:
     """``value`` as a float64 array of the first of ``shapes`` it has; finite numbers only."""
     for shape in shapes:
         if _numbers(value, shape):
             try:
                 arr = np.asarray(value, dtype=np.float64).reshape(shape)
-            except OverflowError as exc:  # an integer beyond float64's range
-                raise CheckpointError(f"{path}: {rule}; its {what} are not all finite numbers ({exc})") from exc
+            except OverflowError:  # an integer beyond float64's range
+                raise fields.fail(field, f"{rule} (a number beyond float64's range)", value) from None
             if not np.all(np.isfinite(arr)):
-                raise CheckpointError(f"{path}: {rule}; its {what} are not all finite numbers (NaN or infinity)")
+                raise fields.fail(field, f"{rule} (not all finite: NaN or infinity)", value)
             return arr
     if not _only_numbers(value, 2):
-        raise CheckpointError(f"{path}: {rule}; its {what} are not numeric, got {_short(value)}")
-    raise CheckpointError(f"{path}: {rule}; its {what} do not have that shape")
+        raise fields.fail(field, f"{rule} (not numeric)", value)
+    raise fields.fail(field, f"{rule} (not of that shape)", value)
 
 
 def _float_dtype(dtype: Any, name: str) -> np.dtype:
@@ -107,45 +107,26 @@ def load_network2(path: str | os.PathLike[str], dtype: Any = jnp.float32) -> tup
     """
     path = check_path(path, "path")
     dtype = _float_dtype(dtype, "dtype")
-    info = _regular_file(path, "network2 JSON model", "no such file")
-    if info.st_size > NETWORK2_MAX_BYTES:
-        raise CheckpointError(
-            f"{path}: {info.st_size} bytes, more than the {NETWORK2_MAX_BYTES} a network2 JSON model may take "
-            "(jreg.checkpoint.NETWORK2_MAX_BYTES)"
-        )
-    try:
-        with open(path, "rb") as f:
-            blob = f.read(NETWORK2_MAX_BYTES + 1)  # the file may have grown since
-        if len(blob) > NETWORK2_MAX_BYTES:
-            raise CheckpointError(f"{path}: more than the {NETWORK2_MAX_BYTES} bytes a network2 JSON model may take")
-        data = json.loads(blob.decode())
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
-    except RecursionError as exc:
-        raise CheckpointError(f"{path}: not a network2 JSON model (nested too deeply)") from exc
-    except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError, or an integer of too many digits
-        raise CheckpointError(f"{path}: not a network2 JSON model ({exc})") from exc
-    if not isinstance(data, dict) or not {"sizes", "weights", "biases"} <= set(data):
-        raise CheckpointError(f"{path}: not a network2 JSON model (needs 'sizes', 'weights' and 'biases')")
-    sizes, weights, biases = data["sizes"], data["weights"], data["biases"]
-    if not isinstance(sizes, list) or len(sizes) < 2 or not all(_is_int(n) and n >= 1 for n in sizes):
-        raise CheckpointError(f"{path}: 'sizes' must be a list of at least two positive integers, got {_short(sizes)}")
-    for name, value in (("weights", weights), ("biases", biases)):
-        if not isinstance(value, list) or len(value) != len(sizes) - 1:
-            got = f"{len(value)} {name}" if isinstance(value, list) else f"{name} {_short(value)}"
-            raise CheckpointError(
-                f"{path}: 'sizes' {_short(sizes)} does not match {got}: it makes {len(sizes) - 1} layers, so "
-                f"{name!r} must list {len(sizes) - 1} matrices"
+    data = read_json(
+        path, "network2 JSON model", NETWORK2_MAX_BYTES, "jreg.checkpoint.NETWORK2_MAX_BYTES", "no such file"
+    )
+    fields = Fields(path, "not a valid network2 JSON model: ")
+    fields.obj(data, "", ("sizes", "weights", "biases"))
+    sizes = fields.integers(data["sizes"], "sizes", low=1, min_len=2)
+    layers = len(sizes) - 1
+    for name in ("weights", "biases"):
+        if not isinstance(data[name], list) or len(data[name]) != layers:
+            raise fields.fail(
+                name, f"must be a list of {layers} matrices, one per layer of 'sizes' {sizes}", data[name]
             )
-    cost = data.get("cost", "CrossEntropyCost")
-    if not isinstance(cost, str):
-        raise CheckpointError(f"{path}: 'cost' must be the cost's name (a string), got {_short(cost)}")
+    cost = fields.string(data.get("cost", "CrossEntropyCost"), "cost", rule="the cost's name (a string)")
     params = []
-    for layer, (w, b) in enumerate(zip(weights, biases)):
+    for layer, (w, b) in enumerate(zip(data["weights"], data["biases"])):
         n_in, n_out = sizes[layer], sizes[layer + 1]
-        rule = f"layer {layer} must have weights {(n_out, n_in)} (n_out, n_in) and {n_out} biases ({n_out}, 1)"
-        w = _network2_array(w, [(n_out, n_in)], "weights", path, rule)
-        b = _network2_array(b, [(n_out, 1), (n_out,), (1, n_out)], "biases", path, rule)
+        w_rule = f"must be layer {layer}'s {(n_out, n_in)} (n_out, n_in) weights: nested lists of finite numbers"
+        b_rule = f"must be layer {layer}'s {n_out} biases, {(n_out, 1)} nested lists (or flat) of finite numbers"
+        w = _network2_array(w, [(n_out, n_in)], f"weights[{layer}]", fields, w_rule)
+        b = _network2_array(b, [(n_out, 1), (n_out,), (1, n_out)], f"biases[{layer}]", fields, b_rule)
         params.append({"w": jnp.asarray(w.T, dtype), "b": jnp.asarray(b.reshape(-1), dtype)})
     return params, cost
 

@@ -45,9 +45,52 @@ from .config import Checkpointing
 from .history import History
 from .state import TrainState
 
-_NUMBERED = re.compile(r"ckpt-([0-9]+)\.(?:npz|orbax)")
-_RUN_ID = re.compile(r"[0-9a-f]{32}")
+_RUN_ID = re.compile(ckpt.meta.RUN_ID)
 BEST = "best.npz"
+
+# --------------------------------------------------------------------------- the folder rules, for both formats
+#
+# A run's checkpoints are the entries of its folder named ``ckpt-<epoch>.npz`` (a file, :func:`jreg.save`'s format)
+# or ``ckpt-<epoch>.orbax`` (a folder, orbax's: arrays that span processes), and ``best.npz``. Whatever the format,
+# every question "is this a checkpoint, is it a folder of them, which folder is it in" is answered here, once.
+
+_NUMBERED = re.compile(r"ckpt-([0-9]+)\.(?:npz|orbax)")
+_SUFFIXES = (".npz", dc.SUFFIX)
+
+
+def _is_orbax(path: Path) -> bool:
+    """Whether ``path`` names an orbax checkpoint (a folder) rather than a ``.npz`` file: by its name, ``*.orbax``."""
+    return path.suffix == dc.SUFFIX
+
+
+def checkpoint_name(epoch: int, orbax: bool = False) -> str:
+    """The name of the run's checkpoint of ``epoch``: ``ckpt-000003.npz``, or ``ckpt-000003.orbax``."""
+    return f"ckpt-{epoch:06d}{dc.SUFFIX if orbax else '.npz'}"
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint of the kind its name says: an ``.orbax`` folder, or else a regular file;
+    never a link (a run deletes and overwrites only such entries, and only its own)."""
+    return not path.is_symlink() and (path.is_dir() if _is_orbax(path) else path.is_file())
+
+
+def is_folder_of_checkpoints(path: Path) -> bool:
+    """Whether ``resume=path`` names a folder of checkpoints (the newest valid one is taken), not one checkpoint:
+    a folder whose name is not an orbax checkpoint's (which is a folder too, but one checkpoint)."""
+    return path.is_dir() and not _is_orbax(path)
+
+
+def folder_of(resume: Path) -> Path:
+    """The folder a ``resume`` path continues a run in: the path itself when it is a folder of checkpoints, else
+    the folder holding the checkpoint it names (a ``.npz`` file or an orbax checkpoint's folder alike)."""
+    return resume if is_folder_of_checkpoints(resume) else resume.parent
+
+
+def held(folder: Path) -> list[str]:
+    """The names that make ``folder`` a run's: ``ckpt-*.npz``, ``ckpt-*.orbax`` and ``best.npz`` (links too, even
+    dangling ones), by epoch; other files do not count. Raises OSError when the folder cannot be listed."""
+    names = sorted((p.name for p in folder.glob("ckpt-*") if p.suffix in _SUFFIXES), key=_sort_key)
+    return names + ([BEST] if (folder / BEST).exists() or (folder / BEST).is_symlink() else [])
 
 
 def new_run() -> str:
@@ -56,7 +99,7 @@ def new_run() -> str:
 
 
 def numbered(folder: Path) -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of every ``ckpt-<epoch>.npz`` entry in ``folder``, oldest first by the epoch number."""
+    """``(epoch, path)`` of every ``ckpt-<epoch>.npz`` or ``.orbax`` entry in ``folder``, oldest first by epoch."""
     found = []
     for path in folder.glob("ckpt-*"):
         match = _NUMBERED.fullmatch(path.name)
@@ -66,10 +109,9 @@ def numbered(folder: Path) -> list[tuple[int, Path]]:
 
 
 def _same_folder(resume: Path, folder: Path) -> bool:
-    """Whether ``resume`` is ``folder`` or a file inside it."""
-    where = resume if resume.is_dir() else resume.parent
+    """Whether ``resume`` is ``folder`` or a checkpoint in it (a file, or an orbax checkpoint's folder)."""
     try:
-        return os.path.samefile(where, folder)
+        return os.path.samefile(folder_of(resume), folder)
     except OSError:
         return False
 
@@ -81,7 +123,8 @@ def _listing(names: list[str]) -> str:
 
 
 def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkpoint") -> None:
-    """Refuse a checkpoint folder that already holds checkpoints, unless this run resumes from that folder.
+    """Refuse a checkpoint folder that already holds checkpoints (:func:`held`), unless this run resumes from that
+    folder or a checkpoint in it (:func:`folder_of`: a ``.npz`` file or an orbax checkpoint's folder alike).
 
     Nothing is read, written or deleted; other files in the folder do not count.
     """
@@ -89,14 +132,13 @@ def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkp
     if not folder.is_dir():
         return
     try:
-        held = sorted((p.name for p in [*folder.glob("ckpt-*.npz"), *folder.glob("ckpt-*.orbax")]), key=_sort_key)
+        names = held(folder)
     except OSError as exc:
         raise JregError(f"{argument}: cannot read the folder {folder} ({exc.strerror or exc})") from exc
-    held += [BEST] if (folder / BEST).exists() or (folder / BEST).is_symlink() else []  # a dangling link too
-    if not held or (isinstance(resume, (str, os.PathLike)) and _same_folder(Path(resume), folder)):
+    if not names or (isinstance(resume, (str, os.PathLike)) and _same_folder(Path(resume), folder)):
         return
     raise JregError(
-        f"{argument}: the folder {folder} already holds checkpoints ({_listing(held)}); a run never writes into "
+        f"{argument}: the folder {folder} already holds checkpoints ({_listing(names)}); a run never writes into "
         f"another run's folder. Pass resume={str(folder)!r} to continue that run there, or checkpoint into a new "
         "or empty folder"
     )
@@ -167,7 +209,7 @@ class Writer:
 
     def ours(self, path: Path) -> bool:
         """Whether ``path`` is a regular file (an orbax checkpoint's folder) of this run."""
-        if path.is_symlink() or not (path.is_dir() if _is_orbax(path) else path.is_file()):
+        if not is_checkpoint(path):
             return False
         signature = _signature(path)
         if path.name in self.written and signature is not None and self.written[path.name] == signature:
@@ -193,14 +235,14 @@ class Writer:
         for e, path in present:  # a file this run would write (its exact name, at an epoch it saves) is not its own
             if (
                 e <= epochs
-                and path.name in (f"ckpt-{e:06d}.npz", f"ckpt-{e:06d}.orbax")
+                and path.name in (checkpoint_name(e), checkpoint_name(e, orbax=True))
                 and self.config.due(e - 1, epochs)
             ):
                 raise self._foreign(path)
 
     def _foreign(self, path: Path) -> JregError:
-        if path.is_symlink() or not (path.is_dir() if _is_orbax(path) else path.is_file()):
-            why = "is not a plain file"
+        if not is_checkpoint(path):
+            why = "is not a plain file" if not _is_orbax(path) else "is not a plain folder"
         elif _damage(path) is not None:
             why = "cannot be read"
         else:
@@ -258,7 +300,7 @@ class Writer:
         travel beside the optimizer state; see :mod:`jreg.train.sweep_checkpoint`)."""
         arrays, meta = payload(state, key, history, batch_size, stopping_state, streamed, self.run, sweep)
         self.clean_temps()
-        path = self.folder / f"ckpt-{epoch:06d}{dc.SUFFIX if dc.needed(arrays) else '.npz'}"
+        path = self.folder / checkpoint_name(epoch, orbax=dc.needed(arrays))
         self._publish(path, lambda: save_state(path, *arrays, step=epoch, key=key, meta=meta))
         mine = [p for e, p in numbered(self.folder) if e <= epoch and self.ours(p)]  # the file just written is last
         for old in mine[: -self.config.keep]:
@@ -331,10 +373,6 @@ class Snapshot(NamedTuple):
         """The snapshot as :func:`jreg.load` would return its file (fresh buffers: a resumed run may donate them)."""
         params, opt_state, model_state = jax.tree.map(jnp.array, self.arrays)
         return ckpt.Checkpoint(params, opt_state, self.epoch, self.key, self.meta, model_state)
-
-
-def _is_orbax(path: Path) -> bool:
-    return path.suffix == dc.SUFFIX
 
 
 def save_state(path: Path, params: Params, opt_state: Any, model_state: ModelState, **fields: Any) -> None:

@@ -8,7 +8,12 @@ into a temporary folder and renames it when complete, so a checkpoint folder is 
 holds two items: ``state`` (params, optimizer state, model state; orbax's ``StandardSave``) and ``meta``
 (a JSON object, orbax's ``JsonSave``): ``{"step": epoch, "key": [bits], "meta": {...}}``, the same
 ``meta`` as a ``.npz`` checkpoint's (run id, history, batch size, global step...). The folder rules of
-:mod:`jreg.train.checkpoint_folder` apply unchanged: run ids, only the run's own checkpoints pruned.
+:mod:`jreg.train.checkpoint_folder` apply unchanged: run ids, only the run's own checkpoints pruned, a resume into
+the run's folder by the folder or by one of its checkpoints.
+
+The record is foreign bytes until checked, as a ``.npz`` header is: :func:`check` reads it without orbax (a regular
+file, its size capped, JSON) and checks every field (:func:`check_record`) with the checks every checkpoint format
+shares (:class:`jreg.checkpoint.common.Fields`) before any is used or orbax restores an array.
 
 A resume restores the arrays onto the current run's layout (the template's shardings: one device, or
 whatever the run was placed on), whatever the saving run's mesh and number of processes was. Runs whose
@@ -26,7 +31,6 @@ interrupted before its record was written) is left alone and named once in a :cl
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -39,6 +43,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from .._errors import JregError, JregWarning
+from ..checkpoint.common import Fields, read_json
 
 SUFFIX = ".orbax"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's (atomicity_types.TMP_DIR_SUFFIX), stable since orbax 0.1
@@ -145,23 +150,61 @@ def _stale_of(path: Path, run: str, before: float) -> bool:
     return not path.is_symlink() and path.is_dir() and changed < before and temporary_run(path) == run
 
 
+#: The most uint32 words of key data a run record may hold (the ``.npz`` format's ``KEY_MAX_BYTES``).
+KEY_MAX_WORDS = ckpt.KEY_MAX_BYTES // 4
+
+
+def check_record(record: Any, where: Path) -> dict[str, Any]:
+    """A run record read from the file ``where``, every field checked (:class:`jreg.checkpoint.common.Fields`, the
+    checks every checkpoint format shares) before any is used; returns it.
+
+    An object with ``step`` (null or a non-negative integer, as a ``.npz`` header's), ``key`` (null or the key's
+    data: a list of 1 to :data:`KEY_MAX_WORDS` integers in ``[0, 2**32)``, uint32 words) and ``meta`` (any JSON, as a
+    ``.npz`` header's: the user's, and the run state :func:`jreg.checkpoint.check_run_meta` checks where a resume
+    reads it); other fields are ignored. Raises :class:`jreg.CheckpointError` naming the file, the field and the value.
+    """
+    fields = Fields(where, "not a readable orbax checkpoint: its run record ")
+    fields.obj(record, "", ("step", "key", "meta"))
+    fields.integer(record["step"], "step", low=0, null=True)
+    fields.integers(record["key"], "key", low=0, high=2**32, min_len=1, max_len=KEY_MAX_WORDS, null=True)
+    return record
+
+
+def record(path: Path, item: str = "meta") -> dict[str, Any]:
+    """The run record of the folder ``path`` (step, key bits, meta), read without orbax as foreign bytes and checked:
+    a regular file of at most :data:`jreg.checkpoint.MAX_HEADER_BYTES` (as a ``.npz`` header), JSON, each field
+    as :func:`check_record` says. Raises :class:`jreg.CheckpointError` naming the record's file."""
+    where = Path(path) / item / "metadata"
+    missing = "not a readable orbax checkpoint (its run record, meta/metadata, is missing)"
+    found = read_json(where, "orbax run record", ckpt.MAX_HEADER_BYTES, "jreg.checkpoint.MAX_HEADER_BYTES", missing)
+    return check_record(found, where)
+
+
 def read_record(path: Path, item: str = "meta") -> dict[str, Any] | None:
-    """The JSON record of the folder ``path`` (step, key bits, meta), read without orbax; None if unreadable."""
+    """:func:`record`, or None when the record is missing or unreadable (for a question that needs no answer)."""
     try:
-        record = json.loads((Path(path) / item / "metadata").read_text())
-    except (OSError, ValueError):
+        return record(path, item)
+    except ckpt.CheckpointError:
         return None
-    return record if isinstance(record, dict) and {"step", "key", "meta"} <= set(record) else None
+
+
+def check(path: Path) -> dict[str, Any]:
+    """The run record of the orbax checkpoint folder ``path``, checked, once the folder looks whole (a folder, a valid
+    record, its arrays' folder ``state/``); else a :class:`jreg.CheckpointError` naming the folder or the record."""
+    if not Path(path).is_dir():
+        raise ckpt.CheckpointError(f"{path}: not a readable orbax checkpoint (not a folder)")
+    found = record(path)
+    if not (Path(path) / "state").is_dir():
+        raise ckpt.CheckpointError(f"{path}: not a readable orbax checkpoint (its arrays, state/, are missing)")
+    return found
 
 
 def damage(path: Path) -> str | None:
-    """Why the folder ``path`` cannot be a checkpoint (not a folder, no readable record); None when it looks whole."""
-    if not Path(path).is_dir():
-        return "not a folder"
-    if read_record(path) is None:
-        return "its record (meta/metadata) is missing or not JSON"
-    if not (Path(path) / "state").is_dir():
-        return "its arrays (state/) are missing"
+    """Why the folder ``path`` cannot be a checkpoint (:func:`check`'s message); None when it looks whole."""
+    try:
+        check(path)
+    except ckpt.CheckpointError as exc:
+        return str(exc)
     return None
 
 
@@ -181,22 +224,19 @@ def _abstract(tree: Any) -> Any:
 def load(path: Path, *, params: Any, opt_state: Any = None, model_state: Any = None) -> ckpt.Checkpoint:
     """The checkpoint in the folder ``path``, its arrays laid out as the templates' (every process calls this).
 
-    Raises :class:`jreg.CheckpointError` naming the folder when it cannot be read or does not fit the templates.
+    Raises :class:`jreg.CheckpointError` naming the folder (or its run record, and the field) when it cannot be read
+    (:func:`check`) or does not fit the templates.
     """
-    why = damage(path)
-    if why is not None:
-        raise ckpt.CheckpointError(f"{path}: not a readable orbax checkpoint ({why})")
-    record = read_record(path)
+    found = check(path)
     ocp = _orbax()
     target = {"params": params, "opt_state": opt_state, "model_state": model_state}
     try:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target)))
         state = _checkpointer(ocp).restore(Path(path).absolute(), args=args)["state"]
-    except Exception as exc:  # noqa: BLE001 - orbax's own errors (missing keys, shapes) become one clear error
+    except Exception as exc:  # noqa: BLE001 - orbax's own errors (missing keys, shapes, damage) become one clear error
         raise ckpt.CheckpointError(
-            f"{path}: its arrays do not fit this run's params / optimizer / model state ({type(exc).__name__}: "
-            f"{str(exc)[:500]})"
+            f"{path}: its arrays (state/) cannot be read, or do not fit this run's params / optimizer / model state "
+            f"({type(exc).__name__}: {str(exc)[:500]})"
         ) from exc
-    key = None if record["key"] is None else np.asarray(record["key"], np.uint32)
-    step = record["step"]
-    return ckpt.Checkpoint(state["params"], state["opt_state"], step, key, record["meta"], state["model_state"])
+    key = None if found["key"] is None else np.asarray(found["key"], np.uint32)  # checked: uint32 words
+    return ckpt.Checkpoint(state["params"], state["opt_state"], found["step"], key, found["meta"], state["model_state"])

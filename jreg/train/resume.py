@@ -26,7 +26,7 @@ from .checkpoint_folder import (
     Snapshot,
     _damage,
     _header_meta,
-    _is_orbax,
+    is_folder_of_checkpoints,
     load_state,
     new_run,
     numbered,
@@ -109,6 +109,8 @@ def _load(path: Path, template: TrainState, sweep: Any = None) -> ckpt.Checkpoin
     the header's ``meta["sweep"]`` first (it raises :class:`JregError` for a checkpoint of another sweep); the
     section then holds ``(that, arrays)``. A sweep's checkpoint is refused to fit and fit's to a sweep."""
     meta = _header_meta(path)
+    if meta is not None:  # what decides the template (ema, sweep) is checked before it is used
+        ckpt.check_run_meta(meta, path)
     opt_state = template.opt_state
     if _saved_ema(meta) is not None:
         opt_state = (template.opt_state, template.params)
@@ -233,9 +235,9 @@ def resume(
     check_resume(resume)
     if isinstance(resume, Snapshot):  # a Result's run, in memory: read as its last checkpoint would be
         path, loaded = IN_MEMORY, _from_snapshot(resume, sweep)
-    elif (path := Path(resume)).is_dir() and not _is_orbax(path):  # a folder of checkpoints, not one orbax one
+    elif is_folder_of_checkpoints(path := Path(resume)):  # a folder of checkpoints, not one orbax checkpoint
         path, loaded = _newest_valid(path, template, sweep)
-    else:  # a file named explicitly: exactly that one, no fallback
+    else:  # a checkpoint named explicitly (a file, or an orbax folder): exactly that one, no fallback
         loaded = _load(path, template, sweep)
     if loaded.key is None or not np.array_equal(key_bits(loaded.key), key_bits(key)):
         raise JregError(f"resume: key differs from the one {path} was trained with; pass the run's key to continue it")
