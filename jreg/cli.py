@@ -246,11 +246,23 @@ def weight_norm(params: Any) -> float:
 def demo(args: argparse.Namespace) -> dict[str, Any]:
     """Train the book's network once per λ (one compiled sweep), print a table, write JSON and a PNG."""
     started = time.perf_counter()
+    result, lmbdas, n = _train(args)
+    elapsed = time.perf_counter() - started
+    trained, history = result.params, result.history
+
+    runs = [_run_summary(lm, history, i, trained) for i, lm in enumerate(lmbdas)]
+    results = _results(args, n, runs, elapsed)
+    wrote = _write(args, n, results)
+    _print_table(args, n, runs, elapsed, wrote)
+    return results
+
+
+def _train(args: argparse.Namespace) -> tuple[Any, list[float], int]:
+    """``(result, lmbdas, n)``: the sweep over λ on the embedded subset's ``n`` training images."""
     import jax
     import optax
 
     import jreg
-    from jreg import plotting
 
     (x, y), test = jreg.data.load_mnist_small()
     n = x.shape[0]
@@ -276,11 +288,12 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         callback=progress,
     )
     done()
-    elapsed = time.perf_counter() - started
-    trained, history = result.params, result.history
+    return result, lmbdas, n
 
-    runs = [_run_summary(lm, history, i, trained) for i, lm in enumerate(lmbdas)]
-    results = {
+
+def _results(args: argparse.Namespace, n: int, runs: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+    """results.json's content."""
+    return {
         "experiment": f"Nielsen ch. 3: [784, {args.hidden}, 10] sigmoid, cross-entropy, "
         f"on the first {n} MNIST training images",
         "config": {
@@ -297,6 +310,13 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "seconds": round(elapsed, 2),
     }
+
+
+def _write(args: argparse.Namespace, n: int, results: dict[str, Any]) -> list[Path]:
+    """Publish results.json and (when a run trained) overfitting.png into ``--out``; the paths written."""
+    from jreg import plotting
+
+    runs = results["runs"]
     out, overwrite = args.out, getattr(args, "overwrite", False)
     text = json.dumps(results, indent=2, default=_json_value, allow_nan=True) + "\n"
     wrote = [publish(out / "results.json", text.encode(), overwrite)]
@@ -313,7 +333,11 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"jreg demo: {out / name} appeared during the run and was kept; wrote {path} instead", file=sys.stderr
             )
+    return wrote
 
+
+def _print_table(args: argparse.Namespace, n: int, runs: list[dict[str, Any]], elapsed: float, wrote: list) -> None:
+    """The table on stdout: per λ the final and best test accuracy, the final training cost, the weight norm."""
     print(
         f"\n[784, {args.hidden}, 10], η={args.eta}, mini-batch {args.batch_size}, {args.epochs} epochs, "
         f"n={n} training images, test on 10,000"
@@ -331,7 +355,6 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
             f"{r['final_training_cost']:>17.4f} {r['weight_norm']:>12.2f}"
         )
     print(f"\ntrained in {elapsed:.1f} s; wrote {' and '.join(map(str, wrote))}")
-    return results
 
 
 def _run_summary(lmbda: float, history: Any, i: int, trained: Any) -> dict[str, Any]:

@@ -44,8 +44,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_key, check_positive_int
-from ._errors import JregError, JregTypeError
+from ._checks import check_positive_int
+from ._errors import JregError
+
+# mini-batches and expansion live in jreg.batching; every name stays importable from here, as documented
+from .batching import Batches as Batches
+from .batching import _pair as _pair
+from .batching import _shift as _shift
+from .batching import batch_indices as batch_indices
+from .batching import batches as batches
+from .batching import expand as expand
+from .batching import one_hot as one_hot
 from .io import _file_mode, interactive
 
 #: The four standard MNIST files and the SHA-256 of their decompressed bytes.
@@ -285,37 +294,14 @@ def download(
     for base in mirrors:
         url = base.rstrip("/") + f"/{name}.gz"
         for attempt in range(retries):
-            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
-            os.close(fd)
-            tmp = Path(tmp_name)
-            os.chmod(tmp, _file_mode(target))
-            try:
-                _fetch(url, tmp, timeout, progress)
-                read_idx(tmp, sha256)  # verify before anything is cached
-                os.replace(tmp, target)
+            failed = _attempt(url, name, folder, target, sha256, timeout, progress)
+            if failed is None:
                 return target
-            except MNISTError as exc:
-                offline = False
-                failures.append(f"{url}: {exc}".replace(f"{tmp}: ", ""))
-            except urllib.error.HTTPError as exc:
-                offline = False
-                failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
-                if exc.code < 500:
-                    break  # a 404 will not change on retry; a 5xx may
-            except http.client.HTTPException as exc:
-                offline = False
-                failures.append(f"{url}: transfer cut short ({exc!r})")
-            except (TimeoutError, urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                unreachable = (errno.ENETUNREACH, errno.EHOSTUNREACH)
-                if not (
-                    isinstance(reason, (socket.gaierror, ConnectionRefusedError))
-                    or getattr(reason, "errno", None) in unreachable
-                ):
-                    offline = False
-                failures.append(f"{url}: {reason}")
-            finally:
-                tmp.unlink(missing_ok=True)
+            failure, reached, final = failed
+            failures.append(failure)
+            offline = offline and not reached
+            if final:
+                break  # a 404 will not change on retry; a 5xx may
             if attempt + 1 < retries:
                 time.sleep(0.5 * (attempt + 1))
     lead = "no network: could not reach any MNIST mirror" if offline else f"could not download {name}.gz"
@@ -324,6 +310,36 @@ def download(
         "MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
         "t10k-labels-idx1-ubyte.gz), or use the embedded subset: jreg.data.load_mnist_small()."
     )
+
+
+def _attempt(
+    url: str, name: str, folder: Path, target: Path, sha256: str, timeout: float, progress: bool
+) -> tuple[str, bool, bool] | None:
+    """One try at ``url``: ``None`` when ``target`` now holds the verified file, else ``(failure, reached, final)``:
+    what went wrong, whether the mirror was reached (not offline), whether a retry is pointless (HTTP 4xx). The
+    bytes go to a temporary file in ``folder``, removed whatever happens."""
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, _file_mode(target))
+    try:
+        _fetch(url, tmp, timeout, progress)
+        read_idx(tmp, sha256)  # verify before anything is cached
+        os.replace(tmp, target)
+        return None
+    except MNISTError as exc:
+        return f"{url}: {exc}".replace(f"{tmp}: ", ""), True, False
+    except urllib.error.HTTPError as exc:
+        return f"{url}: HTTP {exc.code} {exc.reason}", True, exc.code < 500
+    except http.client.HTTPException as exc:
+        return f"{url}: transfer cut short ({exc!r})", True, False
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        no_route = getattr(reason, "errno", None) in (errno.ENETUNREACH, errno.EHOSTUNREACH)
+        offline = isinstance(reason, (socket.gaierror, ConnectionRefusedError)) or no_route
+        return f"{url}: {reason}", not offline, False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def mnist_file(
@@ -422,103 +438,3 @@ def load_mnist_small() -> MNISTSmall:
     train = _images_labels(arrays["train_images"], arrays["train_labels"], names["train_images"], names["train_labels"])
     test = _images_labels(arrays["test_images"], arrays["test_labels"], names["test_images"], names["test_labels"])
     return MNISTSmall(train, test)
-
-
-# --------------------------------------------------------------------------- batches and augmentation
-
-
-def one_hot(labels: Any, classes: int = 10) -> jax.Array:
-    """Integer labels ``(N,)`` -> float32 one-hot targets ``(N, classes)`` (range-checked).
-
-    As :func:`jreg.losses.one_hot`: ``classes`` a positive ``int`` of at most
-    ``2**31 - 1``, and at most ``2**31`` elements in all, else a :class:`JregError`.
-    """
-    from .losses import one_hot as _one_hot
-
-    return _one_hot(labels, classes)
-
-
-class Batches(NamedTuple):
-    """Shuffled mini-batches: ``x (num_batches, batch_size, ...)``, ``y (num_batches, batch_size, ...)``,
-    and the ``n % batch_size`` examples left over (``rest_x``, ``rest_y``, possibly empty)."""
-
-    x: jax.Array
-    y: jax.Array
-    rest_x: jax.Array
-    rest_y: jax.Array
-
-
-def _pair(data: Any) -> tuple[Any, Any]:
-    """``data`` as ``(x, y)`` arrays with a common leading (example) axis, or a clear error."""
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise JregError(f"data must be a pair (x, y), got {type(data).__name__}")
-    x, y = data
-    for name, a in (("x", x), ("y", y)):
-        if not (hasattr(a, "shape") and hasattr(a, "dtype")):
-            raise JregTypeError(
-                f"data: {name} must be an array with a leading axis of examples, got {type(a).__name__}"
-            )
-        if len(a.shape) == 0:
-            raise JregError(f"data: {name} must be an array with a leading axis of examples, got a scalar")
-    if y.shape[0] != x.shape[0]:
-        raise JregError(f"data: x and y must hold the same number of examples, got {x.shape[0]} and {y.shape[0]}")
-    return x, y
-
-
-def batch_indices(n: int, batch_size: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """A shuffled order of ``range(n)`` cut into mini-batches: ``(full (n // batch_size, batch_size), rest)``.
-
-    ``rest`` holds the ``n % batch_size`` indices a full batch cannot take.
-    Scanning over ``full`` and gathering each batch inside the step is how
-    :func:`jreg.make_epoch` runs an epoch (no copy of the whole data set).
-    """
-    n = check_positive_int(n, "n")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    if batch_size > n:
-        raise JregError(f"batch_size must be at most the number of examples ({n}), got {batch_size}")
-    key = check_key(key)
-    perm = jax.random.permutation(key, n)
-    head = (n // batch_size) * batch_size
-    return perm[:head].reshape(n // batch_size, batch_size), perm[head:]
-
-
-def batches(data: tuple[Any, Any], batch_size: int, key: jax.Array) -> Batches:
-    """Shuffle ``data = (x, y)`` with ``key`` and cut it into full mini-batches, stacked.
-
-    The stacked ``x``/``y`` have a leading ``num_batches`` axis, so
-    ``jax.lax.scan(step, carry, (b.x, b.y))`` runs an epoch with no Python
-    loop; jit-able (``batch_size`` must be static). The examples a full batch
-    cannot hold come back as ``rest_x``/``rest_y``. The order is the one
-    :func:`batch_indices` gives for the same key.
-    """
-    x, y = _pair(data)
-    full, rest = batch_indices(x.shape[0], batch_size, key)
-    return Batches(x[full], y[full], x[rest], y[rest])
-
-
-def _shift(images: jax.Array, offset: int, axis: int) -> jax.Array:
-    """Shift ``(N, 28, 28)`` images by one pixel along ``axis`` (1 rows, 2 columns), filling with zeros."""
-    rolled = jnp.roll(images, offset, axis=axis)
-    edge = 0 if offset > 0 else images.shape[axis] - 1
-    index = [slice(None)] * 3
-    index[axis] = edge
-    return rolled.at[tuple(index)].set(0)
-
-
-def expand(data: tuple[Any, Any], side: int = 28) -> tuple[jax.Array, jax.Array]:
-    """Nielsen's expansion of a training set by one-pixel shifts (``expand_mnist.py``).
-
-    Returns ``5 N`` examples: the originals, then the images shifted one pixel
-    down, up, right and left (the pixels shifted in are 0), each block with
-    the original labels. Jit-able; 50,000 images become 250,000.
-    """
-    side = check_positive_int(side, "side")
-    x, y = _pair(data)
-    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == bool):
-        raise JregTypeError(f"data: x must hold pixel values (numbers), got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != side * side:
-        raise JregError(f"data: x must have shape (N, {side * side}) for {side}x{side} images, got {tuple(x.shape)}")
-    images = x.reshape(-1, side, side)
-    shifted = [_shift(images, d, axis) for d, axis in ((1, 1), (-1, 1), (1, 2), (-1, 2))]
-    xs = jnp.concatenate([x] + [s.reshape(x.shape) for s in shifted])
-    return xs, jnp.tile(y, (5,) + (1,) * (y.ndim - 1))

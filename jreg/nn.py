@@ -96,6 +96,20 @@ def mlp(
         ``hidden`` being the list of hidden-layer activations (after the
         nonlinearity, before dropout), one ``(batch, width)`` array per hidden layer.
     """
+    sizes, dtype, policy, w_init, b_init = _mlp_checks(
+        sizes, activation, output_activation, w_init, b_init, init, dtype, drop_rate, input_drop_rate, policy
+    )
+    init_fn = _mlp_init(sizes, w_init, b_init, dtype)
+    # with both rates concretely 0 a key changes nothing: skip the key split (and the dropout calls' work)
+    stochastic = not all(is_concrete(r) and float(np.asarray(r)) == 0.0 for r in (drop_rate, input_drop_rate))
+    apply_fn = _mlp_apply(sizes, activation, output_activation, drop_rate, input_drop_rate, stochastic)
+
+    # One compiled program instead of one compile per eager op (about 1 s saved on first use).
+    return Model(jax.jit(init_fn), apply_fn if policy is None else mixed_precision(apply_fn, policy))
+
+
+def _mlp_checks(sizes, activation, output_activation, w_init, b_init, init, dtype, drop_rate, input_drop_rate, policy):
+    """:func:`mlp`'s arguments checked: ``(sizes, dtype, policy, w_init, b_init)`` as the model uses them."""
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
         raise JregTypeError(f"sizes must be a sequence of layer widths such as [784, 30, 10], got {sizes!r}")
     sizes = tuple(check_positive_int(n, f"sizes[{i}]") for i, n in enumerate(sizes))
@@ -124,6 +138,11 @@ def mlp(
     for name, fn in (("w_init", w_init), ("b_init", b_init)):
         if not callable(fn):
             raise JregTypeError(f"{name} must be an initializer init(key, shape, dtype), got {fn!r}")
+    return sizes, dtype, policy, w_init, b_init
+
+
+def _mlp_init(sizes: tuple[int, ...], w_init: Initializer, b_init: Initializer, dtype: Any) -> Callable[..., Any]:
+    """``init_fn(key)``: the MLP's params, one ``{"w", "b"}`` dict per layer."""
 
     def init_fn(key: jax.Array) -> list[dict[str, jax.Array]]:
         keys = jax.random.split(key, 2 * (len(sizes) - 1))
@@ -134,8 +153,13 @@ def mlp(
             params.append({"w": jnp.asarray(w, dtype), "b": jnp.asarray(b, dtype)})
         return params
 
-    # with both rates concretely 0 a key changes nothing: skip the key split (and the dropout calls' work)
-    stochastic = not all(is_concrete(r) and float(np.asarray(r)) == 0.0 for r in (drop_rate, input_drop_rate))
+    return init_fn
+
+
+def _mlp_apply(
+    sizes, activation, output_activation, drop_rate, input_drop_rate, stochastic: bool
+) -> Callable[..., Any]:
+    """``apply_fn(params, x, *, key=None, intermediates=False)``: the MLP's forward pass (dropout with a key)."""
 
     def apply_fn(params: Params, x: jax.Array, *, key: jax.Array | None = None, intermediates: bool = False) -> Any:
         _check_mlp_input(params, x, sizes)
@@ -156,8 +180,7 @@ def mlp(
                 a = z if output_activation is None else output_activation(z)
         return (a, hidden) if intermediates else a
 
-    # One compiled program instead of one compile per eager op (about 1 s saved on first use).
-    return Model(jax.jit(init_fn), apply_fn if policy is None else mixed_precision(apply_fn, policy))
+    return apply_fn
 
 
 def _left_product_state() -> Any:

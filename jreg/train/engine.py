@@ -69,6 +69,34 @@ def program(
             build, feed, monitor, models=models, vectorize=vectorize, sharding=sharding, ema=ema, unroll=unroll
         )
     finite_only = not monitor.epoch_loss  # the guard needs only whether every step's loss was finite
+    train_one = _trainer(build, plan, ema, sharding, finite_only, unroll)
+    train_wide = _wide_trainer(build, plan, ema, sharding, finite_only, unroll)
+    measure_one = _measurer(build, monitor, ema)
+    check_one = _checker(monitor)
+
+    def epoch(hp, state, alive, train, evaluation, key, *, evaluate: bool):
+        if models is None:
+            new, running = train_one(hp, state, train, key)
+        elif vectorize == "vmap":
+            new, running = jax.vmap(train_one, in_axes=(0, 0, None, None))(hp, state, train, key)
+        elif vectorize == "wide":
+            new, running = train_wide(hp, state, train, key)
+        else:
+            new, running = jax.lax.map(lambda a: train_one(a[0], a[1], train, key), (hp, state))
+        metrics = {EPOCH_LOSS: running["loss"]} if monitor.epoch_loss else {}
+        loss = jnp.where(running["finite"], 0.0, jnp.nan) if finite_only else running["loss"]
+        if evaluate:
+            measure = measure_one if models is None else jax.vmap(measure_one, in_axes=(0, 0, None, None))
+            metrics.update(measure(hp, new, train, evaluation))
+        check = check_one if models is None else jax.vmap(check_one)
+        state, ok, alive = check(state, new, loss, metrics, alive)
+        return state, alive, metrics, ok
+
+    return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))
+
+
+def _trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, finite_only: bool, unroll: int | None):
+    """``train_one(hp, state, train, key) -> (state, running)``: one model's epoch (:func:`run_epoch`)."""
 
     def train_one(hp, state: TrainState, train, key):
         objective, optimizer = build(hp)
@@ -80,6 +108,12 @@ def program(
         return run_epoch(
             update, plan, state, train, key, keyed=keyed, sharding=sharding, finite_only=finite_only, unroll=unroll
         )
+
+    return train_one
+
+
+def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, finite_only: bool, unroll: int | None):
+    """``train_wide(hp, state, train, key) -> (state, running)``: K models' epoch, ``vectorize="wide"``."""
 
     def train_wide(hp, state: TrainState, train, key):
         """The K models ``vmap``-ed inside each step of one scan, every weight matrix carried with the model axis
@@ -123,33 +157,27 @@ def program(
         )
         return jax.tree.map(_model_axis_first, new), running
 
+    return train_wide
+
+
+def _measurer(build: Build, monitor: Monitor, ema: EMA | None):
+    """``measure_one(hp, state, train, evaluation)``: the monitored series of one model (the EMA params if asked)."""
+
     def measure_one(hp, state: TrainState, train, evaluation):
         objective, _ = build(hp)
         params = state.ema if ema is not None and ema.evaluate else state.params
         return monitor.measure(objective, params, state.model_state, train, evaluation, state.step)
 
+    return measure_one
+
+
+def _checker(monitor: Monitor):
+    """``check_one(old, new, loss, metrics, alive)``: :func:`guard.check` on the loss and the guarded series."""
+
     def check_one(old: TrainState, new: TrainState, loss, metrics, alive):
         return guard.check(old, new, [loss, *(v for k, v in metrics.items() if monitor.guarded(k))], alive)
 
-    def epoch(hp, state, alive, train, evaluation, key, *, evaluate: bool):
-        if models is None:
-            new, running = train_one(hp, state, train, key)
-        elif vectorize == "vmap":
-            new, running = jax.vmap(train_one, in_axes=(0, 0, None, None))(hp, state, train, key)
-        elif vectorize == "wide":
-            new, running = train_wide(hp, state, train, key)
-        else:
-            new, running = jax.lax.map(lambda a: train_one(a[0], a[1], train, key), (hp, state))
-        metrics = {EPOCH_LOSS: running["loss"]} if monitor.epoch_loss else {}
-        loss = jnp.where(running["finite"], 0.0, jnp.nan) if finite_only else running["loss"]
-        if evaluate:
-            measure = measure_one if models is None else jax.vmap(measure_one, in_axes=(0, 0, None, None))
-            metrics.update(measure(hp, new, train, evaluation))
-        check = check_one if models is None else jax.vmap(check_one)
-        state, ok, alive = check(state, new, loss, metrics, alive)
-        return state, alive, metrics, ok
-
-    return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))
+    return check_one
 
 
 def _model_axis_second(a: jax.Array) -> jax.Array:

@@ -198,15 +198,7 @@ def make_monitor(
     were kept (``Evaluation.default_metrics``), for the hints; ``given``: the names of the metrics the user gave
     (``Evaluation.metrics``), which the default monitoring would leave unmeasured without evaluation data.
     """
-    if metrics and not isinstance(objective, Objective):
-        raise JregError("metrics need an objective from jreg.objective (its apply gives the outputs)")
-    if cost_convention != "jreg" and not isinstance(objective, Objective):
-        raise JregError(
-            f"cost_convention={cost_convention!r} rescales the penalty on the params, which only an objective "
-            "from jreg.objective tells apart from the data cost; use cost_convention='jreg' with this objective"
-        )
-    if cost_convention != "jreg" and n_train is None:
-        raise JregError(f"cost_convention={cost_convention!r} needs the training set's size")
+    _check_objective(objective, metrics, cost_convention, n_train)
     options = dict(
         cost_convention=cost_convention,
         n_train=n_train,
@@ -227,6 +219,29 @@ def make_monitor(
         )
     if monitor is None:
         return Monitor(frozenset(default_series(metrics, has_evaluation)), metrics, batch_size, smallest, **options)
+    wanted = _wanted(monitor, metrics)
+    probe = Monitor(frozenset(), metrics, batch_size, smallest, **options)
+    missing = sorted(wanted - probe.available)
+    if missing:
+        raise JregError(f"monitor asks for {missing}, but {probe.fix(missing[0])}")
+    return Monitor(frozenset(wanted), metrics, batch_size, smallest, **options)
+
+
+def _check_objective(objective: Any, metrics: dict[str, Metric], cost_convention: str, n_train: int | None) -> None:
+    """Metrics and a cost convention other than jreg's need a :func:`jreg.objective` (and the latter a size)."""
+    if metrics and not isinstance(objective, Objective):
+        raise JregError("metrics need an objective from jreg.objective (its apply gives the outputs)")
+    if cost_convention != "jreg" and not isinstance(objective, Objective):
+        raise JregError(
+            f"cost_convention={cost_convention!r} rescales the penalty on the params, which only an objective "
+            "from jreg.objective tells apart from the data cost; use cost_convention='jreg' with this objective"
+        )
+    if cost_convention != "jreg" and n_train is None:
+        raise JregError(f"cost_convention={cost_convention!r} needs the training set's size")
+
+
+def _wanted(monitor: Iterable[str] | str, metrics: dict[str, Metric]) -> set[str]:
+    """The series ``monitor=`` names, each a known one."""
     if isinstance(monitor, str):
         monitor = (monitor,)
     try:
@@ -239,8 +254,4 @@ def make_monitor(
     unknown = wanted - known
     if unknown:
         raise JregError(f"monitor must name some of {sorted(known)}, got unknown {sorted(unknown)}")
-    probe = Monitor(frozenset(), metrics, batch_size, smallest, **options)
-    missing = sorted(wanted - probe.available)
-    if missing:
-        raise JregError(f"monitor asks for {missing}, but {probe.fix(missing[0])}")
-    return Monitor(frozenset(wanted), metrics, batch_size, smallest, **options)
+    return wanted

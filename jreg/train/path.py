@@ -67,9 +67,7 @@ almost never lands on 0.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -78,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_positive_int
-from .._errors import JregError, JregTypeError, JregWarning
+from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
 from ..penalties import mask_tree
@@ -88,81 +86,16 @@ from .engine import Build
 from .history import History
 from .inputs import check_data
 from .loop import Run
+from .path_result import Path, _summarize, _warn_useless
+from .path_result import _alive_units as _alive_units
+from .path_result import _majority as _majority
+from .path_result import _units_of as _units_of
 from .prepare import built_models, check_hparams
-from .result import Result
 from .state import TrainState
-from .validate import check_loop_args, targets_of
+from .validate import check_loop_args
 
 MODES = ("population", "sequential")
 TOPS = ("l1", "group_lasso")
-
-
-@dataclasses.dataclass(eq=False, kw_only=True, repr=False)
-class Path(Result):
-    """A regularization path: a :class:`jreg.Result` of K members, one per strength (strongest first), with the
-    final figures, norms, zeros and units of each (``len(path)`` is K).
-
-    Attributes:
-        strength: the name of the hyperparameter that varies.
-        strengths: ``(K,)`` its values, decreasing.
-        metrics: ``{series: (K,)}``, each series' last measurement (NaN for a member that diverged).
-        l2, l1: ``{selector: (K,)}``: ``sqrt(Σ w²)`` and ``Σ |w|`` over the selector's leaves.
-        zeros: ``{selector: (K,)}``: weights exactly 0; ``sizes[selector]`` the weights selected.
-        units: ``{selector: (K,)}``: units (columns, or rows with ``groups="rows"``, of the selected
-            leaves of rank >= 2) with some weight non-zero; ``unit_counts[selector]`` all units.
-        params: the trained params, stacked along a leading axis of size K (``opt_state`` likewise, and
-            ``model_state`` when given); ``hparams`` is ``{strength: strengths}``.
-        history: a K-model :class:`History`, ``(K, measurements)`` per series (sequential mode: each
-            strength's own fit, epochs 1..E). A member whose training became non-finite is frozen (at the
-            state its bad epoch started from) and shows NaN figures from that epoch on, until a restart gives
-            it its neighbour's state (population mode); as in a sweep, ``history.diverged[i]`` records it
-            (``{"epoch", "step", "quantity"}``, 1-based, the member's latest divergence; sequential mode: in
-            epochs of that strength's own fit), with ``"revived": e`` once a restart after epoch ``e``
-            revived it. A member that a restart gives a frozen neighbour's state is frozen too (recorded with
-            ``"step": None`` and the next epoch, its first NaN figures).
-        mode, warm_every, epochs: how it ran; seconds: its wall time once the strengths were chosen
-            (checks, compilation and training; not the ``lambda_max`` computation).
-    """
-
-    strength: str
-    strengths: np.ndarray
-    metrics: dict[str, np.ndarray]
-    l2: dict[str, np.ndarray]
-    l1: dict[str, np.ndarray]
-    zeros: dict[str, np.ndarray]
-    sizes: dict[str, int]
-    units: dict[str, np.ndarray]
-    unit_counts: dict[str, int]
-    mode: str
-    warm_every: int | None
-    epochs: int
-    seconds: float
-
-    __iter__ = None  # type: ignore[assignment]  # never a tuple: no old form to unpack
-
-    def __getitem__(self, i: Any) -> Any:
-        raise TypeError("a Path is not indexable; take member k out with path.select(k)")
-
-    def __len__(self) -> int:
-        return len(self.strengths)
-
-    def table(self) -> str:
-        """glmnet-like text: one row per strength (nonzero weights ``Df``, zeros, units, norms, figures)."""
-        head = [f"{self.strength:>10}"]
-        for s in self.zeros:
-            head += [f"{s + ' Df':>14}", f"{'zeros %':>8}", f"{'units':>9}", f"{'L1':>9}", f"{'L2':>8}"]
-        head += [f"{m:>{max(10, len(m))}}" for m in self.metrics]
-        lines = [" ".join(head)]
-        for i, lam in enumerate(self.strengths):
-            row = [f"{lam:>10.4g}"]
-            for s, size in self.sizes.items():
-                zeros = int(self.zeros[s][i])
-                units = f"{int(self.units[s][i])}/{self.unit_counts[s]}" if self.unit_counts[s] else "-"
-                row += [f"{size - zeros:>14d}", f"{100 * zeros / max(size, 1):>8.2f}", f"{units:>9}"]
-                row += [f"{self.l1[s][i]:>9.4g}", f"{self.l2[s][i]:>8.4g}"]
-            row += [f"{self.metrics[m][i]:>{max(10, len(m))}.4f}" for m in self.metrics]
-            lines.append(" ".join(row))
-        return "\n".join(lines)
 
 
 @checked("regularization_path", passthrough=pop_.UNSUPPORTED)
@@ -227,15 +160,7 @@ def regularization_path(
         ``ema``, ``parallel``, ``early_stopping``, ``checkpoint`` and ``resume`` are not supported (a clear error).
     """
     pop_.check_unknown(unknown, "regularization_path")
-    if mode not in MODES:
-        raise JregError(f"mode must be one of {MODES}, got {mode!r}")
-    if warm_every is not None and mode == "sequential":
-        raise JregError("warm_every is population mode's restart period; mode='sequential' has none (leave it out)")
-    if groups not in ("columns", "rows"):
-        raise JregError(f"groups must be 'columns' or 'rows', got {groups!r}")
-    if not isinstance(strength, str):
-        raise JregTypeError(f"strength must be the name of a hyperparameter (str), got {strength!r}")
-    _check_top(top)
+    _check_options(mode, warm_every, groups, strength, top)
     fixed = _fixed(hparams, strength)
     selectors = _selectors(selectors, params)
     epochs, _ = check_loop_args(epochs, batch_size, key, None)
@@ -264,6 +189,18 @@ def regularization_path(
     )  # fmt: skip
     _warn_useless(path, setup, build({strength: values[-1], **fixed})[0], layers)
     return path
+
+
+def _check_options(mode: Any, warm_every: Any, groups: Any, strength: Any, top: Any) -> None:
+    if mode not in MODES:
+        raise JregError(f"mode must be one of {MODES}, got {mode!r}")
+    if warm_every is not None and mode == "sequential":
+        raise JregError("warm_every is population mode's restart period; mode='sequential' has none (leave it out)")
+    if groups not in ("columns", "rows"):
+        raise JregError(f"groups must be 'columns' or 'rows', got {groups!r}")
+    if not isinstance(strength, str):
+        raise JregTypeError(f"strength must be the name of a hyperparameter (str), got {strength!r}")
+    _check_top(top)
 
 
 def _check_top(top: Any) -> None:
@@ -386,75 +323,3 @@ def _sequential(build, params, train, hp, epochs, verbose, common, layers):
             history.append({k: np.concatenate([np.asarray(r.series[k][j]) for r in runs])}, epoch)
     history.diverged = {i: r.diverged[0] for i, r in enumerate(runs) if 0 in r.diverged}  # epochs of its own fit
     return jax.tree.map(lambda *a: jnp.concatenate(a), *finals), history, population.setup
-
-
-def _warn_useless(path: Path, setup: Any, objective: Any, layers: list[bool]) -> None:
-    """A :class:`jreg.JregWarning` when every member is at chance accuracy or has a layer all zero."""
-    zeroed = np.asarray(pop_.zeroed_layers(path.params, layers)) if any(layers) else np.zeros(len(path), bool)
-    chance, said = np.zeros(len(path), bool), ""
-    for series, data in (("evaluation_accuracy", setup.evaluation), ("training_accuracy", setup.train)):
-        share = _majority(objective, data) if series in path.metrics and data is not None else None
-        if share is not None:  # NaN (a frozen member) counts as useless
-            chance, said = ~(path.metrics[series] > share + 0.01), f"{series} <= {share:.3f} + 0.01"
-            break
-    if not np.all(zeroed | chance):
-        return
-    measured = said or "no accuracy measured"
-    warnings.warn(
-        f"every member of the path is useless: {int(np.sum(chance))} of {len(path)} at chance ({measured}), "
-        f"{int(np.sum(zeroed))} with a weight layer all zero, over strengths {path.strengths[0]:.4g} .. "
-        f"{path.strengths[-1]:.4g}; start weaker (a smaller top or ratio) or train more (epochs, learning rate)",
-        JregWarning,
-        stacklevel=3,
-    )
-
-
-def _majority(objective: Any, data: Any) -> float | None:
-    """The most frequent class's share of the targets (a constant model's accuracy), or None if not classes."""
-    try:
-        targets = targets_of(objective, data)
-        y = None if targets is None else np.asarray(targets)
-    except Exception:  # noqa: BLE001 - targets jreg cannot read: no chance level, no warning about it
-        return None
-    if y is None or y.size == 0:
-        return None
-    if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
-        labels = y
-    elif np.issubdtype(y.dtype, np.floating) and y.ndim == 2 and y.shape[1] >= 2:
-        labels = np.argmax(y, axis=1)
-    else:
-        return None
-    return float(np.max(np.bincount(labels - labels.min())) / labels.size)
-
-
-def _summarize(strength, values, state, history, selectors, groups, mode, warm_every, epochs, seconds, stateful):
-    leaves = [np.asarray(a) for a in jax.tree.leaves(state.params)]
-    metrics = {k: np.asarray(history[k])[:, -1] for k in history.keys()}
-    l2, l1, zeros, sizes, units, counts = {}, {}, {}, {}, {}, {}
-    for name, flags in selectors.items():
-        picked = [a.reshape(len(values), -1) for a, on in zip(leaves, flags) if on]
-        l2[name] = np.sqrt(sum(np.sum(np.square(a, dtype=np.float64), axis=1) for a in picked))
-        l1[name] = sum(np.sum(np.abs(a, dtype=np.float64), axis=1) for a in picked)
-        zeros[name] = sum(np.sum(a == 0, axis=1) for a in picked)
-        sizes[name] = int(sum(a.shape[1] for a in picked))
-        grouped = [_alive_units(a, groups) for a, on in zip(leaves, flags) if on and a.ndim >= 3]
-        units[name] = sum(grouped) if grouped else np.zeros(len(values), int)
-        counts[name] = int(sum(_units_of(a, groups) for a, on in zip(leaves, flags) if on and a.ndim >= 3))
-    return Path(
-        params=state.params, history=history, opt_state=state.opt_state,
-        model_state=state.model_state if stateful else None, hparams={strength: np.asarray(values)},
-        stateful=stateful, strength=strength, strengths=values, metrics=metrics, l2=l2, l1=l1, zeros=zeros,
-        sizes=sizes, units=units, unit_counts=counts, mode=mode, warm_every=warm_every, epochs=epochs,
-        seconds=seconds,
-    )  # fmt: skip
-
-
-def _units_of(a: np.ndarray, groups: str) -> int:
-    return a.shape[-1] if groups == "columns" else a.shape[-2]
-
-
-def _alive_units(a: np.ndarray, groups: str) -> np.ndarray:
-    """Per member: how many units have a non-zero weight (``a`` stacked: (K, ..., n_in, n_out))."""
-    axis = a.ndim - 1 if groups == "columns" else a.ndim - 2
-    others = tuple(x for x in range(1, a.ndim) if x != axis)
-    return np.sum(np.any(a != 0, axis=others), axis=1)

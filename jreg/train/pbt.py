@@ -134,15 +134,7 @@ def pbt(
         ``checkpoint`` and ``resume`` are not supported (a clear error).
     """
     pop_.check_unknown(unknown, "pbt")
-    if maximize is not None and not isinstance(maximize, (bool, np.bool_)):
-        raise JregTypeError(f"maximize must be True, False or None (from rank_by's name), got {maximize!r}")
-    every = check_positive_int(every, "every")
-    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 0.5):
-        raise JregError(f"fraction must be a number in (0, 0.5] (the share replaced each time), got {fraction!r}")
-    if not isinstance(hparams, Mapping):
-        raise JregTypeError(f"hparams must be a mapping {{name: K values}}, got {type(hparams).__name__}")
-    if check_hparams(hparams)[1] < 2:
-        raise JregError("pbt needs a population of at least 2 members; hparams holds one value per name")
+    every = _check_options(maximize, every, fraction, hparams)
     factors = _factors(explore, hparams)
     limits = _bounds(bounds, explore)
     population = pop_.start(
@@ -174,6 +166,25 @@ def pbt(
 
     history = History(cost_convention=population.setup.monitor.cost_convention, models=population.models)
     done = pop_.run(population, history, transfer, due, verbose=verbose)
+    return _result(done, history, population, trajectory, lineage, rank_by, maximize)
+
+
+def _check_options(maximize: Any, every: Any, fraction: Any, hparams: Any) -> int:
+    """:func:`pbt`'s own options checked before any work; ``every`` as an int."""
+    if maximize is not None and not isinstance(maximize, (bool, np.bool_)):
+        raise JregTypeError(f"maximize must be True, False or None (from rank_by's name), got {maximize!r}")
+    every = check_positive_int(every, "every")
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction <= 0.5):
+        raise JregError(f"fraction must be a number in (0, 0.5] (the share replaced each time), got {fraction!r}")
+    if not isinstance(hparams, Mapping):
+        raise JregTypeError(f"hparams must be a mapping {{name: K values}}, got {type(hparams).__name__}")
+    if check_hparams(hparams)[1] < 2:
+        raise JregError("pbt needs a population of at least 2 members; hparams holds one value per name")
+    return every
+
+
+def _result(done: Run, history: History, population: pop_.Population, trajectory, lineage, rank_by, maximize):
+    """The :class:`PBTResult`: the final members, each one's hyperparameters per epoch, the lineage, the best."""
     last = np.asarray(history[rank_by])[:, -1]
     ranked = np.where(np.isnan(last), -np.inf, last if maximize else -last)
     return PBTResult(

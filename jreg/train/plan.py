@@ -19,7 +19,7 @@ from typing import Any
 import jax
 
 from .._errors import JregError
-from ..data import batch_indices
+from ..batching import batch_indices
 
 PARTIAL_BATCH = ("include", "drop")
 

@@ -86,17 +86,7 @@ def prepare(
     held_out = None if schedule.data is None else check_data(schedule.data, "evaluation")
     # a stream's plan is one batch as this process reads it (with several processes: batch_size // processes rows)
     plan = make_plan(data_size(train), batch_size if feed is None else feed.rows, partial_batch)
-    probe_state = TrainState(params, None, model_state, jnp.asarray(0, jnp.int32))
-    seen = validate.probe(objective, probe_state, train, "train", key)
-    targets = validate.targets_of(objective, train)
-    validate.check_labels(targets, seen.outputs, "train")
-    if held_out is not None:
-        held_out_seen = validate.probe(objective, probe_state, held_out, "evaluation", key)
-        validate.check_labels(validate.targets_of(objective, held_out), held_out_seen.outputs, "evaluation")
-    if optimizer is not None:
-        with applied_proximal() as proxed:
-            validate.probe_update(objective, optimizer, probe_state, train, plan.batch_size, key)
-        strength.warn_twice(objective, proxed, params)  # the same penalty in the objective and jreg.proximal
+    probe_state, seen, targets = _probe(objective, params, model_state, train, held_out, plan, optimizer, key)
     classes = validate.are_classes(targets, seen.outputs)
     # the user's metrics add to the default ones (accuracy for classes) unless Evaluation(default_metrics=False)
     metrics = default_metrics(objective, classes) if schedule.default_metrics else {}
@@ -129,3 +119,20 @@ def prepare(
     if feed is not None:
         return Setup(None, held_out, model_state, plan, chosen, schedule, feed)
     return Setup(train, held_out, model_state, plan, chosen, schedule)
+
+
+def _probe(objective, params, model_state, train, held_out, plan, optimizer, key):
+    """``(probe_state, seen, targets)``: the objective traced on the data's real shapes (and the optimizer's
+    update, when given), the labels checked against the outputs."""
+    probe_state = TrainState(params, None, model_state, jnp.asarray(0, jnp.int32))
+    seen = validate.probe(objective, probe_state, train, "train", key)
+    targets = validate.targets_of(objective, train)
+    validate.check_labels(targets, seen.outputs, "train")
+    if held_out is not None:
+        held_out_seen = validate.probe(objective, probe_state, held_out, "evaluation", key)
+        validate.check_labels(validate.targets_of(objective, held_out), held_out_seen.outputs, "evaluation")
+    if optimizer is not None:
+        with applied_proximal() as proxed:
+            validate.probe_update(objective, optimizer, probe_state, train, plan.batch_size, key)
+        strength.warn_twice(objective, proxed, params)  # the same penalty in the objective and jreg.proximal
+    return probe_state, seen, targets

@@ -200,22 +200,7 @@ def sweep(
     if writer is not None:
         writer.check_ahead(start, epochs)
     placed = _placed(parallel, state, hp, alive, setup, track)
-    monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
-    if setup.feed is not None and parallel is not None:
-        raise JregError("sweep: parallel=ModelParallel(...) with a stream is not supported yet; pass in-memory data")
-    epoch = program(
-        build,
-        setup.plan,
-        monitor,
-        models=models,
-        vectorize=vectorize,
-        ema=ema,
-        sharding=placed[-2],
-        feed=setup.feed,
-        unroll=unroll,
-    )
-    if setup.feed is not None:  # a one-shot iterator gives one epoch
-        setup.feed.check_epochs(epochs)
+    epoch = _program(build, setup, models, vectorize, ema, placed[-2], parallel, unroll, epochs)
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
@@ -231,6 +216,27 @@ def sweep(
         run = run_epochs(one_epoch, run, start, hooks, np.asarray)
     return _result(run, start, hp, setup, track, key, batch_size, run_id if writer is None else writer.run, ema,
                    model_state is not None)  # fmt: skip
+
+
+def _program(build, setup: Setup, models: int, vectorize: str, ema, sharding, parallel, unroll, epochs: int):
+    """The sweep's compiled epoch (:func:`jreg.train.engine.program`) for K models evaluating at once."""
+    monitor = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)  # K models evaluate at once
+    if setup.feed is not None and parallel is not None:
+        raise JregError("sweep: parallel=ModelParallel(...) with a stream is not supported yet; pass in-memory data")
+    epoch = program(
+        build,
+        setup.plan,
+        monitor,
+        models=models,
+        vectorize=vectorize,
+        ema=ema,
+        sharding=sharding,
+        feed=setup.feed,
+        unroll=unroll,
+    )
+    if setup.feed is not None:  # a one-shot iterator gives one epoch
+        setup.feed.check_epochs(epochs)
+    return epoch
 
 
 def _checked(build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll,

@@ -119,30 +119,7 @@ def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept
     def read(path: Path, meta: Any) -> dict[str, Any]:
         if not isinstance(meta, dict):
             raise _bad(path, "", "must be an object", meta)
-        saved = meta.get("models")
-        if saved != models:
-            raise JregError(
-                f"resume: {path} is a sweep of {saved} models, this sweep has {models} (hparams of another length); "
-                "resume it with the same hparams"
-            )
-        saved_hp = meta.get("hparams")
-        mine = {k: _numbers(v) for k, v in hp.items()}
-        if not isinstance(saved_hp, dict) or saved_hp != mine:
-            raise JregError(
-                f"resume: {path} trained hparams={_shown(saved_hp)}, this sweep hparams={_shown(mine)}; "
-                "a sweep resumes only with the hyperparameters it was started with"
-            )
-        with_stopping = meta.get("early_stopping") is True
-        if stopper is not None and not with_stopping:
-            raise JregError(
-                f"resume: {path} was saved without early stopping, so its early-stopping state is unknown; resume "
-                "it without early_stopping, or start the sweep again"
-            )
-        if stopper is not None and stopper.rule.restore_best and meta.get("restore_best") is not True:
-            raise JregError(
-                f"resume: {path} kept no best params (it ran without restore_best); resume it without "
-                "restore_best, or start the sweep again"
-            )
+        with_stopping = _check_same_sweep(path, meta, hp, models, stopper)
         at, dtypes = meta.get("history_epochs"), meta.get("history_dtypes")
         if not isinstance(at, dict):
             raise _bad(path, "history_epochs", "must be an object of named lists of epochs", at)
@@ -176,6 +153,38 @@ def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept
         return out
 
     return read
+
+
+def _check_same_sweep(
+    path: Path, meta: dict[str, Any], hp: dict[str, Any], models: int, stopper: SweepStopper | None
+) -> bool:
+    """Refuse a checkpoint of another sweep (K, the hyperparameters, early stopping); whether it was saved with
+    early stopping."""
+    saved = meta.get("models")
+    if saved != models:
+        raise JregError(
+            f"resume: {path} is a sweep of {saved} models, this sweep has {models} (hparams of another length); "
+            "resume it with the same hparams"
+        )
+    saved_hp = meta.get("hparams")
+    mine = {k: _numbers(v) for k, v in hp.items()}
+    if not isinstance(saved_hp, dict) or saved_hp != mine:
+        raise JregError(
+            f"resume: {path} trained hparams={_shown(saved_hp)}, this sweep hparams={_shown(mine)}; "
+            "a sweep resumes only with the hyperparameters it was started with"
+        )
+    with_stopping = meta.get("early_stopping") is True
+    if stopper is not None and not with_stopping:
+        raise JregError(
+            f"resume: {path} was saved without early stopping, so its early-stopping state is unknown; resume "
+            "it without early_stopping, or start the sweep again"
+        )
+    if stopper is not None and stopper.rule.restore_best and meta.get("restore_best") is not True:
+        raise JregError(
+            f"resume: {path} kept no best params (it ran without restore_best); resume it without "
+            "restore_best, or start the sweep again"
+        )
+    return with_stopping
 
 
 def unpack(

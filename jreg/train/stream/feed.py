@@ -1,0 +1,324 @@
+"""A stream fed to the device: opening epochs, reading and checking batches, stacking them into chunks (the last one
+padded), placing the chunks, and the prefetching thread that does all that ahead of training (the rules in
+:mod:`jreg.train.stream`'s docstring, "Epochs" and "Chunks and prefetch")."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from ..._errors import JregError, JregTypeError
+from ..state import TrainState
+from .batches import Spec, cast, check_finite, convert, first_batch
+from .source import Stream, _arity
+
+_JOIN_TIMEOUT = 5.0
+
+
+class Feed:
+    """The host side of a stream: opening epochs, checking batches, the prefetching thread."""
+
+    def __init__(self, stream: Stream, batch_size: int, partial_batch: str):
+        self.stream, self.source = stream, stream.source
+        self.chunk, self.prefetch = stream.chunk, stream.prefetch
+        self.partial_batch = partial_batch
+        self.processes = jax.process_count()
+        if batch_size % self.processes:
+            raise JregError(
+                f"batch_size must be a multiple of the number of processes ({self.processes}) when streaming: "
+                f"each process feeds batch_size // {self.processes} rows per batch; got {batch_size}"
+            )
+        self.batch_size, self.rows = batch_size, batch_size // self.processes
+        self.callable = callable(self.source) and not hasattr(self.source, "__iter__")
+        self.sharding = self.whole = self.by_process = None  # the chunk sharding, a replicated one: place()
+        self.ways = 1  # devices along the data axis
+        self.found: dict[Any, tuple[int, str, TrainState]] = {}  # a diverged model's replay: None for fit's one
+        opened = self._open(0)
+        self.one_shot = opened is self.source
+        self.first, self.spec = self._peek(opened, 0)
+        self._pending: tuple[Any, Iterator] | None = (self.first, opened)
+
+    # -- epochs -------------------------------------------------------------------------------------------------
+
+    def _open(self, epoch: int) -> Iterator:
+        made = self.source
+        if self.callable:
+            call = "source(epoch)" if _arity(self.source) else "source()"
+            try:
+                made = self.source(epoch) if _arity(self.source) else self.source()
+            except JregError:
+                raise
+            except TypeError as exc:  # most often a signature that is neither (epoch) nor ()
+                raise JregTypeError(
+                    f"train: calling {call} for epoch {epoch + 1} raised TypeError: {exc} (a callable source takes "
+                    "the epoch, or nothing, and returns that epoch's iterable of batches)"
+                ) from exc
+            except Exception as exc:  # noqa: BLE001 - a user's source failing to open
+                raise JregError(
+                    f"train: calling {call} for epoch {epoch + 1} raised {type(exc).__name__}: {exc}"
+                ) from exc
+        try:
+            return iter(made)
+        except JregError:
+            raise
+        except TypeError as exc:
+            what = f"source(epoch) returned {type(made).__name__}, which is" if self.callable else "the source is"
+            raise JregTypeError(
+                f"train: {what} not an iterable of batches (epoch {epoch + 1}): {type(exc).__name__}: {exc}"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - a user's source failing to open
+            raise JregError(
+                f"train: opening the source for epoch {epoch + 1} raised {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _next(self, it: Iterator, epoch: int, index: int) -> Any:
+        """The next batch, ``StopIteration`` at the end; a source's own error as a JregError naming where."""
+        try:
+            return next(it)
+        except StopIteration:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise JregError(
+                f"train: the source raised {type(exc).__name__}: {exc} (epoch {epoch + 1}, batch index {index})"
+            ) from exc
+
+    def _peek(self, it: Iterator, epoch: int) -> tuple[Any, Spec]:
+        """The first batch (as NumPy, checked) and the spec it fixes."""
+        try:
+            batch = self._next(it, epoch, 0)
+        except StopIteration:
+            raise JregError(self._empty(epoch)) from None
+        return first_batch(batch, self.rows, self.processes, epoch)
+
+    def _empty(self, epoch: int) -> str:
+        hint = (
+            " (an iterator exhausted by an earlier epoch? pass a list, a factory whose __iter__ starts anew, "
+            "or a callable epoch -> batches)"
+            if epoch
+            else ""
+        )
+        return f"train: the source yielded no batch for epoch {epoch + 1}{hint}"
+
+    def check_epochs(self, count: int) -> None:
+        """Refuse a one-shot iterator when more than one epoch is to run."""
+        if self.one_shot and count > 1:
+            raise JregError(
+                f"train: the source is a one-shot iterator (iter() returns itself: a generator?), which gives one "
+                f"epoch, but {count} epochs are to run; pass a list of batches, an object whose __iter__ makes a "
+                "fresh generator, or a callable epoch -> iterable of batches"
+            )
+
+    def _epoch_iterator(self, epoch: int) -> Iterator:
+        """Epoch ``epoch``'s batches (the peeked first batch put back in front when it belongs to this epoch)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and (self.one_shot or epoch == 0 or not self.callable):
+            first, it = pending
+            return _chain(first, it)
+        if pending is not None:
+            _close(pending[1])
+        if self.one_shot:
+            return iter(())  # exhausted: reported as an empty epoch
+        return self._open(epoch)
+
+    # -- batches and chunks --------------------------------------------------------------------------------------
+
+    def place(self, sharding: Any) -> None:
+        """Put chunks split along the batch axis of ``sharding`` (the data-parallel batch sharding)."""
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        self.sharding = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
+        self.whole = None if sharding is None else NamedSharding(sharding.mesh, PartitionSpec())
+        self.ways = 1 if sharding is None else sharding.mesh.shape[sharding.spec[0]]
+        self.by_process = None if sharding is None or self.processes == 1 else _by_process(sharding.mesh)
+
+    def _put(self, arrays: list[np.ndarray]) -> list[jax.Array]:
+        """The chunk on the device. The host arrays are fresh (stacked here) and never touched again, so they
+        are donated: on CPU the device array may then alias them instead of copying."""
+        if self.processes > 1 and self.sharding is not None:
+            if arrays[0].shape[1] * self.processes % self.ways == 0:
+                return [jax.make_array_from_process_local_data(self.sharding, a) for a in arrays]
+            # a last batch the mesh cannot split evenly: each process's rows on its own devices (the same devices
+            # in the same order, so the compiled step takes it); the step's sharding constraint splits it
+            if self.by_process is None:
+                raise JregError(
+                    f"train: a last batch of {arrays[0].shape[1]} rows per process cannot be split over the mesh's "
+                    f"{self.ways} devices along the data axis, and the mesh's devices are not grouped by process; "
+                    "pass partial_batch='drop' or make the last batch's rows a multiple of the devices"
+                )
+            return [jax.make_array_from_process_local_data(self.by_process, a) for a in arrays]
+        if self.sharding is not None and arrays[0].shape[1] % self.ways:
+            # a last batch the mesh cannot split evenly: put it whole; the step's sharding constraint splits it
+            return jax.device_put(arrays, self.whole, donate=True)
+        return jax.device_put(arrays, self.sharding, donate=True)
+
+    def _produce(self, epoch: int, emit: Callable[[Any], bool]) -> None:
+        """Read epoch ``epoch``, emitting ``Chunk``s, then ``None``; a JregError instead when something is wrong."""
+        it = self._epoch_iterator(epoch)
+        try:
+            buffer: list[list[np.ndarray]] = []
+            small: tuple[int, list[np.ndarray]] | None = None
+            index = 0
+            while True:
+                try:
+                    batch = self._next(it, epoch, index)
+                except StopIteration:
+                    break
+                if small is not None:
+                    raise JregError(
+                        f"train (epoch {epoch + 1}, batch index {small[0]}): the batch holds "
+                        f"{small[1][0].shape[0]} examples, fewer than batch_size = {self.spec.rows}, but is not the "
+                        "epoch's last; only the last batch may be smaller"
+                    )
+                arrays = convert(batch, self.spec, epoch, index)
+                if arrays[0].shape[0] < self.spec.rows:
+                    small = (index, arrays)
+                else:
+                    buffer.append(arrays)
+                    if len(buffer) == self.chunk:
+                        if not emit(self._chunk(buffer, epoch, index + 1 - len(buffer))):
+                            return
+                        buffer = []
+                index += 1
+            if index == 0:
+                raise JregError(self._empty(epoch))
+            if buffer and not emit(self._chunk(buffer, epoch, index - len(buffer) - (small is not None))):
+                return
+            if small is not None and self.partial_batch == "include":
+                if not emit(self._chunk([small[1]], epoch, small[0], pad=False)):
+                    return
+            emit(None)
+        finally:
+            _close(it)
+
+    def _chunk(self, batches: list[list[np.ndarray]], epoch: int, first: int, pad: bool = True) -> Chunk:
+        count = len(batches)
+        stacked = cast([np.stack(leaves) for leaves in zip(*batches)], self.spec)
+        check_finite(stacked, self.spec, epoch, first)
+        # a short chunk is padded to the next power of two (at most ``chunk``): log2(chunk) + 1 programs at most,
+        # and no more than ``count - 1`` wasted steps (padding to ``chunk`` ran 64 steps for a 5-batch epoch)
+        size = min(self.chunk, 1 << (count - 1).bit_length()) if pad else count
+        if size > count:  # padded with copies of the last batch: masked no-op steps
+            stacked = [np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in stacked]
+        arrays = self._put(stacked)
+        return Chunk(
+            jax.tree.unflatten(self.spec.treedef, arrays), first, count, size, batches[0][0].shape[0] * self.processes
+        )
+
+    def epoch(self, epoch: int) -> Opened:
+        """Epoch ``epoch``, ready to be read chunk by chunk (:meth:`Opened.chunks`)."""
+        return Opened(self, epoch)
+
+
+def _by_process(mesh: Any) -> Any:
+    """A sharding over ``mesh``'s devices, in its order, splitting axis 1 by process (replicated within one), or
+    None when the devices, in that order, are not grouped by process."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = np.asarray(mesh.devices).reshape(jax.process_count(), -1)
+    if any(len({d.process_index for d in row}) != 1 for row in devices):
+        return None
+    return NamedSharding(Mesh(devices, ("process", "local")), PartitionSpec(None, "process"))
+
+
+def _chain(first: Any, it: Iterator) -> Iterator:
+    yield first
+    yield from it
+
+
+def _close(it: Any) -> None:
+    close = getattr(it, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001, S110 - closing a user's generator is best effort
+            pass
+
+
+@dataclasses.dataclass
+class Chunk:
+    batches: Any  # the batch pytree with leaves (size, rows, ...) on the device
+    first: int  # the epoch's step index of its first batch
+    count: int  # real steps (the rest are padding)
+    size: int  # steps in the arrays
+    rows: int  # examples per step (global)
+
+
+class Opened:
+    """One epoch of a stream: ``with opened.chunks() as chunks: for chunk in chunks: ...``."""
+
+    def __init__(self, feed: Feed, epoch: int):
+        self.feed, self.epoch = feed, epoch
+
+    def chunks(self) -> _Prefetch:
+        return _Prefetch(self.feed, self.epoch)
+
+
+class _Prefetch:
+    """The background thread reading the source; iterate it for the chunks, in a ``with`` block."""
+
+    def __init__(self, feed: Feed, epoch: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=feed.prefetch)
+        self.stop = threading.Event()
+        self.feed, self.epoch = feed, epoch
+        self.thread = threading.Thread(target=self._run, name=f"jreg-stream-epoch-{epoch + 1}", daemon=True)
+
+    def _emit(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            self.feed._produce(self.epoch, self._emit)
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread
+            if not isinstance(exc, JregError):
+                wrapped = JregError(
+                    f"train: reading the stream failed at epoch {self.epoch + 1}: {type(exc).__name__}: {exc}"
+                )
+                wrapped.__cause__ = exc
+                exc = wrapped
+            self._emit(_Failure(exc))
+
+    def __enter__(self) -> _Prefetch:
+        self.thread.start()
+        return self
+
+    def __iter__(self) -> Iterator[Chunk]:
+        while True:
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                if not self.thread.is_alive() and self.queue.empty():
+                    raise JregError(
+                        f"train: the stream's reader stopped without finishing epoch {self.epoch + 1}"
+                    ) from None
+                continue
+            if item is None:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.thread.join(_JOIN_TIMEOUT)
+
+
+@dataclasses.dataclass
+class _Failure:
+    error: BaseException
