@@ -6,6 +6,10 @@ A temporary file is named ``.{target}.{host}.{pid}.{random}.tmp``, so a stray
 one (its writer was killed) says which file it was for and who wrote it:
 :func:`temp_owner` reads that back and :func:`writer_gone` tells whether its
 writer is certainly dead, which is when it may be removed.
+
+An OS error while writing (a full disk, a permission lost, a folder removed) is a :class:`WriteError`, one line
+naming the path, raised from the ``OSError``. :func:`try_lock` and :func:`lock_holder` are the exclusive OS lock
+(``fcntl.flock``) a run holds on its checkpoint folder; the OS releases it when the process dies.
 """
 
 from __future__ import annotations
@@ -16,12 +20,26 @@ import re
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from ._checks import check_path
 from ._errors import JregError
+
+try:  # POSIX; Windows has no flock, and there folders are not locked (docs/reliability.md)
+    import fcntl
+except ImportError:  # pragma: no cover - exercised on Windows only
+    fcntl = None  # type: ignore[assignment]
+
+#: whether :func:`try_lock` locks on this platform (False without ``fcntl``, e.g. on Windows)
+LOCKING = fcntl is not None
+
+
+class WriteError(JregError):
+    """An OS error while writing a file (full disk, permission lost, folder removed): one line naming the path and
+    what was kept, raised from the ``OSError`` (``error.__cause__``)."""
 
 
 def _file_mode(path: Path) -> int:
@@ -82,12 +100,18 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise JregError(f"path {str(path)!r}: cannot make its folder, part of it is a file ({exc.strerror})") from exc
+    except OSError as exc:  # permission denied, a full disk, a read-only file system
+        raise WriteError(
+            f"path {str(path)!r}: cannot make its folder ({exc.strerror or exc}); nothing was written"
+        ) from exc
     mode = _file_mode(path)
     prefix = f".{path.name}.{host_name()}.{os.getpid()}."
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     except OSError as exc:  # a read-only folder, a full disk: the user's to fix, said in one line
-        raise JregError(f"path {str(path)!r}: cannot write into {str(path.parent)!r} ({exc.strerror or exc})") from exc
+        raise WriteError(
+            f"path {str(path)!r}: cannot write into {str(path.parent)!r} ({exc.strerror or exc}); nothing was replaced"
+        ) from exc
     try:
         try:
             os.chmod(tmp, mode)
@@ -96,13 +120,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
-            raise JregError(
+            raise WriteError(
                 f"path {str(path)!r}: the write failed ({exc.strerror or exc}); nothing was replaced"
             ) from exc
         try:
             os.replace(tmp, path)
         except OSError as exc:  # e.g. the target became a folder after the check above
-            raise JregError(
+            raise WriteError(
                 f"path {str(path)!r}: cannot put the new file in place ({exc.strerror or exc}); nothing was replaced"
             ) from exc
     except BaseException:
@@ -126,6 +150,92 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
     text = json.dumps(obj, indent=2, default=default, allow_nan=True) + "\n"
     return write_bytes(path, text.encode())
+
+
+def try_lock(path: Path, record: dict[str, Any], wait: float = 0.5) -> tuple[int | None, dict[str, Any] | None]:
+    """Take an exclusive OS lock (``fcntl.flock``) on the file ``path``, made if missing, waiting at most ``wait``
+    seconds (a :func:`lock_holder` elsewhere holds a shared lock for an instant; a run holds it for its lifetime).
+
+    Returns ``(descriptor, None)`` once held, ``record`` (JSON: who holds it) written into the file; ``(None,
+    holder)`` when another open file holds it, ``holder`` the record read from it (``{}`` if not written yet);
+    ``(None, None)`` where the platform has no ``fcntl`` (nothing is locked). The OS releases the lock when the
+    process ends, however it ends (the file stays, and the next run takes it); :func:`unlock` releases it and
+    removes the file. Raises OSError when the file cannot be made.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        return None, None
+    deadline = time.monotonic() + wait
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = lock_holder(path) if time.monotonic() >= deadline else None
+            if holder is not None:
+                return None, holder
+            time.sleep(0.01)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if not _is_file_of(fd, path):  # its holder removed it as we opened it: lock the file now at ``path``
+            os.close(fd)
+            continue
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(record).encode())
+        except OSError:  # a full disk: the lock holds all the same, only the holder's name is missing
+            pass
+        return fd, None
+
+
+def _is_file_of(fd: int, path: Path) -> bool:
+    try:
+        st, own = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def unlock(fd: int | None, path: Path) -> None:
+    """Release a lock :func:`try_lock` took on ``path``, removing the file first (while still held, so no other
+    run can hold a file that is no longer there)."""
+    if fd is None:
+        return
+    try:
+        if _is_file_of(fd, path):
+            path.unlink(missing_ok=True)
+    except OSError:  # a folder that lost its permissions: the file stays, and the next run takes it
+        pass
+    finally:
+        os.close(fd)  # closing the only descriptor of the open file releases the flock
+
+
+def lock_holder(path: Path) -> dict[str, Any] | None:
+    """Who holds the lock on ``path`` (its JSON record, ``{}`` if unreadable), or None when nobody does (or the file
+    does not exist, or the platform has no ``fcntl``). Reads only: nothing is made or changed."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:  # no such file (no run ever locked there), or not readable: nothing to say
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held exclusively by a run
+            try:
+                record = json.loads(os.read(fd, 4096).decode() or "{}")
+            except (OSError, ValueError):
+                record = {}
+            return record if isinstance(record, dict) else {}
+        except OSError:  # a file system without flock: nothing can be said
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def interactive(stream: Any) -> bool:

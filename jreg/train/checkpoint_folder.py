@@ -12,6 +12,21 @@ a :class:`Writer` deletes (``keep``) and overwrites only files of its own run.
 Files of another run, unreadable files and anything it cannot vouch for stay
 as they are.
 
+One writer per folder: a run holds an exclusive OS lock (``fcntl.flock``) on
+the folder's lock file, ``.jreg-lock`` (which records its pid, host and run
+id), from :func:`open_writer`, after every input has passed its checks, to
+:meth:`Writer.close` when the run ends, however it ends; the OS releases it
+when the process dies (kill -9 included). Another run or resume into a held
+folder is refused at once (:func:`check_folder`), naming the holder
+(:class:`FolderInUseError`). Across processes (``jax.distributed``) process 0
+locks, once per run; the others do not lock. Without ``fcntl`` (Windows)
+nothing is locked. The lock file is neither a checkpoint nor a temporary
+file: the folder checks, resuming and pruning never look at it.
+
+An OS error while writing a checkpoint (a full disk, a permission lost, the
+folder removed) is a :class:`CheckpointWriteError` naming the path and what
+was kept.
+
 A run whose arrays span several processes (a mesh over ``jax.distributed``)
 writes ``ckpt-<epoch>.orbax`` folders instead, with orbax-checkpoint
 (:mod:`jreg.train.distributed_checkpoint`), under the same rules; the choice is
@@ -47,6 +62,18 @@ from .state import TrainState
 
 _RUN_ID = re.compile(ckpt.meta.RUN_ID)
 BEST = "best.npz"
+#: the lock file a run holds in its checkpoint folder (never a checkpoint, never pruned)
+LOCK = ".jreg-lock"
+
+
+class FolderInUseError(JregError):
+    """A run or resume into a checkpoint folder that another live run holds (its pid and host in the message)."""
+
+
+class CheckpointWriteError(io.WriteError):
+    """An OS error while writing a checkpoint (full disk, permission lost, folder removed): one line naming the path
+    and what was kept; raised from the ``OSError``."""
+
 
 # --------------------------------------------------------------------------- the folder rules, for both formats
 #
@@ -122,15 +149,42 @@ def _listing(names: list[str]) -> str:
     return f"{names[0]} … {names[-1]} ({len(names)} files)"
 
 
-def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkpoint") -> None:
-    """Refuse a checkpoint folder that already holds checkpoints (:func:`held`), unless this run resumes from that
-    folder or a checkpoint in it (:func:`folder_of`: a ``.npz`` file or an orbax checkpoint's folder alike).
+def _holder(record: dict[str, Any]) -> str:
+    pid, host, run = record.get("pid"), record.get("host"), record.get("run")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return "another process (its pid is not recorded yet)"
+    where = f" on host {host}" if isinstance(host, str) else ""
+    return f"pid {pid}{where}" + (f" (run {run})" if isinstance(run, str) and _RUN_ID.fullmatch(run) else "")
 
-    Nothing is read, written or deleted; other files in the folder do not count.
+
+def _in_use(folder: Path, record: dict[str, Any], argument: str) -> FolderInUseError:
+    return FolderInUseError(
+        f"{argument}: the folder {folder} is in use by {_holder(record)}: one run writes into a folder at a time. "
+        "Wait for that run to end (or stop it) before resuming there, or checkpoint into another folder"
+    )
+
+
+def check_unlocked(folder: Path, argument: str = "checkpoint") -> None:
+    """Refuse a folder whose lock another live run holds (:class:`FolderInUseError`); reads only, makes nothing.
+    Across processes only process 0 asks (it alone locks)."""
+    if jax.process_index() != 0:
+        return
+    record = io.lock_holder(folder / LOCK)
+    if record is not None:
+        raise _in_use(folder, record, argument)
+
+
+def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkpoint") -> None:
+    """Refuse a checkpoint folder that another live run holds (:func:`check_unlocked`), or that already holds
+    checkpoints (:func:`held`), unless this run resumes from that folder or a checkpoint in it (:func:`folder_of`:
+    a ``.npz`` file or an orbax checkpoint's folder alike).
+
+    Nothing is written or deleted; other files in the folder (the lock file among them) do not count.
     """
     folder = checkpoint.folder
     if not folder.is_dir():
         return
+    check_unlocked(folder, argument)
     try:
         names = held(folder)
     except OSError as exc:
@@ -206,6 +260,30 @@ class Writer:
         self.folder = config.folder
         self.written: dict[str, tuple[int, int, int] | None] = {}  # name -> signature after our write
         self.reported: set[str] = set()  # temporary files already warned about
+        self.lock: int | None = None  # the lock file's descriptor while this run holds the folder (open_writer)
+        self.identity: tuple[int, int] | None = None  # the folder's (device, inode) when opened
+
+    def close(self) -> None:
+        """Release the folder's lock (the run has ended, however it ended); safe to call twice."""
+        lock, self.lock = self.lock, None
+        io.unlock(lock, self.folder / LOCK)
+
+    def _check_folder_kept(self, path: Path) -> None:
+        """Refuse to write once the folder was removed or replaced during the run (a write would make a new, empty
+        folder that this run holds no lock on)."""
+        try:
+            st = self.folder.stat()
+            same = self.identity is None or (st.st_dev, st.st_ino) == self.identity
+        except OSError as exc:
+            same, cause = False, exc
+        else:
+            cause = FileNotFoundError(2, "the folder was replaced by another")
+        if not same:
+            raise CheckpointWriteError(
+                f"checkpoint: cannot write {path}: the folder {self.folder} was removed or replaced during the run, "
+                "and the run's earlier checkpoints with it; nothing was written and the run stopped. Train again "
+                "into a folder that stays"
+            ) from cause
 
     def ours(self, path: Path) -> bool:
         """Whether ``path`` is a regular file (an orbax checkpoint's folder) of this run."""
@@ -254,10 +332,32 @@ class Writer:
         )
 
     def _publish(self, path: Path, write: Any) -> None:
+        self._check_folder_kept(path)
         if (path.exists() or path.is_symlink()) and not self.ours(path):
             raise self._foreign(path)
-        write()
+        try:
+            write()
+        except (io.WriteError, OSError) as exc:
+            cause = exc.__cause__ if isinstance(exc, io.WriteError) and exc.__cause__ is not None else exc
+            raise self._write_failed(path, cause) from cause
         self.written[path.name] = _signature(path)
+
+    def _write_failed(self, path: Path, cause: BaseException) -> CheckpointWriteError:
+        """The one-line error for an OS error while writing ``path``, saying what the folder still holds."""
+        reason = getattr(cause, "strerror", None) or str(cause)
+        try:
+            kept = [p.name for _, p in numbered(self.folder) if p.name != path.name and self.ours(p)]
+        except OSError:
+            kept = []
+        if kept:
+            what = (
+                f"the run's earlier checkpoints are intact ({_listing(kept)}); resume={str(self.folder)!r} "
+                "continues from the newest once there is room"
+            )
+        else:
+            what = "no checkpoint of this run was kept"
+        previous = f"{path.name} keeps its previous content" if path.exists() else f"{path.name} was not written"
+        return CheckpointWriteError(f"checkpoint: cannot write {path} ({reason}); {previous}, {what}")
 
     def clean_temps(self) -> None:
         """Remove abandoned temporary files of checkpoints in the folder; warn once about those left alone."""
@@ -311,6 +411,34 @@ class Writer:
         path = self.folder / BEST
         meta = {"best": True, "run": self.run}
         self._publish(path, lambda: ckpt.save(path, params, model_state=model_state, step=epoch, key=key, meta=meta))
+
+
+def open_writer(checkpoint: Checkpointing, run: str, start: int, epochs: int) -> Writer:
+    """The run's :class:`Writer`, holding the folder: made now (after every input passed its checks, so a refused
+    run leaves nothing on disk), locked (process 0; :class:`FolderInUseError` if another run holds it), and checked
+    ahead (:meth:`Writer.check_ahead`). Close it when the run ends (:meth:`Writer.close`)."""
+    folder = checkpoint.folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JregError(f"checkpoint: cannot make the folder {folder} ({exc.strerror or exc})") from exc
+    writer = Writer(checkpoint, run)
+    try:
+        if jax.process_index() == 0:
+            record = {"pid": os.getpid(), "host": io.host_name(), "run": run}
+            try:
+                writer.lock, holder = io.try_lock(folder / LOCK, record)
+            except OSError as exc:
+                raise JregError(f"checkpoint: cannot lock the folder {folder} ({exc.strerror or exc})") from exc
+            if holder is not None:
+                raise _in_use(folder, holder, "checkpoint")
+        st = folder.stat()
+        writer.identity = (st.st_dev, st.st_ino)
+        writer.check_ahead(start, epochs)
+    except BaseException:
+        writer.close()
+        raise
+    return writer
 
 
 def payload(

@@ -208,11 +208,20 @@ def fit(
     )
     begun = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema)
     state, start, history, stopper, writer = begun
-    if setup.feed is not None:  # a one-shot iterator gives one epoch
-        setup.feed.check_epochs(epochs - start)
+    try:  # the folder's lock is released when the run ends, however it ends
+        return _train(objective, optimizer, setup, state, start, history, stopper, writer, key, epochs, batch_size,
+                      opt_state, resume, parallel, ema, unroll, verbose, callback, model_state is not None)  # fmt: skip
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _train(objective, optimizer, setup, state, start, history, stopper, writer, key, epochs, batch_size, opt_state,
+           resume, parallel, ema, unroll, verbose, callback, stateful):  # fmt: skip
+    """The run itself, from the first epoch not done (``start``) to the :class:`Result`."""
     history.cost_convention = setup.monitor.cost_convention  # a resumed run's is checked to be the same
     history.ema = None if ema is None else ema.meta()  # likewise
-    finish = _finisher(key, batch_size, setup.feed is not None, writer, model_state is not None, ema)
+    finish = _finisher(key, batch_size, setup.feed is not None, writer, stateful, ema)
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
         history.stopped = stopper.record(start)
         return finish(state, start, stopper, history)
@@ -298,9 +307,20 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
             streamed=setup.feed is not None,
         )
         state, start, history, saved, run = resumed.state, resumed.epoch, resumed.history, resumed.stopping, resumed.run
-    writer = None if checkpoint is None else checkpoint_folder.Writer(checkpoint, run)
-    if writer is not None:
-        writer.check_ahead(start, epochs)
+    if setup.feed is not None:  # a one-shot iterator gives one epoch
+        setup.feed.check_epochs(epochs - start)
+    # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
+    writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run, start, epochs)
+    try:
+        return _stopping(state, start, history, writer, setup, rule, resume, resumed, saved, key, verbose, ema, run)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+
+
+def _stopping(state, start, history, writer, setup, rule, resume, resumed, saved, key, verbose, ema, run):
+    """``_begin``'s result with early stopping's state (fresh, or resumed with its best params)."""
     if rule is None:
         return state, start, history, None, writer
     stopper = stopping_hooks.Stopper.resumed(

@@ -47,14 +47,14 @@ def check_model_state(objective: Callable[..., Any], model_state: ModelState) ->
 
 
 def check_checkpointing(checkpoint: Any, model_state: ModelState) -> None:
-    """Before any training: the checkpoint folder can be made, and everything in the state can be saved."""
+    """Before any training: the checkpoint folder is one or can be made, and everything in the state can be saved.
+    Nothing is made here: the folder is made once every input has passed its checks (``open_writer``)."""
     folder = checkpoint.folder
     if folder.exists() and not folder.is_dir():
         raise JregError(f"checkpoint: {folder} exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise JregError(f"checkpoint: cannot make the folder {folder} ({exc.strerror or exc})") from exc
+    above = next((p for p in folder.absolute().parents if p.exists()), None) if not folder.exists() else None
+    if above is not None and not above.is_dir():
+        raise JregError(f"checkpoint: cannot make the folder {folder} ({above} is a file)")
     for path, leaf in jax.tree_util.tree_flatten_with_path(model_state)[0]:
         if jnp.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
             raise JregTypeError(

@@ -196,11 +196,23 @@ def sweep(
         state, alive, start, run_id = _resumed(
             resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history
         )
-    writer = None if checkpoint is None else checkpoint_folder.Writer(checkpoint, run_id)
-    if writer is not None:
-        writer.check_ahead(start, epochs)
     placed = _placed(parallel, state, hp, alive, setup, track)
     epoch = _program(build, setup, models, vectorize, ema, placed[-2], parallel, unroll, epochs)
+    # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
+    writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs)
+    try:  # the folder's lock is released when the sweep ends, however it ends
+        run = _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema,
+                     writer, batch_size, verbose, callback)  # fmt: skip
+    finally:
+        if writer is not None:
+            writer.close()
+    return _result(run, start, hp, setup, track, key, batch_size, run_id if writer is None else writer.run, ema,
+                   model_state is not None)  # fmt: skip
+
+
+def _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema, writer,
+           batch_size, verbose, callback) -> Run:  # fmt: skip
+    """The sweep's epochs from the first not done (``start``): the final :class:`Run`."""
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
@@ -214,8 +226,7 @@ def sweep(
     run = Run(placed[0], placed[2], epochs, history)
     if len(history.diverged) + len(history.stopped) < models:  # a resumed sweep may have finished already
         run = run_epochs(one_epoch, run, start, hooks, np.asarray)
-    return _result(run, start, hp, setup, track, key, batch_size, run_id if writer is None else writer.run, ema,
-                   model_state is not None)  # fmt: skip
+    return run
 
 
 def _program(build, setup: Setup, models: int, vectorize: str, ema, sharding, parallel, unroll, epochs: int):
