@@ -319,7 +319,8 @@ def _write(args: argparse.Namespace, n: int, results: dict[str, Any]) -> list[Pa
     runs = results["runs"]
     out, overwrite = args.out, getattr(args, "overwrite", False)
     text = json.dumps(results, indent=2, default=_json_value, allow_nan=True) + "\n"
-    wrote = [publish(out / "results.json", text.encode(), overwrite)]
+    wrote: list[Path] = []
+    wrote.append(_published(out / "results.json", text.encode(), overwrite, wrote))
     labelled = {f"λ = {r['lmbda']:g}": r["history"] for r in runs if r["history"].get("evaluation_accuracy")}
     if labelled:  # every run that trained for at least one epoch
         png = plotting.render_histories(
@@ -327,13 +328,29 @@ def _write(args: argparse.Namespace, n: int, results: dict[str, Any]) -> list[Pa
             series=("evaluation_accuracy", "training_cost"),
             title=f"[784, {args.hidden}, 10] on {n} MNIST images: L2 regularization against overfitting",
         )
-        wrote.append(publish(out / "overfitting.png", png, overwrite))
+        wrote.append(_published(out / "overfitting.png", png, overwrite, wrote))
     for path, name in zip(wrote, OUTPUTS):
         if path.name != name:
             print(
                 f"jreg demo: {out / name} appeared during the run and was kept; wrote {path} instead", file=sys.stderr
             )
     return wrote
+
+
+def _published(path: Path, data: bytes, overwrite: bool, wrote: list[Path]) -> Path:
+    """:func:`publish`, an OS error (a full disk, a permission lost, the folder removed) made one
+    :class:`jreg.io.WriteError` line naming the path and what was kept."""
+    from .io import WriteError
+
+    try:
+        return publish(path, data, overwrite)
+    except (WriteError, OSError) as exc:
+        cause = exc.__cause__ if isinstance(exc, WriteError) and isinstance(exc.__cause__, OSError) else exc
+        reason = getattr(cause, "strerror", None) or str(cause)
+        done = f"; {' and '.join(str(p) for p in wrote)} written" if wrote else ""
+        raise WriteError(
+            f"--out: cannot write {path} ({reason}); files already in {path.parent} are as they were{done}"
+        ) from cause
 
 
 def _print_table(args: argparse.Namespace, n: int, runs: list[dict[str, Any]], elapsed: float, wrote: list) -> None:
@@ -389,7 +406,8 @@ def _json_value(o: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``jreg demo ...``: 0 on success, 1 when a run diverged; a usage error (one line on stderr) exits 2."""
+    """``jreg demo ...``: 0 on success, 1 when a run diverged or its results could not be written (a full disk);
+    a usage error (one line on stderr) exits 2."""
     parser = _Parser(prog="jreg", description="jreg: regularized neural networks in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     demo_args = demo_parser(
@@ -404,10 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         from ._errors import JregError
+        from .io import WriteError
 
         try:
             check_out(args.out, args.overwrite)
             results = demo(args)
+        except WriteError as exc:  # the run went well, its results could not be written: one line, exit status 1
+            print(f"jreg demo: {one_line(str(exc))}", file=sys.stderr)
+            return 1
         except (UsageError, JregError) as exc:  # the user's to fix: one line, like argparse's own errors
             demo_args.error(str(exc))
         diverged = [r for r in results["runs"] if "diverged" in r]

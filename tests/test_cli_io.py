@@ -123,3 +123,43 @@ def test_demo_reports_a_diverged_run_and_exits_non_zero(tmp_path, capsys):
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert "diverged" not in runs[0] and runs[0]["final_test_accuracy"] >= 0  # λ = 0 stays finite
     assert runs[1]["diverged"]["epoch"] == 1 and "nan" not in json.dumps(runs[1]).lower()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_demo_on_a_full_disk_is_one_line_and_exit_status_1(tmp_path, capsys, monkeypatch, overwrite):
+    import errno
+
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "results.json").write_text("old")  # kept as it was either way
+    if not overwrite:
+        (out / "results.json").unlink()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    argv = ["demo", "--epochs", "1", "--hidden", "5", "--out", str(out), "--quiet"]
+    assert cli.main([*argv, "--overwrite"] if overwrite else argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"jreg demo: --out: cannot write {out / 'results.json'} (No space left on device); ")
+    assert f"files already in {out} are as they were" in err
+    assert sorted(p.name for p in out.iterdir()) == (["results.json"] if overwrite else [])  # no temporary file
+    if overwrite:
+        assert (out / "results.json").read_text() == "old"
+
+
+def test_jreg_demo_on_a_full_disk_in_a_process_prints_no_traceback(tmp_path):
+    out = tmp_path / "full"
+    code = (
+        "import errno, os, sys\n"
+        "def full(fd):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "os.fsync = full\n"
+        "from jreg import cli\n"
+        f"sys.exit(cli.main(['demo', '--epochs', '1', '--hidden', '5', '--quiet', '--out', {str(out)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "No space left on device" in done.stderr and "Traceback" not in done.stderr
