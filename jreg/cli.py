@@ -422,15 +422,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         from ._errors import JregError
-        from .io import WriteError
 
         try:
             check_out(args.out, args.overwrite)
             results = demo(args)
-        except WriteError as exc:  # the run went well, its results could not be written: one line, exit status 1
-            print(f"jreg demo: {one_line(str(exc))}", file=sys.stderr)
-            return 1
         except (UsageError, JregError) as exc:  # the user's to fix: one line, like argparse's own errors
+            io = sys.modules.get("jreg.io")  # loaded by then if it raised (a refused command line loads no JAX)
+            if io is not None and isinstance(exc, io.WriteError):  # the run went well, its results not written
+                print(f"jreg demo: {one_line(str(exc))}", file=sys.stderr)
+                return 1
             demo_args.error(str(exc))
         diverged = [r for r in results["runs"] if "diverged" in r]
         for r in diverged:
