@@ -97,7 +97,7 @@ def test_the_limits_are_traced_a_new_value_compiles_nothing():
     assert counts[0] == counts[1] == counts[2]
 
 
-@pytest.mark.parametrize("vectorize", ["vmap", "map"])
+@pytest.mark.parametrize("vectorize", ["vmap", "map", "wide"])
 def test_a_sweep_freezes_and_flags_the_blown_member_and_the_others_equal_their_own_fits(vectorize):
     hp = {"eta": [GOOD, BLOWN, 0.1, SHAKY]}
     guard = jreg.Guard(max_loss=100, max_ratio=1.3)
