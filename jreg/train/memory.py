@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -68,7 +69,7 @@ def _largest_value(jaxpr: Any) -> tuple[int, Any]:
             aval = var.aval
             if hasattr(aval, "shape") and hasattr(aval, "dtype"):
                 found = max(found, (_memory.array_bytes(aval.shape, aval.dtype), aval), key=lambda f: f[0])
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax_core.jaxprs_in_params(eqn.params):
             found = max(found, _largest_value(sub), key=lambda f: f[0])
     return found
 
