@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -123,3 +124,17 @@ def test_demo_reports_a_diverged_run_and_exits_non_zero(tmp_path, capsys):
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert "diverged" not in runs[0] and runs[0]["final_test_accuracy"] >= 0  # λ = 0 stays finite
     assert runs[1]["diverged"]["epoch"] == 1 and "nan" not in json.dumps(runs[1]).lower()
+
+
+# issue 28, item 3: sizes before work
+def test_demo_refuses_an_absurd_hidden_width_at_once(tmp_path, capsys):
+    """``--hidden 99999999999`` (about 290 TiB of params) used to try the allocation and then sit for minutes in
+    the finiteness check: now one line on stderr, exit status 2, before anything is allocated or written."""
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--hidden", "99999999999", "--out", str(tmp_path / "out"), "--quiet"])
+    assert info.value.code == 2 and time.perf_counter() - started < 30
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jreg demo: error: jreg.mlp([784, 99999999999, 10]) needs")
+    assert "(784, 99999999999) float32" in err and "TiB" in err
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,7 @@ from .._errors import JregError
 from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
-from . import calls, checkpoint_folder, config, divergence, engine, mesh
+from . import calls, checkpoint_folder, config, divergence, engine, memory, mesh
 from . import early_stopping as stopping_hooks
 from . import resume as resuming
 from .config import EMA, Checkpointing, DataParallel, Evaluation, Guard
@@ -211,6 +211,12 @@ def fit(
     rule = stopping_hooks.check(early_stopping, setup.monitor)
     limits = divergence.limits(guard, setup, None, "fit")
     check_opt_state(optimizer, params, opt_state)
+    best = rule is not None and rule.restore_best  # the sizes before allocation (jreg.train.memory)
+    memory.check(
+        memory.state_parts(optimizer, params, None, ema=ema is not None, best=best)
+        + memory.data_parts(objective, params, setup.model_state, setup),
+        "jreg.fit",
+    )
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
     state = TrainState.create(

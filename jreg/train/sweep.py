@@ -179,9 +179,10 @@ def sweep(
         build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll, unknown
     )
     guard = as_guard(guard)
+    copies = (ema is not None, bool(getattr(early_stopping, "restore_best", False)))  # sized before allocation
     params, model_state, stacked_params, setup = prepared_models(
         build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,
-        monitor,
+        monitor, copies, "jreg.sweep",
     )  # fmt: skip
     rule = stopping_hooks.check(early_stopping, setup.monitor, "sweep")
     limits = divergence.limits(guard, setup, models, "sweep")
