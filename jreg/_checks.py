@@ -108,9 +108,19 @@ def check_path(value: Any, name: str = "path") -> Path:
 
 
 def check_finite(x: Any, name: str) -> None:
-    """Raise if a concrete array holds NaN or infinity."""
-    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
+    """Raise if a concrete array holds NaN or infinity.
+
+    One pass over the values (the count of bad ones only when there are some), and none at all for integers
+    and booleans, which are always finite.
+    """
+    if not is_concrete(x):
+        return
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_)):
+        return
+    finite = np.isfinite(np.asarray(x))
+    if not bool(np.all(finite)):
+        bad = int(np.size(finite) - np.count_nonzero(finite))
         raise JregError(f"{name} holds {bad} non-finite value(s) (NaN or inf)")
 
 

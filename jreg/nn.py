@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _memory
 from . import initializers as inits
 from ._checks import check_key, check_positive_int, is_concrete
 from ._errors import JregError, JregTypeError
@@ -68,7 +69,9 @@ def mlp(
     Nielsen's quadratic cost on activations).
 
     Args:
-        sizes: layer widths, input first, e.g. ``[784, 30, 10]``; at least two.
+        sizes: layer widths, input first, e.g. ``[784, 30, 10]``; at least two. Params that cannot fit in
+            memory (``jreg/_memory.py``: the device's, the host's, or ``JREG_MEMORY_LIMIT``) are refused here,
+            with a :class:`jreg.JregError` naming their size and largest shape, before ``init`` asks for them.
         activation: hidden-layer nonlinearity (default sigmoid, as in the book).
         output_activation: applied to the output layer, or ``None`` for logits.
         w_init, b_init: initializers with the ``jax.nn.initializers`` signature;
@@ -99,6 +102,7 @@ def mlp(
     sizes, dtype, policy, w_init, b_init = _mlp_checks(
         sizes, activation, output_activation, w_init, b_init, init, dtype, drop_rate, input_drop_rate, policy
     )
+    _check_mlp_size(sizes, dtype)
     init_fn = _mlp_init(sizes, w_init, b_init, dtype)
     # with both rates concretely 0 a key changes nothing: skip the key split (and the dropout calls' work)
     stochastic = not all(is_concrete(r) and float(np.asarray(r)) == 0.0 for r in (drop_rate, input_drop_rate))
@@ -139,6 +143,18 @@ def _mlp_checks(sizes, activation, output_activation, w_init, b_init, init, dtyp
         if not callable(fn):
             raise JregTypeError(f"{name} must be an initializer init(key, shape, dtype), got {fn!r}")
     return sizes, dtype, policy, w_init, b_init
+
+
+def _check_mlp_size(sizes: tuple[int, ...], dtype: Any) -> None:
+    """Refuse, before ``init`` asks for it, params that cannot fit in memory (:func:`jreg._memory.check`)."""
+    shapes = [[(n_in, n_out), (n_out,)] for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    part = _memory.Part(
+        "params",
+        sum(_memory.array_bytes(s, dtype) for layer in shapes for s in layer),
+        max((s for layer in shapes for s in layer), key=lambda s: _memory.array_bytes(s, dtype)),
+        str(np.dtype(dtype)),
+    )
+    _memory.check([part], f"jreg.mlp({list(sizes)})")
 
 
 def _mlp_init(sizes: tuple[int, ...], w_init: Initializer, b_init: Initializer, dtype: Any) -> Callable[..., Any]:

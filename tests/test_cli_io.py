@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -163,3 +164,17 @@ def test_jreg_demo_on_a_full_disk_in_a_process_prints_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and "No space left on device" in done.stderr and "Traceback" not in done.stderr
+
+
+# issue 28, item 3: sizes before work
+def test_demo_refuses_an_absurd_hidden_width_at_once(tmp_path, capsys):
+    """``--hidden 99999999999`` (about 290 TiB of params) used to try the allocation and then sit for minutes in
+    the finiteness check: now one line on stderr, exit status 2, before anything is allocated or written."""
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--hidden", "99999999999", "--out", str(tmp_path / "out"), "--quiet"])
+    assert info.value.code == 2 and time.perf_counter() - started < 30
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jreg demo: error: jreg.mlp([784, 99999999999, 10]) needs")
+    assert "(784, 99999999999) float32" in err and "TiB" in err
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ regularized objective. Layout (each module imports only those above it)::
     evaluate      evaluation in batches: cost, parts, metrics; accuracy, total_cost
     history       History (one model or K)
     guard         the finiteness check, DivergenceError, the step-by-step replay
-    config        Evaluation, Checkpointing, DataParallel, ModelParallel, EMA
+    config        Evaluation, Checkpointing, DataParallel, ModelParallel, EMA, Guard
     validate      checks before any work: arguments, data, the objective on the data's shapes
     monitor       which series are measured, and measuring them
     stream        streamed epochs: Stream, chunks prefetched to the device, the compiled chunk scan
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import EMA, Checkpointing, DataParallel, Evaluation, ModelParallel
+from .config import EMA, Checkpointing, DataParallel, Evaluation, Guard, ModelParallel
 from .engine import VECTORIZE
 from .epoch import make_epoch
 from .evaluate import accuracy, total_cost
@@ -63,6 +63,7 @@ __all__ = [
     "DivergenceError",
     "EMA",
     "Evaluation",
+    "Guard",
     "Best",
     "History",
     "Records",

@@ -4,7 +4,7 @@ Options that belong together travel as one object instead of loose keywords:
 :class:`Evaluation` (held-out data, metrics, evaluation batch size, how
 often), :class:`Checkpointing` (folder, how often, how many to keep) and
 :class:`DataParallel` (mesh, data axis, parameter layout), :class:`ModelParallel`
-(a sweep's models across devices). Each checks its
+(a sweep's models across devices), :class:`EMA`, :class:`Guard` (finite blow-ups as divergence). Each checks its
 own fields when built, so a bad option fails at once, before any work.
 """
 
@@ -306,6 +306,79 @@ def as_ema(ema: Any) -> EMA | None:
     if ema is None or isinstance(ema, EMA):
         return ema
     raise JregTypeError(f"ema must be a jreg.EMA(decay=...), got {ema!r}")
+
+
+@checked_init
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """Opt-in divergence rules for a loss that explodes while staying finite: ``fit(..., guard=Guard(max_loss=1e3))``.
+
+    Without a guard (the default) divergence means NaN or infinity only (docs/reliability.md). With one, an
+    epoch whose running loss (``epoch_loss``: the mean mini-batch objective of its training steps) exceeds a
+    limit is a divergence too, handled as a non-finite one is: the compiled epoch returns its *input* state
+    (per model in a sweep), :func:`jreg.fit` raises :class:`jreg.DivergenceError` (``error.rule`` names the rule,
+    the message and ``error.quantity`` the rule and the value; ``error.params`` are those of the last epoch
+    within the limit; ``error.step`` is None), and :func:`jreg.sweep` freezes the member at that state and records
+    ``history.diverged[i] = {"epoch", "step": None, "quantity"}`` (the quantity naming the rule and the value)
+    while the others go on. A non-finite epoch is still reported as before.
+
+    Attributes:
+        max_loss: a positive finite number: every epoch's running loss must stay at or below it.
+        max_ratio: a finite number of at least 1: from the second epoch on, the running loss must stay at or
+            below ``max_ratio`` times the first epoch's (each model's own in a sweep). The reference is the
+            first ``epoch_loss`` the run's history holds, so a resumed run (from a checkpoint or a
+            :class:`jreg.Result`) compares with the same value; where it is not a positive number the ratio rule
+            does not apply to that model.
+
+    With both, the lower limit applies. The limits reach the compiled epoch as one traced float32 value per
+    model: new values compile nothing. The rules read the ``epoch_loss`` series, which must be monitored (it
+    is by default); a stream of batches is refused (not supported yet). ``Guard()`` checks nothing more than
+    no guard.
+    """
+
+    max_loss: float | None = None
+    max_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_loss is not None:
+            object.__setattr__(self, "max_loss", _check_limit(self.max_loss, "Guard.max_loss", 0.0))
+        if self.max_ratio is not None:
+            object.__setattr__(self, "max_ratio", _check_limit(self.max_ratio, "Guard.max_ratio", 1.0))
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule is set."""
+        return self.max_loss is not None or self.max_ratio is not None
+
+
+def _check_limit(value: Any, name: str, least: float) -> float:
+    """``value`` as a finite float above ``least`` (``max_loss``) or at least ``least`` (``max_ratio``)."""
+    rule = "a positive finite number" if least == 0.0 else f"a finite number of at least {least:g}"
+    number = isinstance(value, (int, float, np.integer, np.floating)) or (
+        isinstance(value, (np.ndarray, jax.Array))
+        and value.shape == ()
+        and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
+    )
+    if isinstance(value, (bool, np.bool_)) or not number:
+        raise JregTypeError(f"{name} must be {rule}, got {value!r}")
+    try:
+        number = float(value)
+    except jax.errors.ConcretizationTypeError as exc:
+        raise JregTypeError(f"{name} must be a concrete number, not a traced value") from exc
+    except OverflowError as exc:  # an integer too large for a float
+        raise JregError(f"{name} must be {rule}, got {value!r}") from exc
+    if not math.isfinite(number) or (number <= least if least == 0.0 else number < least):
+        raise JregError(f"{name} must be {rule}, got {number!r}")
+    return number
+
+
+def as_guard(guard: Any) -> Guard | None:
+    """``fit``'s and ``sweep``'s ``guard=``: None (also for ``Guard()``, which sets no rule), or a :class:`Guard`."""
+    if guard is None or (isinstance(guard, Guard) and not guard.active):
+        return None
+    if isinstance(guard, Guard):
+        return guard
+    raise JregTypeError(f"guard must be a jreg.Guard(max_loss=..., max_ratio=...), got {guard!r}")
 
 
 #: fit's older keywords, still accepted for one release with a DeprecationWarning: each belongs to one option object.

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._errors import JregError
 from ..nn import left_product_weight_gradients
 from . import calls, guard, stream
 from .config import EMA
@@ -45,7 +46,12 @@ def program(
     feed: stream.Feed | None = None,
     unroll: int | None = None,
 ) -> Callable[..., Any]:
-    """Jitted ``epoch(hp, state, alive, train, evaluation, key, *, evaluate) -> (state, alive, metrics, ok)``.
+    """Jitted ``epoch(hp, state, alive, train, evaluation, key, *, evaluate, limit=None) -> (state, alive, metrics,
+    ok)``.
+
+    ``limit``: a :class:`jreg.Guard`'s limit on the epoch's running loss (float32, one per model in a sweep;
+    traced, so new values compile nothing): an epoch whose running loss exceeds it fails the check as a
+    non-finite one does. None (no guard) leaves the program as it was.
 
     ``models=None``: one model (``fit``); else the state, ``hp`` and ``alive``
     have a leading axis of size ``models``. ``state`` is donated. With ``ema``
@@ -74,7 +80,7 @@ def program(
     measure_one = _measurer(build, monitor, ema)
     check_one = _checker(monitor)
 
-    def epoch(hp, state, alive, train, evaluation, key, *, evaluate: bool):
+    def epoch(hp, state, alive, train, evaluation, key, *, evaluate: bool, limit=None):
         if models is None:
             new, running = train_one(hp, state, train, key)
         elif vectorize == "vmap":
@@ -89,7 +95,9 @@ def program(
             measure = measure_one if models is None else jax.vmap(measure_one, in_axes=(0, 0, None, None))
             metrics.update(measure(hp, new, train, evaluation))
         check = check_one if models is None else jax.vmap(check_one)
-        state, ok, alive = check(state, new, loss, metrics, alive)
+        if limit is not None and finite_only:  # the front ends refuse a Guard without epoch_loss monitored
+            raise JregError("a jreg.Guard reads the running loss epoch_loss, which this run does not monitor")
+        state, ok, alive = check(state, new, loss, metrics, alive, limit)
         return state, alive, metrics, ok
 
     return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))
@@ -172,10 +180,12 @@ def _measurer(build: Build, monitor: Monitor, ema: EMA | None):
 
 
 def _checker(monitor: Monitor):
-    """``check_one(old, new, loss, metrics, alive)``: :func:`guard.check` on the loss and the guarded series."""
+    """``check_one(old, new, loss, metrics, alive, limit)``: :func:`guard.check` on the loss and the guarded series;
+    with ``limit`` (a :class:`jreg.Guard`'s, traced: None without one) a running loss above it fails it too."""
 
-    def check_one(old: TrainState, new: TrainState, loss, metrics, alive):
-        return guard.check(old, new, [loss, *(v for k, v in metrics.items() if monitor.guarded(k))], alive)
+    def check_one(old: TrainState, new: TrainState, loss, metrics, alive, limit=None):
+        over = None if limit is None else loss > limit
+        return guard.check(old, new, [loss, *(v for k, v in metrics.items() if monitor.guarded(k))], alive, over)
 
     return check_one
 

@@ -14,10 +14,10 @@ from .._errors import JregError
 from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
-from . import calls, checkpoint_folder, config, divergence, engine, mesh
+from . import calls, checkpoint_folder, config, divergence, engine, memory, mesh
 from . import early_stopping as stopping_hooks
 from . import resume as resuming
-from .config import EMA, Checkpointing, DataParallel, Evaluation
+from .config import EMA, Checkpointing, DataParallel, Evaluation, Guard
 from .epoch import check_unroll
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
@@ -50,6 +50,7 @@ def fit(
     parallel: DataParallel | None = None,
     ema: EMA | None = None,
     unroll: int | None = None,
+    guard: Guard | None = None,
     **legacy: Any,
 ) -> Result:
     """Train for ``epochs`` epochs of shuffled mini-batches; return a :class:`jreg.Result`.
@@ -155,6 +156,12 @@ def fit(
             it was saved with to continue it bit for bit. A stream's chunks
             are unrolled only when ``unroll`` is given (a streamed epoch is
             bound by the host feeding it).
+        guard: a :class:`jreg.Guard`: count a finite blow-up as divergence, an
+            epoch whose running loss (``epoch_loss``) exceeds ``max_loss``, or
+            ``max_ratio`` times the first epoch's; such an epoch raises
+            :class:`DivergenceError` naming the rule and the value (``error.rule``),
+            with the params of the last epoch within the limit. Default None:
+            divergence means NaN or infinity only.
         **legacy: the older keywords ``checkpoint_dir``, ``checkpoint_every``,
             ``keep`` (:class:`jreg.Checkpointing`) and ``mesh``, ``data_axis``,
             ``param_specs`` (:class:`jreg.DataParallel`) still work for this
@@ -182,11 +189,13 @@ def fit(
             names the epoch, the step and the quantity, and carries the last
             finite params (``error.params``); no checkpoint with non-finite
             values is ever written. The check runs inside the compiled epoch,
-            once per epoch.
+            once per epoch. With ``guard``, also when the running loss breaks
+            one of its rules.
     """
     checkpoint, parallel, ema, resume, epochs, batch_size, unroll = _checked(
         objective, optimizer, checkpoint, parallel, ema, resume, epochs, batch_size, key, callback, unroll, legacy
     )
+    guard = config.as_guard(guard)
     setup = prepare(
         objective,
         params,
@@ -200,7 +209,14 @@ def fit(
         optimizer=optimizer,
     )
     rule = stopping_hooks.check(early_stopping, setup.monitor)
+    limits = divergence.limits(guard, setup, None, "fit")
     check_opt_state(optimizer, params, opt_state)
+    best = rule is not None and rule.restore_best  # the sizes before allocation (jreg.train.memory)
+    memory.check(
+        memory.state_parts(optimizer, params, None, ema=ema is not None, best=best)
+        + memory.data_parts(objective, params, setup.model_state, setup),
+        "jreg.fit",
+    )
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
     state = TrainState.create(
@@ -210,14 +226,15 @@ def fit(
     state, start, history, stopper, writer = begun
     try:  # the folder's lock is released when the run ends, however it ends
         return _train(objective, optimizer, setup, state, start, history, stopper, writer, key, epochs, batch_size,
-                      opt_state, resume, parallel, ema, unroll, verbose, callback, model_state is not None)  # fmt: skip
+                      opt_state, resume, parallel, ema, unroll, verbose, callback, model_state is not None,
+                      limits)  # fmt: skip
     finally:
         if writer is not None:
             writer.close()
 
 
 def _train(objective, optimizer, setup, state, start, history, stopper, writer, key, epochs, batch_size, opt_state,
-           resume, parallel, ema, unroll, verbose, callback, stateful):  # fmt: skip
+           resume, parallel, ema, unroll, verbose, callback, stateful, limits):  # fmt: skip
     """The run itself, from the first epoch not done (``start``) to the :class:`Result`."""
     history.cost_convention = setup.monitor.cost_convention  # a resumed run's is checked to be the same
     history.ema = None if ema is None else ema.meta()  # likewise
@@ -244,9 +261,12 @@ def _train(objective, optimizer, setup, state, start, history, stopper, writer, 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
         data = train_data if setup.feed is None else setup.feed.epoch(e)  # a stream: epoch e opened
-        return epoch({}, state, alive, data, held_out, jax.random.fold_in(key, e), evaluate=due)
+        limit = {} if limits is None else limits.next(history)  # a Guard's limit for this epoch (traced)
+        return epoch({}, state, alive, data, held_out, jax.random.fold_in(key, e), evaluate=due, **limit)
 
-    hooks = _hooks(objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback)
+    hooks = _hooks(
+        objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback, limits
+    )
     run = run_epochs(one_epoch, Run(state, None, epochs, history), start, hooks)
 
     if stopper is not None:
@@ -277,11 +297,12 @@ def _checked(objective, optimizer, checkpoint, parallel, ema, resume, epochs, ba
     return checkpoint, parallel, ema, resume, epochs, batch_size, unroll
 
 
-def _hooks(objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback):
+def _hooks(objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback,
+           limits=None):  # fmt: skip
     """The host loop's hooks after each epoch, in their documented order (docs/architecture.md): divergence,
     early stopping's annotation, the record, progress, the user's callback, early stopping's decision, the
     checkpoint."""
-    hooks: list[Hook] = [divergence.single(objective, optimizer, setup, train_data, key, ema)]
+    hooks: list[Hook] = [divergence.single(objective, optimizer, setup, train_data, key, ema, limits)]
     hooks += [stopper.annotate] if stopper is not None else []
     hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []

@@ -32,11 +32,13 @@ from .step import apply_fn, gradient_fn
 
 
 class DivergenceError(JregError):
-    """Training produced NaN or infinity. ``params``/``opt_state``/``model_state`` are the last finite ones.
+    """Training produced NaN or infinity (or broke a :class:`jreg.Guard` rule). ``params``/``opt_state``/
+    ``model_state`` are the last finite ones (with a rule broken: the last epoch's within the limit).
 
     Attributes: ``epoch`` (0-based), ``step`` (0-based within the epoch, or None
-    when only a monitored cost went bad), ``quantity`` (what went bad first),
-    ``params``, ``opt_state``, ``model_state``, ``history`` (the epochs completed before).
+    when only a monitored cost went bad, or a rule was broken), ``quantity`` (what went bad first),
+    ``params``, ``opt_state``, ``model_state``, ``history`` (the epochs completed before), ``rule``
+    (``"max_loss"`` or ``"max_ratio"``: the :class:`jreg.Guard` rule the epoch broke; None for NaN or infinity).
     """
 
     def __init__(
@@ -50,19 +52,29 @@ class DivergenceError(JregError):
         opt_state: OptState,
         history: Any,
         model_state: ModelState = None,
+        rule: str | None = None,
     ):
         super().__init__(message)
-        self.epoch, self.step, self.quantity = epoch, step, quantity
+        self.epoch, self.step, self.quantity, self.rule = epoch, step, quantity, rule
         self.params, self.opt_state, self.model_state, self.history = params, opt_state, model_state, history
 
 
-def check(old: TrainState, new: TrainState, figures: list[jax.Array], alive: jax.Array | None = None):
+def check(
+    old: TrainState,
+    new: TrainState,
+    figures: list[jax.Array],
+    alive: jax.Array | None = None,
+    over: jax.Array | None = None,
+):
     """``(state, ok, alive)``: the new state where it and the figures are finite (and the model alive), else the old.
 
-    ``alive`` (None for a single run) freezes a model for good once it diverged.
+    ``alive`` (None for a single run) freezes a model for good once it diverged. ``over`` (None without a
+    :class:`jreg.Guard`): whether the epoch's running loss broke the guard's limit, which fails the check too.
     """
     ok = all_finite((new.params, new.ema), figures)  # the EMA of the params too, when one is kept
     ok &= none_became_non_finite((old.opt_state, old.model_state), (new.opt_state, new.model_state))
+    if over is not None:
+        ok &= ~over
     keep = ok if alive is None else ok & alive
     state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
     return state, ok, (None if alive is None else keep)

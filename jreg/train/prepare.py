@@ -17,7 +17,7 @@ import optax
 from .._checks import check_optimizer
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
-from . import calls
+from . import calls, memory
 from .engine import VECTORIZE, Build
 from .setup import Setup, prepare
 from .state import TrainState
@@ -138,7 +138,7 @@ def default_vectorize(vectorize: str, models: int) -> str:
 
 
 def prepare_models(
-    build: Build,
+    built: list[tuple[Callable[..., Any], Any]],
     params: Params,
     model_state: ModelState,
     train: Any,
@@ -152,11 +152,10 @@ def prepare_models(
     partial_batch: str,
     monitor: Iterable[str] | str | None,
 ) -> Setup:
-    """What every K-model front end checks before any work: each model built with concrete values, the data
-    and model 0's objective, optimizer, params and state (a stacked leading axis checked) on the data."""
+    """What every K-model front end checks before any work (the ``built`` models from :func:`built_models`):
+    the data and model 0's objective, optimizer, params and state (a stacked leading axis checked) on the data."""
     first = _first(params, stacked_params, models, "params")
     first_state = _first(model_state, stacked_params, models, "model_state")
-    built = built_models(build, hp, models)
     return prepare(
         built[0][0],
         first,
@@ -193,16 +192,24 @@ def initial_state(
 
 
 def prepared_models(build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key,
-                    partial_batch, monitor):  # fmt: skip
-    """``(params, model_state, stacked_params, setup)``: an init function made into one init per seed, then
-    :func:`prepare_models`'s checks of the builds, the params and the data."""
+                    partial_batch, monitor, copies=(False, False), who=None):  # fmt: skip
+    """``(params, model_state, stacked_params, setup)``: each model built, an init function made into one init
+    per seed, then :func:`prepare_models`'s checks of the builds, the params and the data. Before any of that
+    is allocated, and again with the data's share once they are checked, the run's size is checked
+    (:mod:`jreg.train.memory`; ``copies``: whether an EMA and a best-params copy are kept)."""
     model_state = calls.as_model_state(model_state)
-    if is_init_function(params):  # one init per seed (a callable model, an Equinox module, is params)
+    built = built_models(build, hp, models)
+    who = who or f"this run of {models} models"
+    init = is_init_function(params)
+    one = memory.init_spec(params) if init else memory.one_model(params, stacked_params)
+    parts = [] if one is None else memory.state_parts(built[0][1], one, models, ema=copies[0], best=copies[1])
+    memory.check(parts, who)
+    if init:  # one init per seed (a callable model, an Equinox module, is params)
         params, stacked_params = seeded(params, hp, model_state, stacked_params), True
         if model_state is not None:  # a shared initial state: each member keeps its own copy
             model_state = jax.tree.map(lambda a: jnp.broadcast_to(a, (models, *jnp.shape(a))), model_state)
     setup = prepare_models(
-        build,
+        built,
         params,
         model_state,
         train,
@@ -215,4 +222,6 @@ def prepared_models(build, params, model_state, train, evaluation, hp, models, s
         partial_batch=partial_batch,
         monitor=monitor,
     )
+    first, first_state = memory.one_model(params, stacked_params), memory.one_model(model_state, stacked_params)
+    memory.check(parts + memory.data_parts(built[0][0], first, first_state, setup), who)
     return params, model_state, stacked_params, setup

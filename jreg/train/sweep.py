@@ -17,7 +17,7 @@ from ..stopping import EarlyStopping
 from . import checkpoint_folder, divergence, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
 from . import resume as resuming
-from .config import EMA, Checkpointing, ModelParallel, as_ema, check_decay
+from .config import EMA, Checkpointing, Guard, ModelParallel, as_ema, as_guard, check_decay
 from .engine import VECTORIZE, Build, program
 from .epoch import check_unroll
 from .history import History
@@ -53,6 +53,7 @@ def sweep(
     checkpoint: Checkpointing | None = None,
     resume: Any = None,
     unroll: int | None = None,
+    guard: Guard | None = None,
     **unknown: Any,
 ) -> Result:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
@@ -157,6 +158,12 @@ def sweep(
             convention or EMA setting is refused; so is a checkpoint of
             :func:`fit` (and ``fit`` refuses a sweep's).
         unroll: as in :func:`fit` (the K models' steps are unrolled together).
+        guard: a :class:`jreg.Guard`, as in :func:`fit`, for each model on its
+            own (the ratio rule against its own first epoch): a model whose
+            running loss breaks a rule is frozen at the state of its last epoch
+            within the limit and recorded in ``history.diverged`` (``"step"``
+            None, the ``"quantity"`` naming the rule and the value), while the
+            others go on.
         The rest as in :func:`fit`.
 
     Returns:
@@ -171,11 +178,14 @@ def sweep(
     hp, models, ema, checkpoint, resume, vectorize, epochs, batch_size, unroll = _checked(
         build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll, unknown
     )
+    guard = as_guard(guard)
+    copies = (ema is not None, bool(getattr(early_stopping, "restore_best", False)))  # sized before allocation
     params, model_state, stacked_params, setup = prepared_models(
         build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,
-        monitor,
+        monitor, copies, "jreg.sweep",
     )  # fmt: skip
     rule = stopping_hooks.check(early_stopping, setup.monitor, "sweep")
+    limits = divergence.limits(guard, setup, models, "sweep")
     stopper = None
     if rule is not None:
         stopper = stopping_hooks.SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)
@@ -202,7 +212,7 @@ def sweep(
     writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs)
     try:  # the folder's lock is released when the sweep ends, however it ends
         run = _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema,
-                     writer, batch_size, verbose, callback)  # fmt: skip
+                     writer, batch_size, verbose, callback, limits)  # fmt: skip
     finally:
         if writer is not None:
             writer.close()
@@ -211,18 +221,19 @@ def sweep(
 
 
 def _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema, writer,
-           batch_size, verbose, callback) -> Run:  # fmt: skip
+           batch_size, verbose, callback, limits) -> Run:  # fmt: skip
     """The sweep's epochs from the first not done (``start``): the final :class:`Run`."""
 
     def one_epoch(state: TrainState, alive: Any, e: int):
         due = setup.schedule.due(e, epochs)
         data = placed[3] if setup.feed is None else setup.feed.epoch(e)  # a stream: epoch e opened
-        out = epoch(placed[1], state, alive, data, placed[4], jax.random.fold_in(key, e), evaluate=due)
+        limit = {} if limits is None else limits.next(history)  # a Guard's limits for this epoch (traced)
+        out = epoch(placed[1], state, alive, data, placed[4], jax.random.fold_in(key, e), evaluate=due, **limit)
         if placed[-1] is not None:
             out = (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
         return out if stopper is None else track.advance(out, e, rule.monitor)
 
-    hooks = _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback)
+    hooks = _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits)
     run = Run(placed[0], placed[2], epochs, history)
     if len(history.diverged) + len(history.stopped) < models:  # a resumed sweep may have finished already
         run = run_epochs(one_epoch, run, start, hooks, np.asarray)
@@ -308,10 +319,10 @@ def _result(run: Run, start: int, hp: Any, setup: Setup, track: _Tracking, key: 
     )
 
 
-def _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback) -> list[Hook]:
+def _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits=None) -> list[Hook]:
     """The host loop's hooks after each epoch, in their documented order (docs/architecture.md): divergence,
     early stopping, the record, progress, the user's callback, the end when every member is done, the checkpoint."""
-    hooks: list[Hook] = [divergence.members(build, hp, setup, key, ema)]
+    hooks: list[Hook] = [divergence.members(build, hp, setup, key, ema, limits)]
     hooks += [track.hook] if track.stopper is not None else []
     hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []
