@@ -12,11 +12,14 @@ Two tiers, marked here by rule (``pytest_collection_modifyitems``), never by han
 
 A test is ``slow`` when (1) its file is in ``SLOW_FILES`` (subprocesses, several processes, a local server, whole
 scripts; with ``-m "not slow"`` these files are not even imported), (2) it reads the real MNIST files (its code
-names ``SHARED``, the ``../shared/data/mnist`` folder), (3) it is the "nojit" variant of a test whose code (or
-its file's helpers it calls) trains, naming ``fit``, ``sweep``, ``pbt``, ``make_step``, ``make_epoch``,
-``make_update`` or ``run_epoch``: its "jit" variant checks the same thing in the fast tier, or (4) it is listed
-in ``SLOW_TESTS`` (measured slow with ``--durations``, each with its reason). A ``@pytest.mark.slow`` written in
-a test file still counts.
+names ``SHARED``, the ``../shared/data/mnist`` folder), (3) it trains: its code (or its file's helpers it calls)
+names ``fit``, ``sweep``, ``pbt``, ``regularization_path``, ``make_step``, ``make_epoch``, ``make_update`` or
+``run_epoch`` -- except in ``FAST_FILES`` (``test_goldens.py``: every front end's results bit for bit, the guard
+of every refactoring, stays fast), (4) it is a hypothesis property (``@given``: many examples, each compiled
+anew), (5) it is the "nojit" variant of a core test (its "jit" variant stays fast), or (6) it is listed in
+``SLOW_TESTS`` (measured slow with ``--durations``, each with its reason). A ``@pytest.mark.slow`` written in a
+test file still counts. The suite shares JAX's persistent compilation cache (below), so a second run of either
+tier compiles little.
 """
 
 from __future__ import annotations
@@ -132,7 +135,12 @@ SLOW_TESTS: dict[str, str] = {
     "test_wide_gradients.py::test_a_wide_sweep_with_an_input_gradient_penalty_differentiates_through_the_rule": "23 s",
 }
 
-TRAINING = frozenset({"fit", "sweep", "pbt", "make_step", "make_epoch", "make_update", "run_epoch"})
+TRAINING = frozenset(
+    {"fit", "sweep", "pbt", "regularization_path", "make_step", "make_epoch", "make_update", "run_epoch"}
+)
+
+# Files whose training tests stay in the fast tier all the same: the guard of every refactoring.
+FAST_FILES = {"test_goldens.py": "every front end's results, bit for bit"}
 
 
 def _names(code: types.CodeType, module=None, seen=None) -> set[str]:
@@ -185,10 +193,13 @@ def _slow_reason(item) -> str | None:
     names = _names(code, getattr(item, "module", None))
     if "SHARED" in names:
         return "reads the real MNIST files (../shared/data/mnist)"
+    if names & TRAINING and path.name not in FAST_FILES:
+        return "trains (names a front end or a step/epoch maker): test_goldens.py checks every front end bit for bit"
+    if getattr(getattr(item, "function", None), "is_hypothesis_test", False):
+        return "a hypothesis property (many examples, each compiled anew): fuzzing is the full suite's"
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "variant" in callspec.params and "nojit" in callspec.id.split("-"):
-        if names & TRAINING:
-            return "the nojit variant of a training test (its jit variant stays in the fast tier)"
+        return "the nojit variant (its jit variant checks the same thing in the fast tier)"
     return None
 
 
