@@ -136,6 +136,7 @@ def test_readme_snippets_run_as_written(tmp_path, monkeypatch):
     source = (EXAMPLES / "readme_quickstart.py").read_text()
     region = textwrap.dedent(source.split("    # --- README\n")[1])
     region = region.replace("epochs=epochs", "epochs=20").replace("epochs=more", "epochs=30")
+
     def code(text: str) -> str:  # blank lines aside: ruff formats the README's blocks as scripts of their own
         return "\n".join(line for line in text.splitlines() if line.strip())
 
