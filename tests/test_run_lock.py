@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -27,12 +26,8 @@ from jreg import io
 from jreg.train import checkpoint_folder as cf
 from jreg.train.resume import resolve
 
-MODEL = jreg.mlp([4, 3, 2])
-PARAMS = MODEL.init(jax.random.key(0))
-OBJ = jreg.objective(MODEL.apply, jreg.losses.softmax_cross_entropy)
-DATA = (jax.random.uniform(jax.random.key(1), (16, 4)), jnp.arange(16) % 2)
-OPT = optax.sgd(0.5)
-KW = dict(batch_size=4, key=jax.random.key(0))
+from .test_checkpoint_folders import DATA, KW, MODEL, OBJ, OPT, PARAMS  # the same tiny run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not io.LOCKING, reason="no fcntl on this platform: folders are not locked")
