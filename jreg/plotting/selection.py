@@ -204,7 +204,8 @@ def _mark(ax: Any, along: Along, labelled: bool) -> None:
     visible = _visible(along)
     for k, (what, i) in enumerate(along.chosen):
         if i in visible:
-            label = f"{what} = {along.x[i]:.3g}" if labelled else "_nolegend_"
+            group = next(g for g, idx in along.groups if i in idx) if len(along.groups) > 1 else ""
+            label = f"{what} = {along.x[i]:.3g}" + (f" ({group})" if group else "") if labelled else "_nolegend_"
             ax.axvline(along.x[i], ls="--", lw=1.0, color=CHOSEN_COLOURS[k % 3], label=label, gid=f"chosen:{what}")
 
 
