@@ -268,7 +268,7 @@ def test_a_heat_map_holds_each_cells_best_value_and_marks_the_best_cell(tmp_path
     np.testing.assert_allclose(cells[np.isfinite(expected)], expected[np.isfinite(expected)])
     assert np.ma.getmaskarray(ax.collections[0].get_array()).reshape(3, 4)[2, 1]  # member 5: lmbda 0.1, eta 2.5
     texts = {t.get_text() for t in ax.texts}
-    assert "NaN" in texts and f"{100 * np.nanmax(accuracy[0]):.4g}" in texts and len(ax.texts) == 12
+    assert "NaN" in texts and f"{100 * np.nanmax(accuracy[0]):.1f}" in texts and len(ax.texts) == 12
     (frame,) = by_gid(fig, "best-cell")
     i, j = best.member // 3, best.member % 3
     lmbda, eta = GRID.axes["lmbda"][i], GRID.axes["eta"][j]

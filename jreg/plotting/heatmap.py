@@ -64,7 +64,7 @@ def sweep(
     mesh = _mesh(ax, columns, rows, scale * values, best.maximize)
     unit = " (%)" if scale == 100.0 else ""
     fig.colorbar(mesh, ax=ax, label=f"best {best.monitor.replace('_', ' ')}{unit}")
-    _annotate(ax, mesh, columns, rows, scale * values)
+    _annotate(ax, mesh, columns, rows, scale * values, ".1f" if scale == 100.0 else ".4g")
     named = ""
     if best.member is not None:
         i, j = cell[best.member]
@@ -73,8 +73,8 @@ def sweep(
         named = f"best: {x} = {columns[i]:.3g}, {y} = {rows[j]:.3g}: {shown}"
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(title or f"best {best.monitor.replace('_', ' ')} per cell (over the epochs)\n{named}",
-                 fontsize="medium")  # fmt: skip
+    drawn = title or f"best {best.monitor.replace('_', ' ')} per cell (over the epochs)"
+    ax.set_title(f"{drawn}\n{named}" if named else drawn, fontsize="medium")
     return figures.finish(fig, file, "plotting.sweep")
 
 
@@ -167,7 +167,7 @@ def _mesh(ax: Any, columns: np.ndarray, rows: np.ndarray, values: np.ndarray, ma
     return mesh
 
 
-def _annotate(ax: Any, mesh: Any, columns: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+def _annotate(ax: Any, mesh: Any, columns: np.ndarray, rows: np.ndarray, values: np.ndarray, fmt: str) -> None:
     """Each cell's value, in black on a bright cell and white on a dark one."""
     for r, row in enumerate(values):
         for c, v in enumerate(row):
@@ -176,7 +176,7 @@ def _annotate(ax: Any, mesh: Any, columns: np.ndarray, rows: np.ndarray, values:
                 continue
             red, green, blue, _ = mesh.cmap(mesh.norm(v))
             ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
-            ax.text(columns[c], rows[r], f"{v:.4g}", ha="center", va="center", fontsize="small", color=ink)
+            ax.text(columns[c], rows[r], f"{v:{fmt}}", ha="center", va="center", fontsize="small", color=ink)
 
 
 def _outline(ax: Any, columns: np.ndarray, rows: np.ndarray, i: int, j: int) -> None:

@@ -124,7 +124,16 @@ def _draw_metric(ax: Any, along: Along, _: Any, percent: bool) -> None:
     for j, (label, order) in enumerate(_ordered(along)):
         x, y = along.x[order], scale * along.metric[order]
         if along.error is None:
-            ax.plot(x, y, "o-", ms=3.5, lw=1.2, color=f"C{j}", label=label or along.monitor, gid=f"metric:{label}")
+            ax.plot(
+                x,
+                y,
+                "o-",
+                ms=3.5,
+                lw=1.2,
+                color=f"C{j}",
+                label=label or along.monitor.replace("_", " "),
+                gid=f"metric:{label}",
+            )
             continue
         ax.errorbar(x, y, yerr=scale * along.error[order], fmt="o-", ms=3.5, lw=1.1, capsize=2.5, elinewidth=0.9,
                     ecolor="0.6", color=f"C{j}", label=label or f"mean ± 1 SE, {along.folds} folds",
