@@ -132,7 +132,7 @@ def test_a_cv_draws_mean_and_se_bars_the_two_choices_and_the_one_se_threshold(tm
 def test_a_cv_without_stopping_figures_uses_the_last_measurement_and_an_accuracy_in_percent():
     mean = np.asarray([[0.80, 0.90], [0.85, 0.93], [0.80, 0.91], [0.50, 0.60]])
     cv = a_cv(monitor="evaluation_accuracy", maximize=True, mean=mean, se=np.full((4, 2), 0.01), best_index=1,
-              one_se_index=2)  # fmt: skip
+              one_se_index=2, measured_epochs=np.asarray([5, 10]))  # fmt: skip
     fig = plotting.path(cv, panels=("metric",), decreasing=False)
     (ax,) = fig.axes
     line = ax.containers[0].lines[0]
@@ -141,7 +141,7 @@ def test_a_cv_without_stopping_figures_uses_the_last_measurement_and_an_accuracy
     assert threshold.get_ydata()[0] == pytest.approx(100 * (0.93 - 0.01))  # an accuracy: best minus one SE
     assert threshold.get_label() == "best mean − 1 SE"
     assert ax.get_xlim()[0] < ax.get_xlim()[1] and "(stronger →)" in ax.get_xlabel()
-    assert "last epoch" in ax.get_title()
+    assert "at epoch 10" in ax.get_title()
     assert plotting.path(cv, panels="metric", percent=False).axes[0].containers[0].lines[0].get_ydata()[1] == 0.93
 
 
@@ -226,6 +226,13 @@ def test_what_plotting_path_cannot_draw_is_a_clear_error(tmp_path):
         plotting.path(cv, selectors={"bias": "9/*"})
     with pytest.raises(jreg.JregError, match="cannot tell which of the 4 settings each of the 12"):
         plotting.path(a_cv(n_folds=2))
+    assert len(plotting.path(a_cv(n_folds=2), panels=("metric",)).axes) == 1  # the metric needs no params
+    with pytest.raises(jreg.JregError, match=r"the result's mean has 3 settings, its settings 4"):
+        plotting.path(a_cv(mean=np.ones((3, 2))))
+    with pytest.raises(jreg.JregTypeError, match=r"the result's settings\['lmbda'\] must hold numbers"):
+        plotting.path(a_cv(settings={"lmbda": np.asarray(["weak", "strong", "x", "y"])}))
+    with pytest.raises(jreg.JregError, match=r"regularize='eta' is not one of its settings \['lmbda'\]"):
+        plotting.path(a_cv(regularize="eta"))
     with pytest.raises(jreg.JregTypeError, match="jreg.regularization_path or jreg.cross_validate returned, got dict"):
         plotting.path({"lmbda": [1.0]})
     sweep_result = jreg.Result(params=PARAMS, history=History(models=2), hparams={"lmbda": np.asarray([0.0, 1.0])})
@@ -235,6 +242,8 @@ def test_what_plotting_path_cannot_draw_is_a_clear_error(tmp_path):
         plotting.path(cv, panel=("metric",))
     with pytest.raises(jreg.JregTypeError, match="file must be a path"):
         plotting.path(cv, 3)
+    with pytest.raises(jreg.JregTypeError, match="panels must be a non-empty sequence"):
+        plotting.path(cv, panels=())
 
 
 # -- plotting.sweep: a 2-D grid's heat map ----------------------------------------------------------------
@@ -319,6 +328,10 @@ def test_what_plotting_sweep_cannot_draw_is_a_clear_error(tmp_path):
         heat_map({"lmbda": [1.0]})
     with pytest.raises(jreg.JregTypeError, match="did you mean 'monitor'"):
         heat_map(result, monitr="evaluation_cost")
+    with pytest.raises(jreg.JregTypeError, match="file must be a path"):
+        heat_map(result, file=["grid.png"])
+    with pytest.raises(jreg.JregTypeError, match=r"a cross-validation's result \(CV\); draw it .*jreg\.plotting\.path"):
+        heat_map(a_cv())
 
 
 # -- on real runs (these train: the slow tier) ------------------------------------------------------------

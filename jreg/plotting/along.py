@@ -39,7 +39,8 @@ class Along:
     settings: dict[str, np.ndarray]  # {hyperparameter: (S,)}: a path's strength, a CV's settings
     selected: dict[str, tuple[np.ndarray, int, np.ndarray, int]] | None  # {selector: (zeros, size, units, count)}
     folds: int | None  # a cross-validation's folds, None for a path
-    where: str  # what the metric is: "last measurement", "mean ± 1 SE over 5 folds ..."
+    where: str  # what the metric is: "at the last epoch", "mean ± 1 SE over 5 folds, ..."
+    unmatched: str = ""  # why setting_of is None although there are params (said when a panel needs them)
 
 
 # -- reading a result -------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def _read_path(result: Any, monitor: str | None) -> Along:
     elif monitor not in metrics:
         raise JregError(f"plotting.path: monitor={monitor!r} was not measured on this path; it has {sorted(metrics)}")
     x = np.asarray(result.strengths, np.float64)
-    metric = np.asarray(metrics[monitor], np.float64)
+    metric = np.asarray(metrics[monitor], np.float64).reshape(-1)
     maximize = maximized(monitor)
     chosen = []
     if np.isfinite(metric).any():
@@ -97,21 +98,48 @@ def _read_cv(cv: Any, monitor: str | None) -> Along:
         raise JregError(
             f"plotting.path: the result's regularize={name!r} is not one of its settings {sorted(settings)}"
         )
-    x = np.asarray(settings[name], np.float64)
+    x = _numbers(settings[name], f"settings[{name!r}]")
     at_stop = getattr(cv, "mean_at_stop", None) is not None and getattr(cv, "se_at_stop", None) is not None
     if at_stop:
-        metric, error = np.asarray(cv.mean_at_stop, np.float64), np.asarray(cv.se_at_stop, np.float64)
+        metric, error = _numbers(cv.mean_at_stop, "mean_at_stop"), _numbers(cv.se_at_stop, "se_at_stop")
     else:
-        metric, error = np.asarray(cv.mean, np.float64)[:, -1], np.asarray(cv.se, np.float64)[:, -1]
+        metric, error = _last(cv.mean, "mean"), _last(cv.se, "se")
+    for values, what in ((metric, "mean"), (error, "se")):
+        if values.shape != x.shape:
+            raise JregError(f"plotting.path: the result's {what} has {values.shape[0]} settings, its settings "
+                            f"{len(x)}")  # fmt: skip
     symbol = _symbol(name)
     chosen = [(f"{symbol}_min", int(cv.best_index)), (f"{symbol}_1se", int(cv.one_se_index))]
     folds = int(cv.n_folds)
     params = getattr(cv, "params", None)
     maximize = bool(getattr(cv, "maximize", "accuracy" in str(cv.monitor)))
-    where = f"mean ± 1 SE over {folds} folds, " + ("at each member's stopping epoch" if at_stop else "last epoch")
-    return Along(name, x, str(cv.monitor), metric, error, maximize, chosen, params,
-                 _setting_of(cv, settings, params, folds), _groups(settings, name), settings, None, folds,
-                 where)  # fmt: skip
+    measured = getattr(cv, "measured_epochs", None)
+    epochs = np.asarray([] if measured is None else measured).ravel()
+    last = f"at epoch {epochs[-1]}" if epochs.size else "at the last measurement"
+    where = f"mean ± 1 SE over {folds} folds, " + ("at each member's stopping epoch" if at_stop else last)
+    try:
+        setting_of, unmatched = _setting_of(cv, settings, params, folds), ""
+    except JregError as exc:  # said when a panel needs the params, not for the metric alone
+        setting_of, unmatched = None, str(exc)
+    return Along(name, x, str(cv.monitor), metric, error, maximize, chosen, params, setting_of,
+                 _groups(settings, name), settings, None, folds, where, unmatched)  # fmt: skip
+
+
+def _numbers(values: Any, what: str) -> np.ndarray:
+    """``values`` as a 1-D float array, or a jreg error naming ``what``."""
+    try:
+        out = np.asarray(values, np.float64)
+    except (TypeError, ValueError) as exc:
+        raise JregTypeError(f"plotting.path: the result's {what} must hold numbers, got {values!r}") from exc
+    if out.ndim != 1:
+        raise JregError(f"plotting.path: the result's {what} must be one value per setting, got shape {out.shape}")
+    return out
+
+
+def _last(values: Any, what: str) -> np.ndarray:
+    """The last measurement of ``(settings, measurements)`` (or ``(settings,)``) values."""
+    out = np.asarray(values, np.float64)
+    return _numbers(out[:, -1] if out.ndim == 2 else out, what)
 
 
 def _symbol(name: str) -> str:
@@ -127,10 +155,12 @@ def _setting_of(cv: Any, settings: dict[str, np.ndarray], params: Any, folds: in
     hparams = getattr(cv, "hparams", None)
     if isinstance(hparams, Mapping) and all(np.size(hparams.get(k, ())) == members for k in settings):
         setting_of = np.full(members, -1)
-        for s in range(count):
-            same = np.all([np.isclose(np.asarray(hparams[k], np.float64), float(v[s])) for k, v in settings.items()],
-                          axis=0)  # fmt: skip
-            setting_of[same & (setting_of < 0)] = s
+        try:
+            for s in range(count):
+                same = [np.isclose(np.asarray(hparams[k], np.float64), float(v[s])) for k, v in settings.items()]
+                setting_of[np.all(same, axis=0) & (setting_of < 0)] = s
+        except (TypeError, ValueError):  # hyperparameters that are not numbers: read the members' order instead
+            setting_of[:] = -1
         if np.all(setting_of >= 0):
             return setting_of
     if members == count * folds:
@@ -202,6 +232,8 @@ def panel_data(panel: str, along: Along, selectors: Any, groups: str, norm: str)
         raise JregError(f"plotting.path: the {panel!r} panel draws one curve per layer or selector along "
                         f"{along.name!r}, but the settings also vary in {others}: pick one slice with where=, e.g. "
                         f"where={example}, or draw panels=('metric',)")  # fmt: skip
+    if along.unmatched:
+        raise JregError(along.unmatched)
     if along.params is None or along.setting_of is None:
         raise JregError(f"plotting.path: the {panel!r} panel reads the result's params (stacked over its members); "
                         "this result has none: draw panels=('metric',)")  # fmt: skip

@@ -32,12 +32,16 @@ def png_bytes(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def finish(fig: Any, file: str | os.PathLike[str] | None, where: str) -> Any:
+def check_file(file: Any, where: str) -> None:
+    """``file`` is a path to write a PNG to, or None (checked before anything is drawn)."""
+    if file is not None and not isinstance(file, (str, os.PathLike)):
+        raise JregTypeError(f"{where}: file must be a path (str or os.PathLike) to write the PNG to, or None, "
+                            f"got {type(file).__name__}")  # fmt: skip
+
+
+def finish(fig: Any, file: str | os.PathLike[str] | None) -> Any:
     """Write the figure to ``file`` as a PNG (atomically) when given; return the figure."""
     if file is not None:
-        if not isinstance(file, (str, os.PathLike)):
-            raise JregTypeError(f"{where}: file must be a path (str or os.PathLike) to write the PNG to, or None, "
-                                f"got {type(file).__name__}")  # fmt: skip
         io.write_bytes(file, png_bytes(fig))
     return fig
 

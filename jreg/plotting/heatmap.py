@@ -3,10 +3,10 @@ epoch, :meth:`jreg.History.best`) in the cell of its two hyperparameters.
 
 The cells sit at the hyperparameters' values: an axis whose values are positive and span more than 10x is
 log-scaled (``symlog`` when a 0 is among them), and a cell's edges are halfway between neighbouring values
-(geometrically on a log axis). Each cell is annotated with its value (accuracies in percent); the best cell is
-outlined and named in the title. Brighter is better: the colour map runs dark to bright towards higher
-accuracy and towards lower cost. A member without a finite measurement (it diverged) is a grey cell marked
-``NaN``.
+(geometrically on a log axis). Each cell is annotated with its value (accuracies in percent; a grid of more
+than :data:`MAX_ANNOTATED` cells is not); the best cell is outlined and named in the title. Brighter is
+better: the colour map runs dark to bright towards higher accuracy and towards lower cost. A member without
+a finite measurement (it diverged) is a grey cell marked ``NaN``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import numpy as np
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from . import figures
+
+#: a grid of more cells than this is drawn without the values written in the cells (the colour bar reads them)
+MAX_ANNOTATED = 400
 
 
 @checked("plotting.sweep")
@@ -54,17 +57,19 @@ def sweep(
                             epochs=10, batch_size=10, key=key, evaluation=test)
         jreg.plotting.sweep(result, x="lmbda", y="eta", file="grid.png")
     """
+    figures.check_file(file, "plotting.sweep")
     xs, ys, best = _read(result, x, y, monitor)
     columns, rows, cell = _cells(xs, ys, x, y, result.hparams)
     values = np.full((len(rows), len(columns)), np.nan)
     values[cell[:, 1], cell[:, 0]] = best.value
     scale = 100.0 if percent and figures.is_accuracy(best.monitor) else 1.0
-    fig, axes = figures.new_figure(1, 1, 5.6, 4.4)
+    fig, axes = figures.new_figure(1, 1, max(5.6, 2.2 + 0.75 * len(columns)), max(4.4, 1.6 + 0.45 * len(rows)))
     ax = axes[0, 0]
     mesh = _mesh(ax, columns, rows, scale * values, best.maximize)
     unit = " (%)" if scale == 100.0 else ""
     fig.colorbar(mesh, ax=ax, label=f"best {best.monitor.replace('_', ' ')}{unit}")
-    _annotate(ax, mesh, columns, rows, scale * values, ".1f" if scale == 100.0 else ".4g")
+    if values.size <= MAX_ANNOTATED:
+        _annotate(ax, mesh, columns, rows, scale * values, ".1f" if scale == 100.0 else ".4g")
     named = ""
     if best.member is not None:
         i, j = cell[best.member]
@@ -75,12 +80,16 @@ def sweep(
     ax.set_ylabel(y)
     drawn = title or f"best {best.monitor.replace('_', ' ')} per cell (over the epochs)"
     ax.set_title(f"{drawn}\n{named}" if named else drawn, fontsize="medium")
-    return figures.finish(fig, file, "plotting.sweep")
+    return figures.finish(fig, file)
 
 
 def _read(result: Any, x: Any, y: Any, monitor: str | None) -> tuple[np.ndarray, np.ndarray, Any]:
     """The members' x and y values and their :meth:`History.best`, every check before any drawing."""
     history, hparams = getattr(result, "history", None), getattr(result, "hparams", None)
+    if hasattr(result, "strengths") or hasattr(result, "one_se_index"):
+        raise JregTypeError(f"plotting.sweep: this is a regularization path's or a cross-validation's result "
+                            f"({type(result).__name__}); draw it along its strength with "
+                            "jreg.plotting.path(result)")  # fmt: skip
     if history is None or not hasattr(history, "best"):
         raise JregTypeError(f"plotting.sweep: result must be what jreg.sweep returned, got {type(result).__name__}")
     if getattr(history, "models", None) is None or hparams is None:

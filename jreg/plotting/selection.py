@@ -84,6 +84,7 @@ def path(
                                         evaluation=test, selectors={"first layer": "0/w"}, groups="rows")
         jreg.plotting.path(path, "path.png")
     """
+    figures.check_file(file, "plotting.path")
     along = read(result, monitor)
     along = restricted(along, where)
     panels = _panels(panels, along, selectors)
@@ -98,7 +99,7 @@ def path(
         _axis(ax, along, decreasing)
     if title:
         fig.suptitle(title)
-    return figures.finish(fig, file, "plotting.path")
+    return figures.finish(fig, file)
 
 
 def _panels(panels: Sequence[str] | None, along: Along, selectors: Any) -> list[str]:
