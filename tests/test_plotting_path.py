@@ -190,7 +190,8 @@ def test_a_cv_over_a_grid_draws_one_curve_per_setting_of_the_others_and_where_sl
     with pytest.raises(
         jreg.JregError, match=r"also vary in \['eta'\]: pick one slice with where=, e\.g\. where=\{'eta'"
     ):
-        plotting.path(cv)
+        plotting.path(cv, panels=("metric", "norms"))
+    assert len(plotting.path(cv).axes) == 1  # by default: what it can draw without where=, the metric
     sliced = plotting.path(cv, where={"eta": 1.0})
     np.testing.assert_allclose(sliced.axes[0].containers[0].lines[0].get_xdata(), [0.0, 0.01, 0.1, 1.0])
     np.testing.assert_allclose(sliced.axes[0].containers[0].lines[0].get_ydata(), mean[[1, 3, 5, 7], 0])
@@ -219,14 +220,15 @@ def test_what_plotting_path_cannot_draw_is_a_clear_error(tmp_path):
     ):
         plotting.path(cv, monitor="evaluation_accuracy")
     with pytest.raises(jreg.JregError, match="'norms' panel reads the result's params .* draw panels=\\('metric',\\)"):
-        plotting.path(a_cv(params=None))
+        plotting.path(a_cv(params=None), panels=("metric", "norms"))
+    assert len(plotting.path(a_cv(params=None)).axes) == 1  # by default: the metric alone
     with pytest.raises(jreg.JregError, match="norm must be 'l2' or 'l1'"):
         plotting.path(cv, norm="l3")
     with pytest.raises(jreg.JregError, match=r"selectors\['bias'\] selects no leaf"):
         plotting.path(cv, selectors={"bias": "9/*"})
     with pytest.raises(jreg.JregError, match="cannot tell which of the 4 settings each of the 12"):
-        plotting.path(a_cv(n_folds=2))
-    assert len(plotting.path(a_cv(n_folds=2), panels=("metric",)).axes) == 1  # the metric needs no params
+        plotting.path(a_cv(n_folds=2), panels=("norms",))
+    assert len(plotting.path(a_cv(n_folds=2)).axes) == 1  # the metric needs no params
     with pytest.raises(jreg.JregError, match=r"the result's mean has 3 settings, its settings 4"):
         plotting.path(a_cv(mean=np.ones((3, 2))))
     with pytest.raises(jreg.JregTypeError, match=r"the result's settings\['lmbda'\] must hold numbers"):

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import io as _io
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import io
 from .._errors import JregTypeError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 #: the resolution of every PNG jreg writes (as :func:`jreg.plotting.plot_histories`)
 DPI = 110
 
 
-def new_figure(rows: int, cols: int, width: float, height: float) -> tuple[Any, np.ndarray]:
+def new_figure(rows: int, cols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
     """A figure of ``rows x cols`` panels (``width x height`` inches each) and its axes, a 2-D array."""
     from matplotlib.figure import Figure
 
@@ -25,7 +28,7 @@ def new_figure(rows: int, cols: int, width: float, height: float) -> tuple[Any, 
     return fig, np.asarray(fig.subplots(rows, cols, squeeze=False))
 
 
-def png_bytes(fig: Any) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes."""
     buffer = _io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
@@ -39,7 +42,7 @@ def check_file(file: Any, where: str) -> None:
                             f"got {type(file).__name__}")  # fmt: skip
 
 
-def finish(fig: Any, file: str | os.PathLike[str] | None) -> Any:
+def finish(fig: Figure, file: str | os.PathLike[str] | None) -> Figure:
     """Write the figure to ``file`` as a PNG (atomically) when given; return the figure."""
     if file is not None:
         io.write_bytes(file, png_bytes(fig))

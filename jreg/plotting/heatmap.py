@@ -12,13 +12,16 @@ a finite measurement (it diverged) is a grey cell marked ``NaN``.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from . import figures
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: a grid of more cells than this is drawn without the values written in the cells (the colour bar reads them)
 MAX_ANNOTATED = 400
@@ -34,7 +37,7 @@ def sweep(
     file: str | os.PathLike[str] | None = None,
     percent: bool = True,
     title: str | None = None,
-) -> Any:
+) -> Figure:
     """A heat map of a 2-D grid sweep's best ``monitor`` per ``(x, y)`` cell (module docstring).
 
     Args:

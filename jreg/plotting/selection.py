@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from . import figures
 from .along import Along, panel_data, read, restricted
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PANELS = ("metric", "norms", "selected")
 #: the colours of the chosen strengths' vertical lines, in the order they are drawn
@@ -51,7 +54,7 @@ def path(
     decreasing: bool = True,
     percent: bool = True,
     title: str | None = None,
-) -> Any:
+) -> Figure:
     r"""glmnet-style panels of a regularization path or a cross-validation along its strength (module docstring).
 
     Args:
@@ -59,7 +62,8 @@ def path(
         file: a PNG to write (atomically); none is written when left out.
         panels: any of ``"metric"``, ``"norms"``, ``"selected"``, in the order to draw them. Default: all
             three for a path, ``"metric"`` and ``"norms"`` for a cross-validation (and ``"selected"`` with
-            ``selectors=``).
+            ``selectors=``); ``"metric"`` alone for a result without params, or a cross-validation over a
+            grid without ``where=``.
         monitor: a path's series to draw (default: the first measured of evaluation accuracy, evaluation
             cost, ``epoch_loss``, training cost). A cross-validation holds its own monitor's mean only.
         selectors: ``{name: mask}`` (masks as penalties take them, e.g. ``{"first layer": "0/w"}``) whose
@@ -103,7 +107,9 @@ def path(
 
 
 def _panels(panels: Sequence[str] | None, along: Along, selectors: Any) -> list[str]:
-    if panels is None:
+    if panels is None:  # what this result can draw
+        if along.params is None or along.setting_of is None or len(along.groups) > 1:
+            return ["metric"]
         has_selected = along.selected is not None or selectors is not None
         return ["metric", "norms", *(["selected"] if has_selected else [])]
     panels = [panels] if isinstance(panels, str) else panels
