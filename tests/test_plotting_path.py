@@ -169,6 +169,11 @@ def test_a_cv_with_selectors_draws_exact_zeros_and_units_left():
     (units,) = by_gid(fig, "units:first")
     np.testing.assert_allclose(units.get_ydata(), [8, 8, 8, 6])
     assert zeros.get_label() == "first: weights = 0 (of 48)" and units.get_label() == "first: units left (of 8)"
+    # glmnet's top axis over the metric: the first selector's non-zero weights at each strength
+    row = [t for t in fig.axes[0].texts if t.get_gid() == "nonzero"]
+    assert [t.get_text() for t in row] == ["48", "48", "48", "36"]  # 48 - (12 + 1/3), rounded
+    assert [t.get_position()[0] for t in row] == list(LAMBDAS)
+    assert "non-zero weights of 'first' along the top" in fig.axes[0].get_title()
     rows = plotting.path(a_cv(params=params), panels=("selected",), selectors={"first": "0/w"}, groups="rows")
     np.testing.assert_allclose(by_gid(rows, "units:first")[0].get_ydata(), [6, 6, 6, 6])  # no input row all 0
 
@@ -362,6 +367,8 @@ def test_a_regularization_path_plots_its_own_figures(tmp_path):
     zeros = by_gid(fig, "zeros:first")[0].get_ydata()
     np.testing.assert_allclose(zeros, 100 * path.zeros["first"][::-1] / path.sizes["first"])
     np.testing.assert_allclose(by_gid(fig, "units:first")[0].get_ydata(), path.units["first"][::-1])
+    row = [t.get_text() for t in fig.axes[0].texts if t.get_gid() == "nonzero"]
+    assert row == [str(path.sizes["first"] - z) for z in path.zeros["first"][::-1]]
     # the same zeros and units recomputed from the params by selectors= (groups as the path counted them)
     again = plotting.path(path, panels=("selected",), selectors={"first": "0/w"}, groups="rows")
     np.testing.assert_allclose(by_gid(again, "zeros:first")[0].get_ydata(), zeros)

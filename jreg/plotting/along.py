@@ -223,8 +223,10 @@ def restricted(along: Along, where: Mapping[str, Any] | None) -> Along:
 
 def panel_data(panel: str, along: Along, selectors: Any, groups: str, norm: str) -> Any:
     """What ``panel`` needs beyond ``along``, computed (and checked) before anything is drawn."""
-    if panel == "metric":
-        return None
+    if panel == "metric":  # its top axis: the first selector's non-zero weights, as glmnet's
+        if len(along.groups) > 1 or (selectors is not None and (along.params is None or along.setting_of is None)):
+            return None
+        return along.selected if selectors is None else _selected(along, selectors, groups)
     if len(along.groups) > 1:
         others = sorted({part.split("=")[0] for label, _ in along.groups for part in label.split(", ")})
         first = along.groups[0][1][0]

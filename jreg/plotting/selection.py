@@ -9,7 +9,9 @@ runs from ``λ_max`` down, as glmnet's coefficient plots and LassoNet's do; ``de
   standard error bars (at each member's stopping epoch when the result has it, else the last measurement),
   the best setting (``λ_min``) and the one-standard-error setting (``λ_1se``) as vertical lines, and the
   1-SE threshold (the best mean plus, or for an accuracy minus, its standard error) as a dotted horizontal
-  line, as ``plot.cv.glmnet``. For a path: each strength's last measurement, the best one marked.
+  line, as ``plot.cv.glmnet``. For a path: each strength's last measurement, the best one marked. Along the
+  top (glmnet's axis of non-zero coefficients): the first selector's non-zero weights, when there are
+  selectors.
 * ``"norms"``: the weight norm of each weight layer (``sqrt(Σ w²)``, or ``Σ |w|`` with ``norm="l1"``); for a
   cross-validation the mean over the folds, with the folds' range shaded.
 * ``"selected"``: per selector, the share of its weights that are exactly 0 (solid, left axis) and the units
@@ -126,7 +128,7 @@ def _panels(panels: Sequence[str] | None, along: Along, selectors: Any) -> list[
 # -- drawing ---------------------------------------------------------------------------------------------
 
 
-def _draw_metric(ax: Any, along: Along, _: Any, percent: bool) -> None:
+def _draw_metric(ax: Any, along: Along, selected: Any, percent: bool) -> None:
     scale = 100.0 if percent and figures.is_accuracy(along.monitor) else 1.0
     for j, (label, order) in enumerate(_ordered(along)):
         x, y = along.x[order], scale * along.metric[order]
@@ -152,11 +154,13 @@ def _draw_metric(ax: Any, along: Along, _: Any, percent: bool) -> None:
         sign = "−" if along.maximize else "+"
         ax.axhline(scale * level, ls=":", lw=0.9, color="0.35", label=f"best mean {sign} 1 SE", gid="one-se-threshold")
     _mark(ax, along, labelled=True)
+    caption = _nonzero_axis(ax, along, selected)
     missing = int(np.sum(~np.isfinite(along.metric[sorted(visible)])))
     if missing:
         ax.text(0.01, 0.01, f"{missing} without a finite value (diverged)", transform=ax.transAxes,
                 fontsize="x-small", color="tab:red")  # fmt: skip
-    ax.set_title(f"{along.monitor.replace('_', ' ')}\n{along.where}", fontsize="medium")
+    lines = [along.monitor.replace("_", " "), along.where, *([caption] if caption else [])]
+    ax.set_title("\n".join(lines), fontsize="medium", pad=14 if caption else 6)
     ax.set_ylabel(along.monitor.replace("_", " ") + (" (%)" if scale == 100.0 else ""))
     ax.legend(fontsize="x-small")
 
@@ -201,6 +205,23 @@ def _draw_selected(ax: Any, along: Along, data: Any, percent: bool) -> None:
         more = right.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     ax.legend(handles, labels, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+
+
+def _nonzero_axis(ax: Any, along: Along, selected: Any) -> str:
+    """glmnet's top axis: the first selector's non-zero weights over (up to 8 of) the strengths; a caption."""
+    if not selected:
+        return ""
+    from matplotlib.transforms import blended_transform_factory
+
+    name, (zeros, size, _, _) = next(iter(selected.items()))
+    ((_, order),) = _ordered(along)
+    ticks = order[np.unique(np.linspace(0, len(order) - 1, min(8, len(order))).round().astype(int))]
+    above = blended_transform_factory(ax.transData, ax.transAxes)  # x at the strength, y just over the axes
+    for i in ticks:
+        if np.isfinite(zeros[i]):
+            ax.text(along.x[i], 1.01, f"{size - zeros[i]:.0f}", transform=above, ha="center", va="bottom",
+                    fontsize="x-small", gid="nonzero")  # fmt: skip
+    return f"non-zero weights of {name!r} along the top"
 
 
 DRAW = {"metric": _draw_metric, "norms": _draw_norms, "selected": _draw_selected}
