@@ -337,6 +337,10 @@ def test_what_plotting_sweep_cannot_draw_is_a_clear_error(tmp_path):
         heat_map(result, monitr="evaluation_cost")
     with pytest.raises(jreg.JregTypeError, match="file must be a path"):
         heat_map(result, file=["grid.png"])
+    per_epoch = jreg.Result(params=PARAMS, history=result.history, hparams={k: np.stack([v, v], 1) for k, v in
+                                                                            result.hparams.items()})  # fmt: skip
+    with pytest.raises(jreg.JregError, match=r"hparams\['lmbda'\] holds 24 values for 12 members"):
+        heat_map(per_epoch)
     with pytest.raises(jreg.JregTypeError, match=r"a cross-validation's result \(CV\); draw it .*jreg\.plotting\.path"):
         heat_map(a_cv())
 

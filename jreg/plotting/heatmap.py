@@ -116,6 +116,10 @@ def _read(result: Any, x: Any, y: Any, monitor: str | None) -> tuple[np.ndarray,
             values = np.asarray(hparams[name], np.float64).reshape(-1)
         except (TypeError, ValueError) as exc:
             raise JregTypeError(f"plotting.sweep: {name!r} must hold numbers, got {hparams[name]!r}") from exc
+        if values.size != history.models:
+            raise JregError(f"plotting.sweep: hparams[{name!r}] holds {values.size} values for {history.models} "
+                            "members; the heat map needs one value per member (a PBT result's hyperparameters "
+                            "change over the epochs)")  # fmt: skip
         if not np.all(np.isfinite(values)):
             raise JregError(f"plotting.sweep: {name!r} has a value that is not finite: {values.tolist()}")
         out.append(values)
