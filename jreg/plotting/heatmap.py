@@ -66,7 +66,7 @@ def sweep(
     values = np.full((len(rows), len(columns)), np.nan)
     values[cell[:, 1], cell[:, 0]] = best.value
     scale = 100.0 if percent and figures.is_accuracy(best.monitor) else 1.0
-    fig, axes = figures.new_figure(1, 1, max(5.6, 2.2 + 0.75 * len(columns)), max(4.4, 1.6 + 0.45 * len(rows)))
+    fig, axes = figures.new_figure(1, 1, *_size(len(columns), len(rows)))
     ax = axes[0, 0]
     mesh = _mesh(ax, columns, rows, scale * values, best.maximize)
     unit = " (%)" if scale == 100.0 else ""
@@ -177,10 +177,22 @@ def _mesh(ax: Any, columns: np.ndarray, rows: np.ndarray, values: np.ndarray, ma
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     mesh = ax.pcolormesh(_edges(ax, "x", columns), _edges(ax, "y", rows), np.ma.masked_invalid(values), cmap=cmap,
                          vmin=low, vmax=max(high, low + 1e-12), edgecolors="white", linewidth=0.5)  # fmt: skip
-    ax.set_xticks(columns, [f"{v:g}" for v in columns])
-    ax.set_yticks(rows, [f"{v:g}" for v in rows])
+    ax.set_xticks(columns, _labels(columns), rotation=45 if len(columns) > 8 else 0)
+    ax.set_yticks(rows, _labels(rows))
     ax.minorticks_off()
     return mesh
+
+
+def _size(columns: int, rows: int) -> tuple[float, float]:
+    """Inches: room for the values written in the cells (up to :data:`MAX_ANNOTATED` of them), at most 16 x 12."""
+    wide, high = (0.75, 0.45) if columns * rows <= MAX_ANNOTATED else (0.3, 0.25)
+    return min(16.0, max(5.6, 2.2 + wide * columns)), min(12.0, max(4.4, 1.6 + high * rows))
+
+
+def _labels(values: np.ndarray) -> list[str]:
+    """Each value to 3 significant digits; past 12 values, every k-th only (the first and the last among them)."""
+    step = max(1, -(-len(values) // 12))
+    return [f"{v:.3g}" if i % step == 0 or i == len(values) - 1 else "" for i, v in enumerate(values)]
 
 
 def _annotate(ax: Any, mesh: Any, columns: np.ndarray, rows: np.ndarray, values: np.ndarray, fmt: str) -> None:
