@@ -307,6 +307,16 @@ def test_a_cost_heat_map_ranks_low_as_best_and_a_narrow_axis_stays_linear():
     assert f"{np.min(cost):.4g}" in ax.get_title()
 
 
+def test_a_large_grid_is_drawn_without_values_in_its_cells_and_with_every_kth_label():
+    big = jreg.grid(lmbda=np.geomspace(1e-4, 10.0, 21), eta=np.geomspace(0.01, 10.0, 20))  # 420 cells
+    fig = heat_map(a_sweep(big, np.random.default_rng(1).uniform(size=(420, 1))))
+    ax = fig.axes[0]
+    assert len(ax.texts) == 0 and np.ma.getdata(ax.collections[0].get_array()).size == 420
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "0.0001" and labels[1] == "" and labels[-1] == "10" and sum(map(bool, labels)) == 11
+    assert tuple(fig.get_size_inches()) == (8.5, 6.6)  # 2.2 + 0.3 x 21 by 1.6 + 0.25 x 20 inches
+
+
 def test_what_plotting_sweep_cannot_draw_is_a_clear_error(tmp_path):
     result = a_sweep(GRID, ACCURACY)
     single = jreg.Result(params=PARAMS, history=History())
