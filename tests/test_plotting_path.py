@@ -307,6 +307,14 @@ def test_a_cost_heat_map_ranks_low_as_best_and_a_narrow_axis_stays_linear():
     assert f"{np.min(cost):.4g}" in ax.get_title()
 
 
+def test_a_heat_map_does_not_depend_on_the_members_order():
+    order = np.random.default_rng(2).permutation(12)
+    shuffled = {k: np.asarray(v)[order] for k, v in GRID.items()}
+    cells = [np.ma.getdata(heat_map(a_sweep(hp, acc)).axes[0].collections[0].get_array())
+             for hp, acc in ((GRID, ACCURACY), (shuffled, ACCURACY[order]))]  # fmt: skip
+    np.testing.assert_array_equal(cells[0], cells[1])
+
+
 def test_a_large_grid_is_drawn_without_values_in_its_cells_and_with_every_kth_label():
     big = jreg.grid(lmbda=np.geomspace(1e-4, 10.0, 21), eta=np.geomspace(0.01, 10.0, 20))  # 420 cells
     fig = heat_map(a_sweep(big, np.random.default_rng(1).uniform(size=(420, 1))))
