@@ -118,6 +118,15 @@ def test_sweep_grid_trains_each_grid_point_in_one_wide_sweep(capsys):
     assert "best: λ =" in capsys.readouterr().out
 
 
+def test_selection_plots_writes_the_path_and_grid_figures(tmp_path, capsys):
+    wrote = load("selection_plots").main(["--quick", "--out", str(tmp_path)])
+    assert {"path", "sweep"} <= set(wrote)  # and "cv" once jreg.cross_validate is there
+    for file in wrote.values():
+        data = file.read_bytes()
+        assert data[:4] == b"\x89PNG" and len(data) > 10_000
+    assert "first layer Df" in capsys.readouterr().out  # the path's table
+
+
 def test_readme_quickstart_sweeps_seeds_and_resumes(capsys):
     pytest.importorskip("flax")
     out = load("readme_quickstart").main(["--quick"])

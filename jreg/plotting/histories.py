@@ -1,4 +1,5 @@
-"""Plots of training histories (matplotlib, headless), written atomically as PNG."""
+"""Plots of training histories (matplotlib, headless), written atomically as PNG: one panel per series, one
+line per run (per member for K models)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import io
+from .. import io
 
 TITLES = {
     "training_cost": "Cost on the training data",
@@ -69,7 +70,7 @@ def render_histories(
     """The PNG :func:`plot_histories` writes, as bytes (for a caller that publishes it its own way)."""
     import numpy as np
 
-    from ._errors import JregError
+    from .._errors import JregError
 
     if _is_history(runs):  # one jreg.History, unlabelled
         runs = {"": runs}
