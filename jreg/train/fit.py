@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._checks import check_optimizer
 from .._errors import JregError
 from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
 from . import calls, checkpoint_folder, config, divergence, engine, memory, mesh
 from . import early_stopping as stopping_hooks
+from . import optimizer as optimizer_
 from . import resume as resuming
 from .config import EMA, Checkpointing, DataParallel, Evaluation, Guard
 from .epoch import check_unroll
@@ -291,7 +291,7 @@ def _checked(objective, optimizer, checkpoint, parallel, ema, resume, epochs, ba
             checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint"
         )
     calls.check_objective(objective)
-    check_optimizer(optimizer)
+    optimizer_.check(optimizer)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
     unroll = check_unroll(unroll)
     return checkpoint, parallel, ema, resume, epochs, batch_size, unroll
@@ -369,7 +369,7 @@ def _finisher(key: Any, batch_size: int, streamed: bool, writer: Any, stateful: 
 
     def finish(state: TrainState, epochs_done: int, stopper: Any, history: History) -> Result:
         best = None if stopper is None else stopper.best
-        params = state.ema if ema is not None and ema.returned else state.params
+        params = optimizer_.state_params(state, ema is not None and ema.returned)
         params, final_state = jax.tree.map(jnp.asarray, best if best is not None else (params, state.model_state))
         stopping = None if stopper is None else stopper.state
         snapshot = checkpoint_folder.Snapshot.take(

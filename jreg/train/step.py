@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._checks import check_key, check_optimizer, check_params
+from .._checks import check_key, check_params
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import Batch, Metrics, ModelState, OptState, Params
 from . import calls
+from . import optimizer as optimizer_
 from .inputs import check_leaf_types
 from .state import TrainState
 
@@ -59,14 +60,24 @@ def ema_update(ema: Params, params: Params, decay: Any) -> Params:
     return jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(e.dtype), ema, params)
 
 
-def apply_fn(optimizer: optax.GradientTransformation, *, ema_decay: Any = None) -> Callable[..., TrainState]:
-    """``apply(state, grads, new_model_state) -> state``: the optimizer's update, scaled by ``lr_scale``.
+def apply_fn(
+    optimizer: optax.GradientTransformation, *, ema_decay: Any = None, objective: Callable[..., Any] | None = None
+) -> Callable[..., TrainState]:
+    """``apply(state, grads, new_model_state, value=None, batch=None, key=None) -> state``: the optimizer's update,
+    scaled by ``lr_scale``.
 
     With ``ema_decay`` (and ``state.ema`` set) the EMA of the params follows the new params (:func:`ema_update`).
+    An optimizer that takes extra arguments (:mod:`jreg.train.optimizer`: ``value=``, ``grad=``,
+    ``value_fn=``) gets them: ``value`` is the step's objective total, ``value_fn`` needs ``objective``, the
+    step's ``batch`` and ``key``.
     """
+    extra = optimizer_.wanted(optimizer)
 
-    def apply(state: TrainState, grads: Params, model_state: ModelState) -> TrainState:
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    def apply(
+        state: TrainState, grads: Params, model_state: ModelState, value: Any = None, batch: Any = None, key: Any = None
+    ) -> TrainState:
+        kwargs = optimizer_.arguments(extra, grads, value, objective, state, batch, key) if extra else {}
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **kwargs)
         if state.lr_scale is not None:  # learning-rate cuts by early stopping: every update scales with eta
             updates = jax.tree.map(lambda u: (u * state.lr_scale).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
@@ -86,13 +97,19 @@ def make_update(
     with_metrics: bool = True,
     ema_decay: Any = None,
 ) -> Update:
-    """``update(state, batch, key) -> (state, metrics)``: one step, as traced inside the compiled epoch."""
-    grad = gradient_fn(objective, with_value=with_metrics)
-    apply = apply_fn(optimizer, ema_decay=ema_decay)
+    """``update(state, batch, key) -> (state, metrics)``: one step, as traced inside the compiled epoch.
+
+    An optimizer that takes ``value=`` gets the step's objective total (computed even ``with_metrics=False``;
+    the metrics are then still ``{}``).
+    """
+    needs_value = "value" in optimizer_.wanted(optimizer)
+    grad = gradient_fn(objective, with_value=with_metrics or needs_value)
+    apply = apply_fn(optimizer, ema_decay=ema_decay, objective=objective)
 
     def update(state: TrainState, batch: Batch, key: Any) -> tuple[TrainState, Metrics]:
         grads, metrics, model_state = grad(state, batch, key)
-        return apply(state, grads, model_state), metrics
+        new = apply(state, grads, model_state, metrics.get("loss"), batch, key)
+        return new, (metrics if with_metrics else {})
 
     return update
 
@@ -126,7 +143,7 @@ def make_step(
             step (saves memory; the arrays passed in may not be used again).
     """
     calls.check_objective(objective)
-    check_optimizer(optimizer)
+    optimizer_.check(optimizer)
     update = make_update(objective, optimizer)
     keyed, stateful = calls.takes_key(objective), calls.is_stateful(objective)
 
