@@ -182,6 +182,9 @@ def call_checked(
         raise
     except Exception as exc:
         explain_failure(exc, params)
+        unsupplied = optimizer_.missing_in(exc)
+        if unsupplied:  # a member of a chain asks the update for an argument jreg does not supply
+            raise JregError(optimizer_.unsupplied_message(unsupplied)) from exc
         try:
             check_leaf_types(data, name)
         except JregError as bad:
