@@ -151,6 +151,17 @@ def test_reduce_on_plateau_without_its_value_would_not_train_the_same():
     assert float(s[1].scale) == 1.0 != float(result.opt_state[1].scale)
 
 
+def test_make_epoch_passes_the_value_even_without_metrics():
+    opt = plateau()
+    epoch = jreg.make_epoch(objective, opt, BATCH, metrics=False)
+    p, s = PARAMS, opt.init(PARAMS)
+    for e in range(5):
+        p, s, out = epoch(p, s, TRAIN, jax.random.fold_in(KEY, e))
+    params, state, _ = hand_loop(opt, 5)
+    assert out == {} and float(s[1].scale) == float(state[1].scale) < 1.0
+    close(p, params)
+
+
 def test_polyak_sgd_under_fit_matches_the_hand_loop():
     opt = optax.polyak_sgd(max_learning_rate=1.0)
     result = jreg.fit(objective, opt, PARAMS, TRAIN, epochs=3, batch_size=BATCH, key=KEY)

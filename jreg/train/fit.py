@@ -62,7 +62,9 @@ def fit(
     Args:
         objective: from :func:`jreg.objective` (needed for metrics such as
             accuracy; any ``f(params, batch) -> (total, parts)`` works for the costs).
-        optimizer: any optax ``GradientTransformation``.
+        optimizer: any optax ``GradientTransformation``; one whose update takes ``value=``, ``grad=`` or
+            ``value_fn=`` (``reduce_on_plateau``, ``lbfgs``) gets them from each step, and a schedule-free one is
+            evaluated and returned at ``schedule_free_eval_params`` (:mod:`jreg.train.optimizer`).
         params: initial params (not modified; fit works on a copy).
         train: ``(x, y)``, ``x`` float ``(N, ...)``, ``y`` integer labels ``(N,)``,
             float targets ``(N, classes)`` or regression targets ``(N,)`` /

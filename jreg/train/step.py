@@ -138,7 +138,8 @@ def make_step(
 
     Args:
         objective: ``f(params, batch) -> (total, parts)``, e.g. from :func:`jreg.objective`.
-        optimizer: any optax ``GradientTransformation``.
+        optimizer: any optax ``GradientTransformation``; an ``ExtraArgs`` one gets ``value=`` (the loss
+            before the step), ``grad=`` and ``value_fn=`` (:mod:`jreg.train.optimizer`).
         donate: donate ``params``, ``opt_state`` (and ``model_state``) to the
             step (saves memory; the arrays passed in may not be used again).
     """
