@@ -105,6 +105,24 @@ def test_extra_args_transformations_get_value_grad_and_value_fn_plain_ones_none(
     assert optimizer_.wanted(optax.GradientTransformation(lambda p: (), named)) == ("value",)
 
 
+@pytest.mark.parametrize("metrics", [True, False])
+@pytest.mark.parametrize("make", [lambda: optax.sgd(0.3, momentum=0.9), lambda: optax.adamw(0.01)])
+def test_an_ordinary_optimizer_trains_bit_for_bit_as_without_extra_arguments(make, metrics):
+    """optax.sgd and adamw are ExtraArgs chains that ignore value=, grad=, value_fn=: passing them changes no bit
+    against the same transformation behind a plain update that takes none (and gets none)."""
+    opt = make()
+    plain = optax.GradientTransformation(opt.init, lambda u, s, p=None: opt.update(u, s, p))
+    assert optimizer_.wanted(plain) == ()
+    out = []
+    for o in (opt, plain):
+        epoch = jreg.make_epoch(objective, o, BATCH, metrics=metrics)
+        p, s = PARAMS, o.init(PARAMS)
+        for e in range(2):
+            p, s, _ = epoch(p, s, TRAIN, jax.random.fold_in(KEY, e))
+        out.append((p, s))
+    jax.tree.map(np.testing.assert_array_equal, out[0], out[1])
+
+
 def test_a_plain_transformation_naming_value_gets_the_mini_batch_objective():
     seen = []
 
@@ -232,6 +250,33 @@ def test_resume_continues_reduce_on_plateau_bit_for_bit():
     jax.tree.map(np.testing.assert_array_equal, (rest.params, rest.opt_state), (whole.params, whole.opt_state))
 
 
+def test_lbfgs_state_is_checkpointed_and_resumed_from_the_folder_bit_for_bit(tmp_path):
+    opt, kw = optax.lbfgs(), dict(batch_size=N, key=KEY)
+    whole = jreg.fit(objective, opt, PARAMS, TRAIN, epochs=4, **kw)
+    jreg.fit(objective, opt, PARAMS, TRAIN, epochs=2, checkpoint=jreg.Checkpointing(tmp_path), **kw)
+    rest = jreg.fit(
+        objective, opt, PARAMS, TRAIN, epochs=4, checkpoint=jreg.Checkpointing(tmp_path), resume="auto", **kw
+    )
+    assert len(rest.history["epoch_loss"]) == 4
+    jax.tree.map(np.testing.assert_array_equal, (rest.params, rest.opt_state), (whole.params, whole.opt_state))
+
+
+def test_a_wide_sweep_gives_lbfgs_its_value_fn_per_member():
+    model = jreg.nn.mlp([D, 3, 2])
+    params = model.init(jax.random.key(3))
+    objs = [jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(c)) for c in (0.0, 0.1)]
+    build = lambda hp: (  # noqa: E731
+        jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(hp["c"])),
+        optax.lbfgs(),
+    )
+    result = jreg.sweep(build, params, TRAIN, hparams={"c": [0.0, 0.1]}, epochs=3, batch_size=N, key=KEY,
+                        vectorize="wide")  # fmt: skip
+    for k, obj in enumerate(objs):
+        one = jreg.fit(obj, optax.lbfgs(), params, TRAIN, epochs=3, batch_size=N, key=KEY)
+        close(take(result.params, k), one.params, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(result.history["epoch_loss"][k], one.history["epoch_loss"], rtol=1e-5)
+
+
 def test_the_guards_replay_passes_the_extra_arguments():
     from jreg.train.guard import locate_steps
     from jreg.train.state import TrainState
@@ -304,6 +349,23 @@ def test_schedule_free_in_a_sweep_returns_each_members_eval_params():
         close(take(result.params, k), one.params, rtol=1e-5)
     live = result.snapshot.arrays[0]
     assert not np.allclose(np.asarray(jax.tree.leaves(live)[0]), np.asarray(jax.tree.leaves(result.params)[0]))
+
+
+def test_schedule_free_sweep_with_early_stopping_keeps_each_members_best_eval_params():
+    model, obj, params = linear_model()
+    test = logistic_data(200, seed=1)
+    stop = jreg.EarlyStopping(monitor="evaluation_cost", patience=10, restore_best=True)
+    etas = [0.5, 4.0]
+    result = jreg.sweep(
+        lambda hp: (obj, optax.contrib.schedule_free_sgd(hp["eta"])), params, TRAIN, hparams={"eta": etas},
+        epochs=3, batch_size=BATCH, key=KEY, evaluation=test, early_stopping=stop,
+    )  # fmt: skip
+    for k, eta in enumerate(etas):
+        best = int(np.argmin(result.history["evaluation_cost"][k]))
+        again = jreg.fit(
+            obj, optax.contrib.schedule_free_sgd(eta), params, TRAIN, epochs=best + 1, batch_size=BATCH, key=KEY
+        )
+        close(take(result.params, k), again.params, rtol=1e-5)
 
 
 def test_evaluated_params_of_a_state_without_schedule_free_are_the_params():
