@@ -437,7 +437,19 @@ def test_a_chain_member_that_requires_such_an_argument_is_named_too():
     assert "missing" in str(info.value.__cause__)
     step = jreg.make_step(objective, chained)
     with pytest.raises(JregError, match=r"requires loss="):
-        step(PARAMS, chained.init(PARAMS), jax.tree.map(lambda a: a[:BATCH], TRAIN))
+        step(PARAMS, chained.init(PARAMS), take(TRAIN, slice(0, BATCH)))
+    epoch = jreg.make_epoch(objective, chained, BATCH)
+    with pytest.raises(JregError, match=r"requires loss="):
+        epoch(PARAMS, chained.init(PARAMS), TRAIN, KEY)
+
+
+def test_a_failing_objective_is_not_blamed_on_the_optimizer():
+    def broken(params, batch, *, key=None):
+        raise TypeError("f() missing 1 required keyword-only argument: 'loss'")  # the objective's own failure
+
+    with pytest.raises(TypeError, match="missing 1 required") as info:
+        jreg.make_step(broken, plateau())(PARAMS, plateau().init(PARAMS), TRAIN)
+    assert not isinstance(info.value, JregError)
 
 
 # -- Flax NNX optimizers and Keras's History.history --------------------------------------------------------

@@ -234,6 +234,6 @@ def make_epoch(
     @functools.wraps(epoch)
     def checked(params, opt_state, train, key, step=None, *, model_state=None):
         check_step_args(opt_state, check_key(key), step)
-        return call_checked(jitted, params, opt_state, train, key, step, model_state, name="train")
+        return call_checked(jitted, params, opt_state, train, key, step, model_state, "train", optimizer)
 
     return checked

@@ -166,26 +166,34 @@ def make_step(
     @functools.wraps(step)
     def checked(params, opt_state, batch, key=None, step=None, *, model_state=None):
         check_step_args(opt_state, key, step)
-        return call_checked(jitted, params, opt_state, batch, key, step, model_state)
+        return call_checked(jitted, params, opt_state, batch, key, step, model_state, optimizer=optimizer)
 
     return checked
 
 
 def call_checked(
-    jitted: Callable[..., Any], params, opt_state, data, key, step, model_state, name: str = "batch"
+    jitted: Callable[..., Any],
+    params,
+    opt_state,
+    data,
+    key,
+    step,
+    model_state,
+    name: str = "batch",
+    optimizer: Any = None,
 ) -> Any:
     """``jitted(params, opt_state, data, key, step, model_state=...)``; a failure to trace caused by bad
-    ``params`` or by a leaf of ``data`` (called ``name``) that is no array of real numbers becomes a jreg error
-    naming the leaf (checked only after a failure: the hot path pays nothing)."""
+    ``params``, by a leaf of ``data`` (called ``name``) that is no array of real numbers, or by an ``optimizer``
+    whose update requires an argument jreg does not supply becomes a jreg error naming the leaf or the argument
+    (checked only after a failure: the hot path pays nothing)."""
     try:
         return jitted(params, opt_state, data, key, step, model_state=calls.as_model_state(model_state))
     except JregError:
         raise
     except Exception as exc:
         explain_failure(exc, params)
-        unsupplied = optimizer_.missing_in(exc)
-        if unsupplied:  # a member of a chain asks the update for an argument jreg does not supply
-            raise JregError(optimizer_.unsupplied_message(unsupplied)) from exc
+        if optimizer is not None:
+            explain_optimizer(exc, optimizer, params, opt_state)
         try:
             check_leaf_types(data, name)
         except JregError as bad:
@@ -203,6 +211,19 @@ def explain_failure(exc: Exception, params: Any) -> None:
         check_params(params, finite=False)
     except JregError as bad:
         raise bad from exc
+
+
+def explain_optimizer(exc: Exception, optimizer: Any, params: Any, opt_state: Any) -> None:
+    """Raise a jreg error naming the argument when ``optimizer``'s update (traced alone, on shapes) requires one jreg
+    does not supply (a member of a chain whose own signature takes ``**extra_args``); else return."""
+    try:
+        jax.eval_shape(
+            lambda p, s: optimizer.update(p, s, p, **optimizer_.placeholders(optimizer, p)), params, opt_state
+        )
+    except Exception as own:  # noqa: BLE001 - only a missing argument is the optimizer's to explain here
+        unsupplied = optimizer_.missing_in(own)
+        if unsupplied:
+            raise JregError(optimizer_.unsupplied_message(unsupplied)) from exc
 
 
 @functools.lru_cache(maxsize=64)
