@@ -216,7 +216,7 @@ def test_lbfgs_full_batch_reaches_the_hand_loops_optimum_through_the_same_iterat
 
 @pytest.mark.parametrize("vectorize", ["vmap", "wide", "map"])
 def test_sweep_with_a_traced_learning_rate_matches_fit_per_member(vectorize):
-    model = jreg.nn.mlp([D, 4, 2])
+    model = jreg.mlp([D, 4, 2])
     params = model.init(jax.random.key(3))
     obj = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy)
     etas = [0.5, 2.0]
@@ -262,7 +262,7 @@ def test_lbfgs_state_is_checkpointed_and_resumed_from_the_folder_bit_for_bit(tmp
 
 
 def test_a_wide_sweep_gives_lbfgs_its_value_fn_per_member():
-    model = jreg.nn.mlp([D, 3, 2])
+    model = jreg.mlp([D, 3, 2])
     params = model.init(jax.random.key(3))
     objs = [jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(c)) for c in (0.0, 0.1)]
     build = lambda hp: (  # noqa: E731
@@ -290,7 +290,7 @@ def test_the_guards_replay_passes_the_extra_arguments():
 
 
 def linear_model():
-    model = jreg.nn.mlp([D, 2])
+    model = jreg.mlp([D, 2])
     return model, jreg.objective(model.apply, jreg.losses.softmax_cross_entropy), model.init(jax.random.key(1))
 
 
@@ -366,6 +366,17 @@ def test_schedule_free_sweep_with_early_stopping_keeps_each_members_best_eval_pa
             obj, optax.contrib.schedule_free_sgd(eta), params, TRAIN, epochs=best + 1, batch_size=BATCH, key=KEY
         )
         close(take(result.params, k), again.params, rtol=1e-5)
+
+
+def test_an_ema_takes_precedence_over_the_schedule_free_rule():
+    """EMA(decay=0) is the live params y: returned (and evaluated) as the EMA, not moved to x."""
+    model, obj, params = linear_model()
+    opt = optax.contrib.schedule_free_sgd(1.0)
+    result = jreg.fit(obj, opt, params, TRAIN, epochs=2, batch_size=BATCH, key=KEY, ema=jreg.EMA(0.0))
+    live = result.snapshot.arrays[0]
+    jax.tree.map(np.testing.assert_array_equal, result.params, live)
+    assert not np.allclose(np.asarray(jax.tree.leaves(live)[0]), np.asarray(jax.tree.leaves(
+        optax.contrib.schedule_free_eval_params(result.opt_state, live))[0]))  # fmt: skip
 
 
 def test_evaluated_params_of_a_state_without_schedule_free_are_the_params():
