@@ -138,9 +138,29 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
 
 
 def check_optimizer(optimizer: Any, name: str = "optimizer") -> None:
-    """Raise unless ``optimizer`` looks like an optax ``GradientTransformation`` (has init and update)."""
+    """Raise unless ``optimizer`` looks like an optax ``GradientTransformation`` (has init and update).
+
+    A ``flax.nnx.Optimizer`` (or ``nnx.ModelAndOptimizer``) holds a model and its optimizer state beside the
+    optax transformation (``.tx``); jreg keeps the state itself, so it is told to pass ``.tx``.
+    """
+    if _is_nnx_optimizer(optimizer):
+        kind = type(optimizer).__name__
+        raise JregTypeError(
+            f"{name} must be an optax GradientTransformation, got a flax.nnx.{kind} (a model with its optimizer "
+            f"state); pass the optax transformation it wraps, {name}=<your nnx.{kind}>.tx (e.g. optax.adam(1e-3)): "
+            "jreg keeps the optimizer state itself (result.opt_state) and trains the model's params "
+            "(jreg.frameworks.from_nnx(model))"
+        )
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
         raise JregTypeError(f"{name} must be an optax GradientTransformation (with init and update), got {optimizer!r}")
+
+
+def _is_nnx_optimizer(optimizer: Any) -> bool:
+    """A ``flax.nnx`` optimizer object (``nnx.Optimizer``, ``nnx.ModelAndOptimizer``), by its class (no import)."""
+    return any(
+        c.__module__.startswith("flax.") and c.__name__ in ("Optimizer", "ModelAndOptimizer")
+        for c in type(optimizer).__mro__
+    )
 
 
 def check_params(params: Any, name: str = "params", *, finite: bool = True) -> None:

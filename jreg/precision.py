@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_positive_int
+from ._checks import check_optimizer, check_positive_int
 from ._errors import JregError, JregTypeError
 
 #: dtype spellings the string form accepts (jmp's, numpy's and the short ones).
@@ -432,8 +432,7 @@ def skip_nonfinite(optimizer: Any, max_consecutive: int = 10) -> Any:
     A skipped step changes no params, optimizer-state float or cost, so the guard
     does not fire on it.
     """
-    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-        raise JregTypeError(f"optimizer must be an optax GradientTransformation, got {optimizer!r}")
+    check_optimizer(optimizer)
     import optax  # here, not at the top: jreg.nn (and so jreg.mlp) loads this module and needs no optax
 
     return optax.apply_if_finite(optimizer, check_positive_int(max_consecutive, "max_consecutive"))

@@ -109,6 +109,7 @@ SLOW_TESTS: dict[str, str] = {
     "test_identities.py::test_identity4_coupled_l2_equals_decoupled_weight_decay_under_sgd": "39 s",
     "test_mixing.py::test_cutmix_on_flat_and_grayscale_images": "21 s",
     "test_mixing.py::test_fit_and_sweep_train_with_mixup_without_plumbing": "33 s",
+    "test_optax_extra_args.py::test_data_parallel_passes_the_global_mini_batch_value": "a subprocess: two fits",
     "test_path.py::test_every_member_is_near_a_cold_fit_at_its_strength_on_embedded_mnist": "36 s",
     "test_penalties.py::test_objective_gradients_against_finite_differences": "34 s",
     "test_result.py::test_a_sweep_continues_from_its_result_and_refuses_a_fits": "22 s",

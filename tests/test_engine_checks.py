@@ -254,9 +254,12 @@ def test_early_stopping_says_measurements_when_evaluating_every_k_epochs():
 
 def test_an_optimizer_that_cannot_update_fails_before_training_named():
     _, params, obj = setup()
-    needs_value = optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau())  # its update wants value=
+    # (reduce_on_plateau's value= is supplied now: tests/test_optax_extra_args.py); an update that fails on shapes
+    broken = optax.GradientTransformation(
+        lambda p: optax.EmptyState(), lambda u, s, p=None: (jax.tree.map(lambda a: a @ jnp.ones((7, 7)), u), s)
+    )
     with pytest.raises(jreg.JregError, match=r"^optimizer: one training step fails on these params: TypeError"):
-        jreg.fit(obj, needs_value, params, toy(), **KW)
+        jreg.fit(obj, broken, params, toy(), **KW)
 
 
 @pytest.mark.parametrize("entry", ["fit", "sweep"])

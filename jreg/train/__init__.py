@@ -8,6 +8,7 @@ regularized objective. Layout (each module imports only those above it)::
     inputs        data checks and sizes (any pytree of arrays sharing the example axis)
     plan          EpochPlan: shuffle, mini-batches, the partial-batch rule, per-step keys
     calls         how any objective is called (stateless, stateful, jreg.Objective)
+    optimizer     optax's extra arguments (value=, grad=, value_fn=); schedule-free evaluation params
     step          gradient_fn, apply_fn, make_update, make_step
     epoch         run_epoch (lax.scan), make_epoch
     evaluate      evaluation in batches: cost, parts, metrics; accuracy, total_cost

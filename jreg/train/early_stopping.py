@@ -25,6 +25,7 @@ from .. import stopping
 from .._errors import JregError, JregTypeError
 from ..stopping import MAX_CUTS, EarlyStopping, PerModel
 from . import checkpoint_folder
+from . import optimizer as optimizer_
 from .loop import Run
 from .monitor import EPOCH_LOSS, Monitor
 from .resume import load_best
@@ -113,7 +114,7 @@ class Stopper:
         if event == "stop" and self.every > 1:  # the rule counted measurements, not epochs: say so
             self.state["stopped"] = stopping.reason(rule, self.state["lr_scale"], self.every)
         if event == "improved" and rule.restore_best:
-            params = run.state.ema if self.ema else run.state.params
+            params = optimizer_.state_params(run.state, self.ema)
             self.best = jax.device_get((params, run.state.model_state))
             if self.writer is not None:
                 self.writer.save_best(*self.best, run.epoch + 1, self.key)
@@ -172,7 +173,7 @@ class SweepStopper:
 
     def kept(self, state: TrainState) -> Any:
         """What the best params are taken from: ``(params or EMA, model_state)``."""
-        return (state.ema if self.returned_ema else state.params, state.model_state)
+        return (optimizer_.state_params(state, self.returned_ema, stacked=True), state.model_state)
 
     def initial_best(self, state: TrainState) -> Any:
         """The best params' buffer (one copy of the stacked params; model state too), or None without restore_best."""

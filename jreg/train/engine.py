@@ -23,6 +23,7 @@ import optax
 from .._errors import JregError
 from ..nn import left_product_weight_gradients
 from . import calls, guard, stream
+from . import optimizer as optimizer_
 from .config import EMA
 from .epoch import run_epoch
 from .monitor import EPOCH_LOSS, Monitor
@@ -144,9 +145,10 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
                 pass
             return grad(s, batch, k)
 
-        def apply_one(h, s, grads, model_state):
+        def apply_one(h, s, grads, model_state, value, batch, k):
             decay = None if ema is None else ema.decay_of(h)
-            return apply_fn(build(h)[1], ema_decay=decay)(s, grads, model_state)
+            objective, optimizer = build(h)
+            return apply_fn(optimizer, ema_decay=decay, objective=objective)(s, grads, model_state, value, batch, k)
 
         def update(s, batch, k):
             # two vmaps, not one: the gradient leaves in the carry's layout (one transpose of each weight
@@ -155,8 +157,8 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
             grads, metrics, model_state = jax.vmap(
                 grad_one, in_axes=(0, axes, None, None), out_axes=(axes.params, 0, axes.model_state)
             )(hp, s, batch, k)
-            new = jax.vmap(apply_one, in_axes=(0, axes, axes.params, axes.model_state), out_axes=axes)(
-                hp, s, grads, model_state
+            new = jax.vmap(apply_one, in_axes=(0, axes, axes.params, axes.model_state, 0, None, None), out_axes=axes)(
+                hp, s, grads, model_state, metrics["loss"], batch, k
             )
             return new, metrics
 
@@ -173,7 +175,7 @@ def _measurer(build: Build, monitor: Monitor, ema: EMA | None):
 
     def measure_one(hp, state: TrainState, train, evaluation):
         objective, _ = build(hp)
-        params = state.ema if ema is not None and ema.evaluate else state.params
+        params = optimizer_.state_params(state, ema is not None and ema.evaluate)
         return monitor.measure(objective, params, state.model_state, train, evaluation, state.step)
 
     return measure_one

@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import optax
 from jax.extend.core import jaxprs_in_params
 
-from .._checks import check_key, check_optimizer, check_positive_int
+from .._checks import check_key, check_positive_int
 from .._errors import JregError
 from .._signature import checked
 from .._types import Batch, Metrics
 from . import calls
+from . import optimizer as optimizer_
 from .inputs import data_size
 from .plan import EpochPlan, check_partial_batch, make_plan
 from .state import TrainState
@@ -212,7 +213,7 @@ def make_epoch(
     on a CPU 1).
     """
     calls.check_objective(objective)
-    check_optimizer(optimizer)
+    optimizer_.check(optimizer)
     batch_size = check_positive_int(batch_size, "batch_size")
     check_partial_batch(partial_batch)
     unroll = check_unroll(unroll)
@@ -233,6 +234,6 @@ def make_epoch(
     @functools.wraps(epoch)
     def checked(params, opt_state, train, key, step=None, *, model_state=None):
         check_step_args(opt_state, check_key(key), step)
-        return call_checked(jitted, params, opt_state, train, key, step, model_state, name="train")
+        return call_checked(jitted, params, opt_state, train, key, step, model_state, "train", optimizer)
 
     return checked

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._checks import check_optimizer
 from .._errors import JregError
 from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
 from . import calls, checkpoint_folder, config, divergence, engine, memory, mesh
 from . import early_stopping as stopping_hooks
+from . import optimizer as optimizer_
 from . import resume as resuming
 from .config import EMA, Checkpointing, DataParallel, Evaluation, Guard
 from .epoch import check_unroll
@@ -62,7 +62,9 @@ def fit(
     Args:
         objective: from :func:`jreg.objective` (needed for metrics such as
             accuracy; any ``f(params, batch) -> (total, parts)`` works for the costs).
-        optimizer: any optax ``GradientTransformation``.
+        optimizer: any optax ``GradientTransformation``; one whose update takes ``value=``, ``grad=`` or
+            ``value_fn=`` (``reduce_on_plateau``, ``lbfgs``) gets them from each step, and a schedule-free one is
+            evaluated and returned at ``schedule_free_eval_params`` (:mod:`jreg.train.optimizer`).
         params: initial params (not modified; fit works on a copy).
         train: ``(x, y)``, ``x`` float ``(N, ...)``, ``y`` integer labels ``(N,)``,
             float targets ``(N, classes)`` or regression targets ``(N,)`` /
@@ -291,7 +293,7 @@ def _checked(objective, optimizer, checkpoint, parallel, ema, resume, epochs, ba
             checkpoint, resume, "checkpoint_dir" if "checkpoint_dir" in legacy else "checkpoint"
         )
     calls.check_objective(objective)
-    check_optimizer(optimizer)
+    optimizer_.check(optimizer)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
     unroll = check_unroll(unroll)
     return checkpoint, parallel, ema, resume, epochs, batch_size, unroll
@@ -369,7 +371,7 @@ def _finisher(key: Any, batch_size: int, streamed: bool, writer: Any, stateful: 
 
     def finish(state: TrainState, epochs_done: int, stopper: Any, history: History) -> Result:
         best = None if stopper is None else stopper.best
-        params = state.ema if ema is not None and ema.returned else state.params
+        params = optimizer_.state_params(state, ema is not None and ema.returned)
         params, final_state = jax.tree.map(jnp.asarray, best if best is not None else (params, state.model_state))
         stopping = None if stopper is None else stopper.state
         snapshot = checkpoint_folder.Snapshot.take(

@@ -123,7 +123,7 @@ def locate_steps(
     Steps are numbered from ``first`` (a streamed epoch replays one chunk of it, :mod:`jreg.train.stream`).
     """
     grad = jax.jit(gradient_fn(objective, with_value=True))
-    apply = jax.jit(apply_fn(optimizer, ema_decay=ema_decay))
+    apply = jax.jit(apply_fn(optimizer, ema_decay=ema_decay, objective=objective))
     for i, (batch, step_key) in enumerate(steps, start=first):
         grads, metrics, model_state = grad(state, batch, step_key)
         loss = float(metrics["loss"])
@@ -132,7 +132,7 @@ def locate_steps(
         bad = _first_bad(grads)
         if bad is not None:
             return i, f"the gradient of {bad!r} became non-finite", state
-        new = apply(state, grads, model_state)
+        new = apply(state, grads, model_state, metrics["loss"], batch, step_key)
         bad = _first_bad(new.params)
         if bad is not None:
             return i, f"the update made {bad!r} non-finite", state

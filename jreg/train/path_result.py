@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from .._errors import JregWarning
+from . import optimizer as optimizer_
 from . import population as pop_
 from .result import Result
 from .validate import targets_of
@@ -125,7 +126,8 @@ def _majority(objective: Any, data: Any) -> float | None:
 
 
 def _summarize(strength, values, state, history, selectors, groups, mode, warm_every, epochs, seconds, stateful):
-    leaves = [np.asarray(a) for a in jax.tree.leaves(state.params)]
+    params = optimizer_.state_params(state, stacked=True)  # a schedule-free optimizer's evaluation point
+    leaves = [np.asarray(a) for a in jax.tree.leaves(params)]
     metrics = {k: np.asarray(history[k])[:, -1] for k in history.keys()}
     l2, l1, zeros, sizes, units, counts = {}, {}, {}, {}, {}, {}
     for name, flags in selectors.items():
@@ -138,7 +140,7 @@ def _summarize(strength, values, state, history, selectors, groups, mode, warm_e
         units[name] = sum(grouped) if grouped else np.zeros(len(values), int)
         counts[name] = int(sum(_units_of(a, groups) for a, on in zip(leaves, flags) if on and a.ndim >= 3))
     return Path(
-        params=state.params, history=history, opt_state=state.opt_state,
+        params=params, history=history, opt_state=state.opt_state,
         model_state=state.model_state if stateful else None, hparams={strength: np.asarray(values)},
         stateful=stateful, strength=strength, strengths=values, metrics=metrics, l2=l2, l1=l1, zeros=zeros,
         sizes=sizes, units=units, unit_counts=counts, mode=mode, warm_every=warm_every, epochs=epochs,

@@ -37,6 +37,7 @@ from .._checks import check_positive_int
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
+from . import optimizer as optimizer_
 from . import population as pop_
 from .engine import Build
 from .history import History
@@ -188,7 +189,7 @@ def _result(done: Run, history: History, population: pop_.Population, trajectory
     last = np.asarray(history[rank_by])[:, -1]
     ranked = np.where(np.isnan(last), -np.inf, last if maximize else -last)
     return PBTResult(
-        params=done.state.params,
+        params=optimizer_.state_params(done.state, stacked=True),
         history=history,
         opt_state=done.state.opt_state,
         hparams={k: np.stack([np.asarray(t[k]) for t in trajectory], axis=1) for k in population.hp},

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._checks import check_optimizer
 from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
 from . import calls, memory
+from . import optimizer as optimizer_
 from .engine import VECTORIZE, Build
 from .setup import Setup, prepare
 from .state import TrainState
@@ -81,7 +81,7 @@ def built_models(build: Build, hp: dict[str, jax.Array], models: int) -> list[tu
         if not (isinstance(pair, tuple) and len(pair) == 2) or isinstance(pair, optax.GradientTransformation):
             raise JregTypeError(f"build must return (objective, optimizer), got {type(pair).__name__} for model {i}")
         calls.check_objective(pair[0])
-        check_optimizer(pair[1])
+        optimizer_.check(pair[1])
     return built
 
 

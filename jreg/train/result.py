@@ -29,7 +29,8 @@ class Result:
 
     Attributes:
         params: the trained params (the best epoch's with ``EarlyStopping(restore_best=True)``, the EMA's with
-            ``EMA(returned=True)``); for K models stacked along a leading axis of size K.
+            ``EMA(returned=True)``, a schedule-free optimizer's ``schedule_free_eval_params``,
+            :mod:`jreg.train.optimizer`); for K models stacked along a leading axis of size K.
         history: a :class:`History`, of one model or of K (``history.models``).
         opt_state: the optimizer's state after the last epoch run (what ``fit(opt_state=...)`` takes to go on).
         model_state: a stateful model's state (BatchNorm statistics), None for a stateless model.

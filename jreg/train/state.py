@@ -49,7 +49,7 @@ class TrainState(NamedTuple):
         at a copy of ``params``."""
         return cls(
             params,
-            optimizer.init(params) if opt_state is None else opt_state,
+            copy(optimizer.init(params)) if opt_state is None else opt_state,  # leaves may alias (lbfgs)
             model_state,
             None if step is None else jnp.asarray(step, jnp.int32),
             None if lr_scale is None else jnp.asarray(lr_scale, jnp.float32),

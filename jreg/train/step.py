@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._checks import check_key, check_optimizer, check_params
+from .._checks import check_key, check_params
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import Batch, Metrics, ModelState, OptState, Params
 from . import calls
+from . import optimizer as optimizer_
 from .inputs import check_leaf_types
 from .state import TrainState
 
@@ -59,14 +60,24 @@ def ema_update(ema: Params, params: Params, decay: Any) -> Params:
     return jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(e.dtype), ema, params)
 
 
-def apply_fn(optimizer: optax.GradientTransformation, *, ema_decay: Any = None) -> Callable[..., TrainState]:
-    """``apply(state, grads, new_model_state) -> state``: the optimizer's update, scaled by ``lr_scale``.
+def apply_fn(
+    optimizer: optax.GradientTransformation, *, ema_decay: Any = None, objective: Callable[..., Any] | None = None
+) -> Callable[..., TrainState]:
+    """``apply(state, grads, new_model_state, value=None, batch=None, key=None) -> state``: the optimizer's update,
+    scaled by ``lr_scale``.
 
     With ``ema_decay`` (and ``state.ema`` set) the EMA of the params follows the new params (:func:`ema_update`).
+    An optimizer that takes extra arguments (:mod:`jreg.train.optimizer`: ``value=``, ``grad=``,
+    ``value_fn=``) gets them: ``value`` is the step's objective total, ``value_fn`` needs ``objective``, the
+    step's ``batch`` and ``key``.
     """
+    extra = optimizer_.wanted(optimizer)
 
-    def apply(state: TrainState, grads: Params, model_state: ModelState) -> TrainState:
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    def apply(
+        state: TrainState, grads: Params, model_state: ModelState, value: Any = None, batch: Any = None, key: Any = None
+    ) -> TrainState:
+        kwargs = optimizer_.arguments(extra, grads, value, objective, state, batch, key) if extra else {}
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **kwargs)
         if state.lr_scale is not None:  # learning-rate cuts by early stopping: every update scales with eta
             updates = jax.tree.map(lambda u: (u * state.lr_scale).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
@@ -86,13 +97,19 @@ def make_update(
     with_metrics: bool = True,
     ema_decay: Any = None,
 ) -> Update:
-    """``update(state, batch, key) -> (state, metrics)``: one step, as traced inside the compiled epoch."""
-    grad = gradient_fn(objective, with_value=with_metrics)
-    apply = apply_fn(optimizer, ema_decay=ema_decay)
+    """``update(state, batch, key) -> (state, metrics)``: one step, as traced inside the compiled epoch.
+
+    An optimizer that takes ``value=`` gets the step's objective total (computed even ``with_metrics=False``;
+    the metrics are then still ``{}``).
+    """
+    needs_value = "value" in optimizer_.wanted(optimizer)
+    grad = gradient_fn(objective, with_value=with_metrics or needs_value)
+    apply = apply_fn(optimizer, ema_decay=ema_decay, objective=objective)
 
     def update(state: TrainState, batch: Batch, key: Any) -> tuple[TrainState, Metrics]:
         grads, metrics, model_state = grad(state, batch, key)
-        return apply(state, grads, model_state), metrics
+        new = apply(state, grads, model_state, metrics.get("loss"), batch, key)
+        return new, (metrics if with_metrics else {})
 
     return update
 
@@ -121,12 +138,13 @@ def make_step(
 
     Args:
         objective: ``f(params, batch) -> (total, parts)``, e.g. from :func:`jreg.objective`.
-        optimizer: any optax ``GradientTransformation``.
+        optimizer: any optax ``GradientTransformation``; an ``ExtraArgs`` one gets ``value=`` (the loss
+            before the step), ``grad=`` and ``value_fn=`` (:mod:`jreg.train.optimizer`).
         donate: donate ``params``, ``opt_state`` (and ``model_state``) to the
             step (saves memory; the arrays passed in may not be used again).
     """
     calls.check_objective(objective)
-    check_optimizer(optimizer)
+    optimizer_.check(optimizer)
     update = make_update(objective, optimizer)
     keyed, stateful = calls.takes_key(objective), calls.is_stateful(objective)
 
@@ -148,23 +166,34 @@ def make_step(
     @functools.wraps(step)
     def checked(params, opt_state, batch, key=None, step=None, *, model_state=None):
         check_step_args(opt_state, key, step)
-        return call_checked(jitted, params, opt_state, batch, key, step, model_state)
+        return call_checked(jitted, params, opt_state, batch, key, step, model_state, optimizer=optimizer)
 
     return checked
 
 
 def call_checked(
-    jitted: Callable[..., Any], params, opt_state, data, key, step, model_state, name: str = "batch"
+    jitted: Callable[..., Any],
+    params,
+    opt_state,
+    data,
+    key,
+    step,
+    model_state,
+    name: str = "batch",
+    optimizer: Any = None,
 ) -> Any:
     """``jitted(params, opt_state, data, key, step, model_state=...)``; a failure to trace caused by bad
-    ``params`` or by a leaf of ``data`` (called ``name``) that is no array of real numbers becomes a jreg error
-    naming the leaf (checked only after a failure: the hot path pays nothing)."""
+    ``params``, by a leaf of ``data`` (called ``name``) that is no array of real numbers, or by an ``optimizer``
+    whose update requires an argument jreg does not supply becomes a jreg error naming the leaf or the argument
+    (checked only after a failure: the hot path pays nothing)."""
     try:
         return jitted(params, opt_state, data, key, step, model_state=calls.as_model_state(model_state))
     except JregError:
         raise
     except Exception as exc:
         explain_failure(exc, params)
+        if optimizer is not None:
+            explain_optimizer(exc, optimizer, params, opt_state)
         try:
             check_leaf_types(data, name)
         except JregError as bad:
@@ -182,6 +211,19 @@ def explain_failure(exc: Exception, params: Any) -> None:
         check_params(params, finite=False)
     except JregError as bad:
         raise bad from exc
+
+
+def explain_optimizer(exc: Exception, optimizer: Any, params: Any, opt_state: Any) -> None:
+    """Raise a jreg error naming the argument when ``optimizer``'s update (traced alone, on shapes) requires one jreg
+    does not supply (a member of a chain whose own signature takes ``**extra_args``); else return."""
+    try:
+        jax.eval_shape(
+            lambda p, s: optimizer.update(p, s, p, **optimizer_.placeholders(optimizer, p)), params, opt_state
+        )
+    except Exception as own:  # noqa: BLE001 - only a missing argument is the optimizer's to explain here
+        unsupplied = optimizer_.missing_in(own)
+        if unsupplied:
+            raise JregError(optimizer_.unsupplied_message(unsupplied)) from exc
 
 
 @functools.lru_cache(maxsize=64)

@@ -33,6 +33,7 @@ from .._errors import JregError, JregWarning
 from ..objective import Objective
 from ..optim import applied_proximal
 from ..penalties import ByPath, ByShape, Center, Penalty, Term, is_schedule, mask_tree
+from . import optimizer as optimizer_
 
 #: the kinds with a strength at which they zero every selected weight (``λ_max``)
 KINDS_WITH_TOP = ("l1", "group_lasso")
@@ -59,7 +60,12 @@ def terms_of(objective: Any, optimizer: Any, params: Any) -> tuple[list[tuple[st
     ours = _objective_terms(objective)
     with applied_proximal() as seen:
         try:
-            jax.eval_shape(lambda p: optimizer.update(jax.tree.map(jnp.zeros_like, p), optimizer.init(p), p), params)
+            jax.eval_shape(
+                lambda p: optimizer.update(
+                    jax.tree.map(jnp.zeros_like, p), optimizer.init(p), p, **optimizer_.placeholders(optimizer, p)
+                ),
+                params,
+            )
         except Exception:  # noqa: BLE001 - a failing optimizer is named by the training's own checks
             pass
     return ours, [(n, t) for p in seen for n, t in zip(p.names(), p.terms)]

@@ -16,6 +16,7 @@ from .._types import ModelState, Params
 from ..stopping import EarlyStopping
 from . import checkpoint_folder, divergence, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
+from . import optimizer as optimizer_
 from . import resume as resuming
 from .config import EMA, Checkpointing, Guard, ModelParallel, as_ema, as_guard, check_decay
 from .engine import VECTORIZE, Build, program
@@ -298,7 +299,7 @@ def _result(run: Run, start: int, hp: Any, setup: Setup, track: _Tracking, key: 
     """The sweep's :class:`Result`: the params (each member's best epoch's with ``restore_best``, the EMAs with
     ``EMA(returned=True)``), the state, and the snapshot ``resume=result`` continues from."""
     stopper, history = track.stopper, run.history
-    params = run.state.ema if ema is not None and ema.returned else run.state.params
+    params = optimizer_.state_params(run.state, ema is not None and ema.returned, stacked=True)
     final_state = run.state.model_state
     if track.best is not None:
         params, final_state = stopper.result(track.best, track.per, (params, final_state))  # type: ignore[union-attr]

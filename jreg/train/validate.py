@@ -22,6 +22,7 @@ from .._types import Batch
 from ..metrics import Metric
 from ..objective import Objective
 from . import calls
+from . import optimizer as optimizer_
 from .evaluate import make_chunk
 from .inputs import leaf_labels
 from .state import TrainState
@@ -134,10 +135,13 @@ def probe_update(
                 f"train: the objective's gradient fails on a training mini-batch of shapes {_shapes(batch)}: "
                 f"{type(grad_exc).__name__}: {grad_exc}"
             ) from grad_exc
+        unsupplied = optimizer_.missing_in(exc)
+        if unsupplied:  # a member of a chain asks for an argument jreg does not supply
+            raise JregError(optimizer_.unsupplied_message(unsupplied)) from exc
         raise JregError(
             f"optimizer: one training step fails on these params: {type(exc).__name__}: {exc} (jreg calls "
-            "optimizer.update(grads, opt_state, params); transformations that need more arguments, such as "
-            "reduce_on_plateau's value=, are not supported)"
+            "optimizer.update(grads, opt_state, params), with value=, grad= and value_fn= for an optax "
+            "GradientTransformationExtraArgs)"
         ) from exc
 
 

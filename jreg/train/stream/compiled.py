@@ -13,6 +13,7 @@ import numpy as np
 
 from ..._tree import all_finite
 from .. import calls, guard
+from .. import optimizer as optimizer_
 from ..monitor import EPOCH_LOSS
 from ..plan import NOISE_SALT
 from ..state import TrainState
@@ -99,7 +100,7 @@ def _finisher(build: Callable[[Any], Any], monitor: Any, models: int | None, ema
 
     def measure_one(hp, state: TrainState, evaluation):
         objective, _ = build(hp)
-        params = state.ema if ema is not None and ema.evaluate else state.params
+        params = optimizer_.state_params(state, ema is not None and ema.evaluate)
         return monitor.measure(objective, params, state.model_state, None, evaluation, state.step)
 
     def finish(hp, state, alive, evaluation, acc, rows, *, evaluate: bool):
