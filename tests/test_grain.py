@@ -159,8 +159,8 @@ def test_a_data_loader_state_is_bytes_and_resumes(tmp_path):
     assert_same(fit(loader, resume=mid), whole)
 
 
-def test_resume_after_a_fresh_process_start_is_bit_for_bit(written, tmp_path):
-    result, _ = written
+def test_resume_after_a_fresh_process_start_is_bit_for_bit(tmp_path):
+    result = fit()  # the uninterrupted run, in this process
     worker = Path(__file__).resolve().parent / "grain_worker.py"
     path = os.pathsep.join(filter(None, [str(worker.parent.parent), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
@@ -223,6 +223,12 @@ def test_a_mid_epoch_checkpoint_resumed_with_a_source_without_state_is_refused(w
     _, folder = written
     with pytest.raises(jreg.JregTypeError, match=r"mid-epoch checkpoint \(epoch 2, after step 8\).*get_state"):
         fit(lambda e: in_order(e), resume=folder / "ckpt-000001-000008.npz")
+
+
+def test_a_mid_epoch_checkpoint_beyond_epochs_is_refused(written):
+    _, folder = written
+    with pytest.raises(jreg.JregError, match=r"inside epoch 2 \(after step 8\), beyond epochs=1; pass epochs=2"):
+        fit(resume=folder / "ckpt-000001-000008.npz", epochs=1)
 
 
 def forge(written, tmp_path, change) -> Path:

@@ -338,7 +338,7 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
         state, start, history, saved, run = resumed.state, resumed.epoch, resumed.history, resumed.stopping, resumed.run
     if setup.feed is not None:  # a one-shot iterator gives one epoch
         setup.feed.check_epochs(epochs - start)
-    step = 0 if resumed is None else resume_mid_epoch(setup, resumed.meta, start, resumed.path)
+    step = 0 if resumed is None else resume_mid_epoch(setup, resumed.meta, start, resumed.path, epochs)
     # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
     writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run, start, epochs, step)
     try:

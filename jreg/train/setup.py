@@ -87,12 +87,17 @@ def mid_epoch(setup: Setup, checkpoint: Any, save: Callable[[TrainState, Any, di
     setup.feed.capture, setup.feed.every_steps, setup.feed.saver = True, int(every), save
 
 
-def resume_mid_epoch(setup: Setup, meta: Any, epoch: int, path: Any, models: int | None = None) -> int:
+def resume_mid_epoch(setup: Setup, meta: Any, epoch: int, path: Any, epochs: int, models: int | None = None) -> int:
     """The steps of epoch ``epoch + 1`` a resumed checkpoint had run (0 at an epoch's end); a mid-epoch one's stream
     is put back where it was (:meth:`jreg.train.stream.Feed.resume_at`), before any work."""
     position = meta.get("stream_position") if isinstance(meta, dict) else None
     if position is None or setup.feed is None:  # (a streamed checkpoint resumes only with a stream)
         return 0
+    if epoch >= epochs:
+        raise JregError(
+            f"resume: {path} is a checkpoint inside epoch {epoch + 1} (after step {position['step']}), beyond "
+            f"epochs={epochs}; pass epochs={epoch + 1} or more to finish that epoch"
+        )
     setup.feed.resume_at(epoch, position, path, models)
     return int(position["step"])
 

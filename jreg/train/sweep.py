@@ -462,5 +462,5 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
     if stopper is not None:
         track.per, track.best = per, best if best is not None else track.best
         loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
-    step = resume_mid_epoch(setup, resumed.meta, resumed.epoch, resumed.path, models)
+    step = resume_mid_epoch(setup, resumed.meta, resumed.epoch, resumed.path, epochs, models)
     return loaded, alive, resumed.epoch, resumed.run, step
