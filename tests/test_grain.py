@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jreg
 from jreg.checkpoint import CheckpointError
@@ -157,6 +160,45 @@ def test_a_data_loader_state_is_bytes_and_resumes(tmp_path):
     mid = tmp_path / "ckpt-000001-000008.npz"
     assert jreg.load(mid).meta["stream_position"]["iterator"]["kind"] == "bytes"
     assert_same(fit(loader, resume=mid), whole)
+
+
+def test_early_stopping_ema_and_evaluation_resume_mid_epoch_bit_for_bit(tmp_path):
+    """What the hooks keep between epochs (history, patience, best params in best.npz, the EMA) rides along."""
+    kw = dict(
+        epochs=3,
+        evaluation=(X[:40], Y[:40]),
+        early_stopping=jreg.EarlyStopping(patience=5, restore_best=True),
+        ema=jreg.EMA(0.9),
+    )
+    whole = fit(checkpoint=jreg.Checkpointing(tmp_path, every_steps=8, keep=20), **kw)
+    resumed = fit(resume=tmp_path / "ckpt-000002-000008.npz", **kw)
+    assert_same(resumed, whole)
+    assert resumed.history.history == whole.history.history
+
+
+def test_a_diverging_run_writes_no_mid_epoch_checkpoint_of_its_bad_state(tmp_path):
+    def blowing_up(params, batch, *, step):  # NaN from the second step of epoch 2 on
+        total, parts = OBJ(params, batch)
+        return total * jnp.where(step >= 13, jnp.nan, 1.0), parts
+
+    with pytest.raises(jreg.DivergenceError) as caught:
+        jreg.fit(blowing_up, OPT, P0, stream(), epochs=2, batch_size=B, key=KEY,
+                 checkpoint=jreg.Checkpointing(tmp_path, every_steps=4))  # fmt: skip
+    assert (caught.value.epoch, caught.value.step) == (1, 1)
+    # the chunk of steps 0-3 of epoch 2 diverged: the checkpoint after it is not written
+    assert [p.name for _, p in checkpoint_folder.positions(tmp_path)] == [
+        "ckpt-000000-000004.npz",
+        "ckpt-000000-000008.npz",
+        "ckpt-000001.npz",
+    ]
+
+
+def test_an_epoch_whose_iterator_cannot_save_its_state_is_refused_when_it_comes(tmp_path):
+    def source(epoch):  # epoch 1's is grain's, epoch 2's a list
+        return shuffled(epoch) if epoch == 0 else in_order(epoch)
+
+    with pytest.raises(jreg.JregTypeError, match=r"epoch 2\): Checkpointing\(every_steps=...\).*no get_state"):
+        fit(source, checkpoint=jreg.Checkpointing(tmp_path, every_steps=4))
 
 
 def test_resume_after_a_fresh_process_start_is_bit_for_bit(tmp_path):
@@ -329,3 +371,35 @@ def test_iterator_states_are_stored_as_json_or_base64_and_compared_by_shape():
         position.check_like({"a": {"b": "3"}}, {"a": {"b": 0}}, fields, "v")
     with pytest.raises(CheckpointError, match=r"'v' must hold the keys .*missing \['b'\], extra \['c'\]"):
         position.check_like({"a": 1, "c": 1}, {"a": 1, "b": 0}, fields, "v")
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    batch=st.integers(1, 5),
+    chunk=st.integers(1, 4),
+    partial=st.sampled_from(["include", "drop"]),
+    seed=st.integers(0, 2**16),
+)
+def test_a_feed_resumed_at_any_recorded_position_reads_exactly_the_rest_of_the_epoch(n, batch, chunk, partial, seed):
+    """The reader's recorded states, restored into a fresh iterator, give the epoch's remaining chunks: the same
+    batches at the same step indices (every boundary a mid-epoch checkpoint may be written at)."""
+    rows = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    ds = grain.MapDataset.source([(rows[i], np.int32(i)) for i in range(n)]).shuffle(seed=seed).batch(batch)
+    if len(rows) < batch:
+        return  # the first batch must be a full one
+    feed = jreg.train.stream.Feed(jreg.Stream(ds, chunk=chunk), batch, partial)
+    feed.capture = True
+    with feed.epoch(0).chunks() as chunks:
+        items = [(c.first, c.count, jax.device_get(c.batches), c.position) for c in chunks]
+    for k, (first, count, _, state) in enumerate(items[:-1]):  # a checkpoint is written only if the epoch goes on
+        if state is None:
+            continue
+        again = jreg.train.stream.Feed(jreg.Stream(ds, chunk=chunk), batch, partial)
+        at = {"epoch": 0, "step": first + count, "rows": 0, "loss_sum": 0.0, "iterator": state}
+        again.resume_at(0, at, "test")
+        with again.epoch(0).chunks() as chunks:
+            rest = [(c.first, c.count, jax.device_get(c.batches)) for c in chunks]
+        assert [(f, c) for f, c, _ in rest] == [(f, c) for f, c, _, _ in items[k + 1 :]]
+        for (_, _, got), (_, _, want, _) in zip(rest, items[k + 1 :]):
+            assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))

@@ -113,6 +113,10 @@ def fit(
             (``ckpt-*.npz``, ``best.npz``) is refused before any work unless
             ``resume`` is that folder or a file in it, and a run deletes or
             overwrites only its own checkpoints (see docs/reliability.md).
+            With a stream whose iterator saves its state (grain),
+            ``Checkpointing(every_steps=n)`` also saves mid-epoch checkpoints
+            (``ckpt-<epoch>-<step>.npz``) that a resume continues from that
+            step (docs/streaming.md, "grain, and mid-epoch checkpoints").
         resume: the run to continue: a :class:`jreg.Result` of an earlier
             ``fit`` (in memory: params, optimizer and model state, epoch count,
             early-stopping and learning-rate-scale state), a checkpoint file,

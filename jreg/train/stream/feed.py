@@ -239,6 +239,9 @@ class Feed:
         """Read epoch ``epoch``, emitting ``Chunk``s, then ``None``; a JregError instead when something is wrong."""
         it, source_it, start = self._epoch_iterator(epoch)
         capture = self.capture and source_it is not None
+        if capture and not positions.stateful(source_it):  # epoch 0's could; this epoch's cannot
+            _close(it)
+            raise positions.not_stateful(source_it, f"train (epoch {epoch + 1}): Checkpointing(every_steps=...)")
         try:
             buffer: list[list[np.ndarray]] = []
             small: tuple[int, list[np.ndarray]] | None = None
