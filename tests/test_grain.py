@@ -403,3 +403,37 @@ def test_a_feed_resumed_at_any_recorded_position_reads_exactly_the_rest_of_the_e
         assert [(f, c) for f, c, _ in rest] == [(f, c) for f, c, _, _ in items[k + 1 :]]
         for (_, _, got), (_, _, want, _) in zip(rest, items[k + 1 :]):
             assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(field=st.sampled_from(["epoch", "step", "rows", "loss_sum", "iterator", "iterator.kind", "iterator.value",
+                              "iterator.value.next_index"]), value=_JSON)  # fmt: skip
+def test_a_random_stream_position_field_is_accepted_or_a_checkpoint_error(field, value):
+    """check_run_meta, then the restore into a live grain iterator: the position or a CheckpointError, nothing else."""
+    meta = {
+        "streamed": True,
+        "stream_position": {
+            "epoch": 1,
+            "step": 8,
+            "rows": 80,
+            "loss_sum": 3.5,
+            "iterator": {"kind": "json", "value": {"next_index": 8}},
+        },
+    }
+    *parents, last = field.split(".")
+    where = meta["stream_position"]
+    for name in parents:
+        where = where[name]
+    where[last] = value
+    try:
+        checked = jreg.checkpoint.check_run_meta(meta, "f.npz", 1)
+        position.restore(iter(shuffled(1)), checked["stream_position"], "f.npz")
+    except CheckpointError:
+        pass
