@@ -58,7 +58,7 @@ def leaves(result):
 
 def assert_same(a, b):
     assert all(np.array_equal(u, v) for u, v in zip(leaves(a), leaves(b)))
-    assert np.array_equal(np.asarray(a.history["epoch_loss"]), np.asarray(b.history["epoch_loss"]))
+    assert np.array_equal(np.asarray(a.history["epoch_loss"]), np.asarray(b.history["epoch_loss"]), equal_nan=True)
 
 
 def in_order(epoch: int):
@@ -138,15 +138,30 @@ def test_resume_auto_takes_the_newest_mid_epoch_checkpoint_and_goes_on_writing(w
 
 
 def test_sweep_resumes_mid_epoch_bit_for_bit(tmp_path):
-    def build(hp):
-        return jreg.objective(MODEL.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"])), OPT
+    """K = 4 members, with early stopping that stops some of them before the checkpoint's epoch (their frozen
+    state, patience and best params ride along)."""
 
-    kw = dict(hparams=jreg.grid(lmbda=[0.0, 1e-2]), epochs=EPOCHS, batch_size=B, key=KEY)
+    def build(hp):
+        return jreg.objective(MODEL.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"])), optax.sgd(
+            hp["eta"]
+        )
+
+    kw = dict(
+        hparams=jreg.grid(lmbda=[0.0, 1e-2], eta=[0.2, 5.0]),
+        epochs=3,
+        batch_size=B,
+        key=KEY,
+        evaluation=(X[:40], Y[:40]),
+        early_stopping=jreg.EarlyStopping(patience=1, restore_best=True),
+    )
     whole = jreg.sweep(build, P0, stream(), checkpoint=jreg.Checkpointing(tmp_path, every_steps=8, keep=20), **kw)
-    assert (tmp_path / "ckpt-000001-000008.npz").exists() and not (tmp_path / "ckpt-000001-000004.npz").exists()
-    assert len(jreg.load(tmp_path / "ckpt-000001-000008.npz").meta["stream_position"]["loss_sum"]) == 2
-    resumed = jreg.sweep(build, P0, stream(), resume=tmp_path / "ckpt-000001-000008.npz", **kw)
+    mid = tmp_path / "ckpt-000002-000008.npz"
+    assert mid.exists() and not (tmp_path / "ckpt-000002-000004.npz").exists()
+    assert len(jreg.load(mid).meta["stream_position"]["loss_sum"]) == 4
+    assert any(v["epochs"] <= 2 for v in whole.history.stopped.values())  # a member frozen before epoch 3
+    resumed = jreg.sweep(build, P0, stream(), resume=mid, **kw)
     assert_same(resumed, whole)
+    assert resumed.history.stopped == whole.history.stopped
 
 
 def test_a_data_loader_state_is_bytes_and_resumes(tmp_path):
