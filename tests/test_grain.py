@@ -164,6 +164,24 @@ def test_sweep_resumes_mid_epoch_bit_for_bit(tmp_path):
     assert resumed.history.stopped == whole.history.stopped
 
 
+def test_a_sweep_member_diverging_holds_back_mid_epoch_checkpoints_of_that_epoch_only(tmp_path):
+    def build(hp):
+        return OBJ, optax.sgd(hp["eta"])
+
+    kw = dict(hparams=jreg.grid(eta=[0.2, 1e38]), epochs=2, batch_size=B, key=KEY)
+    whole = jreg.sweep(build, P0, stream(), checkpoint=jreg.Checkpointing(tmp_path, every_steps=4, keep=20), **kw)
+    assert list(whole.history.diverged) == [1]
+    assert [p.name for _, p in checkpoint_folder.positions(tmp_path)] == [
+        "ckpt-000001.npz",  # epoch 1's mid-epoch checkpoints held back: member 1 diverged in it
+        "ckpt-000001-000004.npz",
+        "ckpt-000001-000008.npz",
+        "ckpt-000002.npz",
+    ]
+    resumed = jreg.sweep(build, P0, stream(), resume=tmp_path / "ckpt-000001-000004.npz", **kw)
+    assert_same(resumed, whole)
+    assert list(resumed.history.diverged) == [1]
+
+
 def test_a_data_loader_state_is_bytes_and_resumes(tmp_path):
     def loader(epoch):
         sampler = grain.samplers.IndexSampler(N, shuffle=True, seed=SEED + epoch, num_epochs=1)
