@@ -396,6 +396,7 @@ def test_resuming_from_an_older_mid_epoch_checkpoint_would_branch_the_run(writte
 def test_iterator_states_are_stored_as_json_or_base64_and_compared_by_shape():
     assert position.encode({"a": (1, 2)}, "x") == {"kind": "json", "value": {"a": [1, 2]}}
     assert position.encode(b"{}", "x") == {"kind": "bytes", "value": "e30="}
+    assert position.encode({"i": np.int64(3), "f": np.float32(0.5)}, "x")["value"] == {"i": 3, "f": 0.5}
     with pytest.raises(jreg.JregTypeError, match="cannot be stored in a checkpoint"):
         position.encode({"a": object()}, "x")
     fields = jreg.checkpoint.common.Fields("f", "meta ")

@@ -17,6 +17,8 @@ import binascii
 import json
 from typing import Any
 
+import numpy as np
+
 from ..._errors import JregError, JregTypeError
 from ...checkpoint.common import CheckpointError, Fields
 
@@ -46,12 +48,19 @@ def encode(state: Any, where: str) -> dict[str, Any]:
     if isinstance(state, (bytes, bytearray)):
         return {"kind": "bytes", "value": base64.b64encode(bytes(state)).decode("ascii")}
     try:
-        return {"kind": "json", "value": json.loads(json.dumps(state, allow_nan=False))}
+        return {"kind": "json", "value": json.loads(json.dumps(state, allow_nan=False, default=_scalar))}
     except (TypeError, ValueError, RecursionError) as exc:
         raise JregTypeError(
             f"{where}: the stream's iterator state ({type(state).__name__}) cannot be stored in a checkpoint: it must "
             f"be bytes or JSON (dicts of str keys, lists, strings, finite numbers, booleans, None); {exc}"
         ) from exc
+
+
+def _scalar(value: Any) -> Any:
+    """A NumPy scalar in a state (``np.int64(3)``) as the Python number it holds; anything else is not JSON."""
+    if isinstance(value, np.generic) and np.ndim(value) == 0 and isinstance(value.item(), (int, float, bool)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def decode(encoded: dict[str, Any], fields: Fields) -> Any:
