@@ -120,8 +120,8 @@ def fit(
         resume: the run to continue: a :class:`jreg.Result` of an earlier
             ``fit`` (in memory: params, optimizer and model state, epoch count,
             early-stopping and learning-rate-scale state), a checkpoint file,
-            or a folder of them (the newest valid one by epoch number is taken;
-            a damaged newer one is skipped with a :class:`jreg.JregWarning`),
+            or a folder of them (the newest valid one by epoch number, then
+            step for mid-epoch ones, is taken; a damaged newer one is skipped with a :class:`jreg.JregWarning`),
             or ``"auto"``: ``checkpoint``'s folder when it holds checkpoints, a
             fresh start when it holds none (a preemptible job re-runs one
             unchanged command). ``epochs`` stays the run's total, the shuffles
