@@ -239,3 +239,9 @@ def test_a_streamed_sweep_freezes_only_the_member_that_broke_the_rule():
     same(guarded.select(0).params, plain.select(0).params)  # the other member trains as without a guard
     same(guarded.select(1).params, PARAMS)  # frozen at its epoch's input
     assert np.isnan(guarded.history.epoch_loss[1]).all()
+
+
+def test_a_guard_with_mid_epoch_checkpoints_is_refused_before_any_work(tmp_path):
+    with pytest.raises(jreg.JregError, match="every_steps"):
+        streamed(GOOD, guard=jreg.Guard(max_loss=100), checkpoint=jreg.Checkpointing(tmp_path / "ck", every_steps=2))
+    assert not (tmp_path / "ck").exists()

@@ -155,3 +155,11 @@ def test_readme_snippets_run_as_written(tmp_path, monkeypatch):
     for i, block in enumerate(blocks[1:], 2):
         exec(compile(block, f"README.md python block {i}", "exec"), namespace)
     assert namespace["result"].history.epochs("evaluation_accuracy")[-1] == 15
+
+
+def test_grain_stream_resumes_mid_epoch_bit_for_bit():
+    pytest.importorskip("grain")
+    out = load("grain_stream").main(["--quick"])
+    assert out["resumed_equal"]
+    assert any(name.startswith("ckpt-000001-") for name in out["kept"])  # the newest kept is inside epoch 2
+    assert out["history"].epochs("epoch_loss") == [1, 2]

@@ -81,6 +81,42 @@ def check_stopping_state(state: Any, where: str, epochs_done: int | None = None)
     return state
 
 
+#: The fields of a mid-epoch checkpoint's ``meta["stream_position"]`` (:class:`jreg.Checkpointing` ``every_steps``).
+POSITION_FIELDS = ("epoch", "step", "rows", "loss_sum", "iterator")
+#: How an iterator's state is stored: ``{"kind": "json", "value": <the state>}`` or ``{"kind": "bytes", "value":
+#: <base64>}`` (a grain ``DataLoader``'s state is bytes).
+ITERATOR_KINDS = ("json", "bytes")
+
+
+def check_stream_position(position: Any, where: str, epochs_done: int | None = None) -> dict[str, Any]:
+    """Check a mid-epoch checkpoint's place in its stream (``meta["stream_position"]``); return it.
+
+    ``epoch`` is the epochs completed (the checkpoint's own epoch, ``epochs_done``, when given), ``step`` the steps
+    run of the next epoch (a positive integer below ``2**31``), ``rows`` the examples they trained on (a
+    non-negative integer), ``loss_sum`` their summed training loss (a finite number; a list of them, one a model, for
+    a sweep) and ``iterator`` the source's iterator state (``{"kind": "json" | "bytes", "value": ...}``; its value is
+    checked against the live iterator where the run resumes, :mod:`jreg.train.stream.position`). Raises
+    :class:`CheckpointError` starting with ``where`` and naming the field.
+    """
+    fields, field = _fields(where), "stream_position"
+    fields.obj(position, field, POSITION_FIELDS)
+    fields.integer(position["epoch"], f"{field}.epoch", low=0, high=2**31)
+    if epochs_done is not None and position["epoch"] != epochs_done:
+        raise fields.fail(f"{field}.epoch", f"must be the checkpoint's epoch, {epochs_done}", position["epoch"])
+    fields.integer(position["step"], f"{field}.step", low=1, high=2**31)
+    fields.integer(position["rows"], f"{field}.rows", low=0, high=2**62)
+    sums = position["loss_sum"]
+    for i, value in enumerate(sums if isinstance(sums, list) else [sums]):
+        name = f"{field}.loss_sum" + (f"[{i}]" if isinstance(sums, list) else "")
+        if not _is_float(value) or not np.isfinite(float(value)):
+            raise fields.fail(name, "must be a finite number (a list of them for a sweep)", value)
+    iterator = fields.obj(position["iterator"], f"{field}.iterator", ("kind", "value"))
+    fields.string(iterator["kind"], f"{field}.iterator.kind", choices=ITERATOR_KINDS)
+    if iterator["kind"] == "bytes":
+        fields.string(iterator["value"], f"{field}.iterator.value", pattern=r"[A-Za-z0-9+/]*={0,2}", rule="base64")
+    return position
+
+
 def check_run_meta(meta: Any, path: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
     """The ``meta`` of a checkpoint :func:`jreg.fit` wrote, checked before a resume reads it; returns it (a dict).
 
@@ -88,7 +124,8 @@ def check_run_meta(meta: Any, path: str | os.PathLike[str], step: int | None = N
     (:func:`check_history`), ``batch_size`` (a positive integer), ``global_step`` (null or an integer in
     ``[0, 2**31)``, the step counter's range), ``early_stopping`` (:func:`check_stopping_state`), ``run`` (a run id,
     32 lowercase hex digits), ``cost_convention`` (one of :data:`jreg.conventions.COST_CONVENTIONS`), ``streamed``
-    (a boolean) and ``ema`` (null or an object: ``decay`` a number in ``[0, 1)`` or an hparams name, ``evaluate``
+    (a boolean), ``stream_position`` (a mid-epoch checkpoint's, :func:`check_stream_position`) and ``ema`` (null or
+    an object: ``decay`` a number in ``[0, 1)`` or an hparams name, ``evaluate``
     and ``returned`` booleans); ``step`` (the checkpoint's epoch) bounds the epochs they name. ``None`` gives ``{}``.
     Other fields are the user's (or a sweep's, ``sweep``, checked by :mod:`jreg.train.sweep_checkpoint`) and are
     not looked at. Raises :class:`CheckpointError` naming ``path`` and the field.
@@ -114,6 +151,10 @@ def check_run_meta(meta: Any, path: str | os.PathLike[str], step: int | None = N
         fields.string(meta["cost_convention"], "cost_convention", choices=COST_CONVENTIONS)
     if "streamed" in meta:
         fields.boolean(meta["streamed"], "streamed")
+    if "stream_position" in meta:
+        if meta.get("streamed") is not True:
+            raise fields.fail("stream_position", "belongs only to a checkpoint of a streamed run ('streamed': true)")
+        check_stream_position(meta["stream_position"], where, step)
     ema = fields.obj(meta.get("ema"), "ema", null=True)
     if ema is not None:
         decay = ema.get("decay", 0.0)

@@ -85,13 +85,15 @@ class CheckpointWriteError(io.WriteError):
 # or ``ckpt-<epoch>.orbax`` (a folder, orbax's: arrays that span processes), and ``best.npz``. Whatever the format,
 # every question "is this a checkpoint, is it a folder of them, which folder is it in" is answered here, once.
 
-_NUMBERED = re.compile(r"ckpt-([0-9]+)\.(?:npz|orbax)")
+_NUMBERED = re.compile(r"ckpt-([0-9]+)(?:-([0-9]+))?\.(?:npz|orbax)")
 _SUFFIXES = (".npz", dc.SUFFIX)
 
 
-def checkpoint_name(epoch: int, orbax: bool = False) -> str:
-    """The name of the run's checkpoint of ``epoch``: ``ckpt-000003.npz``, or ``ckpt-000003.orbax``."""
-    return f"ckpt-{epoch:06d}{dc.SUFFIX if orbax else '.npz'}"
+def checkpoint_name(epoch: int, orbax: bool = False, step: int = 0) -> str:
+    """The name of the run's checkpoint of ``epoch``: ``ckpt-000003.npz``, or ``ckpt-000003.orbax``; a mid-epoch
+    one (``step`` steps into epoch ``epoch + 1``, ``Checkpointing(every_steps=...)``): ``ckpt-000003-000128.npz``."""
+    middle = f"-{step:06d}" if step else ""
+    return f"ckpt-{epoch:06d}{middle}{dc.SUFFIX if orbax else '.npz'}"
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -132,12 +134,19 @@ def new_run() -> str:
 
 
 def numbered(folder: Path) -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of every ``ckpt-<epoch>.npz`` or ``.orbax`` entry in ``folder``, oldest first by epoch."""
+    """``(epoch, path)`` of every ``ckpt-<epoch>.npz`` or ``.orbax`` entry in ``folder`` (mid-epoch ones included,
+    with the epochs they had completed), oldest first by position (:func:`positions`)."""
+    return [(position[0], path) for position, path in positions(folder)]
+
+
+def positions(folder: Path) -> list[tuple[tuple[int, int], Path]]:
+    """``((epochs done, steps into the next), path)`` of every checkpoint entry in ``folder``, oldest first:
+    ``ckpt-000002.npz`` is at ``(2, 0)``, the mid-epoch ``ckpt-000002-000128.npz`` at ``(2, 128)``."""
     found = []
     for path in folder.glob("ckpt-*"):
         match = _NUMBERED.fullmatch(path.name)
         if match:
-            found.append((int(match[1]), path))
+            found.append(((int(match[1]), int(match[2] or 0)), path))
     return sorted(found, key=lambda item: (item[0], item[1].name))
 
 
@@ -213,9 +222,9 @@ def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkp
     )
 
 
-def _sort_key(name: str) -> tuple[int, str]:
+def _sort_key(name: str) -> tuple[int, int, str]:
     match = _NUMBERED.fullmatch(name)
-    return (int(match[1]) if match else -1, name)
+    return (int(match[1]) if match else -1, int(match[2] or 0) if match else 0, name)
 
 
 def _header_meta(path: Path) -> Any:
@@ -313,12 +322,13 @@ class Writer:
         """Count ``path`` as this run's (a ``best.npz`` the resumed run was restored from)."""
         self.written[path.name] = _signature(path)
 
-    def check_ahead(self, start: int, epochs: int) -> None:
+    def check_ahead(self, start: int, epochs: int, start_step: int = 0) -> None:
         """Before training: refuse if a checkpoint this run would write exists and is not this run's, or if the
         folder holds this run's checkpoints of epochs after ``start`` (resuming from an older one would branch
-        the run: its later files would be overwritten with other content, or outlive the new ones)."""
+        the run: its later files would be overwritten with other content, or outlive the new ones). ``start_step``:
+        the steps of epoch ``start + 1`` a mid-epoch checkpoint resumed from had run (later positions count)."""
+        later = [p.name for at, p in positions(self.folder) if at > (start, start_step) and self.ours(p)]
         present = [(e, p) for e, p in numbered(self.folder) if e > start]  # what is there, not every epoch to come
-        later = [p.name for _, p in present if self.ours(p)]
         if later:
             raise JregError(
                 f"checkpoint: {self.folder} holds later checkpoints of this run ({_listing(later)}) than the epoch "
@@ -407,17 +417,23 @@ class Writer:
         streamed: bool = False,
         *,
         sweep: tuple[dict[str, Any], Any] | None = None,
+        position: dict[str, Any] | None = None,
     ) -> None:
         """Write ``ckpt-<epoch>.npz`` (``.orbax`` across processes) atomically; keep the run's newest ``keep``.
 
         ``streamed``: the run trains on a stream (recorded as ``meta["streamed"]``; see :func:`resume`).
         ``sweep``: ``(meta, arrays)`` of a :func:`jreg.sweep` checkpoint (``meta["sweep"]`` and the arrays that
-        travel beside the optimizer state; see :mod:`jreg.train.sweep_checkpoint`)."""
+        travel beside the optimizer state; see :mod:`jreg.train.sweep_checkpoint`). ``position``: a mid-epoch
+        checkpoint's place in the stream (``meta["stream_position"]``: ``step`` steps into epoch ``epoch + 1``,
+        :mod:`jreg.train.stream.position`), written as ``ckpt-<epoch>-<step>.npz``."""
         arrays, meta = payload(state, key, history, batch_size, stopping_state, streamed, self.run, sweep)
+        step = 0
+        if position is not None:
+            meta["stream_position"], step = position, position["step"]
         self.clean_temps()
-        path = self.folder / checkpoint_name(epoch, orbax=dc.needed(arrays))
+        path = self.folder / checkpoint_name(epoch, orbax=dc.needed(arrays), step=step)
         self._publish(path, lambda: save_state(path, *arrays, step=epoch, key=key, meta=meta))
-        mine = [p for e, p in numbered(self.folder) if e <= epoch and self.ours(p)]  # the file just written is last
+        mine = [p for at, p in positions(self.folder) if at <= (epoch, step) and self.ours(p)]  # this one is last
         for old in mine[: -self.config.keep]:
             _remove(old)
             self.written.pop(old.name, None)
@@ -428,7 +444,7 @@ class Writer:
         self._publish(path, lambda: ckpt.save(path, params, model_state=model_state, step=epoch, key=key, meta=meta))
 
 
-def open_writer(checkpoint: Checkpointing, run: str, start: int, epochs: int) -> Writer:
+def open_writer(checkpoint: Checkpointing, run: str, start: int, epochs: int, start_step: int = 0) -> Writer:
     """The run's :class:`Writer`, holding the folder: made now (after every input passed its checks, so a refused
     run leaves nothing on disk), locked (process 0; :class:`FolderInUseError` if another run holds it), and checked
     ahead (:meth:`Writer.check_ahead`). Close it when the run ends (:meth:`Writer.close`)."""
@@ -442,7 +458,7 @@ def open_writer(checkpoint: Checkpointing, run: str, start: int, epochs: int) ->
         _lock(writer, folder, run)
         st = folder.stat()
         writer.identity = (st.st_dev, st.st_ino)
-        writer.check_ahead(start, epochs)
+        writer.check_ahead(start, epochs, start_step)
     except BaseException:
         writer.close()
         raise

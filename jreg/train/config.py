@@ -118,16 +118,29 @@ class Checkpointing:
     ``ckpt-<epoch>.orbax`` folders instead (orbax-checkpoint, ``jreg[orbax]``;
     docs/scaling.md), under the same rules; ``dir`` must then be a folder that
     every process sees.
+
+    ``every_steps`` (a positive int, default None): with a stream of batches
+    whose iterator can save its position (a grain ``MapDataset``,
+    ``IterDataset`` or ``DataLoader``, or any iterator with ``get_state()`` and
+    ``set_state()``), also checkpoint MID-EPOCH, at the first compiled chunk
+    boundary at or after every ``every_steps`` steps of an epoch:
+    ``ckpt-<epochs done>-<steps into the next>.npz``, holding the iterator's
+    state, so that a resumed run continues from that step bit for bit
+    (docs/streaming.md, "grain and mid-epoch checkpoints"). Refused with
+    in-memory data and with a source whose iterator has no such state.
     """
 
     dir: str | os.PathLike[str]
     every: int = 1
     keep: int = 3
+    every_steps: int | None = None
 
     def __post_init__(self) -> None:
         check_checkpointing(
             self.dir, self.every, self.keep, ("Checkpointing.dir", "Checkpointing.every", "Checkpointing.keep")
         )
+        if self.every_steps is not None:
+            check_positive_int(self.every_steps, "Checkpointing.every_steps")
 
     @property
     def folder(self) -> Path:

@@ -73,10 +73,15 @@ class Limits:
         )
 
 
-def limits(guard: Guard | None, setup: Setup, models: int | None, where: str) -> Limits | None:
+def limits(guard: Guard | None, setup: Setup, models: int | None, where: str, checkpoint: Any = None) -> Limits | None:
     """The run's :class:`Limits` (None without a guard), after checking that the run can apply the guard."""
     if guard is None:
         return None
+    if getattr(checkpoint, "every_steps", None) is not None:  # a resumed epoch would not hold its input state
+        raise JregError(
+            f"{where}: guard=jreg.Guard(...) with Checkpointing(every_steps=...) is not supported: the guard sends a "
+            "model back to its epoch's input, which a run resumed mid-epoch no longer holds; drop one of the two"
+        )
     if not setup.monitor.epoch_loss:
         raise JregError(
             f"{where}: guard=jreg.Guard(...) reads the running loss epoch_loss, which monitor= leaves out; "

@@ -22,7 +22,7 @@ from .epoch import check_unroll
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .result import Result
-from .setup import check_checkpointing, prepare
+from .setup import check_checkpointing, check_mid_epoch, mid_epoch, prepare, resume_mid_epoch
 from .state import TrainState, copy
 from .validate import check_loop_args, check_opt_state
 
@@ -115,11 +115,15 @@ def fit(
             (``ckpt-*.npz``, ``best.npz``) is refused before any work unless
             ``resume`` is that folder or a file in it, and a run deletes or
             overwrites only its own checkpoints (see docs/reliability.md).
+            With a stream whose iterator saves its state (grain),
+            ``Checkpointing(every_steps=n)`` also saves mid-epoch checkpoints
+            (``ckpt-<epoch>-<step>.npz``) that a resume continues from that
+            step (docs/streaming.md, "grain, and mid-epoch checkpoints").
         resume: the run to continue: a :class:`jreg.Result` of an earlier
             ``fit`` (in memory: params, optimizer and model state, epoch count,
             early-stopping and learning-rate-scale state), a checkpoint file,
-            or a folder of them (the newest valid one by epoch number is taken;
-            a damaged newer one is skipped with a :class:`jreg.JregWarning`),
+            or a folder of them (the newest valid one by epoch number, then
+            step for mid-epoch ones, is taken; a damaged newer one is skipped with a :class:`jreg.JregWarning`),
             or ``"auto"``: ``checkpoint``'s folder when it holds checkpoints, a
             fresh start when it holds none (a preemptible job re-runs one
             unchanged command). ``epochs`` stays the run's total, the shuffles
@@ -211,7 +215,7 @@ def fit(
         optimizer=optimizer,
     )
     rule = stopping_hooks.check(early_stopping, setup.monitor)
-    limits = divergence.limits(guard, setup, None, "fit")
+    limits = divergence.limits(guard, setup, None, "fit", checkpoint)
     check_opt_state(optimizer, params, opt_state)
     best = rule is not None and rule.restore_best  # the sizes before allocation (jreg.train.memory)
     memory.check(
@@ -221,6 +225,7 @@ def fit(
     )
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
+        check_mid_epoch(checkpoint, setup, "fit")
     state = TrainState.create(
         optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state), ema=ema is not None
     )
@@ -269,6 +274,13 @@ def _train(objective, optimizer, setup, state, start, history, stopper, writer, 
     hooks = _hooks(
         objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback, limits
     )
+    if writer is not None:  # Checkpointing(every_steps=...): the stream writes mid-epoch checkpoints too
+
+        def save(state: TrainState, alive: Any, position: dict[str, Any]) -> None:
+            stopping_state = None if stopper is None else stopper.state
+            writer.save(state, position["epoch"], key, history, batch_size, stopping_state, True, position=position)
+
+        mid_epoch(setup, writer.config, save)
     run = run_epochs(one_epoch, Run(state, None, epochs, history), start, hooks)
 
     if stopper is not None:
@@ -332,8 +344,9 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
         state, start, history, saved, run = resumed.state, resumed.epoch, resumed.history, resumed.stopping, resumed.run
     if setup.feed is not None:  # a one-shot iterator gives one epoch
         setup.feed.check_epochs(epochs - start)
+    step = 0 if resumed is None else resume_mid_epoch(setup, resumed.meta, start, resumed.path, epochs)
     # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
-    writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run, start, epochs)
+    writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run, start, epochs, step)
     try:
         return _stopping(state, start, history, writer, setup, rule, resume, resumed, saved, key, verbose, ema, run)
     except BaseException:

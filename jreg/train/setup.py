@@ -63,6 +63,45 @@ def check_checkpointing(checkpoint: Any, model_state: ModelState) -> None:
             )
 
 
+def check_mid_epoch(checkpoint: Any, setup: Setup, where: str) -> None:
+    """Before any work: ``Checkpointing(every_steps=...)`` (mid-epoch checkpoints) needs a stream whose iterator can
+    save its position (:mod:`jreg.train.stream.position`)."""
+    every = getattr(checkpoint, "every_steps", None)
+    if every is None:
+        return
+    what = f"{where}: checkpoint=Checkpointing(every_steps={every})"
+    if setup.feed is None:
+        raise JregError(
+            f"{what} checkpoints inside an epoch of a stream of batches, but train is in-memory data, whose epoch is "
+            "one compiled call; drop every_steps (and use Checkpointing(every=...) epochs), or pass a stream (a "
+            "grain.MapDataset, IterDataset or DataLoader; docs/streaming.md)"
+        )
+    setup.feed.check_stateful(what)
+
+
+def mid_epoch(setup: Setup, checkpoint: Any, save: Callable[[TrainState, Any, dict[str, Any]], None]) -> None:
+    """Have the stream write a mid-epoch checkpoint (``save(state, alive, position)``) every ``every_steps``."""
+    every = getattr(checkpoint, "every_steps", None)
+    if every is None or setup.feed is None:
+        return
+    setup.feed.capture, setup.feed.every_steps, setup.feed.saver = True, int(every), save
+
+
+def resume_mid_epoch(setup: Setup, meta: Any, epoch: int, path: Any, epochs: int, models: int | None = None) -> int:
+    """The steps of epoch ``epoch + 1`` a resumed checkpoint had run (0 at an epoch's end); a mid-epoch one's stream
+    is put back where it was (:meth:`jreg.train.stream.Feed.resume_at`), before any work."""
+    position = meta.get("stream_position") if isinstance(meta, dict) else None
+    if position is None or setup.feed is None:  # (a streamed checkpoint resumes only with a stream)
+        return 0
+    if epoch >= epochs:
+        raise JregError(
+            f"resume: {path} is a checkpoint inside epoch {epoch + 1} (after step {position['step']}), beyond "
+            f"epochs={epochs}; pass epochs={epoch + 1} or more to finish that epoch"
+        )
+    setup.feed.resume_at(epoch, position, path, models)
+    return int(position["step"])
+
+
 def prepare(
     objective: Callable[..., Any],
     params: Params,

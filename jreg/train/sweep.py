@@ -25,7 +25,7 @@ from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
 from .prepare import check_hparams, default_vectorize, initial_state, prepared_models
 from .result import Result
-from .setup import Setup, check_checkpointing
+from .setup import Setup, check_checkpointing, check_mid_epoch, mid_epoch, resume_mid_epoch
 from .state import TrainState
 from .validate import check_loop_args
 
@@ -186,12 +186,13 @@ def sweep(
         monitor, copies, "jreg.sweep",
     )  # fmt: skip
     rule = stopping_hooks.check(early_stopping, setup.monitor, "sweep")
-    limits = divergence.limits(guard, setup, models, "sweep")
+    limits = divergence.limits(guard, setup, models, "sweep", checkpoint)
     stopper = None
     if rule is not None:
         stopper = stopping_hooks.SweepStopper(rule, models, setup.schedule.every, ema is not None and ema.returned)
     if checkpoint is not None:
         check_checkpointing(checkpoint, setup.model_state)
+        check_mid_epoch(checkpoint, setup, "sweep")
     scaled = stopper is not None and stopper.scaled  # early stopping's per-model lr cuts
     initial = initial_state(build, hp, models, stacked_params, ema is not None, scaled)
     state = initial(params, model_state)  # fresh buffers, safe to donate
@@ -202,15 +203,15 @@ def sweep(
     track = _Tracking(stopper, None if stopper is None else stopper.initial(), None, verbose)
     if stopper is not None:
         track.best = stopper.initial_best(state)
-    start, run_id = 0, checkpoint_folder.new_run()
+    start, run_id, step = 0, checkpoint_folder.new_run(), 0
     if resume is not None:
-        state, alive, start, run_id = _resumed(
+        state, alive, start, run_id, step = _resumed(
             resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history
         )
     placed = _placed(parallel, state, hp, alive, setup, track)
     epoch = _program(build, setup, models, vectorize, ema, placed[-2], parallel, unroll, epochs)
     # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
-    writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs)
+    writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs, step)
     try:  # the folder's lock is released when the sweep ends, however it ends
         run = _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema,
                      writer, batch_size, verbose, callback, limits)  # fmt: skip
@@ -235,6 +236,13 @@ def _train(epoch, placed, setup, stopper, track, key, epochs, start, history, mo
         return out if stopper is None else track.advance(out, e, rule.monitor)
 
     hooks = _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits)
+    if writer is not None:  # Checkpointing(every_steps=...): the stream writes mid-epoch checkpoints too
+
+        def save(state: TrainState, alive: Any, position: dict[str, Any]) -> None:
+            packed = sweep_checkpoint.pack(hp, state, alive, history, track.stopper, track.per, track.best)
+            writer.save(state, position["epoch"], key, history, batch_size, None, True, sweep=packed, position=position)
+
+        mid_epoch(setup, writer.config, save)
     run = Run(placed[0], placed[2], epochs, history)
     if len(history.diverged) + len(history.stopped) < models:  # a resumed sweep may have finished already
         run = run_epochs(one_epoch, run, start, hooks, np.asarray)
@@ -429,7 +437,8 @@ def _checkpointer(
 
 
 def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history):
-    """``(state, alive, first epoch, run id)`` of the sweep ``resume`` points at; ``track`` and ``history`` filled."""
+    """``(state, alive, first epoch, run id, its steps done)`` of the sweep ``resume`` points at (a mid-epoch
+    checkpoint's stream put back where it was); ``track`` and ``history`` filled."""
     stopper = track.stopper
     kept = (state.params, state.model_state) if stopper is None else stopper.kept(state)  # best params' template
     resumed = resuming.resume(
@@ -454,4 +463,5 @@ def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, tra
     if stopper is not None:
         track.per, track.best = per, best if best is not None else track.best
         loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
-    return loaded, alive, resumed.epoch, resumed.run
+    step = resume_mid_epoch(setup, resumed.meta, resumed.epoch, resumed.path, epochs, models)
+    return loaded, alive, resumed.epoch, resumed.run, step

@@ -74,6 +74,19 @@ epoch: ``source(start)`` for a callable, a fresh ``iter(source)`` otherwise.
 For a deterministic source (a callable of the epoch, or a re-iterable whose
 every ``iter()`` yields the same batches) the result equals the uninterrupted
 run bit for bit on CPU.
+
+**Mid-epoch checkpoints.** With ``Checkpointing(every_steps=n)`` and a source
+whose iterator has ``get_state()`` and ``set_state()`` (grain's dataset and
+``DataLoader`` iterators), the reader records the iterator's state after the
+last batch of every full chunk (:attr:`Chunk.position`); at the first chunk
+boundary at or after each multiple of ``n`` steps of an epoch that is not the
+epoch's end, the training loop writes ``ckpt-<epochs done>-<step>.npz``
+(the state after that chunk, the epoch's running loss and example count, the
+iterator's state: :mod:`.position`). A resumed run opens the epoch, restores
+the iterator's state, reads its next batch before any work (a state the
+iterator refuses, or after which it yields nothing, is a ``CheckpointError``
+naming the field) and continues at that step with the same keys and chunk
+boundaries: bit for bit the uninterrupted run on CPU. One process only.
 """
 
 from __future__ import annotations

@@ -153,10 +153,14 @@ def _epoch(
         alive = jnp.asarray(True) if models is None else alive
         # a Guard's rule is read at the epoch's end: the epoch's input is kept (a copy: the chunks donate the state)
         start = None if limit is None else jax.tree.map(jnp.copy, state)
-        acc = jnp.zeros(() if models is None else (models,), jnp.float32)
-        rows, dead, stopped = 0, set(), False
+        acc, rows = _totals(feed, opened.epoch, models)
+        dead, stopped = set(), False
+        # members frozen before this epoch (diverged or stopped: their flags are down already) do not hold back a
+        # mid-epoch checkpoint; one that diverges during the epoch does (it is recorded at the epoch's end)
+        before = set() if feed.saver is None else set(np.flatnonzero(~np.atleast_1d(jax.device_get(alive))))
         full = np.ones((feed.chunk,), bool)
         previous: tuple[Chunk, Any] | None = None
+        due: tuple[int, Any] | None = None  # a mid-epoch checkpoint to write once the epoch is known to go on
 
         def check(item: Chunk, flags: Any) -> bool:
             """Replay the models that ``item`` made non-finite; True when training should stop (fit)."""
@@ -169,6 +173,14 @@ def _epoch(
 
         with opened.chunks() as chunks:
             for item in chunks:
+                if due is not None:  # the state after the previous chunk, before this one takes (donates) it
+                    if previous is not None and check(*previous):
+                        stopped = True
+                        break
+                    previous = None
+                    if dead <= before:  # a member that diverged this epoch is recorded at its end: no checkpoint before
+                        _save(feed, state, alive, opened.epoch, due, acc, rows, models)
+                    due = None
                 masked = item.count < item.size
                 valid = np.arange(item.size) < item.count if masked else full[: item.size]
                 first = np.int32(item.first)
@@ -178,6 +190,13 @@ def _epoch(
                     stopped = True
                     break
                 previous = (item, alive)
+                done = item.first + item.count
+                if (
+                    feed.saver is not None
+                    and item.position is not None
+                    and done // feed.every_steps > item.first // feed.every_steps
+                ):
+                    due = (done, item.position)
         if not stopped and previous is not None:
             check(*previous)
         metrics, ok = finished(hp, state, alive, evaluation, acc, jnp.float32(max(rows, 1)), evaluate=evaluate)
@@ -199,3 +218,27 @@ def _within(start: TrainState, state: TrainState, loss: Any, limit: Any, ok: Any
         return jnp.where(keep.reshape(keep.shape + (1,) * (new.ndim - keep.ndim)), new, old)
 
     return jax.tree.map(pick, state, start), ok & keep, alive & keep
+
+
+def _totals(feed: Feed, epoch: int, models: int | None) -> tuple[jax.Array, int]:
+    """The epoch's running loss sum and example count: zero, or what a mid-epoch checkpoint resumed from had."""
+    acc = jnp.zeros(() if models is None else (models,), jnp.float32)
+    totals, feed.totals = feed.totals, None
+    if totals is None or totals[0] != epoch:
+        return acc, 0
+    saved = np.asarray(totals[1], np.float32)  # its shape was checked on resume (Feed.resume_at)
+    return jnp.asarray(saved.reshape(acc.shape)), int(totals[2])
+
+
+def _save(feed: Feed, state: Any, alive: Any, epoch: int, due: tuple[int, Any], acc: Any, rows: int, models) -> None:
+    """Write the mid-epoch checkpoint ``due`` (its step and the iterator's state then) through ``feed.saver``."""
+    loss = np.asarray(jax.device_get(acc), np.float64)
+    position = {
+        "epoch": epoch,
+        "step": int(due[0]),
+        "rows": int(rows),
+        "loss_sum": float(loss) if models is None else [float(v) for v in loss],
+        "iterator": due[1],
+    }
+    assert feed.saver is not None
+    feed.saver(state, alive, position)

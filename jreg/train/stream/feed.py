@@ -14,7 +14,9 @@ import jax
 import numpy as np
 
 from ..._errors import JregError, JregTypeError
+from ...checkpoint.common import CheckpointError
 from ..state import TrainState
+from . import position as positions
 from .batches import Spec, cast, check_finite, convert, first_batch
 from .source import Stream, _arity
 
@@ -39,6 +41,12 @@ class Feed:
         self.sharding = self.whole = self.by_process = None  # the chunk sharding, a replicated one: place()
         self.ways = 1  # devices along the data axis
         self.found: dict[Any, tuple[int, str, TrainState]] = {}  # a diverged model's replay: None for fit's one
+        # mid-epoch checkpoints (Checkpointing(every_steps=...)): each full chunk carries the iterator's state after
+        # its last batch when ``capture``; ``saver(state, alive, position)`` writes one every ``every_steps`` steps
+        self.capture, self.every_steps = False, 0
+        self.saver: Callable[[TrainState, Any, dict[str, Any]], None] | None = None
+        self._resumed: tuple[int, Any, Iterator, int] | None = None  # (epoch, its next batch, iterator, step)
+        self.totals: tuple[int, Any, int] | None = None  # a resumed epoch's (epoch, loss sum, rows) so far
         opened = self._open(0)
         self.one_shot = opened is self.source
         self.first, self.spec = self._peek(opened, 0)
@@ -114,17 +122,87 @@ class Feed:
                 "fresh generator, or a callable epoch -> iterable of batches"
             )
 
-    def _epoch_iterator(self, epoch: int) -> Iterator:
-        """Epoch ``epoch``'s batches (the peeked first batch put back in front when it belongs to this epoch)."""
+    def _epoch_iterator(self, epoch: int) -> tuple[Iterator, Any, int]:
+        """``(batches, the source's iterator, first step)`` of epoch ``epoch``: the peeked first batch put back in
+        front when it belongs to this epoch; a mid-epoch resume's iterator (:meth:`resume_at`) from its step."""
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and resumed[0] == epoch:
+            _, first, it, step = resumed
+            return _chain(first, it), it, step
         pending, self._pending = self._pending, None
         if pending is not None and (self.one_shot or epoch == 0 or not self.callable):
             first, it = pending
-            return _chain(first, it)
+            return _chain(first, it), it, 0
         if pending is not None:
             _close(pending[1])
         if self.one_shot:
-            return iter(())  # exhausted: reported as an empty epoch
-        return self._open(epoch)
+            return iter(()), None, 0  # exhausted: reported as an empty epoch
+        it = self._open(epoch)
+        return it, it, 0
+
+    # -- mid-epoch checkpoints -------------------------------------------------------------------------------------
+
+    def check_stateful(self, where: str) -> None:
+        """Refuse, before any work, mid-epoch checkpoints of a source whose iterator cannot save its position (and
+        with several processes, whose iterators would each need saving)."""
+        if self.processes > 1:
+            raise JregError(
+                f"{where}: mid-epoch checkpoints of a stream with several processes are not supported (each process "
+                "reads its own iterator); drop every_steps"
+            )
+        it = self._pending[1] if self._pending is not None else None
+        if not positions.stateful(it):
+            raise positions.not_stateful(it, where)
+        positions.encode(it.get_state(), where)  # storable: bytes or JSON
+
+    def _state(self, it: Any, epoch: int, index: int) -> dict[str, Any]:
+        """The iterator's state after batch ``index`` of ``epoch``, as a checkpoint stores it."""
+        where = f"train (epoch {epoch + 1}, after batch index {index})"
+        try:
+            state = it.get_state()
+        except Exception as exc:  # noqa: BLE001 - a user's iterator failing
+            raise JregError(f"{where}: the stream's iterator's get_state() raised {type(exc).__name__}: {exc}") from exc
+        return positions.encode(state, where)
+
+    def resume_at(self, epoch: int, position: dict[str, Any], where: Any, models: int | None = None) -> None:
+        """Open epoch ``epoch`` where a mid-epoch checkpoint (read from ``where``, its ``position`` checked by
+        :func:`jreg.checkpoint.meta.check_stream_position`) left it, and read its next batch now: a state the
+        iterator refuses, or after which it yields nothing or fails, is a :class:`CheckpointError` before any work.
+        ``models``: a sweep's K (its ``loss_sum`` holds one value a model), None for fit."""
+        step, sums = position["step"], position["loss_sum"]
+        if isinstance(sums, list) != (models is not None) or (models is not None and len(sums) != models):
+            kind = "a number (one model)" if models is None else f"a list of {models} numbers, one a model"
+            raise CheckpointError(
+                f"{where}: meta 'stream_position.loss_sum' must be {kind} for this run, got {sums!r:.80}"
+            )
+        what = f"resume: {where} is a mid-epoch checkpoint (epoch {epoch + 1}, after step {step})"
+        if self.processes > 1:
+            raise CheckpointError(f"{what}, which a run of several processes cannot resume")
+        pending, self._pending = self._pending, None
+        if self.one_shot:
+            it = pending[1] if pending is not None else self.source
+        else:
+            if pending is not None:
+                _close(pending[1])
+            it = self._open(epoch)
+        if not positions.stateful(it):
+            raise positions.not_stateful(it, what)
+        positions.restore(it, position, str(where))
+        try:
+            first = self._next(it, epoch, step)
+        except StopIteration:
+            raise CheckpointError(
+                f"{where}: meta 'stream_position.iterator' leaves the stream with no batch of epoch {epoch + 1} after "
+                f"step {step}, but the checkpoint was written before that epoch's end: a damaged or forged state, or "
+                "another source than the run's"
+            ) from None
+        except JregError as exc:
+            raise CheckpointError(
+                f"{where}: meta 'stream_position.iterator': the stream failed right after its state was restored "
+                f"({exc})"
+            ) from exc.__cause__
+        self._resumed = (epoch, first, it, step)
+        self.totals = (epoch, position["loss_sum"], position["rows"])
 
     # -- batches and chunks --------------------------------------------------------------------------------------
 
@@ -159,11 +237,15 @@ class Feed:
 
     def _produce(self, epoch: int, emit: Callable[[Any], bool]) -> None:
         """Read epoch ``epoch``, emitting ``Chunk``s, then ``None``; a JregError instead when something is wrong."""
-        it = self._epoch_iterator(epoch)
+        it, source_it, start = self._epoch_iterator(epoch)
+        capture = self.capture and source_it is not None
+        if capture and not positions.stateful(source_it):  # epoch 0's could; this epoch's cannot
+            _close(it)
+            raise positions.not_stateful(source_it, f"train (epoch {epoch + 1}): Checkpointing(every_steps=...)")
         try:
             buffer: list[list[np.ndarray]] = []
             small: tuple[int, list[np.ndarray]] | None = None
-            index = 0
+            index = start
             while True:
                 try:
                     batch = self._next(it, epoch, index)
@@ -180,12 +262,13 @@ class Feed:
                     small = (index, arrays)
                 else:
                     buffer.append(arrays)
-                    if len(buffer) == self.chunk:
-                        if not emit(self._chunk(buffer, epoch, index + 1 - len(buffer))):
+                    if len(buffer) == self.chunk:  # the iterator's state now is the one after the chunk's last batch
+                        state = self._state(source_it, epoch, index) if capture else None
+                        if not emit(self._chunk(buffer, epoch, index + 1 - len(buffer), position=state)):
                             return
                         buffer = []
                 index += 1
-            if index == 0:
+            if index == start:
                 raise JregError(self._empty(epoch))
             if buffer and not emit(self._chunk(buffer, epoch, index - len(buffer) - (small is not None))):
                 return
@@ -196,7 +279,9 @@ class Feed:
         finally:
             _close(it)
 
-    def _chunk(self, batches: list[list[np.ndarray]], epoch: int, first: int, pad: bool = True) -> Chunk:
+    def _chunk(
+        self, batches: list[list[np.ndarray]], epoch: int, first: int, pad: bool = True, position: Any = None
+    ) -> Chunk:
         count = len(batches)
         stacked = cast([np.stack(leaves) for leaves in zip(*batches)], self.spec)
         check_finite(stacked, self.spec, epoch, first)
@@ -207,7 +292,12 @@ class Feed:
             stacked = [np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in stacked]
         arrays = self._put(stacked)
         return Chunk(
-            jax.tree.unflatten(self.spec.treedef, arrays), first, count, size, batches[0][0].shape[0] * self.processes
+            jax.tree.unflatten(self.spec.treedef, arrays),
+            first,
+            count,
+            size,
+            batches[0][0].shape[0] * self.processes,
+            position,
         )
 
     def epoch(self, epoch: int) -> Opened:
@@ -247,6 +337,7 @@ class Chunk:
     count: int  # real steps (the rest are padding)
     size: int  # steps in the arrays
     rows: int  # examples per step (global)
+    position: Any = None  # the iterator's state after its last batch (a full chunk, mid-epoch checkpoints on)
 
 
 class Opened:
