@@ -6,7 +6,8 @@ multi-process checkpoints of :mod:`jreg.train.distributed_checkpoint`, so one se
 
     <path>/state/          orbax's StandardSave of {"params": {"0": leaf, "1": ...}, "opt_state": {...},
                            "model_state": {...}}: the sections saved, each leaf under its index in the
-                           section's flattening, stored as the .npz format stores it (bfloat16 as its bits)
+                           section's flattening, stored as the .npz format stores it (bfloat16 as its bits;
+                           an empty array not at all: orbax stores none, and the record says its shape)
     <path>/meta/metadata   orbax's JsonSave of the run record: {"step", "key", "meta", "jreg"}
 
 ``step`` and ``meta`` are the ``.npz`` header's, ``key`` the key's data as a list of uint32 words (both formats of
@@ -217,7 +218,8 @@ def save(
             header[name] = None
             continue
         header[name] = _flatten_section(tree, name, store)
-        state[name] = {str(i): store[f"{name}{i}"] for i in range(len(header[name]["leaves"]))}
+        leaves = (store[f"{name}{i}"] for i in range(len(header[name]["leaves"])))
+        state[name] = {str(i): leaf for i, leaf in enumerate(leaves) if leaf.size}  # orbax stores no empty array
     words, header["key"] = _key_record(key)
     _check_meta_depth(meta)
     record = {"step": None if step is None else int(step), "key": words, "meta": meta, "jreg": header}
@@ -292,10 +294,13 @@ def _check_stored(path: Path, header: dict[str, Any], tree: Any) -> None:
             stored = {} if stored is None or not info["leaves"] else None
         if stored is None:
             raise CheckpointError(f"{path}: state/{name} is not the section of leaves its run record describes")
-        extra = sorted(set(stored) - {str(i) for i in range(len(info["leaves"]))})
+        listed = {str(i) for i, e in enumerate(info["leaves"]) if math.prod(e["shape"])}
+        extra = sorted(set(stored) - listed)
         if extra:
             raise CheckpointError(f"{path}: state/{name} holds leaves its run record does not list: {extra[:5]}")
         for i, entry in enumerate(info["leaves"]):
+            if not math.prod(entry["shape"]):  # an empty array: the record alone holds it (orbax stores none)
+                continue
             what = f"{name} leaf {entry['path']!r} (state/{name}/{i})"
             if str(i) not in stored:
                 raise CheckpointError(f"{path}: {what} is missing from state/")
@@ -321,6 +326,7 @@ def _restore_state(ocp: Any, path: Path, header: dict[str, Any]) -> dict[str, li
             target[name] = {
                 str(i): jax.ShapeDtypeStruct(tuple(e["shape"]), _stored_dtype(_leaf_dtype(e["dtype"])), sharding=device)
                 for i, e in enumerate(header[name]["leaves"])
+                if math.prod(e["shape"])
             }
     try:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
@@ -329,7 +335,9 @@ def _restore_state(ocp: Any, path: Path, header: dict[str, Any]) -> dict[str, li
         for name in target:
             out[name] = []
             for i, e in enumerate(header[name]["leaves"]):
-                array, dtype = np.asarray(state[name][str(i)]), _leaf_dtype(e["dtype"])
+                dtype = _leaf_dtype(e["dtype"])
+                empty = not math.prod(e["shape"])
+                array = np.zeros(e["shape"], _stored_dtype(dtype)) if empty else np.asarray(state[name][str(i)])
                 out[name].append(array.view(dtype) if dtype.kind == "V" else array)
     except Exception as exc:  # noqa: BLE001 - orbax and tensorstore on foreign bytes: one clear error
         raise CheckpointError(f"{path}: its arrays (state/) cannot be read ({_short_error(exc)})") from exc
@@ -354,6 +362,8 @@ def _not_jreg(path: Path) -> CheckpointError | None:
         return None
     if (path / "_METADATA").is_file():
         return None  # a user's own orbax pytree: the caller reads it into a template
+    if (path / "state" / "_METADATA").is_file():  # a jreg checkpoint's arrays without their record
+        return CheckpointError(f"{path}: not a readable orbax checkpoint (its run record, meta/metadata, is missing)")
     steps = sorted((p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
     if steps:
         return CheckpointError(
@@ -368,8 +378,8 @@ def _not_jreg(path: Path) -> CheckpointError | None:
             f"folder, e.g. {path / items[0]}"
         )
     return CheckpointError(
-        f"{path}: is a folder, but neither a jreg checkpoint (an orbax checkpoint records its run in meta/metadata) "
-        "nor an orbax pytree checkpoint (no _METADATA)"
+        f"{path}: is a folder, not a checkpoint file (.npz), nor an orbax checkpoint folder (neither jreg's run "
+        "record, meta/metadata, nor orbax's _METADATA)"
     )
 
 
