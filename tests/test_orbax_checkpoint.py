@@ -264,7 +264,7 @@ def set_field(doc: dict, field: str, value) -> dict:
         ("key", None, RECORD + r"'key' must be null exactly when 'jreg\.key' is, got None"),
         ("jreg", [1], RECORD + r"'jreg' must be an object with 'format', 'params', 'opt_state' and 'key', got \[1\]"),
         ("jreg.params", KeyError, RECORD + r"'jreg' must be an object with 'format', 'params'"),
-        ("jreg.format_version", "1", HEADER + r"'format_version' must be an integer >= 1, got '1'"),
+        ("jreg.format_version", "1", HEADER + r"'format_version' must be a positive integer, got '1'"),
         ("jreg.params.leaves.0.shape", [2, -1], HEADER + r"'params\.leaves\[0\]\.shape' must be a list of at most 64"),
         ("jreg.params.leaves.0.dtype", "object", HEADER + r"'params\.leaves\[0\]\.dtype' must name a numeric dtype"),
         ("jreg.params.leaves", {"a": 1}, HEADER + r"'params\.leaves' must be a list, got \{'a': 1\}"),
@@ -382,3 +382,120 @@ def test_mutated_records_give_the_saved_content_or_a_checkpoint_error(saved, tmp
         return
     for name in ("params", "opt_state", "model_state"):
         assert same(getattr(loaded, name), getattr(original, name)), name
+
+
+# --------------------------------------------------------------------------- Checkpointing(format="orbax"): fit, sweep
+
+FIT_MODEL = jreg.mlp([4, 3, 2])
+FIT_OBJ = jreg.objective(FIT_MODEL.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(0.01))
+FIT_DATA = (jax.random.uniform(jax.random.key(1), (16, 4)), jnp.arange(16) % 2)
+FIT_KW = dict(batch_size=4, key=jax.random.key(0), epochs=4)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def stop_after(epochs: int):
+    def callback(epoch, metrics):
+        if epoch + 1 == epochs:
+            raise Interrupted
+
+    return callback
+
+
+def fit(**kw):
+    return jreg.fit(FIT_OBJ, ADAM, PARAMS, FIT_DATA, **{**FIT_KW, **kw})
+
+
+def orbax_checkpointing(folder, **kw) -> jreg.Checkpointing:
+    return jreg.Checkpointing(folder, format="orbax", **kw)
+
+
+def entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != ".jreg-lock")
+
+
+def assert_same_run(got, want):
+    for name in ("params", "opt_state"):
+        assert same(getattr(got, name), getattr(want, name)), name
+    assert got.history.history == want.history.history
+
+
+@pytest.fixture(scope="module")
+def interrupted_fit(tmp_path_factory):
+    """A fit checkpointing into orbax folders (keep=2), interrupted after epoch 3, before that epoch's save."""
+    folder = tmp_path_factory.mktemp("fit") / "ck"
+    with pytest.raises(Interrupted):
+        fit(checkpoint=orbax_checkpointing(folder, keep=2), callback=stop_after(3))
+    assert entries(folder) == ["ckpt-000001.orbax", "ckpt-000002.orbax"]  # atomic: no orbax temporary left
+    return folder, fit()
+
+
+@pytest.mark.parametrize("how", ["auto", "folder", "checkpoint"])
+def test_fit_resumes_bit_exact_from_orbax_checkpoints(interrupted_fit, tmp_path, how):
+    source, want = interrupted_fit
+    folder = tmp_path / "ck"
+    shutil.copytree(source, folder)
+    resume = {"auto": "auto", "folder": folder, "checkpoint": folder / "ckpt-000002.orbax"}[how]
+    got = fit(checkpoint=orbax_checkpointing(folder, keep=2), resume=resume)
+    assert_same_run(got, want)
+    assert entries(folder) == ["ckpt-000003.orbax", "ckpt-000004.orbax"]  # keep=2, as orbax's max_to_keep
+    last = jreg.load(folder / "ckpt-000004.orbax", params=PARAMS, opt_state=ADAM.init(PARAMS))
+    assert last.step == 4 and same(last.params, want.params) and same(last.opt_state, want.opt_state)
+    assert last.meta["history"] == {k: list(v) for k, v in want.history.history.items()}
+
+
+def test_a_fit_resumed_across_formats_continues_the_same_run(interrupted_fit, tmp_path):
+    """The format is how the run's checkpoints are written, not part of the run: resume reads either."""
+    source, want = interrupted_fit
+    folder = tmp_path / "ck"
+    shutil.copytree(source, folder)
+    got = fit(checkpoint=jreg.Checkpointing(folder, keep=2), resume=folder)
+    assert_same_run(got, want)
+    assert entries(folder) == ["ckpt-000003.npz", "ckpt-000004.npz"]  # the run's own orbax folders pruned too
+
+
+def test_the_folder_rules_hold_for_orbax_checkpoints(interrupted_fit, tmp_path):
+    source, _ = interrupted_fit
+    folder = tmp_path / "ck"
+    shutil.copytree(source, folder)
+    with pytest.raises(jreg.JregError, match=r"already holds checkpoints \(ckpt-000001\.orbax, ckpt-000002\.orbax\)"):
+        fit(checkpoint=orbax_checkpointing(folder))  # another run (no resume) is refused
+    other = tmp_path / "other"
+    fit(checkpoint=orbax_checkpointing(other, keep=5), epochs=1)  # another run's checkpoint, beside this run's
+    shutil.copytree(other / "ckpt-000001.orbax", folder / "ckpt-000000.orbax")
+    fit(checkpoint=orbax_checkpointing(folder, keep=1), resume=folder)
+    assert entries(folder) == ["ckpt-000000.orbax", "ckpt-000004.orbax"]  # the other run's is never deleted
+    held, busy = [], tmp_path / "held"
+
+    def second_run(epoch, metrics):  # while this run holds its folder, another run into it is refused at once
+        with pytest.raises(jreg.JregError, match=r"is in use by pid \d+"):
+            fit(checkpoint=orbax_checkpointing(busy), resume="auto")
+        held.append(epoch)
+
+    fit(checkpoint=orbax_checkpointing(busy), epochs=1, callback=second_run)
+    assert held == [0]
+
+
+@pytest.mark.filterwarnings("ignore::jreg.JregWarning")  # a model of the sweep diverges, by design
+def test_a_sweep_with_early_stopping_resumes_bit_exact_from_orbax_checkpoints(tmp_path):
+    from tests import test_sweep_checkpoint as sc
+
+    want = sc.uninterrupted()
+    stop_epoch = want.history.stopped[0]["epochs"]
+    assert set(want.history.diverged) == {1}  # the state to carry: a diverged model and a stopped one
+    folder = tmp_path / "ck"
+    with pytest.raises(sc.Interrupted):
+        jreg.sweep(
+            sc.build, sc.PARAMS, sc.TRAIN, checkpoint=orbax_checkpointing(folder),
+            callback=sc.interrupt_after(stop_epoch + 1), **sc.KW,
+        )  # fmt: skip
+    assert entries(folder) == [f"ckpt-{e:06d}.orbax" for e in range(stop_epoch - 2, stop_epoch + 1)]  # keep=3
+    got = jreg.sweep(sc.build, sc.PARAMS, sc.TRAIN, checkpoint=orbax_checkpointing(folder), resume="auto", **sc.KW)
+    assert same(got.params, want.params) and same(got.opt_state, want.opt_state)
+    for name in want.history.keys():
+        np.testing.assert_array_equal(got.history[name], want.history[name], err_msg=name)  # NaN equal to NaN
+        assert got.history.epochs(name) == want.history.epochs(name)
+    assert got.history.stopped == want.history.stopped and got.history.diverged == want.history.diverged
+    assert len(entries(folder)) == 3
