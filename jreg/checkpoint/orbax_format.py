@@ -268,7 +268,8 @@ def _replace(target: Path, state: dict[str, Any], record: dict[str, Any]) -> Pat
 def _tree_metadata(ocp: Any, folder: Path, where: Path) -> Any:
     """orbax's metadata of the pytree item in ``folder`` (its tree of ArrayMetadata), any failure a CheckpointError."""
     try:
-        return ocp.StandardCheckpointHandler().metadata(folder.absolute()).tree
+        found = ocp.StandardCheckpointHandler().metadata(folder.absolute())
+        return getattr(found, "tree", found)  # orbax >= 0.11 wraps the tree in a TreeMetadata
     except Exception as exc:  # noqa: BLE001 - orbax and tensorstore on foreign bytes
         raise CheckpointError(f"{where}: its arrays cannot be read ({_short_error(exc)})") from exc
 
