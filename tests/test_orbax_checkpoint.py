@@ -177,6 +177,43 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def full_disk(monkeypatch, after: int = 0):
+    """orbax's saves, from the ``after``-th on, begin their temporary folder and then fail as on a full disk."""
+    calls, real = [], ocp.Checkpointer.save
+
+    def save(self, directory, *args, **kwargs):
+        calls.append(directory)
+        if len(calls) <= after:
+            return real(self, directory, *args, **kwargs)
+        (Path(directory).parent / (Path(directory).name + ".orbax-checkpoint-tmp")).mkdir()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.Checkpointer, "save", save)
+
+
+def test_an_os_error_while_writing_is_one_line_and_replaces_nothing(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(jreg.JregError, match=r"afile/c': cannot make its folder, part of it is a file"):
+        jreg.save(tmp_path / "afile" / "c", PARAMS, format="orbax")
+    path = jreg.save(tmp_path / "c", PARAMS, step=1, format="orbax")
+    full_disk(monkeypatch)
+    for target in (path, tmp_path / "d"):  # over a checkpoint, and a new one
+        with pytest.raises(jreg.io.WriteError, match=r"the orbax write failed \(No space left on device\)"):
+            jreg.save(target, {"w": jnp.ones(2)}, step=2, format="orbax")
+    monkeypatch.undo()
+    assert jreg.load(path).step == 1 and same(jreg.load(path).params, jreg.load(path, params=PARAMS).params)
+    assert entries(tmp_path) == ["afile", "c"]  # no temporary folder, no staging copy left
+
+
+def test_a_full_disk_during_a_runs_orbax_save_is_a_checkpoint_write_error(tmp_path, monkeypatch):
+    full_disk(monkeypatch, after=1)
+    with pytest.raises(jreg.train.checkpoint_folder.CheckpointWriteError) as info:
+        fit(checkpoint=orbax_checkpointing(tmp_path / "ck"), epochs=3)
+    assert str(info.value).startswith(f"checkpoint: cannot write {tmp_path / 'ck' / 'ckpt-000002.orbax'}")
+    assert "No space left on device" in str(info.value) and "intact (ckpt-000001.orbax)" in str(info.value)
+    assert entries(tmp_path / "ck") == ["ckpt-000001.orbax"]
+
+
 # --------------------------------------------------------------------------- a user's own orbax checkpoints
 
 
@@ -218,6 +255,23 @@ def test_a_checkpoint_managers_folder_says_which_folder_to_pass(tmp_path):
     assert same(jreg.load(tmp_path / "run" / "3" / "default", params=PARAMS).params, PARAMS)
     with pytest.raises(CheckpointError, match=r"3: holds the orbax items \['default'\]"):
         jreg.load(tmp_path / "run" / "3", params=PARAMS)
+
+
+def test_a_multi_process_runs_checkpoint_loads_into_templates(saved, tmp_path):
+    """The layout a run across processes writes (its record holds step, key and meta; state/ the trees as saved)
+    is read by jreg.load too, into templates (its record describes no tree)."""
+    from jreg.train import distributed_checkpoint as dc
+
+    opt_state = saved["opt_state"]
+    path = tmp_path / "ckpt-000007.orbax"
+    dc.save(path, PARAMS, opt_state=opt_state, step=7, key=jax.random.key(3), meta=META)
+    loaded = jreg.load(path, params=PARAMS, opt_state=opt_state)
+    assert same(loaded.params, PARAMS) and same(loaded.opt_state, opt_state) and loaded.model_state is None
+    assert loaded.step == 7 and loaded.meta == META and loaded.key.tolist() == [0, 3]
+    with pytest.raises(CheckpointError, match=r"ckpt-000007\.orbax: written by a run across processes, .*params="):
+        jreg.load(path)
+    with pytest.raises(CheckpointError, match=r"ckpt-000007\.orbax: written by a run across processes.*no jreg header"):
+        ckpt.read_header(path)
 
 
 # --------------------------------------------------------------------------- forged folders

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import io
 from .._checks import check_path
 from .._errors import JregError, JregTypeError
 from .._tree import path_str
@@ -72,6 +73,8 @@ SECTIONS = ("params", "opt_state", "model_state")
 _NOUNS = {"opt_state": "optimizer state", "model_state": "model state"}
 #: The most uint32 words of key data a run record may hold (the ``.npz`` format's ``KEY_MAX_BYTES``).
 KEY_MAX_WORDS = KEY_MAX_BYTES // 4
+#: the suffix of the folder orbax writes a checkpoint into before renaming it (stable since orbax 0.1)
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
 #: orbax's own marker files: a folder holding one of them at its top is an orbax checkpoint (of any layout)
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA")
 
@@ -241,9 +244,30 @@ def save(
 
 
 def _write(target: Path, state: dict[str, Any], record: dict[str, Any]) -> None:
+    """orbax's atomic save of the folder ``target``; an OS error is a :class:`jreg.io.WriteError` naming it, and the
+    temporary folder the failed save began is removed (one that was there before is not this save's: kept)."""
     ocp = _orbax()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise JregError(f"path {str(target)!r}: cannot make its folder, part of it is a file ({exc.strerror})") from exc
+    except OSError as exc:  # permission denied, a full disk, a read-only file system
+        raise io.WriteError(
+            f"path {str(target)!r}: cannot make its folder ({exc.strerror or exc}); nothing was written"
+        ) from exc
+    temporary = target.with_name(target.name + TMP_SUFFIX)
+    began_here = not (temporary.exists() or temporary.is_symlink())
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record))
-    _checkpointer(ocp).save(target, args=args)
+    try:
+        _checkpointer(ocp).save(target, args=args)
+    except BaseException as exc:
+        if began_here and temporary.is_dir() and not temporary.is_symlink():
+            shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise io.WriteError(
+                f"path {str(target)!r}: the orbax write failed ({exc.strerror or exc}); nothing was replaced"
+            ) from exc
+        raise
 
 
 def _replace(target: Path, state: dict[str, Any], record: dict[str, Any]) -> Path:
