@@ -389,14 +389,18 @@ def _not_jreg(path: Path) -> CheckpointError | None:
         return None  # a user's own orbax pytree: the caller reads it into a template
     if (path / "state" / "_METADATA").is_file():  # a jreg checkpoint's arrays without their record
         return CheckpointError(f"{path}: not a readable orbax checkpoint (its run record, meta/metadata, is missing)")
-    steps = sorted((p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+    try:
+        children = [p for p in path.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError as exc:
+        return CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})")
+    steps = sorted((p.name for p in children if p.name.isdigit()), key=int)
     if steps:
         return CheckpointError(
             f"{path}: holds orbax checkpoints of steps {steps[:5]}{' ...' if len(steps) > 5 else ''} (a "
             "CheckpointManager's folder), not one checkpoint: pass one step's item folder, e.g. "
             f"{path / steps[-1] / 'default'}"
         )
-    items = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "_METADATA").is_file())
+    items = sorted(p.name for p in children if (p / "_METADATA").is_file())
     if items:
         return CheckpointError(
             f"{path}: holds the orbax items {items} (a composite checkpoint), not one pytree: pass the item's "

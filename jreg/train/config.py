@@ -126,6 +126,8 @@ class Checkpointing:
     rules; resuming reads either format. A run whose arrays span several
     processes (``jax.distributed``) always writes ``.orbax`` folders
     (docs/scaling.md); ``dir`` must then be a folder that every process sees.
+    ``best.npz`` (the best params of ``EarlyStopping(restore_best=True)``)
+    stays a ``.npz`` file in both formats.
     """
 
     dir: str | os.PathLike[str]
