@@ -47,10 +47,8 @@ class Pair(NamedTuple):
 
 def orbax_save(path: Path, tree) -> Path:
     """A user's own orbax code: ``StandardCheckpointer().save(path, tree)``, finished (its saves are asynchronous)."""
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(Path(path).absolute(), tree)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    with ocp.StandardCheckpointer() as checkpointer:  # closing waits for the asynchronous save
+        checkpointer.save(Path(path).absolute(), tree)
     return Path(path)
 
 
