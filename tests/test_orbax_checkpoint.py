@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import jreg
 from jreg import checkpoint as ckpt
 from jreg.checkpoint import CheckpointError
-from tests.test_forged_files import dump, json_equal, leaf_set, mutate, same
+from tests.test_forged_files import MALFORMED_META, dump, json_equal, leaf_set, mutate, same
 
 ocp = pytest.importorskip("orbax.checkpoint")
 
@@ -551,3 +551,29 @@ def test_a_sweep_with_early_stopping_resumes_bit_exact_from_orbax_checkpoints(tm
         assert got.history.epochs(name) == want.history.epochs(name)
     assert got.history.stopped == want.history.stopped and got.history.diverged == want.history.diverged
     assert len(entries(folder)) == 3
+
+
+def as_epoch_loss(case):
+    """test_forged_files' forgery of the series ``training_cost`` as one of this run's, ``epoch_loss``."""
+    field, value, match = case
+    return (
+        field,
+        json.loads(json.dumps(value).replace("training_cost", "epoch_loss")),
+        match.replace("training_cost", "epoch_loss"),
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [as_epoch_loss(case) for case in MALFORMED_META if "." not in case[0]] + [("run", 7, r"meta 'run' must be")],
+)
+def test_a_forged_run_state_in_an_orbax_checkpoint_is_refused_on_resume(interrupted_fit, tmp_path, field, value, match):
+    source, _ = interrupted_fit
+    folder = tmp_path / "ck"
+    shutil.copytree(source, folder)
+    path = folder / "ckpt-000002.orbax"
+    record = record_of(path)
+    record["meta"][field] = value
+    (path / "meta" / "metadata").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"ckpt-000002\.orbax: " + match):
+        fit(checkpoint=orbax_checkpointing(folder), resume=path)
