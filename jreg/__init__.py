@@ -46,9 +46,11 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
     from .train import (
         EMA,
         Checkpointing,
+        CheckpointWriteError,
         DataParallel,
         DivergenceError,
         Evaluation,
+        FolderInUseError,
         Guard,
         History,
         ModelParallel,
@@ -87,8 +89,10 @@ _FROM = {
     **dict.fromkeys(
         [
             "Checkpointing",
+            "CheckpointWriteError",
             "DataParallel",
             "DivergenceError",
+            "FolderInUseError",
             "EMA",
             "Evaluation",
             "Guard",
@@ -154,6 +158,8 @@ __all__ = [
     "train",
     "CheckpointError",
     "DivergenceError",
+    "CheckpointWriteError",
+    "FolderInUseError",
     "EarlyStopping",
     "checkpoint",
     "conventions",

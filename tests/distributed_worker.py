@@ -129,6 +129,25 @@ def main(process_id: int, port: int, out: Path) -> None:
         parallel=data_parallel, **p["common"],
     )  # fmt: skip
     lap("streamed fit")
+    held = out / "held"  # a folder another run holds (process 0 takes its lock as that run would)
+    held.mkdir(exist_ok=True)
+    if jax.process_index() == 0:
+        from jreg import io
+        from jreg.train.checkpoint_folder import LOCK
+
+        holder, _ = io.try_lock(held / LOCK, {"pid": 4242, "host": "elsewhere", "run": "0" * 32})
+    refused = ""
+    try:  # every process refuses it before any work, none waits for the others in a collective
+        jreg.fit(
+            p["objective"], p["optimizer"], p["params"], p["train"], epochs=EPOCHS, parallel=data_parallel,
+            checkpoint=jreg.Checkpointing(held), **p["common"],
+        )  # fmt: skip
+    except jreg.FolderInUseError as exc:
+        refused = str(exc)
+    multihost_utils.sync_global_devices("jreg held folder refused")
+    if jax.process_index() == 0:
+        io.unlock(holder, held / LOCK)
+    lap("held folder")
     local_models = swept[0]["w"].addressable_shards[0].data.shape[0]
     process_models = len({s.index[0].start for s in swept[0]["w"].addressable_shards}) * local_models
     runs = {
@@ -144,6 +163,8 @@ def main(process_id: int, port: int, out: Path) -> None:
     flat["resumed_accuracy"] = np.asarray(resumed_history.evaluation_accuracy)
     flat["sweep_accuracy"] = np.asarray(sweep_history["evaluation_accuracy"])
     flat["streamed_loss"] = np.asarray(streamed_history.epoch_loss)
+    refusals = multihost_utils.process_allgather(np.int32(bool(refused) and "pid 4242" in refused))
+    flat["held_refused"] = np.asarray(refusals).reshape(-1)
     if jax.process_index() == 0:
         flat["sweep_stopped"] = np.asarray(sorted(sweep_history.stopped))
         flat["sweep_best_epochs"] = np.asarray([v["best_epoch"] for _, v in sorted(sweep_history.stopped.items())])

@@ -2,7 +2,8 @@
 
 tests/distributed_worker.py runs in both processes: a data-parallel fit over the 8 devices (its checkpoints are
 orbax folders, since no process holds its arrays whole), the fit resumed on 2 processes, a sweep whose
-models are split over a model axis, and a streamed fit where each process feeds its half of every batch. This
+models are split over a model axis, a streamed fit where each process feeds its half of every batch, and a fit
+into a folder another run holds (every process refuses it). This
 test compares them with the same runs in this process on one device, and restores the 8-device checkpoint
 here, on one device.
 """
@@ -146,6 +147,12 @@ def test_resumed_on_two_processes_equals_the_uninterrupted_run(runs):
     assert gap(got, "resumed", params) < 1e-5
     np.testing.assert_allclose(got["resumed_accuracy"], accuracy, atol=1e-6)
     assert len(got["resumed_accuracy"]) == EPOCHS + 1  # the checkpoint's history, continued
+
+
+def test_a_held_folder_is_refused_by_every_process(runs):
+    _, got, _, _ = runs
+    # process 0 holds the lock of another run; both processes refuse the folder, naming its holder, and go on
+    assert got["held_refused"].tolist() == [1, 1]
 
 
 def test_eight_device_checkpoint_restored_on_one_device(runs, tmp_path):

@@ -200,7 +200,42 @@ def test_a_guard_is_checked_before_any_work():
             build, PARAMS, TRAIN, hparams={"eta": [0.1]}, epochs=1, batch_size=7, key=KEY, monitor=(),
             guard=jreg.Guard(max_loss=10),
         )  # fmt: skip
-    batches = [(TRAIN[0][i : i + 8], TRAIN[1][i : i + 8]) for i in range(0, 40, 8)]
-    with pytest.raises(jreg.JregError, match="stream of batches is not supported"):
-        jreg.fit(OBJ, optax.sgd(GOOD), PARAMS, batches, epochs=1, batch_size=8, key=KEY, guard=jreg.Guard(10.0))
     run(GOOD, guard=jreg.Guard(), monitor=())  # Guard() sets no rule: as no guard
+
+
+def batches(epoch):
+    """The training data as a stream: five batches of 8, in an order of their own each epoch."""
+    order = np.random.default_rng(epoch).permutation(40)
+    return [(TRAIN[0][order[i : i + 8]], TRAIN[1][order[i : i + 8]]) for i in range(0, 40, 8)]
+
+
+def streamed(eta, epochs=3, **kw):
+    stream = jreg.Stream(batches, chunk=2)
+    return jreg.fit(OBJ, optax.sgd(eta), PARAMS, stream, epochs=epochs, batch_size=8, key=KEY, **kw)
+
+
+def test_a_stream_is_guarded_as_in_memory_data():
+    """The rule is read at the streamed epoch's end; the state kept is the epoch's input, as in memory."""
+    with pytest.raises(jreg.DivergenceError) as info:
+        streamed(BLOWN, guard=jreg.Guard(max_loss=100))
+    assert info.value.rule == "max_loss" and info.value.epoch == 0 and info.value.step is None
+    same(info.value.params, PARAMS)
+    with pytest.raises(jreg.DivergenceError) as info:
+        streamed(SHAKY, epochs=5, guard=jreg.Guard(max_ratio=1.05))
+    error = info.value
+    assert error.rule == "max_ratio" and error.epoch >= 1
+    same(error.params, streamed(SHAKY, epochs=error.epoch).params)  # the last epoch within the limit
+    same(streamed(GOOD, guard=jreg.Guard(max_loss=100)).params, streamed(GOOD).params)  # never broken: as without
+
+
+def test_a_streamed_sweep_freezes_only_the_member_that_broke_the_rule():
+    stream = jreg.Stream(batches, chunk=2)
+    common = dict(hparams={"eta": [GOOD, BLOWN]}, epochs=3, batch_size=8, key=KEY)
+    guarded = jreg.sweep(build, PARAMS, stream, guard=jreg.Guard(max_loss=100), **common)
+    plain = jreg.sweep(build, PARAMS, jreg.Stream(batches, chunk=2), **common)
+    record = guarded.history.diverged[1]
+    assert record["epoch"] == 1 and record["step"] is None and "Guard.max_loss = 100" in record["quantity"]
+    assert 0 not in guarded.history.diverged
+    same(guarded.select(0).params, plain.select(0).params)  # the other member trains as without a guard
+    same(guarded.select(1).params, PARAMS)  # frozen at its epoch's input
+    assert np.isnan(guarded.history.epoch_loss[1]).all()

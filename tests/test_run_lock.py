@@ -230,6 +230,30 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_naming_the_path_and_
     assert leaves_equal(resumed.params, fit(4).params)
 
 
+def test_a_folder_that_loses_its_write_permission_is_one_line_naming_the_path(tmp_path, monkeypatch):
+    """A permission lost mid-run (simulated: this suite may run as root, whom chmod does not stop): the OS refuses
+    the third checkpoint's temporary file with EACCES."""
+    import tempfile
+
+    folder = tmp_path / "ck"
+    real, calls = tempfile.mkstemp, []
+
+    def refused(*args, **kwargs):
+        if Path(kwargs.get("dir", "")) == folder:
+            calls.append(1)
+            if len(calls) == 3:
+                raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(cf.CheckpointWriteError) as caught:
+        fit(4, checkpoint=jreg.Checkpointing(folder, keep=5))
+    message = str(caught.value)
+    assert "\n" not in message and "Permission denied" in message and "ckpt-000003.npz" in message
+    assert "earlier checkpoints are intact (ckpt-000001.npz, ckpt-000002.npz)" in message
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt-000001.npz", "ckpt-000002.npz"]  # no temp, no lock
+
+
 def test_a_folder_removed_during_the_run_is_one_line_and_is_not_made_again(tmp_path):
     folder = tmp_path / "ck"
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .checkpoint_folder import CheckpointWriteError, FolderInUseError
 from .config import EMA, Checkpointing, DataParallel, Evaluation, Guard, ModelParallel
 from .engine import VECTORIZE
 from .epoch import make_epoch
@@ -61,6 +62,8 @@ __all__ = [
     "Checkpointing",
     "DataParallel",
     "DivergenceError",
+    "CheckpointWriteError",
+    "FolderInUseError",
     "EMA",
     "Evaluation",
     "Guard",

@@ -19,7 +19,8 @@ id), from :func:`open_writer`, after every input has passed its checks, to
 when the process dies (kill -9 included). Another run or resume into a held
 folder is refused at once (:func:`check_folder`), naming the holder
 (:class:`FolderInUseError`). Across processes (``jax.distributed``) process 0
-locks, once per run; the others do not lock. Without ``fcntl`` (Windows)
+locks, once per run; every process learns whether it could (all refuse together, none waits for the others in a
+collective), and the others check that the lock file names their run. Without ``fcntl`` (Windows)
 nothing is locked. The lock file is neither a checkpoint nor a temporary
 file: the folder checks, resuming and pruning never look at it.
 
@@ -56,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from .. import checkpoint as ckpt
 from .. import io
@@ -125,8 +127,15 @@ def held(folder: Path) -> list[str]:
 
 
 def new_run() -> str:
-    """A fresh run id (``uuid4().hex``)."""
-    return uuid.uuid4().hex
+    """A fresh run id (``uuid4().hex``): process 0's on every process of a ``jax.distributed`` run (one broadcast;
+    every process calls it at the same point), so that all of them name the run alike."""
+    run = uuid.uuid4()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        raw = np.frombuffer(run.bytes, np.uint8)
+        run = uuid.UUID(bytes=bytes(np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)))
+    return run.hex
 
 
 def numbered(folder: Path) -> list[tuple[int, Path]]:
@@ -170,12 +179,21 @@ def _in_use(folder: Path, record: dict[str, Any], argument: str) -> FolderInUseE
 
 def check_unlocked(folder: Path, argument: str = "checkpoint") -> None:
     """Refuse a folder whose lock another live run holds (:class:`FolderInUseError`); reads only, makes nothing.
-    Across processes only process 0 asks (it alone locks)."""
-    if jax.process_index() != 0:
-        return
-    record = io.lock_holder(folder / LOCK)
-    if record is not None:
-        raise _in_use(folder, record, argument)
+    Across processes process 0 asks (it alone locks) and every process learns its answer (:func:`_agreed`), so all
+    of them refuse together: none goes on to wait for the others in a collective."""
+    record = io.lock_holder(folder / LOCK) if jax.process_index() == 0 else None
+    if _agreed(record is not None):
+        raise _in_use(folder, record if record is not None else io.lock_holder(folder / LOCK) or {}, argument)
+
+
+def _agreed(failed: bool) -> bool:
+    """Process 0's ``failed`` on every process (one broadcast across ``jax.distributed`` processes; as it is in one
+    process). Every process must call it at the same point, with process 0 not having raised before it."""
+    if jax.process_count() == 1:
+        return failed
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
 
 
 def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkpoint") -> None:
@@ -186,9 +204,9 @@ def check_folder(checkpoint: Checkpointing, resume: Any, argument: str = "checkp
     Nothing is written or deleted; other files in the folder (the lock file among them) do not count.
     """
     folder = checkpoint.folder
+    check_unlocked(folder, argument)  # first: every process asks at the same point (a missing folder is unlocked)
     if not folder.is_dir():
         return
-    check_unlocked(folder, argument)
     try:
         names = held(folder)
     except OSError as exc:
@@ -429,14 +447,7 @@ def open_writer(checkpoint: Checkpointing, run: str, start: int, epochs: int) ->
         raise JregError(f"checkpoint: cannot make the folder {folder} ({exc.strerror or exc})") from exc
     writer = Writer(checkpoint, run)
     try:
-        if jax.process_index() == 0:
-            record = {"pid": os.getpid(), "host": io.host_name(), "run": run}
-            try:
-                writer.lock, holder = io.try_lock(folder / LOCK, record)
-            except OSError as exc:
-                raise JregError(f"checkpoint: cannot lock the folder {folder} ({exc.strerror or exc})") from exc
-            if holder is not None:
-                raise _in_use(folder, holder, "checkpoint")
+        _lock(writer, folder, run)
         st = folder.stat()
         writer.identity = (st.st_dev, st.st_ino)
         writer.check_ahead(start, epochs)
@@ -444,6 +455,29 @@ def open_writer(checkpoint: Checkpointing, run: str, start: int, epochs: int) ->
         writer.close()
         raise
     return writer
+
+
+def _lock(writer: Writer, folder: Path, run: str) -> None:
+    """Process 0 locks the folder for ``writer``; across processes the others learn whether it could
+    (:func:`_agreed`: all refuse together) and check that the lock file, where they see it, names this run."""
+    holder: dict[str, Any] | None = None
+    failure: OSError | None = None
+    if jax.process_index() == 0:
+        record = {"pid": os.getpid(), "host": io.host_name(), "run": run}
+        try:
+            writer.lock, holder = io.try_lock(folder / LOCK, record)
+        except OSError as exc:
+            failure = exc
+    if _agreed(failure is not None or holder is not None):
+        if failure is not None:
+            raise JregError(f"checkpoint: cannot lock the folder {folder} ({failure.strerror or failure})") from failure
+        if holder is None:  # a process other than 0: the holder as this process sees it
+            holder = io.lock_holder(folder / LOCK) or {}
+        raise _in_use(folder, holder, "checkpoint")
+    if jax.process_index() != 0:  # process 0 holds it: the file (on a shared folder) names this run
+        seen = io.lock_holder(folder / LOCK)
+        if seen is not None and seen.get("run") not in (None, run):
+            raise _in_use(folder, seen, "checkpoint")
 
 
 def _remove(path: Path) -> None:

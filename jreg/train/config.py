@@ -358,7 +358,8 @@ class Guard:
 
     With both, the lower limit applies. The limits reach the compiled epoch as one traced float32 value per
     model: new values compile nothing. The rules read the ``epoch_loss`` series, which must be monitored (it
-    is by default); a stream of batches is refused (not supported yet). ``Guard()`` checks nothing more than
+    is by default); a stream of batches (:class:`jreg.Stream`) is guarded alike, the rule read at the streamed
+    epoch's end (the epoch's input is kept as a copy while it runs). ``Guard()`` checks nothing more than
     no guard.
     """
 

@@ -77,10 +77,6 @@ def limits(guard: Guard | None, setup: Setup, models: int | None, where: str) ->
     """The run's :class:`Limits` (None without a guard), after checking that the run can apply the guard."""
     if guard is None:
         return None
-    if setup.feed is not None:
-        raise JregError(
-            f"{where}: guard=jreg.Guard(...) with a stream of batches is not supported yet; pass in-memory data"
-        )
     if not setup.monitor.epoch_loss:
         raise JregError(
             f"{where}: guard=jreg.Guard(...) reads the running loss epoch_loss, which monitor= leaves out; "

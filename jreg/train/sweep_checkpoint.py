@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from .._errors import JregError
+from ..checkpoint.common import Fields
 from ..stopping import PerModel
 from .early_stopping import SweepStopper
 from .history import History
@@ -109,7 +110,8 @@ def pack(
 
 
 def _bad(path: Path, field: str, what: str, value: Any) -> ckpt.CheckpointError:
-    return ckpt.CheckpointError(f"resume: {path}: meta 'sweep.{field}' {what}, got {str(value)[:200]}")
+    """The shared field error (:class:`jreg.checkpoint.common.Fields`) for ``meta["sweep"][field]``."""
+    return Fields(f"resume: {path}", "meta ").fail(f"sweep.{field}" if field else "sweep", what, value)
 
 
 def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept: Any, epochs_done: Any = None) -> Any:

@@ -147,9 +147,11 @@ def _epoch(
 ) -> Callable[..., Any]:
     """The host loop over an opened epoch's chunks: each chunk trained, the previous one's check read."""
 
-    def epoch(hp, state, alive, opened: Opened, evaluation, key, *, evaluate: bool):
+    def epoch(hp, state, alive, opened: Opened, evaluation, key, *, evaluate: bool, limit=None):
         feed.found = {}
         alive = jnp.asarray(True) if models is None else alive
+        # a Guard's rule is read at the epoch's end: the epoch's input is kept (a copy: the chunks donate the state)
+        start = None if limit is None else jax.tree.map(jnp.copy, state)
         acc = jnp.zeros(() if models is None else (models,), jnp.float32)
         rows, dead, stopped = 0, set(), False
         full = np.ones((feed.chunk,), bool)
@@ -178,6 +180,21 @@ def _epoch(
         if not stopped and previous is not None:
             check(*previous)
         metrics, ok = finished(hp, state, alive, evaluation, acc, jnp.float32(max(rows, 1)), evaluate=evaluate)
+        if limit is not None:
+            state, ok, alive = _within(start, state, metrics[EPOCH_LOSS], limit, ok, alive)
         return state, (None if models is None else alive), metrics, ok
 
     return epoch
+
+
+@jax.jit
+def _within(start: TrainState, state: TrainState, loss: Any, limit: Any, ok: Any, alive: Any) -> tuple:
+    """A :class:`jreg.Guard` on a streamed epoch: a model whose running loss exceeds its ``limit`` goes back to
+    the epoch's input ``start`` (the last state within the limit, as in memory) and fails the check."""
+    over = loss > limit
+    keep = ~over
+
+    def pick(new: jax.Array, old: jax.Array) -> jax.Array:
+        return jnp.where(keep.reshape(keep.shape + (1,) * (new.ndim - keep.ndim)), new, old)
+
+    return jax.tree.map(pick, state, start), ok & keep, alive & keep
