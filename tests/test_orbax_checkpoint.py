@@ -243,33 +243,23 @@ def test_a_users_pytree_that_does_not_fit_the_template_names_the_leaf(tmp_path):
         jreg.load(path, params={"w": jnp.ones((2, 3))}, opt_state=ADAM.init(PARAMS))
 
 
-def test_a_checkpoint_managers_folder_says_which_folder_to_pass(tmp_path):
+def test_a_checkpoint_managers_step_reads_as_its_one_item_and_its_folder_says_which_step_to_pass(tmp_path):
     manager = ocp.CheckpointManager(tmp_path.absolute() / "run")
     manager.save(3, args=ocp.args.StandardSave(PARAMS))
     manager.wait_until_finished()
     manager.close()
-    with pytest.raises(CheckpointError, match=r"run: holds orbax checkpoints of steps \['3'\] .*run/3/default"):
+    with pytest.raises(CheckpointError, match=r"run: holds orbax checkpoints of steps \['3'\] .*e\.g\. .*run/3$"):
         jreg.load(tmp_path / "run", params=PARAMS)
-    assert same(jreg.load(tmp_path / "run" / "3" / "default", params=PARAMS).params, PARAMS)
-    with pytest.raises(CheckpointError, match=r"3: holds the orbax items \['default'\]"):
-        jreg.load(tmp_path / "run" / "3", params=PARAMS)
-
-
-def test_a_multi_process_runs_checkpoint_loads_into_templates(saved, tmp_path):
-    """The layout a run across processes writes (its record holds step, key and meta; state/ the trees as saved)
-    is read by jreg.load too, into templates (its record describes no tree)."""
-    from jreg.train import distributed_checkpoint as dc
-
-    opt_state = saved["opt_state"]
-    path = tmp_path / "ckpt-000007.orbax"
-    dc.save(path, PARAMS, opt_state=opt_state, step=7, key=jax.random.key(3), meta=META)
-    loaded = jreg.load(path, params=PARAMS, opt_state=opt_state)
-    assert same(loaded.params, PARAMS) and same(loaded.opt_state, opt_state) and loaded.model_state is None
-    assert loaded.step == 7 and loaded.meta == META and loaded.key.tolist() == [0, 3]
-    with pytest.raises(CheckpointError, match=r"ckpt-000007\.orbax: written by a run across processes, .*params="):
-        jreg.load(path)
-    with pytest.raises(CheckpointError, match=r"ckpt-000007\.orbax: written by a run across processes.*no jreg header"):
-        ckpt.read_header(path)
+    for path in (tmp_path / "run" / "3", tmp_path / "run" / "3" / "default"):
+        assert same(jreg.load(path, params=PARAMS).params, PARAMS)
+        with pytest.raises(CheckpointError, match=r"is an orbax pytree checkpoint .* has no jreg header"):
+            ckpt.read_header(path)
+    composite = tmp_path / "composite"
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        args = ocp.args.Composite(a=ocp.args.StandardSave(PARAMS), b=ocp.args.StandardSave(PARAMS))
+        checkpointer.save(composite.absolute(), args=args)
+    with pytest.raises(CheckpointError, match=r"composite: holds the orbax items \['a', 'b'\] .* e\.g\. .*composite/a"):
+        jreg.load(composite, params=PARAMS)
 
 
 # --------------------------------------------------------------------------- forged folders

@@ -381,44 +381,55 @@ def _checked(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
     return ocp, record, header
 
 
-def _not_jreg(path: Path) -> CheckpointError | None:
-    """Why the folder ``path`` holds no jreg run record (None: it does), saying how to read what it holds."""
+def _locate(path: Path) -> tuple[str, Path]:
+    """What the folder ``path`` holds: ``("jreg", path)``, a jreg orbax checkpoint (its run record), or
+    ``("pytree", folder)``, a pytree that orbax's StandardSave wrote (``path`` itself, or the one item of a
+    CheckpointManager's step folder, ``<step>/default``); anything else is a CheckpointError saying what to pass."""
     if record_file(path).exists() or record_file(path).is_symlink():
-        return None
+        return "jreg", path
     if (path / "_METADATA").is_file():
-        return None  # a user's own orbax pytree: the caller reads it into a template
+        return "pytree", path
     if (path / "state" / "_METADATA").is_file():  # a jreg checkpoint's arrays without their record
-        return CheckpointError(f"{path}: not a readable orbax checkpoint (its run record, meta/metadata, is missing)")
+        raise CheckpointError(f"{path}: not a readable orbax checkpoint (its run record, meta/metadata, is missing)")
     try:
         children = [p for p in path.iterdir() if p.is_dir() and not p.is_symlink()]
     except OSError as exc:
-        return CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})")
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     steps = sorted((p.name for p in children if p.name.isdigit()), key=int)
     if steps:
-        return CheckpointError(
+        raise CheckpointError(
             f"{path}: holds orbax checkpoints of steps {steps[:5]}{' ...' if len(steps) > 5 else ''} (a "
-            "CheckpointManager's folder), not one checkpoint: pass one step's item folder, e.g. "
-            f"{path / steps[-1] / 'default'}"
+            f"CheckpointManager's folder), not one checkpoint: pass one step's folder, e.g. {path / steps[-1]}"
         )
     items = sorted(p.name for p in children if (p / "_METADATA").is_file())
+    if len(items) == 1:
+        return "pytree", path / items[0]
     if items:
-        return CheckpointError(
+        raise CheckpointError(
             f"{path}: holds the orbax items {items} (a composite checkpoint), not one pytree: pass the item's "
             f"folder, e.g. {path / items[0]}"
         )
-    return CheckpointError(
+    raise CheckpointError(
         f"{path}: is a folder, not a checkpoint file (.npz), nor an orbax checkpoint folder (neither jreg's run "
         "record, meta/metadata, nor orbax's _METADATA)"
     )
+
+
+def _jreg_folder(path: Path) -> None:
+    """Refuse a folder that is not a jreg orbax checkpoint (one that has a header to read), saying what it is."""
+    kind, folder = _locate(path)
+    if kind == "pytree":
+        raise CheckpointError(
+            f"{path}: is an orbax pytree checkpoint ({folder}, written by orbax itself, not jreg.save): it has no "
+            "jreg header; jreg.load(path, params=like) reads it into like's structure"
+        )
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The header of the jreg orbax checkpoint folder ``path``, checked, without reading any array (see
     :func:`jreg.checkpoint.read_header`, whose fields it has)."""
     path = check_path(path, "path")
-    reason = _not_jreg(path)
-    if reason is not None:
-        raise reason
+    _jreg_folder(path)
     record, header = read_record(path)
     if header is None:
         raise CheckpointError(
@@ -489,18 +500,17 @@ def load(
     ``.npz`` file: trees rebuilt from the record, or put into the templates given, every leaf checked), or a pytree
     that a user's own orbax code saved (``ocp.StandardCheckpointer().save(path, params)``), restored into ``params=``
     (its structure, every leaf's path, shape and dtype checked first; without it, as orbax's metadata describes it:
-    dicts and lists) and returned as :attr:`Checkpoint.params`, the other fields None."""
+    dicts and lists) and returned as :attr:`Checkpoint.params`, the other fields None. A CheckpointManager's step
+    folder of one pytree item (``<step>/default``) reads as that item."""
     path = check_path(path, "path")
-    reason = _not_jreg(path)
-    if reason is not None:
-        raise reason
-    if not record_file(path).exists():  # a user's own orbax pytree
+    kind, folder = _locate(path)
+    if kind == "pytree":  # a user's own orbax pytree
         if opt_state is not None or model_state is not None:
             raise CheckpointError(
                 f"{path}: is an orbax pytree checkpoint (one tree, not written by jreg); it is read as params only"
             )
         ocp = _orbax()
-        tree = _pytree(ocp, path) if params is None else _pytree_into(ocp, path, params, "params", path)
+        tree = _pytree(ocp, folder) if params is None else _pytree_into(ocp, folder, params, "params", path)
         return Checkpoint(tree, None, None, None, None, None)
     ocp, record, header = _checked(path)
     if header is None:  # a multi-process run's checkpoint: trees as saved, restorable into templates only
