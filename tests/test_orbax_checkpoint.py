@@ -196,11 +196,26 @@ def test_an_os_error_while_writing_is_one_line_and_replaces_nothing(tmp_path, mo
     path = jreg.save(tmp_path / "c", PARAMS, step=1, format="orbax")
     full_disk(monkeypatch)
     for target in (path, tmp_path / "d"):  # over a checkpoint, and a new one
-        with pytest.raises(jreg.io.WriteError, match=r"the orbax write failed \(No space left on device\)"):
+        with pytest.raises(jreg.io.WriteError, match=rf"{target.name}': the orbax write failed \(No space left on"):
             jreg.save(target, {"w": jnp.ones(2)}, step=2, format="orbax")
     monkeypatch.undo()
     assert jreg.load(path).step == 1 and same(jreg.load(path).params, jreg.load(path, params=PARAMS).params)
     assert entries(tmp_path) == ["afile", "c"]  # no temporary folder, no staging copy left
+    from jreg.checkpoint import orbax_format
+
+    renames, rename = [], orbax_format._rename
+
+    def second_rename_fails(src, dst):  # the new checkpoint cannot be put in place: the old one goes back
+        renames.append(dst)
+        if len(renames) == 2:
+            raise OSError(28, "No space left on device")
+        rename(src, dst)
+
+    monkeypatch.setattr(orbax_format, "_rename", second_rename_fails)
+    with pytest.raises(jreg.io.WriteError, match=r"c': cannot put the new checkpoint in place \(No space left"):
+        jreg.save(path, {"w": jnp.ones(2)}, step=2, format="orbax")
+    monkeypatch.undo()
+    assert len(renames) == 3 and jreg.load(path).step == 1 and entries(tmp_path) == ["afile", "c"]
 
 
 def test_a_full_disk_during_a_runs_orbax_save_is_a_checkpoint_write_error(tmp_path, monkeypatch):

@@ -238,22 +238,25 @@ def save(
                 f"path: {path} exists and is {kind}; an orbax checkpoint replaces only an orbax checkpoint folder "
                 "(move it away, or save elsewhere)"
             )
-        return _replace(target, state, record)
-    _write(target, state, record)
+        _replace(target, state, record)
+    else:
+        _write(target, state, record)
     return path
 
 
-def _write(target: Path, state: dict[str, Any], record: dict[str, Any]) -> None:
-    """orbax's atomic save of the folder ``target``; an OS error is a :class:`jreg.io.WriteError` naming it, and the
-    temporary folder the failed save began is removed (one that was there before is not this save's: kept)."""
+def _write(target: Path, state: dict[str, Any], record: dict[str, Any], shown: Path | None = None) -> None:
+    """orbax's atomic save of the folder ``target``; an OS error is a :class:`jreg.io.WriteError` naming ``shown``
+    (default: ``target``), and the temporary folder the failed save began is removed (one that was there before is
+    not this save's: kept)."""
+    shown = target if shown is None else shown
     ocp = _orbax()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
-        raise JregError(f"path {str(target)!r}: cannot make its folder, part of it is a file ({exc.strerror})") from exc
+        raise JregError(f"path {str(shown)!r}: cannot make its folder, part of it is a file ({exc.strerror})") from exc
     except OSError as exc:  # permission denied, a full disk, a read-only file system
         raise io.WriteError(
-            f"path {str(target)!r}: cannot make its folder ({exc.strerror or exc}); nothing was written"
+            f"path {str(shown)!r}: cannot make its folder ({exc.strerror or exc}); nothing was written"
         ) from exc
     temporary = target.with_name(target.name + TMP_SUFFIX)
     began_here = not (temporary.exists() or temporary.is_symlink())
@@ -265,25 +268,37 @@ def _write(target: Path, state: dict[str, Any], record: dict[str, Any]) -> None:
             shutil.rmtree(temporary, ignore_errors=True)
         if isinstance(exc, OSError):
             raise io.WriteError(
-                f"path {str(target)!r}: the orbax write failed ({exc.strerror or exc}); nothing was replaced"
+                f"path {str(shown)!r}: the orbax write failed ({exc.strerror or exc}); nothing was replaced"
             ) from exc
         raise
 
 
-def _replace(target: Path, state: dict[str, Any], record: dict[str, Any]) -> Path:
-    """Write a new checkpoint beside ``target``, then swap it in (two renames) and remove the old one."""
+def _rename(src: Path, dst: Path) -> None:
+    os.rename(src, dst)
+
+
+def _replace(target: Path, state: dict[str, Any], record: dict[str, Any]) -> None:
+    """Write a new checkpoint beside ``target``, then swap it in (two renames) and remove the old one; if the swap
+    fails, the old one is put back and the new one removed (an OS error is a :class:`jreg.io.WriteError`)."""
     token = uuid.uuid4().hex[:12]
     staging = target.parent / f".{target.name}.jreg-new-{token}"
     old = target.parent / f".{target.name}.jreg-old-{token}"
     try:
-        _write(staging, state, record)
-        os.rename(target, old)
-        os.rename(staging, target)
+        _write(staging, state, record, shown=target)
+        try:
+            _rename(target, old)
+            _rename(staging, target)
+        except OSError as exc:
+            if old.exists() and not (target.exists() or target.is_symlink()):
+                _rename(old, target)
+            raise io.WriteError(
+                f"path {str(target)!r}: cannot put the new checkpoint in place ({exc.strerror or exc}); nothing was "
+                "replaced"
+            ) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 # --------------------------------------------------------------------------- reading
