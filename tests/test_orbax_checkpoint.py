@@ -384,20 +384,24 @@ def test_missing_items_or_arrays_are_a_checkpoint_error(saved, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's event loop, closing
-def test_damaged_orbax_files_are_a_checkpoint_error_or_load_intact(saved, tmp_path):
-    """orbax's own files junk, empty or gone: a CheckpointError naming the folder, or the intact content."""
-    files = sorted(p.relative_to(saved["path"]) for p in saved["path"].rglob("*") if p.is_file())
-    original, outcomes = jreg.load(saved["path"]), set()
+@pytest.mark.parametrize("source", ["jreg", "theirs"])
+def test_damaged_orbax_files_are_a_checkpoint_error_or_load_intact(saved, tmp_path, source):
+    """orbax's own files junk, empty or gone, in jreg's folder or a user's orbax pytree: a CheckpointError naming
+    the folder, or the intact content."""
+    src = saved["path"] if source == "jreg" else orbax_save(tmp_path / "theirs", PARAMS)
+    read = (lambda p: jreg.load(p)) if source == "jreg" else (lambda p: jreg.load(p, params=PARAMS))
+    files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file())
+    original, outcomes = read(src), set()
     for n, name in enumerate(files):
         if name == Path("meta/metadata"):
             continue
         for damage in ("junk", "empty", "gone"):
             path = tmp_path / f"{damage}-{n}" / "c.orbax"
-            shutil.copytree(saved["path"], path)
+            shutil.copytree(src, path)
             target = path / name
             target.unlink() if damage == "gone" else target.write_bytes(b"\x00{[junk" * (damage == "junk"))
             try:
-                loaded = jreg.load(path)
+                loaded = read(path)
             except CheckpointError as e:
                 assert str(path) in str(e)
                 outcomes.add("refused")
