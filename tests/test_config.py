@@ -123,7 +123,7 @@ def test_each_older_keyword_warns_once_with_the_new_form_at_the_callers_line():
         (
             lambda: jreg.Checkpointing(every=2),
             r"Checkpointing\(\) is missing the argument\(s\) dir: call Checkpointing\(dir, every=\.\.\., keep=\.\.\., "
-            r"every_steps=\.\.\.\)",
+            r"every_steps=\.\.\., format=\.\.\.\)",
         ),
         (lambda: jreg.EarlyStopping(patiense=3), r"EarlyStopping\(\) .*did you mean 'patience'\?"),
         (lambda: jreg.EarlyStopping.nielsen(restore=True), r"did you mean 'restore_best'\?"),
@@ -145,7 +145,7 @@ def test_option_objects_keep_their_signatures_and_still_work():
     assert list(inspect.signature(jreg.Evaluation).parameters) == [
         "data", "metrics", "batch_size", "every", "cost_convention", "default_metrics"
     ]  # fmt: skip
-    assert list(inspect.signature(jreg.Checkpointing).parameters) == ["dir", "every", "keep", "every_steps"]
+    assert list(inspect.signature(jreg.Checkpointing).parameters) == ["dir", "every", "keep", "every_steps", "format"]
     assert jreg.Checkpointing("ck", 2, 1) == jreg.Checkpointing(dir="ck", every=2, keep=1)
     assert jreg.EarlyStopping.nielsen(3, restore_best=True).restore_best
     assert dataclasses.replace(jreg.Evaluation(every=2), every=3).every == 3

@@ -54,9 +54,10 @@ def test_evaluation_options_with_random_fields(data, metrics, batch_size, every)
 
 
 @cheap
-@given(directory=HOSTILE, every=HOSTILE, keep=HOSTILE, mesh=HOSTILE, axis=HOSTILE)
-def test_checkpointing_and_data_parallel_with_random_fields(directory, every, keep, mesh, axis):
+@given(directory=HOSTILE, every=HOSTILE, keep=HOSTILE, mesh=HOSTILE, axis=HOSTILE, fmt=HOSTILE)
+def test_checkpointing_and_data_parallel_with_random_fields(directory, every, keep, mesh, axis, fmt):
     only_jreg_errors(jreg.Checkpointing, directory, every=every, keep=keep)
+    only_jreg_errors(jreg.Checkpointing, "ck", format=fmt)
     only_jreg_errors(jreg.DataParallel, mesh, data_axis=axis)
 
 

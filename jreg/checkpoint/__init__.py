@@ -8,6 +8,8 @@ One module per concern (each imports only those above it)::
     header     the checks on a file's JSON header, field by field
     archive    the zip read as foreign bytes: members only when named, sizes checked first
     format     save, load, read_header, verify: the ``.npz`` format (see its docstring for why this format)
+    orbax_format  the same fields in an orbax-checkpoint folder (format="orbax"), and users' own orbax pytrees
+    dispatch   the public save, load, read_header, verify: the format by ``format=``, or by what the path is
     meta       the run state jreg.fit keeps in ``meta``, checked on resume
     network2   network2.py's JSON model format: save_network2, load_network2
 """
@@ -25,12 +27,13 @@ from .common import (
     Checkpoint,
     CheckpointError,
 )
-from .format import load, read_header, save, verify
+from .dispatch import FORMATS, load, read_header, save, verify
 from .meta import STOPPING_FIELDS, check_history, check_run_meta, check_stopping_state
 from .network2 import NETWORK2_MAX_BYTES, load_network2, save_network2
 
 __all__ = [
     "FORMAT",
+    "FORMATS",
     "FORMAT_VERSION",
     "KEY_MAX_BYTES",
     "MAX_DIMS",

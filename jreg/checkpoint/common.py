@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from .._errors import JregError
+from .._errors import JregError, JregTypeError
 
 FORMAT = "jreg-checkpoint"
 FORMAT_VERSION = 1
@@ -271,3 +272,46 @@ def _is_float(value: Any) -> bool:
 
 def _within(value: float, low: float | None, high: float | None) -> bool:
     return (low is None or value >= low) and (high is None or value <= high)
+
+
+# --------------------------------------------------------------------------- what save writes, checked before writing
+
+
+def _check_step(step: Any) -> None:
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0):
+        raise JregError(f"step must be a non-negative int or None, got {step!r}")
+
+
+def _to_numpy(leaf: Any, where: str) -> tuple[np.ndarray, str]:
+    """The array to store and its dtype name (non-NumPy dtypes such as bfloat16 stored as raw bits)."""
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        raise JregTypeError(f"checkpoint: {where} is a PRNG key array; pass keys as key=, not inside a tree")
+    try:
+        arr = np.asarray(leaf)
+    except Exception as exc:  # noqa: BLE001 - report which leaf
+        raise JregTypeError(f"checkpoint: {where} is not an array ({type(leaf).__name__})") from exc
+    if arr.dtype.kind not in "biufcV":  # objects, strings, bytes: nothing jax.numpy could load back
+        raise JregTypeError(f"checkpoint: {where} is not a numeric array (dtype {arr.dtype}, {type(leaf).__name__})")
+    name = str(arr.dtype)
+    if arr.dtype.kind == "V":  # ml_dtypes (bfloat16, float8...): store the bits
+        arr = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
+    return arr, name
+
+
+def _check_meta_depth(meta: Any) -> None:
+    """Refuse ``meta`` whose dicts and lists nest deeper than :data:`MAX_META_DEPTH` (walked without recursion)."""
+    stack = [(meta, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = list(node.values())
+        elif isinstance(node, (list, tuple)):
+            children = list(node)
+        else:
+            continue
+        if depth >= MAX_META_DEPTH:
+            raise JregTypeError(
+                f"meta nests deeper than {MAX_META_DEPTH} levels (jreg.checkpoint.MAX_META_DEPTH), "
+                "which jreg.load could not be sure to read back"
+            )
+        stack.extend((child, depth + 1) for child in children)

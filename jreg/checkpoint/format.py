@@ -41,31 +41,24 @@ import numpy as np
 
 from .. import io
 from .._checks import check_path
-from .._errors import JregError, JregTypeError
+from .._errors import JregTypeError
 from .._tree import path_str
 from .._version import __version__
 from .archive import _Archive, _open
-from .common import FORMAT, FORMAT_VERSION, KEY_MAX_BYTES, MAX_META_DEPTH, Checkpoint, CheckpointError
+from .common import (
+    FORMAT,
+    FORMAT_VERSION,
+    KEY_MAX_BYTES,
+    Checkpoint,
+    CheckpointError,
+    _check_meta_depth,
+    _check_step,
+    _to_numpy,
+)
 from .header import _leaf_dtype, _stored_dtype
 from .tree import _build, _describe, _Opaque
 
 # --------------------------------------------------------------------------- arrays
-
-
-def _to_numpy(leaf: Any, where: str) -> tuple[np.ndarray, str]:
-    """The array to store and its dtype name (non-NumPy dtypes such as bfloat16 stored as raw bits)."""
-    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        raise JregTypeError(f"checkpoint: {where} is a PRNG key array; pass keys as key=, not inside a tree")
-    try:
-        arr = np.asarray(leaf)
-    except Exception as exc:  # noqa: BLE001 - report which leaf
-        raise JregTypeError(f"checkpoint: {where} is not an array ({type(leaf).__name__})") from exc
-    if arr.dtype.kind not in "biufcV":  # objects, strings, bytes: nothing jax.numpy could load back
-        raise JregTypeError(f"checkpoint: {where} is not a numeric array (dtype {arr.dtype}, {type(leaf).__name__})")
-    name = str(arr.dtype)
-    if arr.dtype.kind == "V":  # ml_dtypes (bfloat16, float8...): store the bits
-        arr = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
-    return arr, name
 
 
 def _flatten_section(tree: Any, prefix: str, store: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -89,25 +82,6 @@ def _flatten_section(tree: Any, prefix: str, store: dict[str, np.ndarray]) -> di
     return {"tree": desc, "leaves": entries}
 
 
-def _check_meta_depth(meta: Any) -> None:
-    """Refuse ``meta`` whose dicts and lists nest deeper than :data:`MAX_META_DEPTH` (walked without recursion)."""
-    stack = [(meta, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children = list(node.values())
-        elif isinstance(node, (list, tuple)):
-            children = list(node)
-        else:
-            continue
-        if depth >= MAX_META_DEPTH:
-            raise JregTypeError(
-                f"meta nests deeper than {MAX_META_DEPTH} levels (jreg.checkpoint.MAX_META_DEPTH), "
-                "which jreg.load could not be sure to read back"
-            )
-        stack.extend((child, depth + 1) for child in children)
-
-
 def save(
     path: str | os.PathLike[str],
     params: Any,
@@ -125,8 +99,7 @@ def save(
     :data:`MAX_META_DEPTH` or not JSON, non-numeric leaves.
     """
     path = check_path(path, "path")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0):
-        raise JregError(f"step must be a non-negative int or None, got {step!r}")
+    _check_step(step)
     store: dict[str, np.ndarray] = {}
     header: dict[str, Any] = {
         "format": FORMAT,

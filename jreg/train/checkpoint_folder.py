@@ -28,10 +28,17 @@ An OS error while writing a checkpoint (a full disk, a permission lost, the
 folder removed) is a :class:`CheckpointWriteError` naming the path and what
 was kept.
 
-A run whose arrays span several processes (a mesh over ``jax.distributed``)
-writes ``ckpt-<epoch>.orbax`` folders instead, with orbax-checkpoint
-(:mod:`jreg.train.distributed_checkpoint`), under the same rules; the choice is
-made in one place, :func:`save_state` (and :func:`load_state` when reading).
+``Checkpointing(format="orbax")`` writes ``ckpt-<epoch>.orbax`` folders instead
+(:mod:`jreg.checkpoint.orbax_format`: orbax-checkpoint, the same fields), as
+does a run whose arrays span several processes (a mesh over ``jax.distributed``;
+:mod:`jreg.train.distributed_checkpoint`), under the same rules: ``keep`` is
+orbax's ``max_to_keep`` over this run's own checkpoints, orbax finalizes each
+folder atomically (temporary folder, rename), and orbax's temporaries of this
+run's interrupted saves are removed, others named in a warning. jreg does not
+hand the folder to an orbax ``CheckpointManager``: that would take every
+numbered checkpoint in the folder for its own and prune other runs' too. The
+choice is made in one place, :func:`save_state` (and :func:`load_state` when
+reading); ``best.npz`` stays a ``.npz`` file in both formats.
 
 :func:`payload`, :class:`Snapshot` (what a checkpoint of a finished run's last epoch would hold, kept in
 memory by :class:`jreg.Result`), :func:`save_state` and :func:`load_state` live in
@@ -419,7 +426,8 @@ class Writer:
         sweep: tuple[dict[str, Any], Any] | None = None,
         position: dict[str, Any] | None = None,
     ) -> None:
-        """Write ``ckpt-<epoch>.npz`` (``.orbax`` across processes) atomically; keep the run's newest ``keep``.
+        """Write ``ckpt-<epoch>.npz`` (``.orbax`` with ``format="orbax"`` or across processes) atomically; keep the
+        run's newest ``keep``.
 
         ``streamed``: the run trains on a stream (recorded as ``meta["streamed"]``; see :func:`resume`).
         ``sweep``: ``(meta, arrays)`` of a :func:`jreg.sweep` checkpoint (``meta["sweep"]`` and the arrays that
@@ -431,7 +439,7 @@ class Writer:
         if position is not None:
             meta["stream_position"], step = position, position["step"]
         self.clean_temps()
-        path = self.folder / checkpoint_name(epoch, orbax=dc.needed(arrays), step=step)
+        path = self.folder / checkpoint_name(epoch, orbax=self.config.format == "orbax" or dc.needed(arrays), step=step)
         self._publish(path, lambda: save_state(path, *arrays, step=epoch, key=key, meta=meta))
         mine = [p for at, p in positions(self.folder) if at <= (epoch, step) and self.ours(p)]  # this one is last
         for old in mine[: -self.config.keep]:

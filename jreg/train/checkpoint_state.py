@@ -9,6 +9,7 @@ The folder rules and the :class:`~jreg.train.checkpoint_folder.Writer` that uses
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,15 +92,24 @@ class Snapshot(NamedTuple):
 
 
 def save_state(path: Path, params: Params, opt_state: Any, model_state: ModelState, **fields: Any) -> None:
-    """Write one checkpoint: a ``.npz`` file (:func:`jreg.save`), or, for a path ending in ``.orbax`` (arrays
-    spanning processes), an orbax folder written by every process together (``fields``: step, key, meta)."""
-    if _is_orbax(path):
+    """Write one checkpoint (``fields``: step, key, meta): a ``.npz`` file (:func:`jreg.save`), or, for a path ending
+    in ``.orbax``, an orbax folder: :func:`jreg.save`'s ``format="orbax"`` when one process holds every array, else
+    one written by every process together (:mod:`jreg.train.distributed_checkpoint`). Once an orbax folder is
+    written, the orbax temporaries of this run's interrupted saves beside it are removed."""
+    if not _is_orbax(path):
+        ckpt.save(path, params, opt_state=opt_state, model_state=model_state, **fields)
+    elif dc.needed((params, opt_state, model_state)):
         dc.save(path, params, opt_state=opt_state, model_state=model_state, **fields)
     else:
-        ckpt.save(path, params, opt_state=opt_state, model_state=model_state, **fields)
+        started = time.time()
+        ckpt.save(path, params, opt_state=opt_state, model_state=model_state, format="orbax", **fields)
+        meta = fields.get("meta")
+        run = meta.get("run") if isinstance(meta, dict) else None
+        dc.clean_temporaries(path.parent, run if isinstance(run, str) else None, started)
 
 
 def load_state(path: Path, params: Params, opt_state: Any, model_state: ModelState) -> ckpt.Checkpoint:
-    """Read one checkpoint written by :func:`save_state`, its arrays laid out as the templates'."""
-    read = dc.load if _is_orbax(path) else ckpt.load
+    """Read one checkpoint written by :func:`save_state`, its arrays laid out as the templates' (an orbax folder
+    that records jreg's header, :func:`jreg.load`'s; one written across processes, onto the templates' shardings)."""
+    read = dc.load if _is_orbax(path) and not dc.has_header(path) else ckpt.load
     return read(path, params=params, opt_state=opt_state, model_state=model_state)

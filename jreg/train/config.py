@@ -11,6 +11,7 @@ own fields when built, so a bad option fails at once, before any work.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import warnings
@@ -105,6 +106,10 @@ def as_evaluation(evaluation: Any) -> Evaluation:
     return evaluation if isinstance(evaluation, Evaluation) else Evaluation(evaluation)
 
 
+#: Checkpointing.format's choices (jreg.checkpoint.FORMATS)
+CHECKPOINT_FORMATS = ("npz", "orbax")
+
+
 @checked_init
 @dataclasses.dataclass(frozen=True)
 class Checkpointing:
@@ -114,10 +119,15 @@ class Checkpointing:
     state, epoch, key, history); the run's newest ``keep`` are kept. ``dir``
     belongs to one run: :func:`jreg.fit` refuses a folder that already holds
     checkpoints unless it resumes from it, and deletes only its own files.
-    A run whose arrays span several processes (``jax.distributed``) writes
-    ``ckpt-<epoch>.orbax`` folders instead (orbax-checkpoint, ``jreg[orbax]``;
-    docs/scaling.md), under the same rules; ``dir`` must then be a folder that
-    every process sees.
+    ``format="orbax"`` writes each checkpoint as an orbax-checkpoint folder,
+    ``ckpt-<epoch>.orbax`` (``jreg[orbax]``; :func:`jreg.save`'s ``format="orbax"``
+    fields), with orbax's ``CheckpointManager`` semantics (``keep`` is its
+    ``max_to_keep``; a checkpoint is finalized atomically) under the same folder
+    rules; resuming reads either format. A run whose arrays span several
+    processes (``jax.distributed``) always writes ``.orbax`` folders
+    (docs/scaling.md); ``dir`` must then be a folder that every process sees.
+    ``best.npz`` (the best params of ``EarlyStopping(restore_best=True)``)
+    stays a ``.npz`` file in both formats.
 
     ``every_steps`` (a positive int, default None): with a stream of batches
     whose iterator can save its position (a grain ``MapDataset``,
@@ -134,6 +144,7 @@ class Checkpointing:
     every: int = 1
     keep: int = 3
     every_steps: int | None = None
+    format: str = "npz"  # noqa: A003 - jreg.save's keyword
 
     def __post_init__(self) -> None:
         check_checkpointing(
@@ -141,6 +152,21 @@ class Checkpointing:
         )
         if self.every_steps is not None:
             check_positive_int(self.every_steps, "Checkpointing.every_steps")
+        if not isinstance(self.format, str) or self.format not in CHECKPOINT_FORMATS:
+            raise JregError(
+                f"Checkpointing.format must be one of {list(CHECKPOINT_FORMATS)} ('npz': one file per checkpoint, "
+                f"'orbax': an orbax-checkpoint folder per checkpoint, pip install 'jreg[orbax]'), got {self.format!r}"
+            )
+        if self.format == "orbax":
+            try:  # refused before any work when it is missing (found without importing it: orbax loads slowly)
+                found = importlib.util.find_spec("orbax.checkpoint") is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise JregError(
+                    "Checkpointing.format='orbax' writes with orbax-checkpoint, which is not installed: "
+                    "pip install 'jreg[orbax]' (or orbax-checkpoint)"
+                )
 
     @property
     def folder(self) -> Path:

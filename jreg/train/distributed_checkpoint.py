@@ -43,7 +43,8 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from .._errors import JregError, JregWarning
-from ..checkpoint.common import Fields, read_json
+from ..checkpoint import orbax_format
+from ..checkpoint.common import read_json
 
 SUFFIX = ".orbax"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's (atomicity_types.TMP_DIR_SUFFIX), stable since orbax 0.1
@@ -151,23 +152,17 @@ def _stale_of(path: Path, run: str, before: float) -> bool:
 
 
 #: The most uint32 words of key data a run record may hold (the ``.npz`` format's ``KEY_MAX_BYTES``).
-KEY_MAX_WORDS = ckpt.KEY_MAX_BYTES // 4
+KEY_MAX_WORDS = orbax_format.KEY_MAX_WORDS
+#: A run record's checks, shared with the single-process orbax checkpoints (:mod:`jreg.checkpoint.orbax_format`).
+check_record = orbax_format.check_record
 
 
-def check_record(record: Any, where: Path) -> dict[str, Any]:
-    """A run record read from the file ``where``, every field checked (:class:`jreg.checkpoint.common.Fields`, the
-    checks every checkpoint format shares) before any is used; returns it.
-
-    An object with ``step`` (null or a non-negative integer, as a ``.npz`` header's), ``key`` (null or the key's
-    data: a list of 1 to :data:`KEY_MAX_WORDS` integers in ``[0, 2**32)``, uint32 words) and ``meta`` (any JSON, as a
-    ``.npz`` header's: the user's, and the run state :func:`jreg.checkpoint.check_run_meta` checks where a resume
-    reads it); other fields are ignored. Raises :class:`jreg.CheckpointError` naming the file, the field and the value.
-    """
-    fields = Fields(where, "not a readable orbax checkpoint: its run record ")
-    fields.obj(record, "", ("step", "key", "meta"))
-    fields.integer(record["step"], "step", low=0, null=True)
-    fields.integers(record["key"], "key", low=0, high=2**32, min_len=1, max_len=KEY_MAX_WORDS, null=True)
-    return record
+def has_header(path: Path) -> bool:
+    """Whether the orbax checkpoint folder ``path`` records jreg's header (a single-process checkpoint, written by
+    :mod:`jreg.checkpoint.orbax_format`, which :func:`jreg.load` reads whole); False when its record holds only step,
+    key and meta (this module's), or cannot be read."""
+    found = read_record(path)
+    return found is not None and "jreg" in found
 
 
 def record(path: Path, item: str = "meta") -> dict[str, Any]:
@@ -200,9 +195,12 @@ def check(path: Path) -> dict[str, Any]:
 
 
 def damage(path: Path) -> str | None:
-    """Why the folder ``path`` cannot be a checkpoint (:func:`check`'s message); None when it looks whole."""
+    """Why the folder ``path`` cannot be a checkpoint (:func:`check`'s message; for one that records jreg's header,
+    :func:`jreg.checkpoint.verify`'s, which reads every array); None when it looks whole."""
     try:
         check(path)
+        if has_header(path):
+            ckpt.verify(path)
     except ckpt.CheckpointError as exc:
         return str(exc)
     return None
