@@ -471,3 +471,14 @@ def test_a_random_stream_position_field_is_accepted_or_a_checkpoint_error(field,
         position.restore(iter(shuffled(1)), checked["stream_position"], "f.npz")
     except CheckpointError:
         pass
+
+
+def test_mid_epoch_checkpoints_in_the_orbax_format_resume_bit_for_bit(written, tmp_path):
+    """``Checkpointing(format="orbax", every_steps=...)``: mid-epoch orbax folders, resumed as the ``.npz`` ones."""
+    result, _ = written
+    folder = tmp_path / "ck"
+    again = fit(checkpoint=jreg.Checkpointing(folder, every_steps=EVERY, keep=20, format="orbax"))
+    assert_same(again, result)
+    names = sorted(p.name for p in folder.glob("ckpt-*"))
+    assert "ckpt-000001-000008.orbax" in names and "ckpt-000002.orbax" in names
+    assert_same(fit(resume=folder / "ckpt-000001-000004.orbax"), result)
