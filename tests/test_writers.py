@@ -131,16 +131,26 @@ def test_a_sweep_writes_one_run_per_member_named_by_its_hyperparameters(tmp_path
 
 def test_a_stopped_or_diverged_members_nan_figures_are_not_written():
     recorder = Recorder()
-    hp = {"lmbda": [0.0, 0.0], "eta": [0.3, 1e30]}  # member 1 diverges in its first epoch
+    hp = {"lmbda": [0.0, 0.0, 0.0], "eta": [0.3, 1e30, 0.0]}  # member 1 diverges at once, member 2 never learns
+    stopping = jreg.EarlyStopping(patience=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = jreg.sweep(build, PARAMS, TRAIN, hparams=hp, epochs=2, batch_size=8, key=jax.random.key(1),
-                            evaluation=TEST, writers=[recorder])  # fmt: skip
-    assert 1 in result.history.diverged
-    for step, written in recorder.scalars:
-        assert all(np.isfinite(v) for v in written.values())
-        assert not any(k.startswith("lmbda=0,eta=1e+30/") for k in written), step
-        assert "lmbda=0,eta=0.3/evaluation_accuracy" in written
+        result = jreg.sweep(build, PARAMS, TRAIN, hparams=hp, epochs=4, batch_size=8, key=jax.random.key(1),
+                            evaluation=TEST, writers=[recorder], early_stopping=stopping)  # fmt: skip
+    history = result.history
+    assert 1 in history.diverged and 2 in history.stopped and history.stopped[2]["epochs"] < 4
+    written = {(step, tag) for step, scalars in recorder.scalars for tag in scalars}
+    names = ["lmbda=0,eta=0.3", "lmbda=0,eta=1e+30", "lmbda=0,eta=0"]
+    expected = {
+        (epoch, f"{name}/{tag}")
+        for tag in history.keys()
+        for i, name in enumerate(names)
+        for epoch, value in zip(history.epochs(tag), np.asarray(history[tag])[i])
+        if np.isfinite(value)
+    }
+    assert written == expected  # every finite figure, and only those
+    assert not any(tag.startswith(names[1] + "/") for _, tag in written)
+    assert max(step for step, tag in written if tag.startswith(names[2] + "/")) == history.stopped[2]["epochs"]
 
 
 # --------------------------------------------------------------------------- resume: the same runs, appended to

@@ -11,7 +11,7 @@ resumed run finds its tracker runs again; ``start`` is the number of epochs alre
 Every call into a writer is guarded: an exception (a full disk, an unreachable server, a bug in a user's
 writer) warns once (:class:`jreg.JregWarning`) and drops that writer for the rest of the run; training goes on
 untouched. A member's non-finite figures (the NaN a stopped or diverged member shows in a sweep) are not written:
-its run ends at its last real measurement.
+its run ends at its last real measurement. In a run of several processes only process 0 writes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -134,7 +135,7 @@ class Runs:
         start: int,
         function: str,
     ):
-        self.writers, self.names, self.function = list(writers), list(names), function
+        self.writers, self.names, self.function = list(writers) if _writing_process() else [], list(names), function
         self.opened: list[list[Any] | None] = [None] * len(self.writers)  # per writer: its runs (None: plain)
         self.dropped: set[int] = set()
         for j, writer in enumerate(self.writers):
@@ -216,6 +217,13 @@ class Runs:
         for j, writer in enumerate(self.writers):
             runs = self.opened[j]
             self._guard(j, (lambda r=runs: [run.close() for run in r]) if runs is not None else writer.flush)
+
+
+def _writing_process() -> bool:
+    """Whether this process writes: in a run of several processes (``jax.distributed``) only process 0 does,
+    since every process holds the same gathered figures."""
+    jax = sys.modules.get("jax")  # never imported here: a run that trains has imported it already
+    return jax is None or jax.process_count() == 1 or jax.process_index() == 0
 
 
 def _tag(name: str | None, tag: str) -> str:
