@@ -153,6 +153,18 @@ def test_a_stopped_or_diverged_members_nan_figures_are_not_written():
     assert max(step for step, tag in written if tag.startswith(names[2] + "/")) == history.stopped[2]["epochs"]
 
 
+def test_the_writers_add_no_transfer_from_the_device(monkeypatch):
+    calls = []
+    real = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda tree: calls.append(1) or real(tree))
+    counts = []
+    for writers in (None, [Recorder()], None):
+        calls.clear()
+        sweep(epochs=3, writers=writers)
+        counts.append(len(calls))
+    assert counts[0] == counts[1] == counts[2] > 0  # the epoch's one transfer is the writers' too
+
+
 # --------------------------------------------------------------------------- resume: the same runs, appended to
 
 
@@ -216,6 +228,16 @@ def test_fit_writes_one_run_and_resuming_its_result_appends(tmp_path):
     np.testing.assert_allclose(values, result.history["evaluation_accuracy"], rtol=1e-6)
     records = jsonl(tmp_path / "fit.jsonl")
     assert [(r["run"], r["step"]) for r in records] == [(None, 2)]
+
+
+def test_a_streamed_fit_writes_after_each_epoch(tmp_path):
+    batches = [(TRAIN[0][i : i + 8], TRAIN[1][i : i + 8]) for i in range(0, 40, 8)]  # a stream: a list of batches
+    objective, optimizer = build({"lmbda": 0.01, "eta": 0.3})
+    result = jreg.fit(objective, optimizer, PARAMS, batches, epochs=2, batch_size=8, key=jax.random.key(1),
+                      evaluation=TEST, writers=[JSONL(tmp_path / "s.jsonl")])  # fmt: skip
+    records = jsonl(tmp_path / "s.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    np.testing.assert_allclose([r["scalars"]["epoch_loss"] for r in records], result.history["epoch_loss"], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- failures warn once, never stop training

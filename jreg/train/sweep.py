@@ -219,7 +219,7 @@ def sweep(
     writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs)
     tracked = None
     try:  # the folder's lock is released and the trackers' runs closed when the sweep ends, however it ends
-        tracked = _tracked(writers, hp, run_id, start)
+        tracked = _tracked(writers, hparams, run_id, start)
         run = _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema,
                      writer, batch_size, verbose, callback, limits, tracked)  # fmt: skip
     finally:
@@ -231,11 +231,12 @@ def sweep(
                    model_state is not None)  # fmt: skip
 
 
-def _tracked(writers: Sequence[Any], hp: Mapping[str, Any], run_id: str, start: int) -> Runs | None:
-    """The trackers' runs: one per member, named by its hyperparameters, which are recorded."""
+def _tracked(writers: Sequence[Any], hparams: Mapping[str, Any], run_id: str, start: int) -> Runs | None:
+    """The trackers' runs: one per member, named by its hyperparameters (the caller's values, checked already:
+    ``0.1`` as given, not its float32), which are recorded."""
     if not writers:
         return None
-    values = {k: np.asarray(v) for k, v in hp.items()}
+    values = {k: np.asarray(v) for k, v in hparams.items()}
     return Runs(writers, member_names(values), member_hparams(values), group=run_id, start=start, function="sweep")
 
 
