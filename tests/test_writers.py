@@ -419,6 +419,30 @@ def test_write_runs_writes_finished_series_as_runs_for_folds_and_their_mean(tmp_
     assert [r["step"] for r in records if r["run"] == "fold=1"] == [1, 2, 3]
 
 
+def test_a_missing_tracker_package_names_its_extra(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in MISSING else real(name, *a))
+    for make, module, extra in [
+        (lambda: TensorBoard("runs"), "tensorboardX", "tensorboard"),
+        (lambda: jreg.writers.MLflow(), "mlflow", "mlflow"),
+        (lambda: jreg.writers.WandB("p"), "wandb", "wandb"),
+    ]:
+        MISSING[:] = [module]
+        with pytest.raises(jreg.JregError, match=rf"needs the {module} package: pip install 'jreg\[{extra}\]'"):
+            make()
+        assert any(r.startswith(module + ">=") for r in extras[extra]), extras[extra]
+    assert "jreg[tensorboard,mlflow,wandb]" in extras["test"]  # the suite tests every writer
+
+
+MISSING: list[str] = []
+
+
 def test_member_names_are_unique_and_readable():
     names = jreg.writers.member_names({"lmbda": np.float32([0.1, 0.1, 1e-4]), "seed": [0, 0, 2]})
     assert names == ["lmbda=0.1,seed=0,member=0", "lmbda=0.1,seed=0,member=1", "lmbda=0.0001,seed=2"]
