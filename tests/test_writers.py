@@ -216,7 +216,8 @@ def test_fit_writes_one_run_and_resuming_its_result_appends(tmp_path):
     pytest.importorskip("tensorboardX")
     objective, optimizer = build({"lmbda": 0.01, "eta": 0.3})
     common = dict(batch_size=8, key=jax.random.key(1), evaluation=TEST)
-    first = jreg.fit(objective, optimizer, PARAMS, TRAIN, epochs=1, writers=[TensorBoard(tmp_path)], **common)
+    first = jreg.fit(objective, optimizer, PARAMS, TRAIN, epochs=1,
+                     writers=[TensorBoard(tmp_path), JSONL(tmp_path / "fit.jsonl")], **common)  # fmt: skip
     result = jreg.fit(objective, optimizer, PARAMS, TRAIN, epochs=2, resume=first,
                       writers=[TensorBoard(tmp_path), JSONL(tmp_path / "fit.jsonl")], **common)  # fmt: skip
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -227,7 +228,8 @@ def test_fit_writes_one_run_and_resuming_its_result_appends(tmp_path):
     assert steps == (1, 2)
     np.testing.assert_allclose(values, result.history["evaluation_accuracy"], rtol=1e-6)
     records = jsonl(tmp_path / "fit.jsonl")
-    assert [(r["run"], r["step"]) for r in records] == [(None, 2)]
+    assert [(r["run"], r["step"]) for r in records] == [(None, 1), (None, 2)]
+    assert len({r["group"] for r in records}) == 1  # the resumed run kept the run's id: the same tracker run
 
 
 def test_a_streamed_fit_writes_after_each_epoch(tmp_path):

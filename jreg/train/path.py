@@ -80,7 +80,7 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
 from ..penalties import mask_tree
-from ..writers import Runs, Writer, check_writers, member_hparams, member_names
+from ..writers import Runs, Writer, check_writers, member_names
 from . import checkpoint_folder
 from . import population as pop_
 from . import strength as strength_
@@ -184,7 +184,10 @@ def regularization_path(
     common = dict(batch_size=batch_size, key=key, evaluation=evaluation, model_state=model_state,
                   vectorize=vectorize, monitor=monitor, partial_batch=partial_batch)  # fmt: skip
     layers = pop_.weight_layers(params)
-    tracked = _tracked(writers, hp, strength)
+    names = member_names({strength: hp[strength]})  # one run per strength, named by it, every value recorded
+    tracked = Runs.of_members(
+        writers, hp, names=names, group=checkpoint_folder.new_run(), start=0, function="regularization_path"
+    )
     try:
         with strength_.quiet() if doubled else contextlib.nullcontext():  # said once, in the path's words
             if mode == "population":
@@ -204,15 +207,6 @@ def regularization_path(
     )  # fmt: skip
     _warn_useless(path, setup, build({strength: values[-1], **fixed})[0], layers)
     return path
-
-
-def _tracked(writers: Sequence[Any], hp: Mapping[str, Any], strength: str) -> Runs | None:
-    """The trackers' runs: one per strength, named by it, every hyperparameter recorded."""
-    if not writers:
-        return None
-    names = member_names({strength: hp[strength]})
-    group = checkpoint_folder.new_run()
-    return Runs(writers, names, member_hparams(hp), group=group, start=0, function="regularization_path")
 
 
 def _check_options(mode: Any, warm_every: Any, groups: Any, strength: Any, top: Any) -> None:

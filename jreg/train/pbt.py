@@ -37,7 +37,7 @@ from .._checks import check_positive_int
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
-from ..writers import Runs, Writer, check_writers, member_hparams
+from ..writers import Runs, Writer, check_writers
 from . import checkpoint_folder
 from . import population as pop_
 from .engine import Build
@@ -172,7 +172,9 @@ def pbt(
         return (e + 1) % every == 0 and e + 1 < population.epochs
 
     history = History(cost_convention=population.setup.monitor.cost_convention, models=population.models)
-    tracked = _tracked(writers, population)
+    names = [f"member={i:0{len(str(population.models - 1))}d}" for i in range(population.models)]
+    tracked = Runs.of_members(writers, jax.device_get(population.hp), names=names, group=checkpoint_folder.new_run(),
+                              start=0, function="pbt")  # fmt: skip
     try:  # the trackers write after the transfer hook, when trajectory[-1] holds the epoch's hyperparameters
         after = (
             [tracked.hook(extra=lambda run: {f"hparams/{k}": v for k, v in trajectory[-1].items()})] if tracked else []
@@ -182,16 +184,6 @@ def pbt(
         if tracked is not None:
             tracked.close()
     return _result(done, history, population, trajectory, lineage, rank_by, maximize)
-
-
-def _tracked(writers: Sequence[Any], population: pop_.Population) -> Runs | None:
-    """The trackers' runs: one per member slot (``member=3``), its initial hyperparameters recorded."""
-    if not writers:
-        return None
-    width = len(str(population.models - 1))
-    names = [f"member={i:0{width}d}" for i in range(population.models)]
-    initial = member_hparams(jax.device_get(population.hp))
-    return Runs(writers, names, initial, group=checkpoint_folder.new_run(), start=0, function="pbt")
 
 
 def _check_options(maximize: Any, every: Any, fraction: Any, hparams: Any) -> int:

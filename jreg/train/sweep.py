@@ -14,7 +14,7 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
 from ..stopping import EarlyStopping
-from ..writers import Runs, Writer, check_writers, member_hparams, member_names
+from ..writers import Runs, Writer, check_writers
 from . import checkpoint_folder, divergence, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
 from . import resume as resuming
@@ -219,7 +219,7 @@ def sweep(
     writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs)
     tracked = None
     try:  # the folder's lock is released and the trackers' runs closed when the sweep ends, however it ends
-        tracked = _tracked(writers, hparams, run_id, start)
+        tracked = Runs.of_members(writers, hparams, group=run_id, start=start, function="sweep")  # the caller's 0.1
         run = _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema,
                      writer, batch_size, verbose, callback, limits, tracked)  # fmt: skip
     finally:
@@ -229,15 +229,6 @@ def sweep(
             writer.close()
     return _result(run, start, hp, setup, track, key, batch_size, run_id if writer is None else writer.run, ema,
                    model_state is not None)  # fmt: skip
-
-
-def _tracked(writers: Sequence[Any], hparams: Mapping[str, Any], run_id: str, start: int) -> Runs | None:
-    """The trackers' runs: one per member, named by its hyperparameters (the caller's values, checked already:
-    ``0.1`` as given, not its float32), which are recorded."""
-    if not writers:
-        return None
-    values = {k: np.asarray(v) for k, v in hparams.items()}
-    return Runs(writers, member_names(values), member_hparams(values), group=run_id, start=start, function="sweep")
 
 
 def _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema, writer,

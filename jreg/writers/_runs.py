@@ -141,6 +141,25 @@ class Runs:
         for j, writer in enumerate(self.writers):
             self._guard(j, lambda w=writer, j=j: self._open(j, w, hparams, group, start))
 
+    @classmethod
+    def of_members(
+        cls,
+        writers: Sequence[Any],
+        hparams: Mapping[str, Any],
+        *,
+        group: str | None,
+        start: int,
+        function: str,
+        names: Sequence[str] | None = None,
+    ) -> Runs | None:
+        """One run per member of ``{name: K values}``, named by its values (:func:`member_names`) unless
+        ``names`` are given, its values recorded; None without writers."""
+        if not writers:
+            return None
+        values = {k: np.asarray(v) for k, v in hparams.items()}
+        names = member_names(values) if names is None else list(names)
+        return cls(writers, names, member_hparams(values), group=group, start=start, function=function)
+
     def _open(self, j: int, writer: Any, hparams: Sequence[Mapping[str, Any]], group: Any, start: int) -> None:
         if callable(getattr(writer, "run", None)):
             runs: list[Any] = []
