@@ -279,6 +279,16 @@ def test_a_failing_writer_warns_once_and_changes_nothing(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_an_unreachable_mlflow_server_warns_once_and_training_goes_on(monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries decide how long it waits
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.warns(jreg.JregWarning, match=r"writers\[0\] \(MLflow\) failed .*127\.0\.0\.1") as caught:
+        result = sweep(writers=[jreg.writers.MLflow("http://127.0.0.1:9", experiment="unreachable")])
+    assert len([w for w in caught if issubclass(w.category, jreg.JregWarning)]) == 1
+    assert np.asarray(result.history["epoch_loss"]).shape == (4, 2)
+
+
 def test_a_tensorboard_logdir_removed_while_training_does_not_stop_it(tmp_path):
     pytest.importorskip("tensorboardX")
     import shutil
