@@ -122,6 +122,12 @@ def test_a_sweep_writes_one_run_per_member_named_by_its_hyperparameters(tmp_path
         np.testing.assert_allclose([r["scalars"]["evaluation_accuracy"] for r in steps],
                                    np.asarray(history["evaluation_accuracy"])[i], rtol=1e-6)  # fmt: skip
 
+    # the same runs, written after the fact from the result
+    jreg.writers.write_history([JSONL(tmp_path / "later.jsonl")], history, hparams=result.hparams)
+    later = jsonl(tmp_path / "later.jsonl")
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "group"} for r in rs]  # noqa: E731
+    assert strip(later) == strip(sorted(records, key=lambda r: "step" in r))  # hparams first, then each step
+
     # a plain writer: one run, each member's tags under its name; flushed at the end, not closed (it is the caller's)
     assert [step for step, _ in recorder.scalars] == [1, 2]
     assert set(recorder.scalars[0][1]) == {f"{n}/{t}" for n in NAMES for t in TAGS}

@@ -19,14 +19,25 @@ plain writer (a clu ``MetricWriter``) jreg writes one run whose tags carry the m
 (``lmbda=0.1/evaluation_accuracy``), and flushes it at the end without closing it (it is the caller's).
 A resumed run appends to the runs it wrote before (found by jreg's run id, kept in checkpoints and results).
 A writer that fails warns once (:class:`jreg.JregWarning`) and is dropped; training goes on unchanged.
-:func:`write_runs` writes finished ``(runs, steps)`` series, e.g. cross-validation's folds and their mean.
+:func:`write_runs` writes finished ``(runs, steps)`` series, e.g. cross-validation's folds and their mean;
+:func:`write_history` a finished :class:`jreg.History` (a run trained without ``writers=``).
 """
 
 from __future__ import annotations
 
 from ._jsonl import JSONL
 from ._mlflow import MLflow
-from ._runs import METHODS, MultiRunWriter, Runs, Writer, check_writers, member_hparams, member_names, write_runs
+from ._runs import (
+    METHODS,
+    MultiRunWriter,
+    Runs,
+    Writer,
+    check_writers,
+    member_hparams,
+    member_names,
+    write_history,
+    write_runs,
+)
 from ._tensorboard import TensorBoard
 from ._wandb import WandB
 
@@ -42,5 +53,6 @@ __all__ = [
     "check_writers",
     "member_hparams",
     "member_names",
+    "write_history",
     "write_runs",
 ]

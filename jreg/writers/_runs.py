@@ -287,3 +287,39 @@ def write_runs(
             runs.write(step, {k: a[:, c] for k, a in arrays.items() if c < a.shape[1]})
     finally:
         runs.close()
+
+
+def write_history(
+    writers: Sequence[Any],
+    history: Any,
+    *,
+    hparams: Mapping[str, Any] | None = None,
+    names: Sequence[str] | None = None,
+    group: str | None = None,
+) -> None:
+    """Write a finished :class:`jreg.History` as the runs training would have written: one run for one model's
+    history, one per member for K models' (named by ``hparams``, ``{name: K values}``, e.g. a sweep result's
+    ``result.hparams``, or by ``names``), each series at the epochs it was measured, non-finite values left out.
+
+    ``jreg.writers.write_history([jreg.writers.TensorBoard("runs")], result.history, hparams=result.hparams)``
+    publishes a run trained without ``writers=``.
+    """
+    writers = check_writers(list(writers), "write_history")
+    models = getattr(history, "models", None)
+    if models is None:
+        runs = Runs(writers, [None], [dict(hparams or {})], group=group, start=0, function="write_history")
+    elif hparams is not None:
+        runs = Runs.of_members(writers, hparams, names=names, group=group, start=0, function="write_history")
+    else:
+        names = [f"member={i}" for i in range(models)] if names is None else list(names)
+        runs = Runs(writers, names, [{}] * len(names), group=group, start=0, function="write_history")
+    columns: dict[int, dict[str, Any]] = {}
+    for tag in history.keys():
+        values = np.asarray(history[tag], np.float64)
+        for c, epoch in enumerate(history.epochs(tag)):
+            columns.setdefault(int(epoch), {})[tag] = values[..., c]
+    try:
+        for step in sorted(columns):
+            runs.write(step, columns[step])
+    finally:
+        runs.close()
