@@ -9,9 +9,11 @@ JSONL, W&B) do. :class:`Runs` is what the front ends use: one run per member (na
 resumed run finds its tracker runs again; ``start`` is the number of epochs already done (0: a fresh run).
 
 Every call into a writer is guarded: an exception (a full disk, an unreachable server, a bug in a user's
-writer) warns once (:class:`jreg.JregWarning`) and drops that writer for the rest of the run; training goes on
-untouched. A member's non-finite figures (the NaN a stopped or diverged member shows in a sweep) are not written:
-its run ends at its last real measurement. In a run of several processes only process 0 writes.
+writer) warns once (:class:`jreg.JregWarning`) and drops that writer for the rest of the run, its runs left as
+they are (not closed: closing K runs on a server that just failed could stall training K times as long);
+training goes on untouched. A member's non-finite figures (the NaN a stopped or diverged member shows in a
+sweep) are not written: its run ends at its last real measurement. In a run of several processes only process
+0 writes.
 """
 
 from __future__ import annotations
@@ -188,14 +190,8 @@ class Runs:
                 ),
                 stacklevel=4,
             )
-            self._discard(j)
-
-    def _discard(self, j: int) -> None:
-        for run in self.opened[j] or ():
-            try:
-                run.close()
-            except Exception:  # noqa: BLE001, S110 -- already reported once
-                pass
+            # its runs are abandoned, not closed: closing K runs on a server that just failed could stall training
+            # K times as long as the failure did
 
     @property
     def active(self) -> bool:
