@@ -295,6 +295,39 @@ def test_an_unreachable_mlflow_server_warns_once_and_training_goes_on(monkeypatc
     assert np.asarray(result.history["epoch_loss"]).shape == (4, 2)
 
 
+def test_an_asynchronous_mlflow_failure_is_raised_at_a_later_call_and_reported_once():
+    pytest.importorskip("mlflow")
+    from jreg.writers._mlflow import _Run
+
+    class Failed:
+        def wait(self):
+            raise ConnectionError("lost the tracking server")
+
+    class Client:
+        calls = 0
+
+        def log_batch(self, run_id, metrics=(), params=(), synchronous=None):
+            Client.calls += 1
+            return None if synchronous else Failed()
+
+        def set_terminated(self, run_id):
+            pass
+
+    class Tracker:  # a multi-run writer whose runs log asynchronously to a server that fails
+        def run(self, name, *, group=None, start=0):
+            return _Run(Client(), name, resumed=False)
+
+        write_scalars = write_hparams = flush = close = lambda *a: None
+
+    runs = jreg.writers.Runs([Tracker()], ["a", "b"], [{}, {}], group="g", start=0, function="sweep")
+    with pytest.warns(jreg.JregWarning, match="lost the tracking server") as caught:
+        for step in range(1, 6):
+            runs.write(step, {"loss": np.array([1.0, 2.0])})
+        runs.close()
+    assert len(caught) == 1
+    assert Client.calls == 4  # steps 1 and 2 of run "a" and "b" were sent; step 3 of "a" waited and failed
+
+
 def test_a_tensorboard_logdir_removed_while_training_does_not_stop_it(tmp_path):
     pytest.importorskip("tensorboardX")
     import shutil
