@@ -59,8 +59,10 @@ class TensorBoard:
             from tensorboardX.proto.event_pb2 import Event, SessionLog
 
             os.makedirs(self.logdir, exist_ok=True)
-            suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"  # two writers in one second never share a file
-            self._file = EventsWriter(os.path.join(self.logdir, "events"), suffix)
+            # TensorBoard reads a run's files in the order of their names: the time in nanoseconds first (a resumed
+            # run's file after the first, even within the second tensorboardX's own name has), then unique
+            prefix = os.path.join(self.logdir, f"events.{time.time_ns():020d}")
+            self._file = EventsWriter(prefix, f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
             if self._purge is not None:  # TensorBoard hides the earlier files' events from this step on
                 self._file.write_event(Event(step=self._purge, session_log=SessionLog(status=SessionLog.START)))
             self._flushed = time.monotonic()
