@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         stopping,
         train,
         transforms,
+        writers,
     )
     from .checkpoint import Checkpoint, CheckpointError, load, load_network2, save, save_network2
     from .hparams import choice, grid, loguniform, sample, uniform
@@ -74,7 +75,7 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
 # (``jreg demo``) checks its arguments and output folder in a fraction of a second, before JAX loads.
 _SUBMODULES = frozenset(
     "checkpoint conventions data frameworks hparams initializers io losses metrics optim penalties plotting precision "
-    "selectors stochastic stopping train transforms".split()
+    "selectors stochastic stopping train transforms writers".split()
 )
 _FROM = {
     **dict.fromkeys(["Checkpoint", "CheckpointError", "load", "load_network2", "save", "save_network2"], "checkpoint"),
@@ -218,4 +219,5 @@ __all__ = [
     "hparams",
     "regularization_path",
     "Stream",
+    "writers",
 ]

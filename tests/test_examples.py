@@ -163,3 +163,17 @@ def test_grain_stream_resumes_mid_epoch_bit_for_bit():
     assert out["resumed_equal"]
     assert any(name.startswith("ckpt-000001-") for name in out["kept"])  # the newest kept is inside epoch 2
     assert out["history"].epochs("epoch_loss") == [1, 2]
+
+
+def test_trackers_sweep_logs_16_runs_to_tensorboard_and_mlflow(tmp_path):
+    pytest.importorskip("tensorboardX")
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    out = load("trackers").main(["--quick", "--out", str(tmp_path)])
+    names = sorted(p.name for p in out["tensorboard"].iterdir())
+    assert len(names) == 16 and "lmbda=5,eta=0.2" in names
+    client = MlflowClient(tracking_uri=out["mlflow"])
+    runs = client.search_runs([client.get_experiment_by_name("trackers").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == names
+    assert all(set(r.data.params) == {"lmbda", "eta"} and "evaluation_accuracy" in r.data.metrics for r in runs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -13,6 +13,7 @@ from .._errors import JregError
 from .._signature import checked
 from .._types import ModelState, OptState, Params
 from ..stopping import EarlyStopping
+from ..writers import Runs, Writer, check_writers
 from . import calls, checkpoint_folder, config, divergence, engine, memory, mesh
 from . import early_stopping as stopping_hooks
 from . import optimizer as optimizer_
@@ -51,6 +52,7 @@ def fit(
     ema: EMA | None = None,
     unroll: int | None = None,
     guard: Guard | None = None,
+    writers: Sequence[Writer] | None = None,
     **legacy: Any,
 ) -> Result:
     """Train for ``epochs`` epochs of shuffled mini-batches; return a :class:`jreg.Result`.
@@ -197,11 +199,17 @@ def fit(
             values is ever written. The check runs inside the compiled epoch,
             once per epoch. With ``guard``, also when the running loss breaks
             one of its rules.
+        writers: trackers to log the run to (:mod:`jreg.writers`: ``[jreg.writers.TensorBoard("runs/a")]``,
+            ``MLflow``, ``JSONL``, ``WandB``, or any object with clu's ``write_scalars``, ``write_hparams``,
+            ``flush``, ``close``): one run, the epoch's figures at step ``epoch`` (1-based), written on the host
+            after each epoch from the figures it already holds. A resumed run appends to the same run; a writer
+            that fails warns once and is dropped, training goes on.
     """
     checkpoint, parallel, ema, resume, epochs, batch_size, unroll = _checked(
         objective, optimizer, checkpoint, parallel, ema, resume, epochs, batch_size, key, callback, unroll, legacy
     )
     guard = config.as_guard(guard)
+    writers = check_writers(writers, "fit")
     setup = prepare(
         objective,
         params,
@@ -230,22 +238,26 @@ def fit(
         optimizer, copy(params), copy(setup.model_state), opt_state=copy(opt_state), ema=ema is not None
     )
     begun = _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema)
-    state, start, history, stopper, writer = begun
-    try:  # the folder's lock is released when the run ends, however it ends
+    state, start, history, stopper, writer, run_id = begun
+    tracked = None
+    try:  # the folder's lock is released and the trackers' runs closed when the run ends, however it ends
+        tracked = Runs(writers, [None], [{}], group=run_id, start=start, function="fit") if writers else None
         return _train(objective, optimizer, setup, state, start, history, stopper, writer, key, epochs, batch_size,
                       opt_state, resume, parallel, ema, unroll, verbose, callback, model_state is not None,
-                      limits)  # fmt: skip
+                      limits, tracked, run_id)  # fmt: skip
     finally:
+        if tracked is not None:
+            tracked.close()
         if writer is not None:
             writer.close()
 
 
 def _train(objective, optimizer, setup, state, start, history, stopper, writer, key, epochs, batch_size, opt_state,
-           resume, parallel, ema, unroll, verbose, callback, stateful, limits):  # fmt: skip
+           resume, parallel, ema, unroll, verbose, callback, stateful, limits, tracked, run_id):  # fmt: skip
     """The run itself, from the first epoch not done (``start``) to the :class:`Result`."""
     history.cost_convention = setup.monitor.cost_convention  # a resumed run's is checked to be the same
     history.ema = None if ema is None else ema.meta()  # likewise
-    finish = _finisher(key, batch_size, setup.feed is not None, writer, stateful, ema)
+    finish = _finisher(key, batch_size, setup.feed is not None, run_id, stateful, ema)
     if stopper is not None and stopper.state["stopped"] is not None:  # the run had already stopped: nothing to do
         history.stopped = stopper.record(start)
         return finish(state, start, stopper, history)
@@ -272,8 +284,9 @@ def _train(objective, optimizer, setup, state, start, history, stopper, writer, 
         return epoch({}, state, alive, data, held_out, jax.random.fold_in(key, e), evaluate=due, **limit)
 
     hooks = _hooks(
-        objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback, limits
-    )
+        objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback, limits,
+        tracked,
+    )  # fmt: skip
     if writer is not None:  # Checkpointing(every_steps=...): the stream writes mid-epoch checkpoints too
 
         def save(state: TrainState, alive: Any, position: dict[str, Any]) -> None:
@@ -312,22 +325,23 @@ def _checked(objective, optimizer, checkpoint, parallel, ema, resume, epochs, ba
 
 
 def _hooks(objective, optimizer, setup, train_data, key, ema, stopper, writer, batch_size, verbose, callback,
-           limits=None):  # fmt: skip
+           limits=None, tracked=None):  # fmt: skip
     """The host loop's hooks after each epoch, in their documented order (docs/architecture.md): divergence,
-    early stopping's annotation, the record, progress, the user's callback, early stopping's decision, the
-    checkpoint."""
+    early stopping's annotation, the record, progress, the user's callback, the trackers, early stopping's
+    decision, the checkpoint."""
     hooks: list[Hook] = [divergence.single(objective, optimizer, setup, train_data, key, ema, limits)]
     hooks += [stopper.annotate] if stopper is not None else []
     hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
+    hooks += [tracked.hook()] if tracked is not None else []
     hooks += [stopper.decide] if stopper is not None else []
     hooks += [_checkpointer(writer, key, batch_size, stopper, setup.feed is not None)] if writer is not None else []
     return hooks
 
 
 def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verbose, ema=None):
-    """``(state, first epoch, history, stopper, writer)``: a fresh run, or the one ``resume`` points at."""
+    """``(state, first epoch, history, stopper, writer, run id)``: a fresh run, or the one ``resume`` points at."""
     start, history, saved, run, resumed = 0, History(), None, checkpoint_folder.new_run(), None
     if resume is not None:
         resumed = resuming.resume(
@@ -348,7 +362,8 @@ def _begin(state, setup, rule, checkpoint, resume, key, epochs, batch_size, verb
     # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
     writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run, start, epochs, step)
     try:
-        return _stopping(state, start, history, writer, setup, rule, resume, resumed, saved, key, verbose, ema, run)
+        begun = _stopping(state, start, history, writer, setup, rule, resume, resumed, saved, key, verbose, ema, run)
+        return (*begun, run)
     except BaseException:
         if writer is not None:
             writer.close()
@@ -377,10 +392,10 @@ def _stopping(state, start, history, writer, setup, rule, resume, resumed, saved
     return state._replace(lr_scale=stopper.lr_scale()), start, history, stopper, writer
 
 
-def _finisher(key: Any, batch_size: int, streamed: bool, writer: Any, stateful: bool, ema: EMA | None) -> Any:
+def _finisher(key: Any, batch_size: int, streamed: bool, run: str, stateful: bool, ema: EMA | None) -> Any:
     """``finish(state, epochs done, stopper, history) -> Result``: the params (the best epoch's if kept, the EMA's
-    with ``EMA(returned=True)``), the optimizer and model state, and the snapshot ``resume=`` continues from."""
-    run = checkpoint_folder.new_run() if writer is None else writer.run
+    with ``EMA(returned=True)``), the optimizer and model state, and the snapshot ``resume=`` continues from (with
+    the run's id, ``run``: a resumed run keeps it, and its trackers' runs with it)."""
 
     def finish(state: TrainState, epochs_done: int, stopper: Any, history: History) -> Result:
         best = None if stopper is None else stopper.best

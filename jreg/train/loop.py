@@ -4,8 +4,9 @@ Each epoch is one call of the compiled program (training, monitoring and the
 finiteness check); its figures come back to the host once. Then the hooks run
 in the order the front end lists them; ``fit``'s order is: divergence guard
 (raises before anything is recorded), learning-rate scale, record, progress
-line, user callback, early stopping, checkpoint (last: it persists what the
-others changed). A hook reads and changes the :class:`Run` record; setting
+line, user callback, trackers (:mod:`jreg.writers`: the values already on the
+host, no further transfer), early stopping, checkpoint (last: it persists what
+the others changed). A hook reads and changes the :class:`Run` record; setting
 ``run.stop`` ends the loop after the epoch's hooks.
 """
 

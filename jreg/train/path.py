@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -80,6 +80,8 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
 from ..penalties import mask_tree
+from ..writers import Runs, Writer, check_writers, member_names
+from . import checkpoint_folder
 from . import population as pop_
 from . import strength as strength_
 from .engine import Build
@@ -124,6 +126,7 @@ def regularization_path(
     monitor: Iterable[str] | str | None = None,
     partial_batch: str = "include",
     verbose: bool = False,
+    writers: Sequence[Writer] | None = None,
     **unknown: Any,
 ) -> Path:
     """A warm-started path over decreasing strengths of one penalty (see the module docstring for the modes).
@@ -153,6 +156,10 @@ def regularization_path(
             it); default ``{"weights": None}``, the weight matrices.
         groups: which units :attr:`Path.units` counts: ``"columns"`` (output units) or ``"rows"``.
 
+        writers: trackers (:mod:`jreg.writers`): one run per strength named ``lmbda=0.01`` (the strength alone),
+            every hyperparameter recorded; at step ``epoch`` of the population (population mode) or of the
+            strength's own fit (sequential mode).
+
     Warns (:class:`jreg.JregWarning`) when ``hp[strength]`` is applied both in the objective and in
     :func:`jreg.proximal` (the penalty acts twice), and when every member ends useless: at chance accuracy
     (the most frequent class's share, plus a point) or with a layer whose weights are all zero.
@@ -161,6 +168,7 @@ def regularization_path(
     """
     pop_.check_unknown(unknown, "regularization_path")
     _check_options(mode, warm_every, groups, strength, top)
+    writers = check_writers(writers, "regularization_path")
     fixed = _fixed(hparams, strength)
     selectors = _selectors(selectors, params)
     epochs, _ = check_loop_args(epochs, batch_size, key, None)
@@ -176,11 +184,21 @@ def regularization_path(
     common = dict(batch_size=batch_size, key=key, evaluation=evaluation, model_state=model_state,
                   vectorize=vectorize, monitor=monitor, partial_batch=partial_batch)  # fmt: skip
     layers = pop_.weight_layers(params)
-    with strength_.quiet() if doubled else contextlib.nullcontext():  # said once, in the path's words
-        if mode == "population":
-            state, history, setup = _population(build, params, train, hp, epochs, warm_every, verbose, common, layers)
-        else:
-            state, history, setup = _sequential(build, params, train, hp, epochs, verbose, common, layers)
+    names = member_names({strength: hp[strength]})  # one run per strength, named by it, every value recorded
+    tracked = Runs.of_members(
+        writers, hp, names=names, group=checkpoint_folder.new_run(), start=0, function="regularization_path"
+    )
+    try:
+        with strength_.quiet() if doubled else contextlib.nullcontext():  # said once, in the path's words
+            if mode == "population":
+                state, history, setup = _population(
+                    build, params, train, hp, epochs, warm_every, verbose, common, layers, tracked
+                )
+            else:
+                state, history, setup = _sequential(build, params, train, hp, epochs, verbose, common, layers, tracked)
+    finally:
+        if tracked is not None:
+            tracked.close()
     jax.block_until_ready(state.params)
     seconds = time.perf_counter() - started
     path = _summarize(
@@ -266,7 +284,7 @@ def _grid(top: float, n: int, ratio: float) -> np.ndarray:
     return top * np.geomspace(1.0, ratio, n) if n > 1 else np.asarray([top])
 
 
-def _population(build, params, train, hp, epochs, warm_every, verbose, common, layers):
+def _population(build, params, train, hp, epochs, warm_every, verbose, common, layers, tracked=None):
     population = pop_.start(build, params, train, hp, epochs=epochs, stacked_params=False, **common)
     models = population.models
 
@@ -289,14 +307,16 @@ def _population(build, params, train, hp, epochs, warm_every, verbose, common, l
 
     history = History(cost_convention=population.setup.monitor.cost_convention, models=population.models)
     due = lambda e: (e + 1) % warm_every == 0 and e + 1 < epochs  # noqa: E731
-    return pop_.run(population, history, transfer, due, verbose=verbose).state, history, population.setup
+    after = [tracked.hook()] if tracked is not None else []
+    done = pop_.run(population, history, transfer, due, verbose=verbose, after=after)
+    return done.state, history, population.setup
 
 
 def _where_rows(flags: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     return jnp.where(flags.reshape((-1,) + (1,) * (jnp.ndim(new) - 1)), new, old)
 
 
-def _sequential(build, params, train, hp, epochs, verbose, common, layers):
+def _sequential(build, params, train, hp, epochs, verbose, common, layers, tracked=None):
     models = len(next(iter(hp.values())))
     built_models(build, check_hparams(hp)[0], models)  # every strength's build checked before any training
     key = common.pop("key")
@@ -316,7 +336,8 @@ def _sequential(build, params, train, hp, epochs, verbose, common, layers):
             state = TrainState(start[0], opt_state, start[1], jnp.zeros((1,), jnp.int32))
         population.state = state
         runs[i] = History(cost_convention=history.cost_convention, models=1)
-        state = pop_.run(population, runs[i], None, lambda e: False, verbose=verbose).state
+        after = [tracked.hook(rows=[i])] if tracked is not None else []  # its one row is strength i's run
+        state = pop_.run(population, runs[i], None, lambda e: False, verbose=verbose, after=after).state
         finals[i] = jax.tree.map(jnp.copy, state)
     for k in runs[0].keys():
         for j, epoch in enumerate(runs[0].epochs(k)):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -37,6 +37,8 @@ from .._checks import check_positive_int
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
+from ..writers import Runs, Writer, check_writers
+from . import checkpoint_folder
 from . import optimizer as optimizer_
 from . import population as pop_
 from .engine import Build
@@ -114,6 +116,7 @@ def pbt(
     monitor: Iterable[str] | str | None = None,
     partial_batch: str = "include",
     verbose: bool = False,
+    writers: Sequence[Writer] | None = None,
     **unknown: Any,
 ) -> PBTResult:
     """Population-based training of K members in one compiled program (see the module docstring).
@@ -131,10 +134,14 @@ def pbt(
             ``training_cost`` and ``epoch_loss`` (with the default ``monitor``: ``evaluation_accuracy`` or
             ``evaluation_cost`` with evaluation data, else ``epoch_loss``).
         maximize: whether higher is better (default: not when ``rank_by`` names a cost, loss or error).
+        writers: trackers (:mod:`jreg.writers`): one run per member slot (``member=3``), its initial
+            hyperparameters recorded and, each epoch, the values it trained with as scalars ``hparams/<name>``
+            (its hyperparameter trajectory, exploits and explores included).
         The rest as in :func:`jreg.sweep`; the sweep's ``callback``, ``ema``, ``parallel``, ``early_stopping``,
         ``checkpoint`` and ``resume`` are not supported (a clear error).
     """
     pop_.check_unknown(unknown, "pbt")
+    writers = check_writers(writers, "pbt")
     every = _check_options(maximize, every, fraction, hparams)
     factors = _factors(explore, hparams)
     limits = _bounds(bounds, explore)
@@ -166,7 +173,17 @@ def pbt(
         return (e + 1) % every == 0 and e + 1 < population.epochs
 
     history = History(cost_convention=population.setup.monitor.cost_convention, models=population.models)
-    done = pop_.run(population, history, transfer, due, verbose=verbose)
+    names = [f"member={i:0{len(str(population.models - 1))}d}" for i in range(population.models)]
+    tracked = Runs.of_members(writers, jax.device_get(population.hp), names=names, group=checkpoint_folder.new_run(),
+                              start=0, function="pbt")  # fmt: skip
+    try:  # the trackers write after the transfer hook, when trajectory[-1] holds the epoch's hyperparameters
+        after = (
+            [tracked.hook(extra=lambda run: {f"hparams/{k}": v for k, v in trajectory[-1].items()})] if tracked else []
+        )
+        done = pop_.run(population, history, transfer, due, verbose=verbose, after=after)
+    finally:
+        if tracked is not None:
+            tracked.close()
     return _result(done, history, population, trajectory, lineage, rank_by, maximize)
 
 

@@ -23,7 +23,7 @@ and a ``quantity`` that says so.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -141,8 +141,10 @@ def run(
     verbose: bool = False,
     start_epoch: int = 0,
     epochs: int | None = None,
+    after: Sequence[Hook] = (),
 ) -> Run:
-    """Epochs ``start_epoch .. epochs - 1``; after each: blank the dead, record, print, then ``transfer`` when due."""
+    """Epochs ``start_epoch .. epochs - 1``; after each: blank the dead, record, print, ``transfer`` when due, then
+    the hooks ``after`` (the trackers: they see the figures and the hyperparameters the epoch trained with)."""
     pop = population
 
     def one_epoch(state: TrainState, alive: Any, e: int):
@@ -168,7 +170,7 @@ def run(
 
     diverged, transferred = divergence.population(pop)
     hooks: list[Hook] = [diverged, blank, record] + ([progress(pop.setup.monitor)] if verbose else [])
-    hooks += [maybe_transfer, transferred]
+    hooks += [maybe_transfer, transferred, *after]
     alive = jnp.ones((pop.models,), bool)
     last = pop.epochs if epochs is None else epochs
     return run_epochs(one_epoch, Run(pop.state, alive, last, history), start_epoch, hooks, np.asarray)

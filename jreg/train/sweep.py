@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -14,6 +14,7 @@ from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import ModelState, Params
 from ..stopping import EarlyStopping
+from ..writers import Runs, Writer, check_writers
 from . import checkpoint_folder, divergence, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
 from . import optimizer as optimizer_
@@ -55,6 +56,7 @@ def sweep(
     resume: Any = None,
     unroll: int | None = None,
     guard: Guard | None = None,
+    writers: Sequence[Writer] | None = None,
     **unknown: Any,
 ) -> Result:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
@@ -165,6 +167,10 @@ def sweep(
             within the limit and recorded in ``history.diverged`` (``"step"``
             None, the ``"quantity"`` naming the rule and the value), while the
             others go on.
+        writers: trackers (:mod:`jreg.writers`), as in :func:`fit`, with one
+            run per member named by its hyperparameters (``lmbda=0.1,eta=0.5``),
+            which are recorded (TensorBoard's HParams, MLflow params, W&B
+            config); a stopped or diverged member's NaN figures are not written.
         The rest as in :func:`fit`.
 
     Returns:
@@ -180,6 +186,7 @@ def sweep(
         build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll, unknown
     )
     guard = as_guard(guard)
+    writers = check_writers(writers, "sweep")
     copies = (ema is not None, bool(getattr(early_stopping, "restore_best", False)))  # sized before allocation
     params, model_state, stacked_params, setup = prepared_models(
         build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,
@@ -212,10 +219,14 @@ def sweep(
     epoch = _program(build, setup, models, vectorize, ema, placed[-2], parallel, unroll, epochs)
     # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
     writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs, step)
-    try:  # the folder's lock is released when the sweep ends, however it ends
+    tracked = None
+    try:  # the folder's lock is released and the trackers' runs closed when the sweep ends, however it ends
+        tracked = Runs.of_members(writers, hparams, group=run_id, start=start, function="sweep")  # the caller's 0.1
         run = _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema,
-                     writer, batch_size, verbose, callback, limits)  # fmt: skip
+                     writer, batch_size, verbose, callback, limits, tracked)  # fmt: skip
     finally:
+        if tracked is not None:
+            tracked.close()
         if writer is not None:
             writer.close()
     return _result(run, start, hp, setup, track, key, batch_size, run_id if writer is None else writer.run, ema,
@@ -223,7 +234,7 @@ def sweep(
 
 
 def _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema, writer,
-           batch_size, verbose, callback, limits) -> Run:  # fmt: skip
+           batch_size, verbose, callback, limits, tracked=None) -> Run:  # fmt: skip
     """The sweep's epochs from the first not done (``start``): the final :class:`Run`."""
 
     def one_epoch(state: TrainState, alive: Any, e: int):
@@ -235,7 +246,7 @@ def _train(epoch, placed, setup, stopper, track, key, epochs, start, history, mo
             out = (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
         return out if stopper is None else track.advance(out, e, rule.monitor)
 
-    hooks = _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits)
+    hooks = _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits, tracked)
     if writer is not None:  # Checkpointing(every_steps=...): the stream writes mid-epoch checkpoints too
 
         def save(state: TrainState, alive: Any, position: dict[str, Any]) -> None:
@@ -328,14 +339,17 @@ def _result(run: Run, start: int, hp: Any, setup: Setup, track: _Tracking, key: 
     )
 
 
-def _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits=None) -> list[Hook]:
+def _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits=None,
+           tracked=None) -> list[Hook]:  # fmt: skip
     """The host loop's hooks after each epoch, in their documented order (docs/architecture.md): divergence,
-    early stopping, the record, progress, the user's callback, the end when every member is done, the checkpoint."""
+    early stopping, the record, progress, the user's callback, the trackers, the end when every member is done,
+    the checkpoint."""
     hooks: list[Hook] = [divergence.members(build, hp, setup, key, ema, limits)]
     hooks += [track.hook] if track.stopper is not None else []
     hooks += [record]
     hooks += [progress(setup.monitor)] if verbose else []
     hooks += [user_callback(callback)] if callback is not None else []
+    hooks += [tracked.hook()] if tracked is not None else []
     hooks += [_all_done(models)]
     hooks += [_checkpointer(writer, key, batch_size, hp, track, setup.feed is not None)] if writer is not None else []
     return hooks

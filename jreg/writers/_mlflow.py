@@ -1,0 +1,168 @@
+"""MLflow runs through ``mlflow.MlflowClient`` (no global active run): metrics by step, hyperparameters as params.
+
+Each run jreg opens is tagged ``jreg.group`` (jreg's run id) and ``jreg.member`` (the member's name), so a
+resumed run finds its MLflow runs again and appends to them; metrics go in one ``log_batch`` call per run and
+epoch, asynchronously by default (``synchronous=False``: MLflow's logging thread writes them while the next
+epoch trains; one synchronous call per run costs tens of milliseconds on SQLite, seconds per epoch at K = 64).
+A run keeps at most two epochs' calls in flight: the third waits for the first, whose error, if any, is raised
+then (and reported once by jreg), as it is at ``flush`` and ``close``, which wait for every call.
+
+MLflow keeps every logged value: the steps a crashed run logged after its last checkpoint stay in the metric
+history beside the resumed run's (``get_metric_history`` returns both, the resumed run's with the later
+timestamps).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .._errors import JregTypeError
+from ._runs import require
+
+#: MLflow's limit on params per ``log_batch`` call
+_PARAMS_PER_BATCH = 100
+#: asynchronous ``log_batch`` calls a run keeps in flight before the next one waits for the oldest
+_IN_FLIGHT = 2
+
+
+class MLflow:
+    """MLflow runs in ``experiment`` on ``tracking_uri``: one per member of a sweep, named by its hyperparameters.
+
+    ``tracking_uri``: any MLflow tracking URI (``"sqlite:///runs/mlflow.db"``, ``"http://host:5000"``,
+    ``"databricks"``), or a path to a ``.db`` file (SQLite); None (default) is MLflow's own default
+    (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working folder with MLflow 3). A fit's run is
+    named ``run_name`` (MLflow picks one when None); ``tags`` are added to every run. ``asynchronous``:
+    metrics are logged by MLflow's logging thread (the default), or in the caller's thread. Used directly as a
+    writer, it logs into one run it creates on first use.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | os.PathLike[str] | None = None,
+        *,
+        experiment: str = "jreg",
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        asynchronous: bool = True,
+    ):
+        if tracking_uri is not None and not isinstance(tracking_uri, (str, os.PathLike)):
+            raise JregTypeError(f"MLflow: tracking_uri must be a URI or a path to a .db file, got {tracking_uri!r}")
+        if not isinstance(experiment, str) or not experiment:
+            raise JregTypeError(f"MLflow: experiment must be a non-empty name (str), got {experiment!r}")
+        require("mlflow", "mlflow", "jreg.writers.MLflow")
+        self.tracking_uri = _uri(tracking_uri)
+        self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
+        self.asynchronous = bool(asynchronous)
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        self._own: _Run | None = None
+
+    def __repr__(self) -> str:
+        return f"MLflow({self.tracking_uri!r}, experiment={self.experiment!r})"
+
+    def client(self) -> Any:
+        """The ``MlflowClient`` (made on first use), with the experiment created if need be."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            found = client.get_experiment_by_name(self.experiment)
+            self._experiment_id = (
+                found.experiment_id if found is not None else client.create_experiment(self.experiment)
+            )
+            self._client = client
+        return self._client
+
+    def run(self, name: str | None, *, group: str | None = None, start: int = 0) -> _Run:
+        """The run ``name`` (None: ``run_name``): found again by its tags when resumed, else created."""
+        client = self.client()
+        member = "" if name is None else name
+        if start and group is not None:
+            found = client.search_runs(
+                [self._experiment_id],
+                filter_string=f"tags.`jreg.group` = '{group}' AND tags.`jreg.member` = '{_quoted(member)}'",
+                max_results=1,
+            )
+            if found:
+                run_id = found[0].info.run_id
+                client.update_run(run_id, status="RUNNING")
+                return _Run(client, run_id, resumed=True, asynchronous=self.asynchronous)
+        tags = {**self.tags, "jreg.member": member, **({"jreg.group": group} if group is not None else {})}
+        created = client.create_run(self._experiment_id, run_name=name or self.run_name, tags=tags)
+        return _Run(client, created.info.run_id, resumed=False, asynchronous=self.asynchronous)
+
+    def _run(self) -> _Run:
+        if self._own is None:
+            self._own = self.run(None)
+        return self._own
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self._run().write_scalars(step, scalars)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self._run().write_hparams(hparams)
+
+    def flush(self) -> None:
+        if self._own is not None:
+            self._own.flush()
+
+    def close(self) -> None:
+        if self._own is not None:
+            own, self._own = self._own, None
+            own.close()
+
+
+class _Run:
+    """One MLflow run (a :class:`jreg.writers.Writer`)."""
+
+    def __init__(self, client: Any, run_id: str, resumed: bool, asynchronous: bool = True):
+        self.client, self.run_id, self.resumed, self.asynchronous = client, run_id, resumed, asynchronous
+        self.pending: collections.deque = collections.deque()  # asynchronous calls in flight, oldest first
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        while len(self.pending) >= _IN_FLIGHT:
+            self.pending.popleft().wait()  # raises the call's error, if any
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(str(k), float(v), stamp, int(step)) for k, v in scalars.items()]
+        done = self.client.log_batch(self.run_id, metrics=metrics, synchronous=not self.asynchronous)
+        if done is not None and self.asynchronous:
+            self.pending.append(done)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        logged = self.client.get_run(self.run_id).data.params if self.resumed else {}
+        params = [Param(str(k), str(_plain(v))) for k, v in hparams.items() if str(k) not in logged]
+        for i in range(0, len(params), _PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=params[i : i + _PARAMS_PER_BATCH])
+
+    def flush(self) -> None:
+        while self.pending:
+            self.pending.popleft().wait()
+
+    def close(self) -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id)
+
+
+def _uri(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = os.fspath(value)
+    if "://" not in text and text.endswith((".db", ".sqlite")):
+        return "sqlite:///" + os.path.abspath(text)
+    return text
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
