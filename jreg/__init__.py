@@ -46,8 +46,10 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
     from .train import (
         EMA,
         Checkpointing,
+        CVResult,
         DataParallel,
         DivergenceError,
+        Ensemble,
         Evaluation,
         Guard,
         History,
@@ -57,9 +59,13 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         Result,
         TrainState,
         accuracy,
+        bootstrap_indices,
+        cross_validate,
+        ensemble,
         fit,
         make_epoch,
         make_step,
+        member_keys,
         pbt,
         regularization_path,
         sweep,
@@ -110,6 +116,9 @@ _FROM = {
     ),
     "ModelParallel": "train",
     "Stream": "train",
+    **dict.fromkeys(
+        ["CVResult", "Ensemble", "bootstrap_indices", "cross_validate", "ensemble", "member_keys"], "train"
+    ),
 }
 
 
@@ -212,4 +221,10 @@ __all__ = [
     "hparams",
     "regularization_path",
     "Stream",
+    "CVResult",
+    "Ensemble",
+    "bootstrap_indices",
+    "cross_validate",
+    "ensemble",
+    "member_keys",
 ]

@@ -208,6 +208,12 @@ def evaluate(
         return {}
     chunk = make_chunk(objective, cost=cost, metrics=metrics)
     sums = over_batches(chunk, params, model_state, data, step, batch_size, smallest, memory)
+    return _figures(objective, sums, params, step, cost, parts, prefix, penalty_scale)
+
+
+def _figures(objective, sums, params, step, cost: bool, parts: bool, prefix: str, penalty_scale) -> Metrics:
+    """The named figures from the combined chunk sums: the cost (the params' penalty added once), its parts
+    (when asked), the metrics."""
     out: Metrics = {}
     if cost:
         batch_parts = {k[5:]: v for k, v in sums.items() if k.startswith("part:")}
@@ -225,6 +231,69 @@ def evaluate(
             out.update({f"{prefix}{k}": v for k, v in all_parts.items()})
     out.update({f"{prefix}{k[7:]}": v for k, v in sums.items() if k.startswith("metric:")})
     return out
+
+
+def evaluate_view(
+    objective: Callable[..., Any],
+    params: Params,
+    model_state: ModelState,
+    data: Batch,
+    index: jax.Array,
+    weight: jax.Array,
+    *,
+    cost: bool,
+    parts: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
+    batch_size: int | None = None,
+    smallest: int = 1,
+    memory: int = MEMORY_BUDGET,
+    step: Any = None,
+    prefix: str = "",
+    penalty_scale: Any = None,
+) -> Metrics:
+    """:func:`evaluate` on the examples ``data[index]`` weighted by ``weight`` (1 for a real example, 0 for
+    padding): one member's held-out fold or out-of-bag set, padded to the largest member's (per-member data,
+    :mod:`jreg.train.members`).
+
+    Each evaluation batch of ``index`` is gathered inside the program and its figures are taken per example
+    (the objective ``vmap``-ed over batches of one), then summed with the weights: the means are exact over the
+    real examples whatever the padding. A metric that returns one scalar per batch is therefore taken per
+    example here. ``penalty_scale`` may be traced (each member's own ``n_train / len(set)``).
+    """
+    metrics = as_metrics(metrics)
+    if not cost and not metrics:
+        return {}
+    chunk = make_chunk(objective, cost=cost, metrics=metrics)
+    width = int(index.shape[0])
+    if batch_size is None:
+        batch_size = auto_batch_size(chunk, params, model_state, data, step, smallest, memory)
+    size = min(batch_size, width)
+    chunks = -(-width // size)
+    index = jnp.pad(index, (0, chunks * size - width))
+    weight = jnp.pad(weight, (0, chunks * size - width))
+    kinds: dict[str, str] = {}
+
+    def one(example: Batch) -> dict[str, jax.Array]:
+        figures = chunk(params, model_state, jax.tree.map(lambda a: a[None], example), step)
+        kinds.update({k: kind for k, (_, kind) in figures.items()})
+        return {k: v for k, (v, _) in figures.items()}
+
+    def body(acc, i):
+        idx = jax.lax.dynamic_slice_in_dim(index, i * size, size)
+        w = jax.lax.dynamic_slice_in_dim(weight, i * size, size)
+        values = jax.vmap(one)(take_rows(data, idx))
+        summed = {k: jnp.sum(jnp.where(w > 0, v, 0).astype(v.dtype)) for k, v in values.items()}
+        return jax.tree.map(jnp.add, acc, summed), None
+
+    shapes = jax.eval_shape(lambda: {k: jnp.sum(v) for k, v in jax.vmap(one)(take_rows(data, index[:size])).items()})
+    sums, _ = jax.lax.scan(body, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), jnp.arange(chunks))
+    count = jnp.sum(weight)
+    sums = {k: v / count if kinds[k] == "mean" else v for k, v in sums.items()}
+    return _figures(objective, sums, params, step, cost, parts, prefix, penalty_scale)
+
+
+def take_rows(data: Batch, idx: jax.Array) -> Batch:
+    return jax.tree.map(lambda a: a[idx], data)
 
 
 def accuracy(

@@ -87,10 +87,13 @@ def pack(
     stopper: SweepStopper | None,
     per: PerModel | None,
     best: Any,
+    data: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(meta["sweep"], arrays)`` for :meth:`Writer.save`'s ``sweep``."""
+    """``(meta["sweep"], arrays)`` for :meth:`Writer.save`'s ``sweep``; ``data``: the members' data
+    (:func:`jreg.train.members.meta`: order, resample, what made the index sets and their digest)."""
     names = list(history.series)
     meta = {
+        "data": dict(SHARED_DATA if data is None else data),
         "models": int(np.shape(alive)[0]),
         "hparams": {k: _numbers(v) for k, v in hp.items()},
         "diverged": _events(history.diverged),
@@ -112,7 +115,18 @@ def _bad(path: Path, field: str, what: str, value: Any) -> ckpt.CheckpointError:
     return ckpt.CheckpointError(f"resume: {path}: meta 'sweep.{field}' {what}, got {str(value)[:200]}")
 
 
-def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept: Any, epochs_done: Any = None) -> Any:
+#: the data of a sweep without per-member data (and of checkpoints written before it was recorded)
+SHARED_DATA = {"order": "shared", "resample": None, "kind": "shared", "digest": None}
+
+
+def template(
+    hp: dict[str, Any],
+    models: int,
+    stopper: SweepStopper | None,
+    kept: Any,
+    epochs_done: Any = None,
+    data: dict[str, Any] | None = None,
+) -> Any:
     """``sweep(path, meta) -> template`` for :func:`jreg.train.resume.resume`: checks that the checkpoint
     is this sweep's (K, the hyperparameters, early stopping), then says what arrays it holds."""
 
@@ -120,6 +134,7 @@ def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept
         if not isinstance(meta, dict):
             raise _bad(path, "", "must be an object", meta)
         with_stopping = _check_same_sweep(path, meta, hp, models, stopper)
+        _check_same_data(path, meta.get("data", SHARED_DATA), SHARED_DATA if data is None else data)
         at, dtypes = meta.get("history_epochs"), meta.get("history_dtypes")
         if not isinstance(at, dict):
             raise _bad(path, "history_epochs", "must be an object of named lists of epochs", at)
@@ -185,6 +200,24 @@ def _check_same_sweep(
             "restore_best, or start the sweep again"
         )
     return with_stopping
+
+
+def _check_same_data(path: Path, saved: Any, mine: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose members trained on other data: another data order, resampling, folds."""
+    if saved == mine:
+        return
+    if not isinstance(saved, dict):
+        raise _bad(path, "data", "must be an object (order, resample, kind, digest)", saved)
+
+    def shown(d: dict[str, Any]) -> str:
+        return f"data_order={d.get('order')!r}, resample={d.get('resample')!r}, index sets {d.get('kind')!r}"
+
+    same = all(saved.get(k) == mine.get(k) for k in ("order", "resample", "kind"))
+    what = "other index sets (other folds or samples)" if same else shown(saved)
+    raise JregError(
+        f"resume: {path} trained its members with {what}, this sweep with {shown(mine)}; a sweep resumes only "
+        "with the per-member data it was started with (the same data_order, resample, folds and key)"
+    )
 
 
 def unpack(
