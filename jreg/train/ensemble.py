@@ -145,6 +145,8 @@ def _members(result: Result, members: Any) -> np.ndarray:
         chosen = np.asarray([i for i in range(models) if i not in result.history.diverged], np.int64)
     else:
         a = np.asarray(members)
+        if a.size == 0:
+            a = a.astype(np.int64).reshape(-1)
         if a.dtype == bool:
             if a.shape != (models,):
                 raise JregError(f"ensemble: a boolean members mask must have shape ({models},), got {a.shape}")
