@@ -127,9 +127,10 @@ def cross_validate(
     result = sweep(build, params, train, hparams=members, epochs=epochs, batch_size=batch_size, key=key,
                    monitor=series, **options, **{MEMBER_SETS: sets})  # fmt: skip
     restore_best = bool(getattr(options.get("early_stopping"), "restore_best", False))
-    cv = _summarized(result, hp, held_out, monitor, regularize, stronger, n, restore_best)
+    given = {name: np.asarray(hparams[name]) for name in hp}  # as given (float64 shows 0.01, not 0.0099999998)
+    cv = _summarized(result, given, held_out, monitor, regularize, stronger, n, restore_best)
     if refit:
-        cv.refit = _refit(cv, build, params, train, refit, epochs, batch_size, key, options)
+        cv.refit = _refit(cv, hp, build, params, train, refit, epochs, batch_size, key, options)
     return cv
 
 
@@ -299,8 +300,9 @@ def _at_stop(history, values: np.ndarray, at: np.ndarray, restore_best: bool) ->
     return out, epochs
 
 
-def _refit(cv: CVResult, build, params, train, refit, epochs, batch_size, key, options) -> Any:
-    """The chosen setting trained on all of ``train`` with :func:`fit` (a plain Result)."""
+def _refit(cv: CVResult, hp, build, params, train, refit, epochs, batch_size, key, options) -> Any:
+    """The chosen setting trained on all of ``train`` with :func:`fit` (a plain Result), with the values its
+    members trained with (``hp``: as the sweep holds them, float32 or int32)."""
     which = "one_se" if refit is True else refit
     index = cv.one_se_index if which == "one_se" else cv.best_index
     if index is None:
@@ -308,8 +310,8 @@ def _refit(cv: CVResult, build, params, train, refit, epochs, batch_size, key, o
             f"refit={refit!r}: no setting can be chosen, every setting's mean {cv.monitor} is NaN (each has a "
             "fold whose member diverged or measured nothing); see cv.history.diverged and cv.table()"
         )
-    setting = {name: v[index] for name, v in cv.settings.items()}
-    objective, optimizer = build({name: np.asarray(v) for name, v in setting.items()})
+    setting = {name: v[index] for name, v in hp.items()}
+    objective, optimizer = build(setting)
     if is_init_function(params):
         params = params(jax.random.key(int(setting[SEED])))
     if options.get("early_stopping") is not None:  # no held-out data left: the folds' mean stopping epoch
