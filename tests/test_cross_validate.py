@@ -10,6 +10,8 @@ import jax
 import numpy as np
 import optax
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import jreg
 from jreg.train.cross_validate import FOLD_SALT, _folds
@@ -292,3 +294,19 @@ def test_refit_with_nothing_chosen_is_refused():
     with pytest.raises(jreg.JregError, match=r"refit=True: no setting can be chosen"):
         jreg.cross_validate(diverging, PARAMS, TRAIN, hparams={"lmbda": [0.3, 0.5]}, folds=2, epochs=1, batch_size=5,
                             key=KEY, refit=True)  # fmt: skip
+
+
+@given(
+    st.lists(st.tuples(st.floats(0, 10), st.floats(0, 1), st.floats(0, 100)), min_size=1, max_size=8),
+    st.booleans(),
+    st.sampled_from(["larger", "smaller"]),
+)
+def test_the_one_se_choice_is_within_one_se_and_at_least_as_regularized(rows, maximize, stronger):
+    mean, se, strength = (np.asarray(c) for c in zip(*rows))
+    best, one_se = choices(mean, se, strength, maximize, stronger)
+    assert mean[best] == (mean.max() if maximize else mean.min())
+    gap = mean[best] - mean[one_se] if maximize else mean[one_se] - mean[best]
+    assert gap <= se[best]
+    assert strength[one_se] >= strength[best] if stronger == "larger" else strength[one_se] <= strength[best]
+    within = (mean >= mean[best] - se[best]) if maximize else (mean <= mean[best] + se[best])
+    assert strength[one_se] == (strength[within].max() if stronger == "larger" else strength[within].min())
