@@ -100,7 +100,8 @@ def cross_validate(
         stratify: ``"auto"`` (stratify when the targets are classes: integer labels or one-hot rows),
             ``True`` (class targets required; explicit folds must each hold every class) or ``False``.
         **options: :func:`jreg.sweep`'s other keywords (``early_stopping``, ``vectorize``, ``checkpoint``,
-            ``resume``, ``guard``, ``ema``, ``data_order``...). ``evaluation`` is refused (each member's
+            ``resume``, ``guard``, ``ema``...); ``data_order="per_member"`` gives member ``m`` its own
+            shuffle, ``fold_in(jreg.member_keys(key, S·k)[m], e)``, instead of the paired one. ``evaluation`` is refused (each member's
             evaluation data is its fold), except a :class:`jreg.Evaluation` without data for metrics,
             evaluation batch size and ``every``.
 
