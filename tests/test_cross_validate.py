@@ -237,6 +237,7 @@ def test_a_cross_validation_resumes_bit_for_bit_and_refuses_other_folds(tmp_path
         (dict(folds="5"), r"folds must be an int or a sequence"),
         (dict(monitor="evaluation_top5"), r"monitor='evaluation_top5' is not measured"),
         (dict(monitor="training_cost"), None),  # measurable: asked of the sweep (no error)
+        (dict(monitor=["evaluation_cost"]), r"monitor must name one series"),
         (dict(regularize="eta"), r"regularize must name an hparams entry, one of \['lmbda'\]; got 'eta'"),
         (dict(stronger="bigger"), r"stronger must be one of"),
         (dict(refit="worst"), r"refit must be one of"),

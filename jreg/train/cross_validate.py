@@ -111,6 +111,8 @@ def cross_validate(
         indices), ``table()``, ``refit``.
     """
     hp, settings = check_hparams(hparams)
+    if not isinstance(monitor, str):
+        raise JregTypeError(f"monitor must name one series, e.g. 'evaluation_cost', got {monitor!r}")
     regularize = _check_choice_args(hp, regularize, stronger, refit, stratify)
     key = check_key(key)
     if stream.is_stream(train):
