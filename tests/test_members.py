@@ -258,3 +258,17 @@ def test_a_padded_weighted_evaluation_equals_the_evaluation_of_the_subset(varian
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_a_guard_and_an_ema_work_on_per_member_data():
+    guard = jreg.Guard(max_loss=1e-3)  # every running loss is above it: each member stopped by the rule
+    result = jreg.sweep(build, PARAMS, TRAIN, hparams=HP, epochs=2, batch_size=7, key=KEY, resample="bootstrap",
+                        guard=guard)  # fmt: skip
+    assert sorted(result.history.diverged) == [0, 1, 2, 3]
+    assert all("Guard.max_loss" in v["quantity"] and v["step"] is None for v in result.history.diverged.values())
+    ema = jreg.EMA(0.9, returned=True)
+    swept = jreg.sweep(build, PARAMS, TRAIN, hparams=HP, epochs=2, batch_size=7, key=KEY, evaluation=TEST, ema=ema,
+                       data_order="per_member")  # fmt: skip
+    key2 = jreg.member_keys(KEY, 4)[2]
+    single = jreg.fit(*build(member(2)), PARAMS, TRAIN, epochs=2, batch_size=7, key=key2, evaluation=TEST, ema=ema)
+    assert_member(swept, 2, single)
