@@ -101,9 +101,9 @@ def cross_validate(
             ``True`` (class targets required; explicit folds must each hold every class) or ``False``.
         **options: :func:`jreg.sweep`'s other keywords (``early_stopping``, ``vectorize``, ``checkpoint``,
             ``resume``, ``guard``, ``ema``...); ``data_order="per_member"`` gives member ``m`` its own
-            shuffle, ``fold_in(jreg.member_keys(key, S·k)[m], e)``, instead of the paired one. ``evaluation`` is refused (each member's
-            evaluation data is its fold), except a :class:`jreg.Evaluation` without data for metrics,
-            evaluation batch size and ``every``.
+            shuffle, ``fold_in(jreg.member_keys(key, S·k)[m], e)``, instead of the paired one.
+            ``evaluation`` is refused (each member's evaluation data is its fold), except a
+            :class:`jreg.Evaluation` without data for metrics, evaluation batch size and ``every``.
 
     Returns:
         A :class:`jreg.CVResult`: the sweep's Result of the S·k members (the order above) with ``mean``,

@@ -233,8 +233,9 @@ def sweep(
         track.best = stopper.initial_best(state)
     start, run_id = 0, checkpoint_folder.new_run()
     if resume is not None:
-        state, alive, start, run_id = _resumed(
-            resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history
+        data = per_member.meta(setup.members)
+        state, alive, start, run_id = sweep_checkpoint.resumed(
+            resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history, data
         )
     placed = _placed(parallel, state, hp, alive, setup, track)
     epoch = _program(build, setup, models, vectorize, ema, placed[-2], parallel, unroll, epochs)
@@ -367,7 +368,8 @@ def _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbos
     hooks += [user_callback(callback)] if callback is not None else []
     hooks += [_all_done(models)]
     if writer is not None:
-        hooks += [_checkpointer(writer, key, batch_size, hp, track, setup.feed is not None, setup.members)]
+        data = per_member.meta(setup.members)
+        hooks += [sweep_checkpoint.checkpointer(writer, key, batch_size, hp, track, setup.feed is not None, data)]
     return hooks
 
 
@@ -452,54 +454,3 @@ def _all_done(models: int) -> Hook:
             run.stop = True
 
     return hook
-
-
-def _checkpointer(
-    writer: checkpoint_folder.Writer,
-    key: Any,
-    batch_size: int,
-    hp: Any,
-    track: _Tracking,
-    streamed: bool,
-    members: Any = None,
-) -> Hook:
-    data = per_member.meta(members)
-
-    def hook(run: Run) -> None:
-        if writer.config.due(run.epoch, run.epochs) or run.stop:
-            history: History = run.history
-            packed = sweep_checkpoint.pack(
-                hp, run.state, run.alive, history, track.stopper, track.per, track.best, data
-            )
-            writer.save(run.state, run.epoch + 1, key, history, batch_size, None, streamed, sweep=packed)
-
-    return hook
-
-
-def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history):
-    """``(state, alive, first epoch, run id)`` of the sweep ``resume`` points at; ``track`` and ``history`` filled."""
-    stopper = track.stopper
-    kept = (state.params, state.model_state) if stopper is None else stopper.kept(state)  # best params' template
-    resumed = resuming.resume(
-        resume,
-        state,
-        key,
-        batch_size,
-        epochs,
-        setup.plan.steps,
-        setup.monitor.cost_convention,
-        None if ema is None else ema.meta(),
-        sweep=sweep_checkpoint.template(hp, models, stopper, kept, data=per_member.meta(setup.members)),
-        streamed=setup.feed is not None,
-    )
-    step, alive, per, best = sweep_checkpoint.unpack(
-        resumed.sweep, resumed.meta["sweep"], stopper, history, resumed.epoch, resumed.path
-    )
-    loaded = resumed.state._replace(step=step)
-    if stopper is None and history.stopped:  # resumed without early stopping: as fit, the stopped models go on
-        alive = alive.at[np.asarray(sorted(history.stopped))].set(True)
-        history.stopped = {}
-    if stopper is not None:
-        track.per, track.best = per, best if best is not None else track.best
-        loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
-    return loaded, alive, resumed.epoch, resumed.run

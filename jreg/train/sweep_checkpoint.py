@@ -25,8 +25,11 @@ import numpy as np
 from .. import checkpoint as ckpt
 from .._errors import JregError
 from ..stopping import PerModel
+from . import checkpoint_folder
+from . import resume as resuming
 from .early_stopping import SweepStopper
 from .history import History
+from .loop import Hook, Run
 from .state import TrainState
 
 _DTYPES = ("float32", "float64")
@@ -261,3 +264,52 @@ def unpack(
         if best is not None:
             best = jax.tree.map(jnp.array, best)
     return jnp.asarray(arrays["step"], jnp.int32), jnp.asarray(arrays["alive"], bool), per, best
+
+
+def checkpointer(
+    writer: checkpoint_folder.Writer,
+    key: Any,
+    batch_size: int,
+    hp: Any,
+    track: Any,
+    streamed: bool,
+    data: dict[str, Any] | None = None,
+) -> Hook:
+    """The sweep's last hook: a checkpoint when due (``track``: early stopping's per-model state; ``data``: the
+    members' data, :func:`jreg.train.members.meta`)."""
+
+    def hook(run: Run) -> None:
+        if writer.config.due(run.epoch, run.epochs) or run.stop:
+            history: History = run.history
+            packed = pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best, data)
+            writer.save(run.state, run.epoch + 1, key, history, batch_size, None, streamed, sweep=packed)
+
+    return hook
+
+
+def resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history, data=None):
+    """``(state, alive, first epoch, run id)`` of the sweep ``resume`` points at; ``track`` (early stopping's
+    per-model state) and ``history`` filled; ``data``: the members' data, which the checkpoint's must be."""
+    stopper = track.stopper
+    kept = (state.params, state.model_state) if stopper is None else stopper.kept(state)  # best params' template
+    resumed = resuming.resume(
+        resume,
+        state,
+        key,
+        batch_size,
+        epochs,
+        setup.plan.steps,
+        setup.monitor.cost_convention,
+        None if ema is None else ema.meta(),
+        sweep=template(hp, models, stopper, kept, data=data),
+        streamed=setup.feed is not None,
+    )
+    step, alive, per, best = unpack(resumed.sweep, resumed.meta["sweep"], stopper, history, resumed.epoch, resumed.path)
+    loaded = resumed.state._replace(step=step)
+    if stopper is None and history.stopped:  # resumed without early stopping: as fit, the stopped models go on
+        alive = alive.at[np.asarray(sorted(history.stopped))].set(True)
+        history.stopped = {}
+    if stopper is not None:
+        track.per, track.best = per, best if best is not None else track.best
+        loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
+    return loaded, alive, resumed.epoch, resumed.run
