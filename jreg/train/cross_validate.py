@@ -75,11 +75,12 @@ def cross_validate(
     ``jreg.fit(*build(setting s), params, take(train, cv.train_indices(f)), evaluation=take(train,
     cv.folds[f]), key=key, ...)``: the members shuffle with ``key`` as ``fit`` does (the same order for every
     setting on a fold: the comparison between settings is paired), and their mini-batches are gathered from
-    the shared training arrays inside each step. With ``vectorize="map"`` (on a CPU ``"auto"`` picks it for
-    S·k = 2 or 3 only) the params and the running loss equal such a hand-written loop of ``fit`` calls bit
-    for bit on a CPU; with ``"vmap"`` up to float reassociation. The evaluation figures are exact
-    weighted means over each fold, equal to ``fit``'s up to float rounding (each example is evaluated on its
-    own, then summed: the folds have unequal sizes and are padded with weight 0).
+    the shared training arrays inside each step, its fold's evaluation batches likewise. With
+    ``vectorize="map"`` (on a CPU ``"auto"`` picks it for S·k = 2 or 3 only) the params and the running loss
+    equal such a hand-written loop of ``fit`` calls bit for bit on a CPU (each member trained on its own), and
+    the fold's figures up to float rounding (each fold size is measured with ``fit``'s arithmetic, but XLA
+    may fuse the fold's gather into the reductions; and the automatic evaluation batch of S·k members is
+    sized on 1/(S·k) of the memory budget); with ``"vmap"`` everything up to float reassociation.
 
     Args:
         build, params, train, hparams, epochs, batch_size, key: as in :func:`jreg.sweep` (``train`` in memory;

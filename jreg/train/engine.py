@@ -145,6 +145,24 @@ def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unrol
 
         return jax.lax.map(one, (hp_g, state_g, key_g if own_keys else None, idx))
 
+    view_groups = members.view_groups() if members.exact else (np.arange(members.models),)
+    view_order = np.concatenate(view_groups)
+
+    def measure_groups(hp, new, train, evaluation, views):
+        """Each group of members on its own views (one group: every member, in order)."""
+        outs = []
+        for ids, group in zip(view_groups, views):
+            pick = (lambda t: t) if len(view_groups) == 1 else (lambda t, ids=ids: jax.tree.map(lambda a: a[ids], t))
+            if vectorize == "map":  # one member after another: each measured exactly as fit measures it
+                outs.append(jax.lax.map(lambda a: measure_one(a[0], a[1], train, evaluation, a[2]),
+                                        (pick(hp), pick(new), group)))  # fmt: skip
+            else:
+                outs.append(jax.vmap(measure_one, in_axes=(0, 0, None, None, 0))(pick(hp), pick(new), train,
+                                                                                evaluation, group))  # fmt: skip
+        if len(outs) == 1:
+            return outs[0]
+        return jax.tree.map(lambda *a: jnp.concatenate(a)[np.argsort(view_order)], *outs)
+
     def epoch(hp, state, alive, train, evaluation, key, index, *, evaluate: bool, limit=None):
         outs = [train_group(g, hp, state, train, key, index) for g in range(len(members.groups))]
         if members.single:
@@ -154,9 +172,7 @@ def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unrol
         metrics = {EPOCH_LOSS: running["loss"]} if monitor.epoch_loss else {}
         loss = jnp.where(running["finite"], 0.0, jnp.nan) if finite_only else running["loss"]
         if evaluate:
-            views = {"training": index["training"], "evaluation": index["evaluation"], "n_train": index["n_train"]}
-            measured = jax.vmap(measure_one, in_axes=(0, 0, None, None, 0))(hp, new, train, evaluation, views)
-            metrics.update(measured)
+            metrics.update(measure_groups(hp, new, train, evaluation, index["views"]))
         if limit is not None and finite_only:
             raise JregError("a jreg.Guard reads the running loss epoch_loss, which this run does not monitor")
         state, ok, alive = jax.vmap(check_one)(state, new, loss, metrics, alive, limit)

@@ -144,18 +144,25 @@ def over_batches(
     batch_size: int | None,
     smallest: int = 1,
     memory: int = MEMORY_BUDGET,
+    index: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Run ``chunk`` over ``data`` in evaluation batches and combine: means weighted by size, sums added.
 
-    ``batch_size=None`` picks it from the memory budget (:func:`auto_batch_size`).
+    ``batch_size=None`` picks it from the memory budget (:func:`auto_batch_size`). ``index``: evaluate the
+    examples ``data[index]`` (one member's fold, per-member data), each evaluation batch gathered as it is
+    used: the same arithmetic as on ``data[index]`` itself, without holding it.
     """
-    n = data_size(data, "evaluation data")
+    if index is not None:
+        data = _Gathered(data, index)
+    n = data_size(data, "evaluation data") if index is None else int(index.shape[0])
     if batch_size is None:
-        batch_size = auto_batch_size(chunk, params, model_state, data, step, smallest, memory)
+        shapes = data if index is None else jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype),
+                                                         data.data)  # fmt: skip
+        batch_size = auto_batch_size(chunk, params, model_state, shapes, step, smallest, memory)
     size = min(batch_size, n)
     full, rest = divmod(n, size)
     if full == 1 and not rest:  # one batch: its figures are the data set's
-        return {k: v for k, (v, _) in chunk(params, model_state, data, step).items()}
+        return {k: v for k, (v, _) in chunk(params, model_state, _rows(data, 0, n), step).items()}
     kinds: dict[str, str] = {}
 
     def weighted(batch: Batch, count: int) -> dict[str, jax.Array]:
@@ -164,16 +171,38 @@ def over_batches(
         return {k: v * count if kind == "mean" else v for k, (v, kind) in figures.items()}
 
     def body(acc, i):
-        batch = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, i * size, size), data)
-        return jax.tree.map(jnp.add, acc, weighted(batch, size)), None
+        return jax.tree.map(jnp.add, acc, weighted(_slice(data, i * size, size), size)), None
 
-    first = jax.tree.map(lambda a: a[:size], data)
+    first = _rows(data, 0, size)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda b: weighted(b, size), first))
     sums, _ = jax.lax.scan(body, zeros, jnp.arange(full))
     if rest:
-        tail = jax.tree.map(lambda a: a[full * size :], data)
-        sums = jax.tree.map(jnp.add, sums, weighted(tail, rest))
+        sums = jax.tree.map(jnp.add, sums, weighted(_rows(data, full * size, n), rest))
     return {k: v / n if kinds[k] == "mean" else v for k, v in sums.items()}
+
+
+class _Gathered:
+    """``data[index]`` not taken yet: its batches are gathered one at a time (:func:`over_batches`)."""
+
+    def __init__(self, data: Batch, index: jax.Array):
+        self.data, self.index = data, index
+
+
+def _rows(data: Any, start: int, stop: int) -> Batch:
+    """Examples ``start:stop`` (static bounds) of ``data``, gathered when it is a :class:`_Gathered`."""
+    if isinstance(data, _Gathered):
+        return jax.tree.map(lambda a: a[data.index[start:stop]], data.data)
+    if start == 0 and stop == data_size(data, "evaluation data"):
+        return data
+    return jax.tree.map(lambda a: a[start:stop], data)
+
+
+def _slice(data: Any, start: Any, size: int) -> Batch:
+    """``size`` examples from the traced ``start``, gathered when ``data`` is a :class:`_Gathered`."""
+    if isinstance(data, _Gathered):
+        idx = jax.lax.dynamic_slice_in_dim(data.index, start, size)
+        return jax.tree.map(lambda a: a[idx], data.data)
+    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), data)
 
 
 def evaluate(
@@ -191,8 +220,10 @@ def evaluate(
     step: Any = None,
     prefix: str = "",
     penalty_scale: float | None = None,
+    index: jax.Array | None = None,
 ) -> Metrics:
-    """``{prefix + "cost": ..., prefix + <part>: ..., prefix + <metric>: ...}`` on a whole data set.
+    """``{prefix + "cost": ..., prefix + <part>: ..., prefix + <metric>: ...}`` on a whole data set
+    (``index``: on ``data[index]``, gathered batch by batch).
 
     ``batch_size``: examples per evaluation batch; ``None`` picks the largest
     that keeps the batch's intermediate values within ``memory`` bytes
@@ -207,7 +238,7 @@ def evaluate(
     if not cost and not metrics:
         return {}
     chunk = make_chunk(objective, cost=cost, metrics=metrics)
-    sums = over_batches(chunk, params, model_state, data, step, batch_size, smallest, memory)
+    sums = over_batches(chunk, params, model_state, data, step, batch_size, smallest, memory, index)
     return _figures(objective, sums, params, step, cost, parts, prefix, penalty_scale)
 
 

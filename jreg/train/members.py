@@ -7,9 +7,11 @@ One mechanism serves per-member data orders, bootstrap resamples (bagging) and k
   ``jax.random.permutation(key, m)`` depends on the static size ``m``, so members whose sets differ in size
   are grouped by size: each group has its own :class:`~jreg.train.plan.EpochPlan`, and every group runs
   inside the one compiled epoch (k-fold with ``n % k != 0`` has two sizes);
-* **evaluation index sets** (a held-out fold, a member's out-of-bag examples) of unequal sizes, padded to the
-  largest with weight 0 so that every mean is exact, gathered chunk by chunk inside the program (memory
-  O(K x evaluation batch), not O(K x fold));
+* **evaluation index sets** (a held-out fold, a member's out-of-bag examples), gathered chunk by chunk inside
+  the program (memory O(K x evaluation batch), not O(K x fold)). Members whose sets have at most two sizes
+  (k-fold) are measured in groups of one size, with :func:`jreg.fit`'s own arithmetic; sets of many sizes
+  (out-of-bag sets) are padded to the largest with weight 0, each example evaluated on its own, so that every
+  mean is exact;
 * **the data order**: ``"shared"`` (every member shuffles with the run's epoch key ``fold_in(key, e)``, as
   :func:`jreg.fit` does), or ``"per_member"``: member ``i`` shuffles epoch ``e`` with
   ``fold_in(member_keys(key, K)[i], e)``, exactly as ``fit(..., key=member_keys(key, K)[i])`` would.
@@ -48,6 +50,8 @@ OUT_OF_BAG = "out_of_bag"
 MEMBER_SETS = "_member_sets"
 #: what a checkpoint of a sweep without per-member data records
 SHARED = {"order": "shared", "resample": None, "kind": "shared", "digest": None}
+#: the most groups of equal-sized views measured each with fit's own arithmetic (else padded: see Members.exact)
+EXACT_GROUPS = 2
 #: salt of the bootstrap draw: member ``i``'s indices come from ``fold_in(member_key_i, BOOTSTRAP_SALT)``
 BOOTSTRAP_SALT = 0x626F6F74
 
@@ -140,14 +144,39 @@ class Members:
             out[g.members] = g.plan.n
         return out
 
+    @property
+    def exact(self) -> bool:
+        """Whether the members are measured in groups of equal-sized sets (at most :data:`EXACT_GROUPS` groups,
+        as k-fold gives: the arithmetic of ``fit`` on each set, no padding), rather than padded to the largest
+        (bootstrap's out-of-bag sets, of many sizes: each example evaluated on its own, weighted)."""
+        return len(self.view_groups()) <= EXACT_GROUPS
+
+    def view_groups(self) -> tuple[np.ndarray, ...]:
+        """The members grouped by the sizes of their views (training set, evaluation set)."""
+        sizes = [tuple(int(v.counts[i]) if v is not None else -1 for v in (self.training, self.evaluation))
+                 for i in range(self.models)]  # fmt: skip
+        return tuple(np.asarray([i for i, s in enumerate(sizes) if s == size]) for size in dict.fromkeys(sizes))
+
     def arrays(self) -> dict[str, Any]:
-        """The index sets as device arrays, the compiled epoch's ``index`` argument."""
+        """The index sets as device arrays, the compiled epoch's ``index`` argument: ``groups`` (the training
+        groups' index sets) and ``views`` (per measuring group: each view as ``(G, m)`` indices when
+        :attr:`exact`, else as the padded ``(index, weight)`` with each member's training-set size)."""
         out: dict[str, Any] = {"groups": tuple(None if g.index is None else jnp.asarray(g.index) for g in self.groups)}
-        for name in ("training", "evaluation"):
-            view = getattr(self, name)
-            out[name] = None if view is None else (jnp.asarray(view.index), jnp.asarray(view.weight))
-        out["n_train"] = jnp.asarray(self.sizes, jnp.float32)
+        if not self.exact:
+            padded = {n: None if v is None else (jnp.asarray(v.index), jnp.asarray(v.weight)) for n, v in self._views()}
+            out["views"] = ({**padded, "n_train": jnp.asarray(self.sizes, jnp.float32)},)
+            return out
+        views = []
+        for ids in self.view_groups():
+            group = {}
+            for name, v in self._views():
+                group[name] = None if v is None else jnp.asarray(v.index[ids, : int(v.counts[ids[0]])])
+            views.append(group)
+        out["views"] = tuple(views)
         return out
+
+    def _views(self) -> list[tuple[str, View | None]]:
+        return [("training", self.training), ("evaluation", self.evaluation)]
 
     def epoch_keys(self, key: jax.Array, epoch: int) -> jax.Array:
         """The epoch's shuffle key(s): the run's ``fold_in(key, e)`` (shared), or each member's (K,)."""

@@ -90,8 +90,9 @@ class Monitor:
         """The wanted figures on the training data and on the held-out data, in evaluation mode.
 
         ``views``: one member's own examples (per-member data, :mod:`jreg.train.members`): ``{"training":
-        (index, weight) | None, "evaluation": (index, weight) | None, "n_train": its training set's size}``;
-        a side with a view is measured on ``train[index]`` with those weights."""
+        index | (index, weight) | None, "evaluation": the same}``, a side with a view measured on
+        ``train[index]`` (an ``index`` alone: with :func:`evaluate`'s arithmetic; padded with ``weight`` 0:
+        each example on its own, ``views["n_train"]`` then the member's training-set size)."""
         out: Metrics = {}
         for prefix, data in (("training", train), ("evaluation", evaluation)):
             cost, metrics = self.on(prefix)
@@ -123,6 +124,27 @@ class Monitor:
     def _measure_view(self, objective, params, model_state, train, view, views, step, prefix) -> Metrics:
         """One side measured on one member's own examples (exact weighted means; its own sizes)."""
         cost, metrics = self.on(prefix)
+        if not isinstance(view, tuple):  # one size: the member's set measured as fit measures it
+            n_train = self.n_train if views.get("training") is None else int(views["training"].shape[0])
+            scale = None
+            if cost and self.cost_convention != "jreg":  # network2: n_train / len(set), this member's sizes
+                scale = penalty_scale(self.cost_convention, n_train, int(view.shape[0]))
+            return evaluate(
+                objective,
+                params,
+                model_state,
+                train,
+                cost=cost,
+                parts=prefix == "training",
+                metrics=metrics,
+                batch_size=self.batch_size,
+                smallest=self.smallest,
+                memory=self.memory,
+                step=step,
+                prefix=f"{prefix}_",
+                penalty_scale=scale,
+                index=view,
+            )
         scale = None
         if cost and self.cost_convention != "jreg":  # network2: n_train / len(set), this member's sizes
             scale = views["n_train"] / jnp.sum(view[1])
