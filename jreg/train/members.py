@@ -185,10 +185,11 @@ class Members:
         return jax.vmap(lambda k: jax.random.fold_in(k, epoch))(self.keys)
 
     def member_epoch_key(self, key: jax.Array, i: int, epoch: int) -> jax.Array:
+        """Member ``i``'s shuffle key of epoch ``epoch`` (for the step-by-step replay of a diverged member)."""
         return jax.random.fold_in(key if self.order == "shared" else self.keys[i], epoch)
 
     def member_index(self, i: int) -> np.ndarray | None:
-        """Member ``i``'s training indices (None: the whole set) and its plan."""
+        """Member ``i``'s training indices into the shared arrays (None: the whole set, as it is)."""
         for g in self.groups:
             hit = np.flatnonzero(g.members == i)
             if hit.size:
@@ -196,6 +197,7 @@ class Members:
         raise JregError(f"no member {i}")
 
     def member_plan(self, i: int) -> EpochPlan:
+        """The epoch plan of member ``i``'s group (its training set's size)."""
         return next(g.plan for g in self.groups if np.any(g.members == i))
 
     def meta(self) -> dict[str, Any]:
