@@ -8,7 +8,9 @@ check, and returns ``(state, alive, metrics, ok)``. For a sweep the same
 functions run over a leading model axis: training with ``jax.vmap`` or one
 model after another (``lax.map``), evaluation always batched across models
 (the shared data meets every model's weights in one matmul), the check per
-model.
+model. With per-member data (:mod:`jreg.train.members`) each group of members
+of one training-set size trains with its own plan, and each member measures
+its own examples (one after another with ``"map"``).
 """
 
 from __future__ import annotations
