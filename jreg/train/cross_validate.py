@@ -124,7 +124,7 @@ def cross_validate(
     held_out = _folds(folds, n, key, labels, stratify)
     k = len(held_out)
     train_sets = [np.setdiff1d(np.arange(n), f).astype(np.int32) for f in held_out]
-    _check_training_sets(train_sets, batch_size)
+    _check_training_sets(train_sets)
     members = {name: np.repeat(np.asarray(v), k) for name, v in hp.items()}
     series = None if not monitor.startswith("training_") else ("epoch_loss", "evaluation_cost", monitor)
     sets = {"train": train_sets * settings, "evaluation": held_out * settings, "kind": "folds", "series": monitor}
@@ -237,7 +237,7 @@ def _explicit(folds: Any, n: int, labels: np.ndarray | None) -> list[np.ndarray]
     return out
 
 
-def _check_training_sets(train_sets: list[np.ndarray], batch_size: Any) -> None:
+def _check_training_sets(train_sets: list[np.ndarray]) -> None:
     empty = [f for f, s in enumerate(train_sets) if not len(s)]
     if empty:
         raise JregError(f"folds: fold {empty[0]} holds every training example, leaving none to train on")
@@ -306,7 +306,8 @@ def _at_stop(history, values: np.ndarray, at: np.ndarray, restore_best: bool) ->
 
 def _refit(cv: CVResult, hp, build, params, train, refit, epochs, batch_size, key, options) -> Any:
     """The chosen setting trained on all of ``train`` with :func:`fit` (a plain Result), with the values its
-    members trained with (``hp``: as the sweep holds them, float32 or int32)."""
+    members trained with (``hp``: as the sweep holds them, float32 or int32), and the sweep's model state,
+    partial-batch rule, unroll, guard and EMA."""
     which = "one_se" if refit is True else refit
     index = cv.one_se_index if which == "one_se" else cv.best_index
     if index is None:
@@ -320,5 +321,9 @@ def _refit(cv: CVResult, hp, build, params, train, refit, epochs, batch_size, ke
         params = params(jax.random.key(int(setting[SEED])))
     if options.get("early_stopping") is not None:  # no held-out data left: the folds' mean stopping epoch
         epochs = max(1, int(round(float(np.mean(cv.stop_epochs[index])))))
-    kept = {k: options[k] for k in ("model_state", "partial_batch", "unroll", "verbose") if k in options}
+    kept = {k: options[k] for k in ("model_state", "partial_batch", "unroll", "verbose", "guard") if k in options}
+    ema = options.get("ema")
+    if ema is not None:  # the members' EMA (a decay named in hparams: the chosen setting's value)
+        decay = ema.decay if not isinstance(ema.decay, str) else float(setting[ema.decay])
+        kept["ema"] = dataclasses.replace(ema, decay=decay)
     return fit(objective, optimizer, params, train, epochs=epochs, batch_size=batch_size, key=key, **kept)
