@@ -48,8 +48,10 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         EMA,
         Checkpointing,
         CheckpointWriteError,
+        CVResult,
         DataParallel,
         DivergenceError,
+        Ensemble,
         Evaluation,
         FolderInUseError,
         Guard,
@@ -60,9 +62,13 @@ if TYPE_CHECKING:  # what the names below are; at run time they load on first us
         Result,
         TrainState,
         accuracy,
+        bootstrap_indices,
+        cross_validate,
+        ensemble,
         fit,
         make_epoch,
         make_step,
+        member_keys,
         pbt,
         regularization_path,
         sweep,
@@ -115,6 +121,9 @@ _FROM = {
     ),
     "ModelParallel": "train",
     "Stream": "train",
+    **dict.fromkeys(
+        ["CVResult", "Ensemble", "bootstrap_indices", "cross_validate", "ensemble", "member_keys"], "train"
+    ),
 }
 
 
@@ -220,4 +229,10 @@ __all__ = [
     "regularization_path",
     "Stream",
     "writers",
+    "CVResult",
+    "Ensemble",
+    "bootstrap_indices",
+    "cross_validate",
+    "ensemble",
+    "member_keys",
 ]

@@ -11,15 +11,14 @@ Two tiers, marked here by rule (``pytest_collection_modifyitems``), never by han
 * the fast tier, ``python -m pytest -q -m "not slow" -n 2``: every test not marked ``slow``.
 
 A test is ``slow`` when (1) its file is in ``SLOW_FILES`` (subprocesses, several processes, a local server, whole
-scripts; with ``-m "not slow"`` these files are not even imported), (2) it reads the real MNIST files (its code
-names ``SHARED``, the ``../shared/data/mnist`` folder), (3) it trains: its code (or its file's helpers it calls)
-names ``fit``, ``sweep``, ``pbt``, ``regularization_path``, ``make_step``, ``make_epoch``, ``make_update`` or
-``run_epoch`` -- except in ``FAST_FILES`` (``test_goldens.py``: every front end's results bit for bit, the guard
-of every refactoring, stays fast), (4) it is a hypothesis property (``@given``: many examples, each compiled
-anew), (5) it is the "nojit" variant of a core test (its "jit" variant stays fast), or (6) it is listed in
-``SLOW_TESTS`` (measured slow with ``--durations``, each with its reason). A ``@pytest.mark.slow`` written in a
-test file still counts. The suite shares JAX's persistent compilation cache (below), so a second run of either
-tier compiles little.
+scripts; with ``-m "not slow"`` these files are not even imported), (2) it reads the real MNIST files (its code names
+``SHARED``, the ``../shared/data/mnist`` folder), (3) it trains: its code (or its file's helpers it calls) names
+``fit``, ``sweep``, ``pbt``, ``regularization_path``, ``cross_validate``, ``make_step``, ``make_epoch``, ``make_update``
+or ``run_epoch`` -- except in ``FAST_FILES`` (``test_goldens.py``: every front end's results bit for bit, the guard of
+every refactoring, stays fast), (4) it is a hypothesis property (``@given``: many examples, each compiled anew), (5) it
+is the "nojit" variant of a core test (its "jit" variant stays fast), or (6) it is listed in ``SLOW_TESTS`` (measured
+slow with ``--durations``, each with its reason). A ``@pytest.mark.slow`` written in a test file still counts. The suite
+shares JAX's persistent compilation cache (below), so a second run of either tier compiles little.
 """
 
 from __future__ import annotations
@@ -132,7 +131,17 @@ SLOW_TESTS: dict[str, str] = {
 }
 
 TRAINING = frozenset(
-    {"fit", "sweep", "pbt", "regularization_path", "make_step", "make_epoch", "make_update", "run_epoch"}
+    {
+        "fit",
+        "sweep",
+        "pbt",
+        "regularization_path",
+        "cross_validate",
+        "make_step",
+        "make_epoch",
+        "make_update",
+        "run_epoch",
+    }
 )
 
 # Files whose training tests stay in the fast tier all the same: the guard of every refactoring.

@@ -29,6 +29,8 @@ regularized objective. Layout (each module imports only those above it)::
     fit, sweep    the front ends
     population    K models with a compiled transfer between epochs (paths, PBT)
     path, pbt     regularization paths; population-based training
+    members       per-member data: index sets, keys, evaluation sets (folds, out of bag)
+    cross_validate  k-fold cross-validation in one sweep (CVResult, the one-SE rule); ensemble
 """
 
 from __future__ import annotations
@@ -37,13 +39,17 @@ from typing import Any
 
 from .checkpoint_folder import CheckpointWriteError, FolderInUseError
 from .config import EMA, Checkpointing, DataParallel, Evaluation, Guard, ModelParallel
+from .cross_validate import cross_validate
+from .cv_result import CVResult
 from .engine import VECTORIZE
+from .ensemble import Ensemble, ensemble
 from .epoch import make_epoch
 from .evaluate import accuracy, total_cost
 from .fit import fit
 from .guard import DivergenceError
 from .history import Best, History, Records
 from .history import sweep_history as _sweep_history
+from .members import BOOTSTRAP_SALT, bootstrap_indices, member_keys
 from .monitor import EPOCH_LOSS, NETWORK2
 from .path import Path, regularization_path
 from .pbt import PBTResult, pbt
@@ -90,6 +96,13 @@ __all__ = [
     "pbt",
     "regularization_path",
     "Stream",
+    "BOOTSTRAP_SALT",
+    "CVResult",
+    "Ensemble",
+    "bootstrap_indices",
+    "cross_validate",
+    "ensemble",
+    "member_keys",
 ]
 
 

@@ -148,9 +148,13 @@ def locate_member(
     else:
         decay = None if ema is None else ema.decay_of(values)
         state = jax.tree.map(lambda a: a[i], run.state)
-        epoch_key = jax.random.fold_in(key, run.epoch)
+        epoch_key, plan, train = jax.random.fold_in(key, run.epoch), setup.plan, setup.train
+        if setup.members is not None:  # per-member data: the member's own examples, plan and epoch key
+            plan, epoch_key = setup.members.member_plan(int(i)), setup.members.member_epoch_key(key, i, run.epoch)
+            index = setup.members.member_index(int(i))
+            train = train if index is None else jax.tree.map(lambda a: a[index], train)
         keyed = calls.takes_key(objective)
-        found = guard.locate(objective, optimizer, setup.plan, state, setup.train, epoch_key, keyed, decay)
+        found = guard.locate(objective, optimizer, plan, state, train, epoch_key, keyed, decay)
     figures = {k: v[i] for k, v in run.values.items() if setup.monitor.guarded(k)}
     step, quantity, _ = guard.describe(found, figures, run.epoch, run.epochs)
     return {"epoch": run.epoch + 1, "step": None if step is None else step + 1, "quantity": quantity}, found

@@ -8,7 +8,9 @@ check, and returns ``(state, alive, metrics, ok)``. For a sweep the same
 functions run over a leading model axis: training with ``jax.vmap`` or one
 model after another (``lax.map``), evaluation always batched across models
 (the shared data meets every model's weights in one matmul), the check per
-model.
+model. With per-member data (:mod:`jreg.train.members`) each group of members
+of one training-set size trains with its own plan, and each member measures
+its own examples (one after another with ``"map"``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .._errors import JregError
@@ -26,6 +29,7 @@ from . import calls, guard, stream
 from . import optimizer as optimizer_
 from .config import EMA
 from .epoch import run_epoch
+from .members import Members
 from .monitor import EPOCH_LOSS, Monitor
 from .plan import EpochPlan
 from .state import TrainState
@@ -46,9 +50,15 @@ def program(
     ema: EMA | None = None,
     feed: stream.Feed | None = None,
     unroll: int | None = None,
+    members: Members | None = None,
 ) -> Callable[..., Any]:
-    """Jitted ``epoch(hp, state, alive, train, evaluation, key, *, evaluate, limit=None) -> (state, alive, metrics,
-    ok)``.
+    """Jitted ``epoch(hp, state, alive, train, evaluation, key, index=None, *, evaluate, limit=None) -> (state,
+    alive, metrics, ok)``.
+
+    ``members``: per-member data (:mod:`jreg.train.members`; a sweep's ``vectorize`` ``"vmap"`` or ``"map"``):
+    each group of members trains on its own index sets (``index``: :meth:`Members.arrays`), with ``key`` the
+    run's epoch key (``"shared"`` order) or the members' (K,) epoch keys (``"per_member"``), and measures its
+    own examples where it has them.
 
     ``limit``: a :class:`jreg.Guard`'s limit on the epoch's running loss (float32, one per model in a sweep;
     traced, so new values compile nothing): an epoch whose running loss exceeds it fails the check as a
@@ -76,6 +86,8 @@ def program(
             build, feed, monitor, models=models, vectorize=vectorize, sharding=sharding, ema=ema, unroll=unroll
         )
     finite_only = not monitor.epoch_loss  # the guard needs only whether every step's loss was finite
+    if members is not None:
+        return _member_program(build, monitor, vectorize, ema, sharding, finite_only, unroll, members)
     train_one = _trainer(build, plan, ema, sharding, finite_only, unroll)
     train_wide = _wide_trainer(build, plan, ema, sharding, finite_only, unroll)
     measure_one = _measurer(build, monitor, ema)
@@ -104,10 +116,79 @@ def program(
     return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))
 
 
-def _trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, finite_only: bool, unroll: int | None):
-    """``train_one(hp, state, train, key) -> (state, running)``: one model's epoch (:func:`run_epoch`)."""
+def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unroll, members: Members):
+    """The compiled epoch of K models with per-member data: each group of equal-sized training sets trains with
+    its own plan (``vmap`` or ``lax.map`` over its members), the groups' states joined back in member order."""
+    if vectorize not in ("vmap", "map"):
+        raise JregError(
+            f"per-member data (data_order='per_member', resample=, cross-validation folds) trains with "
+            f"vectorize='vmap' or 'map'; vectorize={vectorize!r} needs one mini-batch shared by every member"
+        )
+    trainers = [_trainer(build, g.plan, ema, sharding, finite_only, unroll) for g in members.groups]
+    own_keys = members.order == "per_member"
+    order = np.concatenate([g.members for g in members.groups])
+    inverse = np.argsort(order)
+    measure_one = _measurer(build, monitor, ema)
+    check_one = _checker(monitor)
 
-    def train_one(hp, state: TrainState, train, key):
+    def train_group(g, hp, state, train, key, index):
+        ids = members.groups[g].members
+        pick = (lambda t: t) if members.single else (lambda t: jax.tree.map(lambda a: a[ids], t))
+        hp_g, state_g = pick(hp), pick(state)
+        key_g = pick(key) if own_keys else key
+        idx = index["groups"][g]
+        train_one = trainers[g]
+        if vectorize == "vmap":
+            axes = (0, 0, None, 0 if own_keys else None, None if idx is None else 0)
+            return jax.vmap(train_one, in_axes=axes)(hp_g, state_g, train, key_g, idx)
+
+        def one(a):
+            h, s, k, i = a
+            return train_one(h, s, train, k if own_keys else key, i)
+
+        return jax.lax.map(one, (hp_g, state_g, key_g if own_keys else None, idx))
+
+    view_groups = members.view_groups() if members.exact else (np.arange(members.models),)
+    view_order = np.concatenate(view_groups)
+
+    def measure_groups(hp, new, train, evaluation, views):
+        """Each group of members on its own views (one group: every member, in order)."""
+        outs = []
+        for ids, group in zip(view_groups, views):
+            pick = (lambda t: t) if len(view_groups) == 1 else (lambda t, ids=ids: jax.tree.map(lambda a: a[ids], t))
+            if vectorize == "map":  # one member after another: each measured exactly as fit measures it
+                outs.append(jax.lax.map(lambda a: measure_one(a[0], a[1], train, evaluation, a[2]),
+                                        (pick(hp), pick(new), group)))  # fmt: skip
+            else:
+                outs.append(jax.vmap(measure_one, in_axes=(0, 0, None, None, 0))(pick(hp), pick(new), train,
+                                                                                evaluation, group))  # fmt: skip
+        if len(outs) == 1:
+            return outs[0]
+        return jax.tree.map(lambda *a: jnp.concatenate(a)[np.argsort(view_order)], *outs)
+
+    def epoch(hp, state, alive, train, evaluation, key, index, *, evaluate: bool, limit=None):
+        outs = [train_group(g, hp, state, train, key, index) for g in range(len(members.groups))]
+        if members.single:
+            new, running = outs[0]
+        else:
+            new, running = jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *outs)
+        metrics = {EPOCH_LOSS: running["loss"]} if monitor.epoch_loss else {}
+        loss = jnp.where(running["finite"], 0.0, jnp.nan) if finite_only else running["loss"]
+        if evaluate:
+            metrics.update(measure_groups(hp, new, train, evaluation, index["views"]))
+        if limit is not None and finite_only:
+            raise JregError("a jreg.Guard reads the running loss epoch_loss, which this run does not monitor")
+        state, ok, alive = jax.vmap(check_one)(state, new, loss, metrics, alive, limit)
+        return state, alive, metrics, ok
+
+    return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))
+
+
+def _trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, finite_only: bool, unroll: int | None):
+    """``train_one(hp, state, train, key, index=None) -> (state, running)``: one model's epoch
+    (:func:`run_epoch`; ``index``: its own training examples, per-member data)."""
+
+    def train_one(hp, state: TrainState, train, key, index=None):
         objective, optimizer = build(hp)
         # the loss value is always computed: the guard needs it even when nothing is monitored (a loss can
         # become inf or NaN while its gradient stays finite); it costs little beside the gradient
@@ -115,7 +196,16 @@ def _trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, finite_on
         update = make_update(objective, optimizer, with_metrics=True, ema_decay=decay)
         keyed = calls.takes_key(objective)
         return run_epoch(
-            update, plan, state, train, key, keyed=keyed, sharding=sharding, finite_only=finite_only, unroll=unroll
+            update,
+            plan,
+            state,
+            train,
+            key,
+            keyed=keyed,
+            sharding=sharding,
+            finite_only=finite_only,
+            unroll=unroll,
+            index=index,
         )
 
     return train_one
@@ -173,10 +263,10 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
 def _measurer(build: Build, monitor: Monitor, ema: EMA | None):
     """``measure_one(hp, state, train, evaluation)``: the monitored series of one model (the EMA params if asked)."""
 
-    def measure_one(hp, state: TrainState, train, evaluation):
+    def measure_one(hp, state: TrainState, train, evaluation, views=None):
         objective, _ = build(hp)
         params = optimizer_.state_params(state, ema is not None and ema.evaluate)
-        return monitor.measure(objective, params, state.model_state, train, evaluation, state.step)
+        return monitor.measure(objective, params, state.model_state, train, evaluation, state.step, views)
 
     return measure_one
 

@@ -57,6 +57,7 @@ def run_epoch(
     sharding: Any = None,
     finite_only: bool = False,
     unroll: int | None = 1,
+    index: jax.Array | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One epoch of ``update`` steps over ``data`` as the plan says; metrics averaged over the examples seen.
 
@@ -66,8 +67,13 @@ def run_epoch(
     ``unroll``: steps per iteration of the scan's loop (``lax.scan``'s ``unroll``: the same operations per
     step in fewer loop iterations, though XLA may fuse running averages across the unrolled steps and round
     them differently); ``None`` picks it from the backend and the step's size (:func:`auto_unroll`).
+    ``index``: this model's training examples, ``(plan.n,)`` indices into ``data`` (per-member data,
+    :mod:`jreg.train.members`): the plan shuffles positions in it and each step gathers
+    ``data[index[positions]]``; None: ``data`` itself.
     """
     full, rest = plan.order(key)
+    if index is not None:  # positions in this model's own training set -> examples of the shared arrays
+        full, rest = index[full], index[rest]
     keys = plan.step_keys(key) if keyed else None
     first = take(data, full[0]), None if keys is None else keys[0]
     if state.model_state is not None:  # the state is a scan carry: its type may not change (checked at trace time)

@@ -144,18 +144,25 @@ def over_batches(
     batch_size: int | None,
     smallest: int = 1,
     memory: int = MEMORY_BUDGET,
+    index: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """Run ``chunk`` over ``data`` in evaluation batches and combine: means weighted by size, sums added.
 
-    ``batch_size=None`` picks it from the memory budget (:func:`auto_batch_size`).
+    ``batch_size=None`` picks it from the memory budget (:func:`auto_batch_size`). ``index``: evaluate the
+    examples ``data[index]`` (one member's fold, per-member data), each evaluation batch gathered as it is
+    used: the same arithmetic as on ``data[index]`` itself, without holding it.
     """
-    n = data_size(data, "evaluation data")
+    if index is not None:
+        data = _Gathered(data, index)
+    n = data_size(data, "evaluation data") if index is None else int(index.shape[0])
     if batch_size is None:
-        batch_size = auto_batch_size(chunk, params, model_state, data, step, smallest, memory)
+        shapes = data if index is None else jax.tree.map(lambda a: jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype),
+                                                         data.data)  # fmt: skip
+        batch_size = auto_batch_size(chunk, params, model_state, shapes, step, smallest, memory)
     size = min(batch_size, n)
     full, rest = divmod(n, size)
     if full == 1 and not rest:  # one batch: its figures are the data set's
-        return {k: v for k, (v, _) in chunk(params, model_state, data, step).items()}
+        return {k: v for k, (v, _) in chunk(params, model_state, _rows(data, 0, n), step).items()}
     kinds: dict[str, str] = {}
 
     def weighted(batch: Batch, count: int) -> dict[str, jax.Array]:
@@ -164,16 +171,38 @@ def over_batches(
         return {k: v * count if kind == "mean" else v for k, (v, kind) in figures.items()}
 
     def body(acc, i):
-        batch = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, i * size, size), data)
-        return jax.tree.map(jnp.add, acc, weighted(batch, size)), None
+        return jax.tree.map(jnp.add, acc, weighted(_slice(data, i * size, size), size)), None
 
-    first = jax.tree.map(lambda a: a[:size], data)
+    first = _rows(data, 0, size)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda b: weighted(b, size), first))
     sums, _ = jax.lax.scan(body, zeros, jnp.arange(full))
     if rest:
-        tail = jax.tree.map(lambda a: a[full * size :], data)
-        sums = jax.tree.map(jnp.add, sums, weighted(tail, rest))
+        sums = jax.tree.map(jnp.add, sums, weighted(_rows(data, full * size, n), rest))
     return {k: v / n if kinds[k] == "mean" else v for k, v in sums.items()}
+
+
+class _Gathered:
+    """``data[index]`` not taken yet: its batches are gathered one at a time (:func:`over_batches`)."""
+
+    def __init__(self, data: Batch, index: jax.Array):
+        self.data, self.index = data, index
+
+
+def _rows(data: Any, start: int, stop: int) -> Batch:
+    """Examples ``start:stop`` (static bounds) of ``data``, gathered when it is a :class:`_Gathered`."""
+    if isinstance(data, _Gathered):
+        return jax.tree.map(lambda a: a[data.index[start:stop]], data.data)
+    if start == 0 and stop == data_size(data, "evaluation data"):
+        return data
+    return jax.tree.map(lambda a: a[start:stop], data)
+
+
+def _slice(data: Any, start: Any, size: int) -> Batch:
+    """``size`` examples from the traced ``start``, gathered when ``data`` is a :class:`_Gathered`."""
+    if isinstance(data, _Gathered):
+        idx = jax.lax.dynamic_slice_in_dim(data.index, start, size)
+        return jax.tree.map(lambda a: a[idx], data.data)
+    return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), data)
 
 
 def evaluate(
@@ -191,8 +220,10 @@ def evaluate(
     step: Any = None,
     prefix: str = "",
     penalty_scale: float | None = None,
+    index: jax.Array | None = None,
 ) -> Metrics:
-    """``{prefix + "cost": ..., prefix + <part>: ..., prefix + <metric>: ...}`` on a whole data set.
+    """``{prefix + "cost": ..., prefix + <part>: ..., prefix + <metric>: ...}`` on a whole data set
+    (``index``: on ``data[index]``, gathered batch by batch).
 
     ``batch_size``: examples per evaluation batch; ``None`` picks the largest
     that keeps the batch's intermediate values within ``memory`` bytes
@@ -207,7 +238,13 @@ def evaluate(
     if not cost and not metrics:
         return {}
     chunk = make_chunk(objective, cost=cost, metrics=metrics)
-    sums = over_batches(chunk, params, model_state, data, step, batch_size, smallest, memory)
+    sums = over_batches(chunk, params, model_state, data, step, batch_size, smallest, memory, index)
+    return _figures(objective, sums, params, step, cost, parts, prefix, penalty_scale)
+
+
+def _figures(objective, sums, params, step, cost: bool, parts: bool, prefix: str, penalty_scale) -> Metrics:
+    """The named figures from the combined chunk sums: the cost (the params' penalty added once), its parts
+    (when asked), the metrics."""
     out: Metrics = {}
     if cost:
         batch_parts = {k[5:]: v for k, v in sums.items() if k.startswith("part:")}
@@ -225,6 +262,69 @@ def evaluate(
             out.update({f"{prefix}{k}": v for k, v in all_parts.items()})
     out.update({f"{prefix}{k[7:]}": v for k, v in sums.items() if k.startswith("metric:")})
     return out
+
+
+def evaluate_view(
+    objective: Callable[..., Any],
+    params: Params,
+    model_state: ModelState,
+    data: Batch,
+    index: jax.Array,
+    weight: jax.Array,
+    *,
+    cost: bool,
+    parts: bool = False,
+    metrics: Mapping[str, Metric] | None = None,
+    batch_size: int | None = None,
+    smallest: int = 1,
+    memory: int = MEMORY_BUDGET,
+    step: Any = None,
+    prefix: str = "",
+    penalty_scale: Any = None,
+) -> Metrics:
+    """:func:`evaluate` on the examples ``data[index]`` weighted by ``weight`` (1 for a real example, 0 for
+    padding): one member's held-out fold or out-of-bag set, padded to the largest member's (per-member data,
+    :mod:`jreg.train.members`).
+
+    Each evaluation batch of ``index`` is gathered inside the program and its figures are taken per example
+    (the objective ``vmap``-ed over batches of one), then summed with the weights: the means are exact over the
+    real examples whatever the padding. A metric that returns one scalar per batch is therefore taken per
+    example here. ``penalty_scale`` may be traced (each member's own ``n_train / len(set)``).
+    """
+    metrics = as_metrics(metrics)
+    if not cost and not metrics:
+        return {}
+    chunk = make_chunk(objective, cost=cost, metrics=metrics)
+    width = int(index.shape[0])
+    if batch_size is None:
+        batch_size = auto_batch_size(chunk, params, model_state, data, step, smallest, memory)
+    size = min(batch_size, width)
+    chunks = -(-width // size)
+    index = jnp.pad(index, (0, chunks * size - width))
+    weight = jnp.pad(weight, (0, chunks * size - width))
+    kinds: dict[str, str] = {}
+
+    def one(example: Batch) -> dict[str, jax.Array]:
+        figures = chunk(params, model_state, jax.tree.map(lambda a: a[None], example), step)
+        kinds.update({k: kind for k, (_, kind) in figures.items()})
+        return {k: v for k, (v, _) in figures.items()}
+
+    def body(acc, i):
+        idx = jax.lax.dynamic_slice_in_dim(index, i * size, size)
+        w = jax.lax.dynamic_slice_in_dim(weight, i * size, size)
+        values = jax.vmap(one)(take_rows(data, idx))
+        summed = {k: jnp.sum(jnp.where(w > 0, v, 0).astype(v.dtype)) for k, v in values.items()}
+        return jax.tree.map(jnp.add, acc, summed), None
+
+    shapes = jax.eval_shape(lambda: {k: jnp.sum(v) for k, v in jax.vmap(one)(take_rows(data, index[:size])).items()})
+    sums, _ = jax.lax.scan(body, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), jnp.arange(chunks))
+    count = jnp.sum(weight)
+    sums = {k: v / count if kinds[k] == "mean" else v for k, v in sums.items()}
+    return _figures(objective, sums, params, step, cost, parts, prefix, penalty_scale)
+
+
+def take_rows(data: Batch, idx: jax.Array) -> Batch:
+    return jax.tree.map(lambda a: a[idx], data)
 
 
 def accuracy(

@@ -28,13 +28,15 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import jax.numpy as jnp
+
 from .._errors import JregError
 from .._types import Batch, Metrics, ModelState, Params
 from ..conventions import penalty_scale
 from ..metrics import Metric, unweighted
 from ..metrics import accuracy as accuracy_metric
 from ..objective import Objective
-from .evaluate import MEMORY_BUDGET, evaluate
+from .evaluate import MEMORY_BUDGET, evaluate, evaluate_view
 from .inputs import data_size
 
 EPOCH_LOSS = "epoch_loss"
@@ -76,12 +78,28 @@ class Monitor:
         return not any(name == f"{p}_{m}" for p in ("training", "evaluation") for m in self.metrics)
 
     def measure(
-        self, objective: Callable[..., Any], params: Params, model_state: ModelState, train: Batch, evaluation, step
+        self,
+        objective: Callable[..., Any],
+        params: Params,
+        model_state: ModelState,
+        train: Batch,
+        evaluation,
+        step,
+        views: dict[str, Any] | None = None,
     ) -> Metrics:
-        """The wanted figures on the training data and on the held-out data, in evaluation mode."""
+        """The wanted figures on the training data and on the held-out data, in evaluation mode.
+
+        ``views``: one member's own examples (per-member data, :mod:`jreg.train.members`): ``{"training":
+        index | (index, weight) | None, "evaluation": the same}``, a side with a view measured on
+        ``train[index]`` (an ``index`` alone: with :func:`evaluate`'s arithmetic; padded with ``weight`` 0:
+        each example on its own, ``views["n_train"]`` then the member's training-set size)."""
         out: Metrics = {}
         for prefix, data in (("training", train), ("evaluation", evaluation)):
             cost, metrics = self.on(prefix)
+            view = None if views is None else views.get(prefix)
+            if view is not None and (cost or metrics):
+                out.update(self._measure_view(objective, params, model_state, train, view, views, step, prefix))
+                continue
             if data is None or not (cost or metrics):
                 continue
             out.update(
@@ -102,6 +120,51 @@ class Monitor:
                 )
             )
         return out
+
+    def _measure_view(self, objective, params, model_state, train, view, views, step, prefix) -> Metrics:
+        """One side measured on one member's own examples (exact weighted means; its own sizes)."""
+        cost, metrics = self.on(prefix)
+        if not isinstance(view, tuple):  # one size: the member's set measured as fit measures it
+            n_train = self.n_train if views.get("training") is None else int(views["training"].shape[0])
+            scale = None
+            if cost and self.cost_convention != "jreg":  # network2: n_train / len(set), this member's sizes
+                scale = penalty_scale(self.cost_convention, n_train, int(view.shape[0]))
+            return evaluate(
+                objective,
+                params,
+                model_state,
+                train,
+                cost=cost,
+                parts=prefix == "training",
+                metrics=metrics,
+                batch_size=self.batch_size,
+                smallest=self.smallest,
+                memory=self.memory,
+                step=step,
+                prefix=f"{prefix}_",
+                penalty_scale=scale,
+                index=view,
+            )
+        scale = None
+        if cost and self.cost_convention != "jreg":  # network2: n_train / len(set), this member's sizes
+            scale = views["n_train"] / jnp.sum(view[1])
+        return evaluate_view(
+            objective,
+            params,
+            model_state,
+            train,
+            view[0],
+            view[1],
+            cost=cost,
+            parts=prefix == "training",
+            metrics=metrics,
+            batch_size=self.batch_size,
+            smallest=self.smallest,
+            memory=self.memory,
+            step=step,
+            prefix=f"{prefix}_",
+            penalty_scale=scale,
+        )
 
     def penalty_scale(self, data: Batch) -> float | None:
         """The factor on the params' penalty in a cost on ``data`` (``None``: none, the objective as it is)."""

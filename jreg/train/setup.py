@@ -34,6 +34,7 @@ class Setup:
     monitor: Monitor
     schedule: Evaluation  # when to measure (``every``)
     feed: stream.Feed | None = None  # a streamed run's source (then ``train`` is None; see jreg.train.stream)
+    members: Any = None  # per-member data (jreg.train.members.Members), None: every member the same data
 
 
 def check_model_state(objective: Callable[..., Any], model_state: ModelState) -> ModelState:

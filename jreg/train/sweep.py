@@ -17,6 +17,7 @@ from ..stopping import EarlyStopping
 from ..writers import Runs, Writer, check_writers
 from . import checkpoint_folder, divergence, mesh, sweep_checkpoint
 from . import early_stopping as stopping_hooks
+from . import members as per_member
 from . import optimizer as optimizer_
 from . import resume as resuming
 from .config import EMA, Checkpointing, Guard, ModelParallel, as_ema, as_guard, check_decay
@@ -24,6 +25,7 @@ from .engine import VECTORIZE, Build, program
 from .epoch import check_unroll
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs, user_callback
+from .members import MEMBER_SETS
 from .prepare import check_hparams, default_vectorize, initial_state, prepared_models
 from .result import Result
 from .setup import Setup, check_checkpointing, check_mid_epoch, mid_epoch, resume_mid_epoch
@@ -31,7 +33,7 @@ from .state import TrainState
 from .validate import check_loop_args
 
 
-@checked("sweep")
+@checked("sweep", passthrough=(MEMBER_SETS,))
 def sweep(
     build: Build,
     params: Params,
@@ -57,6 +59,8 @@ def sweep(
     unroll: int | None = None,
     guard: Guard | None = None,
     writers: Sequence[Writer] | None = None,
+    data_order: str = "shared",
+    resample: str | None = None,
     **unknown: Any,
 ) -> Result:
     """Train K models that differ in hyperparameters in one compiled program; the same loop as :func:`fit`.
@@ -171,6 +175,27 @@ def sweep(
             run per member named by its hyperparameters (``lmbda=0.1,eta=0.5``),
             which are recorded (TensorBoard's HParams, MLflow params, W&B
             config); a stopped or diverged member's NaN figures are not written.
+        data_order: ``"shared"`` (default): every member shuffles with the run's
+            key, as above. ``"per_member"``: member ``i`` shuffles epoch ``e``
+            with ``fold_in(jreg.member_keys(key, K)[i], e)`` (and draws its
+            dropout keys from that epoch key), so it equals
+            ``fit(..., key=jreg.member_keys(key, K)[i])`` up to float
+            reassociation (``jreg.member_keys(key, K)`` is
+            ``jax.random.split(key, K)``).
+        resample: None (default), or ``"bootstrap"``: member ``i`` trains on
+            its own bootstrap resample of the training set, ``n`` indices drawn
+            with replacement (:func:`jreg.bootstrap_indices` of its member key:
+            ``randint(fold_in(member_keys(key, K)[i], BOOTSTRAP_SALT), (n,), 0, n)``;
+            its epochs shuffle positions in that sample, with the shared or the
+            member's key per ``data_order``). With ``evaluation="out_of_bag"``
+            (or ``Evaluation("out_of_bag", ...)``) each member measures the
+            examples its sample left out, exact means over sets of unequal
+            sizes. A bagged ensemble: :func:`jreg.ensemble` of the result.
+            Per-member data (either keyword) trains with ``vectorize="vmap"``
+            or ``"map"`` (``"wide"`` is refused: it needs one mini-batch shared
+            by every member), in memory (no stream), without ``parallel=``;
+            mini-batches are gathered inside each step from the shared arrays
+            (no copy of the data set per member). docs/selection.md.
         The rest as in :func:`fit`.
 
     Returns:
@@ -182,16 +207,21 @@ def sweep(
         ``result.select(k)`` takes member ``k`` out, ``sweep(...,
         resume=result)`` continues the sweep.
     """
+    sets = unknown.pop(MEMBER_SETS, None)  # cross_validate's folds
     hp, models, ema, checkpoint, resume, vectorize, epochs, batch_size, unroll = _checked(
         build, hparams, ema, checkpoint, resume, parallel, vectorize, epochs, batch_size, key, callback, unroll, unknown
     )
     guard = as_guard(guard)
     writers = check_writers(writers, "sweep")
+    train, evaluation, members = per_member.prepare(
+        train, evaluation, key, models, batch_size, partial_batch, data_order, resample, sets, vectorize, parallel
+    )
     copies = (ema is not None, bool(getattr(early_stopping, "restore_best", False)))  # sized before allocation
     params, model_state, stacked_params, setup = prepared_models(
         build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,
         monitor, copies, "jreg.sweep",
     )  # fmt: skip
+    setup = per_member.attach(setup, members, sets)
     rule = stopping_hooks.check(early_stopping, setup.monitor, "sweep")
     limits = divergence.limits(guard, setup, models, "sweep", checkpoint)
     stopper = None
@@ -212,9 +242,11 @@ def sweep(
         track.best = stopper.initial_best(state)
     start, run_id, step = 0, checkpoint_folder.new_run(), 0
     if resume is not None:
-        state, alive, start, run_id, step = _resumed(
-            resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history
+        data = per_member.meta(setup.members)
+        state, alive, start, run_id, resumed = sweep_checkpoint.resumed(
+            resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history, data
         )
+        step = resume_mid_epoch(setup, resumed.meta, resumed.epoch, resumed.path, epochs, models)
     placed = _placed(parallel, state, hp, alive, setup, track)
     epoch = _program(build, setup, models, vectorize, ema, placed[-2], parallel, unroll, epochs)
     # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
@@ -241,16 +273,23 @@ def _train(epoch, placed, setup, stopper, track, key, epochs, start, history, mo
         due = setup.schedule.due(e, epochs)
         data = placed[3] if setup.feed is None else setup.feed.epoch(e)  # a stream: epoch e opened
         limit = {} if limits is None else limits.next(history)  # a Guard's limits for this epoch (traced)
-        out = epoch(placed[1], state, alive, data, placed[4], jax.random.fold_in(key, e), evaluate=due, **limit)
+        members = setup.members
+        if members is None:
+            out = epoch(placed[1], state, alive, data, placed[4], jax.random.fold_in(key, e), evaluate=due, **limit)
+        else:  # per-member data: the members' index sets, and their own epoch keys with data_order="per_member"
+            keys = members.epoch_keys(key, e)
+            out = epoch(placed[1], state, alive, data, placed[4], keys, indices, evaluate=due, **limit)
         if placed[-1] is not None:
             out = (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
         return out if stopper is None else track.advance(out, e, rule.monitor)
 
+    indices = None if setup.members is None else setup.members.arrays()
     hooks = _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits, tracked)
     if writer is not None:  # Checkpointing(every_steps=...): the stream writes mid-epoch checkpoints too
 
         def save(state: TrainState, alive: Any, position: dict[str, Any]) -> None:
-            packed = sweep_checkpoint.pack(hp, state, alive, history, track.stopper, track.per, track.best)
+            data = per_member.meta(setup.members)
+            packed = sweep_checkpoint.pack(hp, state, alive, history, track.stopper, track.per, track.best, data)
             writer.save(state, position["epoch"], key, history, batch_size, None, True, sweep=packed, position=position)
 
         mid_epoch(setup, writer.config, save)
@@ -275,6 +314,7 @@ def _program(build, setup: Setup, models: int, vectorize: str, ema, sharding, pa
         sharding=sharding,
         feed=setup.feed,
         unroll=unroll,
+        members=setup.members,
     )
     if setup.feed is not None:  # a one-shot iterator gives one epoch
         setup.feed.check_epochs(epochs)
@@ -318,12 +358,13 @@ def _result(run: Run, start: int, hp: Any, setup: Setup, track: _Tracking, key: 
     """The sweep's :class:`Result`: the params (each member's best epoch's with ``restore_best``, the EMAs with
     ``EMA(returned=True)``), the state, and the snapshot ``resume=result`` continues from."""
     stopper, history = track.stopper, run.history
+    data = per_member.meta(setup.members)
     params = optimizer_.state_params(run.state, ema is not None and ema.returned, stacked=True)
     final_state = run.state.model_state
     if track.best is not None:
         params, final_state = stopper.result(track.best, track.per, (params, final_state))  # type: ignore[union-attr]
     done = run.epoch + 1 if run.epoch >= start else start
-    packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
+    packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best, data)
     streamed = setup.feed is not None
     snapshot = checkpoint_folder.Snapshot.take(
         run.state, done, key, history, batch_size, None, streamed, run_id, packed
@@ -351,7 +392,9 @@ def _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbos
     hooks += [user_callback(callback)] if callback is not None else []
     hooks += [tracked.hook()] if tracked is not None else []
     hooks += [_all_done(models)]
-    hooks += [_checkpointer(writer, key, batch_size, hp, track, setup.feed is not None)] if writer is not None else []
+    if writer is not None:
+        data = per_member.meta(setup.members)
+        hooks += [sweep_checkpoint.checkpointer(writer, key, batch_size, hp, track, setup.feed is not None, data)]
     return hooks
 
 
@@ -436,46 +479,3 @@ def _all_done(models: int) -> Hook:
             run.stop = True
 
     return hook
-
-
-def _checkpointer(
-    writer: checkpoint_folder.Writer, key: Any, batch_size: int, hp: Any, track: _Tracking, streamed: bool
-) -> Hook:
-    def hook(run: Run) -> None:
-        if writer.config.due(run.epoch, run.epochs) or run.stop:
-            history: History = run.history
-            packed = sweep_checkpoint.pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best)
-            writer.save(run.state, run.epoch + 1, key, history, batch_size, None, streamed, sweep=packed)
-
-    return hook
-
-
-def _resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history):
-    """``(state, alive, first epoch, run id, its steps done)`` of the sweep ``resume`` points at (a mid-epoch
-    checkpoint's stream put back where it was); ``track`` and ``history`` filled."""
-    stopper = track.stopper
-    kept = (state.params, state.model_state) if stopper is None else stopper.kept(state)  # best params' template
-    resumed = resuming.resume(
-        resume,
-        state,
-        key,
-        batch_size,
-        epochs,
-        setup.plan.steps,
-        setup.monitor.cost_convention,
-        None if ema is None else ema.meta(),
-        sweep=sweep_checkpoint.template(hp, models, stopper, kept),
-        streamed=setup.feed is not None,
-    )
-    step, alive, per, best = sweep_checkpoint.unpack(
-        resumed.sweep, resumed.meta["sweep"], stopper, history, resumed.epoch, resumed.path
-    )
-    loaded = resumed.state._replace(step=step)
-    if stopper is None and history.stopped:  # resumed without early stopping: as fit, the stopped models go on
-        alive = alive.at[np.asarray(sorted(history.stopped))].set(True)
-        history.stopped = {}
-    if stopper is not None:
-        track.per, track.best = per, best if best is not None else track.best
-        loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
-    step = resume_mid_epoch(setup, resumed.meta, resumed.epoch, resumed.path, epochs, models)
-    return loaded, alive, resumed.epoch, resumed.run, step

@@ -26,8 +26,11 @@ from .. import checkpoint as ckpt
 from .._errors import JregError
 from ..checkpoint.common import Fields
 from ..stopping import PerModel
+from . import checkpoint_folder
+from . import resume as resuming
 from .early_stopping import SweepStopper
 from .history import History
+from .loop import Hook, Run
 from .state import TrainState
 
 _DTYPES = ("float32", "float64")
@@ -88,10 +91,13 @@ def pack(
     stopper: SweepStopper | None,
     per: PerModel | None,
     best: Any,
+    data: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(meta["sweep"], arrays)`` for :meth:`Writer.save`'s ``sweep``."""
+    """``(meta["sweep"], arrays)`` for :meth:`Writer.save`'s ``sweep``; ``data``: the members' data
+    (:func:`jreg.train.members.meta`: order, resample, what made the index sets and their digest)."""
     names = list(history.series)
     meta = {
+        "data": dict(SHARED_DATA if data is None else data),
         "models": int(np.shape(alive)[0]),
         "hparams": {k: _numbers(v) for k, v in hp.items()},
         "diverged": _events(history.diverged),
@@ -114,7 +120,18 @@ def _bad(path: Path, field: str, what: str, value: Any) -> ckpt.CheckpointError:
     return Fields(f"resume: {path}", "meta ").fail(f"sweep.{field}" if field else "sweep", what, value)
 
 
-def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept: Any, epochs_done: Any = None) -> Any:
+#: the data of a sweep without per-member data (and of checkpoints written before it was recorded)
+SHARED_DATA = {"order": "shared", "resample": None, "kind": "shared", "digest": None}
+
+
+def template(
+    hp: dict[str, Any],
+    models: int,
+    stopper: SweepStopper | None,
+    kept: Any,
+    epochs_done: Any = None,
+    data: dict[str, Any] | None = None,
+) -> Any:
     """``sweep(path, meta) -> template`` for :func:`jreg.train.resume.resume`: checks that the checkpoint
     is this sweep's (K, the hyperparameters, early stopping), then says what arrays it holds."""
 
@@ -122,6 +139,7 @@ def template(hp: dict[str, Any], models: int, stopper: SweepStopper | None, kept
         if not isinstance(meta, dict):
             raise _bad(path, "", "must be an object", meta)
         with_stopping = _check_same_sweep(path, meta, hp, models, stopper)
+        _check_same_data(path, meta.get("data", SHARED_DATA), SHARED_DATA if data is None else data)
         at, dtypes = meta.get("history_epochs"), meta.get("history_dtypes")
         if not isinstance(at, dict):
             raise _bad(path, "history_epochs", "must be an object of named lists of epochs", at)
@@ -189,6 +207,24 @@ def _check_same_sweep(
     return with_stopping
 
 
+def _check_same_data(path: Path, saved: Any, mine: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose members trained on other data: another data order, resampling, folds."""
+    if saved == mine:
+        return
+    if not isinstance(saved, dict):
+        raise _bad(path, "data", "must be an object (order, resample, kind, digest)", saved)
+
+    def shown(d: dict[str, Any]) -> str:
+        return f"data_order={d.get('order')!r}, resample={d.get('resample')!r}, index sets {d.get('kind')!r}"
+
+    same = all(saved.get(k) == mine.get(k) for k in ("order", "resample", "kind"))
+    what = "other index sets (other folds or samples)" if same else shown(saved)
+    raise JregError(
+        f"resume: {path} trained its members with {what}, this sweep with {shown(mine)}; a sweep resumes only "
+        "with the per-member data it was started with (the same data_order, resample, folds and key)"
+    )
+
+
 def unpack(
     arrays: dict[str, Any],
     meta: dict[str, Any],
@@ -230,3 +266,54 @@ def unpack(
         if best is not None:
             best = jax.tree.map(jnp.array, best)
     return jnp.asarray(arrays["step"], jnp.int32), jnp.asarray(arrays["alive"], bool), per, best
+
+
+def checkpointer(
+    writer: checkpoint_folder.Writer,
+    key: Any,
+    batch_size: int,
+    hp: Any,
+    track: Any,
+    streamed: bool,
+    data: dict[str, Any] | None = None,
+) -> Hook:
+    """The sweep's last hook: a checkpoint when due (``track``: early stopping's per-model state; ``data``: the
+    members' data, :func:`jreg.train.members.meta`)."""
+
+    def hook(run: Run) -> None:
+        if writer.config.due(run.epoch, run.epochs) or run.stop:
+            history: History = run.history
+            packed = pack(hp, run.state, run.alive, history, track.stopper, track.per, track.best, data)
+            writer.save(run.state, run.epoch + 1, key, history, batch_size, None, streamed, sweep=packed)
+
+    return hook
+
+
+def resumed(resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history, data=None):
+    """``(state, alive, first epoch, run id, resumed)`` of the sweep ``resume`` points at (``resumed``:
+    :func:`jreg.train.resume.resume`'s record, whose meta and path a mid-epoch resume reads); ``track`` (early
+    stopping's per-model state) and ``history`` filled; ``data``: the members' data, which the checkpoint's must
+    be."""
+    stopper = track.stopper
+    kept = (state.params, state.model_state) if stopper is None else stopper.kept(state)  # best params' template
+    resumed = resuming.resume(
+        resume,
+        state,
+        key,
+        batch_size,
+        epochs,
+        setup.plan.steps,
+        setup.monitor.cost_convention,
+        None if ema is None else ema.meta(),
+        sweep=template(hp, models, stopper, kept, data=data),
+        streamed=setup.feed is not None,
+    )
+    step, alive, per, best = unpack(resumed.sweep, resumed.meta["sweep"], stopper, history, resumed.epoch, resumed.path)
+    loaded = resumed.state._replace(step=step)
+    if stopper is None and history.stopped:  # resumed without early stopping: as fit, the stopped models go on
+        alive = alive.at[np.asarray(sorted(history.stopped))].set(True)
+        history.stopped = {}
+    if stopper is not None:
+        track.per, track.best = per, best if best is not None else track.best
+        loaded = loaded._replace(lr_scale=stopper.lr_scale(per))
+    return loaded, alive, resumed.epoch, resumed.run, resumed
