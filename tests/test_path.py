@@ -177,6 +177,12 @@ def test_a_top_from_a_stateful_objective_asks_for_a_number():
         ({"mode": "sequential", "warm_every": 2}, "mode='sequential' has none"),
         ({"ema": object()}, "does not support ema="),
         ({"callback": print, "checkpoint": None}, "does not support callback=, checkpoint="),
+        ({"folds": 1}, "folds must be at least 2"),
+        ({"folds": 3, "mode": "sequential"}, "mode='population'"),
+        ({"folds": [np.arange(5), np.arange(3, 9)]}, "overlap"),
+        ({"folds": 3, "cv_monitor": ("evaluation_cost",)}, "cv_monitor must be the name of one series"),
+        ({"folds": 3, "cv_monitor": "evaluation_kappa"}, "not measured"),
+        ({"folds": 3, "stratify": "yes"}, "stratify must be one of"),
     ],
 )
 def test_bad_input_is_a_jreg_error(kwargs, match):
@@ -340,3 +346,35 @@ def test_every_member_is_near_a_cold_fit_at_its_strength_on_embedded_mnist():
         accuracy = path.metrics["evaluation_accuracy"]
         assert np.all(accuracy >= cold[:-1] - 0.03), (mode, accuracy, cold)
         assert path.zeros["weights"][0] == path.sizes["weights"]  # λ_max: every weight 0
+
+
+STRENGTHS = [0.05, 0.01, 0.002]
+
+
+def test_a_cross_validated_path_runs_the_path_on_each_fold_measured_on_the_fold():
+    """``folds=``: member ``i * k + f`` of ``path.cv`` is the path on fold ``f``'s training examples, measured on
+    the fold, as ``regularization_path`` on that split gives it (up to float reassociation); the mean, standard
+    error and the two choices are glmnet's."""
+    folds = [np.arange(0, 40, 3), np.arange(1, 40, 3), np.arange(2, 40, 3)]
+    kw = dict(strengths=STRENGTHS, hparams={"eta": 0.5}, epochs=3, batch_size=8, warm_every=1, key=jax.random.key(0))
+    path = jreg.regularization_path(build, PARAMS, TRAIN, folds=folds, **kw)
+    cv = path.cv
+    assert isinstance(cv, jreg.CVResult) and cv.n_folds == 3 and cv.n_settings == 3
+    np.testing.assert_allclose(cv.settings["lmbda"], STRENGTHS, rtol=1e-6)
+    costs = np.asarray(cv.history["evaluation_cost"])
+    for f, held in enumerate(folds):
+        rest = np.setdiff1d(np.arange(40), held)
+        split = (TRAIN[0][rest], TRAIN[1][rest])
+        alone = jreg.regularization_path(build, PARAMS, split, evaluation=(TRAIN[0][held], TRAIN[1][held]), **kw)
+        close(member(cv.params, slice(f, None, 3)), alone.params)
+        np.testing.assert_allclose(costs[f::3], np.asarray(alone.history["evaluation_cost"]), rtol=2e-5)
+    last = costs[:, -1].reshape(3, 3)
+    np.testing.assert_allclose(cv.mean_at_stop, last.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(cv.se_at_stop, last.std(axis=1, ddof=1) / np.sqrt(3), rtol=1e-6)
+    best = int(np.argmin(cv.mean_at_stop))
+    assert cv.best == {"lmbda": pytest.approx(STRENGTHS[best]), "eta": 0.5}  # the whole setting
+    within = [i for i in range(3) if cv.mean_at_stop[i] <= cv.mean_at_stop[best] + cv.se_at_stop[best]]
+    assert cv.one_se["lmbda"] == pytest.approx(STRENGTHS[min(within)])  # the strongest within one SE
+    plain = jreg.regularization_path(build, PARAMS, TRAIN, **kw)
+    close(path.params, plain.params)  # the path on all of train is the path without folds
+    assert plain.cv is None and "lmbda" in cv.table()

@@ -8,6 +8,7 @@ stand-in that carries exactly those."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax
@@ -416,3 +417,28 @@ def test_a_real_grid_sweep_plots_its_heat_map(tmp_path):
     best = result.history.best()
     cells = np.ma.getdata(fig.axes[0].collections[0].get_array()).reshape(2, 2)
     np.testing.assert_allclose(cells, 100 * best.value.reshape(2, 2).T)
+
+
+def test_a_real_cross_validation_and_a_cross_validated_path_plot_their_means_and_choices(tmp_path):
+    """``jreg.cross_validate``'s result and ``regularization_path(..., folds=k).cv`` drawn as the stand-in is."""
+    train = toy(40, 0)
+    objective = jreg.objective(MODEL.apply, jreg.losses.cross_entropy)
+
+    def build(hp):
+        return objective, optax.chain(optax.sgd(0.5), jreg.proximal(jreg.penalties.l1(hp["lmbda"]), 0.5))
+
+    common = dict(epochs=2, batch_size=8, key=jax.random.key(1))
+    cv = jreg.cross_validate(build, PARAMS, train, hparams={"lmbda": [0.1, 0.01, 0.001]}, folds=2, **common)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jreg.JregWarning)  # a toy: every member near chance
+        path = jreg.regularization_path(build, PARAMS, train, strengths=[0.1, 0.01, 0.001], folds=2, **common)
+    for result in (cv, path.cv):
+        fig = plotting.path(result, tmp_path / "cv.png")
+        png(tmp_path / "cv.png")
+        (bars,) = fig.axes[0].containers
+        line = bars.lines[0]
+        order = np.argsort(result.settings["lmbda"])
+        np.testing.assert_allclose(line.get_xdata(), np.asarray(result.settings["lmbda"])[order], rtol=1e-6)
+        np.testing.assert_allclose(line.get_ydata(), result.mean_at_stop[order], rtol=1e-6)
+        assert by_gid(fig, "chosen:λ_min")[0].get_xdata()[0] == pytest.approx(result.best["lmbda"])
+        assert by_gid(fig, "chosen:λ_1se")[0].get_xdata()[0] == pytest.approx(result.one_se["lmbda"])

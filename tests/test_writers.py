@@ -499,3 +499,56 @@ def test_member_names_are_unique_and_readable():
     assert names == ["lmbda=0.1,seed=0,member=0", "lmbda=0.1,seed=0,member=1", "lmbda=0.0001,seed=2"]
     assert isinstance(jreg.writers.TensorBoard("x"), jreg.writers.MultiRunWriter)
     assert isinstance(Recorder(), jreg.writers.Writer)
+
+
+def test_mlflow_runs_send_at_most_every_few_seconds_and_always_on_flush():
+    """One ``log_batch`` per run carries several epochs (each call is a SQLite transaction); ``every=0`` sends each
+    epoch at once; a bad ``every`` is refused before any work."""
+    pytest.importorskip("mlflow")
+    from jreg.writers._mlflow import _Run
+
+    class Client:
+        def __init__(self):
+            self.calls = []
+
+        def log_batch(self, run_id, metrics=(), params=(), synchronous=True):
+            self.calls.append([(m.key, m.value, m.step) for m in metrics])
+
+    held = Client()
+    run = _Run(held, "r", resumed=False, asynchronous=False, every=3600)
+    for step in (1, 2, 3):
+        run.write_scalars(step, {"loss": float(step), "acc": 0.5})
+    assert held.calls == []
+    run.flush()
+    assert held.calls == [[("loss", 1.0, 1), ("acc", 0.5, 1), ("loss", 2.0, 2), ("acc", 0.5, 2), ("loss", 3.0, 3),
+                           ("acc", 0.5, 3)]]  # fmt: skip
+    each = Client()
+    run = _Run(each, "r", resumed=False, asynchronous=False, every=0.0)
+    for step in (1, 2):
+        run.write_scalars(step, {"loss": float(step)})
+    assert each.calls == [[("loss", 1.0, 1)], [("loss", 2.0, 2)]]
+    for bad in (-1, float("nan"), "5", True):
+        with pytest.raises(jreg.JregTypeError, match="every must be a finite number of seconds"):
+            jreg.writers.MLflow(every=bad)
+
+
+def test_a_cross_validation_writes_one_run_per_fold_and_the_mean_over_the_folds(tmp_path):
+    """Each (setting, fold) member is a run named by both, written as it trains; then one run per setting holds
+    the mean over the folds and its standard error, as ``cv.mean`` and ``cv.se`` give them."""
+    path = tmp_path / "cv.jsonl"
+    cv = jreg.cross_validate(
+        build, PARAMS, TRAIN, hparams={"lmbda": [0.01, 1.0], "eta": [0.3, 0.3]}, folds=2, epochs=2, batch_size=8,
+        key=jax.random.key(1), writers=[JSONL(path)],
+    )  # fmt: skip
+    records = jsonl(path)
+    runs = {r["run"] for r in records}
+    names = ["lmbda=0.01,eta=0.3", "lmbda=1,eta=0.3"]
+    assert runs == {f"{n},fold={f}" for n in names for f in ("0", "1", "mean")}
+    for s, name in enumerate(names):
+        mean = [r for r in records if r["run"] == f"{name},fold=mean" and "scalars" in r]
+        assert [r["step"] for r in mean] == cv.measured_epochs.tolist()
+        np.testing.assert_allclose([r["scalars"]["evaluation_cost"] for r in mean], cv.mean[s], rtol=1e-6)
+        np.testing.assert_allclose([r["scalars"]["evaluation_cost_se"] for r in mean], cv.se[s], rtol=1e-6)
+        fold = [r for r in records if r["run"] == f"{name},fold=1" and "scalars" in r]
+        member = np.asarray(cv.history["evaluation_cost"])[cv.member(s, 1)]
+        np.testing.assert_allclose([r["scalars"]["evaluation_cost"] for r in fold], member, rtol=1e-6)

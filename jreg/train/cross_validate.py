@@ -23,6 +23,7 @@ from .._checks import check_key
 from .._errors import JregError, JregTypeError
 from .._signature import checked
 from .._types import Params
+from ..writers import member_hparams, member_names, write_runs
 from . import stream
 from .cv_result import CVResult, choices
 from .engine import Build
@@ -101,7 +102,10 @@ def cross_validate(
         stratify: ``"auto"`` (stratify when the targets are classes: integer labels or one-hot rows),
             ``True`` (class targets required; explicit folds must each hold every class) or ``False``.
         **options: :func:`jreg.sweep`'s other keywords (``early_stopping``, ``vectorize``, ``checkpoint``,
-            ``resume``, ``guard``, ``ema``...); ``data_order="per_member"`` gives member ``m`` its own
+            ``resume``, ``guard``, ``ema``, ``writers``...); ``writers=`` (:mod:`jreg.writers`) logs one run per
+            member named by its setting and fold (``lmbda=0.1,fold=2``) as it trains, and after it one run per
+            setting for the mean over the folds (``lmbda=0.1,fold=mean``: the monitored series and its standard
+            error, ``<monitor>_se``); ``data_order="per_member"`` gives member ``m`` its own
             shuffle, ``fold_in(jreg.member_keys(key, S·k)[m], e)``, instead of the paired one.
             ``evaluation`` is refused (each member's evaluation data is its fold), except a
             :class:`jreg.Evaluation` without data for metrics, evaluation batch size and ``every``.
@@ -128,11 +132,18 @@ def cross_validate(
     members = {name: np.repeat(np.asarray(v), k) for name, v in hp.items()}
     series = None if not monitor.startswith("training_") else ("epoch_loss", "evaluation_cost", monitor)
     sets = {"train": train_sets * settings, "evaluation": held_out * settings, "kind": "folds", "series": monitor}
+    given = {name: np.asarray(hparams[name]) for name in hp}  # as given (float64 shows 0.01, not 0.0099999998)
+    sets["names"] = [f"{name},fold={f}" for name in member_names(given) for f in range(k)]  # the trackers' runs
     result = sweep(build, params, train, hparams=members, epochs=epochs, batch_size=batch_size, key=key,
                    monitor=series, **options, **{MEMBER_SETS: sets})  # fmt: skip
     restore_best = bool(getattr(options.get("early_stopping"), "restore_best", False))
-    given = {name: np.asarray(hparams[name]) for name in hp}  # as given (float64 shows 0.01, not 0.0099999998)
     cv = _summarized(result, given, held_out, monitor, regularize, stronger, n, restore_best)
+    if options.get("writers"):  # the folds were written live, one run each; the mean over the folds now
+        names = [f"{name},fold=mean" for name in member_names(given)]
+        series = {monitor: cv.mean, f"{monitor}_se": cv.se}
+        write_runs(options["writers"], names, member_hparams(given), series, steps=cv.measured_epochs.tolist(),
+                   group=cv.snapshot.meta.get("run") if cv.snapshot is not None else None,
+                   function="cross_validate")  # fmt: skip
     if refit:
         cv.refit = _refit(cv, hp, build, params, train, refit, epochs, batch_size, key, options)
     return cv

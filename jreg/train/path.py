@@ -81,12 +81,12 @@ from .._signature import checked
 from .._types import ModelState, Params
 from ..penalties import mask_tree
 from ..writers import Runs, Writer, check_writers, member_names
-from . import checkpoint_folder
+from . import checkpoint_folder, path_cv
 from . import population as pop_
 from . import strength as strength_
 from .engine import Build
 from .history import History
-from .inputs import check_data
+from .inputs import check_data, data_size
 from .loop import Run
 from .path_result import Path, _summarize, _warn_useless
 from .path_result import _alive_units as _alive_units
@@ -127,6 +127,9 @@ def regularization_path(
     partial_batch: str = "include",
     verbose: bool = False,
     writers: Sequence[Writer] | None = None,
+    folds: int | Sequence[Any] | None = None,
+    cv_monitor: str = "evaluation_cost",
+    stratify: bool | str = "auto",
     **unknown: Any,
 ) -> Path:
     """A warm-started path over decreasing strengths of one penalty (see the module docstring for the modes).
@@ -160,6 +163,19 @@ def regularization_path(
             every hyperparameter recorded; at step ``epoch`` of the population (population mode) or of the
             strength's own fit (sequential mode).
 
+        folds: cross-validate the path, as ``cv.glmnet`` does (:mod:`jreg.train.path_cv`): the number of
+            folds k (shuffled from ``key``, stratified for class targets by ``stratify``, as
+            :func:`jreg.cross_validate` makes them) or the held-out index arrays. Beside the path on all of
+            ``train``, the same path runs on each fold's training examples, measured on the fold (K strengths x
+            k folds in one more compiled program, each member restarting from its weaker neighbour on its
+            fold); ``path.cv`` is a :class:`jreg.CVResult` over the strengths: ``cv_monitor``'s mean and
+            standard error per strength (``mean``, ``se``, ``mean_at_stop``...), ``best`` (λ_min) and ``one_se``
+            (λ_1se: the largest strength within one standard error of the best), ``table()``;
+            ``jreg.plotting.path(path.cv)`` draws them. Population mode only. The trackers log the path on all
+            of ``train`` only.
+        cv_monitor: the series the folds compare (default ``"evaluation_cost"``; ``"evaluation_accuracy"`` is
+            maximized).
+
     Warns (:class:`jreg.JregWarning`) when ``hp[strength]`` is applied both in the objective and in
     :func:`jreg.proximal` (the penalty acts twice), and when every member ends useless: at chance accuracy
     (the most frequent class's share, plus a point) or with a layer whose weights are all zero.
@@ -179,6 +195,7 @@ def regularization_path(
         warm_every = max(1, epochs // models)
     warm_every = check_positive_int(warm_every, "warm_every")
     hp = {strength: values, **{k: np.full(models, v) for k, v in fixed.items()}}
+    held_out = path_cv.check(folds, build, hp, train, key, stratify, mode, cv_monitor)  # before any training
     doubled = strength_.warn_strength_twice(found, strength)
     started = time.perf_counter()
     common = dict(batch_size=batch_size, key=key, evaluation=evaluation, model_state=model_state,
@@ -206,7 +223,22 @@ def regularization_path(
         epochs, seconds, model_state is not None,
     )  # fmt: skip
     _warn_useless(path, setup, build({strength: values[-1], **fixed})[0], layers)
+    if held_out is not None:
+        path.cv = _cross_validated(build, params, train, hp, held_out, epochs, warm_every, verbose, common, layers,
+                                   cv_monitor, strength, doubled)  # fmt: skip
     return path
+
+
+def _cross_validated(build, params, train, hp, held_out, epochs, warm_every, verbose, common, layers, monitor,
+                     strength, doubled):  # fmt: skip
+    """The path on each fold (:mod:`jreg.train.path_cv`), as one population of K strengths x k folds."""
+    n = data_size(check_data(train, "train"))
+    repeated, sets, series = path_cv.members(hp, held_out, n, monitor)
+    common = {**common, "evaluation": None, "monitor": series}
+    with strength_.quiet() if doubled else contextlib.nullcontext():
+        state, history, _ = _population(build, params, train, repeated, epochs, warm_every, verbose, common, layers,
+                                        None, sets, stride=len(held_out))  # fmt: skip
+    return path_cv.summarized(state, history, hp, held_out, monitor, strength, n, common["model_state"] is not None)
 
 
 def _check_options(mode: Any, warm_every: Any, groups: Any, strength: Any, top: Any) -> None:
@@ -284,17 +316,21 @@ def _grid(top: float, n: int, ratio: float) -> np.ndarray:
     return top * np.geomspace(1.0, ratio, n) if n > 1 else np.asarray([top])
 
 
-def _population(build, params, train, hp, epochs, warm_every, verbose, common, layers, tracked=None):
-    population = pop_.start(build, params, train, hp, epochs=epochs, stacked_params=False, **common)
+def _population(build, params, train, hp, epochs, warm_every, verbose, common, layers, tracked=None, sets=None,
+                stride=1):  # fmt: skip
+    """Population mode: every strength at once, each restarting from its weaker neighbour every ``warm_every``
+    epochs. ``stride``: members per strength (a cross-validated path: strength ``i`` on fold ``f`` is member
+    ``i * stride + f``, its neighbour ``(i + 1) * stride + f``, on the same fold); ``sets``: their folds."""
+    population = pop_.start(build, params, train, hp, epochs=epochs, stacked_params=False, sets=sets, **common)
     models = population.models
 
     @jax.jit
     def inherit(state: TrainState, alive: jax.Array, hp: dict[str, jax.Array]):
         index = jnp.arange(models)
-        weaker = jnp.minimum(index + 1, models - 1)
+        weaker = jnp.minimum(index + stride, models - 1)
         # from the weaker neighbour (dense to sparse), never from one with a layer all zero: its units could not
         # become different again; the weakest member, and one whose neighbour has a zeroed layer, keep their state
-        fresh = (index < models - 1) & ~pop_.zeroed_layers(state.params, layers)[weaker]
+        fresh = (index < models - stride) & ~pop_.zeroed_layers(state.params, layers)[weaker]
         sources = jnp.where(fresh, weaker, index)
         params, model_state = pop_.take_rows((state.params, state.model_state), sources)
         opt_state = jax.vmap(lambda h, p: build(h)[1].init(p))(hp, params)

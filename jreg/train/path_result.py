@@ -43,6 +43,9 @@ class Path(Result):
             ``"step": None`` and the next epoch, its first NaN figures).
         mode, warm_every, epochs: how it ran; seconds: its wall time once the strengths were chosen
             (checks, compilation and training; not the ``lambda_max`` computation).
+        cv: with ``folds=``, a :class:`jreg.CVResult` over the strengths (the same path on each fold, measured
+            on the fold): ``mean``/``se`` per strength, ``best`` (λ_min), ``one_se`` (λ_1se), ``table()``; None
+            without.
     """
 
     strength: str
@@ -58,6 +61,8 @@ class Path(Result):
     warm_every: int | None
     epochs: int
     seconds: float
+    #: ``regularization_path(..., folds=k)``: the cross-validation along the strengths (a :class:`jreg.CVResult`)
+    cv: Any = None
 
     __iter__ = None  # type: ignore[assignment]  # never a tuple: no old form to unpack
 

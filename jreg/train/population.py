@@ -34,6 +34,7 @@ from .._errors import JregError, JregTypeError
 from .._types import ModelState, Params
 from ..penalties import mask_tree
 from . import divergence, stream
+from . import members as per_member
 from .engine import VECTORIZE, Build, program
 from .history import History
 from .loop import Hook, Run, progress, record, run_epochs
@@ -104,8 +105,12 @@ def start(
     vectorize: str,
     monitor: Iterable[str] | str | None,
     partial_batch: str,
+    sets: Mapping[str, Any] | None = None,
 ) -> Population:
-    """Check everything (as :func:`jreg.sweep` does) and build the population's epoch and initial state."""
+    """Check everything (as :func:`jreg.sweep` does) and build the population's epoch and initial state.
+
+    ``sets``: per-member training and evaluation index sets (:mod:`jreg.train.members`: a cross-validated
+    path's folds), as :func:`jreg.cross_validate` gives the sweep."""
     if not callable(build):
         raise JregTypeError(f"build must be callable build(hp) -> (objective, optimizer), got {build!r}")
     if vectorize not in VECTORIZE:
@@ -118,13 +123,17 @@ def start(
     hp, models = check_hparams(hparams)
     vectorize = default_vectorize(vectorize, models)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, None)
+    train, evaluation, members = per_member.prepare(
+        train, evaluation, key, models, batch_size, partial_batch, "shared", None, sets, vectorize, None
+    )
     params, model_state, stacked_params, setup = prepared_models(
         build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,
         monitor,
     )  # fmt: skip
+    setup = per_member.attach(setup, members, sets)
     state = initial_state(build, hp, models, stacked_params)(params, model_state)
     measured = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)
-    epoch = program(build, setup.plan, measured, models=models, vectorize=vectorize)
+    epoch = program(build, setup.plan, measured, models=models, vectorize=vectorize, members=setup.members)
     return Population(build, hp, models, setup, epoch, state, epochs, key, model_state is not None)
 
 
@@ -147,17 +156,16 @@ def run(
     the hooks ``after`` (the trackers: they see the figures and the hyperparameters the epoch trained with)."""
     pop = population
 
+    members = pop.setup.members
+    indices = None if members is None else members.arrays()
+
     def one_epoch(state: TrainState, alive: Any, e: int):
         evaluate = pop.setup.schedule.due(e, pop.epochs)
-        return pop.epoch(
-            pop.hp,
-            state,
-            alive,
-            pop.setup.train,
-            pop.setup.evaluation,
-            jax.random.fold_in(pop.key, e),
-            evaluate=evaluate,
-        )
+        data = (pop.setup.train, pop.setup.evaluation)
+        if members is None:
+            return pop.epoch(pop.hp, state, alive, *data, jax.random.fold_in(pop.key, e), evaluate=evaluate)
+        # per-member data (a cross-validated path's folds): the members' index sets and epoch keys
+        return pop.epoch(pop.hp, state, alive, *data, members.epoch_keys(pop.key, e), indices, evaluate=evaluate)
 
     def blank(r: Run) -> None:  # a frozen member's figures are not measurements of training: NaN, as in a sweep
         dead = np.flatnonzero(~np.asarray(jax.device_get(r.alive)))

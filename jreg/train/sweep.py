@@ -253,7 +253,8 @@ def sweep(
     writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs, step)
     tracked = None
     try:  # the folder's lock is released and the trackers' runs closed when the sweep ends, however it ends
-        tracked = Runs.of_members(writers, hparams, group=run_id, start=start, function="sweep")  # the caller's 0.1
+        names = None if sets is None else sets.get("names")  # cross_validate's: the setting and the fold
+        tracked = Runs.of_members(writers, hparams, group=run_id, start=start, function="sweep", names=names)
         run = _train(epoch, placed, setup, stopper, track, key, epochs, start, history, models, rule, hp, build, ema,
                      writer, batch_size, verbose, callback, limits, tracked)  # fmt: skip
     finally:

@@ -27,6 +27,8 @@ from ._runs import require
 _PARAMS_PER_BATCH = 100
 #: asynchronous ``log_batch`` calls a run keeps in flight before the next one waits for the oldest
 _IN_FLIGHT = 2
+#: MLflow takes at most 1,000 metrics per log_batch call
+_METRICS_PER_BATCH = 1000
 
 
 class MLflow:
@@ -36,8 +38,12 @@ class MLflow:
     ``"databricks"``), or a path to a ``.db`` file (SQLite); None (default) is MLflow's own default
     (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working folder with MLflow 3). A fit's run is
     named ``run_name`` (MLflow picks one when None); ``tags`` are added to every run. ``asynchronous``:
-    metrics are logged by MLflow's logging thread (the default), or in the caller's thread. Used directly as a
-    writer, it logs into one run it creates on first use.
+    metrics are logged by MLflow's logging thread (the default), or in the caller's thread. ``every``: each
+    run sends what it holds at most every ``every`` seconds (default 5; one ``log_batch`` per run then carries
+    several epochs: on SQLite each call is a transaction, which at K = 64 runs and short epochs cost as much as
+    the epoch itself, docs/benchmarks.md), and always on ``flush()`` and ``close()`` (at the end of the run,
+    however it ends); ``every=0`` sends each epoch at once. Used directly as a writer, it logs into one run it
+    creates on first use.
     """
 
     def __init__(
@@ -48,6 +54,7 @@ class MLflow:
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         asynchronous: bool = True,
+        every: float = 5.0,
     ):
         if tracking_uri is not None and not isinstance(tracking_uri, (str, os.PathLike)):
             raise JregTypeError(f"MLflow: tracking_uri must be a URI or a path to a .db file, got {tracking_uri!r}")
@@ -57,6 +64,9 @@ class MLflow:
         self.tracking_uri = _uri(tracking_uri)
         self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
         self.asynchronous = bool(asynchronous)
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0 or every == float("inf"):
+            raise JregTypeError(f"MLflow: every must be a finite number of seconds >= 0, got {every!r}")
+        self.every = float(every)
         self._client: Any = None
         self._experiment_id: str | None = None
         self._own: _Run | None = None
@@ -90,10 +100,10 @@ class MLflow:
             if found:
                 run_id = found[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
-                return _Run(client, run_id, resumed=True, asynchronous=self.asynchronous)
+                return _Run(client, run_id, resumed=True, asynchronous=self.asynchronous, every=self.every)
         tags = {**self.tags, "jreg.member": member, **({"jreg.group": group} if group is not None else {})}
         created = client.create_run(self._experiment_id, run_name=name or self.run_name, tags=tags)
-        return _Run(client, created.info.run_id, resumed=False, asynchronous=self.asynchronous)
+        return _Run(client, created.info.run_id, resumed=False, asynchronous=self.asynchronous, every=self.every)
 
     def _run(self) -> _Run:
         if self._own is None:
@@ -119,20 +129,30 @@ class MLflow:
 class _Run:
     """One MLflow run (a :class:`jreg.writers.Writer`)."""
 
-    def __init__(self, client: Any, run_id: str, resumed: bool, asynchronous: bool = True):
+    def __init__(self, client: Any, run_id: str, resumed: bool, asynchronous: bool = True, every: float = 0.0):
         self.client, self.run_id, self.resumed, self.asynchronous = client, run_id, resumed, asynchronous
         self.pending: collections.deque = collections.deque()  # asynchronous calls in flight, oldest first
+        self.every, self.held, self.sent = every, [], time.monotonic()  # metrics not sent yet, the last send
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
-        while len(self.pending) >= _IN_FLIGHT:
-            self.pending.popleft().wait()  # raises the call's error, if any
         stamp = int(time.time() * 1000)
-        metrics = [Metric(str(k), float(v), stamp, int(step)) for k, v in scalars.items()]
-        done = self.client.log_batch(self.run_id, metrics=metrics, synchronous=not self.asynchronous)
-        if done is not None and self.asynchronous:
-            self.pending.append(done)
+        self.held += [Metric(str(k), float(v), stamp, int(step)) for k, v in scalars.items()]
+        if len(self.held) >= _METRICS_PER_BATCH or time.monotonic() - self.sent >= self.every:
+            self._send()
+
+    def _send(self, synchronous: bool = False) -> None:
+        """One ``log_batch`` per :data:`_METRICS_PER_BATCH` metrics held (MLflow's limit per call)."""
+        held, self.held, self.sent = self.held, [], time.monotonic()
+        synchronous = synchronous or not self.asynchronous
+        for i in range(0, len(held), _METRICS_PER_BATCH):
+            while len(self.pending) >= _IN_FLIGHT:
+                self.pending.popleft().wait()  # raises the call's error, if any
+            batch = held[i : i + _METRICS_PER_BATCH]
+            done = self.client.log_batch(self.run_id, metrics=batch, synchronous=synchronous)
+            if done is not None and not synchronous:
+                self.pending.append(done)
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -143,10 +163,16 @@ class _Run:
             self.client.log_batch(self.run_id, params=params[i : i + _PARAMS_PER_BATCH])
 
     def flush(self) -> None:
+        if self.held:
+            self._send()
         while self.pending:
             self.pending.popleft().wait()
 
     def close(self) -> None:
+        # the last batch in this thread: MLflow's set_terminated stops its logging thread (a join of about a
+        # second), which a last asynchronous call would start again for every run closed
+        if self.held:
+            self._send(synchronous=True)
         self.flush()
         self.client.set_terminated(self.run_id)
 
