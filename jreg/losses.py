@@ -66,6 +66,8 @@ def one_hot(labels: Any, classes: int, dtype: Any = jnp.float32) -> jax.Array:
 def _as_array(x: Any, name: str) -> Any:
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         return x
+    if isinstance(x, (str, bytes)):  # jnp.asarray reads some strings as a dtype spelling (',' a SyntaxError)
+        raise JregTypeError(f"{name} must be an array, got {type(x).__name__} {x[:40]!r}")
     try:
         return jnp.asarray(x)
     except (TypeError, ValueError, OverflowError) as exc:
