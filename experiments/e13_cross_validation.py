@@ -41,11 +41,13 @@ ETA = 0.5
 def main() -> None:
     p = parser(__doc__.splitlines()[0], "e13")
     p.add_argument("--folds", type=int, default=5, help="folds (default 5)")
-    p.add_argument("--bag", type=int, default=16, help="members of the bagged ensemble (default 16)")
+    p.add_argument("--bag", type=int, default=None, help="members of the bagged ensemble (default 16; --quick 4)")
     p.add_argument(
-        "--loop-sample", type=int, default=8, help="fit calls of the hand-written loop timed (0: all; default 8)"
+        "--loop-sample", type=int, default=None, help="fit calls of the loop timed (0: all; default 8; --quick 2)"
     )
     args = p.parse_args()
+    args.bag = args.bag if args.bag is not None else 4 if args.quick else 16
+    args.loop_sample = args.loop_sample if args.loop_sample is not None else 2 if args.quick else 8
     train, _, test = full_data(args)
     n = len(train.x)
     n_epochs = epochs(args, 10)

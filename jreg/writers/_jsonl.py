@@ -17,9 +17,10 @@ from typing import Any
 
 from .. import io
 from .._errors import JregTypeError
+from ._runs import OwnRun
 
 
-class JSONL:
+class JSONL(OwnRun):
     """Every run's scalars and hyperparameters as JSON lines in the file ``path`` (appended to)."""
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -67,25 +68,9 @@ class JSONL:
             file, self._file = self._file, None
             file.close()
 
-    def _run(self) -> _Run:
-        if self._own is None:
-            self._own = self.run(None)
-        return self._own
-
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        self._run().write_scalars(step, scalars)
-
-    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        self._run().write_hparams(hparams)
-
     def flush(self) -> None:
         if self._file is not None:
             self._file.flush()
-
-    def close(self) -> None:
-        if self._own is not None:
-            own, self._own = self._own, None
-            own.close()
 
 
 class _Run:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import JregTypeError
-from ._runs import require
+from ._runs import OwnRun, require
 
 #: MLflow's limit on params per ``log_batch`` call
 _PARAMS_PER_BATCH = 100
@@ -31,7 +31,7 @@ _IN_FLIGHT = 2
 _METRICS_PER_BATCH = 1000
 
 
-class MLflow:
+class MLflow(OwnRun):
     """MLflow runs in ``experiment`` on ``tracking_uri``: one per member of a sweep, named by its hyperparameters.
 
     ``tracking_uri``: any MLflow tracking URI (``"sqlite:///runs/mlflow.db"``, ``"http://host:5000"``,
@@ -104,26 +104,6 @@ class MLflow:
         tags = {**self.tags, "jreg.member": member, **({"jreg.group": group} if group is not None else {})}
         created = client.create_run(self._experiment_id, run_name=name or self.run_name, tags=tags)
         return _Run(client, created.info.run_id, resumed=False, asynchronous=self.asynchronous, every=self.every)
-
-    def _run(self) -> _Run:
-        if self._own is None:
-            self._own = self.run(None)
-        return self._own
-
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        self._run().write_scalars(step, scalars)
-
-    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        self._run().write_hparams(hparams)
-
-    def flush(self) -> None:
-        if self._own is not None:
-            self._own.flush()
-
-    def close(self) -> None:
-        if self._own is not None:
-            own, self._own = self._own, None
-            own.close()
 
 
 class _Run:

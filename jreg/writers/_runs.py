@@ -319,3 +319,30 @@ def write_history(
             runs.write(step, columns[step])
     finally:
         runs.close()
+
+
+class OwnRun:
+    """What a multi-run writer (one with ``run(name, *, group, start)``) does when used directly as a writer: it
+    logs into one run of its own, ``run(None)``, made on first use, flushed and closed with it."""
+
+    _own: Any = None
+
+    def _run(self) -> Any:
+        if self._own is None:
+            self._own = self.run(None)  # type: ignore[attr-defined]
+        return self._own
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        self._run().write_scalars(step, scalars)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self._run().write_hparams(hparams)
+
+    def flush(self) -> None:
+        if self._own is not None:
+            self._own.flush()
+
+    def close(self) -> None:
+        if self._own is not None:
+            own, self._own = self._own, None
+            own.close()

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import JregTypeError
-from ._runs import require
+from ._runs import OwnRun, require
 
 
-class WandB:
+class WandB(OwnRun):
     """W&B runs in ``project``: one per member of a sweep, grouped by jreg's run id.
 
     ``init``: further keywords for every ``wandb.init`` call (``entity=``, ``tags=``, ``mode="offline"``,
@@ -56,24 +56,8 @@ class WandB:
         )
         return _Run(run)
 
-    def _run(self) -> _Run:
-        if self._own is None:
-            self._own = self.run(None)
-        return self._own
-
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        self._run().write_scalars(step, scalars)
-
-    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        self._run().write_hparams(hparams)
-
     def flush(self) -> None:
         pass
-
-    def close(self) -> None:
-        if self._own is not None:
-            own, self._own = self._own, None
-            own.close()
 
 
 class _Run:
