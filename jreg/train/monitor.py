@@ -108,14 +108,7 @@ class Monitor:
                     params,
                     model_state,
                     data,
-                    cost=cost,
-                    parts=prefix == "training",
-                    metrics=metrics,
-                    batch_size=self.batch_size,
-                    smallest=self.smallest,
-                    memory=self.memory,
-                    step=step,
-                    prefix=f"{prefix}_",
+                    **self._options(cost, metrics, step, prefix),
                     penalty_scale=self.penalty_scale(data) if cost else None,
                 )
             )
@@ -134,14 +127,7 @@ class Monitor:
                 params,
                 model_state,
                 train,
-                cost=cost,
-                parts=prefix == "training",
-                metrics=metrics,
-                batch_size=self.batch_size,
-                smallest=self.smallest,
-                memory=self.memory,
-                step=step,
-                prefix=f"{prefix}_",
+                **self._options(cost, metrics, step, prefix),
                 penalty_scale=scale,
                 index=view,
             )
@@ -155,16 +141,14 @@ class Monitor:
             train,
             view[0],
             view[1],
-            cost=cost,
-            parts=prefix == "training",
-            metrics=metrics,
-            batch_size=self.batch_size,
-            smallest=self.smallest,
-            memory=self.memory,
-            step=step,
-            prefix=f"{prefix}_",
+            **self._options(cost, metrics, step, prefix),
             penalty_scale=scale,
         )
+
+    def _options(self, cost: bool, metrics: Any, step: Any, prefix: str) -> dict[str, Any]:
+        """The keywords every evaluation of one side (``prefix``) shares, whatever data it measures."""
+        return dict(cost=cost, parts=prefix == "training", metrics=metrics, batch_size=self.batch_size,
+                    smallest=self.smallest, memory=self.memory, step=step, prefix=f"{prefix}_")  # fmt: skip
 
     def penalty_scale(self, data: Batch) -> float | None:
         """The factor on the params' penalty in a cost on ``data`` (``None``: none, the objective as it is)."""
