@@ -1,11 +1,17 @@
 """MLflow runs through ``mlflow.MlflowClient`` (no global active run): metrics by step, hyperparameters as params.
 
 Each run jreg opens is tagged ``jreg.group`` (jreg's run id) and ``jreg.member`` (the member's name), so a
-resumed run finds its MLflow runs again and appends to them; metrics go in one ``log_batch`` call per run and
-epoch, asynchronously by default (``synchronous=False``: MLflow's logging thread writes them while the next
-epoch trains; one synchronous call per run costs tens of milliseconds on SQLite, seconds per epoch at K = 64).
-A run keeps at most two epochs' calls in flight: the third waits for the first, whose error, if any, is raised
-then (and reported once by jreg), as it is at ``flush`` and ``close``, which wait for every call.
+resumed run finds its MLflow runs again and appends to them.
+
+The runs of one writer send together, in *rounds*: a run holds its metrics until a round is due, then sends them
+in one ``log_batch`` call. On SQLite each call is a transaction of about 20 ms of CPU whatever it carries, so a
+round of K runs costs K of them (about 1.3 CPU-seconds at K = 64, docs/benchmarks.md); rounds are therefore at
+least ``every`` seconds apart *and* at least ``1 / SHARE`` times the previous round's CPU time apart, which keeps
+the sending under 2 % of one core at any K (at K = 64: a round about every minute; at K = 4, every ``every``
+seconds). The calls run on one background thread (asynchronous, the default), so training goes on while they
+write; a run keeps at most two rounds' calls in flight (the third waits for the first), and a failed call's error
+is raised at the run's next call, ``flush`` or ``close`` (and reported once by jreg). ``flush()`` and ``close()``
+send what a run holds at once.
 
 MLflow keeps every logged value: the steps a crashed run logged after its last checkpoint stay in the metric
 history beside the resumed run's (``get_metric_history`` returns both, the resumed run's with the later
@@ -15,7 +21,9 @@ timestamps).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +35,9 @@ from ._runs import OwnRun, require
 _PARAMS_PER_BATCH = 100
 #: asynchronous ``log_batch`` calls a run keeps in flight before the next one waits for the oldest
 _IN_FLIGHT = 2
+#: the most of one core's time the rounds of sends may take: the next round waits at least 1 / SHARE times the
+#: CPU seconds of the last one
+SHARE = 0.02
 #: MLflow takes at most 1,000 metrics per log_batch call
 _METRICS_PER_BATCH = 1000
 
@@ -38,11 +49,11 @@ class MLflow(OwnRun):
     ``"databricks"``), or a path to a ``.db`` file (SQLite); None (default) is MLflow's own default
     (``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working folder with MLflow 3). A fit's run is
     named ``run_name`` (MLflow picks one when None); ``tags`` are added to every run. ``asynchronous``:
-    metrics are logged by MLflow's logging thread (the default), or in the caller's thread. ``every``: each
-    run sends what it holds at most every ``every`` seconds (default 5; one ``log_batch`` per run then carries
-    several epochs: on SQLite each call is a transaction, which at K = 64 runs and short epochs cost as much as
-    the epoch itself, docs/benchmarks.md), and always on ``flush()`` and ``close()`` (at the end of the run,
-    however it ends); ``every=0`` sends each epoch at once. Used directly as a writer, it logs into one run it
+    metrics are logged on a background thread (the default), or in the caller's thread. ``every``: the runs send
+    what they hold together, at most every ``every`` seconds (default 5) and at most every 50 times the CPU
+    seconds the last round of sends took (module docstring: on SQLite each ``log_batch`` is a transaction, which
+    at K = 64 runs cost as much as a short epoch), and always on ``flush()`` and ``close()`` (at the end of the
+    run, however it ends); ``every=0`` sends each epoch at once. Used directly as a writer, it logs into one run it
     creates on first use.
     """
 
@@ -70,6 +81,7 @@ class MLflow(OwnRun):
         self._client: Any = None
         self._experiment_id: str | None = None
         self._own: _Run | None = None
+        self._pace = None if self.every == 0 else _Pace(self.every)
 
     def __repr__(self) -> str:
         return f"MLflow({self.tracking_uri!r}, experiment={self.experiment!r})"
@@ -100,39 +112,87 @@ class MLflow(OwnRun):
             if found:
                 run_id = found[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
-                return _Run(client, run_id, resumed=True, asynchronous=self.asynchronous, every=self.every)
+                return _Run(client, run_id, resumed=True, asynchronous=self.asynchronous, pace=self._pace)
         tags = {**self.tags, "jreg.member": member, **({"jreg.group": group} if group is not None else {})}
         created = client.create_run(self._experiment_id, run_name=name or self.run_name, tags=tags)
-        return _Run(client, created.info.run_id, resumed=False, asynchronous=self.asynchronous, every=self.every)
+        return _Run(client, created.info.run_id, resumed=False, asynchronous=self.asynchronous, pace=self._pace)
+
+
+class _Pace:
+    """When the runs of one :class:`MLflow` writer send: together, in rounds at least ``every`` seconds apart and
+    at least ``1 / SHARE`` times the CPU seconds of the last round apart (``clock``: seconds, monotonic)."""
+
+    def __init__(self, every: float, clock: Any = time.monotonic):
+        self.every, self.clock, self.lock = every, clock, threading.Lock()
+        self.round, self.started, self.cost = 0, clock(), 0.0  # the current round, its start, its CPU seconds so far
+
+    def current(self) -> int:
+        """The current round's number, a new round begun if one is due."""
+        now = self.clock()
+        with self.lock:
+            if now - self.started >= max(self.every, self.cost / SHARE):
+                self.round, self.started, self.cost = self.round + 1, now, 0.0
+            return self.round
+
+    def spent(self, seconds: float) -> None:
+        """Add a send's CPU seconds to the current round's."""
+        with self.lock:
+            self.cost += seconds
+
+
+_SENDER: concurrent.futures.ThreadPoolExecutor | None = None
+_SENDER_LOCK = threading.Lock()
+
+
+def _sender() -> concurrent.futures.ThreadPoolExecutor:
+    """The one background thread that sends every MLflow writer's rounds (made on first use)."""
+    global _SENDER
+    with _SENDER_LOCK:
+        if _SENDER is None:
+            _SENDER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jreg-mlflow")
+        return _SENDER
 
 
 class _Run:
-    """One MLflow run (a :class:`jreg.writers.Writer`)."""
+    """One MLflow run (a :class:`jreg.writers.Writer`); ``pace`` None sends each epoch at once."""
 
-    def __init__(self, client: Any, run_id: str, resumed: bool, asynchronous: bool = True, every: float = 0.0):
+    def __init__(self, client: Any, run_id: str, resumed: bool, asynchronous: bool = True, pace: _Pace | None = None):
         self.client, self.run_id, self.resumed, self.asynchronous = client, run_id, resumed, asynchronous
         self.pending: collections.deque = collections.deque()  # asynchronous calls in flight, oldest first
-        self.every, self.held, self.sent = every, [], time.monotonic()  # metrics not sent yet, the last send
+        self.pace, self.held, self.round = pace, [], 0 if pace is None else pace.round  # metrics not sent yet
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
+        while self.pending and self.pending[0].done():
+            self.pending.popleft().result()  # raises a finished call's error, if any
         stamp = int(time.time() * 1000)
         self.held += [Metric(str(k), float(v), stamp, int(step)) for k, v in scalars.items()]
-        if len(self.held) >= _METRICS_PER_BATCH or time.monotonic() - self.sent >= self.every:
+        due = self.pace is None or self.pace.current() > self.round
+        if len(self.held) >= _METRICS_PER_BATCH or due:
             self._send()
 
     def _send(self, synchronous: bool = False) -> None:
         """One ``log_batch`` per :data:`_METRICS_PER_BATCH` metrics held (MLflow's limit per call)."""
-        held, self.held, self.sent = self.held, [], time.monotonic()
-        synchronous = synchronous or not self.asynchronous
+        held, self.held = self.held, []
+        if self.pace is not None:
+            self.round = self.pace.round
         for i in range(0, len(held), _METRICS_PER_BATCH):
             while len(self.pending) >= _IN_FLIGHT:
-                self.pending.popleft().wait()  # raises the call's error, if any
+                self.pending.popleft().result()  # raises the call's error, if any
             batch = held[i : i + _METRICS_PER_BATCH]
-            done = self.client.log_batch(self.run_id, metrics=batch, synchronous=synchronous)
-            if done is not None and not synchronous:
-                self.pending.append(done)
+            if synchronous or not self.asynchronous:
+                self._log(batch)
+            else:
+                self.pending.append(_sender().submit(self._log, batch))
+
+    def _log(self, metrics: list[Any]) -> None:
+        start = time.thread_time()
+        try:
+            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        finally:
+            if self.pace is not None:
+                self.pace.spent(time.thread_time() - start)
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -146,11 +206,9 @@ class _Run:
         if self.held:
             self._send()
         while self.pending:
-            self.pending.popleft().wait()
+            self.pending.popleft().result()
 
     def close(self) -> None:
-        # the last batch in this thread: MLflow's set_terminated stops its logging thread (a join of about a
-        # second), which a last asynchronous call would start again for every run closed
         if self.held:
             self._send(synchronous=True)
         self.flush()
