@@ -70,10 +70,12 @@ def writers_of(kind: str, folder: Path, clock: list) -> list:
     return [Timed(made[k](), clock) for k in kinds]
 
 
-def seconds(case: dict, kind: str, epochs: int) -> tuple[list[float], list[float], float]:
-    """``(wall seconds per epoch, CPU seconds per epoch, seconds in the writers per timed epoch)``."""
+def seconds(case: dict, kind: str, epochs: int) -> tuple[list[float], list[float], float, float]:
+    """``(wall seconds per epoch, CPU seconds per epoch, seconds in the writers per timed epoch, wall seconds of the
+    whole call)``: the call's time includes compilation, the first epoch and closing the runs (the last sends)."""
     stamps: list[tuple[float, float, float]] = []
     clock = [0.0]
+    call = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         writers = None if kind == "none" else writers_of(kind, Path(folder), clock)
         jreg.sweep(
@@ -88,8 +90,9 @@ def seconds(case: dict, kind: str, epochs: int) -> tuple[list[float], list[float
             callback=lambda e, m: stamps.append((time.perf_counter(), time.process_time(), clock[0])),
             writers=writers,
         )
+        call = time.perf_counter() - call
     wall, cpu, inside = np.diff(np.asarray(stamps), axis=0).T
-    return list(wall), list(cpu), float(np.mean(inside)) if len(inside) else 0.0
+    return list(wall), list(cpu), float(np.mean(inside)) if len(inside) else 0.0, call
 
 
 def main() -> None:
@@ -118,25 +121,36 @@ def main() -> None:
     wall = {k: [] for k in kinds}
     cpu = {k: [] for k in kinds}
     inside = {k: [] for k in kinds}
+    calls = {k: [] for k in kinds}
     print(
         f"K = {args.k} models of [784, 30, 10], batch 10, {n} embedded images, {args.epochs} epochs, {jax.devices()[0]}"
     )
     for r in range(args.rounds):
         for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:  # each round starts with the next one
-            w, c, s = seconds(case, kind, args.epochs)
+            w, c, s, t = seconds(case, kind, args.epochs)
+            calls[kind].append(t)
             wall[kind].append(w)
             cpu[kind].append(c)
             inside[kind].append(s)
     base = np.asarray(wall["none"])  # (rounds, timed epochs)
-    print("wall time over none's, per timed epoch (median over rounds); then the median of all; writers' own share")
-    print(f"{'writers':>12} " + " ".join(f"{'epoch ' + str(e + 2):>9}" for e in range(base.shape[1]))
-          + f" {'median':>8} {'cpu':>8} {'in calls':>9}")  # fmt: skip
+    print(
+        "wall time over none's, per timed epoch (median over rounds); the median of all; the CPU ratio; the writers' "
+        "own share; the sum of the timed epochs' wall time over none's (median over rounds: the amortized cost); the "
+        "whole call's (compilation, first epoch and closing the runs included)"
+    )
+    epochs = base.shape[1]
+    cols = " ".join(f"{'epoch ' + str(e + 2):>9}" for e in range(epochs)) if epochs <= 12 else "(per epoch: > 12)"
+    print(f"{'writers':>12} {cols} {'median':>8} {'cpu':>8} {'in calls':>9} {'total':>8} {'call':>8}")
     for kind in kinds[1:]:
         ratio = np.asarray(wall[kind]) / base
         cpu_ratio = np.median(np.asarray(cpu[kind]) / np.asarray(cpu["none"]))
         share = statistics.median(inside[kind]) / float(np.median(base))
-        cells = " ".join(f"{v:9.3f}" for v in np.median(ratio, axis=0))
-        print(f"{kind:>12} {cells} {np.median(ratio):8.3f} {cpu_ratio:8.3f} {100 * share:8.2f}%")
+        cells = " ".join(f"{v:9.3f}" for v in np.median(ratio, axis=0)) if epochs <= 12 else " " * 17
+        total = np.median(np.asarray(wall[kind]).sum(axis=1) / base.sum(axis=1))
+        call = np.median(np.asarray(calls[kind]) / np.asarray(calls["none"]))
+        print(
+            f"{kind:>12} {cells} {np.median(ratio):8.3f} {cpu_ratio:8.3f} {100 * share:8.2f}% {total:8.3f} {call:8.3f}"
+        )
     print(f"none's epoch: {np.median(base):.3f} s wall (median)")
 
 
