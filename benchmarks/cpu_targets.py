@@ -1,4 +1,4 @@
-"""Issue 14's CPU speed targets, measured side by side in one run, interleaved round by round.
+"""Issue 25's CPU speed targets, measured with jreg's defaults, side by side in one run, interleaved round by round.
 
     JREG_DATA_DIR=/path/to/mnist python benchmarks/cpu_targets.py [--n 20000] [--k 64] [--rounds 3]
 
@@ -6,11 +6,12 @@ Workload of the issue: [784, 30, 10] sigmoid, cross-entropy, l2(λ/n), η = 0.5,
 data order for every model, the first N MNIST training images. Each round times, one after the other:
 
   hand-scan     one model, a hand-written jitted epoch (lax.scan, donated params; benchmarks/epoch_speed.py)
-  fit/u1, fit/u8        jreg.fit(monitor=()), unroll=1 and unroll=8
-  k1-vmap/u1, k1-vmap/u8   the same single model as jreg.sweep(vectorize="vmap") of K = 1
+  fit           jreg.fit(monitor=()) with every other argument at its default (the target)
+  fit-0.2       the same with the previous release's program: the plain one-model epoch, unroll=1
   hand-vmap     K models, a hand-written jitted epoch (jax.vmap of the gradient inside lax.scan;
                 benchmarks/sweep_scaling.py)
-  sweep-vmap/u1, sweep-vmap/u8, sweep-wide/u1, sweep-wide/u8   jreg.sweep(monitor=()), K models
+  sweep         jreg.sweep(monitor=()) of K models with every other argument at its default (the target)
+  sweep-0.2     the same with the previous release's default: vectorize="vmap", unroll=1
 
 jreg's epochs are timed between two ``callback`` calls (after compilation and the first epoch), the
 hand-written ones around each warm call; each figure is the minimum over a round's epochs. Prints the
@@ -32,6 +33,7 @@ import numpy as np
 import optax
 
 import jreg
+from jreg.train import engine
 
 sys.path.insert(0, str(Path(__file__).parent))
 import epoch_speed  # noqa: E402
@@ -71,37 +73,31 @@ def main() -> None:
         run(lambda *a: stamps.append(time.perf_counter()))
         return float(np.diff(stamps).min())
 
-    def loop_options(unroll: int, callback) -> dict:
+    def loop_options(callback, **options) -> dict:
         return dict(
-            epochs=args.epochs + 1,
-            batch_size=10,
-            key=jax.random.key(1),
-            monitor=(),
-            unroll=unroll,
-            callback=callback,
+            epochs=args.epochs + 1, batch_size=10, key=jax.random.key(1), monitor=(), callback=callback, **options
         )
 
-    def fit(unroll: int) -> float:
+    def fit(**options) -> float:
         obj = jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(5.0 / n))
-        return between_epochs(lambda cb: jreg.fit(obj, optax.sgd(ETA), params, (x, y), **loop_options(unroll, cb)))
+        return between_epochs(lambda cb: jreg.fit(obj, optax.sgd(ETA), params, (x, y), **loop_options(cb, **options)))
+
+    def fit_previous() -> float:  # the previous release's fit: the plain one-model program, unroll=1
+        engine.ONE_AS_VMAP = False
+        try:
+            return fit(unroll=1)
+        finally:
+            engine.ONE_AS_VMAP = None
 
     def build(hp):
         return jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"] / n)), optax.sgd(
             ETA
         )
 
-    def sweep(vectorize: str, unroll: int) -> float:
+    def sweep(**options) -> float:
         hparams = {"lmbda": lmbdas}
         return between_epochs(
-            lambda cb: jreg.sweep(
-                build, params, (x, y), hparams=hparams, vectorize=vectorize, **loop_options(unroll, cb)
-            )
-        )
-
-    def sweep_one(unroll: int) -> float:  # the single model as a K = 1 vmapped sweep
-        hparams = {"lmbda": [5.0]}
-        return between_epochs(
-            lambda cb: jreg.sweep(build, params, (x, y), hparams=hparams, vectorize="vmap", **loop_options(unroll, cb))
+            lambda cb: jreg.sweep(build, params, (x, y), hparams=hparams, **loop_options(cb, **options))
         )
 
     def hand_vmap() -> float:
@@ -109,15 +105,11 @@ def main() -> None:
 
     runs = {
         "hand-scan": hand_scan,
-        "fit/u1": lambda: fit(1),
-        "fit/u8": lambda: fit(8),
-        "k1-vmap/u1": lambda: sweep_one(1),
-        "k1-vmap/u8": lambda: sweep_one(8),
+        "fit": fit,
+        "fit-0.2": fit_previous,
         "hand-vmap": hand_vmap,
-        "sweep-vmap/u1": lambda: sweep("vmap", 1),
-        "sweep-vmap/u8": lambda: sweep("vmap", 8),
-        "sweep-wide/u1": lambda: sweep("wide", 1),
-        "sweep-wide/u8": lambda: sweep("wide", 8),
+        "sweep": sweep,
+        "sweep-0.2": lambda: sweep(vectorize="vmap", unroll=1),
     }
     print(f"[784, 30, 10], batch 10, {n} images, K = {k}; jax {jax.__version__} on {jax.devices()[0].device_kind}")
     seconds: dict[str, list[float]] = {name: [] for name in runs}
@@ -138,12 +130,11 @@ def main() -> None:
         scale = 1000 if name.startswith(("sweep", "hand-vmap")) else 1
         unit = "ms / model-epoch" if scale == 1000 else "s / epoch"
         print(f"  {name:>14}: {scale * min(per_model(name)):.4f} {unit}")
-    for fit_name in ("fit/u1", "fit/u8", "k1-vmap/u1", "k1-vmap/u8"):
-        print(f"{fit_name} / hand-scan (target <= 0.8): {ratio(fit_name, 'hand-scan')}")
-    for sweep_name in ("sweep-vmap/u1", "sweep-vmap/u8", "sweep-wide/u1", "sweep-wide/u8"):
-        print(f"{sweep_name} per model / hand-vmap (target <= 0.8): {ratio(sweep_name, 'hand-vmap')}")
-        for fit_name in ("fit/u1", "fit/u8"):
-            print(f"{sweep_name} per model / {fit_name} epoch (target <= 0.5): {ratio(sweep_name, fit_name)}")
+    for name in ("fit", "fit-0.2"):
+        print(f"{name} / hand-scan (target <= 0.8): {ratio(name, 'hand-scan')}")
+    for name in ("sweep", "sweep-0.2"):
+        print(f"{name} per model / hand-vmap (target <= 0.8): {ratio(name, 'hand-vmap')}")
+        print(f"{name} per model / fit epoch (target <= 0.5): {ratio(name, 'fit')}")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,3 @@
 """The package version, defined once (the package root and checkpoint headers read it)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"

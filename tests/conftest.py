@@ -124,7 +124,7 @@ SLOW_TESTS: dict[str, str] = {
     "test_sweep_checkpoint.py::test_resume_is_bit_exact_with_stopped_and_diverged_models": "24 s",
     "test_sweep_stopping.py::test_each_model_equals_fit_with_the_same_early_stopping": "36 s",
     "test_train.py::test_fit_history_and_learning": "22 s",
-    "test_unroll.py::test_auto_unroll_unrolls_small_steps_of_long_epochs_on_accelerators_only": "28 s",
+    "test_unroll.py::test_auto_unroll_unrolls_small_steps_of_long_epochs_on_every_backend": "28 s",
     "test_unroll.py::test_fit_unrolled_equals_fit_step_by_step": "23 s",
     "test_unroll.py::test_make_epoch_unrolled_equals_step_by_step": "50 s",
     "test_wide_gradients.py::test_a_wide_sweep_with_an_input_gradient_penalty_differentiates_through_the_rule": "23 s",

@@ -64,6 +64,41 @@ def test_each_member_equals_an_independent_fit_on_its_fold_split():
                 _close(cv.history[name][m], single.history[name], err_msg=name)
 
 
+@pytest.mark.parametrize("vectorize", ["wide", "auto"])
+def test_each_folds_settings_train_as_one_wide_sweep(vectorize):
+    """The settings of one fold share its training set and order, so they share every mini-batch: with "wide" (what
+    "auto" picks on a CPU for a dense model) each fold trains as one wide sweep of its settings; the members equal
+    the vmapped ones up to the order of float sums, and "auto" is exactly "wide" on a CPU."""
+    kw = dict(hparams={"lmbda": LMBDAS}, folds=4, epochs=2, batch_size=5, key=KEY)
+    want = jreg.cross_validate(build, PARAMS, TRAIN, vectorize="vmap", **kw)
+    got = jreg.cross_validate(build, PARAMS, TRAIN, vectorize=vectorize, **kw)
+    for u, v in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)):
+        _close(np.asarray(v), np.asarray(u))
+    for name in want.history.keys():
+        _close(got.history[name], want.history[name], err_msg=name)
+    _close(got.mean, want.mean)
+    _close(got.se, want.se)
+    if vectorize == "auto" and jax.default_backend() == "cpu":
+        wide = jreg.cross_validate(build, PARAMS, TRAIN, vectorize="wide", **kw)
+        for u, v in zip(jax.tree.leaves(wide.params), jax.tree.leaves(got.params)):
+            np.testing.assert_array_equal(np.asarray(v), np.asarray(u))
+
+
+def test_the_shared_sets_are_the_folds_settings():
+    from jreg.train import members as per_member
+
+    sets = [np.setdiff1d(np.arange(43), f) for f in _folds(4, 43, KEY, None, "auto")]
+    train_sets = [sets[f] for _ in LMBDAS for f in range(4)]  # member s * 4 + f trains without fold f
+    made = per_member.make_members(key=KEY, models=12, n=43, batch_size=5, partial_batch="include",
+                                   data_order="shared", resample=None, train_sets=train_sets, evaluation_sets=None,
+                                   out_of_bag_evaluation=False, kind="folds")  # fmt: skip
+    shared = made.shared_sets()
+    assert sorted(sorted(ids.tolist()) for _, ids, _ in shared) == [[f, 4 + f, 8 + f] for f in range(4)]
+    assert made.wide()
+    for g, ids, row in shared:
+        np.testing.assert_array_equal(made.groups[g].index[row], sets[ids[0] % 4])
+
+
 def test_explicit_folds_reproduce_a_hand_written_k_fold_loop_exactly():
     """vectorize='map' runs each member's own computation, its training and its measurements: params and running
     loss bit for bit on a CPU; the fold's figures (fit's arithmetic on each fold, whose gather XLA may fuse
@@ -245,7 +280,10 @@ def test_a_cross_validation_resumes_bit_for_bit_and_refuses_other_folds(tmp_path
         (dict(stratify="yes"), r"stratify must be one of"),
         (dict(evaluation=toy(10, seed=5)), r"each member measures its own held-out examples"),
         (dict(resample="bootstrap"), r"cannot be combined with folds"),
-        (dict(vectorize="wide"), r"vectorize='wide' needs one mini-batch shared"),
+        (
+            dict(vectorize="wide", hparams={"lmbda": [0.1]}),
+            r"vectorize='wide' needs mini-batches shared by the members",
+        ),
         (dict(batch_size=40), r"batch_size must be at most the smallest member's number of training examples"),
         (dict(epochz=3), r"did you mean 'epochs'"),
     ],

@@ -211,7 +211,11 @@ def test_a_bootstrap_sweep_resumes_bit_for_bit_and_refuses_other_data(tmp_path):
         (dict(resample="jackknife"), r"resample must be None or 'bootstrap', got 'jackknife'"),
         (dict(evaluation="out_of_bag"), r"evaluation='out_of_bag' .* needs resample='bootstrap'"),
         (dict(evaluation="oob", resample="bootstrap"), r"evaluation must be held-out data, a jreg.Evaluation or"),
-        (dict(data_order="per_member", vectorize="wide"), r"vectorize='wide' needs one mini-batch shared"),
+        (dict(data_order="per_member", vectorize="wide"), r"vectorize='wide' needs mini-batches shared by the members"),
+        (
+            dict(resample="bootstrap", evaluation="out_of_bag", vectorize="wide"),
+            r"data_order='shared', resample='bootstrap' gives each member its own",
+        ),
         (
             dict(resample="bootstrap", evaluation=jreg.Evaluation("out_of_bag"), batch_size=41),
             r"batch_size must be at most",

@@ -93,15 +93,17 @@ def program(
     measure_one = _measurer(build, monitor, ema)
     check_one = _checker(monitor)
 
+    one_model = _as_model_of_one(train_one) if sharding is None and _vmap_one() else train_one
+
     def epoch(hp, state, alive, train, evaluation, key, *, evaluate: bool, limit=None):
         if models is None:
-            new, running = train_one(hp, state, train, key)
+            new, running = one_model(hp, state, train, key)
         elif vectorize == "vmap":
             new, running = jax.vmap(train_one, in_axes=(0, 0, None, None))(hp, state, train, key)
         elif vectorize == "wide":
             new, running = train_wide(hp, state, train, key)
         else:
-            new, running = jax.lax.map(lambda a: train_one(a[0], a[1], train, key), (hp, state))
+            new, running = jax.lax.map(lambda a: one_model(a[0], a[1], train, key), (hp, state))
         metrics = {EPOCH_LOSS: running["loss"]} if monitor.epoch_loss else {}
         loss = jnp.where(running["finite"], 0.0, jnp.nan) if finite_only else running["loss"]
         if evaluate:
@@ -118,16 +120,20 @@ def program(
 
 def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unroll, members: Members):
     """The compiled epoch of K models with per-member data: each group of equal-sized training sets trains with
-    its own plan (``vmap`` or ``lax.map`` over its members), the groups' states joined back in member order."""
-    if vectorize not in ("vmap", "map"):
+    its own plan (``vmap`` or ``lax.map`` over its members), the groups' states joined back in member order.
+    ``"wide"``: each set of members that share a training set and its order (a fold's settings) trains as one
+    wide sweep (:meth:`Members.shared_sets`)."""
+    if vectorize == "wide" and not members.wide():
         raise JregError(
-            f"per-member data (data_order='per_member', resample=, cross-validation folds) trains with "
-            f"vectorize='vmap' or 'map'; vectorize={vectorize!r} needs one mini-batch shared by every member"
+            "vectorize='wide' needs mini-batches shared by the members; these members each train on their own"
         )
     trainers = [_trainer(build, g.plan, ema, sharding, finite_only, unroll) for g in members.groups]
+    shared = members.shared_sets() if vectorize == "wide" else ()
+    wides = [_wide_trainer(build, members.groups[g].plan, ema, sharding, finite_only, unroll) for g, _, _ in shared]
     own_keys = members.order == "per_member"
-    order = np.concatenate([g.members for g in members.groups])
+    order = np.concatenate([ids for _, ids, _ in shared] if shared else [g.members for g in members.groups])
     inverse = np.argsort(order)
+    single = members.single and len(shared) <= 1
     measure_one = _measurer(build, monitor, ema)
     check_one = _checker(monitor)
 
@@ -142,11 +148,20 @@ def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unrol
             axes = (0, 0, None, 0 if own_keys else None, None if idx is None else 0)
             return jax.vmap(train_one, in_axes=axes)(hp_g, state_g, train, key_g, idx)
 
+        one_model = _as_model_of_one(train_one) if sharding is None and _vmap_one() else train_one
+
         def one(a):
             h, s, k, i = a
-            return train_one(h, s, train, k if own_keys else key, i)
+            return one_model(h, s, train, k if own_keys else key, i)
 
         return jax.lax.map(one, (hp_g, state_g, key_g if own_keys else None, idx))
+
+    def train_shared(j, hp, state, train, key, index):
+        """The members of one shared set (:meth:`Members.shared_sets`) as one wide sweep over their set."""
+        g, ids, row = shared[j]
+        pick = (lambda t: t) if single else (lambda t: jax.tree.map(lambda a: a[ids], t))
+        idx = None if row < 0 else index["groups"][g][row]
+        return wides[j](pick(hp), pick(state), train, key, idx)
 
     view_groups = members.view_groups() if members.exact else (np.arange(members.models),)
     view_order = np.concatenate(view_groups)
@@ -167,8 +182,11 @@ def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unrol
         return jax.tree.map(lambda *a: jnp.concatenate(a)[np.argsort(view_order)], *outs)
 
     def epoch(hp, state, alive, train, evaluation, key, index, *, evaluate: bool, limit=None):
-        outs = [train_group(g, hp, state, train, key, index) for g in range(len(members.groups))]
-        if members.single:
+        if shared:
+            outs = [train_shared(j, hp, state, train, key, index) for j in range(len(shared))]
+        else:
+            outs = [train_group(g, hp, state, train, key, index) for g in range(len(members.groups))]
+        if single:
             new, running = outs[0]
         else:
             new, running = jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *outs)
@@ -212,9 +230,10 @@ def _trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, finite_on
 
 
 def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, finite_only: bool, unroll: int | None):
-    """``train_wide(hp, state, train, key) -> (state, running)``: K models' epoch, ``vectorize="wide"``."""
+    """``train_wide(hp, state, train, key, index=None) -> (state, running)``: K models' epoch, ``vectorize="wide"``
+    (``index``: the training examples every one of them trains on, :func:`run_epoch`'s; None: all of ``train``)."""
 
-    def train_wide(hp, state: TrainState, train, key):
+    def train_wide(hp, state: TrainState, train, key, index=None):
         """The K models ``vmap``-ed inside each step of one scan, every weight matrix carried with the model axis
         second (``(784, K, 30)``): the shared mini-batch meets all K first layers in one wide matmul."""
         carried = jax.tree.map(_model_axis_second, state)
@@ -253,11 +272,48 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
             return new, metrics
 
         new, running = run_epoch(
-            update, plan, carried, train, key, keyed=keyed, sharding=sharding, finite_only=finite_only, unroll=unroll
+            update,
+            plan,
+            carried,
+            train,
+            key,
+            keyed=keyed,
+            sharding=sharding,
+            finite_only=finite_only,
+            unroll=unroll,
+            index=index,
         )
         return jax.tree.map(_model_axis_first, new), running
 
     return train_wide
+
+
+#: ``fit``'s epoch (and each member's of a ``"map"`` sweep) runs as a ``vmap`` over one model (None:
+#: :func:`_vmap_one` decides from the backend)
+ONE_AS_VMAP: bool | None = None
+
+
+def _vmap_one() -> bool:
+    """Whether ``fit``'s epoch runs as a one-model ``vmap``: on a CPU (docs/scaling.md). There XLA then computes a
+    weight gradient such as the first layer's ``(784, 30)`` one as ``δᵀ · x``, a ``(30, 784)`` product its fast
+    matmul kernel takes, where the plain program's ``xᵀ · δ`` with a transposed operand goes to a slower one."""
+    return jax.default_backend() == "cpu" if ONE_AS_VMAP is None else ONE_AS_VMAP
+
+
+def _as_model_of_one(train_one):
+    """``train_one`` run as a ``vmap`` over a model axis of size 1 (the same operations per model): ``fit``'s epoch,
+    and each member's of a ``"map"`` sweep, so that such a member equals ``fit`` bit for bit."""
+
+    def run(hp, state, train, key, *rest):
+        axes = (None, 0, None, None) + (None,) * len(rest)
+        new, running = jax.vmap(train_one, in_axes=axes)(hp, _with_axis(state), train, key, *rest)
+        return jax.tree.map(lambda a: a[0], (new, running))
+
+    return run
+
+
+def _with_axis(tree):
+    return jax.tree.map(lambda a: a[None], tree)
 
 
 def _measurer(build: Build, monitor: Monitor, ema: EMA | None):

@@ -141,16 +141,16 @@ UNROLL = 8
 def auto_unroll(
     update: Update, state: TrainState, first: tuple[Batch, Any], steps: int, backend: str | None = None
 ) -> int:
-    """:data:`UNROLL` on an accelerator when the step is small (at most :data:`UNROLL_MAX_OPS` operations)
-    and the epoch has at least ``2 * UNROLL`` full steps, else 1; always 1 on a CPU.
+    """:data:`UNROLL` when the step is small (at most :data:`UNROLL_MAX_OPS` operations) and the epoch has at least
+    ``2 * UNROLL`` full steps, else 1 (``backend`` is not consulted any more; kept for callers).
 
-    A small step on a GPU is bound by the loop's per-iteration cost (kernel launches, the loop's
-    bookkeeping), which unrolling divides; a large one would only compile longer. On a CPU the gain is
-    smaller (about 10 % for [784, 30, 10]) and XLA fuses an unrolled body's running averages (an EMA of
-    the params, BatchNorm statistics) differently, which changes their last bits: the CPU default keeps
-    results bit for bit what they were. ``backend``: default :func:`jax.default_backend`.
+    A small step is bound by the loop's per-iteration cost (on an accelerator kernel launches, on a CPU the
+    loop's bookkeeping and the step's small fusions), which unrolling divides; a large one would only compile
+    longer. On a CPU it takes about 10 % off [784, 30, 10]'s epoch (docs/scaling.md). XLA fuses an unrolled
+    body's running averages (an EMA of the params, BatchNorm statistics) differently from a rolled one, so their
+    last bits differ from ``unroll=1``'s; ``unroll=1`` keeps the rolled loop.
     """
-    if (backend or jax.default_backend()) == "cpu" or steps < 2 * UNROLL:
+    if steps < 2 * UNROLL:
         return 1
     jaxpr = jax.make_jaxpr(update)(state, *first)
     return UNROLL if _count_ops(jaxpr.jaxpr, UNROLL_MAX_OPS + 1) <= UNROLL_MAX_OPS else 1

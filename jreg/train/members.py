@@ -184,6 +184,29 @@ class Members:
             return jax.random.fold_in(key, epoch)
         return jax.vmap(lambda k: jax.random.fold_in(k, epoch))(self.keys)
 
+    def shared_sets(self) -> tuple[tuple[int, np.ndarray, int], ...] | None:
+        """The members that see the same mini-batches, for ``vectorize="wide"``: ``(group, members, row)`` per
+        distinct training set of each group (``row``: the set's row in the group's ``index``), when every member
+        shuffles with the run's key (``"shared"`` order); None otherwise. With k-fold cross-validation: one
+        entry per fold, holding that fold's settings."""
+        if self.order != "shared":
+            return None
+        out = []
+        for g, group in enumerate(self.groups):
+            if group.index is None:
+                out.append((g, group.members, -1))
+                continue
+            _, first, inverse = np.unique(group.index, axis=0, return_index=True, return_inverse=True)
+            inverse = np.asarray(inverse).reshape(-1)
+            for u in np.argsort(first):  # in order of first appearance
+                out.append((g, group.members[inverse == u], int(first[u])))
+        return tuple(out)
+
+    def wide(self) -> bool:
+        """Whether ``vectorize="wide"`` applies: the members share their sets in groups of two or more."""
+        sets = self.shared_sets()
+        return sets is not None and min(len(m) for _, m, _ in sets) >= 2
+
     def member_epoch_key(self, key: jax.Array, i: int, epoch: int) -> jax.Array:
         """Member ``i``'s shuffle key of epoch ``epoch`` (for the step-by-step replay of a diverged member)."""
         return jax.random.fold_in(key if self.order == "shared" else self.keys[i], epoch)
@@ -319,11 +342,6 @@ def prepare(train, evaluation, key, models, batch_size, partial_batch, data_orde
             "per-member data (data_order='per_member', resample=, cross-validation folds) with "
             "parallel=ModelParallel(...) is not supported yet; run it on one device"
         )
-    if vectorize == "wide":
-        raise JregError(
-            "vectorize='wide' needs one mini-batch shared by every member; per-member data (data_order="
-            "'per_member', resample=, cross-validation folds) trains with vectorize='vmap' or 'map'"
-        )
     train = check_data(train, "train")
     n = data_size(train)
     sets = sets or {}
@@ -341,6 +359,13 @@ def prepare(train, evaluation, key, models, batch_size, partial_batch, data_orde
         out_of_bag_evaluation=oob,
         kind=kind,
     )
+    if vectorize == "wide" and members is not None and not members.wide():
+        raise JregError(
+            "vectorize='wide' needs mini-batches shared by the members: with per-member data only members that "
+            "train on the same set in the same order share them (cross-validation's settings of one fold); "
+            f"data_order={data_order!r}, resample={resample!r} gives each member its own; use vectorize='vmap', "
+            "'map' or 'auto'"
+        )
     if members is not None and members.evaluation is not None:
         schedule = as_evaluation(evaluation)
         if schedule.data is not None:

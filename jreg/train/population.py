@@ -121,7 +121,6 @@ def start(
             f"of arrays), not a stream of batches ({type(train).__name__}); jreg.fit and jreg.sweep take streams"
         )
     hp, models = check_hparams(hparams)
-    vectorize = default_vectorize(vectorize, models)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, None)
     train, evaluation, members = per_member.prepare(
         train, evaluation, key, models, batch_size, partial_batch, "shared", None, sets, vectorize, None
@@ -131,6 +130,7 @@ def start(
         monitor,
     )  # fmt: skip
     setup = per_member.attach(setup, members, sets)
+    vectorize = default_vectorize(vectorize, models, members=members, params=params, stacked=stacked_params)
     state = initial_state(build, hp, models, stacked_params)(params, model_state)
     measured = dataclasses.replace(setup.monitor, memory=setup.monitor.memory // models)
     epoch = program(build, setup.plan, measured, models=models, vectorize=vectorize, members=setup.members)

@@ -128,13 +128,38 @@ def _first(tree: Any, stacked: bool, models: int, name: str) -> Any:
     return jax.tree.map(lambda a: a[0], tree)
 
 
-def default_vectorize(vectorize: str, models: int) -> str:
-    """``vectorize`` checked, ``"auto"`` resolved: ``"map"`` on a CPU for K = 2 or 3, ``"vmap"`` otherwise."""
+#: the fewest models for which ``vectorize="auto"`` picks ``"wide"``: on a CPU (measured from K = 2, where it beat
+#: ``"map"`` and ``"vmap"``), on an accelerator (measured at K = 2,048 on an H200; below K = 1,024 not measured)
+WIDE_FROM = {"cpu": 2, "accelerator": 1024}
+
+
+def default_vectorize(
+    vectorize: str, models: int, *, members: Any = None, params: Params = None, stacked: bool = False
+) -> str:
+    """``vectorize`` checked, ``"auto"`` resolved: ``"wide"`` when the members share their mini-batches in sets of at
+    least :data:`WIDE_FROM` models (all K of them, or with per-member data ``members`` each fold's settings:
+    :meth:`jreg.train.members.Members.shared_sets`) and every param is a vector or a matrix per model (dense
+    layers: what it was measured on); otherwise ``"map"`` on a CPU for K = 2 or 3, else ``"vmap"``.
+    docs/scaling.md has the measurements behind each rule."""
     if vectorize not in VECTORIZE:
         raise JregError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
-    if vectorize == "auto":
-        return "map" if jax.default_backend() == "cpu" and 2 <= models <= 3 else "vmap"
-    return vectorize
+    if vectorize != "auto":
+        return vectorize
+    cpu = jax.default_backend() == "cpu"
+    if members is None:
+        width = models
+    else:
+        sets = members.shared_sets()
+        width = 0 if sets is None else min(len(ids) for _, ids, _ in sets)
+    if width >= WIDE_FROM["cpu" if cpu else "accelerator"] and _dense(params, stacked):
+        return "wide"
+    return "map" if cpu and 2 <= models <= 3 else "vmap"
+
+
+def _dense(params: Params, stacked: bool) -> bool:
+    """Whether every leaf of ``params`` is at most a matrix per model (None: not known yet, taken as yes)."""
+    extra = 1 if stacked else 0
+    return all(np.ndim(leaf) <= 2 + extra for leaf in jax.tree.leaves(params))
 
 
 def prepare_models(

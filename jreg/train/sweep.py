@@ -111,11 +111,13 @@ def sweep(
             to float reassociation; not with ``parallel``). There jreg's own
             layers (those of :func:`jreg.mlp`) take each weight gradient as
             ``aᵀ·g``, one matmul whose output is already in that layout.
-            ``"wide"`` is opt-in (its results differ from ``"vmap"``'s in the
-            last bits). The per-epoch evaluations are batched either way.
-            ``"auto"`` (default): ``"map"`` on CPU for K = 2 or 3, ``"vmap"``
-            otherwise. docs/scaling.md says which is fastest where, with the
-            measurements (docs/benchmarks.md) behind each rule.
+            The per-epoch evaluations are batched either way.
+            ``"auto"`` (default): ``"wide"`` when the members share their
+            mini-batches and every param is a vector or matrix per model (dense
+            layers), from K = 2 on a CPU and K = 1,024 on an accelerator;
+            otherwise ``"map"`` on a CPU for K = 2 or 3, else ``"vmap"``.
+            docs/scaling.md says which is fastest where, with the measurements
+            (docs/benchmarks.md) behind each rule.
         evaluation: held-out data, or a :class:`jreg.Evaluation` (metrics,
             evaluation batch size, every k epochs), as in :func:`fit`.
         ema: a :class:`jreg.EMA`, as in :func:`fit`, for every model: one
@@ -222,6 +224,7 @@ def sweep(
         monitor, copies, "jreg.sweep",
     )  # fmt: skip
     setup = per_member.attach(setup, members, sets)
+    vectorize = default_vectorize(vectorize, models, members=members, params=params, stacked=stacked_params)
     rule = stopping_hooks.check(early_stopping, setup.monitor, "sweep")
     limits = divergence.limits(guard, setup, models, "sweep", checkpoint)
     stopper = None
@@ -347,7 +350,6 @@ def _checked(build, hparams, ema, checkpoint, resume, parallel, vectorize, epoch
     checkpoint = _check_checkpoint(checkpoint, resume)
     if parallel is not None and vectorize == "auto":
         vectorize = "vmap"  # the models split across devices, batched on each
-    vectorize = default_vectorize(vectorize, models)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, callback)
     unroll = check_unroll(unroll)
     mesh.check_models(parallel, models, batch_size, vectorize)
