@@ -361,10 +361,13 @@ class _Slot:
 
     def fill(self, row: int, batch: list[np.ndarray]) -> None:
         """Copy one batch's leaves into row ``row`` (cast to the training dtypes as ``astype`` would)."""
-        with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            for buffer, leaf in zip(self.arrays, batch):
+        for buffer, leaf in zip(self.arrays, batch):
+            if leaf.dtype == buffer.dtype:
                 buffer[row] = leaf
+            else:  # e.g. float64 into float32 (x64 off): an overflow is an infinity, refused per chunk
+                with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    buffer[row] = leaf
 
     def release(self) -> None:
         """Give the buffers back: the device has finished with every array put from them (idempotent)."""
