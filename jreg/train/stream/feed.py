@@ -1,6 +1,6 @@
-"""A stream fed to the device: opening epochs, reading and checking batches, stacking them into chunks (the last one
-padded), placing the chunks, and the prefetching thread that does all that ahead of training (the rules in
-:mod:`jreg.train.stream`'s docstring, "Epochs" and "Chunks and prefetch")."""
+"""A stream fed to the device: opening epochs, reading and checking batches, copying them into reused chunk buffers
+(the last chunk padded), placing the chunks, and the prefetching thread that does all that ahead of training (the
+rules in :mod:`jreg.train.stream`'s docstring, "Epochs" and "Chunks and prefetch")."""
 
 from __future__ import annotations
 
