@@ -36,7 +36,10 @@ def main() -> None:
     gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)))
     feed = Feed(jreg.Stream(batches, chunk=4), 8, "include")
     feed.place(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-    chunk = feed._chunk([[b[0], b[1]] for b in batches[:4]], 0, 0)
+    slot = feed.pool.take()
+    for i, b in enumerate(batches[:4]):
+        slot.fill(i, [b[0], b[1]])
+    chunk = feed._chunk(slot, 4, 0, 0)
     x_chunk = jax.tree.leaves(chunk.batches)[0]
     shards = sorted({tuple(s.data.shape) for s in x_chunk.addressable_shards})
     print(

@@ -34,10 +34,12 @@ is not the last, a source that raises) is a :class:`jreg.JregError` naming the
 epoch (1-based), the batch index (0-based) and the leaf; a source's own
 exception is its ``__cause__``.
 
-**Chunks and prefetch.** A background thread reads the source, stacks ``chunk``
-consecutive batches into one host array per leaf (NumPy) and puts it on the
-device (``jax.device_put``; with :class:`jreg.DataParallel` split along the
-batch axis; with several processes each process's source yields its own
+**Chunks and prefetch.** A background thread reads the source, copies each
+batch as it is read into its chunk's host buffers (one NumPy array per leaf,
+``chunk`` batches; reused from a pool once the training loop has read the flag
+of the compiled call that trained on them: on CPU the device array aliases the
+buffer) and puts each chunk on the device (``jax.device_put``; with
+:class:`jreg.DataParallel` split along the batch axis; with several processes each process's source yields its own
 ``batch_size // process_count`` rows of every global batch, the rows its
 devices hold (process ``i``'s contiguous block ``i`` for a ``jax.make_mesh``
 mesh), assembled by ``jax.make_array_from_process_local_data``), keeping up to ``prefetch``

@@ -33,6 +33,8 @@ class Spec:
     dtypes: list[np.dtype]  # as training sees them (canonical: float64 -> float32 unless x64)
     rows: int  # the full batch's leading size (per process)
     raw: list[np.dtype] = dataclasses.field(default_factory=list)  # the first batch's own dtypes (fast check)
+    container: type | None = None  # tuple or list when the first batch is one of arrays (:func:`quick`)
+    full: list[tuple[int, ...]] = dataclasses.field(default_factory=list)  # a full batch's shapes
 
 
 def first_batch(batch: Any, expected: int, processes: int, epoch: int) -> tuple[Any, Spec]:
@@ -67,6 +69,9 @@ def first_batch(batch: Any, expected: int, processes: int, epoch: int) -> tuple[
         )
     dtypes = [jax.dtypes.canonicalize_dtype(a.dtype) for a in arrays]
     spec = Spec(treedef, labels, [a.shape[1:] for a in arrays], dtypes, rows, [a.dtype for a in arrays])
+    flat = type(batch) in (tuple, list) and all(isinstance(leaf, np.ndarray) for leaf in batch)
+    spec.container = type(batch) if flat else None
+    spec.full = [(rows, *shape) for shape in spec.shapes]
     arrays = cast(arrays, spec)
     check_finite([a[None] for a in arrays], spec, epoch, 0)
     return jax.tree.unflatten(treedef, arrays), spec
@@ -76,6 +81,19 @@ def cast(arrays: list[np.ndarray], spec: Spec) -> list[np.ndarray]:
     with np.errstate(over="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return [a if a.dtype == d else a.astype(d) for a, d in zip(arrays, spec.dtypes)]
+
+
+def quick(batch: Any, spec: Spec) -> list[np.ndarray] | None:
+    """A later batch's leaves when it repeats the first exactly: the same container (a tuple or a list) of NumPy
+    arrays with the first batch's dtypes, the full batch's shapes. None otherwise (then :func:`convert` checks it
+    and names what differs). What passes here passes :func:`convert` too, with the same leaves: it is the common
+    case's shortcut (no tree flattening, no conversion), not a weaker check."""
+    if type(batch) is not spec.container or len(batch) != len(spec.raw):
+        return None
+    for leaf, full, raw in zip(batch, spec.full, spec.raw):
+        if type(leaf) is not np.ndarray or leaf.shape != full or leaf.dtype != raw:
+            return None
+    return list(batch)
 
 
 def convert(batch: Any, spec: Spec, epoch: int, index: int) -> list[np.ndarray]:

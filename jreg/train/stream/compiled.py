@@ -163,12 +163,14 @@ def _epoch(
         due: tuple[int, Any] | None = None  # a mid-epoch checkpoint to write once the epoch is known to go on
 
         def check(item: Chunk, flags: Any) -> bool:
-            """Replay the models that ``item`` made non-finite; True when training should stop (fit)."""
+            """Replay the models that ``item`` made non-finite; True when training should stop (fit). Reading
+            ``flags`` waits for the compiled call that read ``item``, so its host buffers go back to the feed."""
             now = np.atleast_1d(np.asarray(jax.device_get(flags)))
             newly = [i for i in np.flatnonzero(~now) if i not in dead]
             for i in newly:
                 dead.add(i)
                 replay(hp, state, item, key, None if models is None else int(i))
+            item.release()
             return models is None and bool(newly) or len(dead) == (models or 1)
 
         with opened.chunks() as chunks:

@@ -1,12 +1,14 @@
-"""A stream fed to the device: opening epochs, reading and checking batches, stacking them into chunks (the last one
-padded), placing the chunks, and the prefetching thread that does all that ahead of training (the rules in
-:mod:`jreg.train.stream`'s docstring, "Epochs" and "Chunks and prefetch")."""
+"""A stream fed to the device: opening epochs, reading and checking batches, copying them into reused chunk buffers
+(the last chunk padded), placing the chunks, and the prefetching thread that does all that ahead of training (the
+rules in :mod:`jreg.train.stream`'s docstring, "Epochs" and "Chunks and prefetch")."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +19,7 @@ from ..._errors import JregError, JregTypeError
 from ...checkpoint.common import CheckpointError
 from ..state import TrainState
 from . import position as positions
-from .batches import Spec, cast, check_finite, convert, first_batch
+from .batches import Spec, cast, check_finite, convert, first_batch, quick
 from .source import Stream, _arity
 
 _JOIN_TIMEOUT = 5.0
@@ -50,6 +52,9 @@ class Feed:
         opened = self._open(0)
         self.one_shot = opened is self.source
         self.first, self.spec = self._peek(opened, 0)
+        # host buffers for the chunks, reused: enough for the queue, the one being filled, the one training and
+        # the previous one kept for the guard, so that a steady epoch allocates nothing
+        self.pool = _Pool(self.spec, self.chunk, self.prefetch + 3)
         self._pending: tuple[Any, Iterator] | None = (self.first, opened)
 
     # -- epochs -------------------------------------------------------------------------------------------------
@@ -216,8 +221,8 @@ class Feed:
         self.by_process = None if sharding is None or self.processes == 1 else _by_process(sharding.mesh)
 
     def _put(self, arrays: list[np.ndarray]) -> list[jax.Array]:
-        """The chunk on the device. The host arrays are fresh (stacked here) and never touched again, so they
-        are donated: on CPU the device array may then alias them instead of copying."""
+        """The chunk on the device. On CPU the device arrays may alias the host arrays (no copy: the pool's buffers
+        are aligned for that), which is why a slot is reused only once the training loop gives it back."""
         if self.processes > 1 and self.sharding is not None:
             if arrays[0].shape[1] * self.processes % self.ways == 0:
                 return [jax.make_array_from_process_local_data(self.sharding, a) for a in arrays]
@@ -232,18 +237,23 @@ class Feed:
             return [jax.make_array_from_process_local_data(self.by_process, a) for a in arrays]
         if self.sharding is not None and arrays[0].shape[1] % self.ways:
             # a last batch the mesh cannot split evenly: put it whole; the step's sharding constraint splits it
-            return jax.device_put(arrays, self.whole, donate=True)
-        return jax.device_put(arrays, self.sharding, donate=True)
+            return jax.device_put(arrays, self.whole)
+        return jax.device_put(arrays, self.sharding)
 
     def _produce(self, epoch: int, emit: Callable[[Any], bool]) -> None:
-        """Read epoch ``epoch``, emitting ``Chunk``s, then ``None``; a JregError instead when something is wrong."""
+        """Read epoch ``epoch``, emitting ``Chunk``s, then ``None``; a JregError instead when something is wrong.
+
+        Each full batch is copied, as soon as it is read, into row ``filled`` of a chunk's host buffers taken from
+        :attr:`pool` (so a source may reuse or mutate the arrays it yielded once it is asked for the next batch)."""
         it, source_it, start = self._epoch_iterator(epoch)
         capture = self.capture and source_it is not None
         if capture and not positions.stateful(source_it):  # epoch 0's could; this epoch's cannot
             _close(it)
             raise positions.not_stateful(source_it, f"train (epoch {epoch + 1}): Checkpointing(every_steps=...)")
+        spec, chunk, pool = self.spec, self.chunk, self.pool
         try:
-            buffer: list[list[np.ndarray]] = []
+            slot: _Slot | None = None
+            filled = 0
             small: tuple[int, list[np.ndarray]] | None = None
             index = start
             while True:
@@ -254,51 +264,51 @@ class Feed:
                 if small is not None:
                     raise JregError(
                         f"train (epoch {epoch + 1}, batch index {small[0]}): the batch holds "
-                        f"{small[1][0].shape[0]} examples, fewer than batch_size = {self.spec.rows}, but is not the "
+                        f"{small[1][0].shape[0]} examples, fewer than batch_size = {spec.rows}, but is not the "
                         "epoch's last; only the last batch may be smaller"
                     )
-                arrays = convert(batch, self.spec, epoch, index)
-                if arrays[0].shape[0] < self.spec.rows:
-                    small = (index, arrays)
+                arrays = quick(batch, spec) or convert(batch, spec, epoch, index)
+                if arrays[0].shape[0] < spec.rows:
+                    small = (index, [np.array(a) for a in arrays])  # a copy: the source may reuse its arrays
                 else:
-                    buffer.append(arrays)
-                    if len(buffer) == self.chunk:  # the iterator's state now is the one after the chunk's last batch
+                    if slot is None:
+                        slot = pool.take()
+                    slot.fill(filled, arrays)
+                    filled += 1
+                    if filled == chunk:  # the iterator's state now is the one after the chunk's last batch
                         state = self._state(source_it, epoch, index) if capture else None
-                        if not emit(self._chunk(buffer, epoch, index + 1 - len(buffer), position=state)):
+                        if not emit(self._chunk(slot, filled, epoch, index + 1 - filled, position=state)):
                             return
-                        buffer = []
+                        slot, filled = None, 0
                 index += 1
             if index == start:
                 raise JregError(self._empty(epoch))
-            if buffer and not emit(self._chunk(buffer, epoch, index - len(buffer) - (small is not None))):
+            if filled and not emit(self._chunk(slot, filled, epoch, index - filled - (small is not None))):
                 return
             if small is not None and self.partial_batch == "include":
-                if not emit(self._chunk([small[1]], epoch, small[0], pad=False)):
+                if not emit(self._lone(small[1], epoch, small[0])):
                     return
             emit(None)
         finally:
             _close(it)
 
-    def _chunk(
-        self, batches: list[list[np.ndarray]], epoch: int, first: int, pad: bool = True, position: Any = None
-    ) -> Chunk:
-        count = len(batches)
-        stacked = cast([np.stack(leaves) for leaves in zip(*batches)], self.spec)
-        check_finite(stacked, self.spec, epoch, first)
+    def _chunk(self, slot: _Slot, count: int, epoch: int, first: int, position: Any = None) -> Chunk:
+        """The ``count`` batches filled into ``slot``, checked, padded and put on the device."""
+        check_finite([a[:count] for a in slot.arrays], self.spec, epoch, first)
         # a short chunk is padded to the next power of two (at most ``chunk``): log2(chunk) + 1 programs at most,
         # and no more than ``count - 1`` wasted steps (padding to ``chunk`` ran 64 steps for a 5-batch epoch)
-        size = min(self.chunk, 1 << (count - 1).bit_length()) if pad else count
-        if size > count:  # padded with copies of the last batch: masked no-op steps
-            stacked = [np.concatenate([a, np.repeat(a[-1:], size - count, axis=0)]) for a in stacked]
-        arrays = self._put(stacked)
-        return Chunk(
-            jax.tree.unflatten(self.spec.treedef, arrays),
-            first,
-            count,
-            size,
-            batches[0][0].shape[0] * self.processes,
-            position,
-        )
+        size = min(self.chunk, 1 << (count - 1).bit_length())
+        for a in slot.arrays:  # padded with copies of the last batch: masked no-op steps
+            a[count:size] = a[count - 1]
+        arrays = self._put([a[:size] for a in slot.arrays])
+        return Chunk(jax.tree.unflatten(self.spec.treedef, arrays), first, count, size, self.batch_size, position, slot)
+
+    def _lone(self, arrays: list[np.ndarray], epoch: int, first: int) -> Chunk:
+        """An epoch's smaller last batch as a chunk of one step (fresh host arrays: its shape is its own)."""
+        stacked = cast([a[None] for a in arrays], self.spec)
+        check_finite(stacked, self.spec, epoch, first)
+        put = self._put(stacked)
+        return Chunk(jax.tree.unflatten(self.spec.treedef, put), first, 1, 1, arrays[0].shape[0] * self.processes)
 
     def epoch(self, epoch: int) -> Opened:
         """Epoch ``epoch``, ready to be read chunk by chunk (:meth:`Opened.chunks`)."""
@@ -330,6 +340,69 @@ def _close(it: Any) -> None:
             pass
 
 
+_ALIGN = 64  # bytes: XLA's CPU client takes a host array this aligned without copying it
+
+
+def _aligned(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data start at a multiple of ``_ALIGN`` bytes."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    offset = -raw.ctypes.data % _ALIGN
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+class _Slot:
+    """One chunk's host buffers (one array ``(chunk, rows, ...)`` a leaf, in the training dtypes), lent by a
+    :class:`_Pool` until :meth:`release`."""
+
+    def __init__(self, pool: _Pool, arrays: list[np.ndarray]):
+        self.pool, self.arrays = pool, arrays
+        self.lent = True
+
+    def fill(self, row: int, batch: list[np.ndarray]) -> None:
+        """Copy one batch's leaves into row ``row`` (cast to the training dtypes as ``astype`` would)."""
+        for buffer, leaf in zip(self.arrays, batch):
+            if leaf.dtype == buffer.dtype:
+                buffer[row] = leaf
+            else:  # e.g. float64 into float32 (x64 off): an overflow is an infinity, refused per chunk
+                with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    buffer[row] = leaf
+
+    def release(self) -> None:
+        """Give the buffers back: the device has finished with every array put from them (idempotent)."""
+        if self.lent:
+            self.lent = False
+            self.pool.give(self)
+
+
+class _Pool:
+    """Reused chunk buffers. The reader takes a slot (a new one when none is free: it never waits); the training
+    loop releases a chunk's slot once the device has finished the compiled call that read it (it has read that
+    call's divergence flag). A chunk not released (an epoch that stopped early) is never reused, so a buffer the
+    device may still read, or a CPU device array still aliases, is never overwritten."""
+
+    def __init__(self, spec: Spec, chunk: int, keep: int):
+        self.shapes = [(chunk, *full) for full in spec.full]
+        self.dtypes = spec.dtypes
+        self.keep = keep
+        self.free: collections.deque[_Slot] = collections.deque()  # append and pop are atomic across threads
+        self.made = 0  # slots allocated (a steady epoch: at most ``keep``)
+
+    def take(self) -> _Slot:
+        try:
+            slot = self.free.pop()
+        except IndexError:
+            self.made += 1
+            return _Slot(self, [_aligned(s, np.dtype(d)) for s, d in zip(self.shapes, self.dtypes)])
+        slot.lent = True
+        return slot
+
+    def give(self, slot: _Slot) -> None:
+        if len(self.free) < self.keep:
+            self.free.append(slot)
+
+
 @dataclasses.dataclass
 class Chunk:
     batches: Any  # the batch pytree with leaves (size, rows, ...) on the device
@@ -338,6 +411,14 @@ class Chunk:
     size: int  # steps in the arrays
     rows: int  # examples per step (global)
     position: Any = None  # the iterator's state after its last batch (a full chunk, mid-epoch checkpoints on)
+    slot: _Slot | None = None  # the host buffers it was put from (None: its own fresh arrays)
+
+    def release(self) -> None:
+        """The device has finished with this chunk (the compiled call that read it is done): its host buffers may
+        be reused. Call it only then; never calling it is safe (the buffers are then not reused)."""
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
 
 
 class Opened:
