@@ -25,7 +25,7 @@ import optax
 
 from .._errors import JregError
 from ..nn import left_product_weight_gradients
-from . import calls, guard, stream
+from . import calls, guard, left_products, stream
 from . import optimizer as optimizer_
 from .config import EMA
 from .epoch import run_epoch
@@ -222,18 +222,19 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
         keyed = calls.takes_key(build(jax.tree.map(lambda v: v[0], hp))[0])
 
         def grad_one(h, s, batch, k):
-            # jreg's dense layers give each weight gradient as aᵀ·g here: vmapped, one matmul whose output is
-            # already in the carry's (n_in, K, n_out) layout (JAX's own rule leaves it transposed). A trace that
-            # fails with it (forward-mode autodiff through the model, a jax.jvp in the user's loss, which a custom
-            # VJP cannot take) is traced again with JAX's rule, outside the except clause, so that a genuine error
-            # reaches the user once, unchained.
-            grad = gradient_fn(build(h)[0], with_value=True)
+            # every weight's product (jreg's dense layers, and any model's through the jaxpr rewrite of
+            # left_products) gives its gradient as aᵀ·g here: vmapped, one matmul whose output is already in the
+            # carry's (n_in, K, n_out) layout (JAX's own rule leaves it transposed). A trace that fails with it
+            # (forward-mode autodiff through the model, a jax.jvp in the user's loss, which a custom VJP cannot
+            # take) is traced again with JAX's rule, outside the except clause, so that a genuine error reaches
+            # the user once, unchained.
+            objective = build(h)[0]
             try:
                 with left_product_weight_gradients():
-                    return grad(s, batch, k)
+                    return gradient_fn(objective, with_value=True, rewrite=left_products.rewrite)(s, batch, k)
             except Exception:  # noqa: BLE001
                 pass
-            return grad(s, batch, k)
+            return gradient_fn(objective, with_value=True)(s, batch, k)
 
         def apply_one(h, s, grads, model_state, value, batch, k):
             decay = None if ema is None else ema.decay_of(h)

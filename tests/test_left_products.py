@@ -1,0 +1,285 @@
+"""jreg.train.left_products: the aᵀ·g weight-gradient rule for any model's dense layers (a jaxpr rewrite).
+
+Checked here: for Flax linen ``Dense``, NNX ``Linear``, Equinox ``nn.Linear`` (vmapped over examples by the
+adapter) and Haiku ``Linear`` models, the rewrite takes every dense product (the rewritten jaxpr's
+``custom_vjp_call`` count) and gives ``jax.grad``'s gradients, under jit and not, vmapped over models as a
+``"wide"`` sweep runs it, and finite differences to second order; hostile products (batch dimensions, the
+weight on either side, several contracting axes, an int product, a weight used twice, reshaped, behind a
+``jax.jit``) still give JAX's values; ``jreg.mlp``'s own rule is left alone; and a ``"wide"`` sweep of a Flax
+and of an Equinox model applies the rule and trains what a ``"vmap"`` sweep trains.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import jreg
+from jreg import nn
+from jreg.train import left_products
+
+from .test_train import toy
+
+X = jax.random.normal(jax.random.key(3), (5, 6))
+
+
+def _linen():
+    linen = pytest.importorskip("flax.linen")
+
+    class MLP(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Dense(3)(jnp.tanh(linen.Dense(4)(x)))
+
+    return jreg.frameworks.from_linen(MLP(), X[:1], key=jax.random.key(0))
+
+
+def _nnx():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.a, self.b = nnx.Linear(6, 4, rngs=rngs), nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(jnp.tanh(self.a(x)))
+
+    return jreg.frameworks.from_nnx(MLP(nnx.Rngs(0)))
+
+
+def _equinox():
+    eqx = pytest.importorskip("equinox")
+    return jreg.frameworks.from_equinox(eqx.nn.MLP(6, 3, 4, 1, activation=jnp.tanh, key=jax.random.key(0)))
+
+
+def _haiku():
+    hk = pytest.importorskip("haiku")
+
+    def forward(x):
+        return hk.Linear(3)(jnp.tanh(hk.Linear(4)(x)))
+
+    return jreg.frameworks.from_haiku(hk.transform(forward), X[:1], key=jax.random.key(0))
+
+
+MODELS = {"linen": _linen, "nnx": _nnx, "equinox": _equinox, "haiku": _haiku}
+
+
+def _loss_of(model):
+    def loss(params, x):
+        return jnp.sum(jnp.sin(model.apply(params, x)) ** 2)
+
+    return loss
+
+
+def _close(got, expected, rtol=1e-5, atol=1e-6):
+    got, expected = jax.tree.leaves(got), jax.tree.leaves(expected)
+    assert len(got) == len(expected) and got
+    for v, u in zip(got, expected):
+        assert v.shape == u.shape and v.dtype == u.dtype
+        np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=rtol, atol=atol)
+
+
+def _custom_vjps(closed) -> int:
+    """``custom_vjp_call`` equations in a jaxpr and its sub-jaxprs."""
+    found = 0
+    for eqn in closed.jaxpr.eqns if hasattr(closed, "jaxpr") else closed.eqns:
+        found += eqn.primitive.name == "custom_vjp_call"
+        if eqn.primitive.name != "custom_vjp_call":
+            found += sum(_custom_vjps(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+    return found
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["nojit", "jit"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_frameworks_dense_layers_get_the_rule_and_jaxs_gradients(name, jit):
+    model = MODELS[name]()
+    loss = _loss_of(model)
+    assert left_products.products(loss, model.params, X) == 2  # both layers' products, nothing else
+    rewritten = left_products.rewritten_jaxpr(loss, model.params, X)
+    assert _custom_vjps(rewritten) == 2
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(loss)(model.params, X))
+    grad = jax.grad(left_products.rewrite(loss), argnums=(0, 1))
+    expected = jax.grad(loss, argnums=(0, 1))(model.params, X)
+    _close((jax.jit(grad) if jit else grad)(model.params, X), expected)
+    value = jax.jit(left_products.rewrite(loss)) if jit else left_products.rewrite(loss)
+    np.testing.assert_array_equal(value(model.params, X), loss(model.params, X))  # the forward: the same products
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_rule_vmapped_over_models_as_a_wide_sweep_runs_it_gives_jaxs_gradients(name):
+    """K = 3 models vmapped over their params (the data shared), each leaf of >= 2 dims with the model axis second
+    (the wide carry's layout), under jit."""
+    model = MODELS[name]()
+    loss = _loss_of(model)
+    stacked = jax.tree.map(lambda a: jnp.stack([a, 1.1 * a, 0.9 * a - 0.01]), model.params)
+    carried = jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1) if a.ndim >= 3 else a, stacked)
+    axes = jax.tree.map(lambda a: 1 if a.ndim >= 3 else 0, carried)
+
+    def grads(fn):
+        return jax.jit(jax.vmap(jax.grad(fn), in_axes=(axes, None), out_axes=axes))(carried, X)
+
+    _close(grads(left_products.rewrite(loss)), grads(loss))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["nojit", "jit"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_rule_matches_finite_differences_to_second_order(name, jit):
+    model = MODELS[name]()
+    loss = _loss_of(model)
+    with jax.enable_x64(True):  # second-order differences need float64 (JAX's own rule fails them in float32 too)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.params)
+        x = jnp.asarray(X, jnp.float64)
+        f = left_products.rewrite(loss)
+        assert left_products.products(loss, params, x) == 2
+        check_grads(jax.jit(f) if jit else f, (params, x), order=2, modes=["rev"])
+
+
+# ------------------------------------------------------------------------------------------------ hostile products
+
+W3 = jax.random.normal(jax.random.key(5), (2, 4, 3))
+A3 = jax.random.normal(jax.random.key(6), (2, 5, 4))
+
+
+def _einsum(spec):
+    def loss(w, a):
+        return jnp.sum(jnp.cos(jnp.einsum(spec, a, w)))
+
+    return loss
+
+
+HOSTILE = {
+    # batch dims in the product, the weight's batch axis leading: its gradient comes out in its layout
+    "batched bij,bjo->bio": (_einsum("bij,bjo->bio"), W3, A3),
+    # the weight's batch axis not leading: the gradient is transposed, as JAX's rule does
+    "batched bij,jbo->bio": (_einsum("bij,jbo->bio"), jnp.moveaxis(W3, 0, 1), A3),
+    # the weight on the left, (out, in) as Equinox keeps it
+    "weight left": (lambda w, a: jnp.sum(jnp.cos(w @ a.T)), W3[0].T, A3[0]),
+    # two contracting axes, in an order that is not the weight's
+    "two contracting axes": (_einsum("bij,jbo->o"), jnp.moveaxis(W3, 0, 1), A3),
+    # the weight used twice: two products, their cotangents summed
+    "used twice": (lambda w, a: jnp.sum(jnp.sin(a @ w)) + jnp.sum(jnp.cos((2 * a) @ w)), W3[0], A3),
+    # slices of one stacked weight, one reshaped and cast
+    "sliced, reshaped, cast": (
+        lambda w, a: jnp.sum(jnp.tanh(a[0] @ w[0]) @ w[1].astype(jnp.float32).reshape(3, 4)),
+        jax.random.normal(jax.random.key(7), (2, 4, 3)),
+        A3,
+    ),
+    # a product behind a jax.jit of the user's (a pjit sub-jaxpr)
+    "behind jit": (lambda w, a: jnp.sum(jax.jit(lambda u, v: jnp.sin(v @ u))(w, a)), W3[0], A3[0]),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_products_give_jaxs_values(case):
+    loss, w, a = HOSTILE[case]
+    assert left_products.products(loss, w, a) == (2 if case in ("used twice", "sliced, reshaped, cast") else 1)
+    grad = jax.grad(left_products.rewrite(loss), argnums=(0, 1))
+    _close(grad(w, a), jax.grad(loss, argnums=(0, 1))(w, a), rtol=1e-5, atol=1e-5)
+    _close(jax.jit(grad)(w, a), jax.grad(loss, argnums=(0, 1))(w, a), rtol=1e-5, atol=1e-5)
+
+
+def test_an_int_product_is_left_to_jax_and_the_rest_still_gets_the_rule():
+    def loss(p, a):
+        counts = a.astype(jnp.int32) @ p["index"]  # an int product of an int "weight": not differentiable
+        return jnp.sum(jnp.sin(a @ p["w"])) + jnp.sum(counts).astype(jnp.float32)
+
+    params = {"index": jnp.arange(12, dtype=jnp.int32).reshape(4, 3), "w": W3[0]}
+    a = 3 * A3[0]
+    assert left_products.products(loss, params, a) == 1
+    got = jax.grad(left_products.rewrite(loss), allow_int=True)(params, a)
+    expected = jax.grad(loss, allow_int=True)(params, a)
+    np.testing.assert_allclose(got["w"], expected["w"], rtol=1e-5, atol=1e-6)
+    assert got["index"].dtype == expected["index"].dtype
+
+
+def test_jregs_own_rule_is_left_alone_and_its_loss_runs_as_written():
+    model = jreg.mlp([6, 8, 3])
+    params = model.init(jax.random.key(0))
+
+    def loss(p, x):
+        return jnp.sum(model.apply(p, x) ** 2)
+
+    with nn.left_product_weight_gradients():
+        assert left_products.products(loss, params, X) == 0  # its products are custom_vjp calls already
+        expected = str(jax.make_jaxpr(loss)(params, X))
+        assert str(left_products.rewritten_jaxpr(loss, params, X)) == expected
+    assert left_products.products(loss, params, X) == 2  # outside the context: plain matmuls, rewritten
+
+
+def test_the_switch_turns_the_rewrite_off(monkeypatch):
+    loss = _loss_of(_linen())
+    params = _linen().params
+    monkeypatch.setattr(left_products, "ENABLED", False)
+    assert "custom_vjp_call" not in str(left_products.rewritten_jaxpr(loss, params, X))
+
+
+@given(
+    batch=st.integers(1, 4),
+    n_in=st.integers(1, 5),
+    n_out=st.integers(1, 5),
+    left=st.booleans(),
+    lead=st.integers(0, 2),
+)
+def test_the_identity_on_random_shapes(batch, n_in, n_out, left, lead):
+    """``x @ w`` (or ``w @ xᵀ``, the weight on the left) with ``lead`` leading example axes: JAX's gradients."""
+    shape = (2,) * lead + (batch, n_in)
+    a = jax.random.normal(jax.random.key(batch * 31 + n_in), shape)
+    w = jax.random.normal(jax.random.key(n_out), (n_out, n_in) if left else (n_in, n_out))
+
+    def loss(w, a):
+        y = jnp.einsum("oi,...bi->...ob", w, a) if left else a @ w
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))
+
+    assert left_products.products(loss, w, a) == 1
+    _close(jax.grad(left_products.rewrite(loss), (0, 1))(w, a), jax.grad(loss, (0, 1))(w, a), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ wide sweeps
+
+
+def _sweep_wide_and_vmap(model, monkeypatch):
+    built = []
+    real = left_products._product
+
+    def counting(key, side):
+        built.append(side)
+        return real(key, side)
+
+    monkeypatch.setattr(left_products, "_product", counting)
+
+    def build(hp):
+        objective = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(hp["c"]))
+        return objective, optax.sgd(hp["eta"], momentum=0.9)
+
+    runs = {}
+    for vectorize in ("vmap", "wide"):
+        built.clear()
+        runs[vectorize] = jreg.sweep(
+            build,
+            model.params,
+            toy(24, seed=0),
+            hparams={"c": [0.0, 1e-3, 1e-2], "eta": [0.1, 0.05, 0.2]},
+            epochs=2,
+            batch_size=8,
+            key=jax.random.key(7),
+            vectorize=vectorize,
+        )
+        runs[vectorize + " products"] = len(built)
+    return runs
+
+
+@pytest.mark.parametrize("name", ["linen", "equinox"])
+def test_a_wide_sweep_of_a_framework_model_takes_the_rule_and_trains_what_vmap_trains(name, monkeypatch):
+    model = MODELS[name]()
+    runs = _sweep_wide_and_vmap(model, monkeypatch)
+    assert runs["vmap products"] == 0  # "vmap" traces the model exactly as before
+    assert runs["wide products"] >= 2  # both dense layers of the training gradient, through the rule
+    _close(runs["wide"].params, runs["vmap"].params, rtol=2e-5, atol=2e-6)
+    for series in runs["vmap"].history.keys():
+        np.testing.assert_allclose(runs["wide"].history[series], runs["vmap"].history[series], rtol=2e-5, atol=2e-6)
