@@ -22,7 +22,7 @@ from jax.test_util import check_grads
 
 import jreg
 from jreg import nn
-from jreg.train import left_products
+from jreg.train import engine, left_products
 
 from .test_train import toy
 
@@ -243,6 +243,27 @@ def test_the_identity_on_random_shapes(batch, n_in, n_out, left, lead):
 # ------------------------------------------------------------------------------------------------ wide sweeps
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_only_weights_used_as_w_at_x_are_carried_model_axis_first(name):
+    """Equinox's ``(n_out, n_in)`` weights (``W @ x``, traced as ``dot_general(W, x_batch)`` contracting W's last
+    axis) are carried ``(K, n_out, n_in)`` in a wide sweep; ``x @ W`` weights and biases keep the default."""
+    model = MODELS[name]()
+    loss = _loss_of(model)
+    first = left_products.model_axis_first(loss, model.params, X)
+    leaves = jax.tree.leaves(model.params)
+    assert len(first) == len(leaves)
+    expected = [name == "equinox" and a.ndim == 2 for a in leaves]
+    assert first == expected
+
+
+def test_model_axis_first_needs_every_product_of_the_leaf_to_contract_its_last_axis():
+    w, a = W3[0].T, A3[0]  # w (3, 4), a (5, 4): w @ aᵀ contracts w's last axis
+    assert left_products.model_axis_first(lambda w, a: jnp.sum(w @ a.T), w, a) == [True]
+    assert left_products.model_axis_first(lambda w, a: jnp.sum(w @ a.T) + jnp.sum(a[:, :3] @ w), w, a) == [False]
+    assert left_products.model_axis_first(lambda w, a: jnp.sum(a @ w.T), w, a) == [False]  # behind a transpose
+    assert left_products.model_axis_first(lambda w, a: jnp.sum(a), w, a) == [False]  # in no product
+
+
 def _sweep_wide_and_vmap(model, monkeypatch):
     built = []
     real = left_products._product
@@ -252,6 +273,9 @@ def _sweep_wide_and_vmap(model, monkeypatch):
         return real(key, side)
 
     monkeypatch.setattr(left_products, "_product", counting)
+    layouts = []
+    decide = engine._weights_model_axis_first
+    monkeypatch.setattr(engine, "_weights_model_axis_first", lambda *a: layouts.append(decide(*a)) or layouts[-1])
 
     def build(hp):
         objective = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(hp["c"]))
@@ -271,6 +295,7 @@ def _sweep_wide_and_vmap(model, monkeypatch):
             vectorize=vectorize,
         )
         runs[vectorize + " products"] = len(built)
+    runs["layouts"] = layouts
     return runs
 
 
@@ -280,6 +305,8 @@ def test_a_wide_sweep_of_a_framework_model_takes_the_rule_and_trains_what_vmap_t
     runs = _sweep_wide_and_vmap(model, monkeypatch)
     assert runs["vmap products"] == 0  # "vmap" traces the model exactly as before
     assert runs["wide products"] >= 2  # both dense layers of the training gradient, through the rule
+    # Equinox's (n_out, n_in) weights carried (K, n_out, n_in); linen's (n_in, n_out) kernels (n_in, K, n_out)
+    assert runs["layouts"] and all(got == ({(4, 6), (3, 4)} if name == "equinox" else set()) for got in runs["layouts"])
     _close(runs["wide"].params, runs["vmap"].params, rtol=2e-5, atol=2e-6)
     for series in runs["vmap"].history.keys():
         np.testing.assert_allclose(runs["wide"].history[series], runs["vmap"].history[series], rtol=2e-5, atol=2e-6)

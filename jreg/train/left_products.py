@@ -47,6 +47,8 @@ from jax import lax
 #: turn the rewrite off (``False``) to measure what it buys; read at trace time
 ENABLED = True
 
+#: primitives whose output is the weight itself, in its layout (for :func:`model_axis_first`)
+_SAME_LAYOUT = frozenset({"convert_element_type", "copy", "copy_p", "reduce_precision"})
 #: call primitives whose sub-jaxpr the rewrite enters when it holds a weight's product
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
 #: primitives whose output is still "the weight" (same layout, no transpose)
@@ -84,6 +86,48 @@ def products(fn: Callable[..., Any], *args: Any, argnum: int = 0) -> int:
     """How many ``dot_general``\\ s of ``fn(*args)`` the rewrite takes over (weights: the leaves of ``argnum``)."""
     closed, flags, _ = _trace(fn, args, argnum)
     return count(closed.jaxpr, flags)
+
+
+def model_axis_first(fn: Callable[..., Any], *args: Any, argnum: int = 0) -> list[bool]:
+    """Per leaf of ``args[argnum]``: whether a ``"wide"`` sweep should carry it with the model axis first.
+
+    True for a leaf that enters products as it is (or cast) and whose every such product contracts its
+    trailing axes: an ``(n_out, n_in)`` weight used as ``W @ x`` (Equinox's ``nn.Linear``). Its weight
+    gradient ``g · x`` vmapped over the models is one ``(K·n_out, n_in)`` product, already in the
+    ``(K, n_out, n_in)`` layout, and the forward product reads it as ``(K·n_out, n_in)`` too: carried
+    ``(n_out, K, n_in)`` instead, the step copies the gradient across the model axis. False for every other
+    leaf (``x @ W`` with ``W`` ``(n_in, n_out)``: the model axis second, ``(n_in, K, n_out)``, is the layout
+    of its ``aᵀ·g``; and leaves in no product).
+    """
+    closed, flags, _ = _trace(fn, args, argnum)
+    before = flags.index(True) if any(flags) else 0
+    origins = [i - before if f else None for i, f in enumerate(flags)]
+    forms: dict[int, list[bool]] = {}
+    _leaf_forms(closed.jaxpr, origins, forms)
+    return [bool(forms.get(i)) and all(forms[i]) for i in range(sum(flags))]
+
+
+def _leaf_forms(jaxpr: Any, origins: Sequence[int | None], forms: dict[int, list[bool]]) -> list[int | None]:
+    """Record, per leaf, whether each product taking it as it is contracts its trailing axes; returns the
+    outputs' origins."""
+    env = {v: o for v, o in zip(jaxpr.invars, origins) if o is not None}
+    for eqn in jaxpr.eqns:
+        ins = [env.get(v) if _is_var(v) else None for v in eqn.invars]
+        side = _target(eqn, [o is not None for o in ins])
+        inner = _sub_jaxpr(eqn)
+        if side is not None and ins[side] is not None:
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            contract, batch, ndim = (
+                (lc, lb, eqn.invars[0].aval.ndim) if side == 0 else (rc, rb, eqn.invars[1].aval.ndim)
+            )
+            trailing = sorted(contract) == list(range(ndim - len(contract), ndim))
+            forms.setdefault(ins[side], []).append(trailing and not batch and len(contract) < ndim)
+        elif inner is not None and any(o is not None for o in ins):
+            outs = _leaf_forms(getattr(inner, "jaxpr", inner), ins, forms)
+            env.update((v, o) for v, o in zip(eqn.outvars, outs) if o is not None)
+        elif eqn.primitive.name in _SAME_LAYOUT and ins and ins[0] is not None:
+            env[eqn.outvars[0]] = ins[0]
+    return [env.get(v) if _is_var(v) else None for v in jaxpr.outvars]
 
 
 def _trace(fn: Callable[..., Any], args: tuple, argnum: int) -> tuple[Any, list[bool], Any]:
