@@ -11,6 +11,9 @@ and of an Equinox model applies the rule and trains what a ``"vmap"`` sweep trai
 
 from __future__ import annotations
 
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -338,3 +341,57 @@ def test_a_wide_sweep_of_a_framework_model_takes_the_rule_and_trains_what_vmap_t
     _close(runs["wide"].params, runs["vmap"].params, rtol=2e-5, atol=2e-6)
     for series in runs["vmap"].history.keys():
         np.testing.assert_allclose(runs["wide"].history[series], runs["vmap"].history[series], rtol=2e-5, atol=2e-6)
+
+
+def _weight_copies(hlo: str, size: int) -> int:
+    """Transposes and copies in optimized HLO whose result holds ``size`` numbers (a first layer's K weights)."""
+    found = 0
+    for line in hlo.splitlines():
+        shape = re.search(r"= f32\[([\d,]+)\]\{[\d,]*\} (transpose|copy)\(", line)
+        found += bool(shape) and math.prod(int(d) for d in shape.group(1).split(",")) == size
+    return found
+
+
+@pytest.mark.parametrize("name", ["linen", "equinox"])
+def test_the_wide_layout_has_no_transposed_copy_of_the_weight_gradient(name):
+    """The wide step as the engine builds it (the model axis second, or first where ``model_axis_first`` says;
+    the gradient vmapped into the carry's layout, then an elementwise update), compiled for the CPU: with the
+    rewrite no transposed copy of the first layer's (K, 20, 7) weights or gradients is left; JAX's rule in the
+    default layout leaves one for linen, and Equinox's weights carried model axis second leave one too."""
+    eqx, linen = pytest.importorskip("equinox"), pytest.importorskip("flax.linen")
+    if jax.default_backend() != "cpu":
+        pytest.skip("the layouts checked are XLA's CPU ones")
+    k, x = 3, jax.random.normal(jax.random.key(0), (4, 20))
+    if name == "linen":
+
+        class MLP(linen.Module):
+            @linen.compact
+            def __call__(self, x):
+                return linen.Dense(5)(jax.nn.sigmoid(linen.Dense(7)(x)))
+
+        model = jreg.frameworks.from_linen(MLP(), x[:1], key=jax.random.key(0))
+    else:
+        net = eqx.nn.MLP(20, 5, 7, 1, activation=jax.nn.sigmoid, key=jax.random.key(0))
+        model = jreg.frameworks.from_equinox(net)
+
+    def loss(p, x):
+        return jnp.sum(jax.nn.log_softmax(model.apply(p, x))[:, 0])
+
+    stacked = jax.tree.map(lambda a: jnp.stack([a] * k), model.params)
+    first = jax.tree.unflatten(jax.tree.structure(model.params), left_products.model_axis_first(loss, model.params, x))
+
+    def copies(fn, first):
+        axes = jax.tree.map(lambda a, f: 1 if a.ndim >= 3 and not f else 0, stacked, first)
+        carried = jax.tree.map(lambda a, axis: jnp.moveaxis(a, 0, axis), stacked, axes)
+
+        def step(p):
+            g = jax.vmap(jax.grad(fn), in_axes=(axes, None), out_axes=axes)(p, x)
+            return jax.tree.map(lambda a, b: a - 0.1 * b, p, g)
+
+        return _weight_copies(jax.jit(step).lower(carried).compile().as_text(), k * 20 * 7)
+
+    default = jax.tree.map(lambda _: False, first)
+    assert copies(left_products.rewrite(loss), first) == 0
+    # linen with JAX's rule: the gradient comes out (K·7, 20) and is copied into (20, K, 7); Equinox's weights
+    # carried (7, K, 20): the gradient (K, 7, 20) is copied across the model axis
+    assert copies(loss, default) >= 1

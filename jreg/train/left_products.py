@@ -43,6 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax import lax
+from jax.extend.core import ClosedJaxpr, Literal
 
 #: turn the rewrite off (``False``) to measure what it buys; read at trace time
 ENABLED = True
@@ -76,7 +77,7 @@ def rewrite(fn: Callable[..., Any], argnum: int = 0) -> Callable[..., Any]:
     return rewritten
 
 
-def rewritten_jaxpr(fn: Callable[..., Any], *args: Any, argnum: int = 0) -> jax.extend.core.ClosedJaxpr:
+def rewritten_jaxpr(fn: Callable[..., Any], *args: Any, argnum: int = 0) -> ClosedJaxpr:
     """The jaxpr of ``rewrite(fn)(*args)`` (for tests and inspection: each rewritten product is a
     ``custom_vjp_call``)."""
     return jax.make_jaxpr(rewrite(fn, argnum))(*args)
@@ -148,7 +149,7 @@ def _trace(fn: Callable[..., Any], args: tuple, argnum: int) -> tuple[Any, list[
 
 
 def _is_var(v: Any) -> bool:
-    return not hasattr(v, "val")  # a Literal has .val; a Var does not
+    return not isinstance(v, Literal)
 
 
 def _target(eqn: Any, flags: Sequence[bool]) -> int | None:
@@ -159,6 +160,10 @@ def _target(eqn: Any, flags: Sequence[bool]) -> int | None:
     out = eqn.outvars[0].aval
     if not all(jax.numpy.issubdtype(a.dtype, jax.numpy.floating) for a in (lhs, rhs, out)):
         return None  # an int or complex product: JAX's rule
+    try:
+        hash(_key(eqn.params))
+    except TypeError:  # a parameter this rule cannot key its custom VJP on: JAX's rule
+        return None
     return 1 if flags[1] else 0
 
 
