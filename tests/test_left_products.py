@@ -324,21 +324,36 @@ def _sweep_wide_and_vmap(model, monkeypatch):
             batch_size=8,
             key=jax.random.key(7),
             vectorize=vectorize,
+            model_state=model.model_state,
         )
         runs[vectorize + " products"] = len(built)
     runs["layouts"] = layouts
     return runs
 
 
-@pytest.mark.parametrize("name", ["linen", "equinox"])
+def _linen_batchnorm():
+    linen = pytest.importorskip("flax.linen")
+
+    class MLP(linen.Module):
+        @linen.compact
+        def __call__(self, x, train: bool):
+            h = linen.BatchNorm(use_running_average=not train, momentum=0.9)(linen.Dense(4)(x))
+            return linen.Dense(3)(jnp.tanh(h))
+
+    return jreg.frameworks.from_linen(MLP(), X[:1], key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("name", [*MODELS, "linen with BatchNorm"])
 def test_a_wide_sweep_of_a_framework_model_takes_the_rule_and_trains_what_vmap_trains(name, monkeypatch):
-    model = MODELS[name]()
+    model = _linen_batchnorm() if name == "linen with BatchNorm" else MODELS[name]()
     runs = _sweep_wide_and_vmap(model, monkeypatch)
     assert runs["vmap products"] == 0  # "vmap" traces the model exactly as before
     assert runs["wide products"] >= 2  # both dense layers of the training gradient, through the rule
     # Equinox's (n_out, n_in) weights carried (K, n_out, n_in); linen's (n_in, n_out) kernels (n_in, K, n_out)
     assert runs["layouts"] and all(got == ({(4, 6), (3, 4)} if name == "equinox" else set()) for got in runs["layouts"])
     _close(runs["wide"].params, runs["vmap"].params, rtol=2e-5, atol=2e-6)
+    if model.model_state is not None:  # the running statistics, trained through the rewritten loss's outputs
+        _close(runs["wide"].model_state, runs["vmap"].model_state, rtol=2e-5, atol=2e-6)
     for series in runs["vmap"].history.keys():
         np.testing.assert_allclose(runs["wide"].history[series], runs["vmap"].history[series], rtol=2e-5, atol=2e-6)
 
