@@ -25,7 +25,7 @@ import optax
 
 from .._errors import JregError
 from ..nn import left_product_weight_gradients
-from . import calls, guard, stream
+from . import calls, guard, left_products, stream
 from . import optimizer as optimizer_
 from .config import EMA
 from .epoch import run_epoch
@@ -235,24 +235,28 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
 
     def train_wide(hp, state: TrainState, train, key, index=None):
         """The K models ``vmap``-ed inside each step of one scan, every weight matrix carried with the model axis
-        second (``(784, K, 30)``): the shared mini-batch meets all K first layers in one wide matmul."""
-        carried = jax.tree.map(_model_axis_second, state)
-        axes = jax.tree.map(lambda a: 1 if a.ndim >= 3 else 0, carried)
+        second (``(784, K, 30)``): the shared mini-batch meets all K first layers in one wide matmul. A weight
+        used as ``W @ x`` (``(n_out, n_in)``, Equinox) is carried model axis first (``(K, 30, 784)``), the layout
+        of its gradient ``g · x``."""
         keyed = calls.takes_key(build(jax.tree.map(lambda v: v[0], hp))[0])
+        first = _weights_model_axis_first(build, hp, state, train, plan, key if keyed else None)
+        axes = jax.tree.map(lambda a: 1 if a.ndim >= 3 and a.shape[1:] not in first else 0, state)
+        carried = jax.tree.map(lambda a, axis: _model_axis_second(a) if axis else a, state, axes)
 
         def grad_one(h, s, batch, k):
-            # jreg's dense layers give each weight gradient as aᵀ·g here: vmapped, one matmul whose output is
-            # already in the carry's (n_in, K, n_out) layout (JAX's own rule leaves it transposed). A trace that
-            # fails with it (forward-mode autodiff through the model, a jax.jvp in the user's loss, which a custom
-            # VJP cannot take) is traced again with JAX's rule, outside the except clause, so that a genuine error
-            # reaches the user once, unchained.
-            grad = gradient_fn(build(h)[0], with_value=True)
+            # every weight's product (jreg's dense layers, and any model's through the jaxpr rewrite of
+            # left_products) gives its gradient as aᵀ·g here: vmapped, one matmul whose output is already in the
+            # carry's (n_in, K, n_out) layout (JAX's own rule leaves it transposed). A trace that fails with it
+            # (forward-mode autodiff through the model, a jax.jvp in the user's loss, which a custom VJP cannot
+            # take) is traced again with JAX's rule, outside the except clause, so that a genuine error reaches
+            # the user once, unchained.
+            objective = build(h)[0]
             try:
                 with left_product_weight_gradients():
-                    return grad(s, batch, k)
+                    return gradient_fn(objective, with_value=True, rewrite=left_products.rewrite)(s, batch, k)
             except Exception:  # noqa: BLE001
                 pass
-            return grad(s, batch, k)
+            return gradient_fn(objective, with_value=True)(s, batch, k)
 
         def apply_one(h, s, grads, model_state, value, batch, k):
             decay = None if ema is None else ema.decay_of(h)
@@ -283,7 +287,7 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
             unroll=unroll,
             index=index,
         )
-        return jax.tree.map(_model_axis_first, new), running
+        return jax.tree.map(lambda a, axis: _model_axis_first(a) if axis else a, new, axes), running
 
     return train_wide
 
@@ -314,6 +318,29 @@ def _as_model_of_one(train_one):
 
 def _with_axis(tree):
     return jax.tree.map(lambda a: a[None], tree)
+
+
+def _weights_model_axis_first(build: Build, hp, state: TrainState, train, plan: EpochPlan, key) -> set[tuple]:
+    """The per-model shapes of the weights a ``"wide"`` sweep carries with the model axis first, ``(K, n_out,
+    n_in)`` (products ``W @ x``, as Equinox's ``nn.Linear``: :func:`left_products.model_axis_first`); every
+    other leaf of >= 2 dims per model is carried ``(n_in, K, ...)``. Decided from the first model's loss traced
+    on one mini-batch's shapes; a shape some other weight needs the other way round stays model axis second
+    (the optimizer state's leaves follow their params by shape)."""
+    if not left_products.ENABLED:
+        return set()
+    one = lambda t: jax.tree.map(lambda a: a[0], t)  # noqa: E731
+    s = one(state)
+    rows = max(1, min(plan.batch_size, plan.n))
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows, *a.shape[1:]), a.dtype), train)
+    try:
+        flags = left_products.model_axis_first(
+            calls.train_loss(build(one(hp))[0]), s.params, s.model_state, batch, key, s.step
+        )
+    except Exception:  # noqa: BLE001  (a model the rewrite cannot trace: the default layout; grad_one reports)
+        return set()
+    leaves = jax.tree.leaves(s.params)
+    first = {a.shape for a, f in zip(leaves, flags) if f}
+    return first - {a.shape for a, f in zip(leaves, flags) if not f and a.ndim >= 2}
 
 
 def _measurer(build: Build, monitor: Monitor, ema: EMA | None):

@@ -32,13 +32,19 @@ from .state import TrainState
 Update = Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]
 
 
-def gradient_fn(objective: Callable[..., Any], *, with_value: bool = True) -> Callable[..., Any]:
+def gradient_fn(
+    objective: Callable[..., Any], *, with_value: bool = True, rewrite: Callable[..., Any] | None = None
+) -> Callable[..., Any]:
     """``grad(state, batch, key) -> (grads, metrics, new_model_state)``.
 
     ``metrics = {"loss": total, **parts}`` with ``with_value``; ``{}`` without
-    (gradient only: XLA then drops what only the loss value needs).
+    (gradient only: XLA then drops what only the loss value needs). ``rewrite``: a transformation of the
+    training loss (same signature) applied before differentiating it (a ``"wide"`` sweep's
+    :func:`jreg.train.left_products.rewrite`).
     """
     loss = calls.train_loss(objective)
+    if rewrite is not None:
+        loss = rewrite(loss)
     value_and_grad = jax.value_and_grad(loss, has_aux=True)
     grad_only = jax.grad(loss, has_aux=True)
 

@@ -108,10 +108,11 @@ def sweep(
             model axis second (``(784, K, 30)``), so the mini-batch, the same
             for every model, meets all K first layers in one wide matmul and
             the weight gradient is one GEMM (results equal ``"vmap"``'s up
-            to float reassociation; not with ``parallel``). There jreg's own
-            layers (those of :func:`jreg.mlp`) take each weight gradient as
-            ``aᵀ·g``, one matmul whose output is already in that layout.
-            The per-epoch evaluations are batched either way.
+            to float reassociation; not with ``parallel``). There every dense
+            layer (:func:`jreg.mlp`'s, Flax's, NNX's, Equinox's, Haiku's: any
+            product of a params leaf, :mod:`jreg.train.left_products`) takes
+            its weight gradient as ``aᵀ·g``, one matmul whose output is already
+            in that layout. The per-epoch evaluations are batched either way.
             ``"auto"`` (default): ``"wide"`` when the members share their
             mini-batches and every param is a vector or matrix per model (dense
             layers), from K = 2 on a CPU and K = 1,024 on an accelerator;
