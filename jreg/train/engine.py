@@ -25,7 +25,7 @@ import optax
 
 from .._errors import JregError
 from ..nn import left_product_weight_gradients
-from . import calls, guard, stream
+from . import calls, guard, stream, wide_layout
 from . import optimizer as optimizer_
 from .config import EMA
 from .epoch import run_epoch
@@ -215,11 +215,14 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
     """``train_wide(hp, state, train, key) -> (state, running)``: K models' epoch, ``vectorize="wide"``."""
 
     def train_wide(hp, state: TrainState, train, key):
-        """The K models ``vmap``-ed inside each step of one scan, every weight matrix carried with the model axis
-        second (``(784, K, 30)``): the shared mini-batch meets all K first layers in one wide matmul."""
-        carried = jax.tree.map(_model_axis_second, state)
-        axes = jax.tree.map(lambda a: 1 if a.ndim >= 3 else 0, carried)
+        """The K models ``vmap``-ed inside each step of one scan, a weight matrix that meets the shared mini-batch
+        carried with the model axis second (``(784, K, 30)``): the mini-batch meets all K first layers in one wide
+        matmul; deeper layers (batched matmuls) model axis first (:mod:`jreg.train.wide_layout`)."""
         keyed = calls.takes_key(build(jax.tree.map(lambda v: v[0], hp))[0])
+        # the carry's layout, leaf by leaf (jreg.train.wide_layout): model axis second for a weight that meets the
+        # shared mini-batch, first for one that meets per-model activations; optimizer state and EMA follow
+        axes = wide_layout.carry_axes(build, hp, state, train, plan.batch_size, keyed)
+        carried = wide_layout.to_carry(state, axes)
 
         def grad_one(h, s, batch, k):
             # jreg's dense layers give each weight gradient as aᵀ·g here: vmapped, one matmul whose output is
@@ -255,7 +258,7 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
         new, running = run_epoch(
             update, plan, carried, train, key, keyed=keyed, sharding=sharding, finite_only=finite_only, unroll=unroll
         )
-        return jax.tree.map(_model_axis_first, new), running
+        return wide_layout.from_carry(new, axes), running
 
     return train_wide
 
@@ -280,12 +283,3 @@ def _checker(monitor: Monitor):
         return guard.check(old, new, [loss, *(v for k, v in metrics.items() if monitor.guarded(k))], alive, over)
 
     return check_one
-
-
-def _model_axis_second(a: jax.Array) -> jax.Array:
-    """A stacked leaf ``(K, n_in, ...)`` carried as ``(n_in, K, ...)`` (vectors and scalars stay ``(K, ...)``)."""
-    return jnp.moveaxis(a, 0, 1) if a.ndim >= 3 else a
-
-
-def _model_axis_first(a: jax.Array) -> jax.Array:
-    return jnp.moveaxis(a, 1, 0) if a.ndim >= 3 else a
