@@ -37,7 +37,7 @@ from jreg.train.state import TrainState
 
 N, K = 40, 4
 
-pytestmark = pytest.mark.skipif(
+cpu_only = pytest.mark.skipif(
     jax.default_backend() != "cpu", reason="the counts are of XLA's CPU program (another backend lays out its own)"
 )
 
@@ -76,16 +76,26 @@ def reachable(comps: dict[str, list[str]], root: str) -> list[str]:
     return seen
 
 
-def step_loop_body(hlo: str) -> list[list[str]]:
-    """The instructions of the loop over mini-batches (the ``while`` whose body, with what it calls, holds a matmul),
-    one list per computation."""
+#: a matmul in optimized HLO: XLA's own op, or a library call (cuBLAS/cuDNN on a GPU)
+_MATMUL = re.compile(r" (dot|convolution)\(|custom_call_target=\"__(cublas|cudnn)")
+
+
+def matmul_loop_bodies(hlo: str) -> list[list[list[str]]]:
+    """The instructions of every ``while`` loop whose body (with what it calls) holds a matmul, one list per
+    computation of each."""
     comps = computations(hlo)
     bodies = [b for lines in comps.values() for line in lines for b in re.findall(r"body=%([\w.\-]+)", line)]
     found = []
-    for body in bodies:
+    for body in dict.fromkeys(bodies):
         parts = [comps[c] for c in reachable(comps, body)]
-        if any(re.search(r" (dot|convolution)\(", line) for part in parts for line in part):
+        if any(_MATMUL.search(line) for part in parts for line in part):
             found.append(parts)
+    return found
+
+
+def step_loop_body(hlo: str) -> list[list[str]]:
+    """The instructions of the loop over mini-batches, one list per computation (its body and what it calls)."""
+    found = matmul_loop_bodies(hlo)
     assert len(found) == 1, f"expected one loop over mini-batches, found {len(found)}"
     return found[0]
 
@@ -130,14 +140,16 @@ def layout_moves(parts: list[list[str]]) -> list[tuple[str, tuple[int, ...]]]:
 # ---- the workload ----------------------------------------------------------------------------------------------------
 
 
-def compiled_wide_epoch(optimizer="sgd", penalty="l2", batch_size=10, ema=False, lr_scale=False) -> str:
-    """The optimized CPU HLO of one "wide" training epoch of K models (the part of the sweep's compiled epoch that
-    loops over the mini-batches)."""
+def compiled_wide_epoch(
+    optimizer="sgd", penalty="l2", batch_size=10, ema=False, lr_scale=False, k: int = K, n: int = N
+) -> str:
+    """The optimized HLO (default backend) of one "wide" training epoch of ``k`` models on ``n`` examples (the part
+    of the sweep's compiled epoch that loops over the mini-batches)."""
     model = jreg.mlp([784, 30, 10])
     params = model.init(jax.random.key(0))
 
     def build(hp):
-        strength = hp["lmbda"] / N
+        strength = hp["lmbda"] / n
         pen = jreg.penalties.l2(strength) if penalty == "l2" else jreg.penalties.l1(strength)
         opt = {
             "sgd": lambda: optax.sgd(hp["eta"]),
@@ -147,14 +159,14 @@ def compiled_wide_epoch(optimizer="sgd", penalty="l2", batch_size=10, ema=False,
         }[optimizer]()
         return jreg.objective(model.apply, jreg.losses.cross_entropy, pen), opt
 
-    hp = {"lmbda": jnp.linspace(0.1, 5.0, K), "eta": jnp.linspace(0.1, 0.5, K), "decay": jnp.full((K,), 0.9)}
+    hp = {"lmbda": jnp.linspace(0.1, 5.0, k), "eta": jnp.linspace(0.1, 0.5, k), "decay": jnp.full((k,), 0.9)}
     state = jax.vmap(
         lambda h: TrainState.create(build(h)[1], params, lr_scale=1.0 if lr_scale else None, ema=ema)
     )(hp)  # fmt: skip
-    x = jax.random.uniform(jax.random.key(1), (N, 784))
-    train = (x, jax.nn.one_hot(jnp.arange(N) % 10, 10))
+    x = jax.random.uniform(jax.random.key(1), (n, 784))
+    train = (x, jax.nn.one_hot(jnp.arange(n) % 10, 10))
     train_wide = engine._wide_trainer(
-        build, EpochPlan(N, batch_size), EMA(decay="decay") if ema else None, None, True, None
+        build, EpochPlan(n, batch_size), EMA(decay="decay") if ema else None, None, True, None
     )  # fmt: skip
     return jax.jit(train_wide).lower(hp, state, train, jax.random.key(2)).compile().as_text()
 
@@ -167,6 +179,7 @@ def transposes(hlo: str) -> list[tuple[int, ...]]:
     return [shape for op, shape in layout_moves(step_loop_body(hlo)) if op == "transpose"]
 
 
+@cpu_only
 def test_the_issues_workload_has_only_the_activation_transposes():
     """jreg.mlp [784, 30, 10], cross-entropy + l2(λ/n), sgd(η) with η traced, mini-batch 10, K = 4: 5 transposes,
     all of activations (10 before the per-leaf layout)."""
@@ -176,6 +189,7 @@ def test_the_issues_workload_has_only_the_activation_transposes():
     assert set(found) <= activations, found
 
 
+@cpu_only
 @pytest.mark.parametrize(
     "options",
     [
@@ -196,11 +210,13 @@ def test_no_weight_moves_in_the_step(options):
     assert len([m for m in moves if m[0] == "transpose"]) == ACTIVATION_TRANSPOSES, moves
 
 
+@cpu_only
 def test_adam_with_a_traced_eta_has_only_the_activation_transposes():
     found = transposes(compiled_wide_epoch("adam"))
     assert len(found) == ACTIVATION_TRANSPOSES, found
 
 
+@cpu_only
 def test_an_l1_penalty_has_only_the_activation_transposes():
     found = transposes(compiled_wide_epoch("sgd", penalty="l1"))
     assert len(found) == ACTIVATION_TRANSPOSES, found
