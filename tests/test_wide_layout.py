@@ -270,3 +270,35 @@ def test_the_carry_round_trips():
     back = wide_layout.from_carry(carried, axes)
     np.testing.assert_array_equal(back["w"], tree["w"])
     np.testing.assert_array_equal(back["b"], tree["b"])
+
+
+@pytest.mark.parametrize("framework", ["linen", "equinox"])
+def test_the_rule_reads_flax_and_equinox_models(framework):
+    """The same rule through the adapters: the kernel that meets the 6 inputs (linen's (6, 5), Equinox's (5, 6))
+    second, the deeper ones first, biases first."""
+    x = jnp.ones((8, 6))
+    if framework == "linen":
+        import flax.linen as fnn
+
+        class MLP(fnn.Module):
+            @fnn.compact
+            def __call__(self, z):
+                return fnn.Dense(3)(jax.nn.sigmoid(fnn.Dense(4)(jax.nn.sigmoid(fnn.Dense(5)(z)))))
+
+        model = jreg.frameworks.from_linen(MLP(), x, key=jax.random.key(0))
+    else:
+        import equinox as eqx
+
+        mlp = eqx.nn.MLP(6, 3, 5, 2, activation=jax.nn.sigmoid, key=jax.random.key(0))
+        model = jreg.frameworks.from_equinox(mlp)
+    params = model.params
+
+    def build(hp):
+        return jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"])), optax.sgd(0.1)
+
+    state = _stacked(TrainState.create(optax.sgd(0.1), params))
+    axes = wide_layout.carry_axes(build, {"lmbda": jnp.ones(K)}, state, (x, jnp.ones((8, 3))), 4, keyed=False)
+    pairs = list(zip(jax.tree.leaves(params), jax.tree.leaves(axes.params)))
+    assert sorted((jnp.shape(a), ax) for a, ax in pairs) == sorted(
+        (jnp.shape(a), 1 if jnp.ndim(a) == 2 and 6 in jnp.shape(a) else 0) for a, _ in pairs
+    ), axes.params
