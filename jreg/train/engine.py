@@ -245,8 +245,8 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
 
         def update(s, batch, k):
             # two vmaps, not one: the gradient leaves in the carry's layout (one transpose of each weight
-            # gradient), so the update (params, gradients, optimizer state all with the model axis second)
-            # needs none; one vmap around both would move the params to the model-axis-first layout and back
+            # gradient), so the update (params, gradients, optimizer state all in the carry's layout) needs
+            # none; one vmap around both would move the params to the model-axis-first layout and back
             grads, metrics, model_state = jax.vmap(
                 grad_one, in_axes=(0, axes, None, None), out_axes=(axes.params, 0, axes.model_state)
             )(hp, s, batch, k)
