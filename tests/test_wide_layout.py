@@ -251,6 +251,20 @@ def test_the_rule_puts_the_shared_input_layer_second_and_deeper_layers_first():
     assert axes.step == 0
 
 
+@pytest.mark.parametrize("options", [dict(drop_rate=0.2), dict(policy="bf16")], ids=["dropout", "bf16"])
+def test_the_rule_reads_a_keyed_model_and_a_mixed_precision_one(options):
+    """Dropout (the objective takes the step's key) and a bf16 policy (the weights cast before each matmul)."""
+    model = jreg.mlp([6, 8, 5, 3], **options)
+
+    def build(hp):
+        return jreg.objective(model.apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"])), optax.sgd(0.1)
+
+    state = _stacked(TrainState.create(optax.sgd(0.1), model.init(jax.random.key(0))))
+    data = (jnp.ones((8, 6)), jnp.ones((8, 3)))
+    axes = wide_layout.carry_axes(build, {"lmbda": jnp.ones(K)}, state, data, 4, keyed="drop_rate" in options)
+    assert [layer["w"] for layer in axes.params] == [1, 0, 0]
+
+
 def test_a_model_the_rule_cannot_read_keeps_the_model_axis_second():
     """A build that fails when traced on shapes alone: every leaf with two or more axes of its own keeps the model
     axis second (the real trace reports any genuine error)."""
