@@ -25,7 +25,7 @@ import optax
 
 from .._errors import JregError
 from ..nn import left_product_weight_gradients
-from . import calls, guard, left_products, stream
+from . import calls, guard, left_products, stream, wide_layout
 from . import optimizer as optimizer_
 from .config import EMA
 from .epoch import run_epoch
@@ -234,14 +234,18 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
     (``index``: the training examples every one of them trains on, :func:`run_epoch`'s; None: all of ``train``)."""
 
     def train_wide(hp, state: TrainState, train, key, index=None):
-        """The K models ``vmap``-ed inside each step of one scan, every weight matrix carried with the model axis
-        second (``(784, K, 30)``): the shared mini-batch meets all K first layers in one wide matmul. A weight
-        used as ``W @ x`` (``(n_out, n_in)``, Equinox) is carried model axis first (``(K, 30, 784)``), the layout
-        of its gradient ``g · x``."""
+        """The K models ``vmap``-ed inside each step of one scan, a weight matrix that meets the shared mini-batch
+        carried with the model axis next to its output axis: ``(784, K, 30)`` for ``x @ W`` (jreg, Flax, Haiku),
+        ``(K, 30, 784)`` for ``W @ x`` (Equinox): the mini-batch meets all K first layers in one wide matmul and
+        each weight gradient (``aᵀ·g``, ``g·x``) is one product in that layout; deeper layers (batched matmuls)
+        model axis first (:mod:`jreg.train.wide_layout`)."""
         keyed = calls.takes_key(build(jax.tree.map(lambda v: v[0], hp))[0])
+        # the carry's layout, leaf by leaf (jreg.train.wide_layout): model axis second for a weight that meets the
+        # shared mini-batch as x @ W, first for one used as W @ x or meeting per-model activations; the optimizer
+        # state and the EMA follow the params
         first = _weights_model_axis_first(build, hp, state, train, plan, key if keyed else None)
-        axes = jax.tree.map(lambda a: 1 if a.ndim >= 3 and a.shape[1:] not in first else 0, state)
-        carried = jax.tree.map(lambda a, axis: _model_axis_second(a) if axis else a, state, axes)
+        axes = wide_layout.carry_axes(build, hp, state, train, plan.batch_size, keyed, first=first)
+        carried = wide_layout.to_carry(state, axes)
 
         def grad_one(h, s, batch, k):
             # every weight's product (jreg's dense layers, and any model's through the jaxpr rewrite of
@@ -265,8 +269,8 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
 
         def update(s, batch, k):
             # two vmaps, not one: the gradient leaves in the carry's layout (one transpose of each weight
-            # gradient), so the update (params, gradients, optimizer state all with the model axis second)
-            # needs none; one vmap around both would move the params to the model-axis-first layout and back
+            # gradient), so the update (params, gradients, optimizer state all in the carry's layout) needs
+            # none; one vmap around both would move the params to the model-axis-first layout and back
             grads, metrics, model_state = jax.vmap(
                 grad_one, in_axes=(0, axes, None, None), out_axes=(axes.params, 0, axes.model_state)
             )(hp, s, batch, k)
@@ -287,7 +291,7 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
             unroll=unroll,
             index=index,
         )
-        return jax.tree.map(lambda a, axis: _model_axis_first(a) if axis else a, new, axes), running
+        return wide_layout.from_carry(new, axes), running
 
     return train_wide
 
@@ -363,12 +367,3 @@ def _checker(monitor: Monitor):
         return guard.check(old, new, [loss, *(v for k, v in metrics.items() if monitor.guarded(k))], alive, over)
 
     return check_one
-
-
-def _model_axis_second(a: jax.Array) -> jax.Array:
-    """A stacked leaf ``(K, n_in, ...)`` carried as ``(n_in, K, ...)`` (vectors and scalars stay ``(K, ...)``)."""
-    return jnp.moveaxis(a, 0, 1) if a.ndim >= 3 else a
-
-
-def _model_axis_first(a: jax.Array) -> jax.Array:
-    return jnp.moveaxis(a, 1, 0) if a.ndim >= 3 else a
