@@ -77,7 +77,9 @@ def cross_validate(
     cv.folds[f]), key=key, ...)``: the members shuffle with ``key`` as ``fit`` does (the same order for every
     setting on a fold: the comparison between settings is paired), and their mini-batches are gathered from
     the shared training arrays inside each step, its fold's evaluation batches likewise. With
-    ``vectorize="map"`` (on a CPU ``"auto"`` picks it for S·k = 2 or 3 only) the params and the running loss
+    ``vectorize="map"`` (``"auto"`` picks ``"wide"`` for a dense model and two settings or more: each fold's
+    settings share its mini-batches and train as one wide sweep; else ``"map"`` on a CPU for S·k = 2 or 3, else
+    ``"vmap"``) the params and the running loss
     equal such a hand-written loop of ``fit`` calls bit for bit on a CPU (each member trained on its own), and
     the fold's figures up to float rounding (each fold size is measured with ``fit``'s arithmetic, but XLA
     may fuse the fold's gather into the reductions; and the automatic evaluation batch of S·k members is
