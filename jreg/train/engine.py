@@ -213,18 +213,8 @@ def _trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, finite_on
         decay = None if ema is None else ema.decay_of(hp)
         update = make_update(objective, optimizer, with_metrics=True, ema_decay=decay)
         keyed = calls.takes_key(objective)
-        return run_epoch(
-            update,
-            plan,
-            state,
-            train,
-            key,
-            keyed=keyed,
-            sharding=sharding,
-            finite_only=finite_only,
-            unroll=unroll,
-            index=index,
-        )
+        loop = dict(sharding=sharding, finite_only=finite_only, unroll=unroll)
+        return run_epoch(update, plan, state, train, key, keyed=keyed, index=index, **loop)
 
     return train_one
 
@@ -279,18 +269,8 @@ def _wide_trainer(build: Build, plan: EpochPlan, ema: EMA | None, sharding, fini
             )
             return new, metrics
 
-        new, running = run_epoch(
-            update,
-            plan,
-            carried,
-            train,
-            key,
-            keyed=keyed,
-            sharding=sharding,
-            finite_only=finite_only,
-            unroll=unroll,
-            index=index,
-        )
+        loop = dict(sharding=sharding, finite_only=finite_only, unroll=unroll)
+        new, running = run_epoch(update, plan, carried, train, key, keyed=keyed, index=index, **loop)
         return wide_layout.from_carry(new, axes), running
 
     return train_wide
