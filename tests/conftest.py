@@ -19,6 +19,10 @@ every refactoring, stays fast), (4) it is a hypothesis property (``@given``: man
 is the "nojit" variant of a core test (its "jit" variant stays fast), or (6) it is listed in ``SLOW_TESTS`` (measured
 slow with ``--durations``, each with its reason). A ``@pytest.mark.slow`` written in a test file still counts. The suite
 shares JAX's persistent compilation cache (below), so a second run of either tier compiles little.
+
+Under ``-n 2`` (pyproject's addopts say ``--dist loadgroup``), the tests that use a module-scoped fixture of their own
+file (a subprocess worker, a sweep trained once for the file) carry ``xdist_group(<file name>)``, set here by rule:
+they run on one worker, so that the fixture's work is done once rather than once per worker given one of them.
 """
 
 from __future__ import annotations
