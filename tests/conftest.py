@@ -19,6 +19,10 @@ every refactoring, stays fast), (4) it is a hypothesis property (``@given``: man
 is the "nojit" variant of a core test (its "jit" variant stays fast), or (6) it is listed in ``SLOW_TESTS`` (measured
 slow with ``--durations``, each with its reason). A ``@pytest.mark.slow`` written in a test file still counts. The suite
 shares JAX's persistent compilation cache (below), so a second run of either tier compiles little.
+
+Under ``-n 2`` (pyproject's addopts say ``--dist loadgroup``), the tests that use a module-scoped fixture of their own
+file (a subprocess worker, a sweep trained once for the file) carry ``xdist_group(<file name>)``, set here by rule:
+they run on one worker, so that the fixture's work is done once rather than once per worker given one of them.
 """
 
 from __future__ import annotations
@@ -208,7 +212,29 @@ def _slow_reason(item) -> str | None:
     return None
 
 
+def _module_fixtures(item) -> list[str]:
+    """The module- or session-scoped fixtures of the test's own file that it uses (a subprocess worker, a sweep
+    trained once for the file's tests)."""
+    info = getattr(item, "_fixtureinfo", None)
+    module = getattr(getattr(item, "module", None), "__name__", None)
+    return sorted(
+        name
+        for name, defs in (getattr(info, "name2fixturedefs", None) or {}).items()
+        if defs
+        and defs[-1].scope in ("module", "session")
+        and module is not None
+        and getattr(defs[-1].func, "__module__", None) == module
+    )
+
+
+# tryfirst: before pytest-xdist's worker reads the xdist_group marks (it names each test's group in its node id).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _slow_reason(item) is not None:
             item.add_marker(pytest.mark.slow)
+        # pytest -n 2 (with pyproject's --dist loadgroup): the tests that share a module-scoped fixture run on one
+        # worker, so the fixture's work (a subprocess worker of 30 s, a trained sweep) is done once, not once per
+        # worker that happens to receive one of its tests.
+        if _module_fixtures(item):
+            item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).name))

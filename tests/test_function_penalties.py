@@ -121,6 +121,14 @@ def test_jacobian_projections_estimate_the_exact_value_without_bias():
     np.testing.assert_allclose(est(params, batch)[1]["jacobian_norm"], truth, rtol=1e-12)
 
 
+@jax.jit
+def linear_jacobian_norm(params, x, c):
+    """The jacobian_norm part of a linear model's objective: one compiled program per shape, c an argument (op by
+    op, each example compiled every primitive of the penalty's Jacobian anew)."""
+    obj = jreg.objective(lambda p, x: x @ p["w"] + p["b"], L.quadratic, input_penalty=P.jacobian_norm(c))
+    return obj(params, (x, jnp.zeros((x.shape[0], params["w"].shape[1]), x.dtype)))[1]["jacobian_norm"]
+
+
 @given(
     st.integers(1, 5),
     st.integers(1, 6),
@@ -133,9 +141,15 @@ def test_jacobian_norm_of_a_linear_model_is_its_frobenius_norm(n_in, n_out, batc
     k1, k2 = jax.random.split(jax.random.key(seed))
     params = {"w": jax.random.normal(k1, (n_in, n_out), jnp.float64), "b": jnp.zeros(n_out)}
     x = jax.random.normal(k2, (batch, n_in), jnp.float64)
-    obj = jreg.objective(lambda p, x: x @ p["w"] + p["b"], L.quadratic, input_penalty=P.jacobian_norm(c))
-    value = obj(params, (x, jnp.zeros((batch, n_out))))[1]["jacobian_norm"]
+    value = linear_jacobian_norm(params, x, c)
     np.testing.assert_allclose(value, 0.5 * c * float(jnp.sum(params["w"] ** 2)), rtol=1e-10, atol=1e-12)
+
+
+@jax.jit
+def linear_input_gradient(w, x, y, c):
+    """The input_gradient part of a linear quadratic model's objective, as :func:`linear_jacobian_norm`."""
+    obj = jreg.objective(lambda p, x: x @ p, L.quadratic, input_penalty=P.input_gradient(c))
+    return obj(w, (x, y))[1]["input_gradient"]
 
 
 @given(st.integers(1, 5), st.integers(1, 4), st.floats(0, 10), st.integers(0, 2**16))
@@ -145,9 +159,8 @@ def test_input_gradient_of_a_linear_quadratic_model_has_its_closed_form(n_in, n_
     w = jax.random.normal(k1, (n_in, n_out), jnp.float64)
     x = jax.random.normal(k2, (3, n_in), jnp.float64)
     y = jax.random.normal(k3, (3, n_out), jnp.float64)
-    obj = jreg.objective(lambda p, x: x @ p, L.quadratic, input_penalty=P.input_gradient(c))
     g = (np.asarray(x) @ np.asarray(w) - np.asarray(y)) @ np.asarray(w).T
-    np.testing.assert_allclose(obj(w, (x, y))[1]["input_gradient"], 0.5 * c * np.sum(g**2) / 3, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(linear_input_gradient(w, x, y, c), 0.5 * c * np.sum(g**2) / 3, rtol=1e-9, atol=1e-12)
 
 
 def test_input_penalties_use_the_training_key_of_the_data_term():

@@ -89,25 +89,33 @@ def perturbed_apply(eps):
     return apply
 
 
-def output_gradients(make_objective, penalty, params, batch, variant):
+@functools.cache
+def output_gradient_fn(make_objective, penalty_fn, variant):
+    """dJ/d(perturbations) as a function of (eps, params, batch, lam): one function per configuration, so that under
+    jit every example of the property reuses one compiled program (lam is an argument, not a baked constant)."""
+
+    def j_of_eps(eps, params, batch, lam):
+        penalty = None if penalty_fn is None else penalty_fn(lam)
+        obj = make_objective(perturbed_apply(eps), jreg.losses.cross_entropy, penalty)
+        return obj(params, batch)[0]
+
+    return variant(jax.grad(j_of_eps))
+
+
+def output_gradients(make_objective, penalty_fn, lam, params, batch, variant):
     x, _ = batch
     eps = {
         "z": [jnp.zeros((x.shape[0], p["w"].shape[1])) for p in params],
         "a": [jnp.zeros((x.shape[0], p["w"].shape[1])) for p in params[:-1]],
     }
-
-    def j_of_eps(eps):
-        obj = make_objective(perturbed_apply(eps), jreg.losses.cross_entropy, penalty)
-        return obj(params, batch)[0]
-
-    return variant(jax.grad(j_of_eps))(eps)
+    return output_gradient_fn(make_objective, penalty_fn, variant)(eps, params, batch, lam)
 
 
 def identity1_gap(make_objective, lam, seed, variant):
     model, params = model_params(seed)
     batch = data(seed)
-    g0 = output_gradients(make_objective, None, params, batch, variant)
-    g1 = output_gradients(make_objective, jreg.penalties.l2(lam), params, batch, variant)
+    g0 = output_gradients(make_objective, None, lam, params, batch, variant)
+    g1 = output_gradients(make_objective, jreg.penalties.l2, lam, params, batch, variant)
     return max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
 
 
@@ -124,14 +132,28 @@ def test_identity1_catches_a_penalty_leaking_into_outputs():
 # ----------------------------------------------------------------- identity 2
 
 
+@functools.cache
+def weight_gradient_fns(penalty_fn, variant):
+    """(grad_params J(params, batch, c), grad_params C0(params, batch)): one pair per configuration, c an argument."""
+    model = mlp()
+
+    def grad_j(params, batch, c):
+        j = jreg.objective(model.apply, jreg.losses.cross_entropy, penalty_fn(c))
+        return jax.grad(lambda p: j(p, batch)[0])(params)
+
+    def grad_c0(params, batch):
+        c0 = jreg.objective(model.apply, jreg.losses.cross_entropy)
+        return jax.grad(lambda p: c0(p, batch)[0])(params)
+
+    return variant(grad_j), variant(grad_c0)
+
+
 def identity2_gaps(penalty_fn, lam, n, seed, variant):
     """(max |grad_w J - grad_w C0 - (lam/n) w|, max |grad_b J - grad_b C0|) over all layers."""
     model, params = model_params(seed)
     batch = data(seed)
-    j = jreg.objective(model.apply, jreg.losses.cross_entropy, penalty_fn(lam / n))
-    c0 = jreg.objective(model.apply, jreg.losses.cross_entropy)
-    gj = variant(jax.grad(lambda p: j(p, batch)[0]))(params)
-    gc = variant(jax.grad(lambda p: c0(p, batch)[0]))(params)
+    grad_j, grad_c0 = weight_gradient_fns(penalty_fn, variant)
+    gj, gc = grad_j(params, batch, lam / n), grad_c0(params, batch)
     w_gap = max(float(jnp.max(jnp.abs(a["w"] - b["w"] - (lam / n) * p["w"]))) for a, b, p in zip(gj, gc, params))
     b_gap = max(float(jnp.max(jnp.abs(a["b"] - b["b"]))) for a, b in zip(gj, gc))
     return w_gap, b_gap
@@ -154,22 +176,46 @@ def test_identity2_catches_broken_penalties(mutant):
 # ----------------------------------------------------------------- identity 3
 
 
-def identity3_gap(penalty_fn, cost, eta, lam, n, m, seed, variant):
-    """max |jreg step - network2 update| in float64, over all weights and biases."""
+def identity3_model(cost):
+    """(model, loss) of network2's cost in float64 (call under ``jax.enable_x64``)."""
+    if cost == "cross_entropy":
+        return mlp(jnp.float64), jreg.losses.cross_entropy
+    return mlp(jnp.float64, jax.nn.sigmoid), jreg.losses.quadratic
+
+
+@functools.cache
+def traced_sgd_step(penalty_fn, cost):
+    """One jreg.make_step with optax.sgd(eta) and penalty_fn(c), eta and c arguments of one jitted program: the
+    property's examples then compile once per batch size instead of once each."""
+
+    @jax.jit
+    def step(params, x, y, eta, c):
+        model, loss = identity3_model(cost)
+        obj = jreg.objective(model.apply, loss, penalty_fn(c))
+        opt = optax.sgd(eta)
+        return jreg.make_step(obj, opt)(params, opt.init(params), (x, y))[0]
+
+    return step
+
+
+def identity3_gap(penalty_fn, cost, eta, lam, n, m, seed, variant, traced=False):
+    """max |jreg step - network2 update| in float64, over all weights and biases.
+
+    ``traced``: eta and lam/n are arguments of one jitted program (:func:`traced_sgd_step`); otherwise Python
+    numbers given to a fresh make_step, run under ``variant`` (jit, or everything under ``jax.disable_jit``).
+    """
     with jax.enable_x64(True):
-        if cost == "cross_entropy":
-            model = mlp(jnp.float64)
-            loss = jreg.losses.cross_entropy
-        else:
-            model = mlp(jnp.float64, jax.nn.sigmoid)
-            loss = jreg.losses.quadratic
+        model, loss = identity3_model(cost)
         params = model.init(jax.random.key(seed))
         x, y = data(seed, n=m, dtype=jnp.float64)
-        obj = jreg.objective(model.apply, loss, penalty_fn(lam / n))
-        opt = optax.sgd(eta)
-        step = jreg.make_step(obj, opt)
-        with contextlib.nullcontext() if variant is jax.jit else jax.disable_jit():
-            new, _, _ = step(params, opt.init(params), (x, y))
+        if traced:
+            new = traced_sgd_step(penalty_fn, cost)(params, x, y, eta, lam / n)
+        else:
+            obj = jreg.objective(model.apply, loss, penalty_fn(lam / n))
+            opt = optax.sgd(eta)
+            step = jreg.make_step(obj, opt)
+            with contextlib.nullcontext() if variant is jax.jit else jax.disable_jit():
+                new, _, _ = step(params, opt.init(params), (x, y))
         ws = [np.asarray(p["w"]).T for p in params]  # network2 stores (n_out, n_in)
         bs = [np.asarray(p["b"]) for p in params]
         onehot = np.eye(SIZES[-1])[np.asarray(y)]
@@ -179,7 +225,9 @@ def identity3_gap(penalty_fn, cost, eta, lam, n, m, seed, variant):
         return float(max(gaps))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# The property runs under jit with eta and lam traced (one program per cost and batch size). Python numbers in a
+# fresh make_step, with and without jit (everything under jax.disable_jit: the op-by-op trajectory), are checked on
+# fixed examples below: the "nojit" variant of the whole property ran network2's update op by op for every example.
 @pytest.mark.parametrize("cost", ["cross_entropy", "quadratic"])
 @given(
     eta=st.floats(0.01, 3.0),
@@ -188,32 +236,69 @@ def identity3_gap(penalty_fn, cost, eta, lam, n, m, seed, variant):
     m=st.integers(1, 10),
     seed=st.integers(0, 2**16),
 )
-def test_identity3_sgd_step_is_network2_update(variant, cost, eta, lam, n, m, seed):
+def test_identity3_sgd_step_is_network2_update(cost, eta, lam, n, m, seed):
+    assert identity3_gap(jreg.penalties.l2, cost, eta, lam, n, m, seed, jax.jit, traced=True) <= 1e-12
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("cost", ["cross_entropy", "quadratic"])
+@pytest.mark.parametrize(("eta", "lam", "n", "m", "seed"), [(0.5, 5.0, 1000, 10, 0), (3.0, 0.0, 10, 1, 7)])
+def test_identity3_sgd_step_with_python_hyperparameters_is_network2_update(variant, cost, eta, lam, n, m, seed):
     assert identity3_gap(jreg.penalties.l2, cost, eta, lam, n, m, seed, variant) <= 1e-12
 
 
+@pytest.mark.parametrize("traced", [False, True])
 @pytest.mark.parametrize("mutant", [broken_l2_no_half, broken_l2_with_biases])
-def test_identity3_catches_broken_penalties(mutant):
-    assert identity3_gap(mutant, "cross_entropy", 0.5, 5.0, 10, 10, 0, jax.jit) > 1e-3
+def test_identity3_catches_broken_penalties(mutant, traced):
+    assert identity3_gap(mutant, "cross_entropy", 0.5, 5.0, 10, 10, 0, jax.jit, traced=traced) > 1e-3
 
 
 # ----------------------------------------------------------------- identity 4
 
 
-def identity4_gap(penalty_fn, eta, c, steps, seed):
-    """max |params(sgd + penalty in objective) - params(add_decayed_weights then sgd)| after `steps` steps."""
+def decay_optimizers(eta, c):
+    return optax.sgd(eta), optax.chain(optax.add_decayed_weights(c, mask=jreg.penalties.mask_tree), optax.sgd(eta))
+
+
+@functools.cache
+def decay_steps(penalty_fn):
+    """One step of each side (sgd + penalty_fn(c) in the objective; add_decayed_weights(c) then sgd), eta and c
+    arguments of one jitted program, so that every example and step reuses it."""
+    model = mlp()
+
+    @jax.jit
+    def steps(pc, sc, pd, sd, batch, eta, c):
+        coupled = jreg.objective(model.apply, jreg.losses.cross_entropy, penalty_fn(c))
+        plain = jreg.objective(model.apply, jreg.losses.cross_entropy)
+        opt_c, opt_d = decay_optimizers(eta, c)
+        pc, sc, _ = jreg.make_step(coupled, opt_c)(pc, sc, batch)
+        pd, sd, _ = jreg.make_step(plain, opt_d)(pd, sd, batch)
+        return pc, sc, pd, sd
+
+    return steps
+
+
+def identity4_gap(penalty_fn, eta, c, steps, seed, traced=True):
+    """max |params(sgd + penalty in objective) - params(add_decayed_weights then sgd)| after `steps` steps.
+
+    ``traced``: eta and c are arguments of one jitted program (:func:`decay_steps`); otherwise Python numbers given
+    to two fresh make_steps."""
     model, params = model_params(seed)
-    coupled = jreg.objective(model.apply, jreg.losses.cross_entropy, penalty_fn(c))
-    plain = jreg.objective(model.apply, jreg.losses.cross_entropy)
-    opt_c = optax.sgd(eta)
-    opt_d = optax.chain(optax.add_decayed_weights(c, mask=jreg.penalties.mask_tree), optax.sgd(eta))
-    step_c, step_d = jreg.make_step(coupled, opt_c), jreg.make_step(plain, opt_d)
+    opt_c, opt_d = decay_optimizers(eta, c)
     pc, sc = params, opt_c.init(params)
     pd, sd = params, opt_d.init(params)
+    if traced:
+        step = decay_steps(penalty_fn)
+    else:
+        coupled = jreg.objective(model.apply, jreg.losses.cross_entropy, penalty_fn(c))
+        plain = jreg.objective(model.apply, jreg.losses.cross_entropy)
+        step_c, step_d = jreg.make_step(coupled, opt_c), jreg.make_step(plain, opt_d)
+
+        def step(pc, sc, pd, sd, batch, eta, c):
+            return *step_c(pc, sc, batch)[:2], *step_d(pd, sd, batch)[:2]
+
     for s in range(steps):
-        batch = data(seed * 1000 + s)
-        pc, sc, _ = step_c(pc, sc, batch)
-        pd, sd, _ = step_d(pd, sd, batch)
+        pc, sc, pd, sd = step(pc, sc, pd, sd, data(seed * 1000 + s), eta, c)
     return max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(pc), jax.tree.leaves(pd)))
 
 
@@ -222,9 +307,14 @@ def test_identity4_coupled_l2_equals_decoupled_weight_decay_under_sgd(eta, c, st
     assert identity4_gap(jreg.penalties.l2, eta, c, steps, seed) <= 1e-5
 
 
+def test_identity4_with_python_hyperparameters():
+    assert identity4_gap(jreg.penalties.l2, 0.5, 0.3, 7, 3, traced=False) <= 1e-5
+
+
+@pytest.mark.parametrize("traced", [False, True])
 @pytest.mark.parametrize("mutant", [broken_l2_no_half, broken_l2_with_biases])
-def test_identity4_catches_broken_penalties(mutant):
-    assert identity4_gap(mutant, 0.5, 0.1, 5, 0) > 1e-3
+def test_identity4_catches_broken_penalties(mutant, traced):
+    assert identity4_gap(mutant, 0.5, 0.1, 5, 0, traced=traced) > 1e-3
 
 
 # ----------------------------------------------------------------- identity 5
@@ -245,9 +335,10 @@ def adam_comparison(penalty_fn, eta=1e-2, c=1e-2, steps=3):
     adamw = optax.adamw(eta, weight_decay=c, mask=jreg.penalties.mask_tree)
     p_l2, s_l2 = params, adam.init(params)
     p_w, s_w = params, adamw.init(params)
+    step_l2, step_w = jreg.make_step(coupled, adam), jreg.make_step(plain, adamw)  # each compiles once
     for _ in range(steps):
-        p_l2, s_l2, _ = jreg.make_step(coupled, adam)(p_l2, s_l2, (x, y))
-        p_w, s_w, _ = jreg.make_step(plain, adamw)(p_w, s_w, (x, y))
+        p_l2, s_l2, _ = step_l2(p_l2, s_l2, (x, y))
+        p_w, s_w, _ = step_w(p_w, s_w, (x, y))
     return params, p_l2, p_w
 
 

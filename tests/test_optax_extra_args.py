@@ -262,19 +262,34 @@ def test_lbfgs_state_is_checkpointed_and_resumed_from_the_folder_bit_for_bit(tmp
 
 
 def test_a_wide_sweep_gives_lbfgs_its_value_fn_per_member():
+    """Each member against the hand-written full-batch L-BFGS loop on its own objective (one compiled step, the
+    strength an argument; test_lbfgs_full_batch_... checks that fit follows that loop's iterates): two fits
+    compiled L-BFGS's line search once each, the slowest part of the test."""
     model = jreg.mlp([D, 3, 2])
     params = model.init(jax.random.key(3))
-    objs = [jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(c)) for c in (0.0, 0.1)]
     build = lambda hp: (  # noqa: E731
         jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(hp["c"])),
         optax.lbfgs(),
     )
     result = jreg.sweep(build, params, TRAIN, hparams={"c": [0.0, 0.1]}, epochs=3, batch_size=N, key=KEY,
                         vectorize="wide")  # fmt: skip
-    for k, obj in enumerate(objs):
-        one = jreg.fit(obj, optax.lbfgs(), params, TRAIN, epochs=3, batch_size=N, key=KEY)
-        close(take(result.params, k), one.params, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(result.history["epoch_loss"][k], one.history["epoch_loss"], rtol=1e-5)
+    opt = optax.lbfgs()
+
+    @jax.jit
+    def step(p, s, c):
+        obj = jreg.objective(model.apply, jreg.losses.softmax_cross_entropy, jreg.penalties.l2(c))
+        value_c = lambda q: obj(q, TRAIN)[0]  # noqa: E731
+        v, g = optax.value_and_grad_from_state(value_c)(p, state=s)
+        u, s = opt.update(g, s, p, value=v, grad=g, value_fn=value_c)
+        return optax.apply_updates(p, u), s, v
+
+    for k, c in enumerate((0.0, 0.1)):
+        p, s, values = params, opt.init(params), []
+        for _ in range(3):
+            p, s, v = step(p, s, c)
+            values.append(float(v))
+        close(take(result.params, k), p, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(result.history["epoch_loss"][k], values, rtol=1e-5)
 
 
 def test_the_guards_replay_passes_the_extra_arguments():
