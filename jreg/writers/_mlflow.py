@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import numbers
 import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from .._errors import JregTypeError
 from ._runs import OwnRun, require
@@ -75,9 +78,7 @@ class MLflow(OwnRun):
         self.tracking_uri = _uri(tracking_uri)
         self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
         self.asynchronous = bool(asynchronous)
-        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0 or every == float("inf"):
-            raise JregTypeError(f"MLflow: every must be a finite number of seconds >= 0, got {every!r}")
-        self.every = float(every)
+        self.every = _seconds(every)
         self._client: Any = None
         self._experiment_id: str | None = None
         self._own: _Run | None = None
@@ -209,10 +210,19 @@ class _Run:
             self.pending.popleft().result()
 
     def close(self) -> None:
-        if self.held:
-            self._send(synchronous=True)
-        self.flush()
+        self.flush()  # the last batch after those in flight, on the same thread: in order, one caller of the client
         self.client.set_terminated(self.run_id)
+
+
+def _seconds(every: Any) -> float:
+    """``every`` as a finite float >= 0 (a Python or NumPy real number), else a :class:`JregTypeError`."""
+    try:
+        seconds = float(every) if isinstance(every, numbers.Real) and not isinstance(every, (bool, np.bool_)) else None
+    except OverflowError:
+        seconds = None
+    if seconds is None or not 0 <= seconds < float("inf"):
+        raise JregTypeError(f"MLflow: every must be a finite number of seconds >= 0, got {every!r}")
+    return seconds
 
 
 def _uri(value: Any) -> str | None:
