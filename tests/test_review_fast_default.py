@@ -1,0 +1,245 @@
+"""Review of the "Fast by default" landing (issue 25): hostile probes of vectorize="auto", the wide sweep's
+left-products rewrite and per-leaf layout, cross-validation as wide sweeps, and the MLflow pacing.
+
+Each probe compares the new default against ``vectorize="vmap"`` (to float tolerance) or expects a clear jreg error.
+Probes that found a defect are marked ``# DEFECT:``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jreg
+from jreg.train import prepare
+
+from .test_train import toy
+
+N = 12
+
+
+def _obj(apply):
+    return jreg.objective(apply, jreg.losses.cross_entropy, jreg.penalties.l2(1e-3))
+
+
+def _build(apply):
+    def build(hp):
+        return _obj(apply), optax.sgd(hp["eta"])
+
+    return build
+
+
+def _sweep(apply, params, vectorize, **kw):
+    kw.setdefault("hparams", {"eta": [0.1, 0.05]})
+    return jreg.sweep(
+        _build(apply), params, toy(N, d=6), epochs=2, batch_size=4, key=jax.random.key(3), vectorize=vectorize, **kw
+    )
+
+
+def _close(a, b, tol=1e-5):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64), rtol=tol, atol=tol)
+
+
+def _auto_equals_vmap(apply, params, tol=1e-5, **kw):
+    auto = _sweep(apply, params, "auto", **kw)
+    ref = _sweep(apply, params, "vmap", **kw)
+    _close(auto.params, ref.params, tol)
+    np.testing.assert_allclose(np.asarray(auto.history["epoch_loss"]), np.asarray(ref.history["epoch_loss"]), rtol=tol)
+    return auto
+
+
+# ---- models --------------------------------------------------------------------------------------------------------
+
+
+def test_both_sides_square_weight():
+    """A params leaf used as both ``x @ W`` and ``W @ x``-style (``h @ W.T``): the rewrite must treat both."""
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {"W": 0.3 * jax.random.normal(k[0], (6, 6)), "V": 0.3 * jax.random.normal(k[1], (6, 3))}
+
+    def apply(p, x):
+        h = jnp.tanh(x @ p["W"])
+        h = jnp.tanh(jnp.einsum("ij,bj->bi", p["W"], h))  # W @ h per example
+        return h @ p["V"]
+
+    _auto_equals_vmap(apply, params)
+
+
+def test_shared_weight_two_layers():
+    """One weight used by two layers (tied): its gradient is the sum of both uses."""
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {"W": 0.3 * jax.random.normal(k[0], (6, 6)), "V": 0.3 * jax.random.normal(k[1], (6, 3))}
+
+    def apply(p, x):
+        return jnp.tanh(jnp.tanh(x @ p["W"]) @ p["W"]) @ p["V"]
+
+    _auto_equals_vmap(apply, params)
+
+
+def test_mixed_matrix_and_3d_kernel_auto_not_wide():
+    """A params pytree mixing matrices and a 3-D kernel: auto must not pick wide, and must still train."""
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {"K": 0.3 * jax.random.normal(k[0], (2, 6, 4)), "V": 0.3 * jax.random.normal(k[1], (4, 3))}
+    assert prepare.default_vectorize("auto", 4, params=params) != "wide"
+
+    def apply(p, x):
+        return jnp.tanh(jnp.einsum("bi,kio->bo", x, p["K"])) @ p["V"]
+
+    _auto_equals_vmap(apply, params, hparams={"eta": [0.1, 0.05, 0.2, 0.3]})
+
+
+def test_loss_calls_jvp():
+    """A model whose forward pass calls ``jax.jvp`` (a directional derivative as a feature)."""
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {"W": 0.3 * jax.random.normal(k[0], (6, 5)), "V": 0.3 * jax.random.normal(k[1], (5, 3))}
+
+    def apply(p, x):
+        f = lambda w: jnp.tanh(x @ w)  # noqa: E731
+        h, dh = jax.jvp(f, (p["W"],), (jnp.ones_like(p["W"]),))
+        return (h + 0.1 * dh) @ p["V"]
+
+    _auto_equals_vmap(apply, params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params(dtype):
+    """bfloat16/float16 params: auto (wide) equals vmap to the dtype's precision, or a clear error."""
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {"W": (0.3 * jax.random.normal(k[0], (6, 5))).astype(dtype),
+              "V": (0.3 * jax.random.normal(k[1], (5, 3))).astype(dtype)}
+
+    def apply(p, x):
+        return jnp.tanh(x.astype(dtype) @ p["W"]) @ p["V"]
+
+    try:
+        auto = _sweep(apply, params, "auto")
+    except jreg._errors.JregError:
+        return
+    ref = _sweep(apply, params, "vmap")
+    assert jax.tree.leaves(auto.params)[0].dtype == dtype
+    _close(auto.params, ref.params, 2e-2)
+
+
+def test_stacked_params_auto():
+    """stacked_params=True with auto: per-model init stacked along K."""
+    model = jreg.mlp([6, 5, 3])
+    params = jax.vmap(model.init)(jax.random.split(jax.random.key(1), 2))
+    _auto_equals_vmap(model.apply, params, stacked_params=True)
+
+
+def test_scalar_and_vector_leaves():
+    """A scalar temperature and a vector used in a matrix-vector product ``x @ v`` (dot_general with a 1-D leaf)."""
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {"W": 0.3 * jax.random.normal(k[0], (6, 3)), "v": 0.3 * jax.random.normal(k[1], (6,)),
+              "t": jnp.float32(1.5)}
+
+    def apply(p, x):
+        return (x @ p["W"]) * p["t"] + (x @ p["v"])[:, None]
+
+    _auto_equals_vmap(apply, params)
+
+
+def test_int_params_leaf():
+    """An integer params leaf (a frozen index): auto gives vmap's result or a clear jreg error, never a raw one."""
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {"W": 0.3 * jax.random.normal(k[0], (6, 3)), "shift": jnp.arange(3, dtype=jnp.int32)}
+
+    def apply(p, x):
+        return x @ p["W"] + p["shift"].astype(x.dtype)
+
+    outcomes = {}
+    for v in ("auto", "vmap"):
+        try:
+            outcomes[v] = _sweep(apply, params, v)
+        except jreg._errors.JregError as e:
+            outcomes[v] = e
+    assert type(outcomes["auto"]) is type(outcomes["vmap"]), outcomes
+    if not isinstance(outcomes["auto"], Exception):
+        _close(outcomes["auto"].params, outcomes["vmap"].params)
+
+
+# ---- stateful model, EMA, early stopping, checkpoints under the new defaults ---------------------------------------
+
+from .test_model_state import init as _state_init  # noqa: E402
+from .test_model_state import objective as _state_objective  # noqa: E402
+
+
+def _stateful_kw(**extra):
+    params, state = _state_init(jax.random.key(0))
+    kw = dict(
+        hparams={"lam": [0.0, 0.05], "eta": [0.5, 3.0]},
+        epochs=4,
+        batch_size=4,
+        key=jax.random.key(5),
+        model_state=state,
+        evaluation=toy(8, seed=1),
+        ema=jreg.EMA(0.9, evaluate=False),
+        early_stopping=jreg.EarlyStopping(patience=1, monitor="evaluation_cost", restore_best=True),
+    )
+    kw.update(extra)
+    return params, kw
+
+
+def _stateful_build(h):
+    return _state_objective(h["lam"]), optax.sgd(h["eta"])
+
+
+def test_k2_stateful_ema_early_stopping_auto_equals_vmap():
+    params, kw = _stateful_kw()
+    auto = jreg.sweep(_stateful_build, params, toy(N), **kw)
+    ref = jreg.sweep(_stateful_build, params, toy(N), vectorize="vmap", **kw)
+    _close(auto.params, ref.params)
+    _close(auto.model_state, ref.model_state)
+    np.testing.assert_allclose(np.asarray(auto.history["evaluation_cost"]), np.asarray(ref.history["evaluation_cost"]),
+                               rtol=1e-5)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _interrupt_after(epoch):
+    def callback(e, metrics):
+        if e + 1 == epoch:
+            raise _Stop
+
+    return callback
+
+
+def _leaves_equal(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_auto_sweep_resumed_bit_for_bit(tmp_path):
+    params, kw = _stateful_kw()
+    whole = jreg.sweep(_stateful_build, params, toy(N), **kw)
+    folder = tmp_path / "ck"
+    with pytest.raises(_Stop):
+        jreg.sweep(_stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), callback=_interrupt_after(2),
+                   **kw)
+    resumed = jreg.sweep(_stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), resume=folder, **kw)
+    _leaves_equal(resumed.params, whole.params)
+    _leaves_equal(resumed.model_state, whole.model_state)
+
+
+def test_vmap_checkpoint_resumed_with_default(tmp_path):
+    """A checkpoint written with vectorize="vmap" resumed with the default ("auto" -> "wide"): either it resumes to
+    vmap's result (to float tolerance) or a clear jreg error says the formulation changed."""
+    params, kw = _stateful_kw()
+    whole = jreg.sweep(_stateful_build, params, toy(N), vectorize="vmap", **kw)
+    folder = tmp_path / "ck"
+    with pytest.raises(_Stop):
+        jreg.sweep(_stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), callback=_interrupt_after(2),
+                   vectorize="vmap", **kw)
+    try:
+        resumed = jreg.sweep(_stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), resume=folder,
+                             **kw)
+    except jreg._errors.JregError as e:
+        assert "vectorize" in str(e)
+        return
+    _close(resumed.params, whole.params)
+    _close(resumed.model_state, whole.model_state)
