@@ -108,8 +108,10 @@ def test_loss_calls_jvp():
 def test_low_precision_params(dtype):
     """bfloat16/float16 params: auto (wide) equals vmap to the dtype's precision, or a clear error."""
     k = jax.random.split(jax.random.key(0), 2)
-    params = {"W": (0.3 * jax.random.normal(k[0], (6, 5))).astype(dtype),
-              "V": (0.3 * jax.random.normal(k[1], (5, 3))).astype(dtype)}
+    params = {
+        "W": (0.3 * jax.random.normal(k[0], (6, 5))).astype(dtype),
+        "V": (0.3 * jax.random.normal(k[1], (5, 3))).astype(dtype),
+    }
 
     def apply(p, x):
         return jnp.tanh(x.astype(dtype) @ p["W"]) @ p["V"]
@@ -133,8 +135,11 @@ def test_stacked_params_auto():
 def test_scalar_and_vector_leaves():
     """A scalar temperature and a vector used in a matrix-vector product ``x @ v`` (dot_general with a 1-D leaf)."""
     k = jax.random.split(jax.random.key(0), 3)
-    params = {"W": 0.3 * jax.random.normal(k[0], (6, 3)), "v": 0.3 * jax.random.normal(k[1], (6,)),
-              "t": jnp.float32(1.5)}
+    params = {
+        "W": 0.3 * jax.random.normal(k[0], (6, 3)),
+        "v": 0.3 * jax.random.normal(k[1], (6,)),
+        "t": jnp.float32(1.5),
+    }
 
     def apply(p, x):
         return (x @ p["W"]) * p["t"] + (x @ p["v"])[:, None]
@@ -193,8 +198,9 @@ def test_k2_stateful_ema_early_stopping_auto_equals_vmap():
     ref = jreg.sweep(_stateful_build, params, toy(N), vectorize="vmap", **kw)
     _close(auto.params, ref.params)
     _close(auto.model_state, ref.model_state)
-    np.testing.assert_allclose(np.asarray(auto.history["evaluation_cost"]), np.asarray(ref.history["evaluation_cost"]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(auto.history["evaluation_cost"]), np.asarray(ref.history["evaluation_cost"]), rtol=1e-5
+    )
 
 
 class _Stop(Exception):
@@ -219,8 +225,9 @@ def test_auto_sweep_resumed_bit_for_bit(tmp_path):
     whole = jreg.sweep(_stateful_build, params, toy(N), **kw)
     folder = tmp_path / "ck"
     with pytest.raises(_Stop):
-        jreg.sweep(_stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), callback=_interrupt_after(2),
-                   **kw)
+        jreg.sweep(
+            _stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), callback=_interrupt_after(2), **kw
+        )
     resumed = jreg.sweep(_stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), resume=folder, **kw)
     _leaves_equal(resumed.params, whole.params)
     _leaves_equal(resumed.model_state, whole.model_state)
@@ -233,11 +240,19 @@ def test_vmap_checkpoint_resumed_with_default(tmp_path):
     whole = jreg.sweep(_stateful_build, params, toy(N), vectorize="vmap", **kw)
     folder = tmp_path / "ck"
     with pytest.raises(_Stop):
-        jreg.sweep(_stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), callback=_interrupt_after(2),
-                   vectorize="vmap", **kw)
+        jreg.sweep(
+            _stateful_build,
+            params,
+            toy(N),
+            checkpoint=jreg.Checkpointing(folder),
+            callback=_interrupt_after(2),
+            vectorize="vmap",
+            **kw,
+        )
     try:
-        resumed = jreg.sweep(_stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), resume=folder,
-                             **kw)
+        resumed = jreg.sweep(
+            _stateful_build, params, toy(N), checkpoint=jreg.Checkpointing(folder), resume=folder, **kw
+        )
     except jreg._errors.JregError as e:
         assert "vectorize" in str(e)
         return
@@ -307,3 +322,112 @@ def test_cv_custom_model_wide_equals_vmap():
     out = {v: jreg.cross_validate(build, params, toy(14), hparams={"lmbda": [0.0, 0.01]}, folds=3, epochs=2,
                                   batch_size=4, key=jax.random.key(2), vectorize=v) for v in ("auto", "vmap")}  # fmt: skip
     _close(out["auto"].params, out["vmap"].params)
+
+
+# ---- MLflow pacing ---------------------------------------------------------------------------------------------------
+
+
+class _Client:
+    def __init__(self):
+        import threading
+
+        self.calls, self.lock = [], threading.Lock()
+
+    def log_batch(self, run_id, metrics=(), params=(), synchronous=True):
+        with self.lock:
+            self.calls.append((run_id, [(m.key, m.value, m.step) for m in metrics]))
+
+    def set_terminated(self, run_id):
+        with self.lock:
+            self.calls.append((run_id, "terminated"))
+
+
+def test_mlflow_every_huge_int_is_a_clear_error():
+    # DEFECT: MLflow(every=10**400) passes the finite check (an int is never == inf) and then float(every) raises a
+    # raw OverflowError ("int too large to convert to float") instead of the JregTypeError naming `every`.
+    pytest.importorskip("mlflow")
+    with pytest.raises(jreg.JregTypeError, match="every must be a finite number of seconds"):
+        jreg.writers.MLflow(every=10**400)
+
+
+@pytest.mark.parametrize("every", [1e-300, 1e300])
+def test_mlflow_every_tiny_and_huge_lose_nothing(every):
+    """A tiny `every` sends each epoch; a huge one holds everything until close, which sends it all."""
+    pytest.importorskip("mlflow")
+    from jreg.writers._mlflow import _Pace, _Run
+
+    client, pace = _Client(), _Pace(every)
+    runs = [_Run(client, r, resumed=False, asynchronous=True, pace=pace) for r in ("a", "b")]
+    for step in range(1, 6):
+        for run in runs:
+            run.write_scalars(step, {"loss": float(step)})
+    for run in runs:
+        run.close()
+    for r in ("a", "b"):
+        sent = [s for rid, m in client.calls if rid == r and m != "terminated" for _, _, s in m]
+        assert sorted(sent) == [1, 2, 3, 4, 5]
+        assert (r, "terminated") in client.calls
+
+
+def test_mlflow_close_waits_for_batches_in_flight_before_sending_the_rest():
+    # DEFECT: _Run.close() sends the metrics it holds synchronously on the caller's thread BEFORE waiting for the
+    # batches still in flight on the sender thread (`if self.held: self._send(synchronous=True)` then `self.flush()`):
+    # two threads use the MLflow client at once (the "one background thread" promise; SQLite stores), and a run's
+    # batches arrive out of order (seen with every=1e-300: step 1 logged after steps 2-5).
+    pytest.importorskip("mlflow")
+    import threading
+    import time
+
+    from jreg.writers._mlflow import _Pace, _Run
+
+    class Slow(_Client):
+        active = 0
+
+        def log_batch(self, run_id, metrics=(), params=(), synchronous=True):
+            Slow.active += 1
+            overlap = Slow.active > 1
+            if threading.current_thread() is not threading.main_thread():
+                time.sleep(0.2)  # a slow store: the batch is still in flight when close() is called
+            Slow.active -= 1
+            with self.lock:
+                self.calls.append((run_id, [m.step for m in metrics], overlap))
+
+    now = [0.0]
+    pace = _Pace(5.0, clock=lambda: now[0])
+    client = Slow()
+    run = _Run(client, "a", resumed=False, asynchronous=True, pace=pace)
+    now[0] = 10.0
+    run.write_scalars(1, {"loss": 1.0})  # a round is due: sent on the sender thread (sleeps)
+    run.write_scalars(2, {"loss": 2.0})  # same round: held
+    run.close()
+    batches = [c for c in client.calls if c[1] != "terminated"]
+    assert [b[1] for b in batches] == [[1], [2]]
+    assert not any(b[2] for b in batches), "two threads logged to the client at once"
+
+
+def test_mlflow_pace_threads():
+    """_Pace under concurrent current()/spent(): rounds only grow, no error."""
+    import threading
+
+    from jreg.writers._mlflow import _Pace
+
+    pace, seen, errors = _Pace(1e-6), [], []
+
+    def work():
+        try:
+            last = -1
+            for _ in range(2000):
+                r = pace.current()
+                assert r >= last
+                last = r
+                pace.spent(1e-9)
+            seen.append(last)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and len(seen) == 4 and pace.round >= max(seen)
