@@ -319,8 +319,8 @@ def test_cv_custom_model_wide_equals_vmap():
     def build(hp):
         return jreg.objective(apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"])), optax.sgd(0.3)
 
-    out = {v: jreg.cross_validate(build, params, toy(14), hparams={"lmbda": [0.0, 0.01]}, folds=3, epochs=2,
-                                  batch_size=4, key=jax.random.key(2), vectorize=v) for v in ("auto", "vmap")}  # fmt: skip
+    kw = dict(hparams={"lmbda": [0.0, 0.01]}, folds=3, epochs=2, batch_size=4, key=jax.random.key(2))
+    out = {v: jreg.cross_validate(build, params, toy(14), vectorize=v, **kw) for v in ("auto", "vmap")}
     _close(out["auto"].params, out["vmap"].params)
 
 
@@ -431,3 +431,70 @@ def test_mlflow_pace_threads():
     for t in threads:
         t.join(30)
     assert not errors and len(seen) == 4 and pace.round >= max(seen)
+
+
+# ---- PBT and the regularization path under auto ---------------------------------------------------------------------
+
+
+def _custom_build(hp):
+    k = jax.random.split(jax.random.key(0), 2)
+    del k
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["W"]) @ p["V"]
+
+    obj = jreg.objective(apply, jreg.losses.cross_entropy, jreg.penalties.l2(hp["lmbda"]))
+    return obj, optax.sgd(hp["eta"], momentum=0.9)
+
+
+_CUSTOM = {
+    "W": 0.3 * jax.random.normal(jax.random.key(10), (6, 5)),
+    "V": 0.3 * jax.random.normal(jax.random.key(11), (5, 3)),
+}
+
+
+def test_pbt_auto_equals_vmap():
+    kw = dict(hparams={"lmbda": [0.0, 0.01, 0.1, 1.0], "eta": [0.05, 0.3, 1.0, 2.0]},
+              explore={"lmbda": (0.8, 1.25), "eta": (0.5, 2.0)}, every=1, epochs=2, batch_size=4,
+              key=jax.random.key(3), evaluation=toy(8, seed=1))  # fmt: skip
+    auto = jreg.pbt(_custom_build, _CUSTOM, toy(N), **kw)
+    ref = jreg.pbt(_custom_build, _CUSTOM, toy(N), vectorize="vmap", **kw)
+    _close(auto.params, ref.params, 1e-4)
+
+
+def test_regularization_path_auto_equals_vmap():
+    kw = dict(strengths=[0.1, 0.01, 0.001], hparams={"eta": 0.5}, epochs=2, batch_size=4, key=jax.random.key(0))
+    auto = jreg.regularization_path(_custom_build, _CUSTOM, toy(N), **kw)
+    ref = jreg.regularization_path(_custom_build, _CUSTOM, toy(N), vectorize="vmap", **kw)
+    _close(auto.params, ref.params)
+
+
+def test_product_of_two_params_and_a_gram_penalty():
+    """Low-rank W = A @ B (a dot_general of two params, neither the mini-batch) and a loss term W·Wᵀ on a param."""
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {
+        "A": 0.3 * jax.random.normal(k[0], (6, 2)),
+        "B": 0.3 * jax.random.normal(k[1], (2, 5)),
+        "V": 0.3 * jax.random.normal(k[2], (5, 3)),
+    }
+
+    def apply(p, x):
+        w = p["A"] @ p["B"]
+        gram = p["V"].T @ p["V"]  # (3, 3)
+        return jnp.tanh(x @ w) @ p["V"] + 1e-2 * jnp.trace(gram)
+
+    _auto_equals_vmap(apply, params)
+
+
+def test_member_of_auto_sweep_equals_fit():
+    """Model i of a default sweep equals jreg.fit with its hyperparameters (fit now runs as a one-model vmap)."""
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {"W": 0.3 * jax.random.normal(k[0], (6, 5)), "V": 0.3 * jax.random.normal(k[1], (5, 3))}
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["W"]) @ p["V"]
+
+    swept = _sweep(apply, params, "auto", hparams={"eta": [0.1, 0.05, 0.3]})
+    for i, eta in enumerate([0.1, 0.05, 0.3]):
+        one = jreg.fit(_obj(apply), optax.sgd(eta), params, toy(N, d=6), epochs=2, batch_size=4, key=jax.random.key(3))
+        _close(jax.tree.map(lambda a, i=i: a[i], swept.params), one.params)
