@@ -498,3 +498,34 @@ def test_member_of_auto_sweep_equals_fit():
     for i, eta in enumerate([0.1, 0.05, 0.3]):
         one = jreg.fit(_obj(apply), optax.sgd(eta), params, toy(N, d=6), epochs=2, batch_size=4, key=jax.random.key(3))
         _close(jax.tree.map(lambda a, i=i: a[i], swept.params), one.params)
+
+
+def test_embedding_gather_matrix_in_wide():
+    """A matrix leaf used as an embedding table (a gather, not a matmul) and a matrix used elementwise: auto picks
+    wide (every leaf is at most a matrix) and must still equal vmap."""
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {
+        "E": 0.3 * jax.random.normal(k[0], (6, 4)),
+        "M": 0.3 * jax.random.normal(k[1], (6, 4)),
+        "V": 0.3 * jax.random.normal(k[2], (4, 3)),
+    }
+
+    def apply(p, x):
+        idx = jnp.argmax(x, axis=1)
+        h = p["E"][idx] + (x[:, :, None] * p["M"][None]).sum(1)
+        return jnp.tanh(h) @ p["V"]
+
+    assert prepare.default_vectorize("auto", 2, params=params) == "wide"
+    _auto_equals_vmap(apply, params)
+
+
+def test_partial_last_batch_unroll_default():
+    """13 examples in batches of 4 (a partial last batch) with unroll=None's CPU unrolling: auto equals vmap."""
+    model = jreg.mlp([6, 5, 3])
+    params = model.init(jax.random.key(1))
+    kw = dict(hparams={"eta": [0.1, 0.2]}, epochs=2, batch_size=4, key=jax.random.key(3))
+    out = {
+        v: jreg.sweep(_build(model.apply), params, toy(13), vectorize=v, unroll=u, **kw)
+        for v, u in (("auto", None), ("vmap", 1))
+    }
+    _close(out["auto"].params, out["vmap"].params)
