@@ -529,3 +529,25 @@ def test_partial_last_batch_unroll_default():
         for v, u in (("auto", None), ("vmap", 1))
     }
     _close(out["auto"].params, out["vmap"].params)
+
+
+@pytest.mark.parametrize("extra", [dict(resample="bootstrap"), dict(data_order="per_member")])
+def test_per_member_data_auto_is_not_wide(extra):
+    """Members that do not share mini-batches (bootstrap, per-member order): auto must not pick wide (refused)."""
+    model = jreg.mlp([6, 5, 3])
+    params = model.init(jax.random.key(1))
+    kw = dict(hparams={"eta": [0.1, 0.2, 0.3, 0.4]}, epochs=2, batch_size=4, key=jax.random.key(3), **extra)
+    auto = jreg.sweep(_build(model.apply), params, toy(N), **kw)
+    ref = jreg.sweep(_build(model.apply), params, toy(N), vectorize="vmap", **kw)
+    _close(auto.params, ref.params)
+
+
+def test_cv_identical_explicit_folds():
+    """Two explicit folds that are the same indices (the same training set): auto groups them and must equal vmap."""
+    folds = [np.arange(0, 5), np.arange(0, 5)]
+    try:
+        auto = _cv("auto", [0.01], folds=folds)
+    except jreg._errors.JregError:
+        return  # refused clearly: fine
+    ref = _cv("vmap", [0.01], folds=folds)
+    _close(auto.params, ref.params)
