@@ -551,3 +551,38 @@ def test_cv_identical_explicit_folds():
         return  # refused clearly: fine
     ref = _cv("vmap", [0.01], folds=folds)
     _close(auto.params, ref.params)
+
+
+def _two_layer():
+    k = jax.random.split(jax.random.key(0), 2)
+    return {"W": 0.3 * jax.random.normal(k[0], (6, 5)), "V": 0.3 * jax.random.normal(k[1], (5, 3))}
+
+
+@pytest.mark.parametrize("penalty", ["input_gradient", "jacobian_norm"])
+def test_double_backprop_penalty_in_wide(penalty):
+    """An input-gradient penalty (double backpropagation through the rewritten dense layers) under auto (wide)."""
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["W"]) @ p["V"]
+
+    def build(hp):
+        pen = getattr(jreg.penalties, penalty)(0.1)
+        obj = jreg.objective(apply, jreg.losses.cross_entropy, jreg.penalties.l2(1e-3), input_penalty=pen)
+        return obj, optax.sgd(hp["eta"])
+
+    kw = dict(hparams={"eta": [0.1, 0.05]}, epochs=2, batch_size=4, key=jax.random.key(3))
+    auto = jreg.sweep(build, _two_layer(), toy(N), **kw)
+    ref = jreg.sweep(build, _two_layer(), toy(N), vectorize="vmap", **kw)
+    _close(auto.params, ref.params)
+
+
+def test_dense_inside_cond_inner_vmap_and_sequence_axis():
+    """x @ W inside lax.cond, inside an inner per-example vmap, and with an extra sequence axis (B, T, d) @ W."""
+
+    def apply(p, x):
+        seq = x.reshape(x.shape[0], 2, 3) @ p["W"][:3]  # (B, 2, 5)
+        per = jax.vmap(lambda xi: xi @ p["W"])(x)  # (B, 5)
+        h = jax.lax.cond(x.shape[0] > 2, lambda: jnp.tanh(x @ p["W"]), lambda: x @ p["W"])
+        return (h + per + seq.sum(1)) @ p["V"]
+
+    _auto_equals_vmap(apply, _two_layer())
