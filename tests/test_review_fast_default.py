@@ -586,3 +586,35 @@ def test_dense_inside_cond_inner_vmap_and_sequence_axis():
         return (h + per + seq.sum(1)) @ p["V"]
 
     _auto_equals_vmap(apply, _two_layer())
+
+
+def test_tied_autoencoder_weight_in_both_layouts():
+    """A non-square weight used as the first layer ``x @ W`` (meets the shared mini-batch: model axis second) and
+    transposed as the decoder ``h @ Wᵀ`` (per-model activations: model axis first): the layout rule's conflict."""
+    params = {"W": 0.3 * jax.random.normal(jax.random.key(0), (6, 3)), "b": jnp.zeros(6)}
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["W"]) @ p["W"].T + p["b"]
+
+    def build(hp):
+        return jreg.objective(apply, jreg.losses.quadratic, jreg.penalties.l2(1e-3)), optax.adam(hp["eta"])
+
+    x = toy(N)[0]
+    kw = dict(hparams={"eta": [0.01, 0.03]}, epochs=2, batch_size=4, key=jax.random.key(3), ema=jreg.EMA(0.9))
+    auto = jreg.sweep(build, params, (x, x), **kw)
+    ref = jreg.sweep(build, params, (x, x), vectorize="vmap", **kw)
+    _close(auto.params, ref.params)
+    np.testing.assert_allclose(np.asarray(auto.history["epoch_loss"]), np.asarray(ref.history["epoch_loss"]), rtol=1e-5)
+
+
+def test_weight_times_batch_transposed():
+    """``(W @ xᵀ)ᵀ`` with W stored (out, in), Equinox style, meeting the shared mini-batch."""
+    params = {
+        "W": 0.3 * jax.random.normal(jax.random.key(0), (5, 6)),
+        "V": 0.3 * jax.random.normal(jax.random.key(1), (3, 5)),
+    }
+
+    def apply(p, x):
+        return (p["V"] @ jnp.tanh(p["W"] @ x.T)).T
+
+    _auto_equals_vmap(apply, params)
