@@ -128,9 +128,10 @@ def _first(tree: Any, stacked: bool, models: int, name: str) -> Any:
     return jax.tree.map(lambda a: a[0], tree)
 
 
-#: the fewest models for which ``vectorize="auto"`` picks ``"wide"``: on a CPU (measured from K = 2, where it beat
-#: ``"map"`` and ``"vmap"``), on an accelerator (measured at K = 2,048 on an H200; below K = 1,024 not measured)
-WIDE_FROM = {"cpu": 2, "accelerator": 1024}
+#: the fewest models for which ``vectorize="auto"`` picks ``"wide"``: on a CPU (measured: from K = 4 it beats ``"map"``
+#: and ``"vmap"``; at K = 2–3 ``"map"`` is faster, ``benchmarks/auto_rules.py``), on an accelerator (measured at
+#: K = 2,048 on an H200; below K = 1,024 not measured)
+WIDE_FROM = {"cpu": 4, "accelerator": 1024}
 
 
 def default_vectorize(

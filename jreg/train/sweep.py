@@ -115,7 +115,7 @@ def sweep(
             in that layout. The per-epoch evaluations are batched either way.
             ``"auto"`` (default): ``"wide"`` when the members share their
             mini-batches and every param is a vector or matrix per model (dense
-            layers), from K = 2 on a CPU and K = 1,024 on an accelerator;
+            layers), from K = 4 on a CPU and K = 1,024 on an accelerator;
             otherwise ``"map"`` on a CPU for K = 2 or 3, else ``"vmap"``.
             docs/scaling.md says which is fastest where, with the measurements
             (docs/benchmarks.md) behind each rule.
