@@ -33,7 +33,7 @@ def _build(apply):
 
 
 def _sweep(apply, params, vectorize, **kw):
-    kw.setdefault("hparams", {"eta": [0.1, 0.05]})
+    kw.setdefault("hparams", {"eta": [0.1, 0.05, 0.2, 0.02]})  # K = 4: "auto" picks "wide" on a CPU from K = 4
     return jreg.sweep(
         _build(apply), params, toy(N, d=6), epochs=2, batch_size=4, key=jax.random.key(3), vectorize=vectorize, **kw
     )
@@ -128,7 +128,7 @@ def test_low_precision_params(dtype):
 def test_stacked_params_auto():
     """stacked_params=True with auto: per-model init stacked along K."""
     model = jreg.mlp([6, 5, 3])
-    params = jax.vmap(model.init)(jax.random.split(jax.random.key(1), 2))
+    params = jax.vmap(model.init)(jax.random.split(jax.random.key(1), 4))
     _auto_equals_vmap(model.apply, params, stacked_params=True)
 
 
@@ -515,7 +515,7 @@ def test_embedding_gather_matrix_in_wide():
         h = p["E"][idx] + (x[:, :, None] * p["M"][None]).sum(1)
         return jnp.tanh(h) @ p["V"]
 
-    assert prepare.default_vectorize("auto", 2, params=params) == "wide"
+    assert prepare.default_vectorize("auto", 4, params=params) == "wide"
     _auto_equals_vmap(apply, params)
 
 
