@@ -69,7 +69,7 @@ def test_each_folds_settings_train_as_one_wide_sweep(vectorize):
     """The settings of one fold share its training set and order, so they share every mini-batch: with "wide" (what
     "auto" picks on a CPU for a dense model) each fold trains as one wide sweep of its settings; the members equal
     the vmapped ones up to the order of float sums, and "auto" is exactly "wide" on a CPU."""
-    kw = dict(hparams={"lmbda": LMBDAS}, folds=4, epochs=2, batch_size=5, key=KEY)
+    kw = dict(hparams={"lmbda": [*LMBDAS, 1.0]}, folds=4, epochs=2, batch_size=5, key=KEY)  # 4 settings a fold
     want = jreg.cross_validate(build, PARAMS, TRAIN, vectorize="vmap", **kw)
     got = jreg.cross_validate(build, PARAMS, TRAIN, vectorize=vectorize, **kw)
     for u, v in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)):

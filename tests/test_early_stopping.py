@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 import jreg
 from jreg import EarlyStopping
 from jreg import losses as L
+from jreg.train import engine
+from jreg.train import epoch as epoch_module
 
 
 def events(stopper, values):
@@ -154,7 +156,7 @@ def test_fit_stops_and_records_why():
     assert max(acc[best + 1 :]) <= acc[best]
 
 
-def test_the_halving_schedule_is_exactly_a_smaller_learning_rate():
+def test_the_halving_schedule_is_exactly_a_smaller_learning_rate(monkeypatch):
     """Replay the recorded scales as plain SGD with eta * scale: the same params, bit for bit on CPU.
 
     The scales are powers of two, so both orders of the products are exact; a GPU compiler may
@@ -162,6 +164,8 @@ def test_the_halving_schedule_is_exactly_a_smaller_learning_rate():
     H200, the epochs' differences adding up; 67 once fit's loop was unrolled and the replay's was
     compiled apart), so off the CPU the params agree to float tolerance."""
     key = jax.random.key(0)
+    monkeypatch.setattr(engine, "ONE_AS_VMAP", False)  # fit's plain one-model program, as make_epoch's
+    monkeypatch.setattr(epoch_module, "UNROLL", 1)  # and its rolled loop (make_epoch's default unroll=1)
     params, hist = fit(EarlyStopping.nielsen(2), key=key)
     scales = hist.learning_rate_scale
     assert scales[0] == 1.0 and min(scales) < 1.0  # it did cut the learning rate

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import jreg
 from jreg.data import batch_indices
+from jreg.train import engine
 from jreg.train.stream import Feed
 from jreg.train.stream import feed as feed_module
 from jreg.train.stream.batches import convert, first_batch, quick
@@ -75,7 +76,8 @@ def test_a_source_that_overwrites_what_it_yielded_trains_as_in_memory(monkeypatc
         pools.append(self)
 
     monkeypatch.setattr(feed_module._Pool, "__init__", record)
-    memory = jreg.fit(OBJ, optax.sgd(0.2), P0, (X[:N], Y[:N]), epochs=3, batch_size=B, key=KEY)
+    monkeypatch.setattr(engine, "ONE_AS_VMAP", False)  # the in-memory program a stream's chunks run (plain, rolled)
+    memory = jreg.fit(OBJ, optax.sgd(0.2), P0, (X[:N], Y[:N]), epochs=3, batch_size=B, key=KEY, unroll=1)
     # chunk 2: chunks of 2, 2 and 1 full batches an epoch (then the smaller last batch alone), 3 epochs,
     # prefetch 1: the slots go round many times, across epochs too, while the device may still read them
     for source in (batches, reusing):
@@ -224,8 +226,9 @@ def _slow_loss(*args, **kwargs):
 SLOW = jreg.objective(MODEL.apply, _slow_loss, jreg.penalties.l2(0.01))
 
 
-def test_a_busy_device_reads_its_chunk_before_the_reader_reuses_the_buffer():
+def test_a_busy_device_reads_its_chunk_before_the_reader_reuses_the_buffer(monkeypatch):
     kw = dict(epochs=2, batch_size=B, key=KEY)
-    memory = jreg.fit(SLOW, optax.sgd(0.2), P0, (X[:N], Y[:N]), **kw)
+    monkeypatch.setattr(engine, "ONE_AS_VMAP", False)  # the in-memory program a stream's chunks run (plain, rolled)
+    memory = jreg.fit(SLOW, optax.sgd(0.2), P0, (X[:N], Y[:N]), unroll=1, **kw)
     streamed = jreg.fit(SLOW, optax.sgd(0.2), P0, jreg.Stream(reusing, chunk=1, prefetch=1), **kw)
     assert_same(streamed.params, memory.params)
