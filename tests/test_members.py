@@ -220,9 +220,13 @@ def test_a_bootstrap_sweep_resumes_bit_for_bit_and_refuses_other_data(tmp_path):
             dict(resample="bootstrap", evaluation=jreg.Evaluation("out_of_bag"), batch_size=41),
             r"batch_size must be at most",
         ),
-        (
-            dict(data_order="per_member", parallel=jreg.ModelParallel(jax.make_mesh((1,), ("models",)), "models")),
-            r"parallel=ModelParallel\(...\) is not supported yet",
+        (  # the members split across devices (tests/test_member_sharding.py) run batched: "vmap" (or "auto")
+            dict(
+                data_order="per_member",
+                vectorize="map",
+                parallel=jreg.ModelParallel(jax.make_mesh((1,), ("models",)), "models"),
+            ),
+            r"vectorize='map' runs the models one after another, which cannot split the models across devices",
         ),
     ],
 )
@@ -233,6 +237,22 @@ def test_bad_per_member_settings_are_refused_before_any_work(change, match):
     kw = dict(hparams=HP, epochs=2, batch_size=7, key=KEY, callback=never)
     with pytest.raises(jreg.JregError, match=match):
         jreg.sweep(build, PARAMS, TRAIN, **{**kw, **change})
+
+
+@pytest.mark.parametrize("kind", ["per_member", "bootstrap"])
+def test_per_member_data_on_a_model_mesh_of_one_device_equals_no_mesh(kind):
+    """The placement of the members' index sets and keys on a ModelParallel mesh, in this process (several devices:
+    tests/test_member_sharding.py)."""
+    mesh = jax.make_mesh((1,), ("model",))
+    extra = dict(data_order="per_member", evaluation=TEST) if kind == "per_member" else dict(
+        resample="bootstrap", evaluation="out_of_bag")  # fmt: skip
+    kw = dict(hparams=HP, epochs=2, batch_size=8, key=KEY, vectorize="vmap", **extra)
+    want = jreg.sweep(build, PARAMS, TRAIN, **kw)
+    got = jreg.sweep(build, PARAMS, TRAIN, parallel=jreg.ModelParallel(mesh), **kw)
+    for u, v in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        _close(np.asarray(u), np.asarray(v))
+    for name in want.history.keys():
+        _close(got.history[name], want.history[name], err_msg=name)
 
 
 def test_a_stream_is_refused_with_per_member_data():
