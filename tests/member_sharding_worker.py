@@ -115,6 +115,20 @@ def main() -> None:
         split = jreg.sweep(build, p0, (x[20:], y[20:]), monitor=jreg.train.NETWORK2, parallel=by4, **kw)
     out["per_member"] = {**compare(one, split), "collectives": spy.collectives(), "key_spec": spy.captured["key_spec"]}
 
+    # a member that diverges is frozen and named as on one device, the others train on
+    wild = {"lmbda": np.zeros(4), "eta": [0.01, 1e30, 0.02, 0.03]}
+    kw = dict(hparams=wild, data_order="per_member", resample="bootstrap", evaluation="out_of_bag", **common)
+    one = jreg.sweep(build, p0, (x, y), **kw)
+    split = jreg.sweep(build, p0, (x, y), parallel=by4, **kw)
+    finite = lambda tree: [np.asarray(leaf)[np.arange(4) != 1] for leaf in jax.tree.leaves(tree)]  # noqa: E731
+    out["diverged"] = {
+        "one": {str(k): v for k, v in one.history.diverged.items()},
+        "split": {str(k): v for k, v in split.history.diverged.items()},
+        "gap": gap(finite(one.params), finite(split.params)),
+        "history_gap": history_gap(one.history, split.history),
+        "nan_rows": [int(i) for i in np.flatnonzero(np.isnan(np.asarray(split.history["evaluation_cost"])).any(1))],
+    }
+
     # bootstrap resamples measured out of bag, early stopping (restore_best) and a checkpoint resumed on the mesh
     rule = jreg.EarlyStopping(patience=1, monitor="evaluation_cost", min_delta=0.02, restore_best=True)  # 2 stop
     kw = dict(hparams=hparams(4), resample="bootstrap", evaluation="out_of_bag", early_stopping=rule,

@@ -88,6 +88,13 @@ def test_early_stopping_and_a_checkpoint_resumed_on_the_mesh(measured):
     assert got["resumed_bitwise_as_uninterrupted"]
 
 
+def test_a_diverged_member_is_flagged_as_on_one_device(measured):
+    got = measured["diverged"]
+    assert list(got["split"]) == ["1"] and got["split"] == got["one"]  # the same epoch, step and quantity
+    assert got["nan_rows"] == [1]  # its series blanked, the others' kept
+    assert got["gap"] < TOL and got["history_gap"] < TOL  # the other members trained as on one device
+
+
 @pytest.mark.parametrize(
     ("case", "words"),
     [

@@ -84,6 +84,32 @@ def test_members_are_grouped_by_training_set_size():
     assert make_members(key=KEY, models=4, n=12, batch_size=3, partial_batch="include") is None  # the plain sweep
 
 
+@pytest.mark.parametrize(
+    ("sizes", "held_out", "splits"),
+    [
+        ([10, 10, 10, 10], [2, 2, 2, 2], 3),  # one training group, one view group: every array split
+        ([10, 10, 10, 10], [2, 3, 2, 3], 1),  # one training group (split), two view groups (replicated)
+        ([10, 11, 10, 11], [2, 1, 2, 1], 0),  # k-fold with n % k != 0: two groups of each, all replicated
+        ([10, 11, 10, 12], [2, 1, 3, 4], 5),  # many sizes: 3 groups replicated, the 5 padded view arrays split
+    ],
+)
+def test_the_index_sets_are_placed_split_only_when_they_hold_every_member_in_order(sizes, held_out, splits):
+    """``Members.arrays(put)``: ``put(array, split)`` gets the arrays the default placement holds, ``split`` True
+    exactly when the array's leading axis is every member in order (what a model mesh may split as the state)."""
+    made = make_members(
+        key=KEY, models=4, n=12, batch_size=3, partial_batch="include",
+        train_sets=[np.arange(s) for s in sizes], evaluation_sets=[np.arange(12 - h, 12) for h in held_out],
+    )  # fmt: skip
+    seen = []
+    placed = made.arrays(lambda a, split: seen.append((a.shape, split)) or jnp.asarray(a))
+    plain = made.arrays()
+    for u, v in zip(jax.tree.leaves(placed), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    assert len(seen) == len(jax.tree.leaves(plain))
+    assert [split for _, split in seen] == [shape[0] == 4 for shape, _ in seen]  # groups hold members in order
+    assert sum(split for _, split in seen) == splits
+
+
 # --------------------------------------------------------------------------- members equal fit
 
 
