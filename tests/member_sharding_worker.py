@@ -64,6 +64,7 @@ class Spy:
     def __enter__(self):
         def spy(*args, **kwargs):
             epoch = self.program(*args, **kwargs)
+            self.captured["members"] = kwargs.get("members")
 
             def call(*a, **kw):
                 spec = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)  # noqa: E731
@@ -83,10 +84,26 @@ class Spy:
     def __exit__(self, *exc):
         SWEEP.program = self.program
 
-    def collectives(self) -> int:
+    def hlo(self) -> str:
         c = self.captured
-        hlo = c["epoch"].lower(*c["args"], **c["kw"]).compile().as_text()
-        return sum(1 for line in hlo.splitlines() if COLLECTIVE.search(line))
+        return c["epoch"].lower(*c["args"], **c["kw"]).compile().as_text()
+
+    def collectives(self) -> int:
+        return sum(1 for line in self.hlo().splitlines() if COLLECTIVE.search(line))
+
+    def looped(self) -> dict:
+        """The collectives inside the compiled loops (per step) and outside them (once an epoch), and the number
+        of members each device's training loops carry (the leading axis of the first layer's (12, 8) weight)."""
+        where, computation = {"entry": 0, "loops": 0}, None
+        rows = set()
+        for line in self.hlo().splitlines():
+            if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+                computation = "entry" if line.startswith("ENTRY") else "loops"
+            if COLLECTIVE.search(line):
+                where[computation] += 1
+            if " while(" in line:
+                rows |= {int(r) for r in re.findall(r"f32\[(\d+),12,8\]", line)}
+        return {**where, "loop_rows": sorted(rows)}
 
 
 def main() -> None:
@@ -167,10 +184,30 @@ def main() -> None:
         "collectives": spy.collectives(),
     }
     # the same folds with each (setting, fold) member shuffling on its own key, over the 4 devices' model axis
+    # (12 members: groups of 4 and 8, each split over the 4 devices again, 1 and 2 members a device)
     one = jreg.cross_validate(build, p0, (x, y), data_order="per_member", **{**cv_kw, "hparams": hparams(4)})
-    split = jreg.cross_validate(build, p0, (x, y), data_order="per_member", parallel=jreg.ModelParallel(
-        jax.make_mesh((4,), ("model",))), **{**cv_kw, "hparams": hparams(4)})  # fmt: skip
-    out["cv_per_member"] = {**compare(one, split), "mean_gap": float(np.max(np.abs(one.mean - split.mean)))}
+    with Spy() as spy:
+        split = jreg.cross_validate(build, p0, (x, y), data_order="per_member", parallel=by4,
+                                    **{**cv_kw, "hparams": hparams(4)})  # fmt: skip
+    out["cv_per_member"] = {
+        **compare(one, split),
+        "mean_gap": float(np.max(np.abs(one.mean - split.mean))),
+        "group_sizes": [len(g.members) for g in spy.captured["members"].groups],
+        **spy.looped(),
+    }
+
+    # 2 settings x 6 folds (one fold of 11, five of 10): groups of 2 and 10 members, which do not split over 4
+    # devices: each trains whole on every device (right, but no faster), the groups' figures still in member order
+    uneven = {**cv_kw, "hparams": hparams(2), "folds": 6}
+    one = jreg.cross_validate(build, p0, (x, y), **uneven)
+    with Spy() as spy:
+        split = jreg.cross_validate(build, p0, (x, y), parallel=by4, **uneven)
+    out["cv_uneven"] = {
+        **compare(one, split),
+        "mean_gap": float(np.max(np.abs(one.mean - split.mean))),
+        "group_sizes": [len(g.members) for g in spy.captured["members"].groups],
+        **spy.looped(),
+    }
 
     def never(*args):
         raise AssertionError("trained")

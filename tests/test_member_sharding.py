@@ -48,7 +48,7 @@ def test_four_virtual_devices(measured):
     assert measured["devices"] == 4
 
 
-@pytest.mark.parametrize("case", ["per_member", "bootstrap", "cv", "cv_per_member"])
+@pytest.mark.parametrize("case", ["per_member", "bootstrap", "cv", "cv_per_member", "cv_uneven"])
 def test_split_members_equal_one_device(measured, case):
     got = measured[case]
     assert got["gap"] < TOL  # every member's params
@@ -76,7 +76,18 @@ def test_groups_of_unequal_training_sets_on_a_model_and_data_mesh(measured):
     assert got["training_sizes"] == [40, 41]  # two groups of members, trained apart and joined in member order
     assert got["collectives"] > 0  # the groups' members gathered across the model axis; the data axis' means
     assert got["mean_gap"] < TOL and got["se_gap"] < TOL and got["choices"][0] == got["choices"][1]
-    assert measured["cv_per_member"]["mean_gap"] < TOL
+    assert measured["cv_per_member"]["mean_gap"] < TOL and measured["cv_uneven"]["mean_gap"] < TOL
+
+
+def test_a_group_that_divides_over_the_model_axis_trains_split_there(measured):
+    # groups of 4 and 8 members over 4 devices: each device's loops carry 1 and 2 of them; the groups are gathered
+    # out of the split state and split again once an epoch, never inside a step
+    got = measured["cv_per_member"]
+    assert got["group_sizes"] == [4, 8] and got["loop_rows"] == [1, 2]
+    assert got["entry"] > 0 and got["loops"] == 0
+    # groups of 2 and 10 members do not divide over 4 devices: each trains whole on every device
+    got = measured["cv_uneven"]
+    assert got["group_sizes"] == [2, 10] and got["loop_rows"] == [2, 10] and got["loops"] == 0
 
 
 def test_early_stopping_and_a_checkpoint_resumed_on_the_mesh(measured):

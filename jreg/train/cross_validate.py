@@ -105,7 +105,9 @@ def cross_validate(
         stratify: ``"auto"`` (stratify when the targets are classes: integer labels or one-hot rows),
             ``True`` (class targets required; explicit folds must each hold every class) or ``False``.
         **options: :func:`jreg.sweep`'s other keywords (``early_stopping``, ``vectorize``, ``checkpoint``,
-            ``resume``, ``guard``, ``ema``, ``writers``...); ``writers=`` (:mod:`jreg.writers`) logs one run per
+            ``resume``, ``guard``, ``ema``, ``writers``, ``parallel``...); ``parallel=jreg.ModelParallel(mesh)``
+            splits the S·k members over the mesh's model axis (S·k a multiple of its size; docs/scaling.md);
+            ``writers=`` (:mod:`jreg.writers`) logs one run per
             member named by its setting and fold (``lmbda=0.1,fold=2``) as it trains, and after it one run per
             setting for the mean over the folds (``lmbda=0.1,fold=mean``: the monitored series and its standard
             error, ``<monitor>_se``); ``data_order="per_member"`` gives member ``m`` its own

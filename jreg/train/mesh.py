@@ -134,6 +134,13 @@ def gathered(parallel: ModelParallel) -> Any:
     return jax.jit(lambda tree: tree, out_shardings=NamedSharding(_auto(parallel.mesh), PartitionSpec()))
 
 
+def by_model(parallel: ModelParallel) -> Any:
+    """The sharding that splits a leading model axis over ``parallel``'s ``model_axis`` (replicated over the rest)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(_auto(parallel.mesh), PartitionSpec(parallel.model_axis))
+
+
 def member_arrays(parallel: ModelParallel) -> Any:
     """``put(array, split)`` for per-member data's index sets (:meth:`jreg.train.members.Members.arrays`) on the mesh
     of ``parallel``: split along ``model_axis`` as the stacked state is when the array's leading axis holds every

@@ -321,6 +321,7 @@ def _program(build, setup: Setup, models: int, vectorize: str, ema, sharding, pa
         feed=setup.feed,
         unroll=unroll,
         members=setup.members,
+        split_models=None if parallel is None or setup.members is None else mesh.by_model(parallel),
     )
     if setup.feed is not None:  # a one-shot iterator gives one epoch
         setup.feed.check_epochs(epochs)
