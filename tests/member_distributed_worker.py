@@ -7,7 +7,8 @@ run, together, over a ``model`` axis of the 4 devices (which crosses the two pro
 * a bootstrap sweep of K=4 members, each shuffling with its own key (``data_order="per_member"``), measured out of
   bag, with early stopping (``restore_best``: every member stops at epoch 2) and orbax checkpoints (no process
   holds the arrays whole);
-* a 2-setting x 2-fold ``jreg.cross_validate`` of 41 examples (training sets of 20 and 21: two groups of members).
+* a 4-setting x 2-fold ``jreg.cross_validate`` of 41 examples (training sets of 20 and 21: two groups of 4
+  members, each gathered out of the split state and split over the 4 devices of both processes again).
 
 Process 0 writes the results (gathered with ``process_allgather``) to ``OUT_DIR/results.npz``. Exit code 3: this
 jaxlib has no gloo CPU collectives (the test skips).
@@ -45,7 +46,7 @@ def problem():
     bagged = dict(hparams={"lmbda": np.linspace(0.0, 0.01, 4), "eta": np.linspace(0.01, 0.05, 4)},
                   resample="bootstrap", evaluation="out_of_bag", data_order="per_member", early_stopping=rule,
                   **common)  # fmt: skip
-    cv = dict(hparams={"lmbda": [0.0, 0.01], "eta": [0.02, 0.05]}, folds=2, **common)
+    cv = dict(hparams={"lmbda": [0.0, 0.003, 0.01, 0.03], "eta": [0.02, 0.05, 0.02, 0.05]}, folds=2, **common)
     return dict(train=(x, y), params=model.init(jax.random.key(0)), build=build, bagged=bagged, cv=cv)
 
 
