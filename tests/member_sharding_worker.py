@@ -64,7 +64,7 @@ class Spy:
     def __enter__(self):
         def spy(*args, **kwargs):
             epoch = self.program(*args, **kwargs)
-            self.captured["members"] = kwargs.get("members")
+            self.captured["members"], self.captured["vectorize"] = kwargs.get("members"), kwargs.get("vectorize")
 
             def call(*a, **kw):
                 spec = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)  # noqa: E731
@@ -174,12 +174,14 @@ def main() -> None:
     cv_kw = dict(hparams={"lmbda": [0.0, 0.01], "eta": [0.02, 0.05]}, folds=3, **common)
     one = jreg.cross_validate(build, p0, (x, y), **cv_kw)
     with Spy() as spy:
-        split = jreg.cross_validate(build, p0, (x, y), parallel=by22, **cv_kw)
+        auto = {k: v for k, v in cv_kw.items() if k != "vectorize"}  # "auto" means "vmap" with parallel=
+        split = jreg.cross_validate(build, p0, (x, y), parallel=by22, **auto)
     out["cv"] = {
         **compare(one, split),
         "mean_gap": float(np.max(np.abs(one.mean - split.mean))),
         "se_gap": float(np.max(np.abs(one.se - split.se))),
         "choices": [[one.best_index, one.one_se_index], [split.best_index, split.one_se_index]],
+        "vectorize": spy.captured["vectorize"],
         "training_sizes": sorted({61 - len(f) for f in one.folds}),  # two sizes: two groups of members
         "collectives": spy.collectives(),
     }

@@ -73,6 +73,7 @@ def test_each_device_gathers_its_own_members_examples(measured):
 
 def test_groups_of_unequal_training_sets_on_a_model_and_data_mesh(measured):
     got = measured["cv"]
+    assert got["vectorize"] == "vmap"  # cross_validate's default "auto" with parallel=: batched on each device
     assert got["training_sizes"] == [40, 41]  # two groups of members, trained apart and joined in member order
     assert got["collectives"] > 0  # the groups' members gathered across the model axis; the data axis' means
     assert got["mean_gap"] < TOL and got["se_gap"] < TOL and got["choices"][0] == got["choices"][1]
