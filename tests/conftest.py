@@ -79,6 +79,7 @@ def no_one_hot(monkeypatch):
 SLOW_FILES = {
     "test_distributed.py": "several jax.distributed processes",
     "test_model_sharding.py": "worker subprocesses with several host devices",
+    "test_member_sharding.py": "worker subprocesses with several host devices, two jax.distributed processes",
     "test_sharding.py": "worker subprocesses with several host devices",
     "test_reliability.py": "child processes killed mid-save, a whole training run each",
     "test_experiments.py": "runs each experiment script in a subprocess",

@@ -84,6 +84,32 @@ def test_members_are_grouped_by_training_set_size():
     assert make_members(key=KEY, models=4, n=12, batch_size=3, partial_batch="include") is None  # the plain sweep
 
 
+@pytest.mark.parametrize(
+    ("sizes", "held_out", "splits"),
+    [
+        ([10, 10, 10, 10], [2, 2, 2, 2], 3),  # one training group, one view group: every array split
+        ([10, 10, 10, 10], [2, 3, 2, 3], 1),  # one training group (split), two view groups (replicated)
+        ([10, 11, 10, 11], [2, 1, 2, 1], 0),  # k-fold with n % k != 0: two groups of each, all replicated
+        ([10, 11, 10, 12], [2, 1, 3, 4], 5),  # many sizes: 3 groups replicated, the 5 padded view arrays split
+    ],
+)
+def test_the_index_sets_are_placed_split_only_when_they_hold_every_member_in_order(sizes, held_out, splits):
+    """``Members.arrays(put)``: ``put(array, split)`` gets the arrays the default placement holds, ``split`` True
+    exactly when the array's leading axis is every member in order (what a model mesh may split as the state)."""
+    made = make_members(
+        key=KEY, models=4, n=12, batch_size=3, partial_batch="include",
+        train_sets=[np.arange(s) for s in sizes], evaluation_sets=[np.arange(12 - h, 12) for h in held_out],
+    )  # fmt: skip
+    seen = []
+    placed = made.arrays(lambda a, split: seen.append((a.shape, split)) or jnp.asarray(a))
+    plain = made.arrays()
+    for u, v in zip(jax.tree.leaves(placed), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    assert len(seen) == len(jax.tree.leaves(plain))
+    assert [split for _, split in seen] == [shape[0] == 4 for shape, _ in seen]  # groups hold members in order
+    assert sum(split for _, split in seen) == splits
+
+
 # --------------------------------------------------------------------------- members equal fit
 
 
@@ -220,9 +246,13 @@ def test_a_bootstrap_sweep_resumes_bit_for_bit_and_refuses_other_data(tmp_path):
             dict(resample="bootstrap", evaluation=jreg.Evaluation("out_of_bag"), batch_size=41),
             r"batch_size must be at most",
         ),
-        (
-            dict(data_order="per_member", parallel=jreg.ModelParallel(jax.make_mesh((1,), ("models",)), "models")),
-            r"parallel=ModelParallel\(...\) is not supported yet",
+        (  # the members split across devices (tests/test_member_sharding.py) run batched: "vmap" (or "auto")
+            dict(
+                data_order="per_member",
+                vectorize="map",
+                parallel=jreg.ModelParallel(jax.make_mesh((1,), ("models",)), "models"),
+            ),
+            r"vectorize='map' runs the models one after another, which cannot split the models across devices",
         ),
     ],
 )
@@ -233,6 +263,22 @@ def test_bad_per_member_settings_are_refused_before_any_work(change, match):
     kw = dict(hparams=HP, epochs=2, batch_size=7, key=KEY, callback=never)
     with pytest.raises(jreg.JregError, match=match):
         jreg.sweep(build, PARAMS, TRAIN, **{**kw, **change})
+
+
+@pytest.mark.parametrize("kind", ["per_member", "bootstrap"])
+def test_per_member_data_on_a_model_mesh_of_one_device_equals_no_mesh(kind):
+    """The placement of the members' index sets and keys on a ModelParallel mesh, in this process (several devices:
+    tests/test_member_sharding.py)."""
+    mesh = jax.make_mesh((1,), ("model",))
+    extra = dict(data_order="per_member", evaluation=TEST) if kind == "per_member" else dict(
+        resample="bootstrap", evaluation="out_of_bag")  # fmt: skip
+    kw = dict(hparams=HP, epochs=2, batch_size=8, key=KEY, vectorize="vmap", **extra)
+    want = jreg.sweep(build, PARAMS, TRAIN, **kw)
+    got = jreg.sweep(build, PARAMS, TRAIN, parallel=jreg.ModelParallel(mesh), **kw)
+    for u, v in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+        _close(np.asarray(u), np.asarray(v))
+    for name in want.history.keys():
+        _close(got.history[name], want.history[name], err_msg=name)
 
 
 def test_a_stream_is_refused_with_per_member_data():

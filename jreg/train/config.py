@@ -234,6 +234,13 @@ class ModelParallel:
     ``batch_size`` must then be a multiple of its size. The data set is
     replicated on every device (every process holds all of it).
 
+    Per-member data (``data_order="per_member"``, ``resample="bootstrap"``,
+    :func:`jreg.cross_validate`'s S·k members) splits likewise: each member's
+    index sets and shuffle key live with its state. Members whose training
+    sets differ in size (k-fold with ``n % k != 0``) train in groups, which
+    are gathered out of the split state and split again once an epoch
+    (that collective crosses the model axis; none inside the steps).
+
     Results equal the single-device sweep up to float reassociation. Works
     across processes after ``jax.distributed.initialize()`` (docs/scaling.md):
     the returned params are then global arrays, sharded over the processes.

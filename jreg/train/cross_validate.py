@@ -25,6 +25,7 @@ from .._signature import checked
 from .._types import Params
 from ..writers import member_hparams, member_names, write_runs
 from . import stream
+from .config import ModelParallel
 from .cv_result import CVResult, choices
 from .engine import Build
 from .fit import fit
@@ -104,7 +105,9 @@ def cross_validate(
         stratify: ``"auto"`` (stratify when the targets are classes: integer labels or one-hot rows),
             ``True`` (class targets required; explicit folds must each hold every class) or ``False``.
         **options: :func:`jreg.sweep`'s other keywords (``early_stopping``, ``vectorize``, ``checkpoint``,
-            ``resume``, ``guard``, ``ema``, ``writers``...); ``writers=`` (:mod:`jreg.writers`) logs one run per
+            ``resume``, ``guard``, ``ema``, ``writers``, ``parallel``...); ``parallel=jreg.ModelParallel(mesh)``
+            splits the S·k members over the mesh's model axis (S·k a multiple of its size; docs/scaling.md);
+            ``writers=`` (:mod:`jreg.writers`) logs one run per
             member named by its setting and fold (``lmbda=0.1,fold=2``) as it trains, and after it one run per
             setting for the mean over the folds (``lmbda=0.1,fold=mean``: the monitored series and its standard
             error, ``<monitor>_se``); ``data_order="per_member"`` gives member ``m`` its own
@@ -131,6 +134,7 @@ def cross_validate(
     k = len(held_out)
     train_sets = [np.setdiff1d(np.arange(n), f).astype(np.int32) for f in held_out]
     _check_training_sets(train_sets)
+    _check_split(options.get("parallel"), settings, k)
     members = {name: np.repeat(np.asarray(v), k) for name, v in hp.items()}
     series = None if not monitor.startswith("training_") else ("epoch_loss", "evaluation_cost", monitor)
     sets = {"train": train_sets * settings, "evaluation": held_out * settings, "kind": "folds", "series": monitor}
@@ -172,6 +176,20 @@ def _check_choice_args(hp: dict[str, Any], regularize: Any, stronger: Any, refit
     if not isinstance(regularize, str) or regularize not in hp:
         raise JregError(f"regularize must name an hparams entry, one of {sorted(hp)}; got {regularize!r}")
     return regularize
+
+
+def _check_split(parallel: Any, settings: int, k: int) -> None:
+    """With ``parallel=ModelParallel(...)``: the S·k members split evenly over its model axis (before any work; the
+    sweep checks the rest of ``parallel``, in its words)."""
+    if not isinstance(parallel, ModelParallel):
+        return
+    ways, members = parallel.mesh.shape[parallel.model_axis], settings * k
+    if members % ways:
+        raise JregError(
+            f"cross_validate: the {settings} setting(s) x {k} folds = {members} members must split evenly over the "
+            f"mesh's {parallel.model_axis!r} axis ({ways} devices); make settings x folds a multiple of {ways}, or "
+            "use a smaller axis"
+        )
 
 
 def _labels(build: Build, hp: dict[str, Any], train: Any, stratify: Any) -> np.ndarray | None:

@@ -51,6 +51,7 @@ def program(
     feed: stream.Feed | None = None,
     unroll: int | None = None,
     members: Members | None = None,
+    split_models=None,
 ) -> Callable[..., Any]:
     """Jitted ``epoch(hp, state, alive, train, evaluation, key, index=None, *, evaluate, limit=None) -> (state,
     alive, metrics, ok)``.
@@ -58,7 +59,10 @@ def program(
     ``members``: per-member data (:mod:`jreg.train.members`; a sweep's ``vectorize`` ``"vmap"`` or ``"map"``):
     each group of members trains on its own index sets (``index``: :meth:`Members.arrays`), with ``key`` the
     run's epoch key (``"shared"`` order) or the members' (K,) epoch keys (``"per_member"``), and measures its
-    own examples where it has them.
+    own examples where it has them. ``split_models``: with per-member data on a model mesh
+    (``ModelParallel``), the sharding that splits a leading model axis over the mesh's model axis: a group of
+    some members, picked out of the stacked state, is split over it again (when its size divides evenly), so
+    that its members train on their own devices rather than whole on every one.
 
     ``limit``: a :class:`jreg.Guard`'s limit on the epoch's running loss (float32, one per model in a sweep;
     traced, so new values compile nothing): an epoch whose running loss exceeds it fails the check as a
@@ -87,7 +91,7 @@ def program(
         )
     finite_only = not monitor.epoch_loss  # the guard needs only whether every step's loss was finite
     if members is not None:
-        return _member_program(build, monitor, vectorize, ema, sharding, finite_only, unroll, members)
+        return _member_program(build, monitor, vectorize, ema, sharding, finite_only, unroll, members, split_models)
     train_one = _trainer(build, plan, ema, sharding, finite_only, unroll)
     train_wide = _wide_trainer(build, plan, ema, sharding, finite_only, unroll)
     measure_one = _measurer(build, monitor, ema)
@@ -118,11 +122,12 @@ def program(
     return jax.jit(epoch, static_argnames=("evaluate",), donate_argnames=("state",))
 
 
-def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unroll, members: Members):
+def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unroll, members: Members,
+                    split_models=None):  # fmt: skip
     """The compiled epoch of K models with per-member data: each group of equal-sized training sets trains with
     its own plan (``vmap`` or ``lax.map`` over its members), the groups' states joined back in member order.
     ``"wide"``: each set of members that share a training set and its order (a fold's settings) trains as one
-    wide sweep (:meth:`Members.shared_sets`)."""
+    wide sweep (:meth:`Members.shared_sets`). ``split_models``: :func:`program`'s (a model mesh)."""
     if vectorize == "wide" and not members.wide():
         raise JregError(
             "vectorize='wide' needs mini-batches shared by the members; these members each train on their own"
@@ -136,6 +141,14 @@ def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unrol
     single = members.single and len(shared) <= 1
     measure_one = _measurer(build, monitor, ema)
     check_one = _checker(monitor)
+    ways = 1 if split_models is None else split_models.mesh.shape[split_models.spec[0]]
+
+    def spread(tree, size: int):
+        """A group of ``size`` members picked out of the stacked state split over the model axis again (moved
+        between devices once an epoch), when it divides evenly; else XLA keeps it whole on every device."""
+        if split_models is None or size % ways:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, split_models)
 
     def train_group(g, hp, state, train, key, index):
         ids = members.groups[g].members
@@ -143,6 +156,9 @@ def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unrol
         hp_g, state_g = pick(hp), pick(state)
         key_g = pick(key) if own_keys else key
         idx = index["groups"][g]
+        if not members.single:
+            hp_g, state_g, idx = spread((hp_g, state_g, idx), len(ids))
+            key_g = spread(key_g, len(ids)) if own_keys else key_g
         train_one = trainers[g]
         if vectorize == "vmap":
             axes = (0, 0, None, 0 if own_keys else None, None if idx is None else 0)
@@ -170,13 +186,15 @@ def _member_program(build, monitor, vectorize, ema, sharding, finite_only, unrol
         """Each group of members on its own views (one group: every member, in order)."""
         outs = []
         for ids, group in zip(view_groups, views):
-            pick = (lambda t: t) if len(view_groups) == 1 else (lambda t, ids=ids: jax.tree.map(lambda a: a[ids], t))
+            hp_v, new_v = hp, new
+            if len(view_groups) > 1:  # this group's members, split over a model mesh again
+                hp_v, new_v, group = spread(jax.tree.map(lambda a, ids=ids: a[ids], (hp, new)) + (group,), len(ids))
             if vectorize == "map":  # one member after another: each measured exactly as fit measures it
                 outs.append(jax.lax.map(lambda a: measure_one(a[0], a[1], train, evaluation, a[2]),
-                                        (pick(hp), pick(new), group)))  # fmt: skip
+                                        (hp_v, new_v, group)))  # fmt: skip
             else:
-                outs.append(jax.vmap(measure_one, in_axes=(0, 0, None, None, 0))(pick(hp), pick(new), train,
-                                                                                evaluation, group))  # fmt: skip
+                outs.append(jax.vmap(measure_one, in_axes=(0, 0, None, None, 0))(hp_v, new_v, train, evaluation,
+                                                                                group))  # fmt: skip
         if len(outs) == 1:
             return outs[0]
         return jax.tree.map(lambda *a: jnp.concatenate(a)[np.argsort(view_order)], *outs)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -157,20 +157,29 @@ class Members:
                  for i in range(self.models)]  # fmt: skip
         return tuple(np.asarray([i for i, s in enumerate(sizes) if s == size]) for size in dict.fromkeys(sizes))
 
-    def arrays(self) -> dict[str, Any]:
+    def arrays(self, put: Callable[[np.ndarray, bool], Any] | None = None) -> dict[str, Any]:
         """The index sets as device arrays, the compiled epoch's ``index`` argument: ``groups`` (the training
         groups' index sets) and ``views`` (per measuring group: each view as ``(G, m)`` indices when
-        :attr:`exact`, else as the padded ``(index, weight)`` with each member's training-set size)."""
-        out: dict[str, Any] = {"groups": tuple(None if g.index is None else jnp.asarray(g.index) for g in self.groups)}
+        :attr:`exact`, else as the padded ``(index, weight)`` with each member's training-set size).
+
+        ``put(array, split)`` places each one (default: on the default device); ``split`` is True when its leading
+        axis holds every member in order, so that it may be split over a mesh's model axis as the stacked state
+        is (``parallel=ModelParallel(...)``), False for a group of some members only (replicated there: the
+        group's members are gathered from wherever they live)."""
+        put = put or (lambda a, split: jnp.asarray(a))
+        everyone = lambda ids: np.array_equal(ids, np.arange(self.models))  # noqa: E731
+        out: dict[str, Any] = {
+            "groups": tuple(None if g.index is None else put(g.index, everyone(g.members)) for g in self.groups)
+        }
         if not self.exact:
-            padded = {n: None if v is None else (jnp.asarray(v.index), jnp.asarray(v.weight)) for n, v in self._views()}
-            out["views"] = ({**padded, "n_train": jnp.asarray(self.sizes, jnp.float32)},)
+            padded = {n: None if v is None else (put(v.index, True), put(v.weight, True)) for n, v in self._views()}
+            out["views"] = ({**padded, "n_train": put(self.sizes.astype(np.float32), True)},)
             return out
         views = []
         for ids in self.view_groups():
             group = {}
             for name, v in self._views():
-                group[name] = None if v is None else jnp.asarray(v.index[ids, : int(v.counts[ids[0]])])
+                group[name] = None if v is None else put(v.index[ids, : int(v.counts[ids[0]])], everyone(ids))
             views.append(group)
         out["views"] = tuple(views)
         return out
@@ -336,11 +345,6 @@ def prepare(train, evaluation, key, models, batch_size, partial_batch, data_orde
         raise JregError(
             "per-member data (data_order='per_member', resample=, cross-validation folds) needs in-memory "
             "training data: each member gathers its own examples from the shared arrays; a stream is not held"
-        )
-    if parallel is not None:
-        raise JregError(
-            "per-member data (data_order='per_member', resample=, cross-validation folds) with "
-            "parallel=ModelParallel(...) is not supported yet; run it on one device"
         )
     train = check_data(train, "train")
     n = data_size(train)

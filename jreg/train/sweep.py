@@ -196,9 +196,11 @@ def sweep(
             sizes. A bagged ensemble: :func:`jreg.ensemble` of the result.
             Per-member data (either keyword) trains with ``vectorize="vmap"``
             or ``"map"`` (``"wide"`` is refused: it needs one mini-batch shared
-            by every member), in memory (no stream), without ``parallel=``;
-            mini-batches are gathered inside each step from the shared arrays
-            (no copy of the data set per member). docs/selection.md.
+            by every member), in memory (no stream); with ``parallel=`` the
+            members' index sets and keys are split over the model axis as
+            the state is (docs/scaling.md); mini-batches are gathered inside
+            each step from the shared arrays (no copy of the data set per
+            member). docs/selection.md.
         The rest as in :func:`fit`.
 
     Returns:
@@ -251,7 +253,7 @@ def sweep(
             resume, state, hp, models, setup, key, batch_size, epochs, ema, track, history, data
         )
         step = resume_mid_epoch(setup, resumed.meta, resumed.epoch, resumed.path, epochs, models)
-    placed = _placed(parallel, state, hp, alive, setup, track)
+    placed = _placed(parallel, state, hp, alive, setup, track, key)
     epoch = _program(build, setup, models, vectorize, ema, placed[-2], parallel, unroll, epochs)
     # every input checked: the folder is made and locked only now (a refused run leaves nothing on disk)
     writer = None if checkpoint is None else checkpoint_folder.open_writer(checkpoint, run_id, start, epochs, step)
@@ -282,13 +284,12 @@ def _train(epoch, placed, setup, stopper, track, key, epochs, start, history, mo
         if members is None:
             out = epoch(placed[1], state, alive, data, placed[4], jax.random.fold_in(key, e), evaluate=due, **limit)
         else:  # per-member data: the members' index sets, and their own epoch keys with data_order="per_member"
-            keys = members.epoch_keys(key, e)
-            out = epoch(placed[1], state, alive, data, placed[4], keys, indices, evaluate=due, **limit)
+            indices, epoch_keys = placed[5]
+            out = epoch(placed[1], state, alive, data, placed[4], epoch_keys(e), indices, evaluate=due, **limit)
         if placed[-1] is not None:
             out = (*out[:2], *placed[-1](out[2:]))  # figures readable by every process
         return out if stopper is None else track.advance(out, e, rule.monitor)
 
-    indices = None if setup.members is None else setup.members.arrays()
     hooks = _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbose, callback, limits, tracked)
     if writer is not None:  # Checkpointing(every_steps=...): the stream writes mid-epoch checkpoints too
 
@@ -320,6 +321,7 @@ def _program(build, setup: Setup, models: int, vectorize: str, ema, sharding, pa
         feed=setup.feed,
         unroll=unroll,
         members=setup.members,
+        split_models=None if parallel is None or setup.members is None else mesh.by_model(parallel),
     )
     if setup.feed is not None:  # a one-shot iterator gives one epoch
         setup.feed.check_epochs(epochs)
@@ -403,19 +405,30 @@ def _hooks(build, hp, setup, key, ema, track, models, writer, batch_size, verbos
 
 
 def _placed(
-    parallel: ModelParallel | None, state: TrainState, hp: Any, alive: Any, setup: Setup, track: _Tracking
+    parallel: ModelParallel | None, state: TrainState, hp: Any, alive: Any, setup: Setup, track: _Tracking, key: Any
 ) -> tuple:
-    """``(state, hp, alive, train, evaluation, batch sharding, gather)`` on the mesh of ``parallel``, or as they are.
+    """``(state, hp, alive, train, evaluation, members, batch sharding, gather)`` on the mesh of ``parallel``, or as
+    they are.
 
-    ``gather`` replicates the epoch's figures on every device (None: no mesh). The early-stopping state in
-    ``track`` (fresh or resumed) is split over the models as the state is, and read back through ``gather``."""
+    ``members``: per-member data's ``(index sets, epoch_keys(e))`` (None without): the compiled epoch's ``index``
+    (:meth:`jreg.train.members.Members.arrays`) and the epoch's shuffle key(s); on a mesh both are split along the
+    model axis as the state is (a group of some members' sets replicated). ``gather`` replicates the epoch's
+    figures on every device (None: no mesh). The early-stopping state in ``track`` (fresh or resumed) is split
+    over the models as the state is, and read back through ``gather``."""
+    members = setup.members
     if parallel is None:
-        return state, hp, alive, setup.train, setup.evaluation, None, None
+        own = None if members is None else (members.arrays(), lambda e: members.epoch_keys(key, e))
+        return state, hp, alive, setup.train, setup.evaluation, own, None, None
     state, (hp, alive, track.per, track.best), (train, held_out), batch = mesh.place_models(
         parallel, state, (hp, alive, track.per, track.best), (setup.train, setup.evaluation)
     )
     track.gather = mesh.gathered(parallel)
-    return state, hp, alive, train, held_out, batch, track.gather
+    own = None
+    if members is not None:  # the members' own keys split as the state is; the shared key as without members
+        own_keys = members.order == "per_member"
+        keys = mesh.member_epoch_keys(parallel, members.keys) if own_keys else lambda e: members.epoch_keys(key, e)
+        own = (members.arrays(mesh.member_arrays(parallel)), keys)
+    return state, hp, alive, train, held_out, own, batch, track.gather
 
 
 def _check_checkpoint(checkpoint: Any, resume: Any) -> Checkpointing | None:
