@@ -138,11 +138,9 @@ UNROLL_MAX_OPS = 400
 UNROLL = 8
 
 
-def auto_unroll(
-    update: Update, state: TrainState, first: tuple[Batch, Any], steps: int, backend: str | None = None
-) -> int:
+def auto_unroll(update: Update, state: TrainState, first: tuple[Batch, Any], steps: int) -> int:
     """:data:`UNROLL` when the step is small (at most :data:`UNROLL_MAX_OPS` operations) and the epoch has at least
-    ``2 * UNROLL`` full steps, else 1 (``backend`` is not consulted any more; kept for callers).
+    ``2 * UNROLL`` full steps, else 1, on every backend.
 
     A small step is bound by the loop's per-iteration cost (on an accelerator kernel launches, on a CPU the
     loop's bookkeeping and the step's small fusions), which unrolling divides; a large one would only compile
