@@ -82,17 +82,10 @@ def problem():
 
 
 def main(process_id: int, port: int, out: Path) -> None:
-    import jax
+    from two_processes import start  # tests/, the script's folder (this runs only as a script)
 
-    jax.config.update("jax_num_cpu_devices", 4)
-    try:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except Exception as exc:  # noqa: BLE001 - a jaxlib built without gloo
-        print(f"no gloo CPU collectives: {exc}", file=sys.stderr)
-        sys.exit(3)
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id, initialization_timeout=60
-    )
+    start(process_id, port, devices=4)
+    import jax
     from jax.experimental import multihost_utils
 
     import jreg

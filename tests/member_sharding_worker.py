@@ -8,7 +8,6 @@ refusals. Prints one JSON line of measurements; the test asserts on them.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -19,23 +18,10 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 4)
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
+from sharding_checks import COLLECTIVE, SWEEP, gap, history_gap, refusals, small_problem  # noqa: E402 - tests/, the script's folder
 
 import jreg  # noqa: E402
-
-SWEEP = importlib.import_module("jreg.train.sweep")  # the module (jreg.train.sweep is the function)
-COLLECTIVE = re.compile(r"= .*\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(-start)?\(")
-
-
-def gap(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def history_gap(a, b) -> float:
-    assert sorted(a.keys()) == sorted(b.keys()), (sorted(a.keys()), sorted(b.keys()))
-    return max(float(np.nanmax(np.abs(np.asarray(a[k]) - np.asarray(b[k])), initial=0.0)) for k in a.keys())
 
 
 def same_nans(a, b) -> bool:
@@ -111,15 +97,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(61, 12)).astype(np.float32)
     y = rng.integers(0, 4, 61)
-    model = jreg.mlp([12, 8, 4])
-    p0 = model.init(jax.random.key(0))
-
-    def build(hp):
-        penalty = jreg.penalties.l2(hp["lmbda"])
-        return jreg.objective(model.apply, jreg.losses.cross_entropy, penalty), optax.adam(hp["eta"])
-
-    def hparams(k):
-        return {"lmbda": np.linspace(0.0, 0.02, k), "eta": np.linspace(0.005, 0.05, k)}
+    model, p0, build, hparams = small_problem()
 
     mesh4 = jax.make_mesh((4,), ("model",))
     by4 = jreg.ModelParallel(mesh4)
@@ -214,7 +192,6 @@ def main() -> None:
     def never(*args):
         raise AssertionError("trained")
 
-    errors = {}
     attempts = {
         "indivisible_k": lambda: jreg.sweep(
             build, p0, (x, y), hparams=hparams(6), data_order="per_member", parallel=by4, callback=never, **common
@@ -244,13 +221,7 @@ def main() -> None:
             **{**common, "vectorize": "map"},
         ),  # fmt: skip
     }
-    for name, attempt in attempts.items():
-        try:
-            attempt()
-            errors[name] = None
-        except (jreg.JregError, jreg.JregTypeError) as exc:
-            errors[name] = f"{type(exc).__name__}: {exc}"
-    out["errors"] = errors
+    out["errors"] = refusals(attempts)
     print(json.dumps(out))
 
 

@@ -6,7 +6,6 @@ in its compiled epoch, and the meshes it refuses. Prints one JSON line of measur
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -17,23 +16,10 @@ import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
+from sharding_checks import COLLECTIVE, SWEEP, gap, history_gap, refusals, small_problem  # noqa: E402 - tests/, the script's folder
 
 import jreg  # noqa: E402
-
-SWEEP = importlib.import_module("jreg.train.sweep")  # the module (jreg.train.sweep is the function)
-COLLECTIVE = re.compile(r"= .*\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(-start)?\(")
-
-
-def gap(a, b) -> float:
-    return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def history_gap(a, b) -> float:
-    assert sorted(a.keys()) == sorted(b.keys())
-    return max(float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))) for k in a.keys())
 
 
 def reduced_axes(hlo: str, mesh: jax.sharding.Mesh) -> list[list[str]]:
@@ -63,15 +49,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 12)).astype(np.float32)
     y = rng.integers(0, 4, 80)
-    model = jreg.mlp([12, 8, 4])
-    p0 = model.init(jax.random.key(0))
-
-    def build(hp):
-        penalty = jreg.penalties.l2(hp["lmbda"])
-        return jreg.objective(model.apply, jreg.losses.cross_entropy, penalty), optax.adam(hp["eta"])
-
-    def hparams(k):
-        return {"lmbda": np.linspace(0.0, 0.02, k), "eta": np.linspace(0.005, 0.05, k)}
+    model, p0, build, hparams = small_problem()
 
     common = dict(
         epochs=2, batch_size=16, key=jax.random.key(1), evaluation=(x[:24], y[:24]), monitor=jreg.train.NETWORK2
@@ -142,7 +120,6 @@ def main() -> None:
         "resumed_events": hr.stopped.keys() == h1.stopped.keys() and hr.diverged == h1.diverged,
     }
 
-    errors = {}
     mesh8 = jax.make_mesh((8,), ("model",))
     mesh42 = jax.make_mesh((4, 2), ("model", "data"))
     attempts = {
@@ -168,13 +145,7 @@ def main() -> None:
             build, p0, (x, y), hparams=hparams(8), parallel=jreg.ModelParallel(mesh8), vectorize="map", **common
         ),
     }
-    for name, attempt in attempts.items():
-        try:
-            attempt()
-            errors[name] = None
-        except (jreg.JregError, jreg.JregTypeError) as exc:
-            errors[name] = f"{type(exc).__name__}: {exc}"
-    out["errors"] = errors
+    out["errors"] = refusals(attempts)
     print(json.dumps(out))
 
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -26,49 +23,17 @@ import pytest
 import jreg
 
 from .distributed_worker import EPOCHS, problem, stopping
+from .two_processes import run_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 240  # seconds for both processes together: a hung collective fails the test, never the suite
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(out: Path) -> None:
     """Run the two workers; kill both and fail with their stderr past ``LIMIT``; skip without gloo."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
-    port, worker = free_port(), str(ROOT / "tests" / "distributed_worker.py")
-    logs = [open(out / f"stderr-{i}.txt", "w+") for i in range(2)]  # noqa: SIM115 - closed below
-    procs = [
-        subprocess.Popen([sys.executable, worker, str(i), str(port), str(out)], env=env, stdout=logs[i], stderr=logs[i])
-        for i in range(2)
-    ]
-    deadline = time.monotonic() + LIMIT
-    try:
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in procs):  # one failed: the other would wait for it
-                time.sleep(2)
-                break
-            time.sleep(0.2)
-    finally:
-        hung = [p for p in procs if p.poll() is None]
-        for p in hung:
-            p.kill()
-            p.wait()
-        texts = []
-        for log in logs:
-            log.seek(0)
-            texts.append(log.read()[-3000:])
-            log.close()
-    codes = [p.returncode for p in procs]
-    if 3 in codes:
-        pytest.skip(f"this jaxlib has no gloo CPU collectives: {texts[codes.index(3)].strip()[-300:]}")
-    what = "timed out" if hung else f"exit codes {codes}"
-    assert codes == [0, 0] and not hung, f"workers {what}:\n" + "\n---\n".join(texts)
+    run_pair(ROOT / "tests" / "distributed_worker.py", out, env, LIMIT)
 
 
 @pytest.fixture(scope="module")

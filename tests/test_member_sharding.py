@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,6 +23,8 @@ import numpy as np
 import pytest
 
 import jreg
+
+from .two_processes import run_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5  # float reassociation only (a wrong gather, key or order moves these by 1e-2 or more)
@@ -126,44 +126,11 @@ def test_members_that_do_not_split_are_refused_before_any_work(measured, case, w
 # --------------------------------------------------------------------------- two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def distributed(tmp_path_factory):
     """The two workers' results; skip without gloo CPU collectives."""
     out = tmp_path_factory.mktemp("member_distributed")
-    port, worker = _free_port(), str(ROOT / "tests" / "member_distributed_worker.py")
-    logs = [open(out / f"stderr-{i}.txt", "w+") for i in range(2)]  # noqa: SIM115 - closed below
-    procs = [
-        subprocess.Popen([sys.executable, worker, str(i), str(port), str(out)], env=_env(), stdout=logs[i],
-                         stderr=logs[i])
-        for i in range(2)
-    ]  # fmt: skip
-    deadline = time.monotonic() + LIMIT
-    try:
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in procs):  # one failed: the other would wait for it
-                time.sleep(2)
-                break
-            time.sleep(0.2)
-    finally:
-        hung = [p for p in procs if p.poll() is None]
-        for p in hung:
-            p.kill()
-            p.wait()
-        texts = []
-        for log in logs:
-            log.seek(0)
-            texts.append(log.read()[-3000:])
-            log.close()
-    codes = [p.returncode for p in procs]
-    if 3 in codes:
-        pytest.skip(f"this jaxlib has no gloo CPU collectives: {texts[codes.index(3)].strip()[-300:]}")
-    assert codes == [0, 0] and not hung, f"workers {'timed out' if hung else codes}:\n" + "\n---\n".join(texts)
+    run_pair(ROOT / "tests" / "member_distributed_worker.py", out, _env(), LIMIT)
     return dict(np.load(out / "results.npz"))
 
 
