@@ -75,6 +75,7 @@ def main() -> None:
         args.out / "curves.png",
         series=("evaluation_accuracy", "training_cost"),
         title=f"[784, 100, 10], λ = 5, {n} MNIST images, seed 0, accuracy on the {on} images",
+        evaluation_data=on,
     )
     save(
         args.out,

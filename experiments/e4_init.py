@@ -66,7 +66,8 @@ def main() -> None:
         runs,
         args.out / "curves.png",
         series=("evaluation_accuracy",),
-        title="[784, 30, 10]: default vs large init (validation), seed 0",
+        title="[784, 30, 10]: default vs large init, seed 0",
+        evaluation_data="validation",
     )
     save(
         args.out,

@@ -95,6 +95,7 @@ def main() -> None:
         args.out / "curves.png",
         series=("evaluation_accuracy", "learning_rate_scale"),
         title="Validation accuracy; learning-rate scale (halving run), seed 0",
+        evaluation_data="validation",
     )
     print(f"\n{'setting':>22} {'epochs run':>12} {'test accuracy':>18}")
     for name, part in results["parts"].items():

@@ -73,3 +73,22 @@ def test_default_series_and_member_lines_without_training():
         plotting.render_histories({"x": {"training_data": [0.5]}})
     with pytest.raises(jreg.JregError, match="non-empty"):
         plotting.render_histories({})
+
+
+def test_the_evaluation_panels_name_the_held_out_data_they_were_measured_on(tmp_path, monkeypatch):
+    """``evaluation_data="validation"``: "Accuracy on the validation data" (experiment 4 plots a validation set);
+    the default keeps "test", and the training-set panels and other series are not renamed."""
+    assert plotting.histories.panel_title("evaluation_accuracy") == "Accuracy on the test data"
+    assert plotting.histories.panel_title("evaluation_cost", "validation") == "Cost on the validation data"
+    assert plotting.histories.panel_title("training_cost", "validation") == "Cost on the training data"
+    assert plotting.histories.panel_title("my_metric", "validation") == "my metric"
+    titles = []
+    real = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, *a, **k: titles.append(t) or real(ax, t))
+    history = {"evaluation_accuracy": [0.5, 0.6], "training_cost": [1.0, 0.5]}
+    png(plotting.plot_histories({"a": history}, tmp_path / "v.png", evaluation_data="validation"))
+    assert titles == ["Accuracy on the validation data", "Cost on the training data"]
+    for bad in ("", "  ", None, 3):
+        with pytest.raises(jreg.JregError, match="evaluation_data must name the held-out data"):
+            plotting.plot_histories({"a": history}, tmp_path / "bad.png", evaluation_data=bad)
+    assert not (tmp_path / "bad.png").exists()

@@ -18,6 +18,15 @@ TITLES = {
     "evaluation_accuracy": "Accuracy on the test data",
     "epoch_loss": "Mean mini-batch objective",
 }
+
+
+def panel_title(name: str, evaluation_data: str = "test") -> str:
+    """A series' panel title: :data:`TITLES`' (the evaluation series' naming ``evaluation_data``: "Accuracy on the
+    validation data"), else the name with spaces."""
+    title = TITLES.get(name, name.replace("_", " "))
+    return title.replace("the test data", f"the {evaluation_data} data") if name.startswith("evaluation_") else title
+
+
 #: a panel with more lines than this, K models' among them, has no legend: the members' colours run along a
 #: colour map (dark to light), which a note says
 MAX_LEGEND = 12
@@ -42,6 +51,7 @@ def plot_histories(
     series: Sequence[str] | None = None,
     title: str | None = None,
     percent: bool = True,
+    evaluation_data: str = "test",
 ) -> Path:
     """One panel per series (up to three in a row, else two columns), one line per run; saved as a PNG.
 
@@ -56,8 +66,11 @@ def plot_histories(
             series, their training-set counterparts and ``epoch_loss``.
         title: a title over the figure.
         percent: draw accuracies in percent.
+        evaluation_data: what the evaluation series were measured on, as their panel titles name it
+            ("Accuracy on the test data"; ``"validation"`` for a validation set).
     """
-    return io.write_bytes(path, render_histories(runs, series=series, title=title, percent=percent))
+    data = render_histories(runs, series=series, title=title, percent=percent, evaluation_data=evaluation_data)
+    return io.write_bytes(path, data)
 
 
 def render_histories(
@@ -66,11 +79,17 @@ def render_histories(
     series: Sequence[str] | None = None,
     title: str | None = None,
     percent: bool = True,
+    evaluation_data: str = "test",
 ) -> bytes:
     """The PNG :func:`plot_histories` writes, as bytes (for a caller that publishes it its own way)."""
     import numpy as np
 
     from .._errors import JregError
+
+    if not isinstance(evaluation_data, str) or not evaluation_data.strip():
+        raise JregError(
+            f"plot: evaluation_data must name the held-out data (e.g. 'test' or 'validation'), got {evaluation_data!r}"
+        )
 
     if _is_history(runs):  # one jreg.History, unlabelled
         runs = {"": runs}
@@ -118,7 +137,7 @@ def render_histories(
                 ax.plot(epochs, scale * row, color=colour, label=f"{label}: member {i}" if label else f"member {i}",
                         linewidth=1.0)  # fmt: skip
             lines, members = lines + len(values), max(members, len(values))
-        ax.set_title(TITLES.get(name, name.replace("_", " ")))
+        ax.set_title(panel_title(name, evaluation_data))
         ax.set_xlabel("epoch")
         ax.set_ylabel("%" if percent and name.endswith("accuracy") else "")
         ax.grid(alpha=0.3)

@@ -330,8 +330,8 @@ def _out_of_bag(evaluation: Any) -> tuple[Any, bool]:
     return evaluation, False
 
 
-def prepare(train, evaluation, key, models, batch_size, partial_batch, data_order, resample, sets, vectorize,
-            parallel) -> tuple[Any, Any, Members | None]:  # fmt: skip
+def prepare(train, evaluation, key, models, batch_size, partial_batch, data_order, resample, sets,
+            vectorize) -> tuple[Any, Any, Members | None]:  # fmt: skip
     """A sweep's per-member data checked and made before any work: ``(train, evaluation, members)``.
 
     ``train`` comes back checked (device arrays) when members have their own data; ``evaluation`` is what

@@ -123,7 +123,7 @@ def start(
     hp, models = check_hparams(hparams)
     epochs, batch_size = check_loop_args(epochs, batch_size, key, None)
     train, evaluation, members = per_member.prepare(
-        train, evaluation, key, models, batch_size, partial_batch, "shared", None, sets, vectorize, None
+        train, evaluation, key, models, batch_size, partial_batch, "shared", None, sets, vectorize
     )
     params, model_state, stacked_params, setup = prepared_models(
         build, params, model_state, train, evaluation, hp, models, stacked_params, batch_size, key, partial_batch,

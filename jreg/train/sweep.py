@@ -219,7 +219,7 @@ def sweep(
     guard = as_guard(guard)
     writers = check_writers(writers, "sweep")
     train, evaluation, members = per_member.prepare(
-        train, evaluation, key, models, batch_size, partial_batch, data_order, resample, sets, vectorize, parallel
+        train, evaluation, key, models, batch_size, partial_batch, data_order, resample, sets, vectorize
     )
     copies = (ema is not None, bool(getattr(early_stopping, "restore_best", False)))  # sized before allocation
     params, model_state, stacked_params, setup = prepared_models(
