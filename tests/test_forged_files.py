@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 import time
 import zipfile
 import zlib
@@ -596,9 +597,9 @@ def mutate(data, doc):
         elif op == "delete" and path:
             del get(doc, path[:-1])[path[-1]]
         elif op == "number" and isinstance(node, (int, float)):
-            doc = put(
-                doc, path, data.draw(st.sampled_from([-node, node + 1, node - 1, node * 2**40, float(node), True]))
-            )
+            # float(node) only where one exists: an int grown past the largest float by earlier changes has none
+            as_float = [float(node)] if abs(node) <= sys.float_info.max else []
+            doc = put(doc, path, data.draw(st.sampled_from([-node, node + 1, node - 1, node * 2**40, *as_float, True])))
         elif op == "wrap":
             doc = put(doc, path, data.draw(st.sampled_from([{"list": [node]}, {"tuple": [node]}, [node], {"a": node}])))
         elif op == "leaf":  # renumber one leaf: an index used twice, one out of range, or two swapped
