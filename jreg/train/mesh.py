@@ -148,26 +148,22 @@ def member_arrays(parallel: ModelParallel) -> Any:
     replicated (a group of some members, trained from the members gathered out of the stacked state)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    mesh = _auto(parallel.mesh)
-    by_model = NamedSharding(mesh, PartitionSpec(parallel.model_axis))
-    everywhere = NamedSharding(mesh, PartitionSpec())
-    return lambda a, split: _put(a, by_model if split else everywhere)
+    split_models, everywhere = by_model(parallel), NamedSharding(_auto(parallel.mesh), PartitionSpec())
+    return lambda a, split: _put(a, split_models if split else everywhere)
 
 
 def member_epoch_keys(parallel: ModelParallel, keys: jax.Array) -> Any:
     """``epoch_keys(epoch)``: the members' (K,) shuffle keys of an epoch, ``fold_in(keys[i], epoch)`` (as
     :meth:`jreg.train.members.Members.epoch_keys`, the same bits), split along ``model_axis`` as the stacked
     state is, computed on the mesh (safe in multi-process runs: every process holds the same ``keys``)."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    by_model = NamedSharding(_auto(parallel.mesh), PartitionSpec(parallel.model_axis))
+    split_models = by_model(parallel)
     typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)  # else raw (K, 2) uint32 keys
     impl = jax.random.key_impl(keys) if typed else None
-    data = _put(jax.random.key_data(keys) if typed else keys, by_model)  # raw key bits: a host value _put places
+    data = _put(jax.random.key_data(keys) if typed else keys, split_models)  # raw key bits: a host value _put places
 
     def fold(bits, epoch):
         members = jax.random.wrap_key_data(bits, impl=impl) if typed else bits
         return jax.vmap(lambda k: jax.random.fold_in(k, epoch))(members)
 
-    fold = jax.jit(fold, out_shardings=by_model)
+    fold = jax.jit(fold, out_shardings=split_models)
     return lambda epoch: fold(data, np.uint32(epoch))
